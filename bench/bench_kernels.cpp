@@ -1,0 +1,174 @@
+// Kernel benchmarks on Llama-2-7B shapes, printed as fractions of this machine's measured memory
+// read bandwidth (GEMV, M = 1) and practical int8 peak (GEMM, M = 512), both measured in the same
+// run so that a noisy shared machine still gives meaningful ratios.
+#include <benchmark/benchmark.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/matmul.hpp"
+#include "qllm/reference.hpp"
+
+using namespace qllm;
+
+namespace {
+
+double g_bw[3] = {0, 0, 0};    // measured read bandwidth GB/s for 1, 2 threads
+double g_peak[3] = {0, 0, 0};  // measured int8 GOP/s for 1, 2 threads
+
+// Streaming sum over 2 GiB (larger than any cache), best of several passes.
+double measure_bandwidth(int nt) {
+  const std::size_t n = (std::size_t(2) << 30) / sizeof(uint64_t);
+  static std::unique_ptr<uint64_t[]> buf;
+  if (!buf) {
+    buf.reset(new uint64_t[n]);
+#pragma omp parallel for schedule(static)
+    for (std::size_t i = 0; i < n; ++i) buf[i] = i;
+  }
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    uint64_t total = 0;
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : total)
+    for (std::size_t i = 0; i < n; i += 4) total += buf[i] + buf[i + 1] + buf[i + 2] + buf[i + 3];
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    benchmark::DoNotOptimize(total);
+    best = std::max(best, double(n * sizeof(uint64_t)) / s / 1e9);
+  }
+  return best;
+}
+
+// Register-only loop of the GEMM's int8 instructions (maddubs + 16-bit adds, one madd per eight):
+// 2 ops (multiply + add) per int8 product.
+__attribute__((target("avx2,fma"))) double measure_int8_peak(int nt) {
+  const int64_t iters = 50'000'000;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    int sink = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : sink)
+    {
+      __m256i w[8], acc[4];
+      for (int j = 0; j < 8; ++j) w[j] = _mm256_set1_epi8(char(j + omp_get_thread_num()));
+      for (int j = 0; j < 4; ++j) acc[j] = _mm256_setzero_si256();
+      const __m256i x = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+      for (int64_t i = 0; i < iters / nt; ++i) {
+        for (int t = 0; t < 4; ++t) {  // 4 tokens x 8 maddubs, as the 4-token tile
+          __m256i s = _mm256_maddubs_epi16(w[0], x);
+          for (int j = 1; j < 8; ++j) s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[j], x));
+          acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s, ones));
+        }
+        __asm__ volatile("" : "+x"(w[0]), "+x"(w[1]));
+      }
+      for (int j = 0; j < 4; ++j) sink += _mm256_extract_epi32(acc[j], 0);
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    benchmark::DoNotOptimize(sink);
+    best = std::max(best, double(iters) * 4 * 8 * 32 * 2 / s / 1e9);
+  }
+  return best;
+}
+
+struct shape {
+  int64_t n, k;
+};
+
+struct fixture {
+  std::vector<block_q4_0> q4;
+  std::vector<block_q8_0> q8;
+  std::unique_ptr<ops::packed_weights> w;
+};
+
+// Weight matrices are made once per (type, shape) and reused by every benchmark of that shape.
+fixture& weights(ggml_type type, shape s) {
+  static std::map<std::string, fixture> cache;
+  const std::string key = std::to_string(int(type)) + ":" + std::to_string(s.n) + "x" + std::to_string(s.k);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  cache.clear();  // keep one shape resident
+  fixture& f = cache[key];
+  const int64_t nb = s.k / 32;
+  std::vector<float> row(static_cast<size_t>(s.k));
+  uint32_t seed = 1;
+  if (type == ggml_type::q4_0) f.q4.resize(static_cast<size_t>(s.n * nb));
+  else f.q8.resize(static_cast<size_t>(s.n * nb));
+  for (int64_t r = 0; r < s.n; ++r) {
+    for (auto& v : row) v = float(int32_t(seed = seed * 1664525u + 1013904223u)) * 4.6e-10f;
+    if (type == ggml_type::q4_0) ref::quantize_row_q4_0(row.data(), f.q4.data() + r * nb, s.k);
+    else ref::quantize_row_q8_0(row.data(), f.q8.data() + r * nb, nullptr, s.k);
+  }
+  const void* src = type == ggml_type::q4_0 ? static_cast<const void*>(f.q4.data())
+                                            : static_cast<const void*>(f.q8.data());
+  f.w = std::make_unique<ops::packed_weights>(type, src, s.n, s.k, 2);
+  f.q4 = {};
+  f.q8 = {};
+  return f;
+}
+
+void bm_matmul(benchmark::State& st, ggml_type type, shape s, int64_t m, int nt) {
+  const auto& kt = kernels::active();
+  fixture& f = weights(type, s);
+  std::vector<float> x(static_cast<size_t>(m * s.k));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 61) - 30) * 0.03f;
+  ops::act_q8 xq(m, s.k);
+  std::vector<float> y(static_cast<size_t>(m * s.n));
+  for (auto _ : st) {
+    ops::quantize_activations(kt, x.data(), m, xq, nt);
+    ops::matmul(kt, *f.w, x.data(), &xq, m, y.data(), s.n, nt);
+    benchmark::ClobberMemory();
+  }
+  const double secs_per_iter = 1;  // rates below are per second of iteration time
+  (void)secs_per_iter;
+  if (m == 1) {
+    const double gbs = double(f.w->bytes()) * double(st.iterations());
+    st.counters["GB/s"] = benchmark::Counter(gbs / 1e9, benchmark::Counter::kIsRate);
+    st.counters["bw_frac"] = benchmark::Counter(gbs / 1e9 / g_bw[nt], benchmark::Counter::kIsRate);
+  } else {
+    const double ops = 2.0 * double(s.n) * double(s.k) * double(m) * double(st.iterations());
+    st.counters["GOP/s"] = benchmark::Counter(ops / 1e9, benchmark::Counter::kIsRate);
+    st.counters["peak_frac"] = benchmark::Counter(ops / 1e9 / g_peak[nt], benchmark::Counter::kIsRate);
+  }
+  st.SetLabel(kt.name);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  const bool quick = std::getenv("QLLM_BENCH_QUICK") != nullptr;
+  for (int nt : {1, 2}) {
+    g_bw[nt] = measure_bandwidth(nt);
+    g_peak[nt] = measure_int8_peak(nt);
+    std::printf("machine, %d thread(s): read bandwidth %.1f GB/s, int8 peak %.0f GOP/s\n", nt,
+                g_bw[nt], g_peak[nt]);
+  }
+  const shape shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {32000, 4096}};
+  for (ggml_type type : {ggml_type::q4_0, ggml_type::q8_0}) {
+    for (shape s : shapes) {
+      for (int64_t m : {int64_t(1), int64_t(512)}) {
+        if (quick && m == 512 && s.n != 4096) continue;
+        for (int nt : {1, 2}) {
+          const std::string name = std::string(type == ggml_type::q4_0 ? "q4_0" : "q8_0") + "/" +
+                                   std::to_string(s.n) + "x" + std::to_string(s.k) + "/M" +
+                                   std::to_string(m) + "/t" + std::to_string(nt);
+          auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_matmul, type, s, m, nt);
+          b->Unit(benchmark::kMillisecond)->UseRealTime();
+          if (m == 512) b->Iterations(quick ? 1 : 2);
+          else b->MinTime(quick ? 0.2 : 1.0);
+        }
+      }
+    }
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

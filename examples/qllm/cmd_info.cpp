@@ -1,0 +1,28 @@
+// qllm info: what this build is and what it will run on this machine.
+#include <omp.h>
+
+#include <cstdio>
+#include <string>
+
+#include "commands.hpp"
+#include "kernels/kernel_table.hpp"
+#include "qllm/cpu_features.hpp"
+#include "qllm/version.hpp"
+
+namespace qllm::cli {
+
+int cmd_info(int, char**) {
+  std::printf("qllm %s\n", version_string);
+  std::printf("build:        %s, %s\n", QLLM_BUILD_COMPILER, QLLM_BUILD_TYPE);
+  std::printf("cpu features: %s\n", cpu_features_string(cpu_features_detect()).c_str());
+  std::string compiled, runnable;
+  for (auto* t : kernels::compiled_tables()) compiled += std::string(" ") + t->name;
+  for (auto* t : kernels::runnable_tables()) runnable += std::string(" ") + t->name;
+  std::printf("kernels:      %s (QLLM_ISA to force one)\n", kernels::active().name);
+  std::printf("  runnable:  %s\n", runnable.c_str());
+  std::printf("  compiled:  %s\n", compiled.c_str());
+  std::printf("threads:      %d (OpenMP; OMP_NUM_THREADS to change)\n", omp_get_max_threads());
+  return 0;
+}
+
+}  // namespace qllm::cli

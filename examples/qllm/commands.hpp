@@ -1,0 +1,9 @@
+// Subcommands of the qllm command-line tool.
+#pragma once
+
+namespace qllm::cli {
+
+// Each returns the process exit code; argv[0] is the subcommand name.
+int cmd_info(int argc, char** argv);
+
+}  // namespace qllm::cli

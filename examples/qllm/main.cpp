@@ -1,0 +1,36 @@
+// qllm: command-line front end. Errors are one line on stderr and a non-zero exit code.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+
+#include "commands.hpp"
+
+namespace {
+void usage(std::FILE* out) {
+  std::fputs(
+      "usage: qllm <command> [options]\n"
+      "commands:\n"
+      "  info    version, build, CPU features, kernel tables, threads\n",
+      out);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char* cmd = argv[1];
+  try {
+    if (!std::strcmp(cmd, "info")) return qllm::cli::cmd_info(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "-h") || !std::strcmp(cmd, "--help") || !std::strcmp(cmd, "help")) {
+      usage(stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "qllm: unknown command '%s' (try 'qllm help')\n", cmd);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qllm %s: %s\n", cmd, e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,58 @@
+// Scalar reference: the plain, readable truth every SIMD kernel is tested against.
+//
+// qllm fixes the order of every float reduction so that optimised kernels can reproduce these
+// results bit for bit (docs/kernels.md):
+//  - quantized dot products: the integer block sum is exact; blocks are accumulated in order,
+//    acc = fma(float(sumi), d_w * d_x, acc), one chain per output element;
+//  - float reductions: element i goes to lane i % 8 (fma or add), a zero-padded tail, then the
+//    fixed tree ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7));
+//  - exp: one polynomial (exp_canonical) shared by every path.
+#pragma once
+#include <cstdint>
+
+#include "qllm/formats.hpp"
+
+namespace qllm::ref {
+
+// --- quantization (k is a multiple of 32) ---
+// Q4_0 as llama.cpp: d = max / -8 where max is the value of largest magnitude.
+void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k);
+void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t k);
+// Q8_0 as llama.cpp: d = amax / 127, q = round-to-nearest-even(x / d).
+// `sums` (nullable) receives the integer sum of each block's 32 quants.
+void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k);
+void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t k);
+
+// --- dot products ---
+int32_t dot_block_q4_0_q8_0(const block_q4_0& w, const block_q8_0& x) noexcept;  // exact
+int32_t dot_block_q8_0_q8_0(const block_q8_0& w, const block_q8_0& x) noexcept;  // exact
+float dot_q4_0_q8_0(const block_q4_0* w, const block_q8_0* x, int64_t nb) noexcept;
+float dot_q8_0_q8_0(const block_q8_0* w, const block_q8_0* x, int64_t nb) noexcept;
+float dot_f16_f32(const uint16_t* w, const float* x, int64_t n) noexcept;
+float dot_f32(const float* w, const float* x, int64_t n) noexcept;
+
+// Reference matmul y[m][n] = W[n][:] . x[m][:] for W of type f32, f16, q4_0 or q8_0 (rows of
+// k elements, GGUF layout). Activations are quantized to Q8_0 for quantized weights.
+// Throws std::invalid_argument for another type or a k that the type cannot hold.
+void matmul(ggml_type type, const void* w, int64_t n, int64_t k, const float* x, int64_t m,
+            float* y);
+
+// --- float operations of the forward pass ---
+float sum8(const float lanes[8]) noexcept;  // the canonical reduction tree
+float exp_canonical(float x) noexcept;
+void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) noexcept;
+void softmax(float* x, int64_t n) noexcept;
+void silu_mul(float* out, const float* gate, const float* up, int64_t n) noexcept;
+void add(float* out, const float* a, const float* b, int64_t n) noexcept;
+void axpy_f32(float* y, float a, const float* x, int64_t n) noexcept;     // y += a x
+void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) noexcept;  // y += a x
+// RoPE on adjacent pairs (GGUF Llama convention) for n_head heads of head_dim values each.
+// cos_dup[i] = cos(theta_{i/2}), sin_alt[i] = (i odd ? +1 : -1) * sin(theta_{i/2}).
+void rope(float* x, int64_t n_head, int64_t head_dim, const float* cos_dup,
+          const float* sin_alt) noexcept;
+// Fills the tables above for position pos: theta_j = pos * base^(-2j / rot_dim); pairs at or
+// beyond rot_dim are left unrotated (cos 1, sin 0).
+void rope_table(float* cos_dup, float* sin_alt, int64_t head_dim, int64_t rot_dim, double pos,
+                double freq_base) noexcept;
+
+}  // namespace qllm::ref

@@ -1,0 +1,51 @@
+// The AVX2 (+FMA, F16C) table: generic float ops instantiated for xsimd::avx2, int8 kernels from
+// x86_avx2_qgemm.hpp. Built with -mavx2 -mfma -mf16c; nothing here runs before dispatch checks.
+#include "kernels/float_ops.hpp"
+#include "kernels/x86_avx2_qgemm.hpp"
+
+namespace qllm::kernels {
+namespace {
+
+struct h_avx2 {
+  using arch = xsimd::fma3<xsimd::avx2>;
+  static void cvt_f16(const uint16_t* src, float* dst) { cvt_f16_avx2(src, dst); }
+};
+
+void gemm_f16(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const uint16_t*>(a.w);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.m; ++t)
+      a.y[t * a.ldy + r] = dot_f16_f32<h_avx2>(w + r * a.k, a.x + t * a.k, a.k);
+}
+
+void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const float*>(a.w);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.m; ++t)
+      a.y[t * a.ldy + r] = dot_f32<h_avx2>(w + r * a.k, a.x + t * a.k, a.k);
+}
+
+bool supported(const cpu_features& f) { return f.avx2 && f.fma && f.f16c; }
+
+}  // namespace
+
+extern const kernel_table table_avx2 = {
+    "avx2",
+    supported,
+    quantize_row_q8_0_avx2,
+    gemm_q4_0x8_avx2,
+    gemm_q8_0x8_avx2,
+    gemm_f16,
+    gemm_f32,
+    dot_f32<h_avx2>,
+    dot_f16_f32<h_avx2>,
+    axpy_f32<h_avx2>,
+    axpy_f16<h_avx2>,
+    rmsnorm<h_avx2>,
+    softmax<h_avx2>,
+    silu_mul<h_avx2>,
+    add<h_avx2>,
+    rope<h_avx2>,
+};
+
+}  // namespace qllm::kernels

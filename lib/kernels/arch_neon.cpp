@@ -1,0 +1,79 @@
+// The NEON (aarch64 Advanced SIMD) table: generic float ops for xsimd::neon64, int8 kernels with
+// vmull_s8 (neon_qgemm.hpp).
+#include "kernels/float_ops.hpp"
+#include "kernels/neon_qgemm.hpp"
+
+namespace qllm::kernels {
+namespace {
+
+struct h_neon {
+  using arch = xsimd::neon64;
+  static void cvt_f16(const uint16_t* src, float* dst) {
+    const uint16x8_t h = vld1q_u16(src);
+    vst1q_f32(dst, vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h))));
+    vst1q_f32(dst + 4, vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h))));
+  }
+};
+
+// Q8_0 quantization of activations, nearest-even rounding as ref::quantize_row_q8_0.
+void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) {
+  for (int64_t b = 0; b < k / qk; ++b, x += qk) {
+    float32x4_t v[8];
+    float32x4_t amax = vdupq_n_f32(0.0f);
+    for (int i = 0; i < 8; ++i) {
+      v[i] = vld1q_f32(x + 4 * i);
+      amax = vmaxq_f32(amax, vabsq_f32(v[i]));
+    }
+    const float d = vmaxvq_f32(amax) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = vget_lane_u16(vreinterpret_u16_f16(vcvt_f16_f32(vdupq_n_f32(d))), 0);
+    int32_t s = 0;
+    for (int i = 0; i < 8; ++i) {
+      const int32x4_t q = vcvtnq_s32_f32(vmulq_n_f32(v[i], id));  // round to nearest even
+      s += vaddvq_s32(q);
+      const int16x4_t q16 = vmovn_s32(q);
+      const int8x8_t q8 = vmovn_s16(vcombine_s16(q16, q16));
+      vst1_lane_s32(reinterpret_cast<int32_t*>(y[b].qs + 4 * i), vreinterpret_s32_s8(q8), 0);
+    }
+    if (sums) sums[b] = s;
+  }
+}
+
+void gemm_f16(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const uint16_t*>(a.w);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.m; ++t)
+      a.y[t * a.ldy + r] = dot_f16_f32<h_neon>(w + r * a.k, a.x + t * a.k, a.k);
+}
+
+void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const float*>(a.w);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.m; ++t)
+      a.y[t * a.ldy + r] = dot_f32<h_neon>(w + r * a.k, a.x + t * a.k, a.k);
+}
+
+bool supported(const cpu_features& f) { return f.neon; }
+
+}  // namespace
+
+extern const kernel_table table_neon = {
+    "neon",
+    supported,
+    quantize_row_q8_0,
+    gemm_neon<false, true>,
+    gemm_neon<false, false>,
+    gemm_f16,
+    gemm_f32,
+    dot_f32<h_neon>,
+    dot_f16_f32<h_neon>,
+    axpy_f32<h_neon>,
+    axpy_f16<h_neon>,
+    rmsnorm<h_neon>,
+    softmax<h_neon>,
+    silu_mul<h_neon>,
+    add<h_neon>,
+    rope<h_neon>,
+};
+
+}  // namespace qllm::kernels

@@ -1,0 +1,85 @@
+// The scalar table: plain loops over the panel layouts; float ops are the reference itself.
+#include <cmath>
+
+#include "kernels/kernel_table.hpp"
+#include "qllm/reference.hpp"
+
+namespace qllm::kernels {
+namespace {
+
+void store_rows(const qgemm_args& a, int64_t t, int64_t p, const float* v) {
+  for (int r = 0; r < 8 && p * 8 + r < a.n; ++r) a.y[t * a.ldy + p * 8 + r] = v[r];
+}
+
+void gemm_q4_0x8(const qgemm_args& a, int64_t p0, int64_t p1) {
+  const auto* w = static_cast<const block_q4_0x8*>(a.w);
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t t = 0; t < a.m; ++t) {
+      float acc[8] = {};
+      for (int64_t b = 0; b < a.nb; ++b) {
+        const block_q4_0x8& wb = w[p * a.nb + b];
+        const block_q8_0& xb = a.x[t * a.nb + b];
+        const float dx = fp16_to_fp32(xb.d);
+        for (int r = 0; r < 8; ++r) {
+          int32_t s = 0;
+          for (int c = 0; c < 4; ++c) {
+            for (int i = 0; i < 4; ++i) {
+              const uint8_t q = wb.qs[32 * c + 4 * r + i];
+              s += ((q & 0x0f) - 8) * xb.qs[4 * c + i] + ((q >> 4) - 8) * xb.qs[16 + 4 * c + i];
+            }
+          }
+          acc[r] = std::fma(float(s), fp16_to_fp32(wb.d[r]) * dx, acc[r]);
+        }
+      }
+      store_rows(a, t, p, acc);
+    }
+  }
+}
+
+void gemm_q8_0x8(const qgemm_args& a, int64_t p0, int64_t p1) {
+  const auto* w = static_cast<const block_q8_0x8*>(a.w);
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t t = 0; t < a.m; ++t) {
+      float acc[8] = {};
+      for (int64_t b = 0; b < a.nb; ++b) {
+        const block_q8_0x8& wb = w[p * a.nb + b];
+        const block_q8_0& xb = a.x[t * a.nb + b];
+        const float dx = fp16_to_fp32(xb.d);
+        for (int r = 0; r < 8; ++r) {
+          int32_t s = 0;
+          for (int c = 0; c < 8; ++c)
+            for (int i = 0; i < 4; ++i) s += wb.qs[32 * c + 4 * r + i] * xb.qs[4 * c + i];
+          acc[r] = std::fma(float(s), fp16_to_fp32(wb.d[r]) * dx, acc[r]);
+        }
+      }
+      store_rows(a, t, p, acc);
+    }
+  }
+}
+
+void gemm_f16(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const uint16_t*>(a.w);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.m; ++t)
+      a.y[t * a.ldy + r] = ref::dot_f16_f32(w + r * a.k, a.x + t * a.k, a.k);
+}
+
+void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const float*>(a.w);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.m; ++t)
+      a.y[t * a.ldy + r] = ref::dot_f32(w + r * a.k, a.x + t * a.k, a.k);
+}
+
+bool always(const cpu_features&) { return true; }
+
+}  // namespace
+
+extern const kernel_table table_scalar = {
+    "scalar",        always,           ref::quantize_row_q8_0, gemm_q4_0x8,  gemm_q8_0x8,
+    gemm_f16,        gemm_f32,         ref::dot_f32,           ref::dot_f16_f32, ref::axpy_f32,
+    ref::axpy_f16,   ref::rmsnorm,     ref::softmax,           ref::silu_mul, ref::add,
+    ref::rope,
+};
+
+}  // namespace qllm::kernels

@@ -1,0 +1,166 @@
+// AVX2 int8 kernels over the 8-row panels: the int8 dot primitive (maddubs + madd) that xsimd
+// 8.1 lacks, with its per-block float epilogue. Each 32-bit lane is one row; blocks accumulate
+// as acc = fma(float(sumi), d_w * d_x, acc), the canonical order of reference.hpp.
+// Included by the AVX2 and AVX-512 translation units; internal linkage only.
+#pragma once
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels/kernel_table.hpp"
+
+namespace qllm::kernels {
+namespace {
+
+inline int32_t load_i32(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Writes 8 row results of panel p for token t, clipping rows >= n.
+inline void store_panel(const qgemm_args& a, int64_t t, int64_t p, __m256 v) {
+  float* dst = a.y + t * a.ldy + p * 8;
+  if (p * 8 + 8 <= a.n) {
+    _mm256_storeu_ps(dst, v);
+  } else {
+    alignas(32) float buf[8];
+    _mm256_store_ps(buf, v);
+    for (int64_t r = 0; r < a.n - p * 8; ++r) dst[r] = buf[r];
+  }
+}
+
+inline float fp16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+
+// Q4_0 panels x Q8_0 activations, TN tokens at a time.
+template <int TN>
+void q4_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
+  const auto* wp = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[TN];
+  for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < a.nb; ++b) {
+    const block_q4_0x8& wb = wp[b];
+    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1024, _MM_HINT_T0);
+    __m256i w[8];  // w[j]: elements 4j..4j+3 of each row
+    for (int c = 0; c < 4; ++c) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * c));
+      w[c] = _mm256_and_si256(raw, m4);
+      w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
+    for (int t = 0; t < TN; ++t) {
+      const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
+      __m256i s = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(load_i32(xb.qs)));
+      for (int j = 1; j < 8; ++j)  // |sum| <= 8 * 2 * 15 * 128 fits int16
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(load_i32(xb.qs + 4 * j))));
+      __m256i si = _mm256_madd_epi16(s, ones);
+      si = _mm256_sub_epi32(si, _mm256_set1_epi32(8 * a.xsum[(t0 + t) * a.nb + b]));
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(xb.d)));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, acc[t]);
+    }
+  }
+  for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
+}
+
+// Q8_0 panels: maddubs(|w|, sign(x, w)) is exact for every int8 w (x is never -128).
+template <int TN>
+void q8_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
+  const auto* wp = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[TN];
+  for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < a.nb; ++b) {
+    const block_q8_0x8& wb = wp[b];
+    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1024, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1088, _MM_HINT_T0);
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
+    __m256i si[TN];
+    for (int t = 0; t < TN; ++t) si[t] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * j));
+      const __m256i wabs = _mm256_abs_epi8(wv);
+      for (int t = 0; t < TN; ++t) {
+        const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
+        const __m256i xv = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xb.qs + 4 * j)), wv);
+        si[t] = _mm256_add_epi32(si[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, xv), ones));
+      }
+    }
+    for (int t = 0; t < TN; ++t) {
+      const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(xb.d)));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[t]), d, acc[t]);
+    }
+  }
+  for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
+}
+
+inline void gemm_q4_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    int64_t t = 0;
+    for (; t + 4 <= a.m; t += 4) q4_0x8_tile_avx2<4>(a, p, t);
+    switch (a.m - t) {
+      case 3: q4_0x8_tile_avx2<3>(a, p, t); break;
+      case 2: q4_0x8_tile_avx2<2>(a, p, t); break;
+      case 1: q4_0x8_tile_avx2<1>(a, p, t); break;
+      default: break;
+    }
+  }
+}
+
+inline void gemm_q8_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    int64_t t = 0;
+    for (; t + 4 <= a.m; t += 4) q8_0x8_tile_avx2<4>(a, p, t);
+    switch (a.m - t) {
+      case 3: q8_0x8_tile_avx2<3>(a, p, t); break;
+      case 2: q8_0x8_tile_avx2<2>(a, p, t); break;
+      case 1: q8_0x8_tile_avx2<1>(a, p, t); break;
+      default: break;
+    }
+  }
+}
+
+// Q8_0 quantization of activations: nearest-even rounding, as ref::quantize_row_q8_0.
+inline void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int32_t* sums, int64_t k) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < k / qk; ++b, x += qk) {
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i)
+      q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], vid),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (sums) {
+      __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+      s4 = _mm_hadd_epi32(s4, s4);
+      s4 = _mm_hadd_epi32(s4, s4);
+      sums[b] = _mm_cvtsi128_si32(s4);
+    }
+    const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);  // lanes interleave per 128 bits
+    const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), p8);
+  }
+}
+
+inline void cvt_f16_avx2(const uint16_t* src, float* dst) {
+  _mm256_storeu_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+}
+
+}  // namespace
+}  // namespace qllm::kernels

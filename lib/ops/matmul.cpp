@@ -1,0 +1,114 @@
+#include "ops/matmul.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#include "qllm/error.hpp"
+
+namespace qllm::ops {
+
+void packed_weights::aligned_free::operator()(void* p) const noexcept { std::free(p); }
+
+packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64_t k,
+                               int n_threads)
+    : type_(type), n_(n), k_(k) {
+  if (n <= 0 || k <= 0) throw error(errc::invalid_argument, "packed_weights: empty matrix");
+  const int64_t np = (n + 7) / 8;
+  const int64_t nb = k / qk;
+  switch (type) {
+    case ggml_type::q4_0:
+    case ggml_type::q8_0: {
+      if (k % qk != 0)
+        throw error(errc::invalid_argument,
+                    "packed_weights: row length " + std::to_string(k) + " is not a multiple of 32");
+      const std::size_t panel = type == ggml_type::q4_0 ? sizeof(kernels::block_q4_0x8)
+                                                         : sizeof(kernels::block_q8_0x8);
+      bytes_ = std::size_t(np) * std::size_t(nb) * panel;
+      const std::size_t alloc = (bytes_ + 63) / 64 * 64;
+      void* p = std::aligned_alloc(64, alloc);
+      if (!p) throw error(errc::out_of_memory, "packed_weights: cannot allocate " + std::to_string(alloc) + " bytes");
+      own_.reset(p);
+      data_ = p;
+      // each panel is independent: repack in parallel
+#pragma omp parallel for schedule(static) num_threads(std::max(1, n_threads))
+      for (int64_t pp = 0; pp < np; ++pp) {
+        const int64_t rows = std::min<int64_t>(8, n - pp * 8);
+        if (type == ggml_type::q4_0)
+          kernels::repack_q4_0x8(static_cast<const block_q4_0*>(src) + pp * 8 * nb, rows, nb,
+                                 static_cast<kernels::block_q4_0x8*>(p) + pp * nb);
+        else
+          kernels::repack_q8_0x8(static_cast<const block_q8_0*>(src) + pp * 8 * nb, rows, nb,
+                                 static_cast<kernels::block_q8_0x8*>(p) + pp * nb);
+      }
+      break;
+    }
+    case ggml_type::f16:
+      data_ = src;
+      bytes_ = std::size_t(n) * std::size_t(k) * 2;
+      break;
+    case ggml_type::f32:
+      data_ = src;
+      bytes_ = std::size_t(n) * std::size_t(k) * 4;
+      break;
+    default:
+      throw error(errc::unsupported,
+                  "packed_weights: weight type " + std::to_string(int(type)) + " has no kernel");
+  }
+}
+
+act_q8::act_q8(int64_t m_max_, int64_t k_)
+    : blocks(new block_q8_0[std::size_t(m_max_ * (k_ / qk))]),
+      sums(new int32_t[std::size_t(m_max_ * (k_ / qk))]),
+      m_max(m_max_),
+      k(k_) {}
+
+void quantize_activations(const kernels::kernel_table& kt, const float* x, int64_t m, act_q8& a,
+                          int n_threads) {
+  const int64_t nb = a.k / qk;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, n_threads)) if (m > 1)
+  for (int64_t t = 0; t < m; ++t)
+    kt.quantize_row_q8_0(x + t * a.k, a.blocks.get() + t * nb, a.sums.get() + t * nb, a.k);
+}
+
+void matmul(const kernels::kernel_table& kt, const packed_weights& w, const float* x,
+            const act_q8* xq, int64_t m, float* y, int64_t ldy, int n_threads) {
+  const int nt = std::max(1, n_threads);
+  const bool quant = w.type() == ggml_type::q4_0 || w.type() == ggml_type::q8_0;
+  // Units of work: panels (8 rows) for quantized weights, rows for float weights.
+  const int64_t units = quant ? (w.rows() + 7) / 8 : w.rows();
+  // Token blocks keep a block of activations in L2 while a chunk of panels sweeps over it.
+  const int64_t tb = m <= 8 ? m : 64;
+  const int64_t n_tb = (m + tb - 1) / tb;
+  const int64_t chunk =
+      m <= 8 ? std::max<int64_t>(1, (units + nt - 1) / nt) : std::max<int64_t>(1, quant ? 8 : 32);
+  const int64_t n_chunks = (units + chunk - 1) / chunk;
+  const int64_t items = n_tb * n_chunks;
+
+#pragma omp parallel for schedule(static) num_threads(nt) if (items > 1)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t ti = it / n_chunks, ci = it % n_chunks;
+    const int64_t t0 = ti * tb, tn = std::min(tb, m - t0);
+    const int64_t u0 = ci * chunk, u1 = std::min(units, u0 + chunk);
+    if (quant) {
+      const int64_t nb = w.cols() / qk;
+      const kernels::qgemm_args a{w.data(), nb, w.rows(), xq->blocks.get() + t0 * nb,
+                                  xq->sums.get() + t0 * nb, tn, y + t0 * ldy, ldy};
+      if (w.type() == ggml_type::q4_0)
+        kt.gemm_q4_0x8(a, u0, u1);
+      else
+        kt.gemm_q8_0x8(a, u0, u1);
+    } else {
+      const kernels::fgemm_args a{w.data(), w.cols(), x + t0 * w.cols(), tn, y + t0 * ldy, ldy};
+      if (w.type() == ggml_type::f16)
+        kt.gemm_f16(a, u0, u1);
+      else
+        kt.gemm_f32(a, u0, u1);
+    }
+  }
+}
+
+}  // namespace qllm::ops

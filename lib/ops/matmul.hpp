@@ -1,0 +1,57 @@
+// Matmul orchestration: weight packing, activation quantization, splitting work over OpenMP
+// threads. Work is split over output rows (8-row panels) and tokens, never over the reduction
+// dimension, so every output element is computed by one kernel call in one fixed order: results
+// are bit-identical for any thread count.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "kernels/kernel_table.hpp"
+
+namespace qllm::ops {
+
+// A weight matrix W[n][k] in the layout the kernels read: Q4_0/Q8_0 repacked into 8-row panels
+// (owned), F16/F32 rows as given (borrowed; the source must outlive this object).
+class packed_weights {
+ public:
+  packed_weights() = default;
+  // src holds n rows of k elements in GGUF layout. Throws qllm::error for an unsupported type
+  // or a k that is not a multiple of 32 for a quantized type.
+  packed_weights(ggml_type type, const void* src, int64_t n, int64_t k, int n_threads = 1);
+
+  ggml_type type() const noexcept { return type_; }
+  int64_t rows() const noexcept { return n_; }
+  int64_t cols() const noexcept { return k_; }
+  const void* data() const noexcept { return data_; }
+  std::size_t bytes() const noexcept { return bytes_; }  // bytes streamed by one pass
+
+ private:
+  struct aligned_free {
+    void operator()(void* p) const noexcept;
+  };
+  ggml_type type_ = ggml_type::f32;
+  int64_t n_ = 0, k_ = 0;
+  std::unique_ptr<void, aligned_free> own_;
+  const void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+// Quantized activations of m tokens (allocated once, reused: no allocation per call).
+struct act_q8 {
+  std::unique_ptr<block_q8_0[]> blocks;  // [m_max][k/32]
+  std::unique_ptr<int32_t[]> sums;       // [m_max][k/32]
+  int64_t m_max = 0, k = 0;
+  act_q8() = default;
+  act_q8(int64_t m_max, int64_t k);
+};
+
+// Quantizes x[m][k] into a (m <= a.m_max, k == a.k).
+void quantize_activations(const kernels::kernel_table& kt, const float* x, int64_t m, act_q8& a,
+                          int n_threads);
+
+// y[t * ldy + r] = W[r] . x[t] for t < m. Quantized weights read `xq` (already quantized from
+// x); float weights read x. ldy >= w.rows().
+void matmul(const kernels::kernel_table& kt, const packed_weights& w, const float* x,
+            const act_q8* xq, int64_t m, float* y, int64_t ldy, int n_threads);
+
+}  // namespace qllm::ops

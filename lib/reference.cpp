@@ -1,0 +1,238 @@
+// Scalar reference implementations (see reference.hpp for the canonical orders).
+#include "qllm/reference.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+namespace qllm::ref {
+
+void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k) {
+  for (int64_t b = 0; b < k / qk; ++b, x += qk) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < qk; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < qk / 2; ++j) {
+      const int q0 = std::min(15, int(int8_t(x[j] * id + 8.5f)));
+      const int q1 = std::min(15, int(int8_t(x[j + qk / 2] * id + 8.5f)));
+      y[b].qs[j] = uint8_t(q0 | (q1 << 4));
+    }
+  }
+}
+
+void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t k) {
+  for (int64_t b = 0; b < k / qk; ++b, y += qk) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int j = 0; j < qk / 2; ++j) {
+      y[j] = float((x[b].qs[j] & 0x0f) - 8) * d;
+      y[j + qk / 2] = float((x[b].qs[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) {
+  for (int64_t b = 0; b < k / qk; ++b, x += qk) {
+    float amax = 0.0f;
+    for (int j = 0; j < qk; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    int32_t s = 0;
+    for (int j = 0; j < qk; ++j) {
+      y[b].qs[j] = int8_t(std::nearbyint(x[j] * id));
+      s += y[b].qs[j];
+    }
+    if (sums) sums[b] = s;
+  }
+}
+
+void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t k) {
+  for (int64_t b = 0; b < k / qk; ++b, y += qk) {
+    const float d = fp16_to_fp32(x[b].d);
+    for (int j = 0; j < qk; ++j) y[j] = float(x[b].qs[j]) * d;
+  }
+}
+
+int32_t dot_block_q4_0_q8_0(const block_q4_0& w, const block_q8_0& x) noexcept {
+  int32_t s = 0;
+  for (int j = 0; j < qk / 2; ++j) {
+    s += ((w.qs[j] & 0x0f) - 8) * x.qs[j];
+    s += ((w.qs[j] >> 4) - 8) * x.qs[j + qk / 2];
+  }
+  return s;
+}
+
+int32_t dot_block_q8_0_q8_0(const block_q8_0& w, const block_q8_0& x) noexcept {
+  int32_t s = 0;
+  for (int j = 0; j < qk; ++j) s += w.qs[j] * x.qs[j];
+  return s;
+}
+
+float dot_q4_0_q8_0(const block_q4_0* w, const block_q8_0* x, int64_t nb) noexcept {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d);
+    acc = std::fma(float(dot_block_q4_0_q8_0(w[b], x[b])), d, acc);
+  }
+  return acc;
+}
+
+float dot_q8_0_q8_0(const block_q8_0* w, const block_q8_0* x, int64_t nb) noexcept {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d);
+    acc = std::fma(float(dot_block_q8_0_q8_0(w[b], x[b])), d, acc);
+  }
+  return acc;
+}
+
+float sum8(const float l[8]) noexcept {
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+namespace {
+// Canonical 8-lane fma reduction of f(i) * g(i) with a zero-padded tail.
+template <class F, class G>
+float lane_dot(int64_t n, F f, G g) noexcept {
+  float acc[8] = {};
+  for (int64_t i = 0; i < n; i += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const bool in = i + l < n;
+      acc[l] = std::fma(in ? f(i + l) : 0.0f, in ? g(i + l) : 0.0f, acc[l]);
+    }
+  }
+  return sum8(acc);
+}
+}  // namespace
+
+float dot_f16_f32(const uint16_t* w, const float* x, int64_t n) noexcept {
+  return lane_dot(n, [&](int64_t i) { return fp16_to_fp32(w[i]); }, [&](int64_t i) { return x[i]; });
+}
+
+float dot_f32(const float* w, const float* x, int64_t n) noexcept {
+  return lane_dot(n, [&](int64_t i) { return w[i]; }, [&](int64_t i) { return x[i]; });
+}
+
+void matmul(ggml_type type, const void* w, int64_t n, int64_t k, const float* x, int64_t m,
+            float* y) {
+  const bool quant = type == ggml_type::q4_0 || type == ggml_type::q8_0;
+  if (!quant && type != ggml_type::f16 && type != ggml_type::f32)
+    throw std::invalid_argument("ref::matmul: unsupported weight type");
+  if (k <= 0 || (quant && k % qk != 0)) throw std::invalid_argument("ref::matmul: bad k");
+  const int64_t nb = k / qk;
+  std::vector<block_q8_0> xq(quant ? size_t(nb) : 0);
+  for (int64_t t = 0; t < m; ++t) {
+    const float* xt = x + t * k;
+    if (quant) quantize_row_q8_0(xt, xq.data(), nullptr, k);
+    for (int64_t r = 0; r < n; ++r) {
+      float v = 0.0f;
+      switch (type) {
+        case ggml_type::q4_0:
+          v = dot_q4_0_q8_0(static_cast<const block_q4_0*>(w) + r * nb, xq.data(), nb);
+          break;
+        case ggml_type::q8_0:
+          v = dot_q8_0_q8_0(static_cast<const block_q8_0*>(w) + r * nb, xq.data(), nb);
+          break;
+        case ggml_type::f16:
+          v = dot_f16_f32(static_cast<const uint16_t*>(w) + r * k, xt, k);
+          break;
+        default:
+          v = dot_f32(static_cast<const float*>(w) + r * k, xt, k);
+          break;
+      }
+      y[t * n + r] = v;
+    }
+  }
+}
+
+float exp_canonical(float x) noexcept {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = std::fma(n, -0.693359375f, x);
+  r = std::fma(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = std::fma(p, r, 1.3981999507e-3f);
+  p = std::fma(p, r, 8.3334519073e-3f);
+  p = std::fma(p, r, 4.1665795894e-2f);
+  p = std::fma(p, r, 1.6666665459e-1f);
+  p = std::fma(p, r, 5.0000001201e-1f);
+  const float r2 = r * r;
+  float e = std::fma(p, r2, r) + 1.0f;
+  const float scale = std::bit_cast<float>(uint32_t(int32_t(n) + 127) << 23);
+  return e * scale;
+}
+
+void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) noexcept {
+  const float ss = lane_dot(n, [&](int64_t i) { return x[i]; }, [&](int64_t i) { return x[i]; });
+  const float scale = 1.0f / std::sqrt(ss / float(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = (x[i] * scale) * w[i];
+}
+
+void softmax(float* x, int64_t n) noexcept {
+  float max = x[0];
+  for (int64_t i = 1; i < n; ++i) max = std::max(max, x[i]);
+  float acc[8] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = exp_canonical(x[i] - max);
+    acc[i % 8] += x[i];
+  }
+  const float inv = 1.0f / sum8(acc);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void silu_mul(float* out, const float* gate, const float* up, int64_t n) noexcept {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = (g / (1.0f + exp_canonical(-g))) * up[i];
+  }
+}
+
+void add(float* out, const float* a, const float* b, int64_t n) noexcept {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+void axpy_f32(float* y, float a, const float* x, int64_t n) noexcept {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
+}
+
+void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) noexcept {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, fp16_to_fp32(x[i]), y[i]);
+}
+
+void rope(float* x, int64_t n_head, int64_t head_dim, const float* cos_dup,
+          const float* sin_alt) noexcept {
+  for (int64_t h = 0; h < n_head; ++h) {
+    float* v = x + h * head_dim;
+    for (int64_t i = 0; i + 1 < head_dim; i += 2) {
+      const float x0 = v[i], x1 = v[i + 1];
+      v[i] = std::fma(x0, cos_dup[i], x1 * sin_alt[i]);
+      v[i + 1] = std::fma(x1, cos_dup[i + 1], x0 * sin_alt[i + 1]);
+    }
+  }
+}
+
+void rope_table(float* cos_dup, float* sin_alt, int64_t head_dim, int64_t rot_dim, double pos,
+                double freq_base) noexcept {
+  for (int64_t i = 0; i + 1 < head_dim; i += 2) {
+    double c = 1.0, s = 0.0;
+    if (i < rot_dim) {
+      const double theta = pos * std::pow(freq_base, -double(i) / double(rot_dim));
+      c = std::cos(theta);
+      s = std::sin(theta);
+    }
+    cos_dup[i] = cos_dup[i + 1] = float(c);
+    sin_alt[i] = float(-s);
+    sin_alt[i + 1] = float(s);
+  }
+}
+
+}  // namespace qllm::ref

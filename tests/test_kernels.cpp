@@ -1,0 +1,215 @@
+// Every kernel of every table against the scalar reference. Budget: 0 ULP. The kernels
+// reproduce the canonical accumulation order of reference.hpp, so results must be identical bit
+// for bit (integer block sums exact, then one fma chain per output).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "kernels/kernel_table.hpp"
+#include "qllm/reference.hpp"
+#include "test_util.hpp"
+
+using namespace qllm;
+using kernels::kernel_table;
+
+namespace {
+
+std::vector<const kernel_table*> tables_under_test() {
+#if QLLM_TEST_ALL_TABLES
+  return kernels::compiled_tables();  // emulated build: run every table, whatever the CPU says
+#else
+  return kernels::runnable_tables();
+#endif
+}
+
+// Runs W (n x k, GGUF blocks) through table t's quantized gemm; x quantized by the reference.
+template <class Block, class Panel>
+std::vector<float> run_qgemm(const kernel_table& t, bool q4, const std::vector<Block>& w,
+                             int64_t n, int64_t k, const std::vector<float>& x, int64_t m) {
+  const int64_t nb = k / 32, np = (n + 7) / 8;
+  std::vector<Panel> panels(static_cast<size_t>(np * nb));
+  if constexpr (sizeof(Block) == sizeof(block_q4_0))
+    kernels::repack_q4_0x8(w.data(), n, nb, panels.data());
+  else
+    kernels::repack_q8_0x8(w.data(), n, nb, panels.data());
+  std::vector<block_q8_0> xq(static_cast<size_t>(m * nb));
+  std::vector<int32_t> xs(static_cast<size_t>(m * nb));
+  for (int64_t i = 0; i < m; ++i)
+    ref::quantize_row_q8_0(x.data() + i * k, xq.data() + i * nb, xs.data() + i * nb, k);
+  const int64_t ldy = n + 3;  // a stride wider than n: nothing may be written past row n
+  std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
+  const kernels::qgemm_args a{panels.data(), nb, n, xq.data(), xs.data(), m, y.data(), ldy};
+  // two calls over split panel ranges must equal one call over all
+  const int64_t mid = np / 2;
+  (q4 ? t.gemm_q4_0x8 : t.gemm_q8_0x8)(a, 0, mid);
+  (q4 ? t.gemm_q4_0x8 : t.gemm_q8_0x8)(a, mid, np);
+  std::vector<float> out(static_cast<size_t>(m * n));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t r = n; r < ldy; ++r) REQUIRE(y[i * ldy + r] == -7.0f);
+    std::memcpy(out.data() + i * n, y.data() + i * ldy, size_t(n) * sizeof(float));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("there is at least one table beyond scalar where the CPU has SIMD") {
+  const auto ts = tables_under_test();
+  std::string names;
+  for (auto* t : ts) names += std::string(t->name) + " ";
+  MESSAGE("tables under test: " << names);
+  CHECK(ts.back() == kernels::find_table("scalar"));
+#if defined(__x86_64__) || defined(__aarch64__)
+  CHECK(ts.size() >= 2);
+#endif
+}
+
+TEST_CASE("quantize_row_q8_0: bytes and sums equal the reference") {
+  for (auto* t : tables_under_test()) {
+    CAPTURE(t->name);
+    for (int64_t k : {32, 64, 96, 4096 + 32}) {
+      auto x = test::gaussian(static_cast<size_t>(k), uint32_t(k), 2.0f);
+      for (int j = 0; j < 32; ++j) x[size_t(j)] = 0.0f;  // an all-zero block
+      if (k >= 64) {  // a block with exact ties: amax 127 -> d = 1
+        x[32] = 127.0f;
+        x[33] = 2.5f;
+        x[34] = -2.5f;
+        x[35] = 0.5f;
+      }
+      const int64_t nb = k / 32;
+      std::vector<block_q8_0> a(static_cast<size_t>(nb)), b(static_cast<size_t>(nb));
+      std::vector<int32_t> sa(static_cast<size_t>(nb)), sb(static_cast<size_t>(nb));
+      ref::quantize_row_q8_0(x.data(), a.data(), sa.data(), k);
+      t->quantize_row_q8_0(x.data(), b.data(), sb.data(), k);
+      CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(block_q8_0)) == 0);
+      CHECK(sa == sb);
+    }
+  }
+}
+
+TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for bit") {
+  const int64_t ns[] = {1, 7, 8, 9, 17, 40};
+  const int64_t ks[] = {32, 96, 288, 512};
+  const int64_t ms[] = {1, 2, 7, 64};
+  for (auto* t : tables_under_test()) {
+    CAPTURE(t->name);
+    for (int64_t n : ns) {
+      for (int64_t k : ks) {
+        for (int64_t m : ms) {
+          if (m == 64 && n * k > 17 * 288) continue;  // keep emulated runs short
+          CAPTURE(n);
+          CAPTURE(k);
+          CAPTURE(m);
+          const auto wf = test::gaussian(static_cast<size_t>(n * k), uint32_t(n * 1000 + k));
+          const auto x = test::gaussian(static_cast<size_t>(m * k), uint32_t(m * 7 + k), 3.0f);
+          std::vector<float> want(static_cast<size_t>(m * n));
+          std::vector<block_q4_0> w4(static_cast<size_t>(n * k / 32));
+          std::vector<block_q8_0> w8(static_cast<size_t>(n * k / 32));
+          ref::quantize_row_q4_0(wf.data(), w4.data(), n * k);
+          ref::quantize_row_q8_0(wf.data(), w8.data(), nullptr, n * k);
+          if (n == 9) w8[0].qs[3] = -128;  // a value a file may hold though quantization never writes it
+
+          ref::matmul(ggml_type::q4_0, w4.data(), n, k, x.data(), m, want.data());
+          auto got = run_qgemm<block_q4_0, kernels::block_q4_0x8>(*t, true, w4, n, k, x, m);
+          CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+
+          ref::matmul(ggml_type::q8_0, w8.data(), n, k, x.data(), m, want.data());
+          got = run_qgemm<block_q8_0, kernels::block_q8_0x8>(*t, false, w8, n, k, x, m);
+          CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("gemm with F16 and F32 weights equals the reference") {
+  for (auto* t : tables_under_test()) {
+    CAPTURE(t->name);
+    for (int64_t k : {5, 8, 64, 100}) {
+      const int64_t n = 11, m = 3;
+      const auto wf = test::gaussian(static_cast<size_t>(n * k), uint32_t(k));
+      const auto x = test::gaussian(static_cast<size_t>(m * k), uint32_t(k + 1));
+      std::vector<uint16_t> wh(wf.size());
+      for (size_t i = 0; i < wf.size(); ++i) wh[i] = fp32_to_fp16(wf[i]);
+      std::vector<float> want(static_cast<size_t>(m * n)), got(static_cast<size_t>(m * n));
+      ref::matmul(ggml_type::f16, wh.data(), n, k, x.data(), m, want.data());
+      kernels::fgemm_args a{wh.data(), k, x.data(), m, got.data(), n};
+      t->gemm_f16(a, 0, 4);
+      t->gemm_f16(a, 4, n);
+      CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+      ref::matmul(ggml_type::f32, wf.data(), n, k, x.data(), m, want.data());
+      a.w = wf.data();
+      t->gemm_f32(a, 0, n);
+      CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+    }
+  }
+}
+
+TEST_CASE("float operations equal the reference bit for bit") {
+  for (auto* t : tables_under_test()) {
+    CAPTURE(t->name);
+    for (int64_t n : {1, 7, 8, 9, 64, 4096 + 5}) {
+      CAPTURE(n);
+      const auto a = test::gaussian(static_cast<size_t>(n), uint32_t(n), 4.0f);
+      const auto b = test::gaussian(static_cast<size_t>(n), uint32_t(n + 1));
+      std::vector<uint16_t> bh(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) bh[size_t(i)] = fp32_to_fp16(b[size_t(i)]);
+      CHECK(test::same_bits(t->dot_f32(a.data(), b.data(), n), ref::dot_f32(a.data(), b.data(), n)));
+      CHECK(test::same_bits(t->dot_f16_f32(bh.data(), a.data(), n),
+                            ref::dot_f16_f32(bh.data(), a.data(), n)));
+      std::vector<float> p(a), q(a);
+      t->axpy_f32(p.data(), 0.37f, b.data(), n);
+      ref::axpy_f32(q.data(), 0.37f, b.data(), n);
+      CHECK(test::count_bit_differences(p.data(), q.data(), p.size()) == 0);
+      p = a, q = a;
+      t->axpy_f16(p.data(), -1.5f, bh.data(), n);
+      ref::axpy_f16(q.data(), -1.5f, bh.data(), n);
+      CHECK(test::count_bit_differences(p.data(), q.data(), p.size()) == 0);
+      t->rmsnorm(p.data(), a.data(), b.data(), n, 1e-5f);
+      ref::rmsnorm(q.data(), a.data(), b.data(), n, 1e-5f);
+      CHECK(test::count_bit_differences(p.data(), q.data(), p.size()) == 0);
+      p = a, q = a;
+      t->softmax(p.data(), n);
+      ref::softmax(q.data(), n);
+      CHECK(test::count_bit_differences(p.data(), q.data(), p.size()) == 0);
+      t->silu_mul(p.data(), a.data(), b.data(), n);
+      ref::silu_mul(q.data(), a.data(), b.data(), n);
+      CHECK(test::count_bit_differences(p.data(), q.data(), p.size()) == 0);
+      t->add(p.data(), a.data(), b.data(), n);
+      ref::add(q.data(), a.data(), b.data(), n);
+      CHECK(test::count_bit_differences(p.data(), q.data(), p.size()) == 0);
+    }
+    for (int64_t hd : {2, 6, 16, 128}) {
+      const int64_t nh = 3;
+      auto p = test::gaussian(static_cast<size_t>(nh * hd), uint32_t(hd));
+      auto q = p;
+      std::vector<float> c(static_cast<size_t>(hd)), s(static_cast<size_t>(hd));
+      ref::rope_table(c.data(), s.data(), hd, hd, 1234.0, 10000.0);
+      t->rope(p.data(), nh, hd, c.data(), s.data());
+      ref::rope(q.data(), nh, hd, c.data(), s.data());
+      CHECK(test::count_bit_differences(p.data(), q.data(), p.size()) == 0);
+    }
+  }
+}
+
+TEST_CASE("softmax and silu survive extreme inputs") {
+  for (auto* t : tables_under_test()) {
+    CAPTURE(t->name);
+    std::vector<float> x = {-1e30f, 0.0f, 1e30f, -100.0f, 100.0f, 3.0f, -3.0f, 88.5f, -88.5f};
+    std::vector<float> y(x);
+    t->softmax(y.data(), int64_t(y.size()));
+    float s = 0;
+    for (float v : y) {
+      CHECK(std::isfinite(v));
+      s += v;
+    }
+    CHECK(std::fabs(s - 1.0f) < 1e-5f);
+    std::vector<float> ones(x.size(), 1.0f), out(x.size());
+    t->silu_mul(out.data(), x.data(), ones.data(), int64_t(x.size()));
+    CHECK(out[1] == 0.0f);
+    CHECK(out[4] == doctest::Approx(100.0f));
+    CHECK(std::fabs(out[3]) < 1e-30f);
+  }
+}

@@ -1,0 +1,27 @@
+// Helpers shared by the test suites.
+#pragma once
+#include <bit>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace qllm::test {
+
+inline std::vector<float> gaussian(std::size_t n, uint32_t seed, float sigma = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, sigma);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+inline bool same_bits(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+
+// Number of positions where two float arrays differ bitwise.
+inline std::size_t count_bit_differences(const float* a, const float* b, std::size_t n) {
+  std::size_t d = 0;
+  for (std::size_t i = 0; i < n; ++i) d += !same_bits(a[i], b[i]);
+  return d;
+}
+
+}  // namespace qllm::test
