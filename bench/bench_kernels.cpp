@@ -67,7 +67,7 @@ __attribute__((target("avx2,fma"))) double measure_int8_peak(int nt) {
           for (int j = 1; j < 8; ++j) s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[j], x));
           acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s, ones));
         }
-        __asm__ volatile("" : "+x"(w[0]), "+x"(w[1]));
+        for (auto& v : w) __asm__ volatile("" : "+x"(v));  // keep every product in the loop
       }
       for (int j = 0; j < 4; ++j) sink += _mm256_extract_epi32(acc[j], 0);
     }
@@ -82,10 +82,11 @@ struct shape {
   int64_t n, k;
 };
 
+// Several copies of the matrix, cycled through, so that a GEMV streams from memory, not L3.
 struct fixture {
   std::vector<block_q4_0> q4;
   std::vector<block_q8_0> q8;
-  std::unique_ptr<ops::packed_weights> w;
+  std::vector<std::unique_ptr<ops::packed_weights>> w;
 };
 
 // Weight matrices are made once per (type, shape) and reused by every benchmark of that shape.
@@ -108,7 +109,11 @@ fixture& weights(ggml_type type, shape s) {
   }
   const void* src = type == ggml_type::q4_0 ? static_cast<const void*>(f.q4.data())
                                             : static_cast<const void*>(f.q8.data());
-  f.w = std::make_unique<ops::packed_weights>(type, src, s.n, s.k, 2);
+  const std::size_t one = std::size_t(s.n) * std::size_t(nb) *
+                          (type == ggml_type::q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0));
+  const std::size_t copies = std::max<std::size_t>(2, (std::size_t(768) << 20) / one + 1);
+  for (std::size_t c = 0; c < copies; ++c)
+    f.w.push_back(std::make_unique<ops::packed_weights>(type, src, s.n, s.k, 2));
   f.q4 = {};
   f.q8 = {};
   return f;
@@ -121,15 +126,15 @@ void bm_matmul(benchmark::State& st, ggml_type type, shape s, int64_t m, int nt)
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 61) - 30) * 0.03f;
   ops::act_q8 xq(m, s.k);
   std::vector<float> y(static_cast<size_t>(m * s.n));
+  std::size_t c = 0;
   for (auto _ : st) {
     ops::quantize_activations(kt, x.data(), m, xq, nt);
-    ops::matmul(kt, *f.w, x.data(), &xq, m, y.data(), s.n, nt);
+    ops::matmul(kt, *f.w[c], x.data(), &xq, m, y.data(), s.n, nt);
+    c = (c + 1) % f.w.size();
     benchmark::ClobberMemory();
   }
-  const double secs_per_iter = 1;  // rates below are per second of iteration time
-  (void)secs_per_iter;
   if (m == 1) {
-    const double gbs = double(f.w->bytes()) * double(st.iterations());
+    const double gbs = double(f.w[0]->bytes()) * double(st.iterations());
     st.counters["GB/s"] = benchmark::Counter(gbs / 1e9, benchmark::Counter::kIsRate);
     st.counters["bw_frac"] = benchmark::Counter(gbs / 1e9 / g_bw[nt], benchmark::Counter::kIsRate);
   } else {

@@ -68,7 +68,8 @@ TEST_CASE("there is at least one table beyond scalar where the CPU has SIMD") {
 
 TEST_CASE("quantize_row_q8_0: bytes and sums equal the reference") {
   for (auto* t : tables_under_test()) {
-    CAPTURE(t->name);
+    const std::string table = t->name;
+    CAPTURE(table);
     for (int64_t k : {32, 64, 96, 4096 + 32}) {
       auto x = test::gaussian(static_cast<size_t>(k), uint32_t(k), 2.0f);
       for (int j = 0; j < 32; ++j) x[size_t(j)] = 0.0f;  // an all-zero block
@@ -94,7 +95,8 @@ TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for b
   const int64_t ks[] = {32, 96, 288, 512};
   const int64_t ms[] = {1, 2, 7, 64};
   for (auto* t : tables_under_test()) {
-    CAPTURE(t->name);
+    const std::string table = t->name;
+    CAPTURE(table);
     for (int64_t n : ns) {
       for (int64_t k : ks) {
         for (int64_t m : ms) {
@@ -126,7 +128,8 @@ TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for b
 
 TEST_CASE("gemm with F16 and F32 weights equals the reference") {
   for (auto* t : tables_under_test()) {
-    CAPTURE(t->name);
+    const std::string table = t->name;
+    CAPTURE(table);
     for (int64_t k : {5, 8, 64, 100}) {
       const int64_t n = 11, m = 3;
       const auto wf = test::gaussian(static_cast<size_t>(n * k), uint32_t(k));
@@ -149,7 +152,8 @@ TEST_CASE("gemm with F16 and F32 weights equals the reference") {
 
 TEST_CASE("float operations equal the reference bit for bit") {
   for (auto* t : tables_under_test()) {
-    CAPTURE(t->name);
+    const std::string table = t->name;
+    CAPTURE(table);
     for (int64_t n : {1, 7, 8, 9, 64, 4096 + 5}) {
       CAPTURE(n);
       const auto a = test::gaussian(static_cast<size_t>(n), uint32_t(n), 4.0f);
@@ -196,7 +200,8 @@ TEST_CASE("float operations equal the reference bit for bit") {
 
 TEST_CASE("softmax and silu survive extreme inputs") {
   for (auto* t : tables_under_test()) {
-    CAPTURE(t->name);
+    const std::string table = t->name;
+    CAPTURE(table);
     std::vector<float> x = {-1e30f, 0.0f, 1e30f, -100.0f, 100.0f, 3.0f, -3.0f, 88.5f, -88.5f};
     std::vector<float> y(x);
     t->softmax(y.data(), int64_t(y.size()));

@@ -2,6 +2,8 @@
 // depend on the thread count, and must equal the reference.
 #include <doctest/doctest.h>
 
+#include <string>
+
 #include "ops/matmul.hpp"
 #include "qllm/error.hpp"
 #include "qllm/reference.hpp"
@@ -11,7 +13,8 @@ using namespace qllm;
 
 TEST_CASE("matmul: bit-identical for 1, 2, 3 and 7 threads, equal to the reference") {
   for (auto* kt : kernels::runnable_tables()) {
-    CAPTURE(kt->name);
+    const std::string table = kt->name;
+    CAPTURE(table);
     for (ggml_type type : {ggml_type::q4_0, ggml_type::q8_0, ggml_type::f16, ggml_type::f32}) {
       CAPTURE(int(type));
       for (int64_t m : {1, 5, 130}) {

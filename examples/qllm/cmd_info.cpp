@@ -12,13 +12,14 @@
 namespace qllm::cli {
 
 int cmd_info(int, char**) {
+  const kernels::kernel_table& active = kernels::active();  // throws first on a bad QLLM_ISA
   std::printf("qllm %s\n", version_string);
   std::printf("build:        %s, %s\n", QLLM_BUILD_COMPILER, QLLM_BUILD_TYPE);
   std::printf("cpu features: %s\n", cpu_features_string(cpu_features_detect()).c_str());
   std::string compiled, runnable;
   for (auto* t : kernels::compiled_tables()) compiled += std::string(" ") + t->name;
   for (auto* t : kernels::runnable_tables()) runnable += std::string(" ") + t->name;
-  std::printf("kernels:      %s (QLLM_ISA to force one)\n", kernels::active().name);
+  std::printf("kernels:      %s (QLLM_ISA to force one)\n", active.name);
   std::printf("  runnable:  %s\n", runnable.c_str());
   std::printf("  compiled:  %s\n", compiled.c_str());
   std::printf("threads:      %d (OpenMP; OMP_NUM_THREADS to change)\n", omp_get_max_threads());

@@ -8,6 +8,8 @@ namespace {
 
 struct h_avx2 {
   using arch = xsimd::fma3<xsimd::avx2>;
+  using B = xsimd::batch<float, arch>;
+  static B div(B a, B b) { return a / b; }
   static void cvt_f16(const uint16_t* src, float* dst) { cvt_f16_avx2(src, dst); }
 };
 

@@ -8,6 +8,8 @@ namespace {
 
 struct h_neon {
   using arch = xsimd::neon64;
+  using B = xsimd::batch<float, arch>;
+  static B div(B a, B b) { return vdivq_f32(a, b); }
   static void cvt_f16(const uint16_t* src, float* dst) {
     const uint16x8_t h = vld1q_u16(src);
     vst1q_f32(dst, vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h))));

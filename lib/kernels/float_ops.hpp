@@ -15,7 +15,8 @@ namespace qllm::kernels {
 namespace {
 
 // Eight floats as one or more xsimd batches (8 lanes on AVX2, 2x4 on NEON).
-// H provides `arch` and `static void cvt_f16(const uint16_t* src8, float* dst8)`.
+// H provides `arch`, `static void cvt_f16(const uint16_t* src8, float* dst8)` and a correctly
+// rounded `static batch div(batch, batch)`.
 template <class H>
 struct f8 {
   using B = xsimd::batch<float, typename H::arch>;
@@ -71,7 +72,8 @@ struct f8 {
   friend f8 operator+(const f8& a, const f8& b) { return map2(a, b, [](B x, B y) { return x + y; }); }
   friend f8 operator-(const f8& a, const f8& b) { return map2(a, b, [](B x, B y) { return x - y; }); }
   friend f8 operator*(const f8& a, const f8& b) { return map2(a, b, [](B x, B y) { return x * y; }); }
-  friend f8 operator/(const f8& a, const f8& b) { return map2(a, b, [](B x, B y) { return x / y; }); }
+  // H::div: xsimd 8.1 divides on NEON by reciprocal estimate + Newton steps, not correctly rounded
+  friend f8 operator/(const f8& a, const f8& b) { return map2(a, b, [](B x, B y) { return H::div(x, y); }); }
   friend f8 fma8(const f8& a, const f8& b, const f8& c) {
     f8 r;
     for (std::size_t i = 0; i < nv; ++i) r.v[i] = xsimd::fma(a.v[i], b.v[i], c.v[i]);

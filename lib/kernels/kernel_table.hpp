@@ -74,7 +74,8 @@ struct kernel_table {
                const float* sin_alt);
 };
 
-// Every table compiled into this build, best first (whether or not this CPU can run it).
+// Every table compiled into this build, best measured first (whether or not this CPU can run
+// it); scalar is last.
 const std::vector<const kernel_table*>& compiled_tables();
 // The tables of compiled_tables() that the CPU in hand can run.
 std::vector<const kernel_table*> runnable_tables();

@@ -54,9 +54,16 @@ void q4_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
       const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
       simde__m512i si;
       if constexpr (vnni) {
-        si = simde_mm512_setzero_si512();
-        for (int j = 0; j < 8; ++j)
-          si = simde_mm512_dpbusd_epi32(si, w[j], simde_mm512_set1_epi32(load_i32(xb.qs + 4 * j)));
+        // four independent chains: vpdpbusd has a latency of several cycles
+        simde__m512i s4[4];
+        for (int j = 0; j < 4; ++j)
+          s4[j] = simde_mm512_dpbusd_epi32(simde_mm512_setzero_si512(), w[j],
+                                           simde_mm512_set1_epi32(load_i32(xb.qs + 4 * j)));
+        for (int j = 4; j < 8; ++j)
+          s4[j - 4] = simde_mm512_dpbusd_epi32(s4[j - 4], w[j],
+                                               simde_mm512_set1_epi32(load_i32(xb.qs + 4 * j)));
+        si = simde_mm512_add_epi32(simde_mm512_add_epi32(s4[0], s4[1]),
+                                   simde_mm512_add_epi32(s4[2], s4[3]));
       } else {
         simde__m512i s = simde_mm512_maddubs_epi16(w[0], simde_mm512_set1_epi32(load_i32(xb.qs)));
         for (int j = 1; j < 8; ++j)
@@ -87,8 +94,8 @@ void q8_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
       _mm_prefetch(reinterpret_cast<const char*>(w0 + b) + o, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(w1 + b) + o, _MM_HINT_T0);
     }
-    simde__m512i si[TN];
-    for (int t = 0; t < TN; ++t) si[t] = zero;
+    simde__m512i si[TN][2];  // two chains per token (even / odd chunks)
+    for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = zero;
     for (int j = 0; j < 8; ++j) {
       const simde__m512i wv = load_pair(w0[b].qs + 32 * j, w1[b].qs + 32 * j);
       const simde__m512i wabs = simde_mm512_abs_epi8(wv);
@@ -97,16 +104,17 @@ void q8_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
         const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
         const simde__m512i xv = simde_mm512_set1_epi32(load_i32(xb.qs + 4 * j));
         const simde__m512i xs = simde_mm512_mask_sub_epi8(xv, neg, zero, xv);  // x * sign(w)
+        simde__m512i& acc = si[t][j & 1];
         if constexpr (vnni)
-          si[t] = simde_mm512_dpbusd_epi32(si[t], wabs, xs);
+          acc = simde_mm512_dpbusd_epi32(acc, wabs, xs);
         else
-          si[t] = simde_mm512_add_epi32(
-              si[t], simde_mm512_madd_epi16(simde_mm512_maddubs_epi16(wabs, xs), ones));
+          acc = simde_mm512_add_epi32(
+              acc, simde_mm512_madd_epi16(simde_mm512_maddubs_epi16(wabs, xs), ones));
       }
     }
     const __m256 dw0 = load_scales(w0[b].d), dw1 = load_scales(w1[b].d);
     for (int t = 0; t < TN; ++t)
-      epilogue16(si[t], dw0, dw1, fp16_scalar(a.x[(t0 + t) * a.nb + b].d), acc0[t], acc1[t]);
+      epilogue16(simde_mm512_add_epi32(si[t][0], si[t][1]), dw0, dw1, fp16_scalar(a.x[(t0 + t) * a.nb + b].d), acc0[t], acc1[t]);
   }
   for (int t = 0; t < TN; ++t) {
     store_panel(a, t0 + t, p, acc0[t]);
@@ -114,10 +122,12 @@ void q8_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   }
 }
 
-// Panels in pairs; an odd last panel goes through the 256-bit kernel.
+// Panels in pairs; an odd last panel goes through the 256-bit kernel. Fewer than 4 tokens (the
+// memory-bound GEMV of decoding) also take the 256-bit kernel: one weight stream per thread
+// measured about 2x faster than two on Zen 4 (docs/kernels.md). Same canonical order either way.
 template <bool vnni, bool q4>
 void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
-  int64_t p = p0;
+  int64_t p = a.m < 4 ? p1 : p0;
   for (; p + 2 <= p1; p += 2) {
     int64_t t = 0;
     auto tile = [&](auto tn) {
@@ -134,11 +144,12 @@ void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
       default: break;
     }
   }
-  if (p < p1) {
+  const int64_t rest = a.m < 4 ? p0 : p;
+  if (rest < p1) {
     if constexpr (q4)
-      gemm_q4_0x8_avx2(a, p, p1);
+      gemm_q4_0x8_avx2(a, rest, p1);
     else
-      gemm_q8_0x8_avx2(a, p, p1);
+      gemm_q8_0x8_avx2(a, rest, p1);
   }
 }
 
