@@ -13,20 +13,6 @@ struct h_avx2 {
   static void cvt_f16(const uint16_t* src, float* dst) { cvt_f16_avx2(src, dst); }
 };
 
-void gemm_f16(const fgemm_args& a, int64_t r0, int64_t r1) {
-  const auto* w = static_cast<const uint16_t*>(a.w);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t t = 0; t < a.m; ++t)
-      a.y[t * a.ldy + r] = dot_f16_f32<h_avx2>(w + r * a.k, a.x + t * a.k, a.k);
-}
-
-void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
-  const auto* w = static_cast<const float*>(a.w);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t t = 0; t < a.m; ++t)
-      a.y[t * a.ldy + r] = dot_f32<h_avx2>(w + r * a.k, a.x + t * a.k, a.k);
-}
-
 bool supported(const cpu_features& f) { return f.avx2 && f.fma && f.f16c; }
 
 }  // namespace
@@ -37,8 +23,8 @@ extern const kernel_table table_avx2 = {
     quantize_row_q8_0_avx2,
     gemm_q4_0x8_avx2,
     gemm_q8_0x8_avx2,
-    gemm_f16,
-    gemm_f32,
+    gemm_f16<h_avx2>,
+    gemm_f32<h_avx2>,
     dot_f32<h_avx2>,
     dot_f16_f32<h_avx2>,
     axpy_f32<h_avx2>,

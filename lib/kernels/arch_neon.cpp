@@ -41,20 +41,6 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) 
   }
 }
 
-void gemm_f16(const fgemm_args& a, int64_t r0, int64_t r1) {
-  const auto* w = static_cast<const uint16_t*>(a.w);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t t = 0; t < a.m; ++t)
-      a.y[t * a.ldy + r] = dot_f16_f32<h_neon>(w + r * a.k, a.x + t * a.k, a.k);
-}
-
-void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
-  const auto* w = static_cast<const float*>(a.w);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t t = 0; t < a.m; ++t)
-      a.y[t * a.ldy + r] = dot_f32<h_neon>(w + r * a.k, a.x + t * a.k, a.k);
-}
-
 bool supported(const cpu_features& f) { return f.neon; }
 
 }  // namespace
@@ -65,8 +51,8 @@ extern const kernel_table table_neon = {
     quantize_row_q8_0,
     gemm_neon<false, true>,
     gemm_neon<false, false>,
-    gemm_f16,
-    gemm_f32,
+    gemm_f16<h_neon>,
+    gemm_f32<h_neon>,
     dot_f32<h_neon>,
     dot_f16_f32<h_neon>,
     axpy_f32<h_neon>,

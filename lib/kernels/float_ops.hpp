@@ -130,6 +130,23 @@ float dot_f16_f32(const uint16_t* a, const float* b, int64_t n) {
   return acc.sum();
 }
 
+// Float-weight matmul: one canonical dot per (row, token).
+template <class H>
+void gemm_f16(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const uint16_t*>(a.w);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.m; ++t)
+      a.y[t * a.ldy + r] = dot_f16_f32<H>(w + r * a.k, a.x + t * a.k, a.k);
+}
+
+template <class H>
+void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const float*>(a.w);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < a.m; ++t)
+      a.y[t * a.ldy + r] = dot_f32<H>(w + r * a.k, a.x + t * a.k, a.k);
+}
+
 template <class H>
 void axpy_f32(float* y, float a, const float* x, int64_t n) {
   using V = f8<H>;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kernels/kernel_table.hpp"
+#include "kernels/token_tiles.hpp"
 
 namespace qllm::kernels {
 namespace {
@@ -130,20 +131,12 @@ void q8_0x8_tile_neon(const qgemm_args& a, int64_t p, int64_t t0) {
 template <bool dotprod, bool q4>
 void gemm_neon(const qgemm_args& a, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
-    int64_t t = 0;
-    auto tile = [&](auto tn) {
+    for_token_tiles(a.m, [&](auto tn, int64_t t) {
       if constexpr (q4)
         q4_0x8_tile_neon<dotprod, decltype(tn)::value>(a, p, t);
       else
         q8_0x8_tile_neon<dotprod, decltype(tn)::value>(a, p, t);
-    };
-    for (; t + 4 <= a.m; t += 4) tile(std::integral_constant<int, 4>());
-    switch (a.m - t) {
-      case 3: tile(std::integral_constant<int, 3>()); break;
-      case 2: tile(std::integral_constant<int, 2>()); break;
-      case 1: tile(std::integral_constant<int, 1>()); break;
-      default: break;
-    }
+    });
   }
 }
 

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kernels/kernel_table.hpp"
+#include "kernels/token_tiles.hpp"
 
 namespace qllm::kernels {
 namespace {
@@ -97,29 +98,13 @@ void q8_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
 }
 
 inline void gemm_q4_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
-  for (int64_t p = p0; p < p1; ++p) {
-    int64_t t = 0;
-    for (; t + 4 <= a.m; t += 4) q4_0x8_tile_avx2<4>(a, p, t);
-    switch (a.m - t) {
-      case 3: q4_0x8_tile_avx2<3>(a, p, t); break;
-      case 2: q4_0x8_tile_avx2<2>(a, p, t); break;
-      case 1: q4_0x8_tile_avx2<1>(a, p, t); break;
-      default: break;
-    }
-  }
+  for (int64_t p = p0; p < p1; ++p)
+    for_token_tiles(a.m, [&](auto tn, int64_t t) { q4_0x8_tile_avx2<decltype(tn)::value>(a, p, t); });
 }
 
 inline void gemm_q8_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
-  for (int64_t p = p0; p < p1; ++p) {
-    int64_t t = 0;
-    for (; t + 4 <= a.m; t += 4) q8_0x8_tile_avx2<4>(a, p, t);
-    switch (a.m - t) {
-      case 3: q8_0x8_tile_avx2<3>(a, p, t); break;
-      case 2: q8_0x8_tile_avx2<2>(a, p, t); break;
-      case 1: q8_0x8_tile_avx2<1>(a, p, t); break;
-      default: break;
-    }
-  }
+  for (int64_t p = p0; p < p1; ++p)
+    for_token_tiles(a.m, [&](auto tn, int64_t t) { q8_0x8_tile_avx2<decltype(tn)::value>(a, p, t); });
 }
 
 // Q8_0 quantization of activations: nearest-even rounding, as ref::quantize_row_q8_0.

@@ -129,20 +129,12 @@ template <bool vnni, bool q4>
 void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
   int64_t p = a.m < 4 ? p1 : p0;
   for (; p + 2 <= p1; p += 2) {
-    int64_t t = 0;
-    auto tile = [&](auto tn) {
+    for_token_tiles(a.m, [&](auto tn, int64_t t) {
       if constexpr (q4)
         q4_0x16_tile<vnni, decltype(tn)::value>(a, p, t);
       else
         q8_0x16_tile<vnni, decltype(tn)::value>(a, p, t);
-    };
-    for (; t + 4 <= a.m; t += 4) tile(std::integral_constant<int, 4>());
-    switch (a.m - t) {
-      case 3: tile(std::integral_constant<int, 3>()); break;
-      case 2: tile(std::integral_constant<int, 2>()); break;
-      case 1: tile(std::integral_constant<int, 1>()); break;
-      default: break;
-    }
+    });
   }
   const int64_t rest = a.m < 4 ? p0 : p;
   if (rest < p1) {
