@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/kernel_table.hpp"
 
@@ -130,21 +131,18 @@ float dot_f16_f32(const uint16_t* a, const float* b, int64_t n) {
   return acc.sum();
 }
 
-// Float-weight matmul: one canonical dot per (row, token).
-template <class H>
-void gemm_f16(const fgemm_args& a, int64_t r0, int64_t r1) {
-  const auto* w = static_cast<const uint16_t*>(a.w);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t t = 0; t < a.m; ++t)
-      a.y[t * a.ldy + r] = dot_f16_f32<H>(w + r * a.k, a.x + t * a.k, a.k);
-}
-
-template <class H>
-void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
-  const auto* w = static_cast<const float*>(a.w);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t t = 0; t < a.m; ++t)
-      a.y[t * a.ldy + r] = dot_f32<H>(w + r * a.k, a.x + t * a.k, a.k);
+// Float-weight matmul: one canonical dot per (row, token). W is uint16_t (f16) or float.
+template <class H, class W>
+void gemm_float(const fgemm_args& a, int64_t r0, int64_t r1) {
+  const auto* w = static_cast<const W*>(a.w);
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t t = 0; t < a.m; ++t) {
+      if constexpr (std::is_same_v<W, uint16_t>)
+        a.y[t * a.ldy + r] = dot_f16_f32<H>(w + r * a.k, a.x + t * a.k, a.k);
+      else
+        a.y[t * a.ldy + r] = dot_f32<H>(w + r * a.k, a.x + t * a.k, a.k);
+    }
+  }
 }
 
 template <class H>
