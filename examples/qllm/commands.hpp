@@ -5,5 +5,7 @@ namespace qllm::cli {
 
 // Each returns the process exit code; argv[0] is the subcommand name.
 int cmd_info(int argc, char** argv);
+int cmd_gen_random(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
 
 }  // namespace qllm::cli

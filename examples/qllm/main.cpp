@@ -10,7 +10,9 @@ void usage(std::FILE* out) {
   std::fputs(
       "usage: qllm <command> [options]\n"
       "commands:\n"
-      "  info    version, build, CPU features, kernel tables, threads\n",
+      "  info        version, build, CPU features, kernel tables, threads\n"
+      "  gen-random  write a Llama GGUF with seeded random weights\n"
+      "  bench       prompt and generation speed of a model (like llama-bench)\n",
       out);
 }
 }  // namespace
@@ -23,6 +25,8 @@ int main(int argc, char** argv) {
   const char* cmd = argv[1];
   try {
     if (!std::strcmp(cmd, "info")) return qllm::cli::cmd_info(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "gen-random")) return qllm::cli::cmd_gen_random(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "bench")) return qllm::cli::cmd_bench(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "-h") || !std::strcmp(cmd, "--help") || !std::strcmp(cmd, "help")) {
       usage(stdout);
       return 0;

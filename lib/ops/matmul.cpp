@@ -13,8 +13,15 @@ namespace qllm::ops {
 
 void packed_weights::aligned_free::operator()(void* p) const noexcept { std::free(p); }
 
+std::size_t packed_weights::packed_size(ggml_type type, int64_t n, int64_t k) noexcept {
+  if (!repacked(type) || n <= 0 || k <= 0) return 0;
+  const std::size_t panel = type == ggml_type::q4_0 ? sizeof(kernels::block_q4_0x8)
+                                                     : sizeof(kernels::block_q8_0x8);
+  return std::size_t((n + 7) / 8) * std::size_t(k / qk) * panel;
+}
+
 packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64_t k,
-                               int n_threads)
+                               int n_threads, void* dst)
     : type_(type), n_(n), k_(k) {
   if (n <= 0 || k <= 0) throw error(errc::invalid_argument, "packed_weights: empty matrix");
   const int64_t np = (n + 7) / 8;
@@ -25,13 +32,16 @@ packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64
       if (k % qk != 0)
         throw error(errc::invalid_argument,
                     "packed_weights: row length " + std::to_string(k) + " is not a multiple of 32");
-      const std::size_t panel = type == ggml_type::q4_0 ? sizeof(kernels::block_q4_0x8)
-                                                         : sizeof(kernels::block_q8_0x8);
-      bytes_ = std::size_t(np) * std::size_t(nb) * panel;
-      const std::size_t alloc = (bytes_ + 63) / 64 * 64;
-      void* p = std::aligned_alloc(64, alloc);
-      if (!p) throw error(errc::out_of_memory, "packed_weights: cannot allocate " + std::to_string(alloc) + " bytes");
-      own_.reset(p);
+      bytes_ = packed_size(type, n, k);
+      void* p = dst;
+      if (!p) {
+        const std::size_t alloc = (bytes_ + 63) / 64 * 64;
+        p = std::aligned_alloc(64, alloc);
+        if (!p)
+          throw error(errc::out_of_memory,
+                      "packed_weights: cannot allocate " + std::to_string(alloc) + " bytes");
+        own_.reset(p);
+      }
       data_ = p;
       // each panel is independent: repack in parallel
 #pragma omp parallel for schedule(static) num_threads(std::max(1, n_threads))

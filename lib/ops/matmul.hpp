@@ -15,9 +15,18 @@ namespace qllm::ops {
 class packed_weights {
  public:
   packed_weights() = default;
-  // src holds n rows of k elements in GGUF layout. Throws qllm::error for an unsupported type
-  // or a k that is not a multiple of 32 for a quantized type.
-  packed_weights(ggml_type type, const void* src, int64_t n, int64_t k, int n_threads = 1);
+  // src holds n rows of k elements in GGUF layout. Repacked types go to `dst` (packed_size bytes,
+  // 64-byte aligned, owned by the caller) or, when dst is null, to an allocation of our own.
+  // Throws qllm::error for an unsupported type or a k that is not a multiple of 32 for a
+  // quantized type.
+  packed_weights(ggml_type type, const void* src, int64_t n, int64_t k, int n_threads = 1,
+                 void* dst = nullptr);
+  // Bytes a repack of this matrix needs (0 for types read in place: f16, f32).
+  static std::size_t packed_size(ggml_type type, int64_t n, int64_t k) noexcept;
+  // Whether `type` is repacked (q4_0, q8_0) rather than read in place.
+  static bool repacked(ggml_type type) noexcept {
+    return type == ggml_type::q4_0 || type == ggml_type::q8_0;
+  }
 
   ggml_type type() const noexcept { return type_; }
   int64_t rows() const noexcept { return n_; }

@@ -1,0 +1,19 @@
+// Small command-line parsing helpers: every bad value is a one-line qllm::error.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qllm::cli {
+
+// Parses a whole decimal integer in [lo, hi]; throws naming the flag otherwise.
+int64_t parse_int(const std::string& flag, const std::string& text, int64_t lo, int64_t hi);
+// "64,512" -> {64, 512}, each in [lo, hi].
+std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& text, int64_t lo,
+                                    int64_t hi);
+// The value after argv[i] (advancing i); throws if the flag is last.
+std::string next_value(int argc, char** argv, int& i);
+// Peak resident set size of this process, bytes.
+int64_t peak_rss_bytes();
+
+}  // namespace qllm::cli

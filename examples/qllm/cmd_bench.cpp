@@ -1,0 +1,109 @@
+// qllm bench: prompt processing (pp) and generation (tg) speed, like llama-bench.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "args.hpp"
+#include "commands.hpp"
+#include "kernels/kernel_table.hpp"
+#include "qllm/error.hpp"
+#include "qllm/gguf.hpp"
+#include "qllm/model.hpp"
+
+namespace qllm::cli {
+
+namespace {
+struct stats {
+  double mean = 0, sd = 0;
+};
+stats summarize(const std::vector<double>& v) {
+  stats s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  for (double x : v) s.sd += (x - s.mean) * (x - s.mean);
+  s.sd = v.size() > 1 ? std::sqrt(s.sd / double(v.size() - 1)) : 0.0;
+  return s;
+}
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  std::string path;
+  std::vector<int64_t> threads = {0}, pp = {64, 512}, tg = {32, 128};
+  int64_t reps = 3;
+  kv_type kv = kv_type::f16;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-m" || a == "--model") path = next_value(argc, argv, i);
+    else if (a == "-t" || a == "--threads") threads = parse_int_list(a, next_value(argc, argv, i), 1, 1024);
+    else if (a == "-p" || a == "--n-prompt") pp = parse_int_list(a, next_value(argc, argv, i), 0, 1 << 16);
+    else if (a == "-n" || a == "--n-gen") tg = parse_int_list(a, next_value(argc, argv, i), 0, 1 << 16);
+    else if (a == "-r" || a == "--repetitions") reps = parse_int(a, next_value(argc, argv, i), 1, 1000);
+    else if (a == "--kv") {
+      const std::string v = next_value(argc, argv, i);
+      if (v == "f16") kv = kv_type::f16;
+      else if (v == "f32") kv = kv_type::f32;
+      else throw error(errc::invalid_argument, "--kv: '" + v + "' is not f16 or f32");
+    } else {
+      throw error(errc::invalid_argument, "unknown option '" + a + "'");
+    }
+  }
+  if (path.empty())
+    throw error(errc::invalid_argument, "usage: qllm bench -m FILE [-t 2] [-p 64,512] [-n 32,128] [-r 3] [--kv f16|f32]");
+
+  const auto m = model::load(path);
+  const model_config& c = m->config();
+  const double gb = double(m->weight_bytes()) / 1e9;
+  const auto st = m->load_stage_seconds();
+  std::printf("model: %s, %s, %.2f GB streamed per token, %.2f B params, kernels %s\n",
+              path.c_str(), gguf::type_name(m->weight_type()), gb, double(m->n_params()) / 1e9,
+              kernels::active().name);
+  std::printf("load: %.2f s (parse %.2f, allocate %.2f, repack %.2f)\n", m->load_seconds(), st[0],
+              st[1], st[2]);
+  std::printf("| threads | test   |           t/s |   GB/s |\n");
+  std::printf("|--------:|--------|--------------:|-------:|\n");
+  uint32_t seed = 1;
+  auto token = [&] { return int32_t((seed = seed * 1664525u + 1013904223u) >> 8) % int32_t(c.n_vocab); };
+  for (int64_t nt : threads) {
+    const auto run = [&](int64_t n, bool prompt) {
+      context_params cp;
+      cp.n_ctx = n + 1;
+      cp.n_batch = prompt ? n : 1;
+      cp.n_threads = int(nt);
+      cp.kv = kv;
+      context ctx(m, cp);
+      std::vector<double> rates;
+      for (int64_t r = -1; r < reps; ++r) {  // r = -1: warm-up
+        ctx.clear();
+        std::vector<int32_t> toks(static_cast<std::size_t>(n));
+        for (auto& t : toks) t = token();
+        const double t0 = now();
+        if (prompt) {
+          ctx.eval(toks);
+        } else {
+          for (int32_t t : toks) ctx.eval(std::span<const int32_t>(&t, 1));
+        }
+        if (r >= 0) rates.push_back(double(n) / (now() - t0));
+      }
+      const stats s = summarize(rates);
+      char test[32];
+      std::snprintf(test, sizeof test, "%s%lld", prompt ? "pp" : "tg", (long long)n);
+      char gbs[32] = "";
+      if (!prompt) std::snprintf(gbs, sizeof gbs, "%6.1f", s.mean * gb);
+      std::printf("| %7lld | %-6s | %7.2f ± %4.2f | %6s |\n", (long long)(nt ? nt : 0), test, s.mean, s.sd, gbs);
+      std::fflush(stdout);
+    };
+    for (int64_t n : pp)
+      if (n > 0) run(n, true);
+    for (int64_t n : tg)
+      if (n > 0) run(n, false);
+  }
+  std::printf("peak RSS: %.2f GB\n", double(peak_rss_bytes()) / 1e9);
+  return 0;
+}
+
+}  // namespace qllm::cli

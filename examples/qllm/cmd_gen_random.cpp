@@ -1,0 +1,43 @@
+// qllm gen-random: writes a Llama GGUF with seeded random weights.
+#include <cstdio>
+#include <string>
+
+#include "args.hpp"
+#include "commands.hpp"
+#include "qllm/error.hpp"
+#include "qllm/random_model.hpp"
+
+namespace qllm::cli {
+
+int cmd_gen_random(int argc, char** argv) {
+  std::string shape = "tiny", type = "q4_0", out;
+  int64_t seed = 1, layers = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--shape") shape = next_value(argc, argv, i);
+    else if (a == "--type") type = next_value(argc, argv, i);
+    else if (a == "--out" || a == "-o") out = next_value(argc, argv, i);
+    else if (a == "--seed") seed = parse_int(a, next_value(argc, argv, i), 0, 0xffffffffll);
+    else if (a == "--layers") layers = parse_int(a, next_value(argc, argv, i), 1, 4096);
+    else throw error(errc::invalid_argument, "unknown option '" + a + "'");
+  }
+  if (out.empty())
+    throw error(errc::invalid_argument,
+                "usage: qllm gen-random --shape tiny|small|7b --type q4_0|q8_0|f16|bf16|f32 --out FILE "
+                "[--seed N] [--layers N]");
+  random_model_spec s = random_model_preset(shape);
+  if (type == "q4_0") s.type = ggml_type::q4_0;
+  else if (type == "q8_0") s.type = ggml_type::q8_0;
+  else if (type == "f16") s.type = ggml_type::f16;
+  else if (type == "bf16") s.type = ggml_type::bf16;
+  else if (type == "f32") s.type = ggml_type::f32;
+  else throw error(errc::invalid_argument, "--type: '" + type + "' is not q4_0, q8_0, f16, bf16 or f32");
+  s.seed = uint32_t(seed);
+  if (layers) s.n_layer = layers;
+  write_random_model(out, s);
+  std::printf("wrote %s: %s shape, %s, %lld layers, dim %lld, vocab %lld\n", out.c_str(), shape.c_str(),
+              type.c_str(), (long long)s.n_layer, (long long)s.n_embd, (long long)s.n_vocab);
+  return 0;
+}
+
+}  // namespace qllm::cli

@@ -1,0 +1,97 @@
+// A Llama-2 model loaded from GGUF, and the inference context (KV cache + scratch) that runs it.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "qllm/formats.hpp"
+
+namespace qllm {
+
+// Hyper-parameters from the GGUF `llama.*` metadata.
+struct model_config {
+  int64_t n_vocab = 0;
+  int64_t n_ctx_train = 0;   // llama.context_length
+  int64_t n_embd = 0;        // llama.embedding_length
+  int64_t n_layer = 0;       // llama.block_count
+  int64_t n_ff = 0;          // llama.feed_forward_length
+  int64_t n_head = 0;        // llama.attention.head_count
+  int64_t n_head_kv = 0;     // llama.attention.head_count_kv (grouped-query attention)
+  int64_t n_rot = 0;         // llama.rope.dimension_count
+  float rope_freq_base = 10000.0f;
+  float rms_eps = 1e-5f;     // llama.attention.layer_norm_rms_epsilon
+  int64_t head_dim() const noexcept { return n_embd / n_head; }
+  int64_t kv_dim() const noexcept { return head_dim() * n_head_kv; }
+};
+
+struct model_options {
+  int n_threads = 0;  // for the load-time repack; 0 = OpenMP default
+  // Quantize F16/BF16/F32 weight matrices to Q8_0 at load (norms stay f32).
+  bool quantize_float_weights = false;
+};
+
+class model_impl;
+
+// Immutable after load; share one model between many contexts on different threads.
+class model {
+ public:
+  // Throws qllm::error: errc::io (cannot open/map), errc::bad_format (invalid GGUF, missing or
+  // inconsistent metadata, a tensor with the wrong shape), errc::unsupported (architecture other
+  // than llama, a weight type without kernels, named with the tensor).
+  static std::shared_ptr<const model> load(const std::string& path, const model_options& opt = {});
+  ~model();
+
+  const model_config& config() const noexcept;
+  ggml_type weight_type() const noexcept;        // the type of most matrices (e.g. q4_0)
+  int64_t n_params() const noexcept;             // elements of all weight tensors
+  std::size_t weight_bytes() const noexcept;     // bytes streamed by one decoding step
+  double load_seconds() const noexcept;
+  // The load's parts: parse and validate the file, allocate the weight arena, repack weights.
+  std::array<double, 3> load_stage_seconds() const noexcept;
+  const model_impl& impl() const noexcept { return *impl_; }
+
+ private:
+  explicit model(std::unique_ptr<model_impl> impl);
+  std::unique_ptr<model_impl> impl_;
+};
+
+enum class kv_type : uint32_t { f16 = 1, f32 = 0 };
+
+struct context_params {
+  int64_t n_ctx = 0;     // KV cache size in tokens; 0 = the model's training context
+  int64_t n_batch = 512;  // tokens per forward pass; longer prompts run in several
+  int n_threads = 0;     // 0 = OpenMP default
+  kv_type kv = kv_type::f16;
+};
+
+class context_impl;
+
+// KV cache and scratch for one sequence; one thread at a time. Every buffer is allocated here:
+// eval does not allocate (except the all-logits buffer, on first request).
+class context {
+ public:
+  // Throws qllm::error(errc::invalid_argument) for a bad n_ctx / n_batch.
+  context(std::shared_ptr<const model> m, const context_params& p = {});
+  ~context();
+  context(const context&) = delete;
+  context& operator=(const context&) = delete;
+
+  // Runs tokens at positions n_past() .. n_past() + size - 1. Returns the logits of the last token
+  // ([n_vocab]) or, with all_logits, of every token ([size][n_vocab]); valid until the next call.
+  // Throws errc::invalid_argument (empty input, token id out of range) or errc::context_overflow
+  // (n_past() + size > n_ctx) before changing any state.
+  std::span<const float> eval(std::span<const int32_t> tokens, bool all_logits = false);
+
+  int64_t n_past() const noexcept;
+  int64_t n_ctx() const noexcept;
+  void clear() noexcept;  // forget the sequence (n_past = 0)
+  const model& get_model() const noexcept;
+  context_impl& impl() noexcept { return *impl_; }
+
+ private:
+  std::unique_ptr<context_impl> impl_;
+};
+
+}  // namespace qllm

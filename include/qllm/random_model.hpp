@@ -1,0 +1,34 @@
+// Llama-architecture GGUF files with seeded random weights, for tests and benchmarks.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "qllm/formats.hpp"
+
+namespace qllm {
+
+struct random_model_spec {
+  int64_t n_vocab = 512;
+  int64_t n_embd = 64;
+  int64_t n_layer = 2;
+  int64_t n_ff = 160;
+  int64_t n_head = 4;
+  int64_t n_head_kv = 4;  // < n_head: grouped-query attention
+  int64_t n_ctx = 256;    // llama.context_length
+  ggml_type type = ggml_type::q4_0;  // every matrix, embeddings and output included (norms: f32)
+  uint32_t seed = 1;
+  bool tied_output = false;  // omit output.weight (the embedding table is reused)
+};
+
+// Presets: "tiny" (the defaults above), "small" (dim 256, 4 layers, GQA 8/2, vocab 2048),
+// "7b" (Llama-2-7B: dim 4096, 32 layers, 32 heads, ffn 11008, vocab 32000, ctx 4096).
+// Throws qllm::error(errc::invalid_argument) for another name.
+random_model_spec random_model_preset(std::string_view name);
+
+// Writes the file: llama.* metadata as llama.cpp writes it, a byte-fallback vocabulary with
+// synthetic pieces, and weights with a scale that keeps activations finite and logits spread.
+// Throws qllm::error (errc::invalid_argument for an impossible spec, errc::io on write failure).
+void write_random_model(const std::string& path, const random_model_spec& spec);
+
+}  // namespace qllm

@@ -1,0 +1,192 @@
+// The Llama-2 forward pass over a batch of tokens, and the context that owns the KV cache.
+//
+// Shapes: M tokens per pass, E = n_embd, KV = kv_dim, F = n_ff, V = n_vocab.
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "model/model_impl.hpp"
+#include "ops/matmul.hpp"
+#include "ops/rows.hpp"
+#include "qllm/error.hpp"
+#include "qllm/reference.hpp"
+
+namespace qllm {
+
+class context_impl {
+ public:
+  context_impl(std::shared_ptr<const model> mp, const context_params& p);
+  std::span<const float> eval(std::span<const int32_t> tokens, bool all_logits);
+  void forward(const int32_t* tokens, int64_t m, float* logits, bool all_logits);
+
+  std::shared_ptr<const model> owner;
+  const model_impl& w;
+  const model_config& c;
+  const kernels::kernel_table& kt;
+  int64_t n_ctx, n_batch;
+  int nt;
+  bool kv_f16;
+  int64_t n_past = 0;
+
+  struct free_deleter {
+    void operator()(void* p) const noexcept { std::free(p); }
+  };
+  std::unique_ptr<void, free_deleter> kv;  // [n_layer][2: k, v][n_ctx][KV], f16 or f32
+  std::vector<float> rope_cos, rope_sin;   // [n_ctx][head_dim]
+  std::vector<float> x, xb, q, k, v, att;  // [M][E] (k, v: [M][KV])
+  std::vector<float> hb, hb2;              // [M][F]
+  std::vector<float> attn_scratch;         // [nt][n_ctx]
+  std::vector<float> logits, all;          // [V], [tokens][V]
+  ops::act_q8 aq_embd, aq_ff;              // quantized activations, [M][E/32], [M][F/32]
+};
+
+namespace {
+std::size_t kv_elt(bool f16) { return f16 ? 2 : 4; }
+}  // namespace
+
+context_impl::context_impl(std::shared_ptr<const model> mp, const context_params& p)
+    : owner(std::move(mp)),
+      w(owner->impl()),
+      c(w.cfg),
+      kt(kernels::active()),
+      n_ctx(p.n_ctx > 0 ? p.n_ctx : c.n_ctx_train),
+      n_batch(p.n_batch),
+      nt(p.n_threads > 0 ? p.n_threads : ops::default_threads()),
+      kv_f16(p.kv == kv_type::f16) {
+  if (p.n_ctx < 0 || n_ctx > (int64_t(1) << 24))
+    throw error(errc::invalid_argument, "context: n_ctx " + std::to_string(p.n_ctx) + " out of range");
+  if (n_batch < 1 || n_batch > (int64_t(1) << 16))
+    throw error(errc::invalid_argument, "context: n_batch " + std::to_string(n_batch) + " out of range");
+  if (p.kv != kv_type::f16 && p.kv != kv_type::f32)
+    throw error(errc::invalid_argument, "context: unknown kv type");
+  n_batch = std::min(n_batch, n_ctx);
+  const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, M = n_batch, hd = c.head_dim();
+  const std::size_t kv_bytes = std::size_t(c.n_layer) * 2 * std::size_t(n_ctx) * std::size_t(KV) * kv_elt(kv_f16);
+  void* mem = std::aligned_alloc(64, (kv_bytes + 63) / 64 * 64);  // untouched pages cost no RSS
+  if (!mem) throw error(errc::out_of_memory, "context: cannot allocate the KV cache (" + std::to_string(kv_bytes) + " bytes)");
+  kv.reset(mem);
+  rope_cos.resize(std::size_t(n_ctx * hd));
+  rope_sin.resize(std::size_t(n_ctx * hd));
+  for (int64_t pos = 0; pos < n_ctx; ++pos)
+    ref::rope_table(&rope_cos[std::size_t(pos * hd)], &rope_sin[std::size_t(pos * hd)], hd, c.n_rot,
+                    double(pos), double(c.rope_freq_base));
+  x.resize(std::size_t(M * E));
+  xb.resize(std::size_t(M * E));
+  q.resize(std::size_t(M * E));
+  att.resize(std::size_t(M * E));
+  k.resize(std::size_t(M * KV));
+  v.resize(std::size_t(M * KV));
+  hb.resize(std::size_t(M * F));
+  hb2.resize(std::size_t(M * F));
+  attn_scratch.resize(std::size_t(nt) * std::size_t(n_ctx));
+  logits.resize(std::size_t(c.n_vocab));
+  if (E % qk == 0) aq_embd = ops::act_q8(M, E);
+  if (F % qk == 0) aq_ff = ops::act_q8(M, F);
+}
+
+// One pass over m <= n_batch tokens at positions n_past .. n_past+m-1.
+void context_impl::forward(const int32_t* tokens, int64_t m, float* out_logits, bool all_logits) {
+  const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, hd = c.head_dim();
+  const int64_t pos0 = n_past;
+  // y[m][rows] = W x, quantizing x once for all matrices that share it.
+  auto quantize = [&](const float* in, ops::act_q8& aq) {
+    ops::quantize_activations(kt, in, m, aq, nt);
+  };
+  auto mm = [&](const ops::packed_weights& W, const float* in, const ops::act_q8& aq, float* y) {
+    ops::matmul(kt, W, in, &aq, m, y, W.rows(), nt);
+  };
+  auto quantized = [](const ops::packed_weights& W) { return ops::packed_weights::repacked(W.type()); };
+
+  for (int64_t t = 0; t < m; ++t) w.embed(tokens[t], &x[std::size_t(t * E)]);
+
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const layer_weights& L = w.layers[std::size_t(l)];
+    uint8_t* kv_layer = static_cast<uint8_t*>(kv.get()) +
+                        std::size_t(l) * 2 * std::size_t(n_ctx * KV) * kv_elt(kv_f16);
+    void* k_cache = kv_layer;
+    void* v_cache = kv_layer + std::size_t(n_ctx * KV) * kv_elt(kv_f16);
+
+    // attention block: xb = norm(x); q, k, v = xb Wq, xb Wk, xb Wv; rope(q, k)
+    ops::rmsnorm_rows(kt, xb.data(), x.data(), L.attn_norm, m, E, c.rms_eps, nt);
+    if (quantized(L.wq) || quantized(L.wk) || quantized(L.wv)) quantize(xb.data(), aq_embd);
+    mm(L.wq, xb.data(), aq_embd, q.data());
+    mm(L.wk, xb.data(), aq_embd, k.data());
+    mm(L.wv, xb.data(), aq_embd, v.data());
+    ops::rope_rows(kt, q.data(), m, E, c.n_head, hd, rope_cos.data(), rope_sin.data(), pos0, nt);
+    ops::rope_rows(kt, k.data(), m, KV, c.n_head_kv, hd, rope_cos.data(), rope_sin.data(), pos0, nt);
+    // append k, v to the cache at positions pos0 .. pos0+m-1
+    for (int64_t t = 0; t < m; ++t) {
+      const std::size_t row = std::size_t(pos0 + t) * std::size_t(KV);
+      if (kv_f16) {
+        auto* kc = static_cast<uint16_t*>(k_cache) + row;
+        auto* vc = static_cast<uint16_t*>(v_cache) + row;
+        for (int64_t i = 0; i < KV; ++i) {
+          kc[i] = fp32_to_fp16(k[std::size_t(t * KV + i)]);
+          vc[i] = fp32_to_fp16(v[std::size_t(t * KV + i)]);
+        }
+      } else {
+        std::memcpy(static_cast<float*>(k_cache) + row, &k[std::size_t(t * KV)], std::size_t(KV) * 4);
+        std::memcpy(static_cast<float*>(v_cache) + row, &v[std::size_t(t * KV)], std::size_t(KV) * 4);
+      }
+    }
+    const ops::attention_args aa{q.data(), k_cache, v_cache, kv_f16, KV, pos0, m,
+                                 c.n_head, c.n_head_kv, hd, att.data(), attn_scratch.data(), n_ctx};
+    ops::attention(kt, aa, nt);
+    if (quantized(L.wo)) quantize(att.data(), aq_embd);
+    mm(L.wo, att.data(), aq_embd, xb.data());
+    ops::add_inplace(kt, x.data(), xb.data(), m * E, nt);
+
+    // feed-forward block: x += W_down (silu(xb W_gate) * (xb W_up)), xb = norm(x)
+    ops::rmsnorm_rows(kt, xb.data(), x.data(), L.ffn_norm, m, E, c.rms_eps, nt);
+    if (quantized(L.w_gate) || quantized(L.w_up)) quantize(xb.data(), aq_embd);
+    mm(L.w_gate, xb.data(), aq_embd, hb.data());
+    mm(L.w_up, xb.data(), aq_embd, hb2.data());
+    ops::silu_mul(kt, hb.data(), hb.data(), hb2.data(), m * F, nt);
+    if (quantized(L.w_down)) quantize(hb.data(), aq_ff);
+    mm(L.w_down, hb.data(), aq_ff, xb.data());
+    ops::add_inplace(kt, x.data(), xb.data(), m * E, nt);
+  }
+
+  // final norm and logits: every token or only the last
+  const int64_t first = all_logits ? 0 : m - 1, rows = m - first;
+  ops::rmsnorm_rows(kt, xb.data(), &x[std::size_t(first * E)], w.output_norm, rows, E, c.rms_eps, nt);
+  if (quantized(w.output)) ops::quantize_activations(kt, xb.data(), rows, aq_embd, nt);
+  ops::matmul(kt, w.output, xb.data(), &aq_embd, rows, out_logits, c.n_vocab, nt);
+  n_past += m;
+}
+
+std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool all_logits) {
+  const int64_t n = int64_t(tokens.size());
+  if (n == 0) throw error(errc::invalid_argument, "eval: no tokens");
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[std::size_t(i)] < 0 || tokens[std::size_t(i)] >= c.n_vocab)
+      throw error(errc::invalid_argument, "eval: token " + std::to_string(tokens[std::size_t(i)]) +
+                                              " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
+                                              std::to_string(c.n_vocab) + ")");
+  }
+  if (n_past + n > n_ctx)
+    throw error(errc::context_overflow, "eval: " + std::to_string(n) + " tokens after " +
+                                            std::to_string(n_past) + " do not fit the context of " +
+                                            std::to_string(n_ctx));
+  if (all_logits && all.size() < std::size_t(n * c.n_vocab)) all.resize(std::size_t(n * c.n_vocab));
+  for (int64_t i = 0; i < n; i += n_batch) {
+    const int64_t m = std::min(n_batch, n - i);
+    float* out = all_logits ? &all[std::size_t(i * c.n_vocab)] : logits.data();
+    forward(tokens.data() + i, m, out, all_logits);
+  }
+  if (all_logits) return {all.data(), std::size_t(n * c.n_vocab)};
+  return {logits.data(), logits.size()};
+}
+
+context::context(std::shared_ptr<const model> m, const context_params& p)
+    : impl_(std::make_unique<context_impl>(std::move(m), p)) {}
+context::~context() = default;
+std::span<const float> context::eval(std::span<const int32_t> tokens, bool all_logits) {
+  return impl_->eval(tokens, all_logits);
+}
+int64_t context::n_past() const noexcept { return impl_->n_past; }
+int64_t context::n_ctx() const noexcept { return impl_->n_ctx; }
+void context::clear() noexcept { impl_->n_past = 0; }
+const model& context::get_model() const noexcept { return *impl_->owner; }
+
+}  // namespace qllm

@@ -1,0 +1,70 @@
+// The loaded model's weights, as the forward pass reads them.
+#pragma once
+#include <array>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "ops/matmul.hpp"
+#include "qllm/gguf.hpp"
+#include "qllm/model.hpp"
+
+namespace qllm {
+
+struct layer_weights {
+  const float* attn_norm = nullptr;  // [n_embd]
+  ops::packed_weights wq;            // [n_embd] rows of n_embd
+  ops::packed_weights wk;            // [kv_dim] rows of n_embd
+  ops::packed_weights wv;            // [kv_dim] rows of n_embd
+  ops::packed_weights wo;            // [n_embd] rows of n_embd
+  const float* ffn_norm = nullptr;   // [n_embd]
+  ops::packed_weights w_gate;        // [n_ff] rows of n_embd
+  ops::packed_weights w_up;          // [n_ff] rows of n_embd
+  ops::packed_weights w_down;        // [n_embd] rows of n_ff
+};
+
+class model_impl {
+ public:
+  explicit model_impl(gguf::file f) : file(std::move(f)) {}
+  model_config cfg;
+  gguf::file file;  // the mapping: embeddings and f16/f32 matrices are read in place
+  ggml_type wtype = ggml_type::f32;
+
+  ggml_type embd_type = ggml_type::f32;
+  const uint8_t* embd = nullptr;  // [n_vocab] rows of n_embd, GGUF layout
+  std::size_t embd_row_bytes = 0;
+  std::vector<layer_weights> layers;
+  const float* output_norm = nullptr;  // [n_embd]
+  ops::packed_weights output;          // [n_vocab] rows of n_embd
+
+  int64_t n_params = 0;
+  std::size_t weight_bytes = 0;
+  double load_seconds = 0;
+  std::array<double, 3> load_stages{};  // parse + validate, allocate weights, repack
+
+  // Dequantized embedding row of `token` (0 <= token < n_vocab) into out[n_embd].
+  void embed(int32_t token, float* out) const noexcept;
+
+  // An anonymous mapping, unmapped on destruction.
+  class mapping {
+   public:
+    mapping() = default;
+    mapping(void* p, std::size_t n) : p_(p), n_(n) {}
+    mapping(mapping&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(o.n_) {}
+    mapping& operator=(mapping&& o) noexcept {
+      std::swap(p_, o.p_);
+      std::swap(n_, o.n_);
+      return *this;
+    }
+    ~mapping();
+
+   private:
+    void* p_ = nullptr;
+    std::size_t n_ = 0;
+  };
+  mapping arena;                 // every repacked matrix, one allocation (2 MiB aligned)
+  uint8_t* arena_base = nullptr;
+  std::vector<std::unique_ptr<float[]>> owned_f32;  // converted norms / bf16 matrices
+};
+
+}  // namespace qllm

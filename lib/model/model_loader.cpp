@@ -1,0 +1,304 @@
+// Loads a Llama GGUF: config from metadata, weights bound by name with shapes checked, quantized
+// matrices repacked into one allocation and their mapped pages released.
+#include <sys/mman.h>
+
+#include <array>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "model/model_impl.hpp"
+#include "ops/rows.hpp"
+#include "qllm/error.hpp"
+#include "qllm/reference.hpp"
+
+namespace qllm {
+
+model_impl::mapping::~mapping() {
+  if (p_) munmap(p_, n_);
+}
+
+void model_impl::embed(int32_t token, float* out) const noexcept {
+  const uint8_t* row = embd + std::size_t(token) * embd_row_bytes;
+  const int64_t n = cfg.n_embd;
+  switch (embd_type) {
+    case ggml_type::q4_0:
+      ref::dequantize_row_q4_0(reinterpret_cast<const block_q4_0*>(row), out, n);
+      break;
+    case ggml_type::q8_0:
+      ref::dequantize_row_q8_0(reinterpret_cast<const block_q8_0*>(row), out, n);
+      break;
+    case ggml_type::f16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, row + 2 * i, 2);
+        out[i] = fp16_to_fp32(h);
+      }
+      break;
+    case ggml_type::bf16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, row + 2 * i, 2);
+        out[i] = bf16_to_fp32(h);
+      }
+      break;
+    default:
+      std::memcpy(out, row, std::size_t(n) * sizeof(float));
+      break;
+  }
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& what) { throw error(errc::bad_format, "model: " + what); }
+
+int64_t get_dim(const gguf::file& f, const std::string& key, int64_t max) {
+  if (!f.find(key)) bad("missing metadata key '" + key + "'");
+  const uint64_t v = f.get_uint(key);
+  if (v == 0 || v > uint64_t(max))
+    bad("metadata '" + key + "' = " + std::to_string(v) + " is out of range [1, " + std::to_string(max) + "]");
+  return int64_t(v);
+}
+
+model_config read_config(const gguf::file& f) {
+  if (!f.find("general.architecture")) bad("missing metadata key 'general.architecture'");
+  const std::string arch = f.get_string("general.architecture");
+  if (arch != "llama")
+    throw error(errc::unsupported, "model: architecture '" + arch + "' is not supported (only llama)");
+  model_config c;
+  c.n_embd = get_dim(f, "llama.embedding_length", 1 << 16);
+  c.n_layer = get_dim(f, "llama.block_count", 1 << 12);
+  c.n_ff = get_dim(f, "llama.feed_forward_length", 1 << 18);
+  c.n_head = get_dim(f, "llama.attention.head_count", 1 << 12);
+  c.n_ctx_train = get_dim(f, "llama.context_length", 1 << 24);
+  c.n_head_kv = f.find("llama.attention.head_count_kv")
+                    ? get_dim(f, "llama.attention.head_count_kv", 1 << 12)
+                    : c.n_head;
+  if (c.n_embd % c.n_head != 0)
+    bad("embedding_length " + std::to_string(c.n_embd) + " is not a multiple of head_count " + std::to_string(c.n_head));
+  if (c.n_head % c.n_head_kv != 0)
+    bad("head_count " + std::to_string(c.n_head) + " is not a multiple of head_count_kv " + std::to_string(c.n_head_kv));
+  if (c.head_dim() % 2 != 0) bad("head dimension " + std::to_string(c.head_dim()) + " is odd");
+  c.n_rot = f.find("llama.rope.dimension_count") ? get_dim(f, "llama.rope.dimension_count", 1 << 16)
+                                                  : c.head_dim();
+  if (c.n_rot > c.head_dim() || c.n_rot % 2 != 0)
+    bad("rope.dimension_count " + std::to_string(c.n_rot) + " must be even and at most the head dimension " + std::to_string(c.head_dim()));
+  if (!f.find("llama.attention.layer_norm_rms_epsilon"))
+    bad("missing metadata key 'llama.attention.layer_norm_rms_epsilon'");
+  c.rms_eps = float(f.get_float("llama.attention.layer_norm_rms_epsilon"));
+  if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f)) bad("layer_norm_rms_epsilon out of range");
+  if (f.find("llama.rope.freq_base")) c.rope_freq_base = float(f.get_float("llama.rope.freq_base"));
+  if (!(c.rope_freq_base > 1.0f)) bad("rope.freq_base must be > 1");
+  return c;
+}
+
+const gguf::tensor_info& need(const gguf::file& f, const std::string& name, int64_t ne0, int64_t ne1) {
+  const gguf::tensor_info* t = f.find_tensor(name);
+  if (!t) bad("missing tensor '" + name + "'");
+  const bool vec = ne1 == 0;
+  const bool ok = vec ? (t->ne.size() == 1 && t->ne[0] == ne0)
+                      : (t->ne.size() == 2 && t->ne[0] == ne0 && t->ne[1] == ne1);
+  if (!ok) {
+    std::string got;
+    for (int64_t d : t->ne) got += (got.empty() ? "" : ", ") + std::to_string(d);
+    bad("tensor '" + name + "' has shape [" + got + "], expected [" + std::to_string(ne0) +
+        (vec ? "" : ", " + std::to_string(ne1)) + "]");
+  }
+  return *t;
+}
+
+bool matrix_type_ok(ggml_type t) {
+  return t == ggml_type::q4_0 || t == ggml_type::q8_0 || t == ggml_type::f16 ||
+         t == ggml_type::bf16 || t == ggml_type::f32;
+}
+
+class loader {
+ public:
+  loader(model_impl& m, const model_options& o) : m_(m), opt_(o) {}
+
+  // A vector stored f32 is read in place; f16/bf16 are converted once.
+  const float* vec(const gguf::tensor_info& t) {
+    const uint8_t* p = m_.file.tensor_data(t);
+    const int64_t n = t.ne[0];
+    if (t.type == ggml_type::f32) return reinterpret_cast<const float*>(p);
+    if (t.type != ggml_type::f16 && t.type != ggml_type::bf16)
+      throw error(errc::unsupported, "model: tensor '" + t.name + "' has type " +
+                                         gguf::type_name(t.type) + "; norms must be f32, f16 or bf16");
+    auto& buf = m_.owned_f32.emplace_back(new float[std::size_t(n)]);
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      buf[std::size_t(i)] = t.type == ggml_type::f16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
+    }
+    return buf.get();
+  }
+
+  // The type a matrix is stored in for the kernels.
+  ggml_type target(const gguf::tensor_info& t) const {
+    if (!matrix_type_ok(t.type))
+      throw error(errc::unsupported, "model: tensor '" + t.name + "' has type " +
+                                         gguf::type_name(t.type) +
+                                         ", which qllm cannot run (q4_0, q8_0, f16, bf16, f32)");
+    if (opt_.quantize_float_weights && !ops::packed_weights::repacked(t.type)) return ggml_type::q8_0;
+    if (t.type == ggml_type::bf16) return ggml_type::f32;
+    return t.type;
+  }
+
+  std::size_t arena_bytes(const gguf::tensor_info& t) const {
+    return (ops::packed_weights::packed_size(target(t), t.ne[1], t.ne[0]) + 63) / 64 * 64;
+  }
+
+  ops::packed_weights matrix(const gguf::tensor_info& t, uint8_t*& arena_cursor, bool release) {
+    const int64_t k = t.ne[0], n = t.ne[1];
+    const ggml_type tt = target(t);
+    const uint8_t* src = m_.file.tensor_data(t);
+    const int nt = opt_.n_threads > 0 ? opt_.n_threads : ops::default_threads();
+    if (tt == t.type) {
+      ops::packed_weights w(tt, src, n, k, nt, ops::packed_weights::repacked(tt) ? arena_cursor : nullptr);
+      arena_cursor += arena_bytes(t);
+      if (release && ops::packed_weights::repacked(tt)) m_.file.release(src, t.bytes);
+      m_.weight_bytes += w.bytes();
+      return w;
+    }
+    // conversion: to f32 (bf16 source) or to Q8_0 (quantize_float_weights)
+    std::unique_ptr<float[]> rows(new float[std::size_t(n * k)]);
+    for (int64_t i = 0; i < n * k; ++i) {
+      uint16_t h = 0;
+      if (t.type != ggml_type::f32) std::memcpy(&h, src + 2 * i, 2);
+      rows[std::size_t(i)] = t.type == ggml_type::f16    ? fp16_to_fp32(h)
+                             : t.type == ggml_type::bf16 ? bf16_to_fp32(h)
+                                                         : reinterpret_cast<const float*>(src)[i];
+    }
+    if (tt == ggml_type::f32) {
+      ops::packed_weights w(tt, rows.get(), n, k, nt);
+      m_.owned_f32.push_back(std::move(rows));
+      m_.weight_bytes += w.bytes();
+      return w;
+    }
+    if (k % qk != 0)
+      throw error(errc::unsupported, "model: tensor '" + t.name + "' rows of " + std::to_string(k) +
+                                         " cannot be quantized to q8_0 (not a multiple of 32)");
+    std::unique_ptr<block_q8_0[]> q(new block_q8_0[std::size_t(n * k / qk)]);
+    ref::quantize_row_q8_0(rows.get(), q.get(), nullptr, n * k);
+    ops::packed_weights w(tt, q.get(), n, k, nt, arena_cursor);
+    arena_cursor += arena_bytes(t);
+    m_.weight_bytes += w.bytes();
+    return w;
+  }
+
+ private:
+  model_impl& m_;
+  const model_options& opt_;
+};
+
+}  // namespace
+
+model::model(std::unique_ptr<model_impl> impl) : impl_(std::move(impl)) {}
+model::~model() = default;
+const model_config& model::config() const noexcept { return impl_->cfg; }
+ggml_type model::weight_type() const noexcept { return impl_->wtype; }
+int64_t model::n_params() const noexcept { return impl_->n_params; }
+std::size_t model::weight_bytes() const noexcept { return impl_->weight_bytes; }
+double model::load_seconds() const noexcept { return impl_->load_seconds; }
+std::array<double, 3> model::load_stage_seconds() const noexcept { return impl_->load_stages; }
+
+std::shared_ptr<const model> model::load(const std::string& path, const model_options& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto since = [](auto t) { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count(); };
+  auto m = std::make_unique<model_impl>(gguf::file::open(path));
+  const gguf::file& f = m->file;
+  model_config& c = m->cfg;
+  c = read_config(f);
+
+  const gguf::tensor_info* te = f.find_tensor("token_embd.weight");
+  if (!te) bad("missing tensor 'token_embd.weight'");
+  if (te->ne.size() != 2 || te->ne[0] != c.n_embd)
+    bad("tensor 'token_embd.weight' must have shape [" + std::to_string(c.n_embd) + ", n_vocab]");
+  c.n_vocab = te->ne[1];
+  if (f.find("llama.vocab_size") && int64_t(f.get_uint("llama.vocab_size")) != c.n_vocab)
+    bad("llama.vocab_size disagrees with token_embd.weight (" + std::to_string(c.n_vocab) + " rows)");
+  if (!matrix_type_ok(te->type))
+    throw error(errc::unsupported, "model: tensor 'token_embd.weight' has type " +
+                                       std::string(gguf::type_name(te->type)) + ", which qllm cannot read");
+  m->embd_type = te->type;
+  m->embd = f.tensor_data(*te);
+  m->embd_row_bytes = te->bytes / std::size_t(c.n_vocab);
+
+  // Shapes first (every error before any allocation), then one arena for all repacks.
+  const int64_t kv = c.kv_dim();
+  std::vector<const gguf::tensor_info*> mats;
+  loader ld(*m, opt);
+  std::vector<std::array<const gguf::tensor_info*, 9>> lt(std::size_t(c.n_layer));
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    auto& a = lt[std::size_t(l)];
+    a[0] = &need(f, p + "attn_norm.weight", c.n_embd, 0);
+    a[1] = &need(f, p + "attn_q.weight", c.n_embd, c.n_embd);
+    a[2] = &need(f, p + "attn_k.weight", c.n_embd, kv);
+    a[3] = &need(f, p + "attn_v.weight", c.n_embd, kv);
+    a[4] = &need(f, p + "attn_output.weight", c.n_embd, c.n_embd);
+    a[5] = &need(f, p + "ffn_norm.weight", c.n_embd, 0);
+    a[6] = &need(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    a[7] = &need(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    a[8] = &need(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
+    for (int i : {1, 2, 3, 4, 6, 7, 8}) mats.push_back(a[std::size_t(i)]);
+  }
+  const gguf::tensor_info& on = need(f, "output_norm.weight", c.n_embd, 0);
+  const gguf::tensor_info* out = f.find_tensor("output.weight");
+  const bool tied = out == nullptr;  // tied embeddings: the output matrix is token_embd
+  out = tied ? te : &need(f, "output.weight", c.n_embd, c.n_vocab);
+  mats.push_back(out);
+  std::size_t total = 0;
+  for (const auto* t : mats) total += ld.arena_bytes(*t);
+  m->wtype = lt.empty() ? ld.target(*out) : ld.target(*lt[0][1]);
+
+  m->load_stages[0] = since(t0);
+  const auto t1 = std::chrono::steady_clock::now();
+  if (total > 0) {
+    const std::size_t huge = std::size_t(2) << 20;
+    const std::size_t alloc = (total + huge - 1) / huge * huge + huge;
+    void* p = mmap(nullptr, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+      throw error(errc::out_of_memory, "model: cannot map " + std::to_string(alloc) + " bytes for weights");
+    m->arena = model_impl::mapping(p, alloc);
+    // 2 MiB pages, faulted in one call: a 4 KiB fault per page of a 3.7 GB arena cost more than
+    // the repack itself. Both are advice; older kernels fall back to faulting on first write.
+    uint8_t* base = static_cast<uint8_t*>(p);
+    uint8_t* aligned = base + (huge - reinterpret_cast<uintptr_t>(base) % huge) % huge;
+    madvise(base, alloc, MADV_HUGEPAGE);
+#ifdef MADV_POPULATE_WRITE
+    madvise(base, alloc, MADV_POPULATE_WRITE);
+#endif
+    m->arena_base = aligned;
+  }
+  m->load_stages[1] = since(t1);
+  const auto t2 = std::chrono::steady_clock::now();
+  uint8_t* cursor = m->arena_base;
+  m->layers.resize(std::size_t(c.n_layer));
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    auto& a = lt[std::size_t(l)];
+    layer_weights& w = m->layers[std::size_t(l)];
+    w.attn_norm = ld.vec(*a[0]);
+    w.wq = ld.matrix(*a[1], cursor, true);
+    w.wk = ld.matrix(*a[2], cursor, true);
+    w.wv = ld.matrix(*a[3], cursor, true);
+    w.wo = ld.matrix(*a[4], cursor, true);
+    w.ffn_norm = ld.vec(*a[5]);
+    w.w_gate = ld.matrix(*a[6], cursor, true);
+    w.w_up = ld.matrix(*a[7], cursor, true);
+    w.w_down = ld.matrix(*a[8], cursor, true);
+  }
+  m->output_norm = ld.vec(on);
+  m->output = ld.matrix(*out, cursor, !tied);  // a tied table stays mapped for embedding lookups
+  for (const auto& t : f.tensors()) {
+    int64_t n = 1;
+    for (int64_t d : t.ne) n *= d;
+    m->n_params += n;
+  }
+  m->load_stages[2] = since(t2);
+  m->load_seconds = since(t0);
+  return std::shared_ptr<const model>(new model(std::move(m)));
+}
+
+}  // namespace qllm

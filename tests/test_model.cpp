@@ -1,0 +1,422 @@
+// The forward pass against a plain double-precision reference, incremental vs batched decoding,
+// thread invariance, and load errors.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "qllm/error.hpp"
+#include "qllm/gguf.hpp"
+#include "qllm/model.hpp"
+#include "qllm/random_model.hpp"
+#include "qllm/reference.hpp"
+#include "test_util.hpp"
+
+using namespace qllm;
+
+namespace {
+
+std::string temp_path(const std::string& tag) {
+  return "/tmp/qllm_test_model_" + std::to_string(getpid()) + "_" + tag + ".gguf";
+}
+
+struct temp_file {
+  std::string path;
+  explicit temp_file(std::string p) : path(std::move(p)) {}
+  ~temp_file() { std::remove(path.c_str()); }
+};
+
+// ---- the double-precision reference forward pass ----
+using mat = std::vector<double>;  // row-major [n][k]
+
+mat dequant(const gguf::file& f, const std::string& name) {
+  const gguf::tensor_info* t = f.find_tensor(name);
+  REQUIRE(t != nullptr);
+  int64_t n = 1;
+  for (int64_t d : t->ne) n *= d;
+  std::vector<float> v(static_cast<size_t>(n));
+  const uint8_t* p = f.tensor_data(*t);
+  switch (t->type) {
+    case ggml_type::q4_0: ref::dequantize_row_q4_0(reinterpret_cast<const block_q4_0*>(p), v.data(), n); break;
+    case ggml_type::q8_0: ref::dequantize_row_q8_0(reinterpret_cast<const block_q8_0*>(p), v.data(), n); break;
+    case ggml_type::f16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        v[static_cast<size_t>(i)] = fp16_to_fp32(h);
+      }
+      break;
+    default: std::memcpy(v.data(), p, static_cast<size_t>(n) * 4); break;
+  }
+  return mat(v.begin(), v.end());
+}
+
+struct ref_model {
+  int64_t V, E, L, F, H, HKV, D;
+  double eps, base;
+  mat embd, out_norm, out;
+  std::vector<mat> an, wq, wk, wv, wo, fn, wg, wu, wd;
+};
+
+ref_model load_ref(const std::string& path) {
+  const gguf::file f = gguf::file::open(path);
+  ref_model r;
+  r.E = int64_t(f.get_uint("llama.embedding_length"));
+  r.L = int64_t(f.get_uint("llama.block_count"));
+  r.F = int64_t(f.get_uint("llama.feed_forward_length"));
+  r.H = int64_t(f.get_uint("llama.attention.head_count"));
+  r.HKV = int64_t(f.get_uint("llama.attention.head_count_kv"));
+  r.D = r.E / r.H;
+  r.eps = f.get_float("llama.attention.layer_norm_rms_epsilon");
+  r.base = f.get_float("llama.rope.freq_base");
+  r.embd = dequant(f, "token_embd.weight");
+  r.V = int64_t(r.embd.size()) / r.E;
+  r.out_norm = dequant(f, "output_norm.weight");
+  r.out = f.find_tensor("output.weight") ? dequant(f, "output.weight") : r.embd;
+  for (int64_t l = 0; l < r.L; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    r.an.push_back(dequant(f, p + "attn_norm.weight"));
+    r.wq.push_back(dequant(f, p + "attn_q.weight"));
+    r.wk.push_back(dequant(f, p + "attn_k.weight"));
+    r.wv.push_back(dequant(f, p + "attn_v.weight"));
+    r.wo.push_back(dequant(f, p + "attn_output.weight"));
+    r.fn.push_back(dequant(f, p + "ffn_norm.weight"));
+    r.wg.push_back(dequant(f, p + "ffn_gate.weight"));
+    r.wu.push_back(dequant(f, p + "ffn_up.weight"));
+    r.wd.push_back(dequant(f, p + "ffn_down.weight"));
+  }
+  return r;
+}
+
+std::vector<double> matvec(const mat& w, const std::vector<double>& x) {
+  const size_t k = x.size(), n = w.size() / k;
+  std::vector<double> y(n, 0.0);
+  for (size_t r = 0; r < n; ++r)
+    for (size_t i = 0; i < k; ++i) y[r] += w[r * k + i] * x[i];
+  return y;
+}
+
+std::vector<double> rmsnorm(const std::vector<double>& x, const mat& w, double eps) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double s = 1.0 / std::sqrt(ss / double(x.size()) + eps);
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * s * w[i];
+  return y;
+}
+
+void rope(std::vector<double>& x, int64_t n_head, int64_t d, int64_t pos, double base) {
+  for (int64_t h = 0; h < n_head; ++h) {
+    for (int64_t i = 0; i < d; i += 2) {
+      const double th = double(pos) * std::pow(base, -double(i) / double(d));
+      double& a = x[size_t(h * d + i)];
+      double& b = x[size_t(h * d + i + 1)];
+      const double a0 = a, b0 = b;
+      a = a0 * std::cos(th) - b0 * std::sin(th);
+      b = a0 * std::sin(th) + b0 * std::cos(th);
+    }
+  }
+}
+
+// Logits of every position: [T][V].
+std::vector<std::vector<double>> forward_ref(const ref_model& r, const std::vector<int32_t>& toks) {
+  const size_t T = toks.size();
+  std::vector<std::vector<double>> x(T);
+  for (size_t t = 0; t < T; ++t)
+    x[t].assign(r.embd.begin() + toks[t] * r.E, r.embd.begin() + (toks[t] + 1) * r.E);
+  for (int64_t l = 0; l < r.L; ++l) {
+    std::vector<std::vector<double>> q(T), k(T), v(T);
+    for (size_t t = 0; t < T; ++t) {
+      const auto xb = rmsnorm(x[t], r.an[size_t(l)], r.eps);
+      q[t] = matvec(r.wq[size_t(l)], xb);
+      k[t] = matvec(r.wk[size_t(l)], xb);
+      v[t] = matvec(r.wv[size_t(l)], xb);
+      rope(q[t], r.H, r.D, int64_t(t), r.base);
+      rope(k[t], r.HKV, r.D, int64_t(t), r.base);
+    }
+    for (size_t t = 0; t < T; ++t) {
+      std::vector<double> att(size_t(r.E), 0.0);
+      for (int64_t h = 0; h < r.H; ++h) {
+        const int64_t g = h / (r.H / r.HKV);
+        std::vector<double> s(t + 1);
+        double mx = -1e300;
+        for (size_t j = 0; j <= t; ++j) {
+          double d = 0;
+          for (int64_t i = 0; i < r.D; ++i) d += q[t][size_t(h * r.D + i)] * k[j][size_t(g * r.D + i)];
+          s[j] = d / std::sqrt(double(r.D));
+          mx = std::max(mx, s[j]);
+        }
+        double den = 0;
+        for (double& e : s) den += (e = std::exp(e - mx));
+        for (size_t j = 0; j <= t; ++j)
+          for (int64_t i = 0; i < r.D; ++i)
+            att[size_t(h * r.D + i)] += s[j] / den * v[j][size_t(g * r.D + i)];
+      }
+      const auto o = matvec(r.wo[size_t(l)], att);
+      for (size_t i = 0; i < o.size(); ++i) x[t][i] += o[i];
+      const auto xb = rmsnorm(x[t], r.fn[size_t(l)], r.eps);
+      auto gt = matvec(r.wg[size_t(l)], xb);
+      const auto up = matvec(r.wu[size_t(l)], xb);
+      for (size_t i = 0; i < gt.size(); ++i) gt[i] = gt[i] / (1.0 + std::exp(-gt[i])) * up[i];
+      const auto d = matvec(r.wd[size_t(l)], gt);
+      for (size_t i = 0; i < d.size(); ++i) x[t][i] += d[i];
+    }
+  }
+  std::vector<std::vector<double>> logits(T);
+  for (size_t t = 0; t < T; ++t) logits[t] = matvec(r.out, rmsnorm(x[t], r.out_norm, r.eps));
+  return logits;
+}
+
+std::vector<int32_t> some_tokens(size_t n, int64_t vocab, uint32_t seed) {
+  std::vector<int32_t> t(n);
+  uint32_t s = seed;
+  for (auto& v : t) v = int32_t((s = s * 1664525u + 1013904223u) >> 8) % int32_t(vocab);
+  return t;
+}
+
+// Relative RMS error of all logits against the reference.
+double rel_rms(std::span<const float> got, const std::vector<std::vector<double>>& want) {
+  double e = 0, s = 0;
+  size_t i = 0;
+  for (const auto& row : want) {
+    for (double w : row) {
+      e += (got[i] - w) * (got[i] - w);
+      s += w * w;
+      ++i;
+    }
+  }
+  return std::sqrt(e / s);
+}
+
+}  // namespace
+
+TEST_CASE("forward pass agrees with the double-precision reference (MHA and GQA, f32/q8_0/q4_0)") {
+  struct variant {
+    ggml_type type;
+    int64_t n_head_kv;
+    kv_type kv;
+    double budget;  // relative RMS error of all logits
+  } variants[] = {
+      {ggml_type::f32, 4, kv_type::f32, 1e-4},  // float path end to end
+      {ggml_type::f32, 2, kv_type::f16, 3e-3},  // f16 KV cache rounding
+      {ggml_type::q8_0, 4, kv_type::f16, 3e-2},  // + Q8_0 activation quantization
+      {ggml_type::q8_0, 1, kv_type::f16, 3e-2},
+      {ggml_type::q4_0, 2, kv_type::f16, 3e-2},
+  };
+  for (const auto& vt : variants) {
+    random_model_spec spec = random_model_preset("tiny");
+    spec.type = vt.type;
+    spec.n_head_kv = vt.n_head_kv;
+    spec.seed = uint32_t(vt.n_head_kv) * 7 + uint32_t(vt.type);
+    temp_file tf(temp_path("ref" + std::to_string(int(vt.type)) + "_" + std::to_string(vt.n_head_kv)));
+    write_random_model(tf.path, spec);
+    const auto m = model::load(tf.path);
+    const ref_model r = load_ref(tf.path);
+    for (size_t n : {size_t(1), size_t(7), size_t(64)}) {
+      CAPTURE(int(vt.type));
+      CAPTURE(vt.n_head_kv);
+      CAPTURE(n);
+      const auto toks = some_tokens(n, spec.n_vocab, uint32_t(n));
+      context_params cp;
+      cp.n_ctx = 128;
+      cp.kv = vt.kv;
+      context ctx(m, cp);
+      const auto got = ctx.eval(toks, true);
+      const auto want = forward_ref(r, toks);
+      const double err = rel_rms(got, want);
+      MESSAGE("type " << int(vt.type) << " kv_heads " << vt.n_head_kv << " tokens " << n << ": rel RMS " << err);
+      CHECK(err < vt.budget);
+      double spread = 0;  // logits are not flat
+      for (size_t i = 0; i < size_t(spec.n_vocab); ++i) spread += std::fabs(want.back()[i] - want.back()[0]);
+      CHECK(spread / double(spec.n_vocab) > 0.1);
+      for (float v : got) REQUIRE(std::isfinite(v));
+    }
+  }
+}
+
+TEST_CASE("incremental decoding equals one batched pass, bit for bit, for any thread count and batch") {
+  random_model_spec spec = random_model_preset("tiny");
+  spec.n_head_kv = 2;
+  temp_file tf(temp_path("incr"));
+  write_random_model(tf.path, spec);
+  const auto m = model::load(tf.path);
+  const auto toks = some_tokens(40, spec.n_vocab, 3);
+  context_params cp;
+  cp.n_ctx = 64;
+  cp.n_threads = 1;
+  context whole(m, cp);
+  const auto a = whole.eval(toks, true);
+  const std::vector<float> all(a.begin(), a.end());
+  CHECK(whole.n_past() == 40);
+
+  for (int nt : {1, 2, 3}) {
+    CAPTURE(nt);
+    cp.n_threads = nt;
+    context inc(m, cp);
+    // a 5-token prompt, then one token at a time
+    auto l = inc.eval(std::span(toks).first(5));
+    CHECK(test::count_bit_differences(l.data(), &all[4 * size_t(spec.n_vocab)], size_t(spec.n_vocab)) == 0);
+    for (size_t t = 5; t < toks.size(); ++t) {
+      l = inc.eval(std::span(toks).subspan(t, 1));
+      REQUIRE(test::count_bit_differences(l.data(), &all[t * size_t(spec.n_vocab)], size_t(spec.n_vocab)) == 0);
+    }
+    cp.n_batch = 16;  // a prompt longer than the batch runs in several passes
+    context split(m, cp);
+    const auto s = split.eval(toks, true);
+    CHECK(test::count_bit_differences(s.data(), all.data(), all.size()) == 0);
+    cp.n_batch = 512;
+  }
+}
+
+TEST_CASE("eval rejects bad input without changing state") {
+  const random_model_spec spec = random_model_preset("tiny");
+  temp_file tf(temp_path("errs"));
+  write_random_model(tf.path, spec);
+  const auto m = model::load(tf.path);
+  CHECK(m->config().n_vocab == spec.n_vocab);
+  CHECK(m->config().n_head_kv == spec.n_head_kv);
+  CHECK(m->weight_type() == ggml_type::q4_0);
+  context_params cp;
+  cp.n_ctx = 8;
+  context ctx(m, cp);
+  const std::vector<int32_t> ok = {1, 5, 9};
+  ctx.eval(ok);
+  CHECK(ctx.n_past() == 3);
+  const std::vector<int32_t> bad = {1, int32_t(spec.n_vocab)};
+  CHECK_THROWS_AS(ctx.eval(bad), error);
+  const std::vector<int32_t> neg = {-1};
+  CHECK_THROWS_AS(ctx.eval(neg), error);
+  CHECK_THROWS_AS(ctx.eval(std::span<const int32_t>()), error);
+  const std::vector<int32_t> six(6, 7);
+  try {
+    ctx.eval(six);
+    FAIL("overflow not reported");
+  } catch (const error& e) {
+    CHECK(e.code() == errc::context_overflow);
+  }
+  CHECK(ctx.n_past() == 3);
+  ctx.clear();
+  CHECK(ctx.n_past() == 0);
+  cp.n_batch = 0;
+  CHECK_THROWS_AS(context(m, cp), error);
+}
+
+TEST_CASE("F32 weights quantized to Q8_0 at load stay close to the reference") {
+  random_model_spec spec = random_model_preset("tiny");
+  spec.type = ggml_type::f32;
+  spec.tied_output = true;
+  temp_file tf(temp_path("qload"));
+  write_random_model(tf.path, spec);
+  model_options mo;
+  mo.quantize_float_weights = true;
+  const auto m = model::load(tf.path, mo);
+  CHECK(m->weight_type() == ggml_type::q8_0);
+  const auto toks = some_tokens(9, spec.n_vocab, 5);
+  context ctx(m);
+  const auto got = ctx.eval(toks, true);
+  const double err = rel_rms(got, forward_ref(load_ref(tf.path), toks));
+  MESSAGE("f32 quantized at load, tied output: rel RMS " << err);
+  CHECK(err < 5e-2);
+  CHECK(err > 1e-5);  // it really was quantized
+}
+
+namespace {
+// A minimal llama file written by hand, with one thing changed by `edit`.
+struct hand_model {
+  bool drop_key = false;
+  std::string key_to_drop;
+  std::string arch = "llama";
+  int64_t q_rows = 32;  // attn_q rows (32 is right)
+  ggml_type q_type = ggml_type::f32;
+  bool drop_tensor = false;
+  uint32_t head_count = 2;
+};
+
+void write_hand(const std::string& path, const hand_model& h) {
+  gguf::writer w;
+  auto u32 = [&](const std::string& k, uint32_t v) {
+    if (!(h.drop_key && h.key_to_drop == k)) w.set_u32(k, v);
+  };
+  w.set_string("general.architecture", h.arch);
+  u32("llama.context_length", 64);
+  u32("llama.embedding_length", 32);
+  u32("llama.block_count", 1);
+  u32("llama.feed_forward_length", 64);
+  u32("llama.attention.head_count", h.head_count);
+  if (!(h.drop_key && h.key_to_drop == "llama.attention.layer_norm_rms_epsilon"))
+    w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  auto t = [&](const std::string& name, std::vector<int64_t> ne, ggml_type type = ggml_type::f32) {
+    int64_t n = 1;
+    for (int64_t d : ne) n *= d;
+    size_t bytes = size_t(n) * 4;
+    if (type == ggml_type::q5_0) bytes = size_t(n / 32) * 22;
+    std::vector<uint8_t> data(bytes, 0);
+    w.add_tensor(name, type, ne, data.data(), data.size());
+  };
+  t("token_embd.weight", {32, 300});
+  t("output_norm.weight", {32});
+  t("blk.0.attn_norm.weight", {32});
+  if (h.q_type == ggml_type::q5_0)
+    t("blk.0.attn_q.weight", {32, 32}, ggml_type::q5_0);
+  else
+    t("blk.0.attn_q.weight", {32, h.q_rows});
+  t("blk.0.attn_k.weight", {32, 32});
+  t("blk.0.attn_v.weight", {32, 32});
+  t("blk.0.attn_output.weight", {32, 32});
+  t("blk.0.ffn_norm.weight", {32});
+  t("blk.0.ffn_gate.weight", {32, 64});
+  if (!h.drop_tensor) t("blk.0.ffn_up.weight", {32, 64});
+  t("blk.0.ffn_down.weight", {64, 32});
+  w.write(path);
+}
+
+std::string load_error(const hand_model& h) {
+  temp_file tf(temp_path("hand"));
+  write_hand(tf.path, h);
+  try {
+    model::load(tf.path);
+  } catch (const error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("load errors name what is wrong") {
+  hand_model ok;
+  {
+    temp_file tf(temp_path("hand_ok"));
+    write_hand(tf.path, ok);
+    const auto m = model::load(tf.path);
+    CHECK(m->config().n_vocab == 300);
+    CHECK(m->config().n_head_kv == 2);  // defaults to head_count
+    CHECK(m->weight_type() == ggml_type::f32);
+  }
+  hand_model h = ok;
+  h.drop_key = true;
+  h.key_to_drop = "llama.block_count";
+  CHECK(load_error(h).find("llama.block_count") != std::string::npos);
+  h.key_to_drop = "llama.attention.layer_norm_rms_epsilon";
+  CHECK(load_error(h).find("layer_norm_rms_epsilon") != std::string::npos);
+  h = ok;
+  h.arch = "gpt2";
+  CHECK(load_error(h).find("gpt2") != std::string::npos);
+  h = ok;
+  h.q_rows = 31;
+  CHECK(load_error(h).find("blk.0.attn_q.weight") != std::string::npos);
+  h = ok;
+  h.drop_tensor = true;
+  CHECK(load_error(h).find("blk.0.ffn_up.weight") != std::string::npos);
+  h = ok;
+  h.q_type = ggml_type::q5_0;  // a valid GGUF type without kernels
+  CHECK(load_error(h).find("blk.0.attn_q.weight") != std::string::npos);
+  CHECK(load_error(h).find("q5_0") != std::string::npos);
+  h = ok;
+  h.head_count = 3;  // 32 is not a multiple of 3
+  CHECK(load_error(h).find("head_count") != std::string::npos);
+  CHECK_THROWS_AS(model::load("/nonexistent/model.gguf"), error);
+}
