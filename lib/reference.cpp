@@ -208,6 +208,26 @@ void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) noexcept {
   for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, fp16_to_fp32(x[i]), y[i]);
 }
 
+void attn_scores_f16(const uint16_t* k, int64_t ld, int64_t rows, const float* q, int64_t n,
+                     float scale, float* out) noexcept {
+  for (int64_t j = 0; j < rows; ++j) out[j] = dot_f16_f32(k + j * ld, q, n) * scale;
+}
+
+void attn_scores_f32(const float* k, int64_t ld, int64_t rows, const float* q, int64_t n,
+                     float scale, float* out) noexcept {
+  for (int64_t j = 0; j < rows; ++j) out[j] = dot_f32(k + j * ld, q, n) * scale;
+}
+
+void attn_values_f16(float* y, const float* w, const uint16_t* v, int64_t ld, int64_t rows,
+                     int64_t n) noexcept {
+  for (int64_t j = 0; j < rows; ++j) axpy_f16(y, w[j], v + j * ld, n);
+}
+
+void attn_values_f32(float* y, const float* w, const float* v, int64_t ld, int64_t rows,
+                     int64_t n) noexcept {
+  for (int64_t j = 0; j < rows; ++j) axpy_f32(y, w[j], v + j * ld, n);
+}
+
 void rope(float* x, int64_t n_head, int64_t head_dim, const float* cos_dup,
           const float* sin_alt) noexcept {
   for (int64_t h = 0; h < n_head; ++h) {

@@ -198,6 +198,39 @@ TEST_CASE("float operations equal the reference bit for bit") {
   }
 }
 
+TEST_CASE("attention over cache rows equals the reference bit for bit") {
+  for (auto* t : tables_under_test()) {
+    const std::string table = t->name;
+    CAPTURE(table);
+    for (int64_t n : {6, 8, 64, 100, 128}) {
+      for (int64_t rows : {1, 3, 4, 5, 9, 33}) {
+        CAPTURE(n);
+        CAPTURE(rows);
+        const int64_t ld = n * 3 + 2;  // rows interleaved with other heads, as in the KV cache
+        const auto kf = test::gaussian(static_cast<size_t>(ld * rows), uint32_t(n + rows));
+        std::vector<uint16_t> kh(kf.size());
+        for (size_t i = 0; i < kf.size(); ++i) kh[i] = fp32_to_fp16(kf[i]);
+        const auto q = test::gaussian(static_cast<size_t>(n), uint32_t(n));
+        const auto w = test::gaussian(static_cast<size_t>(rows), uint32_t(rows));
+        std::vector<float> a(static_cast<size_t>(rows)), b(a);
+        t->attn_scores_f16(kh.data() + 1, ld, rows, q.data(), n, 0.125f, a.data());
+        ref::attn_scores_f16(kh.data() + 1, ld, rows, q.data(), n, 0.125f, b.data());
+        CHECK(test::count_bit_differences(a.data(), b.data(), a.size()) == 0);
+        t->attn_scores_f32(kf.data() + 1, ld, rows, q.data(), n, 0.125f, a.data());
+        ref::attn_scores_f32(kf.data() + 1, ld, rows, q.data(), n, 0.125f, b.data());
+        CHECK(test::count_bit_differences(a.data(), b.data(), a.size()) == 0);
+        std::vector<float> y = test::gaussian(static_cast<size_t>(n), 99), z = y;
+        t->attn_values_f16(y.data(), w.data(), kh.data() + 1, ld, rows, n);
+        ref::attn_values_f16(z.data(), w.data(), kh.data() + 1, ld, rows, n);
+        CHECK(test::count_bit_differences(y.data(), z.data(), y.size()) == 0);
+        t->attn_values_f32(y.data(), w.data(), kf.data() + 1, ld, rows, n);
+        ref::attn_values_f32(z.data(), w.data(), kf.data() + 1, ld, rows, n);
+        CHECK(test::count_bit_differences(y.data(), z.data(), y.size()) == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("softmax and silu survive extreme inputs") {
   for (auto* t : tables_under_test()) {
     const std::string table = t->name;

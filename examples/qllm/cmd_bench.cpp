@@ -1,4 +1,5 @@
 // qllm bench: prompt processing (pp) and generation (tg) speed, like llama-bench.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -34,7 +35,8 @@ double now() {
 int cmd_bench(int argc, char** argv) {
   std::string path;
   std::vector<int64_t> threads = {0}, pp = {64, 512}, tg = {32, 128};
-  int64_t reps = 3;
+  int64_t reps = 3, depth = 0;
+  bool warmup = true;
   kv_type kv = kv_type::f16;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -43,6 +45,8 @@ int cmd_bench(int argc, char** argv) {
     else if (a == "-p" || a == "--n-prompt") pp = parse_int_list(a, next_value(argc, argv, i), 0, 1 << 16);
     else if (a == "-n" || a == "--n-gen") tg = parse_int_list(a, next_value(argc, argv, i), 0, 1 << 16);
     else if (a == "-r" || a == "--repetitions") reps = parse_int(a, next_value(argc, argv, i), 1, 1000);
+    else if (a == "-d" || a == "--depth") depth = parse_int(a, next_value(argc, argv, i), 0, 1 << 20);
+    else if (a == "--no-warmup") warmup = false;
     else if (a == "--kv") {
       const std::string v = next_value(argc, argv, i);
       if (v == "f16") kv = kv_type::f16;
@@ -53,7 +57,8 @@ int cmd_bench(int argc, char** argv) {
     }
   }
   if (path.empty())
-    throw error(errc::invalid_argument, "usage: qllm bench -m FILE [-t 2] [-p 64,512] [-n 32,128] [-r 3] [--kv f16|f32]");
+    throw error(errc::invalid_argument, "usage: qllm bench -m FILE [-t 2] [-p 64,512] [-n 32,128] [-r 3] [-d DEPTH] [--kv f16|f32] "
+                "[--no-warmup]");
 
   const auto m = model::load(path);
   const model_config& c = m->config();
@@ -64,22 +69,25 @@ int cmd_bench(int argc, char** argv) {
               kernels::active().name);
   std::printf("load: %.2f s (parse %.2f, allocate %.2f, repack %.2f)\n", m->load_seconds(), st[0],
               st[1], st[2]);
-  std::printf("| threads | test   |           t/s |   GB/s |\n");
-  std::printf("|--------:|--------|--------------:|-------:|\n");
+  std::printf("| threads | test         |           t/s |   GB/s |\n");
+  std::printf("|--------:|--------------|--------------:|-------:|\n");
   uint32_t seed = 1;
   auto token = [&] { return int32_t((seed = seed * 1664525u + 1013904223u) >> 8) % int32_t(c.n_vocab); };
   for (int64_t nt : threads) {
     const auto run = [&](int64_t n, bool prompt) {
       context_params cp;
-      cp.n_ctx = n + 1;
-      cp.n_batch = prompt ? n : 1;
+      cp.n_ctx = depth + n + 1;
+      cp.n_batch = prompt ? std::max<int64_t>(n, 512) : 512;
       cp.n_threads = int(nt);
       cp.kv = kv;
       context ctx(m, cp);
       std::vector<double> rates;
-      for (int64_t r = -1; r < reps; ++r) {  // r = -1: warm-up
+      for (int64_t r = warmup ? -1 : 0; r < reps; ++r) {  // r = -1: warm-up
         ctx.clear();
-        std::vector<int32_t> toks(static_cast<std::size_t>(n));
+        std::vector<int32_t> toks(static_cast<std::size_t>(depth));
+        for (auto& t : toks) t = token();
+        if (depth > 0) ctx.eval(toks);  // context already holding `depth` tokens: not timed
+        toks.resize(static_cast<std::size_t>(n));
         for (auto& t : toks) t = token();
         const double t0 = now();
         if (prompt) {
@@ -90,11 +98,12 @@ int cmd_bench(int argc, char** argv) {
         if (r >= 0) rates.push_back(double(n) / (now() - t0));
       }
       const stats s = summarize(rates);
-      char test[32];
-      std::snprintf(test, sizeof test, "%s%lld", prompt ? "pp" : "tg", (long long)n);
+      char test[48];
+      std::snprintf(test, sizeof test, depth ? "%s%lld@d%lld" : "%s%lld", prompt ? "pp" : "tg",
+                    (long long)n, (long long)depth);
       char gbs[32] = "";
       if (!prompt) std::snprintf(gbs, sizeof gbs, "%6.1f", s.mean * gb);
-      std::printf("| %7lld | %-6s | %7.2f ± %4.2f | %6s |\n", (long long)(nt ? nt : 0), test, s.mean, s.sd, gbs);
+      std::printf("| %7lld | %-12s | %7.2f ± %4.2f | %6s |\n", (long long)(nt ? nt : 0), test, s.mean, s.sd, gbs);
       std::fflush(stdout);
     };
     for (int64_t n : pp)

@@ -46,6 +46,16 @@ void silu_mul(float* out, const float* gate, const float* up, int64_t n) noexcep
 void add(float* out, const float* a, const float* b, int64_t n) noexcept;
 void axpy_f32(float* y, float a, const float* x, int64_t n) noexcept;     // y += a x
 void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) noexcept;  // y += a x
+// Attention over `rows` cache rows of stride ld (see kernel_table): scores = dots * scale, and
+// the weighted sum of value rows as repeated axpy in row order.
+void attn_scores_f16(const uint16_t* k, int64_t ld, int64_t rows, const float* q, int64_t n,
+                     float scale, float* out) noexcept;
+void attn_scores_f32(const float* k, int64_t ld, int64_t rows, const float* q, int64_t n,
+                     float scale, float* out) noexcept;
+void attn_values_f16(float* y, const float* w, const uint16_t* v, int64_t ld, int64_t rows,
+                     int64_t n) noexcept;
+void attn_values_f32(float* y, const float* w, const float* v, int64_t ld, int64_t rows,
+                     int64_t n) noexcept;
 // RoPE on adjacent pairs (GGUF Llama convention) for n_head heads of head_dim values each.
 // cos_dup[i] = cos(theta_{i/2}), sin_alt[i] = (i odd ? +1 : -1) * sin(theta_{i/2}).
 void rope(float* x, int64_t n_head, int64_t head_dim, const float* cos_dup,

@@ -78,7 +78,8 @@ bool always(const cpu_features&) { return true; }
 extern const kernel_table table_scalar = {
     "scalar",        always,           ref::quantize_row_q8_0, gemm_q4_0x8,  gemm_q8_0x8,
     gemm_f16,        gemm_f32,         ref::dot_f32,           ref::dot_f16_f32, ref::axpy_f32,
-    ref::axpy_f16,   ref::rmsnorm,     ref::softmax,           ref::silu_mul, ref::add,
+    ref::axpy_f16,   ref::attn_scores_f16, ref::attn_scores_f32, ref::attn_values_f16,
+    ref::attn_values_f32, ref::rmsnorm,     ref::softmax,           ref::silu_mul, ref::add,
     ref::rope,
 };
 

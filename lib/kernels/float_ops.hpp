@@ -164,6 +164,75 @@ void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) {
     fma8(va, V::load_f16_tail(x + i, n - i), V::load_tail(y + i, n - i)).store_tail(y + i, n - i);
 }
 
+// Attention scores: four cache rows at a time (independent accumulators, each row in the
+// canonical order of dot_f32 / dot_f16_f32, so the result equals one dot per row).
+template <class H, class T>
+void attn_scores(const T* k, int64_t ld, int64_t rows, const float* q, int64_t n, float scale,
+                 float* out) {
+  using V = f8<H>;
+  auto load = [](const T* p) {
+    if constexpr (std::is_same_v<T, uint16_t>) return V::load_f16(p);
+    else return V::load(p);
+  };
+  auto load_tail = [](const T* p, int64_t c) {
+    if constexpr (std::is_same_v<T, uint16_t>) return V::load_f16_tail(p, c);
+    else return V::load_tail(p, c);
+  };
+  const int64_t full = n / 8 * 8;
+  int64_t j = 0;
+  for (; j + 4 <= rows; j += 4) {
+    V acc[4] = {V::splat(0.0f), V::splat(0.0f), V::splat(0.0f), V::splat(0.0f)};
+    for (int64_t i = 0; i < full; i += 8) {
+      const V qv = V::load(q + i);
+      for (int r = 0; r < 4; ++r) acc[r] = fma8(load(k + (j + r) * ld + i), qv, acc[r]);
+    }
+    if (full < n) {
+      const V qv = V::load_tail(q + full, n - full);
+      for (int r = 0; r < 4; ++r) acc[r] = fma8(load_tail(k + (j + r) * ld + full, n - full), qv, acc[r]);
+    }
+    for (int r = 0; r < 4; ++r) out[j + r] = acc[r].sum() * scale;
+  }
+  for (; j < rows; ++j) {
+    V acc = V::splat(0.0f);
+    for (int64_t i = 0; i < full; i += 8) acc = fma8(load(k + j * ld + i), V::load(q + i), acc);
+    if (full < n) acc = fma8(load_tail(k + j * ld + full, n - full), V::load_tail(q + full, n - full), acc);
+    out[j] = acc.sum() * scale;
+  }
+}
+
+// y += sum_j w[j] v[j]: 32 outputs stay in registers while every row streams past; per element
+// the fma chain runs over j in order, as repeated axpy would.
+template <class H, class T>
+void attn_values(float* y, const float* w, const T* v, int64_t ld, int64_t rows, int64_t n) {
+  using V = f8<H>;
+  auto load = [](const T* p) {
+    if constexpr (std::is_same_v<T, uint16_t>) return V::load_f16(p);
+    else return V::load(p);
+  };
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    V acc[4];
+    for (int c = 0; c < 4; ++c) acc[c] = V::load(y + i + 8 * c);
+    for (int64_t j = 0; j < rows; ++j) {
+      const V wj = V::splat(w[j]);
+      for (int c = 0; c < 4; ++c) acc[c] = fma8(wj, load(v + j * ld + i + 8 * c), acc[c]);
+    }
+    for (int c = 0; c < 4; ++c) acc[c].store(y + i + 8 * c);
+  }
+  for (; i < n; i += 8) {
+    const int64_t c = n - i < 8 ? n - i : 8;
+    V acc = V::load_tail(y + i, c);
+    for (int64_t j = 0; j < rows; ++j) {
+      const V x = [&] {
+        if constexpr (std::is_same_v<T, uint16_t>) return V::load_f16_tail(v + j * ld + i, c);
+        else return V::load_tail(v + j * ld + i, c);
+      }();
+      acc = fma8(V::splat(w[j]), x, acc);
+    }
+    acc.store_tail(y + i, c);
+  }
+}
+
 template <class H>
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
   using V = f8<H>;

@@ -66,6 +66,17 @@ struct kernel_table {
   float (*dot_f16_f32)(const uint16_t* a, const float* b, int64_t n);
   void (*axpy_f32)(float* y, float a, const float* x, int64_t n);
   void (*axpy_f16)(float* y, float a, const uint16_t* x, int64_t n);
+  // Attention over cache rows of stride ld: out[j] = dot(k + j ld, q, n) * scale for j < rows,
+  // each dot in the canonical order of dot_f16_f32 / dot_f32 ...
+  void (*attn_scores_f16)(const uint16_t* k, int64_t ld, int64_t rows, const float* q, int64_t n,
+                          float scale, float* out);
+  void (*attn_scores_f32)(const float* k, int64_t ld, int64_t rows, const float* q, int64_t n,
+                          float scale, float* out);
+  // ... and y[i] += w[j] v[j ld + i] for j = 0, 1, .. rows-1 in order (repeated axpy).
+  void (*attn_values_f16)(float* y, const float* w, const uint16_t* v, int64_t ld, int64_t rows,
+                          int64_t n);
+  void (*attn_values_f32)(float* y, const float* w, const float* v, int64_t ld, int64_t rows,
+                          int64_t n);
   void (*rmsnorm)(float* out, const float* x, const float* w, int64_t n, float eps);
   void (*softmax)(float* x, int64_t n);
   void (*silu_mul)(float* out, const float* gate, const float* up, int64_t n);

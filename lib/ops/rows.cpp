@@ -61,24 +61,20 @@ void attention(const kernels::kernel_table& kt, const attention_args& a, int n_t
     float* scores = a.scratch + int64_t(omp_get_thread_num()) * a.n_ctx;
     const float* q = a.q + t * q_dim + h * a.head_dim;
     float* out = a.out + t * q_dim + h * a.head_dim;
-    if (a.kv_f16) {
-      const auto* k = static_cast<const uint16_t*>(a.k) + kvh * a.head_dim;
-      for (int64_t j = 0; j < n_keys; ++j)
-        scores[j] = kt.dot_f16_f32(k + j * a.kv_dim, q, a.head_dim) * scale;
-    } else {
-      const auto* k = static_cast<const float*>(a.k) + kvh * a.head_dim;
-      for (int64_t j = 0; j < n_keys; ++j)
-        scores[j] = kt.dot_f32(k + j * a.kv_dim, q, a.head_dim) * scale;
-    }
+    if (a.kv_f16)
+      kt.attn_scores_f16(static_cast<const uint16_t*>(a.k) + kvh * a.head_dim, a.kv_dim, n_keys, q,
+                         a.head_dim, scale, scores);
+    else
+      kt.attn_scores_f32(static_cast<const float*>(a.k) + kvh * a.head_dim, a.kv_dim, n_keys, q,
+                         a.head_dim, scale, scores);
     kt.softmax(scores, n_keys);
     std::memset(out, 0, size_t(a.head_dim) * sizeof(float));
-    if (a.kv_f16) {
-      const auto* v = static_cast<const uint16_t*>(a.v) + kvh * a.head_dim;
-      for (int64_t j = 0; j < n_keys; ++j) kt.axpy_f16(out, scores[j], v + j * a.kv_dim, a.head_dim);
-    } else {
-      const auto* v = static_cast<const float*>(a.v) + kvh * a.head_dim;
-      for (int64_t j = 0; j < n_keys; ++j) kt.axpy_f32(out, scores[j], v + j * a.kv_dim, a.head_dim);
-    }
+    if (a.kv_f16)
+      kt.attn_values_f16(out, scores, static_cast<const uint16_t*>(a.v) + kvh * a.head_dim,
+                         a.kv_dim, n_keys, a.head_dim);
+    else
+      kt.attn_values_f32(out, scores, static_cast<const float*>(a.v) + kvh * a.head_dim, a.kv_dim,
+                         n_keys, a.head_dim);
   }
 }
 
