@@ -10,6 +10,7 @@ echo "$out"
 echo "$out" | grep -q '| *2 | pp16 '
 echo "$out" | grep -q '| *1 | tg8 '
 echo "$out" | grep -q 'peak RSS'
+"$qllm" bench -m "$dir/tiny.gguf" -t 1 -p 0 -n 4 -d 20 -r 1 --no-warmup --kv f32 | grep -q 'tg4@d20'
 if "$qllm" bench -m "$dir/missing.gguf" 2>"$dir/err"; then exit 1; fi
 [ "$(wc -l <"$dir/err")" -eq 1 ]
 if "$qllm" bench -m "$dir/tiny.gguf" -t zero 2>"$dir/err"; then exit 1; fi

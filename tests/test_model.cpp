@@ -43,6 +43,13 @@ mat dequant(const gguf::file& f, const std::string& name) {
   switch (t->type) {
     case ggml_type::q4_0: ref::dequantize_row_q4_0(reinterpret_cast<const block_q4_0*>(p), v.data(), n); break;
     case ggml_type::q8_0: ref::dequantize_row_q8_0(reinterpret_cast<const block_q8_0*>(p), v.data(), n); break;
+    case ggml_type::bf16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        v[static_cast<size_t>(i)] = bf16_to_fp32(h);
+      }
+      break;
     case ggml_type::f16:
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
@@ -203,6 +210,8 @@ TEST_CASE("forward pass agrees with the double-precision reference (MHA and GQA,
   } variants[] = {
       {ggml_type::f32, 4, kv_type::f32, 1e-4},  // float path end to end
       {ggml_type::f32, 2, kv_type::f16, 3e-3},  // f16 KV cache rounding
+      {ggml_type::f16, 4, kv_type::f32, 1e-4},  // f16 weights read in place
+      {ggml_type::bf16, 2, kv_type::f32, 1e-4},  // bf16 weights converted to f32 at load
       {ggml_type::q8_0, 4, kv_type::f16, 3e-2},  // + Q8_0 activation quantization
       {ggml_type::q8_0, 1, kv_type::f16, 3e-2},
       {ggml_type::q4_0, 2, kv_type::f16, 3e-2},
