@@ -1,0 +1,51 @@
+// Token sampling: repetition penalties, then top-k, top-p, min-p, temperature and a seeded draw.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+namespace qllm {
+
+struct sampler_params {
+  float temperature = 0.8f;        // <= 0: greedy (argmax, lowest id on ties)
+  int32_t top_k = 40;              // <= 0: the whole vocabulary
+  float top_p = 0.95f;             // (0, 1]; 1 keeps everything
+  float min_p = 0.05f;             // [0, 1): drop tokens below min_p x the best probability
+  float repeat_penalty = 1.0f;     // > 0; 1 = off. Divides positive logits, multiplies negative
+  float frequency_penalty = 0.0f;  // subtracted once per occurrence in the window
+  float presence_penalty = 0.0f;   // subtracted once if the token occurs in the window
+  int32_t penalty_last_n = 64;     // window of recent tokens the penalties look at (0 = off)
+  uint64_t seed = 0x5eed;          // same seed and inputs -> same tokens, on any machine
+};
+
+// One sequence's sampler; one thread at a time. Working buffers grow once to the vocabulary size
+// and are reused, so sampling in the decode loop does not allocate after the first call.
+class sampler {
+ public:
+  // Throws qllm::error(errc::invalid_argument) naming the out-of-range field.
+  explicit sampler(const sampler_params& p);
+
+  // Picks a token from logits[n_vocab] and records it for the penalties.
+  // Throws errc::invalid_argument for empty logits, NaN or +inf, or all -inf.
+  int32_t sample(std::span<const float> logits);
+  // Records a token that was not sampled (e.g. the prompt) for the penalties.
+  void accept(int32_t token);
+  void reset();  // forget the history and reseed
+
+  // The probabilities the last sample drew from: (token, p) pairs after every filter, p summing
+  // to 1, highest first (greedy: one pair). For tests and diagnostics.
+  std::span<const std::pair<int32_t, float>> last_candidates() const noexcept { return kept_; }
+
+ private:
+  sampler_params p_;
+  std::mt19937_64 rng_;
+  std::vector<int32_t> history_;  // ring of the last penalty_last_n tokens
+  std::size_t history_pos_ = 0;
+  std::vector<float> adjusted_;
+  std::vector<std::pair<int32_t, float>> cand_;
+  std::vector<std::pair<int32_t, float>> kept_;
+  std::vector<uint32_t> counts_;
+};
+
+}  // namespace qllm

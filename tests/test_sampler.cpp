@@ -1,0 +1,187 @@
+// The sampler: edge cases exactly, distributions statistically (chi-square at a fixed seed).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "qllm/error.hpp"
+#include "qllm/sampler.hpp"
+
+using namespace qllm;
+
+namespace {
+
+sampler_params plain(float temperature = 1.0f) {
+  sampler_params p;
+  p.temperature = temperature;
+  p.top_k = 0;
+  p.top_p = 1.0f;
+  p.min_p = 0.0f;
+  return p;
+}
+
+// Pearson chi-square of observed counts against expected probabilities.
+double chi_square(const std::vector<int>& counts, const std::vector<double>& p, int draws) {
+  double x = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const double e = p[i] * draws;
+    x += (counts[i] - e) * (counts[i] - e) / e;
+  }
+  return x;
+}
+
+std::vector<int> histogram(sampler& s, const std::vector<float>& logits, int draws) {
+  std::vector<int> c(logits.size(), 0);
+  for (int i = 0; i < draws; ++i) ++c[size_t(s.sample(logits))];
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("temperature 0 and top-k 1 are greedy; ties go to the lowest id") {
+  const std::vector<float> l = {0.1f, 2.0f, -1.0f, 2.0f, 1.9f};
+  sampler g(plain(0.0f));
+  for (int i = 0; i < 10; ++i) CHECK(g.sample(l) == 1);
+  CHECK(g.last_candidates().size() == 1);
+  sampler_params p = plain(5.0f);
+  p.top_k = 1;
+  sampler k1(p);
+  for (int i = 0; i < 10; ++i) CHECK(k1.sample(l) == 1);
+}
+
+TEST_CASE("temperature 1 draws from the softmax (chi-square, 2 degrees of freedom)") {
+  const std::vector<float> l = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+  sampler s(plain());
+  const int n = 20000;
+  const auto c = histogram(s, l, n);
+  const double x = chi_square(c, {0.5, 0.3, 0.2}, n);
+  MESSAGE("counts " << c[0] << " " << c[1] << " " << c[2] << ", chi2 " << x);
+  CHECK(x < 13.8);  // p = 0.001 critical value for 2 dof
+  // and a wrong distribution is rejected by the same test
+  CHECK(chi_square(c, {0.4, 0.35, 0.25}, n) > 13.8);
+}
+
+TEST_CASE("temperature 2 flattens: p ~ p0^(1/2)") {
+  const std::vector<float> l = {std::log(0.64f), std::log(0.36f)};
+  sampler s(plain(2.0f));
+  const int n = 20000;
+  const auto c = histogram(s, l, n);
+  CHECK(chi_square(c, {0.8 / 1.4, 0.6 / 1.4}, n) < 10.8);  // 1 dof, p = 0.001
+  const auto kept = s.last_candidates();
+  REQUIRE(kept.size() == 2);
+  CHECK(kept[0].second == doctest::Approx(0.8 / 1.4).epsilon(1e-5));
+}
+
+TEST_CASE("all logits equal: uniform over the vocabulary") {
+  const std::vector<float> l(10, 3.0f);
+  sampler s(plain());
+  const int n = 30000;
+  const auto c = histogram(s, l, n);
+  CHECK(chi_square(c, std::vector<double>(10, 0.1), n) < 27.9);  // 9 dof, p = 0.001
+}
+
+TEST_CASE("top-p, min-p and top-k keep exactly the right tokens") {
+  const std::vector<float> l = {std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
+  sampler_params p = plain();
+  p.top_p = 0.75f;  // 0.5 + 0.3 reaches 0.75
+  sampler tp(p);
+  tp.sample(l);
+  auto kept = tp.last_candidates();
+  REQUIRE(kept.size() == 2);
+  CHECK(kept[0].first == 0);
+  CHECK(kept[1].first == 1);
+  CHECK(kept[0].second == doctest::Approx(0.625f));
+  p = plain();
+  p.top_p = 1.0f;  // keeps everything
+  sampler all(p);
+  all.sample(l);
+  CHECK(all.last_candidates().size() == 4);
+  p = plain();
+  p.min_p = 0.25f;  // keep p >= 0.125: 0.5, 0.3, 0.15
+  sampler mp(p);
+  mp.sample(l);
+  CHECK(mp.last_candidates().size() == 3);
+  p = plain();
+  p.top_k = 2;
+  sampler tk(p);
+  for (int i = 0; i < 200; ++i) CHECK(tk.sample(l) < 2);
+}
+
+TEST_CASE("repetition, frequency and presence penalties change the logits as documented") {
+  sampler_params p = plain(0.0f);  // greedy shows which logit is highest after penalties
+  p.repeat_penalty = 2.0f;
+  sampler s(p);
+  const std::vector<float> l = {3.0f, 2.0f, -1.0f};
+  s.accept(0);  // 3 / 2 = 1.5 < 2
+  CHECK(s.sample(l) == 1);
+  p = plain(0.0f);
+  p.frequency_penalty = 0.6f;
+  sampler f(p);
+  f.accept(0);
+  CHECK(f.sample(l) == 0);  // 3 - 0.6 = 2.4 > 2
+  f.reset();
+  f.accept(0);
+  f.accept(0);
+  CHECK(f.sample(l) == 1);  // 3 - 1.2 = 1.8 < 2
+  p = plain(0.0f);
+  p.presence_penalty = 1.5f;
+  sampler pr(p);
+  pr.accept(0);
+  pr.accept(0);
+  CHECK(pr.sample(l) == 1);  // 3 - 1.5 once = 1.5
+  p = plain(0.0f);
+  p.repeat_penalty = 2.0f;
+  p.penalty_last_n = 1;  // only the last token counts
+  sampler w(p);
+  w.accept(0);
+  w.accept(2);
+  CHECK(w.sample(l) == 0);
+}
+
+TEST_CASE("the same seed gives the same tokens, another seed other tokens") {
+  std::vector<float> l(50);
+  for (size_t i = 0; i < l.size(); ++i) l[i] = float(std::sin(double(i))) * 2.0f;
+  sampler_params p;
+  p.top_k = 0;
+  p.min_p = 0.0f;
+  p.top_p = 1.0f;
+  sampler a(p), b(p);
+  p.seed = 999;
+  sampler c(p);
+  int same = 0, diff = 0;
+  for (int i = 0; i < 200; ++i) {
+    const int32_t x = a.sample(l), y = b.sample(l), z = c.sample(l);
+    same += x == y;
+    diff += x != z;
+  }
+  CHECK(same == 200);
+  CHECK(diff > 50);
+  a.reset();
+  b.reset();
+  CHECK(a.sample(l) == b.sample(l));
+}
+
+TEST_CASE("bad logits and bad parameters are errors") {
+  sampler s(plain());
+  CHECK_THROWS_AS(s.sample(std::vector<float>{}), error);
+  CHECK_THROWS_AS(s.sample(std::vector<float>{1.0f, std::nanf("")}), error);
+  CHECK_THROWS_AS(s.sample(std::vector<float>{1.0f, INFINITY}), error);
+  CHECK_THROWS_AS(s.sample(std::vector<float>{-INFINITY, -INFINITY}), error);
+  CHECK(s.sample(std::vector<float>{-INFINITY, 0.0f}) == 1);  // masked tokens are fine
+  sampler_params p;
+  p.top_p = 0.0f;
+  CHECK_THROWS_AS(sampler{p}, error);
+  p = {};
+  p.min_p = 1.0f;
+  CHECK_THROWS_AS(sampler{p}, error);
+  p = {};
+  p.repeat_penalty = 0.0f;
+  CHECK_THROWS_AS(sampler{p}, error);
+  p = {};
+  p.temperature = std::nanf("");
+  CHECK_THROWS_AS(sampler{p}, error);
+  p = {};
+  p.penalty_last_n = -1;
+  CHECK_THROWS_AS(sampler{p}, error);
+}
