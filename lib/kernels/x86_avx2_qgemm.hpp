@@ -33,12 +33,26 @@ inline void store_panel(const qgemm_args& a, int64_t t, int64_t p, __m256 v) {
 
 inline float fp16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
+// The int8 dot primitive of the 256-bit tiles. w: unsigned (Q4 nibbles, or |w| for Q8_0);
+// x: signed activation quants. Every variant returns exact int32 sums per row lane.
+struct dot_maddubs {
+  // Q4_0 block: w[j] holds quants 4j..4j+3 of each row; |sum| <= 8 * 2 * 15 * 128 fits int16
+  static __m256i q4(const __m256i w[8], const int8_t* x) {
+    __m256i s = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(load_i32(x)));
+    for (int j = 1; j < 8; ++j)
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(load_i32(x + 4 * j))));
+    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+  }
+  static __m256i q8_step(__m256i acc, __m256i wabs, __m256i xs) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, xs), _mm256_set1_epi16(1)));
+  }
+};
+
 // Q4_0 panels x Q8_0 activations, TN tokens at a time.
-template <int TN>
-void q4_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
+template <int TN, class Dot>
+void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   const auto* wp = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
   const __m256i m4 = _mm256_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[TN];
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
@@ -53,10 +67,7 @@ void q4_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
     for (int t = 0; t < TN; ++t) {
       const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
-      __m256i s = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(load_i32(xb.qs)));
-      for (int j = 1; j < 8; ++j)  // |sum| <= 8 * 2 * 15 * 128 fits int16
-        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(load_i32(xb.qs + 4 * j))));
-      __m256i si = _mm256_madd_epi16(s, ones);
+      __m256i si = Dot::q4(w, xb.qs);
       si = _mm256_sub_epi32(si, _mm256_set1_epi32(8 * a.xsum[(t0 + t) * a.nb + b]));
       const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(xb.d)));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, acc[t]);
@@ -65,11 +76,10 @@ void q4_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
   for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
 }
 
-// Q8_0 panels: maddubs(|w|, sign(x, w)) is exact for every int8 w (x is never -128).
-template <int TN>
-void q8_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
+// Q8_0 panels: dot(|w|, sign(x, w)) is exact for every int8 w (x is never -128).
+template <int TN, class Dot>
+void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   const auto* wp = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[TN];
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
@@ -77,21 +87,20 @@ void q8_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
     _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1024, _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1088, _MM_HINT_T0);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
-    __m256i si[TN];
-    for (int t = 0; t < TN; ++t) si[t] = _mm256_setzero_si256();
+    __m256i si[TN][2];  // two chains per token (even / odd chunks)
+    for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = _mm256_setzero_si256();
     for (int j = 0; j < 8; ++j) {
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * j));
       const __m256i wabs = _mm256_abs_epi8(wv);
       for (int t = 0; t < TN; ++t) {
         const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
-        const __m256i xv = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xb.qs + 4 * j)), wv);
-        si[t] = _mm256_add_epi32(si[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, xv), ones));
+        const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xb.qs + 4 * j)), wv);
+        si[t][j & 1] = Dot::q8_step(si[t][j & 1], wabs, xs);
       }
     }
     for (int t = 0; t < TN; ++t) {
-      const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
-      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(xb.d)));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[t]), d, acc[t]);
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(a.x[(t0 + t) * a.nb + b].d)));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(si[t][0], si[t][1])), d, acc[t]);
     }
   }
   for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
@@ -99,12 +108,12 @@ void q8_0x8_tile_avx2(const qgemm_args& a, int64_t p, int64_t t0) {
 
 inline void gemm_q4_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p)
-    for_token_tiles(a.m, [&](auto tn, int64_t t) { q4_0x8_tile_avx2<decltype(tn)::value>(a, p, t); });
+    for_token_tiles(a.m, [&](auto tn, int64_t t) { q4_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t); });
 }
 
 inline void gemm_q8_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p)
-    for_token_tiles(a.m, [&](auto tn, int64_t t) { q8_0x8_tile_avx2<decltype(tn)::value>(a, p, t); });
+    for_token_tiles(a.m, [&](auto tn, int64_t t) { q8_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t); });
 }
 
 // Q8_0 quantization of activations: nearest-even rounding, as ref::quantize_row_q8_0.

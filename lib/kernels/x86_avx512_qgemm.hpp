@@ -122,70 +122,21 @@ void q8_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   }
 }
 
-// One 8-row panel on 256-bit registers with vpdpbusd (AVX512-VL + VNNI): the decoding GEMV of
-// VNNI machines, one weight stream per thread. Same integer sums and epilogue as the AVX2 tile.
-template <int TN>
-void q4_0x8_tile_vnni256(const qgemm_args& a, int64_t p, int64_t t0) {
-  const auto* wp = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
-  const __m256i m4 = _mm256_set1_epi8(0x0f);
-  __m256 acc[TN];
-  for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < a.nb; ++b) {
-    const block_q4_0x8& wb = wp[b];
-    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1024, _MM_HINT_T0);
-    __m256i w[8];
-    for (int c = 0; c < 4; ++c) {
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * c));
-      w[c] = _mm256_and_si256(raw, m4);
-      w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-    }
-    const __m256 dw = load_scales(wb.d);
-    for (int t = 0; t < TN; ++t) {
-      const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
-      __m256i s4[4];
-      for (int j = 0; j < 4; ++j)
-        s4[j] = simde_mm256_dpbusd_epi32(_mm256_setzero_si256(), w[j],
-                                         _mm256_set1_epi32(load_i32(xb.qs + 4 * j)));
-      for (int j = 4; j < 8; ++j)
-        s4[j - 4] = simde_mm256_dpbusd_epi32(s4[j - 4], w[j],
-                                             _mm256_set1_epi32(load_i32(xb.qs + 4 * j)));
-      __m256i si = _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
-      si = _mm256_sub_epi32(si, _mm256_set1_epi32(8 * a.xsum[(t0 + t) * a.nb + b]));
-      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(xb.d)));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, acc[t]);
-    }
+// The 256-bit tiles' dot primitive with vpdpbusd (AVX512-VL + VNNI): the decoding GEMV of VNNI
+// machines, one panel and one weight stream per thread. Four chains hide vpdpbusd's latency.
+struct dot_vnni256 {
+  static __m256i q4(const __m256i w[8], const int8_t* x) {
+    __m256i s4[4];
+    for (int j = 0; j < 4; ++j)
+      s4[j] = simde_mm256_dpbusd_epi32(_mm256_setzero_si256(), w[j], _mm256_set1_epi32(load_i32(x + 4 * j)));
+    for (int j = 4; j < 8; ++j)
+      s4[j - 4] = simde_mm256_dpbusd_epi32(s4[j - 4], w[j], _mm256_set1_epi32(load_i32(x + 4 * j)));
+    return _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
   }
-  for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
-}
-
-template <int TN>
-void q8_0x8_tile_vnni256(const qgemm_args& a, int64_t p, int64_t t0) {
-  const auto* wp = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
-  __m256 acc[TN];
-  for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < a.nb; ++b) {
-    const block_q8_0x8& wb = wp[b];
-    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1024, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1088, _MM_HINT_T0);
-    __m256i si[TN][2];
-    for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = _mm256_setzero_si256();
-    for (int j = 0; j < 8; ++j) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * j));
-      const __m256i wabs = _mm256_abs_epi8(wv);
-      for (int t = 0; t < TN; ++t) {
-        const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
-        const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xb.qs + 4 * j)), wv);
-        si[t][j & 1] = simde_mm256_dpbusd_epi32(si[t][j & 1], wabs, xs);
-      }
-    }
-    const __m256 dw = load_scales(wb.d);
-    for (int t = 0; t < TN; ++t) {
-      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(a.x[(t0 + t) * a.nb + b].d)));
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(si[t][0], si[t][1])), d, acc[t]);
-    }
+  static __m256i q8_step(__m256i acc, __m256i wabs, __m256i xs) {
+    return simde_mm256_dpbusd_epi32(acc, wabs, xs);
   }
-  for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
-}
+};
 
 // Panels in pairs; an odd last panel goes through a 256-bit kernel. Fewer than 4 tokens (the
 // memory-bound GEMV of decoding) also take a 256-bit kernel: one weight stream per thread
@@ -205,10 +156,11 @@ void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
   for (int64_t r = rest; r < p1; ++r) {
     for_token_tiles(a.m, [&](auto tn, int64_t t) {
       constexpr int TN = decltype(tn)::value;
-      if constexpr (vnni && q4) q4_0x8_tile_vnni256<TN>(a, r, t);
-      else if constexpr (vnni) q8_0x8_tile_vnni256<TN>(a, r, t);
-      else if constexpr (q4) q4_0x8_tile_avx2<TN>(a, r, t);
-      else q8_0x8_tile_avx2<TN>(a, r, t);
+      using Dot = std::conditional_t<vnni, dot_vnni256, dot_maddubs>;
+      if constexpr (q4)
+        q4_0x8_tile<TN, Dot>(a, r, t);
+      else
+        q8_0x8_tile<TN, Dot>(a, r, t);
     });
   }
 }
