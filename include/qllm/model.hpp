@@ -33,6 +33,7 @@ struct model_options {
 };
 
 class model_impl;
+class tokenizer;
 
 // Immutable after load; share one model between many contexts on different threads.
 class model {
@@ -50,6 +51,8 @@ class model {
   double load_seconds() const noexcept;
   // The load's parts: parse and validate the file, allocate the weight arena, repack weights.
   std::array<double, 3> load_stage_seconds() const noexcept;
+  // The vocabulary stored in the file; nullptr when it has none (then only token ids work).
+  const tokenizer* get_tokenizer() const noexcept;
   const model_impl& impl() const noexcept { return *impl_; }
 
  private:
@@ -87,6 +90,11 @@ class context {
   int64_t n_past() const noexcept;
   int64_t n_ctx() const noexcept;
   void clear() noexcept;  // forget the sequence (n_past = 0)
+  // Keep the first n tokens of the sequence (0 <= n <= n_past), e.g. a shared prompt prefix.
+  void truncate(int64_t n);
+  // Context shift: forget tokens [n_keep, n_keep + n_discard) and move the later ones down, with
+  // their keys re-rotated (RoPE) for the new positions instead of recomputed. n_past -= n_discard.
+  void shift(int64_t n_keep, int64_t n_discard);
   const model& get_model() const noexcept;
   context_impl& impl() noexcept { return *impl_; }
 

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <span>
 #include <vector>
 
@@ -17,6 +18,8 @@ struct sampler_params {
   float presence_penalty = 0.0f;   // subtracted once if the token occurs in the window
   int32_t penalty_last_n = 64;     // window of recent tokens the penalties look at (0 = off)
   uint64_t seed = 0x5eed;          // same seed and inputs -> same tokens, on any machine
+  // Added to the logits after the penalties; -inf bans a token. Entries: (token, bias).
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 // One sequence's sampler; one thread at a time. Working buffers grow once to the vocabulary size

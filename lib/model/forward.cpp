@@ -18,6 +18,7 @@ class context_impl {
   context_impl(std::shared_ptr<const model> mp, const context_params& p);
   std::span<const float> eval(std::span<const int32_t> tokens, bool all_logits);
   void forward(const int32_t* tokens, int64_t m, float* logits, bool all_logits);
+  void shift(int64_t n_keep, int64_t n_discard);
 
   std::shared_ptr<const model> owner;
   const model_impl& w;
@@ -178,6 +179,44 @@ std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool 
   return {logits.data(), logits.size()};
 }
 
+// Positions [n_keep + n_discard, n_past) move down by n_discard. V rows are copied; K rows were
+// stored rotated for their old position p, and R(p - d) = R(-d) R(p), so one rotation by -d
+// (the same rope kernel, a table for position -d) puts them where a fresh evaluation would.
+void context_impl::shift(int64_t n_keep, int64_t n_discard) {
+  if (n_keep < 0 || n_discard < 0 || n_keep + n_discard > n_past)
+    throw error(errc::invalid_argument, "context shift: keep " + std::to_string(n_keep) + " and discard " +
+                                            std::to_string(n_discard) + " of " + std::to_string(n_past) + " tokens");
+  if (n_discard == 0) return;
+  const int64_t KV = c.kv_dim(), hd = c.head_dim();
+  std::vector<float> cs(static_cast<std::size_t>(hd)), sn(static_cast<std::size_t>(hd)), row(static_cast<std::size_t>(KV));
+  ref::rope_table(cs.data(), sn.data(), hd, c.n_rot, -double(n_discard), double(c.rope_freq_base));
+  const int64_t first = n_keep + n_discard, n_move = n_past - first;
+  const std::size_t elt = kv_elt(kv_f16), row_bytes = std::size_t(KV) * elt;
+#pragma omp parallel for schedule(static) num_threads(nt) firstprivate(row) if (c.n_layer > 1)
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    uint8_t* k_cache = static_cast<uint8_t*>(kv.get()) + std::size_t(l) * 2 * std::size_t(n_ctx) * row_bytes;
+    uint8_t* v_cache = k_cache + std::size_t(n_ctx) * row_bytes;
+    for (int64_t j = 0; j < n_move; ++j) {  // ascending: destinations never overwrite unread rows
+      const std::size_t src = std::size_t(first + j) * row_bytes, dst = std::size_t(n_keep + j) * row_bytes;
+      std::memmove(v_cache + dst, v_cache + src, row_bytes);
+      if (kv_f16) {
+        const auto* in = reinterpret_cast<const uint16_t*>(k_cache + src);
+        for (int64_t i = 0; i < KV; ++i) row[std::size_t(i)] = fp16_to_fp32(in[i]);
+      } else {
+        std::memcpy(row.data(), k_cache + src, row_bytes);
+      }
+      kt.rope(row.data(), c.n_head_kv, hd, cs.data(), sn.data());
+      if (kv_f16) {
+        auto* out = reinterpret_cast<uint16_t*>(k_cache + dst);
+        for (int64_t i = 0; i < KV; ++i) out[i] = fp32_to_fp16(row[std::size_t(i)]);
+      } else {
+        std::memcpy(k_cache + dst, row.data(), row_bytes);
+      }
+    }
+  }
+  n_past -= n_discard;
+}
+
 context::context(std::shared_ptr<const model> m, const context_params& p)
     : impl_(std::make_unique<context_impl>(std::move(m), p)) {}
 context::~context() = default;
@@ -187,6 +226,13 @@ std::span<const float> context::eval(std::span<const int32_t> tokens, bool all_l
 int64_t context::n_past() const noexcept { return impl_->n_past; }
 int64_t context::n_ctx() const noexcept { return impl_->n_ctx; }
 void context::clear() noexcept { impl_->n_past = 0; }
+void context::truncate(int64_t n) {
+  if (n < 0 || n > impl_->n_past)
+    throw error(errc::invalid_argument, "context: cannot truncate " + std::to_string(impl_->n_past) +
+                                            " tokens to " + std::to_string(n));
+  impl_->n_past = n;
+}
+void context::shift(int64_t n_keep, int64_t n_discard) { impl_->shift(n_keep, n_discard); }
 const model& context::get_model() const noexcept { return *impl_->owner; }
 
 }  // namespace qllm

@@ -8,6 +8,7 @@
 #include "ops/matmul.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
+#include "qllm/tokenizer.hpp"
 
 namespace qllm {
 
@@ -29,6 +30,7 @@ class model_impl {
   model_config cfg;
   gguf::file file;  // the mapping: embeddings and f16/f32 matrices are read in place
   ggml_type wtype = ggml_type::f32;
+  std::shared_ptr<const tokenizer> tok;  // null when the file has no vocabulary
 
   ggml_type embd_type = ggml_type::f32;
   const uint8_t* embd = nullptr;  // [n_vocab] rows of n_embd, GGUF layout

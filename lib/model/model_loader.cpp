@@ -202,6 +202,7 @@ int64_t model::n_params() const noexcept { return impl_->n_params; }
 std::size_t model::weight_bytes() const noexcept { return impl_->weight_bytes; }
 double model::load_seconds() const noexcept { return impl_->load_seconds; }
 std::array<double, 3> model::load_stage_seconds() const noexcept { return impl_->load_stages; }
+const tokenizer* model::get_tokenizer() const noexcept { return impl_->tok.get(); }
 
 std::shared_ptr<const model> model::load(const std::string& path, const model_options& opt) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -218,6 +219,10 @@ std::shared_ptr<const model> model::load(const std::string& path, const model_op
   c.n_vocab = te->ne[1];
   if (f.find("llama.vocab_size") && int64_t(f.get_uint("llama.vocab_size")) != c.n_vocab)
     bad("llama.vocab_size disagrees with token_embd.weight (" + std::to_string(c.n_vocab) + " rows)");
+  m->tok = tokenizer::from_gguf(f);  // before the weights: a bad vocabulary fails fast
+  if (m->tok && m->tok->n_vocab() != c.n_vocab)
+    bad("the vocabulary has " + std::to_string(m->tok->n_vocab()) + " tokens, token_embd.weight " +
+        std::to_string(c.n_vocab) + " rows");
   if (!matrix_type_ok(te->type))
     throw error(errc::unsupported, "model: tensor 'token_embd.weight' has type " +
                                        std::string(gguf::type_name(te->type)) + ", which qllm cannot read");

@@ -22,6 +22,10 @@ sampler::sampler(const sampler_params& p) : p_(p), rng_(p.seed) {
   if (!(p.repeat_penalty > 0.0f && std::isfinite(p.repeat_penalty))) bad("repeat_penalty must be > 0");
   if (!std::isfinite(p.frequency_penalty) || !std::isfinite(p.presence_penalty)) bad("penalties must be finite");
   if (p.penalty_last_n < 0) bad("penalty_last_n must be >= 0");
+  for (const auto& [t, b] : p.logit_bias) {
+    if (t < 0) bad("logit_bias names token " + std::to_string(t));
+    if (std::isnan(b) || b == INFINITY) bad("logit_bias must be finite or -inf");
+  }
   history_.reserve(std::size_t(p.penalty_last_n));
 }
 
@@ -67,6 +71,16 @@ int32_t sampler::sample(std::span<const float> logits) {
       v -= c * p_.frequency_penalty + p_.presence_penalty;
       counts_[std::size_t(t)] = 0;  // once per distinct token
     }
+  }
+
+  if (!p_.logit_bias.empty()) {
+    for (const auto& [t, b] : p_.logit_bias) {
+      if (std::size_t(t) >= n) bad("logit_bias names token " + std::to_string(t) + " outside the vocabulary");
+      adjusted_[std::size_t(t)] += b;
+    }
+    bool left = false;
+    for (float v : adjusted_) left |= v != -INFINITY;
+    if (!left) bad("logit_bias removed every token");
   }
 
   kept_.clear();

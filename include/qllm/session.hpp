@@ -1,0 +1,139 @@
+// Text in, text out: a session owns a context (KV cache) and a sampler, fits prompts into the
+// window by an explicit policy, and streams generated text.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qllm/model.hpp"
+#include "qllm/sampler.hpp"
+#include "qllm/tokenizer.hpp"
+
+namespace qllm {
+
+// What happens when a sequence does not fit n_ctx with room for the tokens to generate.
+enum class context_policy : uint32_t {
+  error = 0,               // errc::context_overflow, saying by how much (the default)
+  keep_head_and_tail = 1,  // keep the first n_keep tokens (BOS, system prompt) and the newest
+  keep_tail = 2,           // keep the newest tokens
+};
+
+enum class finish_reason : uint32_t { eos = 0, stop_string = 1, max_tokens = 2, cancelled = 3, context_full = 4 };
+
+const char* to_string(context_policy p) noexcept;
+const char* to_string(finish_reason r) noexcept;
+// "error", "keep-head-and-tail" (or "keep_head_and_tail"), "keep-tail"; else errc::invalid_argument.
+context_policy parse_context_policy(std::string_view s);
+
+struct session_params {
+  context_params ctx;
+  sampler_params sampling;
+  context_policy policy = context_policy::error;
+  // Tokens at the start of the sequence (BOS included) that keep_head_and_tail and the context
+  // shift never drop, e.g. BOS + a system prompt.
+  int64_t n_keep = 1;
+  // When generation fills the KV cache: drop half of the tokens after n_keep, re-rotate the kept
+  // keys and go on (true), or stop with finish_reason::context_full (false).
+  bool context_shift = true;
+};
+
+// What the context policy did to a sequence, in positions of the sequence as given.
+struct prompt_fit {
+  int64_t n_tokens = 0;    // tokens before the policy
+  int64_t n_dropped = 0;   // tokens removed: [drop_begin, drop_end)
+  int64_t drop_begin = 0;
+  int64_t drop_end = 0;
+};
+
+struct generate_params {
+  // < 0: until EOS, a stop string or a full context. The prompt is fitted to leave room for
+  // max_tokens (at most n_ctx / 2 when context shift is on: later tokens come from shifts).
+  int64_t max_tokens = 256;
+  std::vector<std::string> stop;  // matched across token boundaries; never emitted
+  bool stop_at_eos = true;
+};
+
+struct generation_timings {
+  int64_t n_prompt = 0;     // tokens evaluated for the prompt
+  int64_t n_reused = 0;     // prompt tokens whose KV entries were already in the cache
+  int64_t n_generated = 0;  // tokens sampled
+  double prompt_seconds = 0, generation_seconds = 0;
+  double prompt_tokens_per_second() const noexcept { return prompt_seconds > 0 ? double(n_prompt) / prompt_seconds : 0; }
+  double generation_tokens_per_second() const noexcept {
+    return generation_seconds > 0 ? double(n_generated) / generation_seconds : 0;
+  }
+};
+
+struct generation_result {
+  std::string text;              // the generated text, stop string excluded
+  std::vector<int32_t> tokens;   // the sampled tokens (EOS excluded)
+  finish_reason finish = finish_reason::max_tokens;
+  prompt_fit fit;                // the policy's report on the sequence
+  int64_t n_shifts = 0;          // context shifts during generation
+  int64_t n_shift_dropped = 0;   // tokens they dropped
+  generation_timings timings;
+};
+
+// Streaming: called once per sampled token with the text that became complete (may be empty
+// while a character or a possible stop string is held back), and once at the end with
+// token -1 for what was held. Return false to stop (finish_reason::cancelled).
+using token_callback = std::function<bool(std::string_view text, int32_t token)>;
+
+// One sequence; one thread at a time. The model may be shared by many sessions.
+class session {
+ public:
+  explicit session(std::shared_ptr<const model> m, const session_params& p = {});
+  ~session();
+
+  // The model's vocabulary; errc::unsupported if the file has none.
+  const tokenizer& tok() const;
+  std::vector<int32_t> tokenize(std::string_view text, bool add_bos) const { return tok().encode(text, add_bos); }
+
+  // Applies the session's policy to `tokens` so that it leaves room for n_reserve more tokens
+  // in the window. error policy: errc::context_overflow with the numbers.
+  prompt_fit fit(std::vector<int32_t>& tokens, int64_t n_reserve) const;
+
+  // Generates after `sequence`, the whole text the model should see (e.g. a whole chat so far).
+  // Only the part that differs from what the cache holds is evaluated.
+  generation_result generate(std::vector<int32_t> sequence, const generate_params& gp, const token_callback& cb = {});
+  // The same for text, tokenized with BOS as the model's vocabulary asks.
+  generation_result generate(std::string_view prompt, const generate_params& gp, const token_callback& cb = {});
+
+  // Evaluates `sequence` like generate() (policy, cache reuse) and returns the logits of its last token.
+  std::span<const float> evaluate(std::vector<int32_t> sequence, prompt_fit* fit = nullptr);
+
+  const std::vector<int32_t>& history() const noexcept { return history_; }  // tokens in the cache
+  void reset();  // empty cache, sampler history reset and reseeded
+  const session_params& params() const noexcept { return p_; }
+  context& ctx() noexcept { return ctx_; }
+  sampler& smp() noexcept { return smp_; }
+  const model& get_model() const noexcept { return *model_; }
+
+ private:
+  std::span<const float> sync(std::vector<int32_t>& seq, int64_t n_reserve, prompt_fit& fit, generation_timings& t);
+  std::shared_ptr<const model> model_;
+  session_params p_;
+  context ctx_;
+  sampler smp_;
+  std::vector<int32_t> history_;
+};
+
+// Llama-2-chat, as Meta's reference code builds it: an optional system message folded into the
+// first user message inside <<SYS>> ... <</SYS>>, each finished exchange
+// "<s>[INST] user [/INST] answer </s>", and the last user message "<s>[INST] user [/INST]";
+// each segment encoded on its own, contents stripped of surrounding whitespace.
+struct chat_message {
+  std::string role;  // "system" (first only), "user", "assistant", alternating, ending with "user"
+  std::string content;
+};
+std::vector<int32_t> chat_tokens(const tokenizer& tok, std::span<const chat_message> dialog);
+// The same dialog as text with <s> and </s> written out, for display and debugging.
+std::string chat_text(std::span<const chat_message> dialog);
+// Tokens of the leading system block ("<s>[INST] <<SYS>>\n...\n<</SYS>>\n\n"): a good n_keep.
+int64_t chat_system_tokens(const tokenizer& tok, std::string_view system);
+
+}  // namespace qllm

@@ -1,0 +1,106 @@
+// The Llama-2 tokenizer: sentencepiece BPE over the vocabulary stored in the GGUF file (or a
+// tokenizer.model), with byte fallback, and a streaming decoder that never splits a UTF-8 character.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qllm {
+
+namespace gguf {
+class file;
+}
+
+// Token types, numbered as in sentencepiece and in GGUF's tokenizer.ggml.token_type.
+enum class token_type : int32_t { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
+
+struct vocabulary {
+  std::vector<std::string> pieces;  // UTF-8, U+2581 for a space
+  std::vector<float> scores;        // BPE merge priority: higher merges first
+  std::vector<token_type> types;
+  int32_t unk_id = 0;
+  int32_t bos_id = 1;
+  int32_t eos_id = 2;
+  bool add_bos = true;          // encode() for a new sequence starts with BOS
+  bool add_space_prefix = true;  // sentencepiece's dummy prefix: "Hi" is encoded as " Hi"
+};
+
+class tokenizer {
+ public:
+  // From GGUF keys tokenizer.ggml.* (model "llama"). No "tokenizer.ggml.model" key: nullptr.
+  // Another tokenizer model, inconsistent arrays, a missing <unk>, duplicate or empty pieces:
+  // error(bad_format or unsupported) naming the problem.
+  static std::shared_ptr<const tokenizer> from_gguf(const gguf::file& f);
+  // A sentencepiece tokenizer.model file (BPE with byte fallback, as Llama-2 ships it).
+  static std::shared_ptr<const tokenizer> from_file(const std::string& path);
+  static std::shared_ptr<const tokenizer> from_vocabulary(vocabulary v);
+  ~tokenizer();
+
+  // Text → ids; BOS first when add_bos. Text that is not valid UTF-8 is error(invalid_argument)
+  // naming the byte offset. Control pieces (<s>, </s>) written in the text stay plain text.
+  std::vector<int32_t> encode(std::string_view text, bool add_bos) const;
+  std::size_t count(std::string_view text, bool add_bos) const { return encode(text, add_bos).size(); }
+
+  // Ids → text as sentencepiece decodes a whole sequence: control tokens produce nothing, byte
+  // tokens their byte, and the space of the dummy prefix is dropped from the first piece.
+  // Ids outside the vocabulary: error(invalid_argument). Bytes that do not form UTF-8 → U+FFFD.
+  std::string decode(std::span<const int32_t> ids) const;
+
+  const vocabulary& vocab() const noexcept { return v_; }
+  int32_t n_vocab() const noexcept { return int32_t(v_.pieces.size()); }
+  int32_t bos() const noexcept { return v_.bos_id; }
+  int32_t eos() const noexcept { return v_.eos_id; }
+  int32_t unk() const noexcept { return v_.unk_id; }
+  bool add_bos() const noexcept { return v_.add_bos; }
+  bool valid(int32_t id) const noexcept { return id >= 0 && id < n_vocab(); }
+  const std::string& piece(int32_t id) const;  // error(invalid_argument) if !valid(id)
+  // The bytes this token adds to the text (before any leading-space removal), e.g. " world".
+  const std::string& token_text(int32_t id) const;
+  bool is_control(int32_t id) const noexcept {
+    return valid(id) && v_.types[std::size_t(id)] == token_type::control;
+  }
+
+ private:
+  struct sp_state;
+  explicit tokenizer(vocabulary v);
+  vocabulary v_;
+  std::vector<std::string> text_;
+  std::unique_ptr<sp_state> sp_;
+};
+
+// Token-by-token decoding for streaming: push() returns the text that is complete so far.
+// Bytes of a UTF-8 character split across tokens are held until the character is complete;
+// bytes that can never complete one come out as U+FFFD, so every returned string is valid UTF-8
+// and their concatenation equals decode() of the pushed ids (with strip_leading_space).
+class stream_decoder {
+ public:
+  // strip_leading_space: drop the dummy-prefix space of the first piece (true when the first
+  // pushed token starts the text; false when continuing after a prompt).
+  explicit stream_decoder(const tokenizer& tok, bool strip_leading_space = false)
+      : tok_(&tok), strip_(strip_leading_space) {}
+  std::string push(int32_t id);
+  std::string flush();  // the held-back bytes, each invalid byte as U+FFFD
+  std::size_t pending() const noexcept { return held_.size(); }
+
+ private:
+  const tokenizer* tok_;
+  bool strip_;
+  std::string held_;
+};
+
+// Validation shared by the tokenizer and the streaming decoder.
+namespace utf8 {
+// Offset of the first byte that is not part of a valid UTF-8 sequence, or npos. A sequence cut
+// short at the end counts as invalid here.
+std::size_t first_invalid(std::string_view s) noexcept;
+// Length of the valid sequence starting at s[0]: 1-4; 0 if s is a valid but incomplete prefix
+// of a sequence; -1 if s[0] can never start a valid sequence with the bytes that follow.
+int sequence_length(std::string_view s) noexcept;
+// Appends s to out with every invalid byte replaced by U+FFFD.
+void append_sanitized(std::string& out, std::string_view s);
+}  // namespace utf8
+
+}  // namespace qllm

@@ -1,0 +1,239 @@
+#include "qllm/session.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "qllm/error.hpp"
+
+namespace qllm {
+
+const char* to_string(context_policy p) noexcept {
+  switch (p) {
+    case context_policy::error: return "error";
+    case context_policy::keep_head_and_tail: return "keep-head-and-tail";
+    case context_policy::keep_tail: return "keep-tail";
+  }
+  return "?";
+}
+
+const char* to_string(finish_reason r) noexcept {
+  switch (r) {
+    case finish_reason::eos: return "eos";
+    case finish_reason::stop_string: return "stop-string";
+    case finish_reason::max_tokens: return "max-tokens";
+    case finish_reason::cancelled: return "cancelled";
+    case finish_reason::context_full: return "context-full";
+  }
+  return "?";
+}
+
+context_policy parse_context_policy(std::string_view s) {
+  std::string n(s);
+  std::replace(n.begin(), n.end(), '_', '-');
+  if (n == "error") return context_policy::error;
+  if (n == "keep-head-and-tail") return context_policy::keep_head_and_tail;
+  if (n == "keep-tail") return context_policy::keep_tail;
+  throw error(errc::invalid_argument, "unknown context policy '" + std::string(s) +
+                                          "' (error, keep-head-and-tail, keep-tail)");
+}
+
+namespace {
+using clock = std::chrono::steady_clock;
+double seconds_since(clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); }
+}  // namespace
+
+session::session(std::shared_ptr<const model> m, const session_params& p)
+    : model_(m), p_(p), ctx_(std::move(m), p.ctx), smp_(p.sampling) {
+  if (p_.n_keep < 0 || p_.n_keep >= ctx_.n_ctx())
+    throw error(errc::invalid_argument, "session: n_keep " + std::to_string(p_.n_keep) + " must be in [0, n_ctx " +
+                                            std::to_string(ctx_.n_ctx()) + ")");
+  if (uint32_t(p_.policy) > 2) throw error(errc::invalid_argument, "session: unknown context policy");
+}
+
+session::~session() = default;
+
+const tokenizer& session::tok() const {
+  const tokenizer* t = model_->get_tokenizer();
+  if (!t) throw error(errc::unsupported, "the model file has no vocabulary (tokenizer.ggml.*): only token ids work");
+  return *t;
+}
+
+void session::reset() {
+  ctx_.clear();
+  smp_.reset();
+  history_.clear();
+}
+
+prompt_fit session::fit(std::vector<int32_t>& tokens, int64_t n_reserve) const {
+  prompt_fit f;
+  const int64_t n = int64_t(tokens.size());
+  f.n_tokens = n;
+  const int64_t n_ctx = ctx_.n_ctx();
+  if (n_reserve < 0 || n_reserve >= n_ctx)
+    throw error(errc::invalid_argument, "room for " + std::to_string(n_reserve) + " new tokens does not fit n_ctx " +
+                                            std::to_string(n_ctx));
+  const int64_t budget = n_ctx - n_reserve;
+  if (n <= budget) return f;
+  switch (p_.policy) {
+    case context_policy::error:
+      throw error(errc::context_overflow,
+                  "the prompt has " + std::to_string(n) + " tokens; with " + std::to_string(n_reserve) +
+                      " to generate the window of " + std::to_string(n_ctx) + " holds " + std::to_string(budget) +
+                      " (" + std::to_string(n - budget) +
+                      " too many). Shorten it, raise n_ctx, or choose a context policy (keep-head-and-tail, keep-tail)");
+    case context_policy::keep_head_and_tail: {
+      const int64_t head = std::min(p_.n_keep, budget - 1);  // at least one recent token stays
+      f.drop_begin = head;
+      f.drop_end = n - (budget - head);
+      break;
+    }
+    case context_policy::keep_tail:
+      f.drop_begin = 0;
+      f.drop_end = n - budget;
+      break;
+  }
+  f.n_dropped = f.drop_end - f.drop_begin;
+  tokens.erase(tokens.begin() + f.drop_begin, tokens.begin() + f.drop_end);
+  return f;
+}
+
+std::span<const float> session::sync(std::vector<int32_t>& seq, int64_t n_reserve, prompt_fit& f, generation_timings& t) {
+  if (seq.empty()) throw error(errc::invalid_argument, "generate: empty prompt (no tokens)");
+  for (std::size_t i = 0; i < seq.size(); ++i) {
+    if (seq[i] < 0 || seq[i] >= model_->config().n_vocab)
+      throw error(errc::invalid_argument, "token " + std::to_string(seq[i]) + " at index " + std::to_string(i) +
+                                              " is outside the vocabulary");
+  }
+  f = fit(seq, n_reserve);
+  // Reuse the cached prefix; the last token is always evaluated again for its logits.
+  std::size_t common = 0;
+  while (common < history_.size() && common < seq.size() && history_[common] == seq[common]) ++common;
+  common = std::min(common, seq.size() - 1);
+  ctx_.truncate(int64_t(common));
+  history_.resize(common);
+  const auto t0 = clock::now();
+  const std::span<const int32_t> rest(seq.data() + common, seq.size() - common);
+  std::span<const float> logits;
+  try {
+    logits = ctx_.eval(rest);
+  } catch (...) {
+    ctx_.truncate(int64_t(common));
+    throw;
+  }
+  history_.insert(history_.end(), rest.begin(), rest.end());
+  t.prompt_seconds = seconds_since(t0);
+  t.n_prompt = int64_t(rest.size());
+  t.n_reused = int64_t(common);
+  return logits;
+}
+
+std::span<const float> session::evaluate(std::vector<int32_t> sequence, prompt_fit* fit_out) {
+  prompt_fit f;
+  generation_timings t;
+  auto logits = sync(sequence, 0, f, t);
+  if (fit_out) *fit_out = f;
+  return logits;
+}
+
+generation_result session::generate(std::string_view prompt, const generate_params& gp, const token_callback& cb) {
+  return generate(tok().encode(prompt, tok().add_bos()), gp, cb);
+}
+
+generation_result session::generate(std::vector<int32_t> seq, const generate_params& gp, const token_callback& cb) {
+  const tokenizer& tk = tok();
+  for (const auto& s : gp.stop) {
+    if (s.empty()) throw error(errc::invalid_argument, "generate: empty stop string");
+    if (utf8::first_invalid(s) != std::string::npos) throw error(errc::invalid_argument, "generate: stop string is not valid UTF-8");
+  }
+  generation_result r;
+  const int64_t n_ctx = ctx_.n_ctx();
+  // Room the prompt must leave. With context shift, generation goes on past the window, so at
+  // most half of it is reserved; without, all max_tokens must fit.
+  int64_t reserve = gp.max_tokens < 0 ? 1 : std::max<int64_t>(1, gp.max_tokens);
+  if (p_.context_shift) reserve = std::min(reserve, std::max<int64_t>(1, n_ctx / 2));
+  if (reserve >= n_ctx)
+    throw error(errc::invalid_argument, "generate: max_tokens " + std::to_string(gp.max_tokens) +
+                                            " leaves no room for a prompt in n_ctx " + std::to_string(n_ctx) +
+                                            " (context shift is off)");
+  std::span<const float> logits = sync(seq, reserve, r.fit, r.timings);
+  for (int32_t id : seq) smp_.accept(id);  // the penalties see the prompt
+
+  stream_decoder dec(tk, false);
+  std::string held;  // decoded text not yet emitted: it may be the start of a stop string
+  bool stop = false;
+  auto emit = [&](std::string_view text, int32_t token) {
+    r.text += text;
+    if (cb && !cb(text, token)) {
+      r.finish = finish_reason::cancelled;
+      stop = true;
+    }
+  };
+  // Emits what cannot begin a stop string; true when a stop string was found.
+  auto release = [&](int32_t token) -> bool {
+    std::size_t cut = std::string::npos;
+    for (const auto& s : gp.stop) cut = std::min(cut, held.find(s));
+    if (cut != std::string::npos) {
+      held.resize(cut);
+      emit(held, token);
+      held.clear();
+      return true;
+    }
+    std::size_t keep = 0;  // longest suffix of held that is a proper prefix of a stop string
+    for (const auto& s : gp.stop) {
+      for (std::size_t k = std::min(held.size(), s.size() - 1); k > keep; --k) {
+        if (held.compare(held.size() - k, k, s, 0, k) == 0) {
+          keep = k;
+          break;
+        }
+      }
+    }
+    const std::string out = held.substr(0, held.size() - keep);
+    held.erase(0, held.size() - keep);
+    emit(out, token);
+    return false;
+  };
+
+  const auto t0 = clock::now();
+  r.finish = finish_reason::max_tokens;
+  while (gp.max_tokens < 0 || r.timings.n_generated < gp.max_tokens) {
+    const int32_t id = smp_.sample(logits);
+    ++r.timings.n_generated;
+    if (gp.stop_at_eos && id == tk.eos()) {
+      r.finish = finish_reason::eos;
+      break;
+    }
+    r.tokens.push_back(id);
+    held += dec.push(id);
+    if (release(id)) {
+      r.finish = finish_reason::stop_string;
+      break;
+    }
+    if (stop) break;
+    if (gp.max_tokens >= 0 && r.timings.n_generated >= gp.max_tokens) break;
+    if (ctx_.n_past() >= n_ctx) {
+      if (!p_.context_shift) {
+        r.finish = finish_reason::context_full;
+        break;
+      }
+      const int64_t keep = std::min(p_.n_keep, n_ctx - 2);
+      const int64_t drop = std::max<int64_t>(1, (ctx_.n_past() - keep) / 2);
+      ctx_.shift(keep, drop);
+      history_.erase(history_.begin() + keep, history_.begin() + keep + drop);
+      ++r.n_shifts;
+      r.n_shift_dropped += drop;
+    }
+    logits = ctx_.eval(std::span<const int32_t>(&id, 1));
+    history_.push_back(id);
+  }
+  r.timings.generation_seconds = seconds_since(t0);
+  if (r.finish != finish_reason::cancelled) {  // what was held back, then the end marker
+    if (r.finish != finish_reason::stop_string) held += dec.flush();
+    else held.clear();
+    const finish_reason f = r.finish;
+    emit(held, -1);
+    r.finish = f;  // a callback returning false at the end cancels nothing
+  }
+  return r;
+}
+
+}  // namespace qllm

@@ -1,0 +1,306 @@
+#include "qllm/tokenizer.hpp"
+
+#include <sentencepiece_processor.h>
+
+#include <cmath>
+#include <cstdio>
+#include <unordered_set>
+
+#include "qllm/error.hpp"
+#include "qllm/gguf.hpp"
+#include "text/sp_proto.hpp"
+
+namespace qllm {
+
+namespace utf8 {
+
+int sequence_length(std::string_view s) noexcept {
+  if (s.empty()) return 0;
+  const auto b0 = uint8_t(s[0]);
+  if (b0 < 0x80) return 1;
+  int n;
+  uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte (excludes overlongs etc.)
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    n = 2;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    n = 3;
+    if (b0 == 0xE0) lo = 0xA0;
+    if (b0 == 0xED) hi = 0x9F;  // no UTF-16 surrogates
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    n = 4;
+    if (b0 == 0xF0) lo = 0x90;
+    if (b0 == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+  } else {
+    return -1;
+  }
+  for (int i = 1; i < n; ++i) {
+    if (std::size_t(i) >= s.size()) return 0;  // valid so far, incomplete
+    const auto b = uint8_t(s[std::size_t(i)]);
+    const uint8_t l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
+    if (b < l || b > h) return -1;
+  }
+  return n;
+}
+
+std::size_t first_invalid(std::string_view s) noexcept {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const int n = sequence_length(s.substr(i));
+    if (n <= 0) return i;
+    i += std::size_t(n);
+  }
+  return std::string_view::npos;
+}
+
+void append_sanitized(std::string& out, std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const int n = sequence_length(s.substr(i));
+    if (n > 0) {
+      out.append(s.substr(i, std::size_t(n)));
+      i += std::size_t(n);
+    } else {
+      out += "\xEF\xBF\xBD";  // U+FFFD
+      ++i;
+    }
+  }
+}
+
+}  // namespace utf8
+
+struct tokenizer::sp_state {
+  sentencepiece::SentencePieceProcessor proc;
+};
+
+namespace {
+
+bool parse_byte_piece(const std::string& p, int& byte) {
+  if (p.size() != 6 || p.compare(0, 3, "<0x") != 0 || p[5] != '>') return false;
+  auto hex = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  const int h = hex(p[3]), l = hex(p[4]);
+  if (h < 0 || l < 0) return false;
+  byte = h * 16 + l;
+  return true;
+}
+
+[[noreturn]] void bad(const std::string& what) { throw error(errc::bad_format, "vocabulary: " + what); }
+
+}  // namespace
+
+tokenizer::~tokenizer() = default;
+
+tokenizer::tokenizer(vocabulary v) : v_(std::move(v)), sp_(std::make_unique<sp_state>()) {
+  const std::size_t n = v_.pieces.size();
+  if (n == 0) bad("no tokens");
+  if (n > std::size_t(INT32_MAX)) bad("too many tokens");
+  if (v_.scores.size() != n) bad("scores has " + std::to_string(v_.scores.size()) + " entries for " + std::to_string(n) + " tokens");
+  if (v_.types.size() != n) bad("token_type has " + std::to_string(v_.types.size()) + " entries for " + std::to_string(n) + " tokens");
+  auto check_id = [&](int32_t id, const char* name, token_type want) {
+    if (id < 0 || std::size_t(id) >= n) bad(std::string(name) + " id " + std::to_string(id) + " is outside the vocabulary");
+    if (v_.types[std::size_t(id)] != want)
+      bad(std::string(name) + " id " + std::to_string(id) + " ('" + v_.pieces[std::size_t(id)] + "') has the wrong token type");
+  };
+  check_id(v_.unk_id, "unknown-token", token_type::unknown);
+  check_id(v_.bos_id, "BOS", token_type::control);
+  check_id(v_.eos_id, "EOS", token_type::control);
+
+  std::unordered_set<std::string_view> seen;
+  seen.reserve(n);
+  int n_unknown = 0;
+  bool have_byte[256] = {};
+  text_.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string& p = v_.pieces[i];
+    const auto t = v_.types[i];
+    if (p.empty()) bad("token " + std::to_string(i) + " is empty");
+    if (utf8::first_invalid(p) != std::string_view::npos) bad("token " + std::to_string(i) + " is not valid UTF-8");
+    if (!seen.insert(p).second) bad("token " + std::to_string(i) + " ('" + p + "') appears twice");
+    if (!std::isfinite(v_.scores[i])) bad("token " + std::to_string(i) + " has a non-finite score");
+    switch (t) {
+      case token_type::normal:
+      case token_type::user_defined:
+        for (std::size_t k = 0; k < p.size(); ++k) {  // U+2581 → ' '
+          if (p.compare(k, 3, "\xE2\x96\x81") == 0) {
+            text_[i] += ' ';
+            k += 2;
+          } else {
+            text_[i] += p[k];
+          }
+        }
+        break;
+      case token_type::unknown:
+        ++n_unknown;
+        text_[i] = " \xE2\x81\x87 ";  // " ⁇ ", sentencepiece's surface for <unk>
+        break;
+      case token_type::control:
+      case token_type::unused:
+        break;
+      case token_type::byte: {
+        int b;
+        if (!parse_byte_piece(p, b)) bad("byte token " + std::to_string(i) + " ('" + p + "') is not of the form <0xNN>");
+        if (have_byte[b]) bad("byte token " + p + " appears twice");
+        have_byte[b] = true;
+        text_[i] = std::string(1, char(b));
+        break;
+      }
+      default:
+        throw error(errc::unsupported, "vocabulary: token " + std::to_string(i) + " has unknown token type " +
+                                           std::to_string(int32_t(t)));
+    }
+  }
+  if (n_unknown != 1) bad("needs exactly one unknown token, has " + std::to_string(n_unknown));
+  int n_bytes = 0;
+  for (bool b : have_byte) n_bytes += b;
+  if (n_bytes != 0 && n_bytes != 256)  // sentencepiece's byte fallback needs all or none
+    bad("has " + std::to_string(n_bytes) + " of the 256 byte tokens; byte fallback needs all of them");
+  const bool all_bytes = n_bytes == 256;
+
+  const auto st = sp_->proc.LoadFromSerializedProto(text::serialize_model_proto(v_, all_bytes));
+  if (!st.ok()) bad("sentencepiece rejected it: " + st.ToString());
+}
+
+std::shared_ptr<const tokenizer> tokenizer::from_vocabulary(vocabulary v) {
+  return std::shared_ptr<const tokenizer>(new tokenizer(std::move(v)));
+}
+
+std::shared_ptr<const tokenizer> tokenizer::from_gguf(const gguf::file& f) {
+  if (!f.find("tokenizer.ggml.model")) return nullptr;
+  const std::string& kind = f.get_string("tokenizer.ggml.model");
+  if (kind != "llama")
+    throw error(errc::unsupported, "vocabulary: tokenizer.ggml.model is '" + kind +
+                                       "'; qllm reads sentencepiece vocabularies ('llama') only");
+  vocabulary v;
+  v.pieces = f.get_array_string("tokenizer.ggml.tokens");
+  const std::size_t n = v.pieces.size();
+  if (f.find("tokenizer.ggml.scores")) {
+    const auto& s = f.get_array_float("tokenizer.ggml.scores");
+    v.scores.assign(s.begin(), s.end());
+  } else {
+    bad("tokenizer.ggml.scores is missing (BPE merges need the scores)");
+  }
+  v.unk_id = int32_t(f.get_int("tokenizer.ggml.unknown_token_id", 0));
+  v.bos_id = int32_t(f.get_int("tokenizer.ggml.bos_token_id", 1));
+  v.eos_id = int32_t(f.get_int("tokenizer.ggml.eos_token_id", 2));
+  v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", true);
+  v.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix", true);
+  if (f.find("tokenizer.ggml.token_type")) {
+    for (int64_t t : f.get_array_int("tokenizer.ggml.token_type")) {
+      if (t < 1 || t > 6) throw error(errc::unsupported, "vocabulary: unknown token type " + std::to_string(t));
+      v.types.push_back(token_type(t));
+    }
+  } else {  // older files: infer the types
+    v.types.resize(n, token_type::normal);
+    for (std::size_t i = 0; i < n; ++i) {
+      int b;
+      if (parse_byte_piece(v.pieces[i], b)) v.types[i] = token_type::byte;
+    }
+    auto set = [&](int32_t id, token_type t) {
+      if (id >= 0 && std::size_t(id) < n) v.types[std::size_t(id)] = t;
+    };
+    set(v.unk_id, token_type::unknown);
+    set(v.bos_id, token_type::control);
+    set(v.eos_id, token_type::control);
+  }
+  return from_vocabulary(std::move(v));
+}
+
+std::shared_ptr<const tokenizer> tokenizer::from_file(const std::string& path) {
+  sentencepiece::SentencePieceProcessor sp;
+  if (std::FILE* fp = std::fopen(path.c_str(), "rb")) {
+    std::fclose(fp);
+  } else {
+    throw error(errc::io, "cannot open tokenizer file '" + path + "'");
+  }
+  const auto st = sp.Load(path);
+  if (!st.ok()) throw error(errc::bad_format, "'" + path + "' is not a sentencepiece model: " + st.ToString());
+  vocabulary v;
+  const int n = sp.GetPieceSize();
+  for (int i = 0; i < n; ++i) {
+    v.pieces.push_back(sp.IdToPiece(i));
+    v.scores.push_back(sp.GetScore(i));
+    token_type t = token_type::normal;
+    if (sp.IsUnknown(i)) t = token_type::unknown;
+    else if (sp.IsControl(i)) t = token_type::control;
+    else if (sp.IsByte(i)) t = token_type::byte;
+    else if (sp.IsUnused(i)) t = token_type::unused;
+    v.types.push_back(t);
+  }
+  v.unk_id = sp.unk_id();
+  v.bos_id = sp.bos_id();
+  v.eos_id = sp.eos_id();
+  return from_vocabulary(std::move(v));
+}
+
+std::vector<int32_t> tokenizer::encode(std::string_view text, bool add_bos) const {
+  const std::size_t bad_at = utf8::first_invalid(text);
+  if (bad_at != std::string_view::npos)
+    throw error(errc::invalid_argument, "text is not valid UTF-8 (byte " + std::to_string(bad_at) + ")");
+  std::vector<int32_t> ids;
+  if (add_bos) ids.push_back(v_.bos_id);
+  if (text.empty()) return ids;
+  std::vector<int> out;
+  const auto st = sp_->proc.Encode(std::string(text), &out);
+  if (!st.ok()) throw error(errc::internal, "sentencepiece encode failed: " + st.ToString());
+  ids.insert(ids.end(), out.begin(), out.end());
+  return ids;
+}
+
+const std::string& tokenizer::piece(int32_t id) const {
+  if (!valid(id)) throw error(errc::invalid_argument, "token id " + std::to_string(id) + " is outside the vocabulary");
+  return v_.pieces[std::size_t(id)];
+}
+
+const std::string& tokenizer::token_text(int32_t id) const {
+  if (!valid(id)) throw error(errc::invalid_argument, "token id " + std::to_string(id) + " is outside the vocabulary");
+  return text_[std::size_t(id)];
+}
+
+std::string tokenizer::decode(std::span<const int32_t> ids) const {
+  stream_decoder d(*this, v_.add_space_prefix);
+  std::string out;
+  for (int32_t id : ids) out += d.push(id);
+  out += d.flush();
+  return out;
+}
+
+std::string stream_decoder::push(int32_t id) {
+  const std::string& t = tok_->token_text(id);
+  if (t.empty()) return {};
+  std::string_view add = t;
+  if (strip_) {
+    strip_ = false;
+    if (add.front() == ' ') add.remove_prefix(1);
+  }
+  held_ += add;
+  // Emit everything up to the last position where a complete character ends; a tail that is a
+  // valid but unfinished sequence stays held.
+  std::string out;
+  std::size_t i = 0;
+  while (i < held_.size()) {
+    const int n = utf8::sequence_length(std::string_view(held_).substr(i));
+    if (n > 0) {
+      out.append(held_, i, std::size_t(n));
+      i += std::size_t(n);
+    } else if (n == 0) {
+      break;  // incomplete: wait for the next token
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  held_.erase(0, i);
+  return out;
+}
+
+std::string stream_decoder::flush() {
+  std::string out;
+  utf8::append_sanitized(out, held_);
+  held_.clear();
+  return out;
+}
+
+}  // namespace qllm

@@ -1,0 +1,331 @@
+// Sessions on small random-weight models: context policies, context shift, streaming generation.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "qllm/error.hpp"
+#include "qllm/random_model.hpp"
+#include "qllm/session.hpp"
+
+using namespace qllm;
+
+namespace {
+
+struct temp_model {
+  std::string path;
+  std::shared_ptr<const model> m;
+  explicit temp_model(const std::string& tag, random_model_spec spec) {
+    path = "/tmp/qllm_test_session_" + std::to_string(getpid()) + "_" + tag + ".gguf";
+    write_random_model(path, spec);
+    m = model::load(path);
+  }
+  ~temp_model() { std::remove(path.c_str()); }
+};
+
+const temp_model& tiny() {
+  static temp_model t("tiny", random_model_spec{});
+  return t;
+}
+
+double rel_rms(std::span<const float> a, std::span<const float> b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+std::vector<int32_t> some_tokens(int n, int32_t salt = 0) {
+  std::vector<int32_t> t{1};
+  for (int i = 1; i < n; ++i) t.push_back(int32_t(3 + (i * 37 + salt * 11) % 500));
+  return t;
+}
+
+session_params greedy(int64_t n_ctx = 128) {
+  session_params p;
+  p.ctx.n_ctx = n_ctx;
+  p.sampling.temperature = 0;
+  return p;
+}
+
+}  // namespace
+
+// With one layer, keys and values depend only on each token and its position, so a shift that
+// re-rotates the keys must reproduce a fresh evaluation of the kept tokens. (With more layers the
+// later layers' entries still carry the dropped tokens' influence: the usual approximation.)
+TEST_CASE("context shift: logits equal a fresh evaluation of the kept tokens") {
+  for (const auto type : {ggml_type::f32, ggml_type::q8_0}) {
+    random_model_spec spec;
+    spec.type = type;
+    spec.n_layer = 1;
+    spec.n_head_kv = 2;  // GQA: the shift rotates kv heads
+    temp_model tm("shift" + std::to_string(int(type)), spec);
+    for (const auto kv : {kv_type::f32, kv_type::f16}) {
+      CAPTURE(int(type));
+      CAPTURE(int(kv));
+      context_params cp;
+      cp.n_ctx = 64;
+      cp.kv = kv;
+      const auto toks = some_tokens(40);
+      const int64_t keep = 5, drop = 17;
+      context a(tm.m, cp);
+      a.eval(toks);
+      a.shift(keep, drop);
+      CHECK(a.n_past() == 40 - drop);
+      const int32_t next = 77;
+      const auto la = a.eval(std::span<const int32_t>(&next, 1));
+      const std::vector<float> shifted(la.begin(), la.end());
+
+      std::vector<int32_t> kept(toks.begin(), toks.begin() + keep);
+      kept.insert(kept.end(), toks.begin() + keep + drop, toks.end());
+      kept.push_back(next);
+      context b(tm.m, cp);
+      const auto lb = b.eval(kept);
+      const double err = rel_rms(shifted, lb);
+      MESSAGE("shift error: ", err);
+      // f16 keys are rounded twice (before and after the rotation); through Q8_0 activations that
+      // rounding moves logits by about 1e-2 (the model's whole Q8_0 budget is 3e-2)
+      const double budget = kv == kv_type::f32 ? 1e-5 : (type == ggml_type::f32 ? 2e-3 : 2e-2);
+      CHECK(err < budget);
+      // without the re-rotation the keys are at the wrong positions: clearly different
+      context c(tm.m, cp);
+      std::vector<int32_t> wrong(toks.begin(), toks.begin() + keep);
+      c.eval(wrong);
+      CHECK(rel_rms(shifted, c.eval(std::span<const int32_t>(&next, 1))) > 1e-2);
+    }
+  }
+  context_params cp;
+  cp.n_ctx = 32;
+  context a(tiny().m, cp);
+  a.eval(some_tokens(10));
+  CHECK_THROWS_AS(a.shift(5, 6), error);
+  CHECK_THROWS_AS(a.shift(-1, 2), error);
+  CHECK_THROWS_AS(a.truncate(11), error);
+  a.truncate(4);
+  CHECK(a.n_past() == 4);
+}
+
+TEST_CASE("context policies: error names the numbers; head+tail and tail report what they drop") {
+  session_params p = greedy(64);
+  session s(tiny().m, p);
+  auto toks = some_tokens(100);
+  try {
+    (void)s.fit(toks, 16);
+    FAIL("no error");
+  } catch (const error& e) {
+    CHECK(e.code() == errc::context_overflow);
+    const std::string w = e.what();
+    CHECK(w.find("100 tokens") != std::string::npos);
+    CHECK(w.find("holds 48") != std::string::npos);
+    CHECK(w.find("52 too many") != std::string::npos);
+  }
+  CHECK(toks.size() == 100);
+
+  p.policy = context_policy::keep_head_and_tail;
+  p.n_keep = 6;
+  session h(tiny().m, p);
+  auto orig = some_tokens(100);
+  toks = orig;
+  auto f = h.fit(toks, 16);
+  CHECK(f.n_tokens == 100);
+  CHECK(f.n_dropped == 52);
+  CHECK(f.drop_begin == 6);
+  CHECK(f.drop_end == 58);
+  REQUIRE(toks.size() == 48);
+  CHECK(std::equal(toks.begin(), toks.begin() + 6, orig.begin()));
+  CHECK(std::equal(toks.begin() + 6, toks.end(), orig.begin() + 58));
+
+  p.policy = context_policy::keep_tail;
+  session t(tiny().m, p);
+  toks = orig;
+  f = t.fit(toks, 16);
+  CHECK(f.n_dropped == 52);
+  CHECK(f.drop_begin == 0);
+  CHECK(f.drop_end == 52);
+  CHECK(std::equal(toks.begin(), toks.end(), orig.begin() + 52));
+
+  toks = some_tokens(48);  // fits exactly: nothing dropped
+  f = t.fit(toks, 16);
+  CHECK(f.n_dropped == 0);
+  CHECK(toks.size() == 48);
+  CHECK_THROWS_AS((void)t.fit(toks, 64), error);  // no room at all
+
+  // generate() applies the policy and reports it
+  generate_params gp;
+  gp.max_tokens = 4;
+  const auto r = h.generate(some_tokens(100), gp);
+  CHECK(r.fit.n_dropped == 100 - (64 - 4));
+  CHECK(r.timings.n_prompt == 60);
+  CHECK(parse_context_policy("keep_head_and_tail") == context_policy::keep_head_and_tail);
+  CHECK(parse_context_policy("keep-tail") == context_policy::keep_tail);
+  CHECK_THROWS_AS(parse_context_policy("middle"), error);
+}
+
+TEST_CASE("generation: greedy is deterministic, streams the same text it returns, and reuses the cache") {
+  session s(tiny().m, greedy());
+  generate_params gp;
+  gp.max_tokens = 24;
+  gp.stop_at_eos = false;
+  std::string streamed;
+  int calls = 0, end_calls = 0;
+  const auto r = s.generate("Hello world", gp, [&](std::string_view text, int32_t token) {
+    streamed += text;
+    ++calls;
+    end_calls += token == -1;
+    return true;
+  });
+  CHECK(r.finish == finish_reason::max_tokens);
+  CHECK(r.tokens.size() == 24);
+  CHECK(r.timings.n_generated == 24);
+  CHECK(calls == 25);
+  CHECK(end_calls == 1);
+  CHECK(streamed == r.text);
+  stream_decoder d(s.tok(), false);  // a continuation keeps the leading space of its first piece
+  std::string want;
+  for (auto id : r.tokens) want += d.push(id);
+  CHECK(r.text == want + d.flush());
+  CHECK_FALSE(r.text.empty());
+  const auto prompt = s.tokenize("Hello world", true);
+  CHECK(r.timings.n_prompt == int64_t(prompt.size()));
+  CHECK(s.history().size() == prompt.size() + 23);  // the last sampled token is not evaluated yet
+
+  session s2(tiny().m, greedy());
+  const auto r2 = s2.generate("Hello world", gp);
+  CHECK(r2.tokens == r.tokens);
+
+  // continuing the same sequence: the prompt's cache entries are reused, tokens unchanged
+  std::vector<int32_t> seq = prompt;
+  seq.insert(seq.end(), r.tokens.begin(), r.tokens.begin() + 10);
+  const auto r3 = s.generate(seq, gp);
+  CHECK(r3.timings.n_reused == int64_t(seq.size()) - 1);
+  CHECK(r3.timings.n_prompt == 1);
+  session fresh(tiny().m, greedy());
+  CHECK(fresh.generate(seq, gp).tokens == r3.tokens);
+  CHECK(std::equal(r3.tokens.begin(), r3.tokens.begin() + 14, r.tokens.begin() + 10));
+}
+
+TEST_CASE("generation: same seed, same tokens with 1 and 3 threads") {
+  std::vector<int32_t> first;
+  for (int nt : {1, 3}) {
+    session_params p;
+    p.ctx.n_ctx = 128;
+    p.ctx.n_threads = nt;
+    p.sampling.temperature = 1.0f;
+    p.sampling.top_k = 0;
+    p.sampling.top_p = 1.0f;
+    p.sampling.min_p = 0.0f;
+    p.sampling.seed = 1234;
+    session s(tiny().m, p);
+    generate_params gp;
+    gp.max_tokens = 32;
+    gp.stop_at_eos = false;
+    const auto r = s.generate(some_tokens(9), gp);
+    if (first.empty()) first = r.tokens;
+    else CHECK(r.tokens == first);
+  }
+  REQUIRE(first.size() == 32);
+  std::size_t distinct = 0;
+  for (std::size_t i = 1; i < first.size(); ++i) distinct += first[i] != first[i - 1];
+  CHECK(distinct > 8);  // sampled, not stuck on one token
+}
+
+TEST_CASE("generation: stop strings across token boundaries are cut and not emitted") {
+  generate_params gp;
+  gp.max_tokens = 40;
+  gp.stop_at_eos = false;
+  session s(tiny().m, greedy());
+  const auto full = s.generate(some_tokens(5), gp);
+  // a stop string made of the end of one token's text and the start of the next
+  std::size_t at = 0, k = 0;
+  std::string stop;
+  for (k = 6; k + 1 < full.tokens.size() && stop.empty(); ++k) {
+    const std::string a = s.tok().token_text(full.tokens[k]), b = s.tok().token_text(full.tokens[k + 1]);
+    if (a.size() >= 2 && b.size() >= 2) stop = a.substr(a.size() - 2) + b.substr(0, 2);
+  }
+  REQUIRE_FALSE(stop.empty());
+  at = full.text.find(stop);
+  REQUIRE(at != std::string::npos);
+  gp.stop = {"never-appears-xyz", stop};
+  session s2(tiny().m, greedy());
+  std::string streamed;
+  const auto r = s2.generate(some_tokens(5), gp, [&](std::string_view t, int32_t) {
+    streamed += t;
+    return true;
+  });
+  CHECK(r.finish == finish_reason::stop_string);
+  CHECK(r.text == full.text.substr(0, at));
+  CHECK(streamed == r.text);
+  CHECK(r.tokens.size() < full.tokens.size());
+
+  gp.stop = {""};
+  CHECK_THROWS_AS(s2.generate(some_tokens(5), gp), error);
+}
+
+TEST_CASE("generation: EOS, cancellation, context full and context shift") {
+  generate_params gp;
+  gp.max_tokens = 20;
+  {
+    session_params p = greedy();
+    p.sampling.logit_bias = {{2, 1e4f}};  // EOS always wins
+    session s(tiny().m, p);
+    const auto r = s.generate(some_tokens(4), gp);
+    CHECK(r.finish == finish_reason::eos);
+    CHECK(r.tokens.empty());
+    CHECK(r.text.empty());
+    gp.stop_at_eos = false;
+    const auto r2 = s.generate(some_tokens(4), gp);
+    CHECK(r2.finish == finish_reason::max_tokens);
+    CHECK(r2.tokens == std::vector<int32_t>(20, 2));
+    gp.stop_at_eos = true;
+  }
+  {
+    session s(tiny().m, greedy());
+    int n = 0;
+    const auto r = s.generate(some_tokens(4), gp, [&](std::string_view, int32_t) { return ++n < 3; });
+    CHECK(r.finish == finish_reason::cancelled);
+    CHECK(r.tokens.size() == 3);
+  }
+  gp.max_tokens = 100;
+  gp.stop_at_eos = false;
+  {
+    session_params p = greedy(32);
+    p.context_shift = false;
+    session s(tiny().m, p);
+    gp.max_tokens = -1;
+    const auto r = s.generate(some_tokens(10), gp);
+    gp.max_tokens = 100;
+    CHECK(r.finish == finish_reason::context_full);
+    CHECK(r.tokens.size() == 32 - 10 + 1);
+    CHECK(r.n_shifts == 0);
+  }
+  {
+    session_params p = greedy(32);
+    p.n_keep = 3;
+    session s(tiny().m, p);
+    const auto prompt = some_tokens(10);
+    const auto r = s.generate(prompt, gp);
+    CHECK(r.finish == finish_reason::max_tokens);
+    CHECK(r.tokens.size() == 100);
+    CHECK(r.n_shifts >= 3);
+    CHECK(r.n_shift_dropped >= 3 * 14);
+    REQUIRE(s.history().size() <= 32);
+    CHECK(std::equal(s.history().begin(), s.history().begin() + 3, prompt.begin()));  // head kept
+    CHECK(s.history().back() == r.tokens[r.tokens.size() - 2]);
+  }
+  {
+    session_params p = greedy(32);
+    p.context_shift = false;
+    session s(tiny().m, p);
+    gp.max_tokens = 40;  // reserve larger than the window, no shift to make room
+    CHECK_THROWS_AS(s.generate(some_tokens(4), gp), error);
+    gp.max_tokens = 4;
+    CHECK_THROWS_AS(s.generate(std::vector<int32_t>{}, gp), error);
+    CHECK_THROWS_AS(s.generate(std::vector<int32_t>{1, 99999}, gp), error);
+    CHECK_THROWS_AS(s.generate("bad \xFF utf-8", gp), error);
+  }
+}
