@@ -18,4 +18,48 @@ grep -q -- '-t' "$dir/err"
 head -c 100 "$dir/tiny.gguf" >"$dir/cut.gguf"
 if "$qllm" bench -m "$dir/cut.gguf" 2>"$dir/err"; then exit 1; fi
 grep -q 'gguf' "$dir/err"
+
+# text commands
+m="$dir/tiny.gguf"
+out=$("$qllm" run -m "$m" -p "Once upon a time" -n 12 --temp 0 2>"$dir/report")
+echo "$out" | grep -q '^Once upon a time'
+grep -q 'generated: 12 tokens' "$dir/report"
+grep -q 'dropped by context policy: 0' "$dir/report"
+grep -q 'peak RSS' "$dir/report"
+[ "$(echo "Once upon a time" | "$qllm" run -m "$m" -n 12 --temp 0 -q)" = "$(printf 'Once upon a time\n' | "$qllm" run -m "$m" -f - -n 12 --temp 0 -q)" ]
+# same seed, same text; a stop string is not printed
+a=$("$qllm" run -m "$m" -p "x y z" -n 20 --seed 7 --temp 1 -q)
+b=$("$qllm" run -m "$m" -p "x y z" -n 20 --seed 7 --temp 1 -t 1 -q)
+[ "$a" = "$b" ]
+# too-long prompt: error by default, reported drop with a policy
+long=$(printf 'word %.0s' $(seq 1 200))
+if "$qllm" run -m "$m" -p "$long" -c 64 -n 8 2>"$dir/err"; then exit 1; fi
+grep -q 'too many' "$dir/err"
+[ "$(wc -l <"$dir/err")" -eq 1 ]
+"$qllm" run -m "$m" -p "$long" -c 64 -n 8 --context-policy keep-head-and-tail --keep 4 >/dev/null 2>"$dir/report"
+grep -q 'drops tokens 4-' "$dir/report"
+grep -q 'dropped by context policy: [1-9]' "$dir/report"
+"$qllm" run -m "$m" -p "$long" -c 64 -n 8 --context-policy keep-tail >/dev/null 2>"$dir/report"
+grep -q 'drops tokens 0-' "$dir/report"
+# chat from a pipe: two turns, a reset, end of input
+printf 'Hi there\nAnd then?\n/reset\nHello\n' | "$qllm" chat -m "$m" --system "Be brief." -n 6 --temp 0 >"$dir/chat" 2>"$dir/report"
+grep -q 'conversation reset' "$dir/chat"
+[ "$(grep -c 'generated: 6 tokens' "$dir/report")" -eq 3 ]
+grep -q '(5[0-9] reused)\|([6-9][0-9] reused)' "$dir/report"  # the second turn reuses the first
+# tokenize
+[ "$("$qllm" tokenize -m "$m" -p "ab" --ids | cut -d' ' -f1)" = "1" ]
+"$qllm" tokenize -m "$m" -p "ab" | grep -q 'tokens$'
+# perplexity: the model's own greedy text scores lower than unrelated text
+"$qllm" run -m "$m" -p "the of and" -n 400 --temp 0 --ignore-eos -q -c 512 >"$dir/own.txt"
+awk 'BEGIN{srand(1); for(i=0;i<3000;i++) printf "%s ", substr("abcdefghijklmnopqrstuvwxyz", int(rand()*26)+1, 1+int(rand()*3))}' >"$dir/other.txt"
+own=$("$qllm" perplexity -m "$m" -f "$dir/own.txt" -c 128 2>/dev/null | sed -n 's/^PPL = \([0-9.]*\).*/\1/p')
+other=$("$qllm" perplexity -m "$m" -f "$dir/other.txt" -c 128 --chunks 4 2>/dev/null | sed -n 's/^PPL = \([0-9.]*\).*/\1/p')
+echo "perplexity: own text $own, other text $other"
+awk -v a="$own" -v b="$other" 'BEGIN{exit !(a > 1 && a * 2 < b)}'
+if "$qllm" perplexity -m "$m" -f "$dir/missing.txt" 2>"$dir/err"; then exit 1; fi
+grep -q 'cannot open' "$dir/err"
+if "$qllm" run -m "$m" -p x --temp abc 2>"$dir/err"; then exit 1; fi
+grep -q -- '--temp' "$dir/err"
+if "$qllm" run -m "$m" -p "bad $(printf '\377') byte" 2>"$dir/err"; then exit 1; fi
+grep -q 'UTF-8' "$dir/err"
 echo "cli model smoke: ok"

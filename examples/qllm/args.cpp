@@ -19,6 +19,16 @@ int64_t parse_int(const std::string& flag, const std::string& text, int64_t lo, 
   return v;
 }
 
+double parse_float(const std::string& flag, const std::string& text, double lo, double hi) {
+  errno = 0;
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || errno == ERANGE || !(v >= lo && v <= hi))
+    throw error(errc::invalid_argument, flag + ": '" + text + "' is not a number in [" + std::to_string(lo) + ", " +
+                                            std::to_string(hi) + "]");
+  return v;
+}
+
 std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& text, int64_t lo,
                                     int64_t hi) {
   std::vector<int64_t> out;

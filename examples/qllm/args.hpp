@@ -8,6 +8,7 @@ namespace qllm::cli {
 
 // Parses a whole decimal integer in [lo, hi]; throws naming the flag otherwise.
 int64_t parse_int(const std::string& flag, const std::string& text, int64_t lo, int64_t hi);
+double parse_float(const std::string& flag, const std::string& text, double lo, double hi);
 // "64,512" -> {64, 512}, each in [lo, hi].
 std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& text, int64_t lo,
                                     int64_t hi);

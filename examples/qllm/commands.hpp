@@ -7,5 +7,9 @@ namespace qllm::cli {
 int cmd_info(int argc, char** argv);
 int cmd_gen_random(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_run(int argc, char** argv);
+int cmd_chat(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);
+int cmd_perplexity(int argc, char** argv);
 
 }  // namespace qllm::cli

@@ -12,7 +12,12 @@ void usage(std::FILE* out) {
       "commands:\n"
       "  info        version, build, CPU features, kernel tables, threads\n"
       "  gen-random  write a Llama GGUF with seeded random weights\n"
-      "  bench       prompt and generation speed of a model (like llama-bench)\n",
+      "  run         generate text from a prompt, streamed (-p TEXT, -f FILE or stdin)\n"
+      "  chat        interactive Llama-2-chat conversation\n"
+      "  tokenize    print the token ids and pieces of a text\n"
+      "  perplexity  perplexity of a model over a text file\n"
+      "  bench       prompt and generation speed of a model (like llama-bench)\n"
+      "'qllm <command> --help' lists a command's options.\n",
       out);
 }
 }  // namespace
@@ -27,6 +32,10 @@ int main(int argc, char** argv) {
     if (!std::strcmp(cmd, "info")) return qllm::cli::cmd_info(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "gen-random")) return qllm::cli::cmd_gen_random(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "bench")) return qllm::cli::cmd_bench(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "run")) return qllm::cli::cmd_run(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "chat")) return qllm::cli::cmd_chat(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "tokenize")) return qllm::cli::cmd_tokenize(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "perplexity")) return qllm::cli::cmd_perplexity(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "-h") || !std::strcmp(cmd, "--help") || !std::strcmp(cmd, "help")) {
       usage(stdout);
       return 0;

@@ -96,6 +96,8 @@ class session {
   // Applies the session's policy to `tokens` so that it leaves room for n_reserve more tokens
   // in the window. error policy: errc::context_overflow with the numbers.
   prompt_fit fit(std::vector<int32_t>& tokens, int64_t n_reserve) const;
+  // The room generate() leaves for gp (see generate_params::max_tokens).
+  int64_t reserve_for(const generate_params& gp) const;
 
   // Generates after `sequence`, the whole text the model should see (e.g. a whole chat so far).
   // Only the part that differs from what the cache holds is evaluated.

@@ -135,6 +135,19 @@ std::span<const float> session::evaluate(std::vector<int32_t> sequence, prompt_f
   return logits;
 }
 
+int64_t session::reserve_for(const generate_params& gp) const {
+  // With context shift, generation goes on past the window, so at most half of it is reserved;
+  // without, all max_tokens must fit.
+  const int64_t n_ctx = ctx_.n_ctx();
+  int64_t reserve = gp.max_tokens < 0 ? 1 : std::max<int64_t>(1, gp.max_tokens);
+  if (p_.context_shift) reserve = std::min(reserve, std::max<int64_t>(1, n_ctx / 2));
+  if (reserve >= n_ctx)
+    throw error(errc::invalid_argument, "generate: max_tokens " + std::to_string(gp.max_tokens) +
+                                            " leaves no room for a prompt in n_ctx " + std::to_string(n_ctx) +
+                                            " (context shift is off)");
+  return reserve;
+}
+
 generation_result session::generate(std::string_view prompt, const generate_params& gp, const token_callback& cb) {
   return generate(tok().encode(prompt, tok().add_bos()), gp, cb);
 }
@@ -147,14 +160,7 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   }
   generation_result r;
   const int64_t n_ctx = ctx_.n_ctx();
-  // Room the prompt must leave. With context shift, generation goes on past the window, so at
-  // most half of it is reserved; without, all max_tokens must fit.
-  int64_t reserve = gp.max_tokens < 0 ? 1 : std::max<int64_t>(1, gp.max_tokens);
-  if (p_.context_shift) reserve = std::min(reserve, std::max<int64_t>(1, n_ctx / 2));
-  if (reserve >= n_ctx)
-    throw error(errc::invalid_argument, "generate: max_tokens " + std::to_string(gp.max_tokens) +
-                                            " leaves no room for a prompt in n_ctx " + std::to_string(n_ctx) +
-                                            " (context shift is off)");
+  const int64_t reserve = reserve_for(gp);
   std::span<const float> logits = sync(seq, reserve, r.fit, r.timings);
   for (int32_t id : seq) smp_.accept(id);  // the penalties see the prompt
 

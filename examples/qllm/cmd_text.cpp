@@ -1,0 +1,378 @@
+// qllm run / chat / tokenize / perplexity: the text commands.
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "args.hpp"
+#include "commands.hpp"
+#include "qllm/error.hpp"
+#include "qllm/model.hpp"
+#include "qllm/session.hpp"
+
+namespace qllm::cli {
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), {});
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error(errc::io, "cannot open '" + path + "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Flags shared by run and chat.
+struct text_options {
+  std::string model;
+  std::string prompt;
+  bool have_prompt = false;
+  session_params sp;
+  generate_params gp;
+  bool quiet = false;
+  bool policy_set = false;
+};
+
+const char* kTextFlags =
+    "  -m, --model FILE            GGUF model (required)\n"
+    "  -t, --threads N             threads (default: all cores)\n"
+    "  -c, --ctx-size N            context window in tokens (default: the model's)\n"
+    "  -b, --batch-size N          prompt tokens per forward pass (default 512)\n"
+    "      --kv f16|f32            KV cache precision (default f16)\n"
+    "  -n, --max-tokens N          tokens to generate, -1 = until EOS or stop (default 256)\n"
+    "      --temp X                temperature, 0 = greedy (default 0.8)\n"
+    "      --top-k N               (default 40, 0 = off)\n"
+    "      --top-p X               (default 0.95)\n"
+    "      --min-p X               (default 0.05)\n"
+    "      --repeat-penalty X      (default 1.0 = off)\n"
+    "      --frequency-penalty X   (default 0)\n"
+    "      --presence-penalty X    (default 0)\n"
+    "      --repeat-last-n N       penalty window (default 64)\n"
+    "  -s, --seed N                sampling seed\n"
+    "      --stop TEXT             stop string (repeatable; not printed)\n"
+    "      --ignore-eos            keep generating after EOS\n"
+    "      --context-policy P      prompt longer than the window: error (default for run),\n"
+    "                              keep-head-and-tail, keep-tail\n"
+    "      --keep N                tokens at the start kept by keep-head-and-tail and shifts\n"
+    "      --no-context-shift      stop when the window is full instead of shifting\n"
+    "  -q, --quiet                 no report line\n";
+
+// Consumes argv[i] if it is a shared flag.
+bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
+  const std::string a = argv[i];
+  auto val = [&] { return next_value(argc, argv, i); };
+  auto& s = o.sp.sampling;
+  if (a == "-m" || a == "--model") o.model = val();
+  else if (a == "-t" || a == "--threads") o.sp.ctx.n_threads = int(parse_int(a, val(), 1, 1024));
+  else if (a == "-c" || a == "--ctx-size") o.sp.ctx.n_ctx = parse_int(a, val(), 8, int64_t(1) << 24);
+  else if (a == "-b" || a == "--batch-size") o.sp.ctx.n_batch = parse_int(a, val(), 1, 1 << 16);
+  else if (a == "--kv") {
+    const std::string v = val();
+    if (v == "f16") o.sp.ctx.kv = kv_type::f16;
+    else if (v == "f32") o.sp.ctx.kv = kv_type::f32;
+    else throw error(errc::invalid_argument, "--kv: '" + v + "' is not f16 or f32");
+  } else if (a == "-n" || a == "--max-tokens") o.gp.max_tokens = parse_int(a, val(), -1, int64_t(1) << 30);
+  else if (a == "--temp") s.temperature = float(parse_float(a, val(), 0, 100));
+  else if (a == "--top-k") s.top_k = int32_t(parse_int(a, val(), 0, 1 << 30));
+  else if (a == "--top-p") s.top_p = float(parse_float(a, val(), 1e-6, 1));
+  else if (a == "--min-p") s.min_p = float(parse_float(a, val(), 0, 0.999999));
+  else if (a == "--repeat-penalty") s.repeat_penalty = float(parse_float(a, val(), 1e-3, 100));
+  else if (a == "--frequency-penalty") s.frequency_penalty = float(parse_float(a, val(), -100, 100));
+  else if (a == "--presence-penalty") s.presence_penalty = float(parse_float(a, val(), -100, 100));
+  else if (a == "--repeat-last-n") s.penalty_last_n = int32_t(parse_int(a, val(), 0, 1 << 20));
+  else if (a == "-s" || a == "--seed") s.seed = uint64_t(parse_int(a, val(), 0, INT64_MAX));
+  else if (a == "--stop") {
+    o.gp.stop.push_back(val());
+    if (o.gp.stop.back().empty()) throw error(errc::invalid_argument, "--stop: empty string");
+  } else if (a == "--ignore-eos") o.gp.stop_at_eos = false;
+  else if (a == "--context-policy") {
+    o.sp.policy = parse_context_policy(val());
+    o.policy_set = true;
+  } else if (a == "--keep") o.sp.n_keep = parse_int(a, val(), 0, int64_t(1) << 24);
+  else if (a == "--no-context-shift") o.sp.context_shift = false;
+  else if (a == "-q" || a == "--quiet") o.quiet = true;
+  else return false;
+  return true;
+}
+
+std::shared_ptr<const model> load_text_model(const text_options& o, const char* usage) {
+  if (o.model.empty()) throw error(errc::invalid_argument, std::string("missing -m MODEL; usage: ") + usage);
+  auto m = model::load(o.model);
+  if (!m->get_tokenizer())
+    throw error(errc::unsupported, "'" + o.model + "' has no vocabulary (tokenizer.ggml.*); text commands need one");
+  return m;
+}
+
+std::string mib(int64_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.0f MiB", double(bytes) / (1 << 20));
+  return b;
+}
+
+void print_report(const generation_result& r) {
+  const auto& t = r.timings;
+  std::fprintf(stderr,
+               "\n[prompt: %lld tokens (%lld reused), %.2f tok/s | generated: %lld tokens, %.2f tok/s | "
+               "dropped by context policy: %lld",
+               (long long)t.n_prompt, (long long)t.n_reused, t.prompt_tokens_per_second(), (long long)t.n_generated,
+               t.generation_tokens_per_second(), (long long)r.fit.n_dropped);
+  if (r.fit.n_dropped)
+    std::fprintf(stderr, " (tokens %lld-%lld of %lld)", (long long)r.fit.drop_begin, (long long)r.fit.drop_end - 1,
+                 (long long)r.fit.n_tokens);
+  if (r.n_shifts) std::fprintf(stderr, " | context shifts: %lld (%lld tokens)", (long long)r.n_shifts, (long long)r.n_shift_dropped);
+  std::fprintf(stderr, " | stop: %s | peak RSS: %s]\n", to_string(r.finish), mib(peak_rss_bytes()).c_str());
+}
+
+// Tells about tokens a policy will drop before any output, so the user sees it first.
+void warn_fit(const session& s, const std::vector<int32_t>& tokens, const generate_params& gp) {
+  std::vector<int32_t> copy = tokens;
+  const prompt_fit f = s.fit(copy, s.reserve_for(gp));  // throws for the error policy
+  if (f.n_dropped)
+    std::fprintf(stderr, "qllm: the prompt has %lld tokens, the window leaves room for %lld: %s drops tokens %lld-%lld (%lld tokens)\n",
+                 (long long)f.n_tokens, (long long)copy.size(), to_string(s.params().policy), (long long)f.drop_begin,
+                 (long long)f.drop_end - 1, (long long)f.n_dropped);
+}
+
+std::atomic<bool> g_interrupted{false};
+void on_sigint(int) { g_interrupted.store(true); }
+
+}  // namespace
+
+int cmd_run(int argc, char** argv) {
+  const char* usage = "qllm run -m MODEL (-p PROMPT | -f FILE | stdin) [options]";
+  text_options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (parse_text_flag(o, argc, argv, i)) continue;
+    if (a == "-p" || a == "--prompt") {
+      o.prompt = next_value(argc, argv, i);
+      o.have_prompt = true;
+    } else if (a == "-f" || a == "--file") {
+      o.prompt = read_file(next_value(argc, argv, i));
+      o.have_prompt = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s\n  -p, --prompt TEXT\n  -f, --file FILE   prompt from a file ('-' = stdin)\n%s", usage, kTextFlags);
+      return 0;
+    } else {
+      throw error(errc::invalid_argument, "unknown option '" + a + "'");
+    }
+  }
+  if (!o.have_prompt) {
+    if (isatty(STDIN_FILENO)) throw error(errc::invalid_argument, std::string("no prompt; usage: ") + usage);
+    o.prompt = read_file("-");
+  }
+  auto m = load_text_model(o, usage);
+  session s(m, o.sp);
+  const auto tokens = s.tokenize(o.prompt, s.tok().add_bos());
+  warn_fit(s, tokens, o.gp);
+  std::fputs(o.prompt.c_str(), stdout);
+  std::fflush(stdout);
+  const auto r = s.generate(tokens, o.gp, [](std::string_view text, int32_t) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (!o.quiet) print_report(r);
+  return 0;
+}
+
+int cmd_chat(int argc, char** argv) {
+  const char* usage = "qllm chat -m MODEL [--system TEXT] [options]";
+  text_options o;
+  std::string system;
+  o.sp.policy = context_policy::keep_head_and_tail;  // a long chat drops old turns, and says so
+  o.gp.max_tokens = -1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (parse_text_flag(o, argc, argv, i)) continue;
+    if (a == "--system") system = next_value(argc, argv, i);
+    else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s\n  --system TEXT     system prompt (kept when old turns are dropped)\n%s"
+                  "In the chat: /reset starts over, /exit or end of input quits; Ctrl-C stops an answer.\n",
+                  usage, kTextFlags);
+      return 0;
+    } else {
+      throw error(errc::invalid_argument, "unknown option '" + a + "'");
+    }
+  }
+  auto m = load_text_model(o, usage);
+  if (!system.empty()) o.sp.n_keep = chat_system_tokens(*m->get_tokenizer(), system);
+  session s(m, o.sp);
+
+  struct sigaction sa {};
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: Ctrl-C at the prompt ends the read
+  sigaction(SIGINT, &sa, nullptr);
+
+  std::vector<chat_message> dialog;
+  if (!system.empty()) dialog.push_back({"system", system});
+  const bool tty = isatty(STDIN_FILENO);
+  std::string line;
+  char buf[4096];
+  while (true) {
+    if (tty) {
+      std::fputs("> ", stdout);
+      std::fflush(stdout);
+    }
+    line.clear();
+    bool got = false;
+    while (std::fgets(buf, sizeof buf, stdin)) {
+      got = true;
+      line += buf;
+      if (!line.empty() && line.back() == '\n') break;
+    }
+    if (!got) {
+      if (errno == EINTR && g_interrupted.exchange(false)) std::fputc('\n', stdout);
+      break;
+    }
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    if (line == "/exit" || line == "/quit") break;
+    if (line == "/reset") {
+      dialog.resize(system.empty() ? 0 : 1);
+      s.reset();
+      std::fputs("[conversation reset]\n", stdout);
+      continue;
+    }
+    if (line.empty()) continue;
+    dialog.push_back({"user", line});
+    std::vector<int32_t> tokens;
+    try {
+      tokens = chat_tokens(s.tok(), dialog);
+      warn_fit(s, tokens, o.gp);
+    } catch (const error& e) {
+      std::fprintf(stderr, "qllm chat: %s\n", e.what());
+      dialog.pop_back();
+      continue;
+    }
+    g_interrupted = false;
+    bool first = true;
+    const auto r = s.generate(tokens, o.gp, [&](std::string_view text, int32_t) {
+      if (first && !text.empty()) {  // the answer's leading space belongs to the template
+        if (text.front() == ' ') text.remove_prefix(1);
+        first = false;
+      }
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+      return !g_interrupted.load();
+    });
+    std::fputc('\n', stdout);
+    if (r.finish == finish_reason::cancelled) std::fputs("[stopped]\n", stdout);
+    g_interrupted = false;
+    dialog.push_back({"assistant", r.text});
+    if (!o.quiet) print_report(r);
+  }
+  return 0;
+}
+
+int cmd_tokenize(int argc, char** argv) {
+  const char* usage = "qllm tokenize -m MODEL (-p TEXT | -f FILE) [--no-bos] [--ids]";
+  std::string model_path, text;
+  bool have = false, bos = true, ids_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-m" || a == "--model") model_path = next_value(argc, argv, i);
+    else if (a == "-p" || a == "--prompt") text = next_value(argc, argv, i), have = true;
+    else if (a == "-f" || a == "--file") text = read_file(next_value(argc, argv, i)), have = true;
+    else if (a == "--no-bos") bos = false;
+    else if (a == "--ids") ids_only = true;
+    else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
+  }
+  if (!have) throw error(errc::invalid_argument, std::string("no text; usage: ") + usage);
+  text_options o;
+  o.model = model_path;
+  auto m = load_text_model(o, usage);
+  const tokenizer& t = *m->get_tokenizer();
+  const auto ids = t.encode(text, bos && t.add_bos());
+  if (ids_only) {
+    for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
+    std::printf("\n");
+  } else {
+    for (auto id : ids) std::printf("%6d  '%s'\n", id, t.piece(id).c_str());
+    std::printf("%zu tokens\n", ids.size());
+  }
+  return 0;
+}
+
+int cmd_perplexity(int argc, char** argv) {
+  const char* usage = "qllm perplexity -m MODEL -f TEXT [-c CTX] [-b BATCH] [-t THREADS] [--chunks N]";
+  std::string model_path, file;
+  context_params cp;
+  cp.n_ctx = 512;
+  int64_t max_chunks = -1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-m" || a == "--model") model_path = next_value(argc, argv, i);
+    else if (a == "-f" || a == "--file") file = next_value(argc, argv, i);
+    else if (a == "-c" || a == "--ctx-size") cp.n_ctx = parse_int(a, next_value(argc, argv, i), 8, 1 << 20);
+    else if (a == "-b" || a == "--batch-size") cp.n_batch = parse_int(a, next_value(argc, argv, i), 1, 1 << 16);
+    else if (a == "-t" || a == "--threads") cp.n_threads = int(parse_int(a, next_value(argc, argv, i), 1, 1024));
+    else if (a == "--chunks") max_chunks = parse_int(a, next_value(argc, argv, i), 1, int64_t(1) << 30);
+    else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
+  }
+  if (file.empty()) throw error(errc::invalid_argument, std::string("missing -f TEXT; usage: ") + usage);
+  const std::string text = read_file(file);
+  text_options o;
+  o.model = model_path;
+  auto m = load_text_model(o, usage);
+  const tokenizer& t = *m->get_tokenizer();
+  const auto toks = t.encode(text, true);
+  const int64_t n_ctx = cp.n_ctx, V = m->config().n_vocab;
+  int64_t n_chunks = int64_t(toks.size()) / n_ctx;
+  if (n_chunks == 0)
+    throw error(errc::invalid_argument, "the text has " + std::to_string(toks.size()) + " tokens; perplexity needs at least -c " +
+                                            std::to_string(n_ctx));
+  if (max_chunks > 0) n_chunks = std::min(n_chunks, max_chunks);
+  // As llama.cpp's perplexity: windows of n_ctx tokens, each starting with BOS, scored on their
+  // second half (every scored token sees at least n_ctx/2 tokens of context).
+  context ctx(m, cp);
+  const int64_t first = n_ctx / 2;
+  double nll = 0, nll2 = 0;
+  int64_t count = 0;
+  std::fprintf(stderr, "perplexity: %lld tokens, %lld chunks of %lld, scoring the last %lld of each\n",
+               (long long)toks.size(), (long long)n_chunks, (long long)n_ctx, (long long)(n_ctx - first - 1));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    std::vector<int32_t> w(toks.begin() + c * n_ctx, toks.begin() + (c + 1) * n_ctx);
+    w[0] = t.bos();
+    ctx.clear();
+    const auto logits = ctx.eval(w, true);
+    for (int64_t i = first; i + 1 < n_ctx; ++i) {
+      const float* l = &logits[std::size_t(i * V)];
+      double mx = l[0];
+      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(l[v]));
+      double sum = 0;
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(double(l[v]) - mx);
+      const double lp = double(l[w[std::size_t(i + 1)]]) - mx - std::log(sum);
+      nll -= lp;
+      nll2 += lp * lp;
+      ++count;
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "\r[%lld/%lld] ppl %.4f, %.1f s per chunk, %.0f s left   ", (long long)c + 1, (long long)n_chunks,
+                 std::exp(nll / double(count)), secs / double(c + 1), secs / double(c + 1) * double(n_chunks - c - 1));
+    std::printf("[%lld]%.4f%s", (long long)c + 1, std::exp(nll / double(count)), c + 1 < n_chunks ? "," : "\n");
+    std::fflush(stdout);
+  }
+  const double mean = nll / double(count), var = nll2 / double(count) - mean * mean;
+  const double ppl = std::exp(mean), err = ppl * std::sqrt(std::max(0.0, var) / double(count - 1 > 0 ? count - 1 : 1));
+  std::fprintf(stderr, "\n");
+  std::printf("PPL = %.4f +/- %.4f over %lld tokens\n", ppl, err, (long long)count);
+  return 0;
+}
+
+}  // namespace qllm::cli
