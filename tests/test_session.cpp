@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "qllm/error.hpp"
+#include "qllm/gguf.hpp"
 #include "qllm/random_model.hpp"
 #include "qllm/session.hpp"
 
@@ -328,4 +329,72 @@ TEST_CASE("generation: EOS, cancellation, context full and context shift") {
     CHECK_THROWS_AS(s.generate(std::vector<int32_t>{1, 99999}, gp), error);
     CHECK_THROWS_AS(s.generate("bad \xFF utf-8", gp), error);
   }
+}
+
+// Logits are W_out · h for the normalized final hidden state h of each token, so the mean of the
+// logits over a sequence is W_out · mean(h): parallel to W_out · embedding.
+TEST_CASE("embeddings: mean-pooled final hidden state, L2-normalised") {
+  random_model_spec spec;
+  spec.type = ggml_type::f32;
+  temp_model tm("embed", spec);
+  const auto f = gguf::file::open(tm.path);
+  const auto* out = f.find_tensor("output.weight");
+  REQUIRE(out);
+  const auto* W = reinterpret_cast<const float*>(f.tensor_data(*out));
+  const int64_t E = tm.m->config().n_embd, V = tm.m->config().n_vocab;
+  context_params cp;
+  cp.n_ctx = 64;
+  cp.kv = kv_type::f32;
+  cp.n_batch = 4;  // several passes
+  context ctx(tm.m, cp);
+  const auto toks = some_tokens(11);
+  const auto e = ctx.embed(toks);
+  REQUIRE(int64_t(e.size()) == E);
+  double norm = 0;
+  for (float v : e) norm += double(v) * v;
+  CHECK(std::abs(norm - 1.0) < 1e-5);
+  CHECK(ctx.n_past() == 11);
+
+  context ref(tm.m, cp);
+  const auto all = ref.eval(toks, true);
+  std::vector<double> mean(static_cast<std::size_t>(V), 0.0), proj(static_cast<std::size_t>(V), 0.0);
+  for (std::size_t t = 0; t < toks.size(); ++t)
+    for (int64_t v = 0; v < V; ++v) mean[std::size_t(v)] += all[t * std::size_t(V) + std::size_t(v)];
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t i = 0; i < E; ++i) proj[std::size_t(v)] += double(W[v * E + i]) * e[std::size_t(i)];
+  double dot = 0, a = 0, b = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    dot += mean[std::size_t(v)] * proj[std::size_t(v)];
+    a += mean[std::size_t(v)] * mean[std::size_t(v)];
+    b += proj[std::size_t(v)] * proj[std::size_t(v)];
+  }
+  const double cosine = dot / std::sqrt(a * b);
+  MESSAGE("cosine: ", cosine);
+  CHECK(cosine > 0.99999);
+  // the same text gives the same vector; another text a different one
+  CHECK(ctx.embed(toks) == e);
+  const auto other = ctx.embed(some_tokens(11, 5));
+  double same = 0;
+  for (int64_t i = 0; i < E; ++i) same += double(other[std::size_t(i)]) * e[std::size_t(i)];
+  CHECK(same < 0.9999);
+  CHECK_THROWS_AS((void)ctx.embed(some_tokens(65)), error);
+  CHECK_THROWS_AS((void)ctx.embed(std::vector<int32_t>{}), error);
+}
+
+TEST_CASE("per-model kernel table: scalar and the default give the same logits bit for bit") {
+  random_model_spec spec;
+  spec.type = ggml_type::q4_0;
+  temp_model tm("isa", spec);
+  model_options o;
+  o.isa = "scalar";
+  const auto ms = model::load(tm.path, o);
+  CHECK(std::string(ms->isa()) == "scalar");
+  context a(tm.m, {}), b(ms, {});
+  const auto toks = some_tokens(9);
+  const auto la = a.eval(toks);
+  const std::vector<float> va(la.begin(), la.end());
+  const auto lb = b.eval(toks);
+  CHECK(std::equal(va.begin(), va.end(), lb.begin()));
+  o.isa = "no_such_isa";
+  CHECK_THROWS_WITH_AS((void)model::load(tm.path, o), doctest::Contains("unknown kernel table"), error);
 }

@@ -3,6 +3,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <vector>
 #include <span>
 #include <string>
 
@@ -30,6 +31,9 @@ struct model_options {
   int n_threads = 0;  // for the load-time repack; 0 = OpenMP default
   // Quantize F16/BF16/F32 weight matrices to Q8_0 at load (norms stay f32).
   bool quantize_float_weights = false;
+  // Kernel table for this model's contexts ("avx2", "avx512_vnni", "neon", "scalar", ...); empty:
+  // the process default (best for this CPU, or QLLM_ISA). Unknown or not runnable here: error.
+  std::string isa;
 };
 
 class model_impl;
@@ -51,6 +55,7 @@ class model {
   double load_seconds() const noexcept;
   // The load's parts: parse and validate the file, allocate the weight arena, repack weights.
   std::array<double, 3> load_stage_seconds() const noexcept;
+  const char* isa() const noexcept;  // name of the kernel table its contexts use
   // The vocabulary stored in the file; nullptr when it has none (then only token ids work).
   const tokenizer* get_tokenizer() const noexcept;
   const model_impl& impl() const noexcept { return *impl_; }
@@ -95,6 +100,9 @@ class context {
   // Context shift: forget tokens [n_keep, n_keep + n_discard) and move the later ones down, with
   // their keys re-rotated (RoPE) for the new positions instead of recomputed. n_past -= n_discard.
   void shift(int64_t n_keep, int64_t n_discard);
+  // Sentence embedding for retrieval: evaluates `tokens` as a new sequence and returns the mean
+  // over tokens of the final hidden state (after the output RMSNorm), L2-normalised, [n_embd].
+  std::vector<float> embed(std::span<const int32_t> tokens);
   const model& get_model() const noexcept;
   context_impl& impl() noexcept { return *impl_; }
 

@@ -1,6 +1,7 @@
 // The Llama-2 forward pass over a batch of tokens, and the context that owns the KV cache.
 //
 // Shapes: M tokens per pass, E = n_embd, KV = kv_dim, F = n_ff, V = n_vocab.
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -19,6 +20,9 @@ class context_impl {
   std::span<const float> eval(std::span<const int32_t> tokens, bool all_logits);
   void forward(const int32_t* tokens, int64_t m, float* logits, bool all_logits);
   void shift(int64_t n_keep, int64_t n_discard);
+  std::vector<float> embed(std::span<const int32_t> tokens);
+  void check_tokens(std::span<const int32_t> tokens) const;
+  std::vector<double>* embed_acc = nullptr;  // set by embed(): sum of final hidden states
 
   std::shared_ptr<const model> owner;
   const model_impl& w;
@@ -49,7 +53,7 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
     : owner(std::move(mp)),
       w(owner->impl()),
       c(w.cfg),
-      kt(kernels::active()),
+      kt(*w.kt),
       n_ctx(p.n_ctx > 0 ? p.n_ctx : c.n_ctx_train),
       n_batch(p.n_batch),
       nt(p.n_threads > 0 ? p.n_threads : ops::default_threads()),
@@ -148,6 +152,13 @@ void context_impl::forward(const int32_t* tokens, int64_t m, float* out_logits, 
     ops::add_inplace(kt, x.data(), xb.data(), m * E, nt);
   }
 
+  if (embed_acc) {  // embeddings: the normalized final hidden state of every token, no logits
+    ops::rmsnorm_rows(kt, xb.data(), x.data(), w.output_norm, m, E, c.rms_eps, nt);
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t i = 0; i < E; ++i) (*embed_acc)[std::size_t(i)] += xb[std::size_t(t * E + i)];
+    n_past += m;
+    return;
+  }
   // final norm and logits: every token or only the last
   const int64_t first = all_logits ? 0 : m - 1, rows = m - first;
   ops::rmsnorm_rows(kt, xb.data(), &x[std::size_t(first * E)], w.output_norm, rows, E, c.rms_eps, nt);
@@ -156,7 +167,7 @@ void context_impl::forward(const int32_t* tokens, int64_t m, float* out_logits, 
   n_past += m;
 }
 
-std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool all_logits) {
+void context_impl::check_tokens(std::span<const int32_t> tokens) const {
   const int64_t n = int64_t(tokens.size());
   if (n == 0) throw error(errc::invalid_argument, "eval: no tokens");
   for (int64_t i = 0; i < n; ++i) {
@@ -165,6 +176,38 @@ std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool 
                                               " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
                                               std::to_string(c.n_vocab) + ")");
   }
+}
+
+std::vector<float> context_impl::embed(std::span<const int32_t> tokens) {
+  check_tokens(tokens);
+  const int64_t n = int64_t(tokens.size()), E = c.n_embd;
+  if (n > n_ctx)
+    throw error(errc::context_overflow, "embed: " + std::to_string(n) + " tokens do not fit the context of " +
+                                            std::to_string(n_ctx));
+  n_past = 0;
+  std::vector<double> acc(static_cast<std::size_t>(E), 0.0);
+  embed_acc = &acc;
+  try {
+    for (int64_t i = 0; i < n; i += n_batch) forward(tokens.data() + i, std::min(n_batch, n - i), logits.data(), false);
+  } catch (...) {
+    embed_acc = nullptr;
+    throw;
+  }
+  embed_acc = nullptr;
+  double norm = 0;
+  for (double& v : acc) {
+    v /= double(n);
+    norm += v * v;
+  }
+  norm = std::sqrt(norm);
+  std::vector<float> out(static_cast<std::size_t>(E));
+  for (int64_t i = 0; i < E; ++i) out[std::size_t(i)] = norm > 0 ? float(acc[std::size_t(i)] / norm) : 0.0f;
+  return out;
+}
+
+std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool all_logits) {
+  check_tokens(tokens);
+  const int64_t n = int64_t(tokens.size());
   if (n_past + n > n_ctx)
     throw error(errc::context_overflow, "eval: " + std::to_string(n) + " tokens after " +
                                             std::to_string(n_past) + " do not fit the context of " +
@@ -233,6 +276,7 @@ void context::truncate(int64_t n) {
   impl_->n_past = n;
 }
 void context::shift(int64_t n_keep, int64_t n_discard) { impl_->shift(n_keep, n_discard); }
+std::vector<float> context::embed(std::span<const int32_t> tokens) { return impl_->embed(tokens); }
 const model& context::get_model() const noexcept { return *impl_->owner; }
 
 }  // namespace qllm

@@ -30,7 +30,8 @@ class model_impl {
   model_config cfg;
   gguf::file file;  // the mapping: embeddings and f16/f32 matrices are read in place
   ggml_type wtype = ggml_type::f32;
-  std::shared_ptr<const tokenizer> tok;  // null when the file has no vocabulary
+  std::shared_ptr<const tokenizer> tok;
+  const kernels::kernel_table* kt = nullptr;  // the table contexts of this model use  // null when the file has no vocabulary
 
   ggml_type embd_type = ggml_type::f32;
   const uint8_t* embd = nullptr;  // [n_vocab] rows of n_embd, GGUF layout

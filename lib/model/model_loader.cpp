@@ -2,6 +2,7 @@
 // matrices repacked into one allocation and their mapped pages released.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdlib>
@@ -203,6 +204,7 @@ std::size_t model::weight_bytes() const noexcept { return impl_->weight_bytes; }
 double model::load_seconds() const noexcept { return impl_->load_seconds; }
 std::array<double, 3> model::load_stage_seconds() const noexcept { return impl_->load_stages; }
 const tokenizer* model::get_tokenizer() const noexcept { return impl_->tok.get(); }
+const char* model::isa() const noexcept { return impl_->kt->name; }
 
 std::shared_ptr<const model> model::load(const std::string& path, const model_options& opt) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -210,6 +212,15 @@ std::shared_ptr<const model> model::load(const std::string& path, const model_op
   auto m = std::make_unique<model_impl>(gguf::file::open(path));
   const gguf::file& f = m->file;
   model_config& c = m->cfg;
+  if (opt.isa.empty()) {
+    m->kt = &kernels::active();
+  } else {
+    m->kt = kernels::find_table(opt.isa);
+    if (!m->kt) throw error(errc::invalid_argument, "model: unknown kernel table '" + opt.isa + "'");
+    const auto run = kernels::runnable_tables();
+    if (std::find(run.begin(), run.end(), m->kt) == run.end())
+      throw error(errc::unsupported, "model: kernel table '" + opt.isa + "' cannot run on this CPU");
+  }
   c = read_config(f);
 
   const gguf::tensor_info* te = f.find_tensor("token_embd.weight");
