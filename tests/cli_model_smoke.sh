@@ -45,7 +45,7 @@ grep -q 'drops tokens 0-' "$dir/report"
 printf 'Hi there\nAnd then?\n/reset\nHello\n' | "$qllm" chat -m "$m" --system "Be brief." -n 6 --temp 0 >"$dir/chat" 2>"$dir/report"
 grep -q 'conversation reset' "$dir/chat"
 [ "$(grep -c 'generated: 6 tokens' "$dir/report")" -eq 3 ]
-grep -q '(5[0-9] reused)\|([6-9][0-9] reused)' "$dir/report"  # the second turn reuses the first
+grep -q '([1-9][0-9]* reused)' "$dir/report"  # the second turn reuses the first
 # tokenize
 [ "$("$qllm" tokenize -m "$m" -p "ab" --ids | cut -d' ' -f1)" = "1" ]
 "$qllm" tokenize -m "$m" -p "ab" | grep -q 'tokens$'

@@ -122,8 +122,9 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
     scores.push_back(0.0f);
   }
   for (int64_t id = 259; id < s.n_vocab; ++id) {
-    std::string piece = (id % 2) ? "\xe2\x96\x81" : "";  // U+2581, sentencepiece's space
-    for (int64_t v = id - 259; ; v /= 26) {
+    // "▁" (U+2581, sentencepiece's space) alone first, so a space never falls back to bytes
+    std::string piece = (id % 2) ? "\xe2\x96\x81" : "";
+    for (int64_t v = id - 260; id > 259; v /= 26) {
       piece += char('a' + v % 26);
       if (v < 26) break;
     }

@@ -1,0 +1,465 @@
+// The C ABI (libqllm.so through capi/qllm.h) against the C++ core linked statically into this
+// test: same tokens, same logits, same text; and every misuse is a status, never a crash.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "qllm.h"
+#include "qllm/random_model.hpp"
+#include "qllm/session.hpp"
+
+namespace {
+
+struct fixture_model {
+  std::string path;
+  fixture_model() {
+    path = "/tmp/qllm_test_capi_" + std::to_string(getpid()) + ".gguf";
+    qllm::random_model_spec spec;
+    spec.type = qllm::ggml_type::q8_0;
+    qllm::write_random_model(path, spec);
+  }
+  ~fixture_model() { std::remove(path.c_str()); }
+};
+const std::string& model_path() {
+  static fixture_model f;
+  return f.path;
+}
+
+struct model_handle {
+  qllm_model* m = nullptr;
+  model_handle() { REQUIRE(qllm_model_load(model_path().c_str(), nullptr, &m) == QLLM_OK); }
+  ~model_handle() { qllm_model_free(m); }
+};
+
+qllm_session* new_session(qllm_model* m, float temperature = 0.0f, int32_t n_ctx = 256) {
+  qllm_session_params p;
+  REQUIRE(qllm_session_params_init(&p, sizeof p) == QLLM_OK);
+  p.temperature = temperature;
+  p.n_ctx = n_ctx;
+  qllm_session* s = nullptr;
+  REQUIRE(qllm_session_create(m, &p, &s) == QLLM_OK);
+  REQUIRE(s != nullptr);
+  return s;
+}
+
+std::string last_error() { return qllm_last_error(); }
+
+}  // namespace
+
+TEST_CASE("version and status names") {
+  CHECK(qllm_version() == QLLM_VERSION_NUMBER);
+  CHECK(std::string(qllm_version_string()) ==
+        std::to_string(QLLM_VERSION_MAJOR) + "." + std::to_string(QLLM_VERSION_MINOR) + "." + std::to_string(QLLM_VERSION_PATCH));
+  CHECK(std::string(qllm_status_name(QLLM_ERR_CONTEXT_OVERFLOW)) == "QLLM_ERR_CONTEXT_OVERFLOW");
+  CHECK(std::string(qllm_status_name(1234)) == "unknown");
+}
+
+TEST_CASE("NULL handles and pointers are statuses, frees of NULL are no-ops") {
+  qllm_model_free(nullptr);
+  qllm_session_free(nullptr);
+  qllm_model* m = reinterpret_cast<qllm_model*>(0x1);
+  CHECK(qllm_model_load(nullptr, nullptr, &m) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(m == nullptr);
+  CHECK(last_error().find("path is NULL") != std::string::npos);
+  CHECK(qllm_model_load(model_path().c_str(), nullptr, nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  qllm_model_info info{};
+  info.struct_size = sizeof info;
+  CHECK(qllm_model_get_info(nullptr, &info) == QLLM_ERR_INVALID_ARGUMENT);
+  size_t n = 0;
+  int32_t ids[4];
+  CHECK(qllm_tokenize(nullptr, "a", 1, 1, ids, 4, &n) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_count_tokens(nullptr, "a", 1, 1, &n) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_detokenize(nullptr, ids, 0, nullptr, 0, &n) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_session_create(nullptr, nullptr, nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_session_eval(nullptr, ids, 1) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_session_reset(nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  const float* lg = nullptr;
+  CHECK(qllm_session_logits(nullptr, &lg, &n) == QLLM_ERR_INVALID_ARGUMENT);
+  int32_t tok = 0;
+  CHECK(qllm_session_sample(nullptr, &tok) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_generate(nullptr, "x", 1, nullptr, nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_generate_tokens(nullptr, ids, 1, nullptr, nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  const char* out = nullptr;
+  CHECK(qllm_session_output(nullptr, &out, &n) == QLLM_ERR_INVALID_ARGUMENT);
+  float e[4];
+  CHECK(qllm_embed(nullptr, "x", 1, e, 4, &n) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_model_params_init(nullptr, sizeof(qllm_model_params)) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_chat_format(nullptr, 1, nullptr, 0, &n) == QLLM_ERR_INVALID_ARGUMENT);
+
+  model_handle h;
+  CHECK(qllm_tokenize(h.m, "a", 1, 1, ids, 4, nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_tokenize(h.m, nullptr, 3, 1, ids, 4, &n) == QLLM_ERR_INVALID_ARGUMENT);
+  qllm_session* s = new_session(h.m);
+  CHECK(qllm_session_logits(s, &lg, &n) == QLLM_ERR_INVALID_ARGUMENT);  // nothing evaluated yet
+  CHECK(qllm_session_sample(s, &tok) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_session_eval(s, nullptr, 3) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_session_eval(s, ids, 0) == QLLM_ERR_INVALID_ARGUMENT);
+  const int32_t bad[] = {1, 1 << 20};
+  CHECK(qllm_session_eval(s, bad, 2) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(last_error().find("outside the vocabulary") != std::string::npos);
+  qllm_session_free(s);
+}
+
+TEST_CASE("load errors carry the status and a message naming the problem") {
+  qllm_model* m = nullptr;
+  CHECK(qllm_model_load("/nonexistent/model.gguf", nullptr, &m) == QLLM_ERR_IO);
+  CHECK(m == nullptr);
+  CHECK(last_error().find("/nonexistent/model.gguf") != std::string::npos);
+  const std::string cut = model_path() + ".cut";
+  {
+    std::FILE* in = std::fopen(model_path().c_str(), "rb");
+    std::FILE* out = std::fopen(cut.c_str(), "wb");
+    std::vector<char> buf(4000);
+    const std::size_t n = std::fread(buf.data(), 1, buf.size(), in);
+    std::fwrite(buf.data(), 1, n, out);
+    std::fclose(in);
+    std::fclose(out);
+  }
+  CHECK(qllm_model_load(cut.c_str(), nullptr, &m) == QLLM_ERR_BAD_FORMAT);
+  CHECK(m == nullptr);
+  CHECK_FALSE(last_error().empty());
+  std::remove(cut.c_str());
+  qllm_model_params p;
+  qllm_model_params_init(&p, sizeof p);
+  p.isa = "no_such_isa";
+  CHECK(qllm_model_load(model_path().c_str(), &p, &m) == QLLM_ERR_INVALID_ARGUMENT);
+  p.isa = "scalar";
+  REQUIRE(qllm_model_load(model_path().c_str(), &p, &m) == QLLM_OK);
+  qllm_model_info info{};
+  info.struct_size = sizeof info;
+  REQUIRE(qllm_model_get_info(m, &info) == QLLM_OK);
+  CHECK(std::string(info.isa) == "scalar");
+  qllm_model_free(m);
+  p.isa = nullptr;
+  p.use_mmap = 0;
+  CHECK(qllm_model_load(model_path().c_str(), &p, &m) == QLLM_ERR_UNSUPPORTED);
+}
+
+TEST_CASE("the error message is per thread") {
+  qllm_model* m = nullptr;
+  CHECK(qllm_model_load("/nonexistent/a.gguf", nullptr, &m) == QLLM_ERR_IO);
+  std::string other;
+  std::thread t([&] {
+    other = qllm_last_error();  // this thread has had no failure
+    qllm_model* m2 = nullptr;
+    (void)qllm_model_load("/nonexistent/b.gguf", nullptr, &m2);
+  });
+  t.join();
+  CHECK(other.empty());
+  CHECK(last_error().find("a.gguf") != std::string::npos);
+}
+
+TEST_CASE("struct_size: older callers get defaults, newer callers' unknown fields are refused") {
+  model_handle h;
+  // an older caller whose session params end after n_batch
+  struct old_params {
+    uint32_t struct_size;
+    int32_t n_ctx;
+    int32_t n_batch;
+  } old{sizeof(old_params), 64, 16};
+  qllm_session* s = nullptr;
+  REQUIRE(qllm_session_create(h.m, reinterpret_cast<const qllm_session_params*>(&old), &s) == QLLM_OK);
+  qllm_session_free(s);
+  // init fills only the caller's bytes
+  unsigned char buf[sizeof(qllm_session_params) + 16];
+  std::memset(buf, 0xAB, sizeof buf);
+  REQUIRE(qllm_session_params_init(reinterpret_cast<qllm_session_params*>(buf), offsetof(qllm_session_params, kv_type)) == QLLM_OK);
+  CHECK(buf[offsetof(qllm_session_params, kv_type)] == 0xAB);
+  // a newer caller: zero tail accepted, nonzero tail refused
+  struct newer {
+    qllm_session_params p;
+    int64_t future_field;
+  } nw;
+  REQUIRE(qllm_session_params_init(&nw.p, sizeof nw) == QLLM_OK);
+  CHECK(nw.p.struct_size == sizeof nw);
+  CHECK(nw.future_field == 0);
+  nw.p.n_ctx = 64;
+  REQUIRE(qllm_session_create(h.m, &nw.p, &s) == QLLM_OK);
+  qllm_session_free(s);
+  nw.future_field = 7;
+  CHECK(qllm_session_create(h.m, &nw.p, &s) == QLLM_ERR_UNSUPPORTED);
+  CHECK(s == nullptr);
+  // nonsense sizes
+  qllm_session_params p;
+  CHECK(qllm_session_params_init(&p, 0) == QLLM_ERR_INVALID_ARGUMENT);
+  qllm_session_params_init(&p, sizeof p);
+  p.struct_size = 2;
+  CHECK(qllm_session_create(h.m, &p, &s) == QLLM_ERR_INVALID_ARGUMENT);
+  p.struct_size = sizeof p;
+  p.kv_type = 7;
+  CHECK(qllm_session_create(h.m, &p, &s) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(last_error().find("kv_type") != std::string::npos);
+  p.kv_type = QLLM_KV_F16;
+  p.top_p = 2.0f;
+  CHECK(qllm_session_create(h.m, &p, &s) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(last_error().find("top_p") != std::string::npos);
+  // an info struct from an older caller: only its prefix is written
+  unsigned char ib[sizeof(qllm_model_info)];
+  std::memset(ib, 0xCD, sizeof ib);
+  auto* info = reinterpret_cast<qllm_model_info*>(ib);
+  info->struct_size = offsetof(qllm_model_info, n_layer);
+  REQUIRE(qllm_model_get_info(h.m, info) == QLLM_OK);
+  CHECK(info->n_embd == 64);
+  CHECK(ib[offsetof(qllm_model_info, n_layer)] == 0xCD);
+  info->struct_size = 0;
+  CHECK(qllm_model_get_info(h.m, info) == QLLM_ERR_INVALID_ARGUMENT);
+}
+
+TEST_CASE("model info, tokenize, detokenize, pieces, chat: the C++ results, buffer convention") {
+  model_handle h;
+  const auto cm = qllm::model::load(model_path());
+  const qllm::tokenizer& t = *cm->get_tokenizer();
+  qllm_model_info info{};
+  info.struct_size = sizeof info;
+  REQUIRE(qllm_model_get_info(h.m, &info) == QLLM_OK);
+  CHECK(info.n_vocab == cm->config().n_vocab);
+  CHECK(info.n_layer == cm->config().n_layer);
+  CHECK(info.n_params == cm->n_params());
+  CHECK(info.has_vocabulary == 1);
+  CHECK(info.bos_token == 1);
+  CHECK(info.eos_token == 2);
+  CHECK(std::string(info.weight_type_name) == "q8_0");
+  CHECK(std::string(info.isa) == cm->isa());
+
+  const std::string text = "the quick brown fox";
+  size_t n = 0;
+  CHECK(qllm_tokenize(h.m, text.data(), text.size(), 1, nullptr, 0, &n) == QLLM_ERR_BUFFER_TOO_SMALL);
+  const auto want = t.encode(text, true);
+  CHECK(n == want.size());
+  std::vector<int32_t> ids(n);
+  CHECK(qllm_tokenize(h.m, text.data(), text.size(), 1, ids.data(), n - 1, &n) == QLLM_ERR_BUFFER_TOO_SMALL);
+  REQUIRE(qllm_tokenize(h.m, text.data(), text.size(), 1, ids.data(), ids.size(), &n) == QLLM_OK);
+  CHECK(ids == want);
+  size_t count = 0;
+  REQUIRE(qllm_count_tokens(h.m, text.data(), text.size(), 0, &count) == QLLM_OK);
+  CHECK(count == want.size() - 1);
+  CHECK(qllm_tokenize(h.m, "a\xFF", 2, 1, ids.data(), ids.size(), &n) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(last_error().find("UTF-8") != std::string::npos);
+
+  size_t len = 0;
+  CHECK(qllm_detokenize(h.m, want.data(), want.size(), nullptr, 0, &len) == QLLM_ERR_BUFFER_TOO_SMALL);
+  CHECK(len == text.size());
+  std::vector<char> buf(len + 1, 'x');
+  CHECK(qllm_detokenize(h.m, want.data(), want.size(), buf.data(), len, &len) == QLLM_ERR_BUFFER_TOO_SMALL);  // no room for NUL
+  REQUIRE(qllm_detokenize(h.m, want.data(), want.size(), buf.data(), buf.size(), &len) == QLLM_OK);
+  CHECK(std::string(buf.data()) == text);
+  char piece[32];
+  REQUIRE(qllm_token_piece(h.m, 1, piece, sizeof piece, &len) == QLLM_OK);
+  CHECK(std::string(piece) == "<s>");
+  CHECK(qllm_token_piece(h.m, 99999, piece, sizeof piece, &len) == QLLM_ERR_INVALID_ARGUMENT);
+
+  const qllm_chat_message msgs[] = {{"system", "Be brief."}, {"user", "hi"}, {"assistant", "yo"}, {"user", "and?"}};
+  std::vector<int32_t> chat(512);
+  REQUIRE(qllm_chat_apply(h.m, msgs, 4, chat.data(), chat.size(), &n) == QLLM_OK);
+  const std::vector<qllm::chat_message> cd{{"system", "Be brief."}, {"user", "hi"}, {"assistant", "yo"}, {"user", "and?"}};
+  chat.resize(n);
+  CHECK(chat == qllm::chat_tokens(t, cd));
+  char tb[256];
+  REQUIRE(qllm_chat_format(msgs, 4, tb, sizeof tb, &len) == QLLM_OK);
+  CHECK(std::string(tb) == qllm::chat_text(cd));
+  const qllm_chat_message wrong[] = {{"assistant", "x"}};
+  CHECK(qllm_chat_apply(h.m, wrong, 1, chat.data(), chat.size(), &n) == QLLM_ERR_INVALID_ARGUMENT);
+  const qllm_chat_message null_role[] = {{nullptr, "x"}};
+  CHECK(qllm_chat_format(null_role, 1, tb, sizeof tb, &len) == QLLM_ERR_INVALID_ARGUMENT);
+}
+
+TEST_CASE("eval, logits and sampling equal the C++ core bit for bit") {
+  model_handle h;
+  qllm_session* s = new_session(h.m);
+  const int32_t toks[] = {1, 300, 301, 302, 7};
+  REQUIRE(qllm_session_eval(s, toks, 5) == QLLM_OK);
+  const float* lg = nullptr;
+  size_t nv = 0;
+  REQUIRE(qllm_session_logits(s, &lg, &nv) == QLLM_OK);
+  const auto cm = qllm::model::load(model_path());
+  qllm::context_params cp;
+  cp.n_ctx = 256;
+  qllm::context ctx(cm, cp);
+  const auto want = ctx.eval(std::vector<int32_t>(toks, toks + 5));
+  REQUIRE(nv == want.size());
+  CHECK(std::memcmp(lg, want.data(), nv * sizeof(float)) == 0);
+  int32_t tok = -1;
+  REQUIRE(qllm_session_sample(s, &tok) == QLLM_OK);  // greedy: the argmax
+  int32_t best = 0;
+  for (std::size_t i = 1; i < nv; ++i)
+    if (want[i] > want[std::size_t(best)]) best = int32_t(i);
+  CHECK(tok == best);
+  REQUIRE(qllm_session_eval(s, &tok, 1) == QLLM_OK);  // appends
+  size_t n = 0;
+  int32_t hist[16];
+  REQUIRE(qllm_session_history(s, hist, 16, &n) == QLLM_OK);
+  CHECK(n == 6);
+  CHECK(hist[5] == tok);
+  REQUIRE(qllm_session_reset(s) == QLLM_OK);
+  REQUIRE(qllm_session_history(s, hist, 16, &n) == QLLM_OK);
+  CHECK(n == 0);
+  qllm_session_free(s);
+}
+
+namespace {
+struct stream_state {
+  std::string text;
+  int calls = 0;
+  int end_calls = 0;
+  int cancel_after = -1;
+};
+int32_t collect(const char* text, size_t len, int32_t token, void* ud) {
+  auto* st = static_cast<stream_state*>(ud);
+  st->text.append(text, len);
+  ++st->calls;
+  if (token == -1) ++st->end_calls;
+  return st->cancel_after >= 0 && st->calls >= st->cancel_after ? 1 : 0;
+}
+}  // namespace
+
+TEST_CASE("generation: greedy text equals the C++ session, streamed, with the report") {
+  model_handle h;
+  qllm_session* s = new_session(h.m);
+  qllm_generate_params gp;
+  REQUIRE(qllm_generate_params_init(&gp, sizeof gp) == QLLM_OK);
+  gp.max_tokens = 20;
+  gp.stop_at_eos = 0;
+  stream_state st;
+  gp.callback = collect;
+  gp.user_data = &st;
+  qllm_generate_result r{};
+  r.struct_size = sizeof r;
+  const std::string prompt = "Once upon a time";
+  REQUIRE(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_OK);
+  CHECK(r.finish_reason == QLLM_FINISH_MAX_TOKENS);
+  CHECK(r.n_generated == 20);
+  CHECK(st.calls == 21);
+  CHECK(st.end_calls == 1);
+  const char* out = nullptr;
+  size_t len = 0;
+  REQUIRE(qllm_session_output(s, &out, &len) == QLLM_OK);
+  CHECK(std::string(out, len) == st.text);
+
+  qllm::session_params sp;
+  sp.ctx.n_ctx = 256;
+  sp.sampling.temperature = 0;
+  qllm::session cs(qllm::model::load(model_path()), sp);
+  qllm::generate_params cg;
+  cg.max_tokens = 20;
+  cg.stop_at_eos = false;
+  const auto want = cs.generate(prompt, cg);
+  CHECK(st.text == want.text);
+  CHECK(r.n_prompt_tokens == int32_t(cs.tokenize(prompt, true).size()));
+
+  // cancel from the callback
+  stream_state c2;
+  c2.cancel_after = 3;
+  gp.user_data = &c2;
+  REQUIRE(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_OK);
+  CHECK(r.finish_reason == QLLM_FINISH_CANCELLED);
+  CHECK(r.n_generated == 3);
+  CHECK(r.n_reused_tokens > 0);  // the prompt was still in the cache
+
+  // stop strings: the text stops before the first occurrence
+  const std::string full = want.text;
+  REQUIRE(full.size() > 8);
+  std::size_t at = 3;  // three ASCII bytes, so the stop string is valid UTF-8
+  while (at + 3 < full.size() && !(uint8_t(full[at]) < 0x80 && uint8_t(full[at + 1]) < 0x80 && uint8_t(full[at + 2]) < 0x80)) ++at;
+  REQUIRE(at + 3 < full.size());
+  const std::string stop_at = full.substr(at, 3);
+  const char* stops[] = {stop_at.c_str()};
+  gp.stop = stops;
+  gp.n_stop = 1;
+  gp.callback = nullptr;
+  REQUIRE(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_OK);
+  CHECK(r.finish_reason == QLLM_FINISH_STOP_STRING);
+  REQUIRE(qllm_session_output(s, &out, &len) == QLLM_OK);
+  CHECK(std::string(out, len) == full.substr(0, full.find(stop_at)));
+  gp.n_stop = 2;  // a NULL entry in the stop array is an error, not a crash
+  const char* with_null[] = {"x", nullptr};
+  gp.stop = with_null;
+  CHECK(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_ERR_INVALID_ARGUMENT);
+  qllm_session_free(s);
+}
+
+TEST_CASE("context policy through the C ABI: overflow error, reported drops") {
+  model_handle h;
+  std::string longp;
+  for (int i = 0; i < 200; ++i) longp += "word ";
+  qllm_generate_params gp;
+  qllm_generate_params_init(&gp, sizeof gp);
+  gp.max_tokens = 8;
+  qllm_generate_result r{};
+  r.struct_size = sizeof r;
+  qllm_session* s = new_session(h.m, 0.0f, 64);
+  CHECK(qllm_generate(s, longp.data(), longp.size(), &gp, &r) == QLLM_ERR_CONTEXT_OVERFLOW);
+  CHECK(last_error().find("too many") != std::string::npos);
+  qllm_session_free(s);
+
+  qllm_session_params p;
+  qllm_session_params_init(&p, sizeof p);
+  p.n_ctx = 64;
+  p.temperature = 0;
+  p.context_policy = QLLM_POLICY_KEEP_HEAD_AND_TAIL;
+  p.n_keep = 4;
+  REQUIRE(qllm_session_create(h.m, &p, &s) == QLLM_OK);
+  REQUIRE(qllm_generate(s, longp.data(), longp.size(), &gp, &r) == QLLM_OK);
+  CHECK(r.n_dropped == r.n_sequence_tokens - (64 - 8));
+  CHECK(r.drop_begin == 4);
+  CHECK(r.drop_end == 4 + r.n_dropped);
+  qllm_session_free(s);
+}
+
+TEST_CASE("embeddings equal the C++ core; the model outlives its handle while sessions use it") {
+  qllm_model* m = nullptr;
+  REQUIRE(qllm_model_load(model_path().c_str(), nullptr, &m) == QLLM_OK);
+  qllm_session* s = new_session(m);
+  qllm_model_free(m);  // the session keeps the model alive
+  size_t n = 0;
+  CHECK(qllm_embed(s, "hello", 5, nullptr, 0, &n) == QLLM_ERR_BUFFER_TOO_SMALL);
+  CHECK(n == 64);
+  std::vector<float> e(n);
+  REQUIRE(qllm_embed(s, "hello", 5, e.data(), e.size(), &n) == QLLM_OK);
+  double norm = 0;
+  for (float v : e) norm += double(v) * v;
+  CHECK(std::abs(norm - 1) < 1e-5);
+  const auto cm = qllm::model::load(model_path());
+  qllm::context_params cp;
+  cp.n_ctx = 256;
+  qllm::context ctx(cm, cp);
+  const auto want = ctx.embed(cm->get_tokenizer()->encode("hello", true));
+  CHECK(std::memcmp(e.data(), want.data(), n * sizeof(float)) == 0);
+  qllm_session_free(s);
+}
+
+TEST_CASE("one model, sessions on several threads: the same greedy text") {
+  model_handle h;
+  std::vector<std::string> texts(3);
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 3; ++i) {
+    ts.emplace_back([&, i] {
+      qllm_session_params p;
+      qllm_session_params_init(&p, sizeof p);
+      p.temperature = 0;
+      p.n_ctx = 128;
+      p.n_threads = 1;
+      qllm_session* s = nullptr;
+      if (qllm_session_create(h.m, &p, &s) != QLLM_OK) return;
+      qllm_generate_params gp;
+      qllm_generate_params_init(&gp, sizeof gp);
+      gp.max_tokens = 16;
+      gp.stop_at_eos = 0;
+      if (qllm_generate(s, "abc", 3, &gp, nullptr) == QLLM_OK) {
+        const char* out = nullptr;
+        qllm_session_output(s, &out, nullptr);
+        texts[std::size_t(i)] = out;
+      }
+      qllm_session_free(s);
+    });
+  }
+  for (auto& t : ts) t.join();
+  CHECK_FALSE(texts[0].empty());
+  CHECK(texts[1] == texts[0]);
+  CHECK(texts[2] == texts[0]);
+}
