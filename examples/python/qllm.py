@@ -1,0 +1,405 @@
+"""qllm from Python through ctypes: no compiled extension, nothing from pip.
+
+    from qllm import Model
+    with Model("model.gguf") as m:
+        s = m.session(temperature=0)
+        for piece in s.stream("Once upon a time", max_tokens=32):
+            print(piece, end="", flush=True)
+
+The shared library is found through $QLLM_LIBRARY, then the system's loader (libqllm.so.0).
+Errors raise QllmError with the C status (e.g. "QLLM_ERR_CONTEXT_OVERFLOW") and message.
+"""
+import ctypes
+import ctypes.util
+import os
+import queue
+import threading
+from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p, c_double, c_float, c_int32, c_int64,
+                    c_size_t, c_uint32, c_uint64, c_void_p)
+
+ABI_MAJOR = 0
+
+# status codes (capi/qllm.h)
+OK = 0
+ERR_BUFFER_TOO_SMALL = 8
+
+POLICIES = {"error": 0, "keep-head-and-tail": 1, "keep-tail": 2}
+FINISH = {0: "eos", 1: "stop-string", 2: "max-tokens", 3: "cancelled", 4: "context-full"}
+
+
+class QllmError(Exception):
+    """A qllm call failed: .status (int), .name ("QLLM_ERR_IO", ...), .message."""
+
+    def __init__(self, status, name, message):
+        super().__init__(f"{name}: {message}")
+        self.status = status
+        self.name = name
+        self.message = message
+
+
+class _ModelParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("n_threads", c_int32), ("use_mmap", c_int32),
+                ("quantize_float_weights", c_int32), ("isa", c_char_p)]
+
+
+class _ModelInfo(Structure):
+    _fields_ = [("struct_size", c_uint32), ("n_vocab", c_int32), ("n_ctx_train", c_int32), ("n_embd", c_int32),
+                ("n_layer", c_int32), ("n_head", c_int32), ("n_head_kv", c_int32), ("n_ff", c_int32),
+                ("has_vocabulary", c_int32), ("bos_token", c_int32), ("eos_token", c_int32), ("n_params", c_int64),
+                ("weight_bytes", c_uint64), ("weight_type", c_int32), ("weight_type_name", c_char * 16),
+                ("isa", c_char * 32), ("load_seconds", c_double)]
+
+
+class _ChatMessage(Structure):
+    _fields_ = [("role", c_char_p), ("content", c_char_p)]
+
+
+class _SessionParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("n_ctx", c_int32), ("n_batch", c_int32), ("n_threads", c_int32),
+                ("kv_type", c_int32), ("context_policy", c_int32), ("n_keep", c_int32), ("context_shift", c_int32),
+                ("temperature", c_float), ("top_k", c_int32), ("top_p", c_float), ("min_p", c_float),
+                ("repeat_penalty", c_float), ("frequency_penalty", c_float), ("presence_penalty", c_float),
+                ("penalty_last_n", c_int32), ("seed", c_uint64)]
+
+
+_StreamCallback = CFUNCTYPE(c_int32, POINTER(c_char), c_size_t, c_int32, c_void_p)
+
+
+class _GenerateParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("max_tokens", c_int32), ("stop_at_eos", c_int32),
+                ("stop", POINTER(c_char_p)), ("n_stop", c_size_t), ("callback", _StreamCallback),
+                ("user_data", c_void_p)]
+
+
+class _GenerateResult(Structure):
+    _fields_ = [("struct_size", c_uint32), ("finish_reason", c_int32), ("n_prompt_tokens", c_int32),
+                ("n_reused_tokens", c_int32), ("n_generated", c_int32), ("n_sequence_tokens", c_int32),
+                ("n_dropped", c_int32), ("drop_begin", c_int32), ("drop_end", c_int32), ("n_shifts", c_int32),
+                ("n_shift_dropped", c_int32), ("prompt_seconds", c_double), ("generation_seconds", c_double),
+                ("prompt_tokens_per_second", c_double), ("generation_tokens_per_second", c_double)]
+
+
+def _load_library():
+    path = os.environ.get("QLLM_LIBRARY") or ctypes.util.find_library("qllm") or "libqllm.so.0"
+    lib = ctypes.CDLL(path)
+    sig = {
+        "qllm_version": (c_uint32, []),
+        "qllm_version_string": (c_char_p, []),
+        "qllm_status_name": (c_char_p, [c_int32]),
+        "qllm_last_error": (c_char_p, []),
+        "qllm_model_params_init": (c_int32, [POINTER(_ModelParams), c_size_t]),
+        "qllm_model_load": (c_int32, [c_char_p, POINTER(_ModelParams), POINTER(c_void_p)]),
+        "qllm_model_free": (None, [c_void_p]),
+        "qllm_model_get_info": (c_int32, [c_void_p, POINTER(_ModelInfo)]),
+        "qllm_tokenize": (c_int32, [c_void_p, c_char_p, c_size_t, c_int32, POINTER(c_int32), c_size_t,
+                                    POINTER(c_size_t)]),
+        "qllm_count_tokens": (c_int32, [c_void_p, c_char_p, c_size_t, c_int32, POINTER(c_size_t)]),
+        "qllm_detokenize": (c_int32, [c_void_p, POINTER(c_int32), c_size_t, c_char_p, c_size_t, POINTER(c_size_t)]),
+        "qllm_token_piece": (c_int32, [c_void_p, c_int32, c_char_p, c_size_t, POINTER(c_size_t)]),
+        "qllm_chat_apply": (c_int32, [c_void_p, POINTER(_ChatMessage), c_size_t, POINTER(c_int32), c_size_t,
+                                      POINTER(c_size_t)]),
+        "qllm_chat_format": (c_int32, [POINTER(_ChatMessage), c_size_t, c_char_p, c_size_t, POINTER(c_size_t)]),
+        "qllm_session_params_init": (c_int32, [POINTER(_SessionParams), c_size_t]),
+        "qllm_session_create": (c_int32, [c_void_p, POINTER(_SessionParams), POINTER(c_void_p)]),
+        "qllm_session_free": (None, [c_void_p]),
+        "qllm_session_reset": (c_int32, [c_void_p]),
+        "qllm_session_eval": (c_int32, [c_void_p, POINTER(c_int32), c_size_t]),
+        "qllm_session_logits": (c_int32, [c_void_p, POINTER(POINTER(c_float)), POINTER(c_size_t)]),
+        "qllm_session_sample": (c_int32, [c_void_p, POINTER(c_int32)]),
+        "qllm_session_history": (c_int32, [c_void_p, POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
+        "qllm_generate_params_init": (c_int32, [POINTER(_GenerateParams), c_size_t]),
+        "qllm_generate": (c_int32, [c_void_p, c_char_p, c_size_t, POINTER(_GenerateParams),
+                                    POINTER(_GenerateResult)]),
+        "qllm_generate_tokens": (c_int32, [c_void_p, POINTER(c_int32), c_size_t, POINTER(_GenerateParams),
+                                           POINTER(_GenerateResult)]),
+        "qllm_session_output": (c_int32, [c_void_p, POINTER(c_char_p), POINTER(c_size_t)]),
+        "qllm_embed": (c_int32, [c_void_p, c_char_p, c_size_t, POINTER(c_float), c_size_t, POINTER(c_size_t)]),
+    }
+    for name, (res, args) in sig.items():
+        f = getattr(lib, name)
+        f.restype = res
+        f.argtypes = args
+    if lib.qllm_version() // 10000 != ABI_MAJOR:
+        raise ImportError(f"{path} is qllm {lib.qllm_version_string().decode()}, this module needs {ABI_MAJOR}.x")
+    return lib
+
+
+_lib = _load_library()
+
+
+def version():
+    return _lib.qllm_version_string().decode()
+
+
+def _check(status):
+    if status != OK:
+        raise QllmError(status, _lib.qllm_status_name(status).decode(),
+                        _lib.qllm_last_error().decode("utf-8", "replace"))
+
+
+def _utf8(text):
+    return text.encode("utf-8") if isinstance(text, str) else bytes(text)
+
+
+def _ids(tokens):
+    tokens = list(tokens)
+    return (c_int32 * max(1, len(tokens)))(*tokens), len(tokens)
+
+
+def _sized(fill, ctype):
+    """Calls fill(buf, capacity, n_out) twice if needed (the needed-size convention)."""
+    n = c_size_t(0)
+    cap = 256
+    while True:
+        buf = (ctype * cap)()
+        st = fill(buf, cap, byref(n))
+        if st == ERR_BUFFER_TOO_SMALL and n.value + 1 > cap:
+            cap = n.value + 1
+            continue
+        _check(st)
+        return buf, n.value
+
+
+def _messages(messages):
+    arr = (_ChatMessage * max(1, len(messages)))()
+    keep = []
+    for i, m in enumerate(messages):
+        role, content = (m["role"], m["content"]) if isinstance(m, dict) else m
+        r, c = _utf8(role), _utf8(content)
+        keep += [r, c]
+        arr[i].role, arr[i].content = r, c
+    return arr, keep
+
+
+def chat_format(messages):
+    """The Llama-2-chat text of a dialog, <s> and </s> written out."""
+    arr, _keep = _messages(messages)
+    buf, n = _sized(lambda b, cap, n: _lib.qllm_chat_format(arr, len(messages), b, cap, n), c_char)
+    return bytes(buf[:n]).decode("utf-8")
+
+
+class Model:
+    """A loaded GGUF model; immutable, shareable between threads."""
+
+    def __init__(self, path, *, n_threads=0, isa=None, quantize_float_weights=False):
+        p = _ModelParams()
+        _check(_lib.qllm_model_params_init(byref(p), ctypes.sizeof(p)))
+        p.n_threads = n_threads
+        p.quantize_float_weights = int(bool(quantize_float_weights))
+        p.isa = _utf8(isa) if isa else None
+        h = c_void_p()
+        _check(_lib.qllm_model_load(os.fsencode(path), byref(p), byref(h)))
+        self._h = h
+
+    def close(self):
+        if getattr(self, "_h", None):
+            _lib.qllm_model_free(self._h)
+            self._h = None
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def handle(self):
+        if not self._h:
+            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "the model is closed")
+        return self._h
+
+    @property
+    def info(self):
+        i = _ModelInfo()
+        i.struct_size = ctypes.sizeof(i)
+        _check(_lib.qllm_model_get_info(self.handle, byref(i)))
+        d = {name: getattr(i, name) for name, _ in _ModelInfo._fields_ if name != "struct_size"}
+        d["weight_type_name"] = i.weight_type_name.decode()
+        d["isa"] = i.isa.decode()
+        return d
+
+    def tokenize(self, text, add_bos=True):
+        b = _utf8(text)
+        buf, n = _sized(lambda out, cap, n: _lib.qllm_tokenize(self.handle, b, len(b), int(add_bos), out, cap, n),
+                        c_int32)
+        return list(buf[:n])
+
+    def count_tokens(self, text, add_bos=True):
+        b = _utf8(text)
+        n = c_size_t()
+        _check(_lib.qllm_count_tokens(self.handle, b, len(b), int(add_bos), byref(n)))
+        return n.value
+
+    def detokenize(self, tokens):
+        arr, count = _ids(tokens)
+        buf, n = _sized(lambda out, cap, n: _lib.qllm_detokenize(self.handle, arr, count, out, cap, n), c_char)
+        return bytes(buf[:n]).decode("utf-8")
+
+    def token_piece(self, token):
+        buf, n = _sized(lambda out, cap, n: _lib.qllm_token_piece(self.handle, token, out, cap, n), c_char)
+        return bytes(buf[:n]).decode("utf-8")
+
+    def chat_tokens(self, messages):
+        """Token ids of a Llama-2-chat dialog: [("system", ...), ("user", ...), ...] or dicts."""
+        arr, _keep = _messages(messages)
+        buf, n = _sized(lambda out, cap, n: _lib.qllm_chat_apply(self.handle, arr, len(messages), out, cap, n),
+                        c_int32)
+        return list(buf[:n])
+
+    def session(self, **params):
+        return Session(self, **params)
+
+
+class Session:
+    """KV cache and sampler for one sequence; use from one thread at a time.
+
+    Keyword parameters: n_ctx, n_batch, n_threads, kv ("f16"/"f32"), context_policy ("error",
+    "keep-head-and-tail", "keep-tail"), n_keep, context_shift, temperature, top_k, top_p, min_p,
+    repeat_penalty, frequency_penalty, presence_penalty, penalty_last_n, seed.
+    """
+
+    def __init__(self, model, **params):
+        p = _SessionParams()
+        _check(_lib.qllm_session_params_init(byref(p), ctypes.sizeof(p)))
+        for key, value in params.items():
+            if key == "kv":
+                p.kv_type = {"f32": 0, "f16": 1}[value]
+            elif key == "context_policy":
+                p.context_policy = POLICIES[value.replace("_", "-")]
+            elif key == "context_shift":
+                p.context_shift = int(bool(value))
+            elif key in dict(_SessionParams._fields_) and key != "struct_size":
+                setattr(p, key, value)
+            else:
+                raise TypeError(f"unknown session parameter {key!r}")
+        self.model = model  # keeps the Python object alive as long as the session
+        h = c_void_p()
+        _check(_lib.qllm_session_create(model.handle, byref(p), byref(h)))
+        self._h = h
+        self.last_result = None
+
+    def close(self):
+        if getattr(self, "_h", None):
+            _lib.qllm_session_free(self._h)
+            self._h = None
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def handle(self):
+        if not self._h:
+            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "the session is closed")
+        return self._h
+
+    def reset(self):
+        _check(_lib.qllm_session_reset(self.handle))
+
+    def eval(self, tokens):
+        """Appends tokens to the sequence and evaluates them."""
+        arr, n = _ids(tokens)
+        _check(_lib.qllm_session_eval(self.handle, arr, n))
+
+    def logits(self):
+        ptr = POINTER(c_float)()
+        n = c_size_t()
+        _check(_lib.qllm_session_logits(self.handle, byref(ptr), byref(n)))
+        return ptr[:n.value]
+
+    def sample(self):
+        t = c_int32()
+        _check(_lib.qllm_session_sample(self.handle, byref(t)))
+        return t.value
+
+    @property
+    def history(self):
+        buf, n = _sized(lambda out, cap, n: _lib.qllm_session_history(self.handle, out, cap, n), c_int32)
+        return list(buf[:n])
+
+    def embed(self, text):
+        """Mean-pooled final hidden state of text, L2-normalised (replaces the sequence)."""
+        b = _utf8(text)
+        buf, n = _sized(lambda out, cap, n: _lib.qllm_embed(self.handle, b, len(b), out, cap, n), c_float)
+        return list(buf[:n])
+
+    def _run(self, prompt, max_tokens, stop, stop_at_eos, on_text):
+        gp = _GenerateParams()
+        _check(_lib.qllm_generate_params_init(byref(gp), ctypes.sizeof(gp)))
+        gp.max_tokens = max_tokens
+        gp.stop_at_eos = int(bool(stop_at_eos))
+        stops = [_utf8(s) for s in stop]
+        stop_arr = (c_char_p * max(1, len(stops)))(*stops)
+        gp.stop = stop_arr
+        gp.n_stop = len(stops)
+        pending = []
+
+        def trampoline(text, length, token, _user):
+            try:
+                return 1 if on_text(ctypes.string_at(text, length), token) else 0
+            except BaseException as e:  # never unwind through C: cancel and re-raise afterwards
+                pending.append(e)
+                return 1
+
+        cb = _StreamCallback(trampoline) if on_text else _StreamCallback()
+        gp.callback = cb
+        res = _GenerateResult()
+        res.struct_size = ctypes.sizeof(res)
+        if isinstance(prompt, (str, bytes)):
+            b = _utf8(prompt)
+            st = _lib.qllm_generate(self.handle, b, len(b), byref(gp), byref(res))
+        else:
+            arr, n = _ids(prompt)
+            st = _lib.qllm_generate_tokens(self.handle, arr, n, byref(gp), byref(res))
+        if pending:
+            raise pending[0]
+        _check(st)
+        self.last_result = {name: getattr(res, name) for name, _ in _GenerateResult._fields_ if name != "struct_size"}
+        self.last_result["finish_reason"] = FINISH.get(res.finish_reason, res.finish_reason)
+        out = c_char_p()
+        n = c_size_t()
+        _check(_lib.qllm_session_output(self.handle, byref(out), byref(n)))
+        return ctypes.string_at(out, n.value).decode("utf-8")
+
+    def generate(self, prompt, *, max_tokens=256, stop=(), stop_at_eos=True):
+        """The whole generated text; prompt is text or token ids (the whole sequence).
+        Statistics of the run: self.last_result (finish_reason, n_dropped, tokens/s, ...)."""
+        return self._run(prompt, max_tokens, stop, stop_at_eos, None)
+
+    def stream(self, prompt, *, max_tokens=256, stop=(), stop_at_eos=True):
+        """A generator of text pieces as they are produced. Closing it early cancels the run."""
+        q = queue.Queue()
+        cancel = threading.Event()
+        done = object()
+
+        def on_text(data, _token):
+            if data:
+                q.put(data.decode("utf-8"))
+            return cancel.is_set()
+
+        def work():
+            try:
+                self._run(prompt, max_tokens, stop, stop_at_eos, on_text)
+                q.put(done)
+            except BaseException as e:
+                q.put(e)
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            t.join()

@@ -1,0 +1,180 @@
+"""Tests of the ctypes binding. Needs QLLM_TEST_MODEL (a GGUF with a vocabulary) and
+QLLM_TEST_EXPECTED (a file with `qllm run`'s greedy completion of PROMPT, MAX_TOKENS tokens,
+prompt echo removed); tests/bindings/run_python.sh prepares both."""
+import math
+import os
+import threading
+import unittest
+
+import qllm
+
+MODEL = os.environ["QLLM_TEST_MODEL"]
+PROMPT = "Once upon a time"
+MAX_TOKENS = 24
+
+
+class ModelTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.model = qllm.Model(MODEL)
+
+    def test_version(self):
+        self.assertRegex(qllm.version(), r"^0\.\d+\.\d+$")
+
+    def test_info(self):
+        info = self.model.info
+        self.assertEqual(info["n_embd"], 64)
+        self.assertEqual(info["n_vocab"], 512)
+        self.assertEqual(info["has_vocabulary"], 1)
+        self.assertEqual(info["bos_token"], 1)
+        self.assertEqual(info["weight_type_name"], "q4_0")
+        self.assertTrue(info["isa"])
+
+    def test_tokenize_round_trip(self):
+        ids = self.model.tokenize("the quick brown fox")
+        self.assertEqual(ids[0], 1)
+        self.assertEqual(self.model.count_tokens("the quick brown fox"), len(ids))
+        self.assertEqual(self.model.tokenize("the quick brown fox", add_bos=False), ids[1:])
+        self.assertEqual(self.model.detokenize(ids), "the quick brown fox")
+        self.assertEqual(self.model.token_piece(1), "<s>")
+        long_text = "abc " * 500  # more than the first buffer: the needed-size retry
+        self.assertEqual(self.model.detokenize(self.model.tokenize(long_text)), long_text)
+
+    def test_errors_carry_status_and_message(self):
+        with self.assertRaises(qllm.QllmError) as e:
+            qllm.Model("/nonexistent/model.gguf")
+        self.assertEqual(e.exception.name, "QLLM_ERR_IO")
+        self.assertIn("/nonexistent/model.gguf", e.exception.message)
+        with self.assertRaises(qllm.QllmError) as e:
+            self.model.tokenize(b"bad \xff utf-8")
+        self.assertEqual(e.exception.name, "QLLM_ERR_INVALID_ARGUMENT")
+        self.assertIn("UTF-8", e.exception.message)
+        with self.assertRaises(qllm.QllmError) as e:
+            self.model.detokenize([1, 10 ** 6])
+        self.assertEqual(e.exception.name, "QLLM_ERR_INVALID_ARGUMENT")
+        with self.assertRaises(qllm.QllmError) as e:
+            self.model.session(top_p=3.0)
+        self.assertIn("top_p", e.exception.message)
+        with self.assertRaises(TypeError):
+            self.model.session(no_such_parameter=1)
+
+    def test_chat(self):
+        dialog = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "How are you?")]
+        ids = self.model.chat_tokens(dialog)
+        self.assertEqual(ids[0], 1)
+        self.assertEqual(ids.count(2), 1)  # one finished exchange, one EOS
+        self.assertEqual(qllm.chat_format(dialog),
+                         "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] How are you? [/INST]")
+        with self.assertRaises(qllm.QllmError):
+            self.model.chat_tokens([("assistant", "x")])
+
+
+class SessionTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.model = qllm.Model(MODEL)
+        with open(os.environ["QLLM_TEST_EXPECTED"], encoding="utf-8") as f:
+            cls.expected = f.read()
+
+    def test_greedy_text_equals_the_cpp_path(self):
+        s = self.model.session(temperature=0, n_ctx=256)
+        text = s.generate(PROMPT, max_tokens=MAX_TOKENS, stop_at_eos=False)
+        self.assertEqual(text, self.expected)
+        r = s.last_result
+        self.assertEqual(r["n_generated"], MAX_TOKENS)
+        self.assertEqual(r["finish_reason"], "max-tokens")
+        self.assertEqual(r["n_prompt_tokens"], len(self.model.tokenize(PROMPT)))
+
+    def test_stream_yields_the_same_text(self):
+        s = self.model.session(temperature=0, n_ctx=256)
+        pieces = list(s.stream(PROMPT, max_tokens=MAX_TOKENS, stop_at_eos=False))
+        self.assertGreater(len(pieces), 3)
+        self.assertEqual("".join(pieces), self.expected)
+
+    def test_closing_the_stream_cancels(self):
+        s = self.model.session(temperature=0, n_ctx=256)
+        g = s.stream(PROMPT, max_tokens=200, stop_at_eos=False)
+        next(g)
+        g.close()
+        self.assertEqual(s.last_result["finish_reason"], "cancelled")
+        self.assertLess(s.last_result["n_generated"], 200)
+
+    def test_exception_in_callback_cancels_and_propagates(self):
+        s = self.model.session(temperature=0, n_ctx=256)
+
+        def boom(_data, _token):
+            raise ValueError("from the callback")
+
+        with self.assertRaises(ValueError):
+            s._run(PROMPT, 50, (), False, boom)
+        self.assertEqual(s.generate(PROMPT, max_tokens=MAX_TOKENS, stop_at_eos=False), self.expected)
+
+    def test_stop_string(self):
+        s = self.model.session(temperature=0, n_ctx=256)
+        ascii_at = next(i for i in range(3, len(self.expected) - 3) if self.expected[i:i + 3].isascii())
+        stop = self.expected[ascii_at:ascii_at + 3]
+        text = s.generate(PROMPT, max_tokens=MAX_TOKENS, stop=[stop], stop_at_eos=False)
+        self.assertEqual(text, self.expected[:self.expected.find(stop)])
+        self.assertEqual(s.last_result["finish_reason"], "stop-string")
+
+    def test_eval_logits_sample(self):
+        s = self.model.session(temperature=0, n_ctx=256)
+        ids = self.model.tokenize(PROMPT)
+        s.eval(ids)
+        logits = s.logits()
+        self.assertEqual(len(logits), 512)
+        best = max(range(len(logits)), key=lambda i: (logits[i], -i))
+        self.assertEqual(s.sample(), best)
+        self.assertEqual(s.history, ids)
+        # eval appends; one greedy token from generate() starts the expected text
+        s.eval([best])
+        self.assertEqual(s.history, ids + [best])
+        one = self.model.session(temperature=0, n_ctx=256).generate(ids, max_tokens=1, stop_at_eos=False)
+        self.assertTrue(self.expected.startswith(one))
+
+    def test_same_seed_same_text(self):
+        a = self.model.session(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=42, n_ctx=256)
+        b = self.model.session(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=42, n_ctx=256, n_threads=1)
+        ta = a.generate("abc", max_tokens=20, stop_at_eos=False)
+        tb = b.generate("abc", max_tokens=20, stop_at_eos=False)
+        self.assertEqual(ta, tb)
+
+    def test_context_policy(self):
+        long_prompt = "word " * 200
+        s = self.model.session(temperature=0, n_ctx=64)
+        with self.assertRaises(qllm.QllmError) as e:
+            s.generate(long_prompt, max_tokens=8)
+        self.assertEqual(e.exception.name, "QLLM_ERR_CONTEXT_OVERFLOW")
+        self.assertIn("too many", e.exception.message)
+        s = self.model.session(temperature=0, n_ctx=64, context_policy="keep-head-and-tail", n_keep=4)
+        s.generate(long_prompt, max_tokens=8)
+        r = s.last_result
+        self.assertEqual(r["n_dropped"], r["n_sequence_tokens"] - (64 - 8))
+        self.assertEqual(r["drop_begin"], 4)
+
+    def test_embeddings(self):
+        s = self.model.session(n_ctx=256)
+        a = s.embed("the cat sat")
+        self.assertEqual(len(a), 64)
+        self.assertAlmostEqual(math.sqrt(sum(x * x for x in a)), 1.0, places=5)
+        self.assertEqual(s.embed("the cat sat"), a)
+        b = s.embed("completely different words here")
+        self.assertLess(sum(x * y for x, y in zip(a, b)), 0.9999)
+
+    def test_sessions_on_threads_share_the_model(self):
+        out = [None] * 3
+
+        def work(i):
+            s = self.model.session(temperature=0, n_ctx=256, n_threads=1)
+            out[i] = s.generate(PROMPT, max_tokens=MAX_TOKENS, stop_at_eos=False)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(out, [self.expected] * 3)
+
+
+if __name__ == "__main__":
+    unittest.main()
