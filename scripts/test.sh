@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds qllm (release with debug info) and runs every test suite.
+# Installs what is missing, builds qllm (release with debug info) and runs every test suite:
+# kernels on every ISA this build has, model, tokenizer, sessions, CLI, C ABI, Python and Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
 werror=()
 [ "${QLLM_WERROR:-0}" = 1 ] && werror=(--werror)
 if [ ! -f build/build.ninja ]; then
