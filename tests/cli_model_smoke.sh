@@ -46,6 +46,20 @@ printf 'Hi there\nAnd then?\n/reset\nHello\n' | "$qllm" chat -m "$m" --system "B
 grep -q 'conversation reset' "$dir/chat"
 [ "$(grep -c 'generated: 6 tokens' "$dir/report")" -eq 3 ]
 grep -q '([1-9][0-9]* reused)' "$dir/report"  # the second turn reuses the first
+# Ctrl-C during an answer stops the answer, not the program
+mkfifo "$dir/in"
+"$qllm" chat -m "$m" --ignore-eos -c 64 -q <"$dir/in" >"$dir/chat2" 2>&1 &
+pid=$!
+exec 3>"$dir/in"
+echo "tell me everything" >&3
+sleep 2
+kill -INT "$pid"
+sleep 1
+kill -0 "$pid"  # still running
+echo "/exit" >&3
+exec 3>&-
+wait "$pid"
+grep -q '\[stopped\]' "$dir/chat2"
 # tokenize
 [ "$("$qllm" tokenize -m "$m" -p "ab" --ids | cut -d' ' -f1)" = "1" ]
 "$qllm" tokenize -m "$m" -p "ab" | grep -q 'tokens$'
