@@ -18,6 +18,7 @@
 #include "args.hpp"
 #include "commands.hpp"
 #include "qllm/error.hpp"
+#include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
 #include "qllm/session.hpp"
 
@@ -293,10 +294,12 @@ int cmd_tokenize(int argc, char** argv) {
     else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
   }
   if (!have) throw error(errc::invalid_argument, std::string("no text; usage: ") + usage);
-  text_options o;
-  o.model = model_path;
-  auto m = load_text_model(o, usage);
-  const tokenizer& t = *m->get_tokenizer();
+  if (model_path.empty()) throw error(errc::invalid_argument, std::string("missing -m MODEL; usage: ") + usage);
+  // only the vocabulary is needed: the weights are neither read nor repacked
+  const auto f = gguf::file::open(model_path);
+  const auto tp = tokenizer::from_gguf(f);
+  if (!tp) throw error(errc::unsupported, "'" + model_path + "' has no vocabulary (tokenizer.ggml.*)");
+  const tokenizer& t = *tp;
   const auto ids = t.encode(text, bos && t.add_bos());
   if (ids_only) {
     for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? " " : "", ids[i]);
