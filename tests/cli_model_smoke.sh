@@ -76,4 +76,12 @@ if "$qllm" run -m "$m" -p x --temp abc 2>"$dir/err"; then exit 1; fi
 grep -q -- '--temp' "$dir/err"
 if "$qllm" run -m "$m" -p "bad $(printf '\377') byte" 2>"$dir/err"; then exit 1; fi
 grep -q 'UTF-8' "$dir/err"
+# a model without a vocabulary: text commands say so in one line, bench still works
+"$qllm" gen-random --shape tiny --no-vocab --out "$dir/novocab.gguf" >/dev/null
+for cmd in run tokenize; do
+  if "$qllm" $cmd -m "$dir/novocab.gguf" -p x 2>"$dir/err"; then exit 1; fi
+  [ "$(wc -l <"$dir/err")" -eq 1 ]
+  grep -q 'no vocabulary' "$dir/err"
+done
+"$qllm" bench -m "$dir/novocab.gguf" -t 1 -p 8 -n 4 -r 1 | grep -q 'tg4'
 echo "cli model smoke: ok"

@@ -463,3 +463,28 @@ TEST_CASE("one model, sessions on several threads: the same greedy text") {
   CHECK(texts[1] == texts[0]);
   CHECK(texts[2] == texts[0]);
 }
+
+TEST_CASE("a model without a vocabulary: token ids work, text calls are UNSUPPORTED") {
+  const std::string path = "/tmp/qllm_test_capi_novocab_" + std::to_string(getpid()) + ".gguf";
+  qllm::random_model_spec spec;
+  spec.vocabulary = false;
+  qllm::write_random_model(path, spec);
+  qllm_model* m = nullptr;
+  REQUIRE(qllm_model_load(path.c_str(), nullptr, &m) == QLLM_OK);
+  std::remove(path.c_str());
+  qllm_model_info info{};
+  info.struct_size = sizeof info;
+  REQUIRE(qllm_model_get_info(m, &info) == QLLM_OK);
+  CHECK(info.has_vocabulary == 0);
+  CHECK(info.bos_token == -1);
+  size_t n = 0;
+  int32_t ids[8];
+  CHECK(qllm_tokenize(m, "a", 1, 1, ids, 8, &n) == QLLM_ERR_UNSUPPORTED);
+  CHECK(last_error().find("no vocabulary") != std::string::npos);
+  qllm_session* s = new_session(m);
+  const int32_t toks[] = {1, 5, 9};
+  CHECK(qllm_session_eval(s, toks, 3) == QLLM_OK);
+  CHECK(qllm_generate(s, "x", 1, nullptr, nullptr) == QLLM_ERR_UNSUPPORTED);
+  qllm_session_free(s);
+  qllm_model_free(m);
+}

@@ -12,6 +12,7 @@ namespace qllm::cli {
 int cmd_gen_random(int argc, char** argv) {
   std::string shape = "tiny", type = "q4_0", out;
   int64_t seed = 1, layers = 0;
+  bool vocab = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shape") shape = next_value(argc, argv, i);
@@ -19,12 +20,13 @@ int cmd_gen_random(int argc, char** argv) {
     else if (a == "--out" || a == "-o") out = next_value(argc, argv, i);
     else if (a == "--seed") seed = parse_int(a, next_value(argc, argv, i), 0, 0xffffffffll);
     else if (a == "--layers") layers = parse_int(a, next_value(argc, argv, i), 1, 4096);
+    else if (a == "--no-vocab") vocab = false;
     else throw error(errc::invalid_argument, "unknown option '" + a + "'");
   }
   if (out.empty())
     throw error(errc::invalid_argument,
                 "usage: qllm gen-random --shape tiny|small|7b --type q4_0|q8_0|f16|bf16|f32 --out FILE "
-                "[--seed N] [--layers N]");
+                "[--seed N] [--layers N] [--no-vocab]");
   random_model_spec s = random_model_preset(shape);
   if (type == "q4_0") s.type = ggml_type::q4_0;
   else if (type == "q8_0") s.type = ggml_type::q8_0;
@@ -34,6 +36,7 @@ int cmd_gen_random(int argc, char** argv) {
   else throw error(errc::invalid_argument, "--type: '" + type + "' is not q4_0, q8_0, f16, bf16 or f32");
   s.seed = uint32_t(seed);
   if (layers) s.n_layer = layers;
+  s.vocabulary = vocab;
   write_random_model(out, s);
   std::printf("wrote %s: %s shape, %s, %lld layers, dim %lld, vocab %lld\n", out.c_str(), shape.c_str(),
               type.c_str(), (long long)s.n_layer, (long long)s.n_embd, (long long)s.n_vocab);

@@ -19,6 +19,7 @@ struct random_model_spec {
   ggml_type type = ggml_type::q4_0;  // every matrix, embeddings and output included (norms: f32)
   uint32_t seed = 1;
   bool tied_output = false;  // omit output.weight (the embedding table is reused)
+  bool vocabulary = true;    // false: no tokenizer.ggml.* keys (a file only token ids work with)
 };
 
 // Presets: "tiny" (the defaults above), "small" (dim 256, 4 layers, GQA 8/2, vocab 2048),

@@ -132,13 +132,15 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
     types.push_back(1);
     scores.push_back(-float(id - 259));
   }
-  w.set_string("tokenizer.ggml.model", "llama");
-  w.set_array_string("tokenizer.ggml.tokens", tokens);
-  w.set_array_f32("tokenizer.ggml.scores", scores);
-  w.set_array_i32("tokenizer.ggml.token_type", types);
-  w.set_u32("tokenizer.ggml.unknown_token_id", 0);
-  w.set_u32("tokenizer.ggml.bos_token_id", 1);
-  w.set_u32("tokenizer.ggml.eos_token_id", 2);
+  if (s.vocabulary) {
+    w.set_string("tokenizer.ggml.model", "llama");
+    w.set_array_string("tokenizer.ggml.tokens", tokens);
+    w.set_array_f32("tokenizer.ggml.scores", scores);
+    w.set_array_i32("tokenizer.ggml.token_type", types);
+    w.set_u32("tokenizer.ggml.unknown_token_id", 0);
+    w.set_u32("tokenizer.ggml.bos_token_id", 1);
+    w.set_u32("tokenizer.ggml.eos_token_id", 2);
+  }
 
   uint64_t stream = uint64_t(s.seed) << 32;
   auto matrix = [&](const std::string& name, int64_t k, int64_t n, float sd) {
