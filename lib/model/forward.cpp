@@ -36,7 +36,10 @@ class context_impl {
   struct free_deleter {
     void operator()(void* p) const noexcept { std::free(p); }
   };
-  std::unique_ptr<void, free_deleter> kv;  // [n_layer][2: k, v][n_ctx][KV], f16 or f32
+  // [n_layer][2: k, v][n_head_kv][n_ctx][head_dim], f16 or f32: head-major, so the rows one
+  // attention item reads are contiguous (row-major [n_ctx][KV] strided them by KV and missed the
+  // TLB on every row)
+  std::unique_ptr<void, free_deleter> kv;
   std::vector<float> rope_cos, rope_sin;   // [n_ctx][head_dim]
   std::vector<float> x, xb, q, k, v, att;  // [M][E] (k, v: [M][KV])
   std::vector<float> hb, hb2;              // [M][F]
@@ -120,21 +123,24 @@ void context_impl::forward(const int32_t* tokens, int64_t m, float* out_logits, 
     ops::rope_rows(kt, q.data(), m, E, c.n_head, hd, rope_cos.data(), rope_sin.data(), pos0, nt);
     ops::rope_rows(kt, k.data(), m, KV, c.n_head_kv, hd, rope_cos.data(), rope_sin.data(), pos0, nt);
     // append k, v to the cache at positions pos0 .. pos0+m-1
+    const int64_t n_kv_head = c.n_head_kv;
     for (int64_t t = 0; t < m; ++t) {
-      const std::size_t row = std::size_t(pos0 + t) * std::size_t(KV);
-      if (kv_f16) {
-        auto* kc = static_cast<uint16_t*>(k_cache) + row;
-        auto* vc = static_cast<uint16_t*>(v_cache) + row;
-        for (int64_t i = 0; i < KV; ++i) {
-          kc[i] = fp32_to_fp16(k[std::size_t(t * KV + i)]);
-          vc[i] = fp32_to_fp16(v[std::size_t(t * KV + i)]);
+      for (int64_t h = 0; h < n_kv_head; ++h) {
+        const std::size_t dst = std::size_t((h * n_ctx + pos0 + t) * hd), src = std::size_t(t * KV + h * hd);
+        if (kv_f16) {
+          auto* kc = static_cast<uint16_t*>(k_cache) + dst;
+          auto* vc = static_cast<uint16_t*>(v_cache) + dst;
+          for (int64_t i = 0; i < hd; ++i) {
+            kc[i] = fp32_to_fp16(k[src + std::size_t(i)]);
+            vc[i] = fp32_to_fp16(v[src + std::size_t(i)]);
+          }
+        } else {
+          std::memcpy(static_cast<float*>(k_cache) + dst, &k[src], std::size_t(hd) * 4);
+          std::memcpy(static_cast<float*>(v_cache) + dst, &v[src], std::size_t(hd) * 4);
         }
-      } else {
-        std::memcpy(static_cast<float*>(k_cache) + row, &k[std::size_t(t * KV)], std::size_t(KV) * 4);
-        std::memcpy(static_cast<float*>(v_cache) + row, &v[std::size_t(t * KV)], std::size_t(KV) * 4);
       }
     }
-    const ops::attention_args aa{q.data(), k_cache, v_cache, kv_f16, KV, pos0, m,
+    const ops::attention_args aa{q.data(), k_cache, v_cache, kv_f16, hd, n_ctx * hd, pos0, m,
                                  c.n_head, c.n_head_kv, hd, att.data(), attn_scratch.data(), n_ctx};
     ops::attention(kt, aa, nt);
     if (quantized(L.wo)) quantize(att.data(), aq_embd);
@@ -230,30 +236,35 @@ void context_impl::shift(int64_t n_keep, int64_t n_discard) {
     throw error(errc::invalid_argument, "context shift: keep " + std::to_string(n_keep) + " and discard " +
                                             std::to_string(n_discard) + " of " + std::to_string(n_past) + " tokens");
   if (n_discard == 0) return;
-  const int64_t KV = c.kv_dim(), hd = c.head_dim();
-  std::vector<float> cs(static_cast<std::size_t>(hd)), sn(static_cast<std::size_t>(hd)), row(static_cast<std::size_t>(KV));
+  const int64_t hd = c.head_dim();
+  std::vector<float> cs(static_cast<std::size_t>(hd)), sn(static_cast<std::size_t>(hd)), row(static_cast<std::size_t>(hd));
   ref::rope_table(cs.data(), sn.data(), hd, c.n_rot, -double(n_discard), double(c.rope_freq_base));
   const int64_t first = n_keep + n_discard, n_move = n_past - first;
-  const std::size_t elt = kv_elt(kv_f16), row_bytes = std::size_t(KV) * elt;
-#pragma omp parallel for schedule(static) num_threads(nt) firstprivate(row) if (c.n_layer > 1)
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    uint8_t* k_cache = static_cast<uint8_t*>(kv.get()) + std::size_t(l) * 2 * std::size_t(n_ctx) * row_bytes;
-    uint8_t* v_cache = k_cache + std::size_t(n_ctx) * row_bytes;
+  const std::size_t elt = kv_elt(kv_f16), row_bytes = std::size_t(hd) * elt;
+  const std::size_t head_bytes = std::size_t(n_ctx) * row_bytes, half = std::size_t(c.n_head_kv) * head_bytes;
+  const int64_t units = c.n_layer * c.n_head_kv;  // (layer, kv head): independent
+#pragma omp parallel for schedule(static) num_threads(nt) firstprivate(row) if (units > 1)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t l = u / c.n_head_kv, h = u % c.n_head_kv;
+    uint8_t* k_head = static_cast<uint8_t*>(kv.get()) + std::size_t(l) * 2 * half + std::size_t(h) * head_bytes;
+    uint8_t* v_head = k_head + half;
+    // V rows of a head are contiguous: one move
+    std::memmove(v_head + std::size_t(n_keep) * row_bytes, v_head + std::size_t(first) * row_bytes,
+                 std::size_t(n_move) * row_bytes);
     for (int64_t j = 0; j < n_move; ++j) {  // ascending: destinations never overwrite unread rows
       const std::size_t src = std::size_t(first + j) * row_bytes, dst = std::size_t(n_keep + j) * row_bytes;
-      std::memmove(v_cache + dst, v_cache + src, row_bytes);
       if (kv_f16) {
-        const auto* in = reinterpret_cast<const uint16_t*>(k_cache + src);
-        for (int64_t i = 0; i < KV; ++i) row[std::size_t(i)] = fp16_to_fp32(in[i]);
+        const auto* in = reinterpret_cast<const uint16_t*>(k_head + src);
+        for (int64_t i = 0; i < hd; ++i) row[std::size_t(i)] = fp16_to_fp32(in[i]);
       } else {
-        std::memcpy(row.data(), k_cache + src, row_bytes);
+        std::memcpy(row.data(), k_head + src, row_bytes);
       }
-      kt.rope(row.data(), c.n_head_kv, hd, cs.data(), sn.data());
+      kt.rope(row.data(), 1, hd, cs.data(), sn.data());
       if (kv_f16) {
-        auto* out = reinterpret_cast<uint16_t*>(k_cache + dst);
-        for (int64_t i = 0; i < KV; ++i) out[i] = fp32_to_fp16(row[std::size_t(i)]);
+        auto* out = reinterpret_cast<uint16_t*>(k_head + dst);
+        for (int64_t i = 0; i < hd; ++i) out[i] = fp32_to_fp16(row[std::size_t(i)]);
       } else {
-        std::memcpy(k_cache + dst, row.data(), row_bytes);
+        std::memcpy(k_head + dst, row.data(), row_bytes);
       }
     }
   }

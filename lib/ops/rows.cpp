@@ -53,28 +53,30 @@ void attention(const kernels::kernel_table& kt, const attention_args& a, int n_t
   const int64_t q_dim = a.n_head * a.head_dim;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
   const int64_t items = a.m * a.n_head;
+  // head-major items: consecutive items (on all threads) read the same head's rows while they
+  // are in cache
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (items > 1)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t t = it / a.n_head, h = it % a.n_head;
+    const int64_t h = it / a.m, t = it % a.m;
     const int64_t kvh = h / group;
     const int64_t n_keys = a.pos0 + t + 1;  // causal: keys up to this token's position
     float* scores = a.scratch + int64_t(omp_get_thread_num()) * a.n_ctx;
     const float* q = a.q + t * q_dim + h * a.head_dim;
     float* out = a.out + t * q_dim + h * a.head_dim;
     if (a.kv_f16)
-      kt.attn_scores_f16(static_cast<const uint16_t*>(a.k) + kvh * a.head_dim, a.kv_dim, n_keys, q,
-                         a.head_dim, scale, scores);
+      kt.attn_scores_f16(static_cast<const uint16_t*>(a.k) + kvh * a.head_stride, a.ld, n_keys, q, a.head_dim,
+                         scale, scores);
     else
-      kt.attn_scores_f32(static_cast<const float*>(a.k) + kvh * a.head_dim, a.kv_dim, n_keys, q,
-                         a.head_dim, scale, scores);
+      kt.attn_scores_f32(static_cast<const float*>(a.k) + kvh * a.head_stride, a.ld, n_keys, q, a.head_dim,
+                         scale, scores);
     kt.softmax(scores, n_keys);
     std::memset(out, 0, size_t(a.head_dim) * sizeof(float));
     if (a.kv_f16)
-      kt.attn_values_f16(out, scores, static_cast<const uint16_t*>(a.v) + kvh * a.head_dim,
-                         a.kv_dim, n_keys, a.head_dim);
+      kt.attn_values_f16(out, scores, static_cast<const uint16_t*>(a.v) + kvh * a.head_stride, a.ld, n_keys,
+                         a.head_dim);
     else
-      kt.attn_values_f32(out, scores, static_cast<const float*>(a.v) + kvh * a.head_dim, a.kv_dim,
-                         n_keys, a.head_dim);
+      kt.attn_values_f32(out, scores, static_cast<const float*>(a.v) + kvh * a.head_stride, a.ld, n_keys,
+                         a.head_dim);
   }
 }
 

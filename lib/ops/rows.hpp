@@ -21,14 +21,16 @@ void silu_mul(const kernels::kernel_table& kt, float* out, const float* gate, co
               int64_t count, int n_threads);
 
 // Causal grouped-query attention for m tokens at positions pos0 .. pos0+m-1 over a KV cache
-// whose rows 0 .. pos0+m-1 are filled. q and out: [m][n_head * head_dim]. k, v: [n_ctx][kv_dim]
-// f16 (kv_f16) or f32. scratch: [n_threads][n_ctx] floats.
+// whose rows 0 .. pos0+m-1 are filled. q and out: [m][n_head * head_dim]. k, v: f16 (kv_f16) or
+// f32; row r of kv head h starts at element h * head_stride + r * ld (the model's cache is
+// head-major: ld = head_dim, head_stride = n_ctx * head_dim, so one head's rows are contiguous).
+// scratch: [n_threads][n_ctx] floats.
 struct attention_args {
   const float* q;
   const void* k;
   const void* v;
   bool kv_f16;
-  int64_t kv_dim;
+  int64_t ld, head_stride;
   int64_t pos0, m;
   int64_t n_head, n_head_kv, head_dim;
   float* out;
