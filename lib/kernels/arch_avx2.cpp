@@ -11,6 +11,9 @@ struct h_avx2 {
   using B = xsimd::batch<float, arch>;
   static B div(B a, B b) { return a / b; }
   static void cvt_f16(const uint16_t* src, float* dst) { cvt_f16_avx2(src, dst); }
+  static void cvt_f16_batches(const uint16_t* src, B* dst) {
+    dst[0] = B(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+  }
 };
 
 bool supported(const cpu_features& f) { return f.avx2 && f.fma && f.f16c; }

@@ -15,6 +15,11 @@ struct h_neon {
     vst1q_f32(dst, vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h))));
     vst1q_f32(dst + 4, vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h))));
   }
+  static void cvt_f16_batches(const uint16_t* src, B* dst) {
+    const uint16x8_t h = vld1q_u16(src);
+    dst[0] = B(vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h))));
+    dst[1] = B(vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h))));
+  }
 };
 
 // Q8_0 quantization of activations, nearest-even rounding as ref::quantize_row_q8_0.

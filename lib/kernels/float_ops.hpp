@@ -37,9 +37,15 @@ struct f8 {
     return load(buf);
   }
   static f8 load_f16(const uint16_t* p) {
-    alignas(64) float buf[8];
-    H::cvt_f16(p, buf);
-    return load(buf);
+    if constexpr (requires(const uint16_t* s, B* d) { H::cvt_f16_batches(s, d); }) {
+      f8 r;  // straight into registers (a round trip through memory cost more than the math)
+      H::cvt_f16_batches(p, r.v);
+      return r;
+    } else {
+      alignas(64) float buf[8];
+      H::cvt_f16(p, buf);
+      return load(buf);
+    }
   }
   static f8 load_f16_tail(const uint16_t* p, int64_t n) {
     uint16_t h[8] = {};
