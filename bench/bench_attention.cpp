@@ -26,7 +26,7 @@ void bm_attention(benchmark::State& st, int64_t m, int64_t depth, int nt, bool h
   for (auto& x : v) x = fp32_to_fp16(g(rng));
   std::vector<float> q(static_cast<std::size_t>(m * n_head * hd)), out(q.size());
   for (auto& x : q) x = g(rng);
-  std::vector<float> scratch(static_cast<std::size_t>(nt * n_ctx));
+  std::vector<float> scratch(ops::attention_scratch_floats(nt, n_ctx));
   const auto& kt = kernels::active();
   // the model's layout (head-major) or the row-major one ([n_ctx][kv_dim]) for comparison
   const int64_t ld = head_major ? hd : kv_dim, head_stride = head_major ? n_ctx * hd : hd;

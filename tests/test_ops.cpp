@@ -2,9 +2,14 @@
 // depend on the thread count, and must equal the reference.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <string>
+#include <vector>
 
+#include "kernels/kernel_table.hpp"
 #include "ops/matmul.hpp"
+#include "ops/rows.hpp"
+#include "qllm/formats.hpp"
 #include "qllm/error.hpp"
 #include "qllm/reference.hpp"
 #include "test_util.hpp"
@@ -55,4 +60,56 @@ TEST_CASE("packed_weights rejects what no kernel can read") {
   CHECK_THROWS_AS(ops::packed_weights(ggml_type::q8_0, w.data(), 0, 32), error);
   const ops::packed_weights ok(ggml_type::q4_0, w.data(), 2, 64);
   CHECK(ok.bytes() == 2 * sizeof(kernels::block_q4_0x8));  // one panel, two block columns
+}
+
+// ops::attention blocks queries and chunks cache rows; the result must equal one query at a time
+// through the scalar reference, bit for bit, for every thread count.
+TEST_CASE("attention: query blocks and row chunks give the reference's bits") {
+  const auto& kt = kernels::active();
+  const int64_t n_head = 4, n_head_kv = 2, n_ctx = 420;
+  for (const int64_t hd : {int64_t(64), int64_t(128)}) {
+    for (const bool f16 : {true, false}) {
+      const auto kf = test::gaussian(std::size_t(n_head_kv * n_ctx * hd), 11);
+      const auto vf = test::gaussian(kf.size(), 12);
+      std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+      for (std::size_t i = 0; i < kf.size(); ++i) {
+        kh[i] = fp32_to_fp16(kf[i]);
+        vh[i] = fp32_to_fp16(vf[i]);
+      }
+      for (const int64_t pos0 : {int64_t(0), int64_t(137), int64_t(300)}) {
+        for (const int64_t m : {int64_t(1), int64_t(5), int64_t(19)}) {
+          CAPTURE(hd);
+          CAPTURE(f16);
+          CAPTURE(pos0);
+          CAPTURE(m);
+          const auto q = test::gaussian(std::size_t(m * n_head * hd), 13);
+          // reference: one (token, head) at a time
+          std::vector<float> want(q.size()), sc(static_cast<std::size_t>(n_ctx));
+          const float scale = 1.0f / std::sqrt(float(hd));
+          for (int64_t t = 0; t < m; ++t) {
+            for (int64_t h = 0; h < n_head; ++h) {
+              const int64_t kvh = h / (n_head / n_head_kv), n_keys = pos0 + t + 1;
+              const std::size_t base = std::size_t(kvh * n_ctx * hd);
+              const float* qt = &q[std::size_t((t * n_head + h) * hd)];
+              float* out = &want[std::size_t((t * n_head + h) * hd)];
+              if (f16) ref::attn_scores_f16(&kh[base], hd, n_keys, qt, hd, scale, sc.data());
+              else ref::attn_scores_f32(&kf[base], hd, n_keys, qt, hd, scale, sc.data());
+              ref::softmax(sc.data(), n_keys);
+              if (f16) ref::attn_values_f16(out, sc.data(), &vh[base], hd, n_keys, hd);
+              else ref::attn_values_f32(out, sc.data(), &vf[base], hd, n_keys, hd);
+            }
+          }
+          for (int nt : {1, 2, 3}) {
+            std::vector<float> got(q.size(), -1.0f), scratch(ops::attention_scratch_floats(nt, n_ctx));
+            const void* k = f16 ? static_cast<const void*>(kh.data()) : kf.data();
+            const void* v = f16 ? static_cast<const void*>(vh.data()) : vf.data();
+            const ops::attention_args a{q.data(), k, v, f16, hd, n_ctx * hd, pos0, m, n_head, n_head_kv, hd,
+                                        got.data(), scratch.data(), n_ctx};
+            ops::attention(kt, a, nt);
+            CHECK(test::count_bit_differences(got.data(), want.data(), got.size()) == 0);
+          }
+        }
+      }
+    }
+  }
 }

@@ -43,7 +43,7 @@ class context_impl {
   std::vector<float> rope_cos, rope_sin;   // [n_ctx][head_dim]
   std::vector<float> x, xb, q, k, v, att;  // [M][E] (k, v: [M][KV])
   std::vector<float> hb, hb2;              // [M][F]
-  std::vector<float> attn_scratch;         // [nt][n_ctx]
+  std::vector<float> attn_scratch;         // ops::attention_scratch_floats(nt, n_ctx)
   std::vector<float> logits, all;          // [V], [tokens][V]
   ops::act_q8 aq_embd, aq_ff;              // quantized activations, [M][E/32], [M][F/32]
 };
@@ -86,7 +86,7 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
   v.resize(std::size_t(M * KV));
   hb.resize(std::size_t(M * F));
   hb2.resize(std::size_t(M * F));
-  attn_scratch.resize(std::size_t(nt) * std::size_t(n_ctx));
+  attn_scratch.resize(ops::attention_scratch_floats(nt, n_ctx));
   logits.resize(std::size_t(c.n_vocab));
   if (E % qk == 0) aq_embd = ops::act_q8(M, E);
   if (F % qk == 0) aq_ff = ops::act_q8(M, F);

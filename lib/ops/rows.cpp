@@ -52,31 +52,58 @@ void attention(const kernels::kernel_table& kt, const attention_args& a, int n_t
   const int64_t group = a.n_head / a.n_head_kv;
   const int64_t q_dim = a.n_head * a.head_dim;
   const float scale = 1.0f / std::sqrt(float(a.head_dim));
-  const int64_t items = a.m * a.n_head;
-  // head-major items: consecutive items (on all threads) read the same head's rows while they
-  // are in cache
+  // Work items: (head, block of up to attention_query_block consecutive query tokens), head-major.
+  // Within an item the cache rows go by in chunks that stay in L1/L2 while every query of the
+  // block uses them. Every score is still one attn_scores row and every output element one fma
+  // chain over the rows in order (attn_values loads and stores its accumulators), so the results
+  // do not depend on the blocking: bit-identical to one query at a time.
+  constexpr int64_t qb = attention_query_block;
+  const int64_t row_chunk = a.head_dim <= 128 ? 128 : 64;
+  const int64_t n_blocks = (a.m + qb - 1) / qb;
+  const int64_t items = n_blocks * a.n_head;
+  const auto elt = a.kv_f16 ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (items > 1)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t h = it / a.m, t = it % a.m;
+    const int64_t h = it / n_blocks, t0 = (it % n_blocks) * qb, tq = std::min(qb, a.m - t0);
     const int64_t kvh = h / group;
-    const int64_t n_keys = a.pos0 + t + 1;  // causal: keys up to this token's position
-    float* scores = a.scratch + int64_t(omp_get_thread_num()) * a.n_ctx;
-    const float* q = a.q + t * q_dim + h * a.head_dim;
-    float* out = a.out + t * q_dim + h * a.head_dim;
-    if (a.kv_f16)
-      kt.attn_scores_f16(static_cast<const uint16_t*>(a.k) + kvh * a.head_stride, a.ld, n_keys, q, a.head_dim,
-                         scale, scores);
-    else
-      kt.attn_scores_f32(static_cast<const float*>(a.k) + kvh * a.head_stride, a.ld, n_keys, q, a.head_dim,
-                         scale, scores);
-    kt.softmax(scores, n_keys);
-    std::memset(out, 0, size_t(a.head_dim) * sizeof(float));
-    if (a.kv_f16)
-      kt.attn_values_f16(out, scores, static_cast<const uint16_t*>(a.v) + kvh * a.head_stride, a.ld, n_keys,
-                         a.head_dim);
-    else
-      kt.attn_values_f32(out, scores, static_cast<const float*>(a.v) + kvh * a.head_stride, a.ld, n_keys,
-                         a.head_dim);
+    const auto* kh = static_cast<const uint8_t*>(a.k) + std::size_t(kvh * a.head_stride) * elt;
+    const auto* vh = static_cast<const uint8_t*>(a.v) + std::size_t(kvh * a.head_stride) * elt;
+    float* scores = a.scratch + int64_t(omp_get_thread_num()) * qb * a.n_ctx;  // [qb][n_ctx]
+    const int64_t last_keys = a.pos0 + t0 + tq;  // keys of the block's last query
+    for (int64_t j0 = 0; j0 < last_keys; j0 += row_chunk) {
+      for (int64_t t = 0; t < tq; ++t) {
+        const int64_t n_keys = a.pos0 + t0 + t + 1;  // causal
+        if (j0 >= n_keys) continue;
+        const int64_t rows = std::min(row_chunk, n_keys - j0);
+        const float* q = a.q + (t0 + t) * q_dim + h * a.head_dim;
+        const std::size_t off = std::size_t(j0 * a.ld) * elt;
+        if (a.kv_f16)
+          kt.attn_scores_f16(reinterpret_cast<const uint16_t*>(kh + off), a.ld, rows, q, a.head_dim, scale,
+                             scores + t * a.n_ctx + j0);
+        else
+          kt.attn_scores_f32(reinterpret_cast<const float*>(kh + off), a.ld, rows, q, a.head_dim, scale,
+                             scores + t * a.n_ctx + j0);
+      }
+    }
+    for (int64_t t = 0; t < tq; ++t) {
+      kt.softmax(scores + t * a.n_ctx, a.pos0 + t0 + t + 1);
+      std::memset(a.out + (t0 + t) * q_dim + h * a.head_dim, 0, size_t(a.head_dim) * sizeof(float));
+    }
+    for (int64_t j0 = 0; j0 < last_keys; j0 += row_chunk) {
+      for (int64_t t = 0; t < tq; ++t) {
+        const int64_t n_keys = a.pos0 + t0 + t + 1;
+        if (j0 >= n_keys) continue;
+        const int64_t rows = std::min(row_chunk, n_keys - j0);
+        float* out = a.out + (t0 + t) * q_dim + h * a.head_dim;
+        const std::size_t off = std::size_t(j0 * a.ld) * elt;
+        if (a.kv_f16)
+          kt.attn_values_f16(out, scores + t * a.n_ctx + j0, reinterpret_cast<const uint16_t*>(vh + off), a.ld,
+                             rows, a.head_dim);
+        else
+          kt.attn_values_f32(out, scores + t * a.n_ctx + j0, reinterpret_cast<const float*>(vh + off), a.ld,
+                             rows, a.head_dim);
+      }
+    }
   }
 }
 

@@ -24,7 +24,7 @@ void silu_mul(const kernels::kernel_table& kt, float* out, const float* gate, co
 // whose rows 0 .. pos0+m-1 are filled. q and out: [m][n_head * head_dim]. k, v: f16 (kv_f16) or
 // f32; row r of kv head h starts at element h * head_stride + r * ld (the model's cache is
 // head-major: ld = head_dim, head_stride = n_ctx * head_dim, so one head's rows are contiguous).
-// scratch: [n_threads][n_ctx] floats.
+// scratch: attention_scratch_floats(n_threads, n_ctx) floats.
 struct attention_args {
   const float* q;
   const void* k;
@@ -38,6 +38,12 @@ struct attention_args {
   int64_t n_ctx;
 };
 void attention(const kernels::kernel_table& kt, const attention_args& a, int n_threads);
+// Query tokens of one head handled together, so each block of cache rows is read from memory once
+// per group instead of once per token.
+inline constexpr int64_t attention_query_block = 8;
+inline std::size_t attention_scratch_floats(int n_threads, int64_t n_ctx) {
+  return std::size_t(n_threads) * std::size_t(attention_query_block) * std::size_t(n_ctx);
+}
 
 }  // namespace qllm::ops
 
