@@ -76,6 +76,9 @@ if "$qllm" run -m "$m" -p x --temp abc 2>"$dir/err"; then exit 1; fi
 grep -q -- '--temp' "$dir/err"
 if "$qllm" run -m "$m" -p "bad $(printf '\377') byte" 2>"$dir/err"; then exit 1; fi
 grep -q 'UTF-8' "$dir/err"
+# embed: one line of n_embd numbers with unit length
+"$qllm" embed -m "$m" -p "the cat sat" >"$dir/emb"
+awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i * $i; exit !(NF == 64 && s > 0.9999 && s < 1.0001) }' "$dir/emb"
 # a model without a vocabulary: text commands say so in one line, bench still works
 "$qllm" gen-random --shape tiny --no-vocab --out "$dir/novocab.gguf" >/dev/null
 for cmd in run tokenize; do

@@ -311,6 +311,33 @@ int cmd_tokenize(int argc, char** argv) {
   return 0;
 }
 
+int cmd_embed(int argc, char** argv) {
+  const char* usage = "qllm embed -m MODEL (-p TEXT | -f FILE) [-t THREADS] [-c CTX]";
+  text_options o;
+  std::string text;
+  bool have = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-m" || a == "--model") o.model = next_value(argc, argv, i);
+    else if (a == "-p" || a == "--prompt") text = next_value(argc, argv, i), have = true;
+    else if (a == "-f" || a == "--file") text = read_file(next_value(argc, argv, i)), have = true;
+    else if (a == "-t" || a == "--threads") o.sp.ctx.n_threads = int(parse_int(a, next_value(argc, argv, i), 1, 1024));
+    else if (a == "-c" || a == "--ctx-size") o.sp.ctx.n_ctx = parse_int(a, next_value(argc, argv, i), 8, int64_t(1) << 24);
+    else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
+  }
+  if (!have) throw error(errc::invalid_argument, std::string("no text; usage: ") + usage);
+  auto m = load_text_model(o, usage);
+  const tokenizer& t = *m->get_tokenizer();
+  const auto ids = t.encode(text, t.add_bos());
+  if (o.sp.ctx.n_ctx == 0) o.sp.ctx.n_ctx = std::max<int64_t>(8, int64_t(ids.size()));
+  context ctx(m, o.sp.ctx);
+  // mean-pooled final hidden state, L2-normalised, one line of n_embd numbers
+  const auto e = ctx.embed(ids);
+  for (std::size_t i = 0; i < e.size(); ++i) std::printf(i ? " %.6g" : "%.6g", double(e[i]));
+  std::printf("\n");
+  return 0;
+}
+
 int cmd_perplexity(int argc, char** argv) {
   const char* usage = "qllm perplexity -m MODEL -f TEXT [-c CTX] [-b BATCH] [-t THREADS] [--chunks N]";
   std::string model_path, file;

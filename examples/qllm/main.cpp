@@ -16,6 +16,7 @@ void usage(std::FILE* out) {
       "  chat        interactive Llama-2-chat conversation\n"
       "  tokenize    print the token ids and pieces of a text\n"
       "  perplexity  perplexity of a model over a text file\n"
+      "  embed       sentence embedding of a text (mean-pooled, L2-normalised)\n"
       "  bench       prompt and generation speed of a model (like llama-bench)\n"
       "'qllm <command> --help' lists a command's options.\n",
       out);
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(cmd, "chat")) return qllm::cli::cmd_chat(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "tokenize")) return qllm::cli::cmd_tokenize(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "perplexity")) return qllm::cli::cmd_perplexity(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "embed")) return qllm::cli::cmd_embed(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "-h") || !std::strcmp(cmd, "--help") || !std::strcmp(cmd, "help")) {
       usage(stdout);
       return 0;
