@@ -58,7 +58,7 @@ void attention(const kernels::kernel_table& kt, const attention_args& a, int n_t
   // chain over the rows in order (attn_values loads and stores its accumulators), so the results
   // do not depend on the blocking: bit-identical to one query at a time.
   constexpr int64_t qb = attention_query_block;
-  const int64_t row_chunk = a.head_dim <= 128 ? 128 : 64;
+  const int64_t row_chunk = a.head_dim <= 128 ? 32 : 16;  // 8 KiB of f16 rows: L1-resident for the block
   const int64_t n_blocks = (a.m + qb - 1) / qb;
   const int64_t items = n_blocks * a.n_head;
   const auto elt = a.kv_f16 ? sizeof(uint16_t) : sizeof(float);
