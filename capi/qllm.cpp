@@ -190,6 +190,20 @@ qllm_session_params session_defaults() {
   return p;
 }
 
+qllm::sampler_params sampling_of(const qllm_session_params& p) {
+  qllm::sampler_params s;
+  s.temperature = p.temperature;
+  s.top_k = p.top_k;
+  s.top_p = p.top_p;
+  s.min_p = p.min_p;
+  s.repeat_penalty = p.repeat_penalty;
+  s.frequency_penalty = p.frequency_penalty;
+  s.presence_penalty = p.presence_penalty;
+  s.penalty_last_n = p.penalty_last_n;
+  s.seed = p.seed;
+  return s;
+}
+
 qllm_generate_params generate_defaults() {
   qllm_generate_params p{};
   p.struct_size = sizeof p;
@@ -419,16 +433,16 @@ QLLM_API qllm_status qllm_session_create(const qllm_model* model, const qllm_ses
     sp.policy = qllm::context_policy(p.context_policy);
     sp.n_keep = p.n_keep;
     sp.context_shift = p.context_shift != 0;
-    sp.sampling.temperature = p.temperature;
-    sp.sampling.top_k = p.top_k;
-    sp.sampling.top_p = p.top_p;
-    sp.sampling.min_p = p.min_p;
-    sp.sampling.repeat_penalty = p.repeat_penalty;
-    sp.sampling.frequency_penalty = p.frequency_penalty;
-    sp.sampling.presence_penalty = p.presence_penalty;
-    sp.sampling.penalty_last_n = p.penalty_last_n;
-    sp.sampling.seed = p.seed;
+    sp.sampling = sampling_of(p);
     *out = new qllm_session(model->m, sp);
+  });
+}
+
+QLLM_API qllm_status qllm_session_set_sampling(qllm_session* session, const qllm_session_params* params) {
+  return guarded("qllm_session_set_sampling", [&] {
+    need(session, "session");
+    need(params, "params");
+    session->s.set_sampling(sampling_of(read_struct(params, session_defaults(), "qllm_session_params")));
   });
 }
 

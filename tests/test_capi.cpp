@@ -488,3 +488,35 @@ TEST_CASE("a model without a vocabulary: token ids work, text calls are UNSUPPOR
   qllm_session_free(s);
   qllm_model_free(m);
 }
+
+TEST_CASE("set_sampling changes the sampler between generations; bad values keep the old one") {
+  model_handle h;
+  qllm_session* hot = new_session(h.m, 1.5f);
+  qllm_session* cold = new_session(h.m, 0.0f);
+  qllm_generate_params gp;
+  qllm_generate_params_init(&gp, sizeof gp);
+  gp.max_tokens = 16;
+  gp.stop_at_eos = 0;
+  auto text = [&](qllm_session* s) {
+    REQUIRE(qllm_generate(s, "abc", 3, &gp, nullptr) == QLLM_OK);
+    const char* out = nullptr;
+    qllm_session_output(s, &out, nullptr);
+    return std::string(out);
+  };
+  const std::string greedy = text(cold);
+  CHECK(text(hot) != greedy);  // sampled at temperature 1.5
+  qllm_session_params p;
+  qllm_session_params_init(&p, sizeof p);
+  p.temperature = 0.0f;
+  p.n_ctx = 7;  // not a sampling field: ignored
+  REQUIRE(qllm_session_set_sampling(hot, &p) == QLLM_OK);
+  CHECK(text(hot) == greedy);
+  p.min_p = 1.5f;
+  CHECK(qllm_session_set_sampling(hot, &p) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(last_error().find("min_p") != std::string::npos);
+  CHECK(text(hot) == greedy);  // still greedy
+  CHECK(qllm_session_set_sampling(nullptr, &p) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(qllm_session_set_sampling(hot, nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  qllm_session_free(hot);
+  qllm_session_free(cold);
+}

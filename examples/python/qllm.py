@@ -103,6 +103,7 @@ def _load_library():
         "qllm_session_create": (c_int32, [c_void_p, POINTER(_SessionParams), POINTER(c_void_p)]),
         "qllm_session_free": (None, [c_void_p]),
         "qllm_session_reset": (c_int32, [c_void_p]),
+        "qllm_session_set_sampling": (c_int32, [c_void_p, POINTER(_SessionParams)]),
         "qllm_session_eval": (c_int32, [c_void_p, POINTER(c_int32), c_size_t]),
         "qllm_session_logits": (c_int32, [c_void_p, POINTER(POINTER(c_float)), POINTER(c_size_t)]),
         "qllm_session_sample": (c_int32, [c_void_p, POINTER(c_int32)]),
@@ -261,6 +262,15 @@ class Session:
     """
 
     def __init__(self, model, **params):
+        p = self._params(params)
+        self.model = model  # keeps the Python object alive as long as the session
+        h = c_void_p()
+        _check(_lib.qllm_session_create(model.handle, byref(p), byref(h)))
+        self._h = h
+        self.last_result = None
+
+    @staticmethod
+    def _params(params):
         p = _SessionParams()
         _check(_lib.qllm_session_params_init(byref(p), ctypes.sizeof(p)))
         for key, value in params.items():
@@ -274,11 +284,12 @@ class Session:
                 setattr(p, key, value)
             else:
                 raise TypeError(f"unknown session parameter {key!r}")
-        self.model = model  # keeps the Python object alive as long as the session
-        h = c_void_p()
-        _check(_lib.qllm_session_create(model.handle, byref(p), byref(h)))
-        self._h = h
-        self.last_result = None
+        return p
+
+    def set_sampling(self, **params):
+        """New sampling settings (temperature, top_k, top_p, min_p, penalties, seed) from the next
+        token on; unspecified ones take their defaults."""
+        _check(_lib.qllm_session_set_sampling(self.handle, byref(self._params(params))))
 
     def close(self):
         if getattr(self, "_h", None):

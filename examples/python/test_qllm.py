@@ -139,6 +139,14 @@ class SessionTest(unittest.TestCase):
         tb = b.generate("abc", max_tokens=20, stop_at_eos=False)
         self.assertEqual(ta, tb)
 
+    def test_set_sampling(self):
+        s = self.model.session(temperature=1.5, n_ctx=256)
+        s.set_sampling(temperature=0)
+        self.assertEqual(s.generate(PROMPT, max_tokens=MAX_TOKENS, stop_at_eos=False), self.expected)
+        with self.assertRaises(qllm.QllmError) as e:
+            s.set_sampling(top_p=0)
+        self.assertIn("top_p", e.exception.message)
+
     def test_context_policy(self):
         long_prompt = "word " * 200
         s = self.model.session(temperature=0, n_ctx=64)

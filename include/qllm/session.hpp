@@ -110,6 +110,9 @@ class session {
 
   const std::vector<int32_t>& history() const noexcept { return history_; }  // tokens in the cache
   void reset();  // empty cache, sampler history reset and reseeded
+  // New sampling settings from the next token on (penalty history restarts, seeded with p.seed).
+  // Invalid settings: errc::invalid_argument and the old sampler stays.
+  void set_sampling(const sampler_params& p);
   const session_params& params() const noexcept { return p_; }
   context& ctx() noexcept { return ctx_; }
   sampler& smp() noexcept { return smp_; }

@@ -64,6 +64,12 @@ void session::reset() {
   history_.clear();
 }
 
+void session::set_sampling(const sampler_params& p) {
+  sampler s(p);  // validates before anything changes
+  smp_ = std::move(s);
+  p_.sampling = p;
+}
+
 prompt_fit session::fit(std::vector<int32_t>& tokens, int64_t n_reserve) const {
   prompt_fit f;
   const int64_t n = int64_t(tokens.size());

@@ -185,6 +185,12 @@ QLLM_API void qllm_session_free(qllm_session* session);
 /* Forgets the sequence and reseeds the sampler. Session thread rule. */
 QLLM_API qllm_status qllm_session_reset(qllm_session* session);
 
+/* New sampling settings for the session's next tokens: reads the sampling fields of params
+ * (temperature .. seed; the others are ignored) with the struct_size rule. The penalty history
+ * restarts and the sampler is reseeded with params->seed. Out-of-range values: INVALID_ARGUMENT
+ * and the previous settings stay. Session thread rule. */
+QLLM_API qllm_status qllm_session_set_sampling(qllm_session* session, const qllm_session_params* params);
+
 /* Appends tokens to the session's sequence and evaluates them (the context policy applies to
  * the whole sequence). Afterwards qllm_session_logits gives the last token's logits. Errors:
  * INVALID_ARGUMENT (no tokens, an id outside the vocabulary), CONTEXT_OVERFLOW (error policy).

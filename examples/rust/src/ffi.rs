@@ -140,6 +140,7 @@ extern "C" {
                                out: *mut *mut qllm_session) -> qllm_status;
     pub fn qllm_session_free(session: *mut qllm_session);
     pub fn qllm_session_reset(session: *mut qllm_session) -> qllm_status;
+    pub fn qllm_session_set_sampling(session: *mut qllm_session, params: *const qllm_session_params) -> qllm_status;
     pub fn qllm_session_eval(session: *mut qllm_session, tokens: *const i32, n_tokens: usize) -> qllm_status;
     pub fn qllm_session_logits(session: *mut qllm_session, logits: *mut *const f32, n_vocab: *mut usize)
         -> qllm_status;

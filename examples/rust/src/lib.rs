@@ -208,28 +208,7 @@ impl Model {
     }
 
     pub fn session(&self, params: &SessionParams) -> Result<Session> {
-        let mut p: ffi::qllm_session_params = unsafe { std::mem::zeroed() };
-        check(unsafe { ffi::qllm_session_params_init(&mut p, std::mem::size_of::<ffi::qllm_session_params>()) })?;
-        p.n_ctx = params.n_ctx;
-        p.n_threads = params.n_threads;
-        p.context_policy = params.context_policy as i32;
-        if let Some(k) = params.n_keep {
-            p.n_keep = k;
-        }
-        p.context_shift = params.context_shift as i32;
-        p.temperature = params.temperature;
-        if let Some(k) = params.top_k {
-            p.top_k = k;
-        }
-        if let Some(v) = params.top_p {
-            p.top_p = v;
-        }
-        if let Some(v) = params.min_p {
-            p.min_p = v;
-        }
-        if let Some(s) = params.seed {
-            p.seed = s;
-        }
+        let p = params.to_ffi()?;
         let mut out = ptr::null_mut();
         check(unsafe { ffi::qllm_session_create(self.ptr, &p, &mut out) })?;
         Ok(Session { ptr: out })
@@ -257,6 +236,34 @@ pub struct SessionParams {
     pub top_p: Option<f32>,
     pub min_p: Option<f32>,
     pub seed: Option<u64>,
+}
+
+impl SessionParams {
+    fn to_ffi(&self) -> Result<ffi::qllm_session_params> {
+        let mut p: ffi::qllm_session_params = unsafe { std::mem::zeroed() };
+        check(unsafe { ffi::qllm_session_params_init(&mut p, std::mem::size_of::<ffi::qllm_session_params>()) })?;
+        p.n_ctx = self.n_ctx;
+        p.n_threads = self.n_threads;
+        p.context_policy = self.context_policy as i32;
+        if let Some(k) = self.n_keep {
+            p.n_keep = k;
+        }
+        p.context_shift = self.context_shift as i32;
+        p.temperature = self.temperature;
+        if let Some(k) = self.top_k {
+            p.top_k = k;
+        }
+        if let Some(v) = self.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = self.min_p {
+            p.min_p = v;
+        }
+        if let Some(s) = self.seed {
+            p.seed = s;
+        }
+        Ok(p)
+    }
 }
 
 impl Default for SessionParams {
@@ -350,6 +357,12 @@ enum Prompt<'a> {
 impl Session {
     pub fn reset(&mut self) -> Result<()> {
         check(unsafe { ffi::qllm_session_reset(self.ptr) })
+    }
+
+    /// New sampling settings (the sampling fields of `params`) from the next token on.
+    pub fn set_sampling(&mut self, params: &SessionParams) -> Result<()> {
+        let p = params.to_ffi()?;
+        check(unsafe { ffi::qllm_session_set_sampling(self.ptr, &p) })
     }
 
     /// Appends tokens to the sequence and evaluates them.

@@ -110,6 +110,16 @@ fn a_panicking_callback_cancels_and_resumes_the_panic() {
 }
 
 #[test]
+fn set_sampling_switches_to_greedy() {
+    let m = model();
+    let mut s = m.session(&qllm::SessionParams { temperature: 1.5, n_ctx: 256, ..Default::default() }).unwrap();
+    s.set_sampling(&greedy()).unwrap();
+    assert_eq!(s.generate(PROMPT, &opts(MAX_TOKENS), |_| true).unwrap().text, expected());
+    let e = s.set_sampling(&qllm::SessionParams { min_p: Some(2.0), ..greedy() }).unwrap_err();
+    assert!(e.message.contains("min_p"));
+}
+
+#[test]
 fn eval_logits_sample_history() {
     let m = model();
     let mut s = m.session(&greedy()).unwrap();
