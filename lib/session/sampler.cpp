@@ -16,7 +16,7 @@ namespace {
 }  // namespace
 
 sampler::sampler(const sampler_params& p) : p_(p), rng_(p.seed) {
-  if (!(p.temperature >= 0.0f) && !(p.temperature < 0.0f)) bad("temperature is NaN");
+  if (std::isnan(p.temperature)) bad("temperature is NaN");
   if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) bad("top_p must be in (0, 1]");
   if (!(p.min_p >= 0.0f && p.min_p < 1.0f)) bad("min_p must be in [0, 1)");
   if (!(p.repeat_penalty > 0.0f && std::isfinite(p.repeat_penalty))) bad("repeat_penalty must be > 0");
