@@ -1,6 +1,7 @@
 // The C ABI over the C++ core. Every entry point catches everything: no exception leaves here.
 #include "qllm.h"
 
+#include <cstddef>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -36,11 +37,18 @@ namespace {
 
 thread_local std::string t_error;
 
-qllm_status fail(qllm_status st, std::string msg) {
+// Sets the thread's message "fn: what"; if even that allocation fails, a fixed text.
+qllm_status fail(qllm_status st, const char* fn, const char* what) noexcept {
   try {
-    t_error = std::move(msg);
+    t_error.assign(fn);
+    t_error.append(": ");
+    t_error.append(what);
   } catch (...) {
-    t_error.clear();
+    try {
+      t_error.clear();  // never allocates
+    } catch (...) {
+    }
+    return st == QLLM_OK ? QLLM_ERR_OUT_OF_MEMORY : st;
   }
   return st;
 }
@@ -71,16 +79,16 @@ qllm_status guarded(const char* fn, F&& f) noexcept {
   try {
     f();
     return QLLM_OK;
-  } catch (const status_error& e) {
-    return fail(e.st, std::string(fn) + ": " + e.msg);
+  } catch (const status_error& e) {  // messages are built inside fail(), which cannot throw
+    return fail(e.st, fn, e.msg.c_str());
   } catch (const qllm::error& e) {
-    return fail(from_errc(e.code()), std::string(fn) + ": " + e.what());
+    return fail(from_errc(e.code()), fn, e.what());
   } catch (const std::bad_alloc&) {
-    return fail(QLLM_ERR_OUT_OF_MEMORY, std::string(fn) + ": out of memory");
+    return fail(QLLM_ERR_OUT_OF_MEMORY, fn, "out of memory");
   } catch (const std::exception& e) {
-    return fail(QLLM_ERR_INTERNAL, std::string(fn) + ": " + e.what());
+    return fail(QLLM_ERR_INTERNAL, fn, e.what());
   } catch (...) {
-    return fail(QLLM_ERR_INTERNAL, std::string(fn) + ": unknown error");
+    return fail(QLLM_ERR_INTERNAL, fn, "unknown error");
   }
 }
 
@@ -88,6 +96,33 @@ template <class T>
 void need(const T* p, const char* what) {
   if (!p) raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + " is NULL");
 }
+
+// The sizes a params struct can have in a caller compiled against this or an older header: each
+// field's end (what sizeof gives for a struct that stops there, padding included) and beyond
+// ours. A size inside a field would copy half a pointer or a count.
+template <class T>
+bool field_boundary(std::size_t size);
+#define QLLM_END(T, f) (offsetof(T, f) + sizeof(T::f))
+template <>
+bool field_boundary<qllm_model_params>(std::size_t s) {
+  using T = qllm_model_params;
+  return s == QLLM_END(T, struct_size) || s == QLLM_END(T, n_threads) || s == QLLM_END(T, use_mmap) ||
+         s == QLLM_END(T, quantize_float_weights) || s == QLLM_END(T, isa);
+}
+template <>
+bool field_boundary<qllm_session_params>(std::size_t s) {
+  using T = qllm_session_params;
+  // int32/float fields up to penalty_last_n end every 4 bytes; then the 8-byte seed
+  return (s % 4 == 0 && s >= 4 && s <= QLLM_END(T, penalty_last_n)) || s == QLLM_END(T, seed);
+}
+template <>
+bool field_boundary<qllm_generate_params>(std::size_t s) {
+  using T = qllm_generate_params;
+  return s == QLLM_END(T, struct_size) || s == QLLM_END(T, max_tokens) || s == QLLM_END(T, stop_at_eos) ||
+         s == QLLM_END(T, stop) || s == QLLM_END(T, n_stop) || s == QLLM_END(T, callback) ||
+         s == QLLM_END(T, user_data);
+}
+#undef QLLM_END
 
 // A caller's struct of `size` bytes: the prefix of ours it covers. Bytes past our struct (a newer
 // caller) must be zero, otherwise the caller asks for something this library cannot do.
@@ -98,6 +133,9 @@ T read_struct(const T* in, const T& defaults, const char* what) {
   const std::size_t size = in->struct_size;
   if (size < sizeof(uint32_t)) raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) + " is too small");
   if (size > (std::size_t(1) << 16)) raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) + " is not plausible");
+  if (size < sizeof(T) && !field_boundary<T>(size))
+    raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) +
+                                         " ends inside a field (older callers pass a size that ends at a field)");
   const auto* bytes = reinterpret_cast<const unsigned char*>(in);
   for (std::size_t i = sizeof(T); i < size; ++i) {
     if (bytes[i] != 0)
@@ -541,9 +579,8 @@ QLLM_API qllm_status qllm_embed(qllm_session* session, const char* text, size_t 
     need(out, "out");
     const qllm::tokenizer& t = session->s.tok();
     const auto ids = t.encode(text_arg(text, text_len), t.add_bos());
-    session->s.reset();
     session->have_logits = false;
-    const auto e = session->s.ctx().embed(ids);
+    const auto e = session->s.embed(ids);
     std::memcpy(out, e.data(), n_embd * sizeof(float));
   });
 }

@@ -199,6 +199,19 @@ TEST_CASE("struct_size: older callers get defaults, newer callers' unknown field
   p.top_p = 2.0f;
   CHECK(qllm_session_create(h.m, &p, &s) == QLLM_ERR_INVALID_ARGUMENT);
   CHECK(last_error().find("top_p") != std::string::npos);
+  // a size that ends inside a field (half of a pointer, of a count) is refused
+  qllm_model_params mp;
+  qllm_model_params_init(&mp, sizeof mp);
+  mp.struct_size = offsetof(qllm_model_params, isa) + 4;
+  qllm_model* m2 = nullptr;
+  CHECK(qllm_model_load(model_path().c_str(), &mp, &m2) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(last_error().find("ends inside a field") != std::string::npos);
+  mp.struct_size = offsetof(qllm_model_params, isa);  // an older caller without isa: fine
+  REQUIRE(qllm_model_load(model_path().c_str(), &mp, &m2) == QLLM_OK);
+  qllm_model_free(m2);
+  p.struct_size = offsetof(qllm_session_params, seed) + 4;
+  CHECK(qllm_session_create(h.m, &p, &s) == QLLM_ERR_INVALID_ARGUMENT);
+  p.struct_size = sizeof p;
   // an info struct from an older caller: only its prefix is written
   unsigned char ib[sizeof(qllm_model_info)];
   std::memset(ib, 0xCD, sizeof ib);

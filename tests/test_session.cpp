@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -456,4 +457,52 @@ TEST_CASE("model files with flipped metadata bytes load or throw qllm::error, ne
   CHECK(loaded + rejected == 300);
   CHECK(rejected > 30);
   CHECK(loaded > 10);  // most flips hit vocabulary strings, which validation rejects
+}
+
+TEST_CASE("penalties see the sequence, not what earlier turns fed the sampler") {
+  session_params p = greedy(256);
+  p.sampling.frequency_penalty = 0.5f;
+  generate_params gp;
+  gp.max_tokens = 12;
+  gp.stop_at_eos = false;
+  session chat(tiny().m, p);
+  auto seq = some_tokens(10);
+  const auto r1 = chat.generate(seq, gp);
+  seq.insert(seq.end(), r1.tokens.begin(), r1.tokens.end());
+  seq.push_back(2);
+  const auto more = some_tokens(6, 3);
+  seq.insert(seq.end(), more.begin(), more.end());
+  const auto second = chat.generate(seq, gp);  // a second turn, cache reused
+  session fresh(tiny().m, p);
+  const auto third = fresh.generate(seq, gp);
+  CHECK(third.tokens == second.tokens);
+  // the window: this call's sequence and samples only, as in a fresh session
+  auto a = std::vector<int32_t>(chat.smp().window().begin(), chat.smp().window().end());
+  auto b = std::vector<int32_t>(fresh.smp().window().begin(), fresh.smp().window().end());
+  std::sort(a.begin(), a.end());
+  std::sort(b.begin(), b.end());
+  CHECK(a.size() == seq.size() + 12);
+  CHECK(a == b);
+}
+
+TEST_CASE("a callback that cancels wins over a stop string found in the same text") {
+  generate_params gp;
+  gp.max_tokens = 16;
+  gp.stop_at_eos = false;
+  session s(tiny().m, greedy());
+  const auto full = s.generate(some_tokens(5), gp);
+  std::size_t at = 0;  // two ASCII bytes, so the stop string is valid UTF-8
+  while (at + 2 < full.text.size() && !(uint8_t(full.text[at]) < 0x80 && uint8_t(full.text[at + 1]) < 0x80)) ++at;
+  REQUIRE(at + 2 < full.text.size());
+  gp.stop = {full.text.substr(at, 2)};
+  int calls = 0, end_calls = 0;
+  session s2(tiny().m, greedy());
+  const auto r = s2.generate(some_tokens(5), gp, [&](std::string_view, int32_t token) {
+    ++calls;
+    end_calls += token == -1;
+    return false;
+  });
+  CHECK(r.finish == finish_reason::cancelled);
+  CHECK(calls == 1);
+  CHECK(end_calls == 0);
 }

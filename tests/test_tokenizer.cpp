@@ -385,3 +385,28 @@ TEST_CASE("Llama-2-chat template: Meta's layout, BOS/EOS per turn") {
   std::vector<chat_message> bad4{{"user", "x"}, {"user", "y"}};
   CHECK_THROWS_AS((void)chat_tokens(t, bad4), error);
 }
+
+TEST_CASE("decoding drops the dummy-prefix space from a first normal piece only") {
+  const tokenizer& t = llama2();
+  CHECK(t.decode(std::vector<int32_t>{0}) == " \xE2\x81\x87 ");  // <unk> keeps its spaces
+  CHECK(t.decode(std::vector<int32_t>{3 + 0x20, 263}) == "  a");  // <0x20> is a byte, not a prefix
+  CHECK(t.decode(std::vector<int32_t>{1, 263}) == "a");          // BOS, then "▁a"
+}
+
+TEST_CASE("a tokenizer.model without the dummy prefix keeps its own normalizer") {
+  vocabulary v = llama2_vocabulary();
+  v.add_space_prefix = false;
+  const std::string path = "/tmp/qllm-test-tokenizer-noprefix.model";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << text::serialize_model_proto(v, true);
+  }
+  const auto from_file = tokenizer::from_file(path);
+  std::remove(path.c_str());
+  CHECK_FALSE(from_file->vocab().add_space_prefix);
+  const auto built = tokenizer::from_vocabulary(v);
+  const auto ids = from_file->encode("Hello world", false);
+  CHECK(ids == built->encode("Hello world", false));
+  CHECK(ids != llama2().encode("Hello world", false));  // no "▁Hello"
+  CHECK(from_file->decode(ids) == "Hello world");
+}

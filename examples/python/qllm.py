@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import queue
+import sys
 import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p, c_double, c_float, c_int32, c_int64,
                     c_size_t, c_uint32, c_uint64, c_void_p)
@@ -134,8 +135,8 @@ def version():
 
 def _check(status):
     if status != OK:
-        raise QllmError(status, _lib.qllm_status_name(status).decode(),
-                        _lib.qllm_last_error().decode("utf-8", "replace"))
+        message = _lib.qllm_last_error().decode("utf-8", "replace")  # first: valid until the next call
+        raise QllmError(status, _lib.qllm_status_name(status).decode(), message)
 
 
 def _utf8(text):
@@ -193,11 +194,15 @@ class Model:
         self._h = h
 
     def close(self):
-        if getattr(self, "_h", None):
+        if getattr(self, "_h", None) and _lib is not None:
             _lib.qllm_model_free(self._h)
-            self._h = None
+        self._h = None
 
-    __del__ = close
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone already
+            pass
 
     def __enter__(self):
         return self
@@ -268,6 +273,9 @@ class Session:
         _check(_lib.qllm_session_create(model.handle, byref(p), byref(h)))
         self._h = h
         self.last_result = None
+        self._lock = threading.Lock()  # one call at a time: the C session is single-threaded
+        self._worker = None  # a stream()'s generation thread
+        self._cancel = None
 
     @staticmethod
     def _params(params):
@@ -289,14 +297,23 @@ class Session:
     def set_sampling(self, **params):
         """New sampling settings (temperature, top_k, top_p, min_p, penalties, seed) from the next
         token on; unspecified ones take their defaults."""
-        _check(_lib.qllm_session_set_sampling(self.handle, byref(self._params(params))))
+        _check(self._call(_lib.qllm_session_set_sampling, byref(self._params(params))))
 
     def close(self):
-        if getattr(self, "_h", None):
+        """Frees the session; a running stream() is cancelled and waited for first."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None and worker is not threading.current_thread():
+            self._cancel.set()
+            worker.join()
+        if getattr(self, "_h", None) and _lib is not None:
             _lib.qllm_session_free(self._h)
-            self._h = None
+        self._h = None
 
-    __del__ = close
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone already
+            pass
 
     def __enter__(self):
         return self
@@ -306,41 +323,54 @@ class Session:
 
     @property
     def handle(self):
-        if not self._h:
+        if not getattr(self, "_h", None):
             raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "the session is closed")
         return self._h
 
+    def _call(self, f, *args):
+        """Runs a C call on this session unless another one (a stream) is running."""
+        if not self._lock.acquire(blocking=False):
+            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "the session is busy (a stream is running)")
+        try:
+            return f(self.handle, *args)
+        finally:
+            self._lock.release()
+
     def reset(self):
-        _check(_lib.qllm_session_reset(self.handle))
+        _check(self._call(_lib.qllm_session_reset))
 
     def eval(self, tokens):
         """Appends tokens to the sequence and evaluates them."""
         arr, n = _ids(tokens)
-        _check(_lib.qllm_session_eval(self.handle, arr, n))
+        _check(self._call(_lib.qllm_session_eval, arr, n))
 
     def logits(self):
         ptr = POINTER(c_float)()
         n = c_size_t()
-        _check(_lib.qllm_session_logits(self.handle, byref(ptr), byref(n)))
+        _check(self._call(_lib.qllm_session_logits, byref(ptr), byref(n)))
         return ptr[:n.value]
 
     def sample(self):
         t = c_int32()
-        _check(_lib.qllm_session_sample(self.handle, byref(t)))
+        _check(self._call(_lib.qllm_session_sample, byref(t)))
         return t.value
 
     @property
     def history(self):
-        buf, n = _sized(lambda out, cap, n: _lib.qllm_session_history(self.handle, out, cap, n), c_int32)
+        buf, n = _sized(lambda out, cap, n: self._call(_lib.qllm_session_history, out, cap, n), c_int32)
         return list(buf[:n])
 
     def embed(self, text):
         """Mean-pooled final hidden state of text, L2-normalised (replaces the sequence)."""
         b = _utf8(text)
-        buf, n = _sized(lambda out, cap, n: _lib.qllm_embed(self.handle, b, len(b), out, cap, n), c_float)
+        buf, n = _sized(lambda out, cap, n: self._call(_lib.qllm_embed, b, len(b), out, cap, n), c_float)
         return list(buf[:n])
 
     def _run(self, prompt, max_tokens, stop, stop_at_eos, on_text):
+        if stop is None:
+            stop = ()
+        elif isinstance(stop, (str, bytes)):
+            stop = [stop]
         gp = _GenerateParams()
         _check(_lib.qllm_generate_params_init(byref(gp), ctypes.sizeof(gp)))
         gp.max_tokens = max_tokens
@@ -364,10 +394,10 @@ class Session:
         res.struct_size = ctypes.sizeof(res)
         if isinstance(prompt, (str, bytes)):
             b = _utf8(prompt)
-            st = _lib.qllm_generate(self.handle, b, len(b), byref(gp), byref(res))
+            st = self._call(_lib.qllm_generate, b, len(b), byref(gp), byref(res))
         else:
             arr, n = _ids(prompt)
-            st = _lib.qllm_generate_tokens(self.handle, arr, n, byref(gp), byref(res))
+            st = self._call(_lib.qllm_generate_tokens, arr, n, byref(gp), byref(res))
         if pending:
             raise pending[0]
         _check(st)
@@ -375,7 +405,7 @@ class Session:
         self.last_result["finish_reason"] = FINISH.get(res.finish_reason, res.finish_reason)
         out = c_char_p()
         n = c_size_t()
-        _check(_lib.qllm_session_output(self.handle, byref(out), byref(n)))
+        _check(self._call(_lib.qllm_session_output, byref(out), byref(n)))
         return ctypes.string_at(out, n.value).decode("utf-8")
 
     def generate(self, prompt, *, max_tokens=256, stop=(), stop_at_eos=True):
@@ -384,7 +414,10 @@ class Session:
         return self._run(prompt, max_tokens, stop, stop_at_eos, None)
 
     def stream(self, prompt, *, max_tokens=256, stop=(), stop_at_eos=True):
-        """A generator of text pieces as they are produced. Closing it early cancels the run."""
+        """A generator of text pieces as they are produced. Closing it early cancels the run;
+        while it runs, other calls on this session raise "busy" and close() waits for it."""
+        if self._worker is not None:
+            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "the session is busy (a stream is running)")
         q = queue.Queue()
         cancel = threading.Event()
         done = object()
@@ -402,6 +435,7 @@ class Session:
                 q.put(e)
 
         t = threading.Thread(target=work, daemon=True)
+        self._worker, self._cancel = t, cancel
         t.start()
         try:
             while True:
@@ -413,4 +447,6 @@ class Session:
                 yield item
         finally:
             cancel.set()
-            t.join()
+            if not sys.is_finalizing():  # at shutdown the worker may never get the GIL back
+                t.join()
+            self._worker = self._cancel = None

@@ -99,6 +99,27 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(s.last_result["finish_reason"], "cancelled")
         self.assertLess(s.last_result["n_generated"], 200)
 
+    def test_busy_while_streaming_and_close_waits(self):
+        s = self.model.session(temperature=0, n_ctx=256)
+        g = s.stream(PROMPT, max_tokens=200, stop_at_eos=False)
+        next(g)
+        with self.assertRaises(qllm.QllmError) as e:
+            s.history
+        self.assertIn("busy", e.exception.message)
+        with self.assertRaises(qllm.QllmError):
+            next(s.stream(PROMPT))
+        s.close()  # cancels and joins the generation before freeing
+        with self.assertRaises(qllm.QllmError):
+            s.history
+        g.close()
+
+    def test_single_stop_string(self):
+        s = self.model.session(temperature=0, n_ctx=256)
+        ascii_at = next(i for i in range(3, len(self.expected) - 3) if self.expected[i:i + 3].isascii())
+        stop = self.expected[ascii_at:ascii_at + 3]
+        self.assertEqual(s.generate(PROMPT, max_tokens=MAX_TOKENS, stop=stop, stop_at_eos=False),
+                         self.expected[:self.expected.find(stop)])
+
     def test_exception_in_callback_cancels_and_propagates(self):
         s = self.model.session(temperature=0, n_ctx=256)
 

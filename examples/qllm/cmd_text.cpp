@@ -44,6 +44,7 @@ struct text_options {
   generate_params gp;
   bool quiet = false;
   bool policy_set = false;
+  bool keep_set = false;
 };
 
 const char* kTextFlags =
@@ -101,7 +102,10 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
   else if (a == "--context-policy") {
     o.sp.policy = parse_context_policy(val());
     o.policy_set = true;
-  } else if (a == "--keep") o.sp.n_keep = parse_int(a, val(), 0, int64_t(1) << 24);
+  } else if (a == "--keep") {
+    o.sp.n_keep = parse_int(a, val(), 0, int64_t(1) << 24);
+    o.keep_set = true;
+  }
   else if (a == "--no-context-shift") o.sp.context_shift = false;
   else if (a == "-q" || a == "--quiet") o.quiet = true;
   else return false;
@@ -211,7 +215,8 @@ int cmd_chat(int argc, char** argv) {
     }
   }
   auto m = load_text_model(o, usage);
-  if (!system.empty()) o.sp.n_keep = chat_system_tokens(*m->get_tokenizer(), system);
+  // keep the system block when old turns are dropped, unless --keep says otherwise
+  if (!system.empty() && !o.keep_set) o.sp.n_keep = chat_system_tokens(*m->get_tokenizer(), system);
   session s(m, o.sp);
 
   struct sigaction sa {};
@@ -249,7 +254,7 @@ int cmd_chat(int argc, char** argv) {
       std::fputs("[conversation reset]\n", stdout);
       continue;
     }
-    if (line.empty()) continue;
+    if (line.find_first_not_of(" \t\r\f\v") == std::string::npos) continue;  // nothing to say
     dialog.push_back({"user", line});
     std::vector<int32_t> tokens;
     try {

@@ -35,10 +35,13 @@ class sampler {
   // Records a token that was not sampled (e.g. the prompt) for the penalties.
   void accept(int32_t token);
   void reset();  // forget the history and reseed
+  void clear_history();  // forget the penalty window only (the random stream goes on)
 
   // The probabilities the last sample drew from: (token, p) pairs after every filter, p summing
   // to 1, highest first (greedy: one pair). For tests and diagnostics.
   std::span<const std::pair<int32_t, float>> last_candidates() const noexcept { return kept_; }
+  // The tokens the penalties currently count (the window, in ring order). For tests/diagnostics.
+  std::span<const int32_t> window() const noexcept { return history_; }
 
  private:
   sampler_params p_;

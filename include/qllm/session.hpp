@@ -108,6 +108,9 @@ class session {
   // Evaluates `sequence` like generate() (policy, cache reuse) and returns the logits of its last token.
   std::span<const float> evaluate(std::vector<int32_t> sequence, prompt_fit* fit = nullptr);
 
+  // Embedding of `tokens` (context::embed); afterwards the cache holds exactly these tokens.
+  std::vector<float> embed(const std::vector<int32_t>& tokens);
+
   const std::vector<int32_t>& history() const noexcept { return history_; }  // tokens in the cache
   void reset();  // empty cache, sampler history reset and reseeded
   // New sampling settings from the next token on (penalty history restarts, seeded with p.seed).

@@ -65,7 +65,7 @@ class tokenizer {
 
  private:
   struct sp_state;
-  explicit tokenizer(vocabulary v);
+  explicit tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded = nullptr);
   vocabulary v_;
   std::vector<std::string> text_;
   std::unique_ptr<sp_state> sp_;

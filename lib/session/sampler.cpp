@@ -30,9 +30,13 @@ sampler::sampler(const sampler_params& p) : p_(p), rng_(p.seed) {
 }
 
 void sampler::reset() {
+  clear_history();
+  rng_.seed(p_.seed);
+}
+
+void sampler::clear_history() {
   history_.clear();
   history_pos_ = 0;
-  rng_.seed(p_.seed);
 }
 
 void sampler::accept(int32_t token) {

@@ -64,6 +64,13 @@ void session::reset() {
   history_.clear();
 }
 
+std::vector<float> session::embed(const std::vector<int32_t>& tokens) {
+  history_.clear();
+  auto e = ctx_.embed(tokens);  // on error the cache is in an unknown state: history_ stays empty
+  history_ = tokens;
+  return e;
+}
+
 void session::set_sampling(const sampler_params& p) {
   sampler s(p);  // validates before anything changes
   smp_ = std::move(s);
@@ -168,7 +175,10 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   const int64_t n_ctx = ctx_.n_ctx();
   const int64_t reserve = reserve_for(gp);
   std::span<const float> logits = sync(seq, reserve, r.fit, r.timings);
-  for (int32_t id : seq) smp_.accept(id);  // the penalties see the prompt
+  // The penalty window holds the end of this sequence, not what earlier calls already fed it
+  // (a chat re-sends the whole dialog every turn).
+  smp_.clear_history();
+  for (int32_t id : seq) smp_.accept(id);
 
   stream_decoder dec(tk, false);
   std::string held;  // decoded text not yet emitted: it may be the start of a stop string
@@ -216,11 +226,12 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     }
     r.tokens.push_back(id);
     held += dec.push(id);
-    if (release(id)) {
+    const bool hit = release(id);
+    if (stop) break;  // the callback cancelled (before any stop string it would have seen)
+    if (hit) {
       r.finish = finish_reason::stop_string;
       break;
     }
-    if (stop) break;
     if (gp.max_tokens >= 0 && r.timings.n_generated >= gp.max_tokens) break;
     if (ctx_.n_past() >= n_ctx) {
       if (!p_.context_shift) {
@@ -239,8 +250,17 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   }
   r.timings.generation_seconds = seconds_since(t0);
   if (r.finish != finish_reason::cancelled) {  // what was held back, then the end marker
-    if (r.finish != finish_reason::stop_string) held += dec.flush();
-    else held.clear();
+    if (r.finish != finish_reason::stop_string) {
+      held += dec.flush();  // may add U+FFFD, which a stop string could contain
+      std::size_t cut = std::string::npos;
+      for (const auto& s : gp.stop) cut = std::min(cut, held.find(s));
+      if (cut != std::string::npos) {
+        held.resize(cut);
+        r.finish = finish_reason::stop_string;
+      }
+    } else {
+      held.clear();
+    }
     const finish_reason f = r.finish;
     emit(held, -1);
     r.finish = f;  // a callback returning false at the end cancels nothing

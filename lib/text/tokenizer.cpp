@@ -93,7 +93,8 @@ bool parse_byte_piece(const std::string& p, int& byte) {
 
 tokenizer::~tokenizer() = default;
 
-tokenizer::tokenizer(vocabulary v) : v_(std::move(v)), sp_(std::make_unique<sp_state>()) {
+tokenizer::tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded)
+    : v_(std::move(v)), sp_(loaded ? std::move(loaded) : std::make_unique<sp_state>()) {
   const std::size_t n = v_.pieces.size();
   if (n == 0) bad("no tokens");
   if (n > std::size_t(INT32_MAX)) bad("too many tokens");
@@ -159,6 +160,7 @@ tokenizer::tokenizer(vocabulary v) : v_(std::move(v)), sp_(std::make_unique<sp_s
     bad("has " + std::to_string(n_bytes) + " of the 256 byte tokens; byte fallback needs all of them");
   const bool all_bytes = n_bytes == 256;
 
+  if (loaded) return;  // a tokenizer.model file: its own normalizer and options
   const auto st = sp_->proc.LoadFromSerializedProto(text::serialize_model_proto(v_, all_bytes));
   if (!st.ok()) bad("sentencepiece rejected it: " + st.ToString());
 }
@@ -209,12 +211,13 @@ std::shared_ptr<const tokenizer> tokenizer::from_gguf(const gguf::file& f) {
 }
 
 std::shared_ptr<const tokenizer> tokenizer::from_file(const std::string& path) {
-  sentencepiece::SentencePieceProcessor sp;
   if (std::FILE* fp = std::fopen(path.c_str(), "rb")) {
     std::fclose(fp);
   } else {
     throw error(errc::io, "cannot open tokenizer file '" + path + "'");
   }
+  auto state = std::make_unique<sp_state>();
+  sentencepiece::SentencePieceProcessor& sp = state->proc;
   const auto st = sp.Load(path);
   if (!st.ok()) throw error(errc::bad_format, "'" + path + "' is not a sentencepiece model: " + st.ToString());
   vocabulary v;
@@ -232,7 +235,12 @@ std::shared_ptr<const tokenizer> tokenizer::from_file(const std::string& path) {
   v.unk_id = sp.unk_id();
   v.bos_id = sp.bos_id();
   v.eos_id = sp.eos_id();
-  return from_vocabulary(std::move(v));
+  // The file's normalizer stays in charge of encoding; whether it adds the dummy prefix (which
+  // decoding must drop again) shows in how it encodes a single letter.
+  std::vector<std::string> probe;
+  if (sp.Encode("a", &probe).ok() && !probe.empty())
+    v.add_space_prefix = probe.front().rfind("\xE2\x96\x81", 0) == 0;
+  return std::shared_ptr<const tokenizer>(new tokenizer(std::move(v), std::move(state)));
 }
 
 std::vector<int32_t> tokenizer::encode(std::string_view text, bool add_bos) const {
@@ -271,9 +279,10 @@ std::string stream_decoder::push(int32_t id) {
   const std::string& t = tok_->token_text(id);
   if (t.empty()) return {};
   std::string_view add = t;
-  if (strip_) {
+  if (strip_) {  // sentencepiece drops the dummy prefix from the first piece, not from bytes
     strip_ = false;
-    if (add.front() == ' ') add.remove_prefix(1);
+    const token_type ty = tok_->vocab().types[std::size_t(id)];
+    if ((ty == token_type::normal || ty == token_type::user_defined) && add.front() == ' ') add.remove_prefix(1);
   }
   held_ += add;
   // Emit everything up to the last position where a complete character ends; a tail that is a

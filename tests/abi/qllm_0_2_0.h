@@ -27,7 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(_WIN32)
+#if defined(_WIN32) && defined(QLLM_BUILDING)
+#define QLLM_API __declspec(dllexport)
+#elif defined(_WIN32)
 #define QLLM_API __declspec(dllimport)
 #elif defined(__GNUC__)
 #define QLLM_API __attribute__((visibility("default")))

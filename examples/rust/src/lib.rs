@@ -43,11 +43,9 @@ fn check(status: ffi::qllm_status) -> Result<()> {
     if status == ffi::QLLM_OK {
         return Ok(());
     }
-    Err(Error {
-        status,
-        name: cstr(unsafe { ffi::qllm_status_name(status) }),
-        message: cstr(unsafe { ffi::qllm_last_error() }),
-    })
+    // the message first: it is valid only until this thread's next qllm call
+    let message = cstr(unsafe { ffi::qllm_last_error() });
+    Err(Error { status, name: cstr(unsafe { ffi::qllm_status_name(status) }), message })
 }
 
 fn invalid(message: &str) -> Error {
@@ -304,6 +302,8 @@ pub enum Finish {
     MaxTokens,
     Cancelled,
     ContextFull,
+    /// A reason added by a newer library than this binding knows.
+    Other(i32),
 }
 
 /// The generated text and what happened.
@@ -444,7 +444,8 @@ impl Session {
             1 => Finish::StopString,
             2 => Finish::MaxTokens,
             3 => Finish::Cancelled,
-            _ => Finish::ContextFull,
+            4 => Finish::ContextFull,
+            other => Finish::Other(other),
         };
         Ok(Generation { text: String::from_utf8_lossy(bytes).into_owned(), finish, raw: r })
     }
