@@ -263,7 +263,8 @@ QLLM_API qllm_status qllm_generate_params_init(qllm_generate_params* p, size_t s
 QLLM_API qllm_status qllm_generate(qllm_session* session, const char* prompt, size_t prompt_len,
                                    const qllm_generate_params* params, qllm_generate_result* result);
 /* The same for a token sequence (e.g. from qllm_chat_apply, or the history plus new tokens).
- * Generation needs a vocabulary (to produce text): UNSUPPORTED without one. Session thread rule. */
+ * A model without a vocabulary generates token ids only: the callback gets empty text and the
+ * ids, there is no EOS stop, and stop strings are UNSUPPORTED. Session thread rule. */
 QLLM_API qllm_status qllm_generate_tokens(qllm_session* session, const int32_t* tokens, size_t n_tokens,
                                           const qllm_generate_params* params, qllm_generate_result* result);
 /* The text of the last generation (stop string excluded), NUL-terminated, owned by the session,

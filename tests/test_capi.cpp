@@ -497,7 +497,31 @@ TEST_CASE("a model without a vocabulary: token ids work, text calls are UNSUPPOR
   qllm_session* s = new_session(m);
   const int32_t toks[] = {1, 5, 9};
   CHECK(qllm_session_eval(s, toks, 3) == QLLM_OK);
-  CHECK(qllm_generate(s, "x", 1, nullptr, nullptr) == QLLM_ERR_UNSUPPORTED);
+  CHECK(qllm_generate(s, "x", 1, nullptr, nullptr) == QLLM_ERR_UNSUPPORTED);  // text needs a vocabulary
+  // token ids in, token ids out
+  std::vector<int32_t> got;
+  qllm_generate_params gp;
+  qllm_generate_params_init(&gp, sizeof gp);
+  gp.max_tokens = 5;
+  gp.user_data = &got;
+  gp.callback = [](const char*, size_t len, int32_t token, void* ud) -> int32_t {
+    if (token >= 0 && len == 0) static_cast<std::vector<int32_t>*>(ud)->push_back(token);
+    return 0;
+  };
+  qllm_generate_result r{};
+  r.struct_size = sizeof r;
+  REQUIRE(qllm_generate_tokens(s, toks, 3, &gp, &r) == QLLM_OK);
+  CHECK(r.n_generated == 5);
+  CHECK(got.size() == 5);
+  size_t hn = 0;
+  int32_t hist[16];
+  REQUIRE(qllm_session_history(s, hist, 16, &hn) == QLLM_OK);
+  CHECK(hn == 3 + 4);  // the prompt and every sampled token but the last
+  for (std::size_t i = 0; i + 1 < got.size(); ++i) CHECK(hist[3 + i] == got[i]);
+  const char* stops[] = {"x"};
+  gp.stop = stops;
+  gp.n_stop = 1;
+  CHECK(qllm_generate_tokens(s, toks, 3, &gp, &r) == QLLM_ERR_UNSUPPORTED);
   qllm_session_free(s);
   qllm_model_free(m);
 }

@@ -100,7 +100,8 @@ class session {
   int64_t reserve_for(const generate_params& gp) const;
 
   // Generates after `sequence`, the whole text the model should see (e.g. a whole chat so far).
-  // Only the part that differs from what the cache holds is evaluated.
+  // Only the part that differs from what the cache holds is evaluated. A model without a
+  // vocabulary generates token ids only (empty text, no EOS stop; stop strings: unsupported).
   generation_result generate(std::vector<int32_t> sequence, const generate_params& gp, const token_callback& cb = {});
   // The same for text, tokenized with BOS as the model's vocabulary asks.
   generation_result generate(std::string_view prompt, const generate_params& gp, const token_callback& cb = {});

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "qllm/error.hpp"
 
@@ -166,7 +167,10 @@ generation_result session::generate(std::string_view prompt, const generate_para
 }
 
 generation_result session::generate(std::vector<int32_t> seq, const generate_params& gp, const token_callback& cb) {
-  const tokenizer& tk = tok();
+  // Without a vocabulary the model still generates token ids: no text, no EOS id, no stop strings.
+  const tokenizer* tk = model_->get_tokenizer();
+  if (!tk && !gp.stop.empty())
+    throw error(errc::unsupported, "generate: stop strings need a vocabulary, and the model file has none");
   for (const auto& s : gp.stop) {
     if (s.empty()) throw error(errc::invalid_argument, "generate: empty stop string");
     if (utf8::first_invalid(s) != std::string::npos) throw error(errc::invalid_argument, "generate: stop string is not valid UTF-8");
@@ -180,7 +184,8 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   smp_.clear_history();
   for (int32_t id : seq) smp_.accept(id);
 
-  stream_decoder dec(tk, false);
+  std::optional<stream_decoder> dec;
+  if (tk) dec.emplace(*tk, false);
   std::string held;  // decoded text not yet emitted: it may be the start of a stop string
   bool stop = false;
   auto emit = [&](std::string_view text, int32_t token) {
@@ -220,12 +225,12 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   while (gp.max_tokens < 0 || r.timings.n_generated < gp.max_tokens) {
     const int32_t id = smp_.sample(logits);
     ++r.timings.n_generated;
-    if (gp.stop_at_eos && id == tk.eos()) {
+    if (gp.stop_at_eos && tk && id == tk->eos()) {
       r.finish = finish_reason::eos;
       break;
     }
     r.tokens.push_back(id);
-    held += dec.push(id);
+    if (dec) held += dec->push(id);
     const bool hit = release(id);
     if (stop) break;  // the callback cancelled (before any stop string it would have seen)
     if (hit) {
@@ -251,7 +256,7 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   r.timings.generation_seconds = seconds_since(t0);
   if (r.finish != finish_reason::cancelled) {  // what was held back, then the end marker
     if (r.finish != finish_reason::stop_string) {
-      held += dec.flush();  // may add U+FFFD, which a stop string could contain
+      if (dec) held += dec->flush();  // may add U+FFFD, which a stop string could contain
       std::size_t cut = std::string::npos;
       for (const auto& s : gp.stop) cut = std::min(cut, held.find(s));
       if (cut != std::string::npos) {
