@@ -3,6 +3,9 @@ QLLM_TEST_EXPECTED (a file with `qllm run`'s greedy completion of PROMPT, MAX_TO
 prompt echo removed); tests/bindings/run_python.sh prepares both."""
 import math
 import os
+import re
+import subprocess
+import tempfile
 import threading
 import unittest
 
@@ -180,6 +183,34 @@ class SessionTest(unittest.TestCase):
         r = s.last_result
         self.assertEqual(r["n_dropped"], r["n_sequence_tokens"] - (64 - 8))
         self.assertEqual(r["drop_begin"], 4)
+
+    @unittest.skipUnless(os.environ.get("QLLM_CLI"), "QLLM_CLI (the qllm tool) not given")
+    def test_perplexity_tool_equals_logits_from_this_binding(self):
+        # `qllm perplexity -c 64` scores positions 32..62 of the first window (BOS first) from one
+        # batched pass; here the same from token-by-token logits (bit-identical by design)
+        text = "the quick brown fox jumps over the lazy dog and runs far away " * 8
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write(text)
+        try:
+            out = subprocess.run([os.environ["QLLM_CLI"], "perplexity", "-m", MODEL, "-f", f.name, "-c", "64",
+                                  "--chunks", "1"], capture_output=True, text=True, check=True).stdout
+        finally:
+            os.unlink(f.name)
+        ppl_tool = float(re.search(r"PPL = ([0-9.]+)", out).group(1))
+        w = self.model.tokenize(text)[:64]
+        self.assertEqual(len(w), 64)
+        w[0] = 1
+        s = self.model.session(n_ctx=64)
+        nll = 0.0
+        for i in range(63):
+            s.eval([w[i]])
+            if i >= 32:
+                logits = s.logits()
+                mx = max(logits)
+                lse = mx + math.log(sum(math.exp(x - mx) for x in logits))
+                nll -= logits[w[i + 1]] - lse
+        ppl = math.exp(nll / 31)
+        self.assertAlmostEqual(ppl_tool / ppl, 1.0, places=5)
 
     def test_embeddings(self):
         s = self.model.session(n_ctx=256)
