@@ -180,22 +180,18 @@ def chat_format(messages):
     return bytes(buf[:n]).decode("utf-8")
 
 
-class Model:
-    """A loaded GGUF model; immutable, shareable between threads."""
+class _Handle:
+    """Owns one C handle: close() (also on `with` exit and garbage collection) frees it once."""
+    _what = "handle"
+    _free_name = ""
 
-    def __init__(self, path, *, n_threads=0, isa=None, quantize_float_weights=False):
-        p = _ModelParams()
-        _check(_lib.qllm_model_params_init(byref(p), ctypes.sizeof(p)))
-        p.n_threads = n_threads
-        p.quantize_float_weights = int(bool(quantize_float_weights))
-        p.isa = _utf8(isa) if isa else None
-        h = c_void_p()
-        _check(_lib.qllm_model_load(os.fsencode(path), byref(p), byref(h)))
-        self._h = h
+    def _release(self):  # subclasses stop what still uses the handle first
+        pass
 
     def close(self):
+        self._release()
         if getattr(self, "_h", None) and _lib is not None:
-            _lib.qllm_model_free(self._h)
+            getattr(_lib, self._free_name)(self._h)
         self._h = None
 
     def __del__(self):
@@ -212,9 +208,25 @@ class Model:
 
     @property
     def handle(self):
-        if not self._h:
-            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "the model is closed")
+        if not getattr(self, "_h", None):
+            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", f"the {self._what} is closed")
         return self._h
+
+
+class Model(_Handle):
+    """A loaded GGUF model; immutable, shareable between threads."""
+    _what = "model"
+    _free_name = "qllm_model_free"
+
+    def __init__(self, path, *, n_threads=0, isa=None, quantize_float_weights=False):
+        p = _ModelParams()
+        _check(_lib.qllm_model_params_init(byref(p), ctypes.sizeof(p)))
+        p.n_threads = n_threads
+        p.quantize_float_weights = int(bool(quantize_float_weights))
+        p.isa = _utf8(isa) if isa else None
+        h = c_void_p()
+        _check(_lib.qllm_model_load(os.fsencode(path), byref(p), byref(h)))
+        self._h = h
 
     @property
     def info(self):
@@ -258,13 +270,15 @@ class Model:
         return Session(self, **params)
 
 
-class Session:
+class Session(_Handle):
     """KV cache and sampler for one sequence; use from one thread at a time.
 
     Keyword parameters: n_ctx, n_batch, n_threads, kv ("f16"/"f32"), context_policy ("error",
     "keep-head-and-tail", "keep-tail"), n_keep, context_shift, temperature, top_k, top_p, min_p,
     repeat_penalty, frequency_penalty, presence_penalty, penalty_last_n, seed.
     """
+    _what = "session"
+    _free_name = "qllm_session_free"
 
     def __init__(self, model, **params):
         p = self._params(params)
@@ -299,33 +313,12 @@ class Session:
         token on; unspecified ones take their defaults."""
         _check(self._call(_lib.qllm_session_set_sampling, byref(self._params(params))))
 
-    def close(self):
-        """Frees the session; a running stream() is cancelled and waited for first."""
+    def _release(self):
+        # close() frees the session; a running stream() is cancelled and waited for first
         worker = getattr(self, "_worker", None)
         if worker is not None and worker is not threading.current_thread():
             self._cancel.set()
             worker.join()
-        if getattr(self, "_h", None) and _lib is not None:
-            _lib.qllm_session_free(self._h)
-        self._h = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the library may be gone already
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def handle(self):
-        if not getattr(self, "_h", None):
-            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "the session is closed")
-        return self._h
 
     def _call(self, f, *args):
         """Runs a C call on this session unless another one (a stream) is running."""
