@@ -13,6 +13,7 @@
 #include "qllm.h"
 #include "qllm/random_model.hpp"
 #include "qllm/session.hpp"
+#include "test_util.hpp"
 
 namespace {
 
@@ -377,9 +378,8 @@ TEST_CASE("generation: greedy text equals the C++ session, streamed, with the re
   // stop strings: the text stops before the first occurrence
   const std::string full = want.text;
   REQUIRE(full.size() > 8);
-  std::size_t at = 3;  // three ASCII bytes, so the stop string is valid UTF-8
-  while (at + 3 < full.size() && !(uint8_t(full[at]) < 0x80 && uint8_t(full[at + 1]) < 0x80 && uint8_t(full[at + 2]) < 0x80)) ++at;
-  REQUIRE(at + 3 < full.size());
+  const std::size_t at = qllm::test::ascii_run(full, 3, 3);
+  REQUIRE(at != std::string::npos);
   const std::string stop_at = full.substr(at, 3);
   const char* stops[] = {stop_at.c_str()};
   gp.stop = stops;

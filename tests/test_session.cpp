@@ -13,6 +13,7 @@
 #include "qllm/gguf.hpp"
 #include "qllm/random_model.hpp"
 #include "qllm/session.hpp"
+#include "test_util.hpp"
 
 using namespace qllm;
 
@@ -491,9 +492,8 @@ TEST_CASE("a callback that cancels wins over a stop string found in the same tex
   gp.stop_at_eos = false;
   session s(tiny().m, greedy());
   const auto full = s.generate(some_tokens(5), gp);
-  std::size_t at = 0;  // two ASCII bytes, so the stop string is valid UTF-8
-  while (at + 2 < full.text.size() && !(uint8_t(full.text[at]) < 0x80 && uint8_t(full.text[at + 1]) < 0x80)) ++at;
-  REQUIRE(at + 2 < full.text.size());
+  const std::size_t at = test::ascii_run(full.text, 0, 2);
+  REQUIRE(at != std::string::npos);
   gp.stop = {full.text.substr(at, 2)};
   int calls = 0, end_calls = 0;
   session s2(tiny().m, greedy());

@@ -3,6 +3,7 @@
 #include <bit>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace qllm::test {
@@ -22,6 +23,17 @@ inline std::size_t count_bit_differences(const float* a, const float* b, std::si
   std::size_t d = 0;
   for (std::size_t i = 0; i < n; ++i) d += !same_bits(a[i], b[i]);
   return d;
+}
+
+// Position of the first run of n ASCII bytes in text at or after `from` (a stop string cut from
+// generated text must be valid UTF-8), or std::string::npos.
+inline std::size_t ascii_run(const std::string& text, std::size_t from, std::size_t n) {
+  for (std::size_t at = from; at + n < text.size(); ++at) {
+    bool ascii = true;
+    for (std::size_t i = 0; i < n; ++i) ascii = ascii && static_cast<unsigned char>(text[at + i]) < 0x80;
+    if (ascii) return at;
+  }
+  return std::string::npos;
 }
 
 }  // namespace qllm::test

@@ -16,6 +16,12 @@ PROMPT = "Once upon a time"
 MAX_TOKENS = 24
 
 
+def ascii_stop(text):
+    """Three ASCII characters of text after its start: a stop string that is certainly there."""
+    at = next(i for i in range(3, len(text) - 3) if text[i:i + 3].isascii())
+    return text[at:at + 3]
+
+
 class ModelTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -118,8 +124,7 @@ class SessionTest(unittest.TestCase):
 
     def test_single_stop_string(self):
         s = self.model.session(temperature=0, n_ctx=256)
-        ascii_at = next(i for i in range(3, len(self.expected) - 3) if self.expected[i:i + 3].isascii())
-        stop = self.expected[ascii_at:ascii_at + 3]
+        stop = ascii_stop(self.expected)
         self.assertEqual(s.generate(PROMPT, max_tokens=MAX_TOKENS, stop=stop, stop_at_eos=False),
                          self.expected[:self.expected.find(stop)])
 
@@ -135,8 +140,7 @@ class SessionTest(unittest.TestCase):
 
     def test_stop_string(self):
         s = self.model.session(temperature=0, n_ctx=256)
-        ascii_at = next(i for i in range(3, len(self.expected) - 3) if self.expected[i:i + 3].isascii())
-        stop = self.expected[ascii_at:ascii_at + 3]
+        stop = ascii_stop(self.expected)
         text = s.generate(PROMPT, max_tokens=MAX_TOKENS, stop=[stop], stop_at_eos=False)
         self.assertEqual(text, self.expected[:self.expected.find(stop)])
         self.assertEqual(s.last_result["finish_reason"], "stop-string")
