@@ -124,6 +124,14 @@ bool field_boundary<qllm_generate_params>(std::size_t s) {
 }
 #undef QLLM_END
 
+// Every struct_size must be at least the field itself and below 64 KiB: anything else is almost
+// always a struct nobody initialised.
+void check_size(std::size_t size, const char* what) {
+  if (size < sizeof(uint32_t) || size > (std::size_t(1) << 16))
+    raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) +
+                                         " is outside [4, 65536] (was the struct initialised?)");
+}
+
 // A caller's struct of `size` bytes: the prefix of ours it covers. Bytes past our struct (a newer
 // caller) must be zero, otherwise the caller asks for something this library cannot do.
 template <class T>
@@ -131,8 +139,7 @@ T read_struct(const T* in, const T& defaults, const char* what) {
   T out = defaults;
   if (!in) return out;
   const std::size_t size = in->struct_size;
-  if (size < sizeof(uint32_t)) raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) + " is too small");
-  if (size > (std::size_t(1) << 16)) raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) + " is not plausible");
+  check_size(size, what);
   if (size < sizeof(T) && !field_boundary<T>(size))
     raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) +
                                          " ends inside a field (older callers pass a size that ends at a field)");
@@ -151,8 +158,7 @@ template <class T>
 void write_struct(T* out, const T& value, const char* what) {
   need(out, what);
   const std::size_t size = out->struct_size;
-  if (size < sizeof(uint32_t) || size > (std::size_t(1) << 16))
-    raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) + " is not set");
+  check_size(size, what);
   std::memcpy(static_cast<void*>(out), &value, std::min(size, sizeof(T)));
   if (size > sizeof(T)) std::memset(reinterpret_cast<unsigned char*>(out) + sizeof(T), 0, size - sizeof(T));
   out->struct_size = uint32_t(size);
@@ -161,8 +167,7 @@ void write_struct(T* out, const T& value, const char* what) {
 template <class T>
 void init_struct(T* p, std::size_t size, const T& defaults, const char* what) {
   need(p, what);
-  if (size < sizeof(uint32_t) || size > (std::size_t(1) << 16))
-    raise(QLLM_ERR_INVALID_ARGUMENT, std::string(what) + ": struct_size " + std::to_string(size) + " is out of range");
+  check_size(size, what);
   std::memset(static_cast<void*>(p), 0, size);
   std::memcpy(static_cast<void*>(p), &defaults, std::min(size, sizeof(T)));
   p->struct_size = uint32_t(size);
@@ -268,11 +273,7 @@ qllm_status run_generation(const char* fn, qllm_session* s, const std::vector<in
     const qllm_generate_params p = read_struct(params, generate_defaults(), "qllm_generate_params");
     if (p.max_tokens < -1) raise(QLLM_ERR_INVALID_ARGUMENT, "max_tokens must be >= -1");
     if (p.n_stop && !p.stop) raise(QLLM_ERR_INVALID_ARGUMENT, "stop is NULL with n_stop > 0");
-    if (result) {  // validate before running
-      const std::size_t size = result->struct_size;
-      if (size < sizeof(uint32_t) || size > (std::size_t(1) << 16))
-        raise(QLLM_ERR_INVALID_ARGUMENT, "qllm_generate_result: struct_size " + std::to_string(size) + " is not set");
-    }
+    if (result) check_size(result->struct_size, "qllm_generate_result");  // before running
     qllm::generate_params gp;
     gp.max_tokens = p.max_tokens;
     gp.stop_at_eos = p.stop_at_eos != 0;

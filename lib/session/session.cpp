@@ -195,10 +195,14 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
       stop = true;
     }
   };
-  // Emits what cannot begin a stop string; true when a stop string was found.
-  auto release = [&](int32_t token) -> bool {
+  auto first_stop = [&] {  // where the earliest stop string starts in held, or npos
     std::size_t cut = std::string::npos;
     for (const auto& s : gp.stop) cut = std::min(cut, held.find(s));
+    return cut;
+  };
+  // Emits what cannot begin a stop string; true when a stop string was found.
+  auto release = [&](int32_t token) -> bool {
+    const std::size_t cut = first_stop();
     if (cut != std::string::npos) {
       held.resize(cut);
       emit(held, token);
@@ -257,9 +261,7 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   if (r.finish != finish_reason::cancelled) {  // what was held back, then the end marker
     if (r.finish != finish_reason::stop_string) {
       if (dec) held += dec->flush();  // may add U+FFFD, which a stop string could contain
-      std::size_t cut = std::string::npos;
-      for (const auto& s : gp.stop) cut = std::min(cut, held.find(s));
-      if (cut != std::string::npos) {
+      if (const std::size_t cut = first_stop(); cut != std::string::npos) {
         held.resize(cut);
         r.finish = finish_reason::stop_string;
       }
