@@ -502,9 +502,7 @@ QLLM_API qllm_status qllm_session_eval(qllm_session* session, const int32_t* tok
     if (n_tokens == 0) raise(QLLM_ERR_INVALID_ARGUMENT, "no tokens");
     need(tokens, "tokens");
     session->have_logits = false;
-    std::vector<int32_t> seq = session->s.history();
-    seq.insert(seq.end(), tokens, tokens + n_tokens);
-    const auto l = session->s.evaluate(std::move(seq));
+    const auto l = session->s.append(std::span<const int32_t>(tokens, n_tokens));
     session->logits.assign(l.begin(), l.end());
     session->have_logits = true;
   });

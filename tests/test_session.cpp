@@ -506,3 +506,21 @@ TEST_CASE("a callback that cancels wins over a stop string found in the same tex
   CHECK(calls == 1);
   CHECK(end_calls == 0);
 }
+
+TEST_CASE("append evaluates only the new tokens and equals evaluating the whole sequence") {
+  session a(tiny().m, greedy(32)), b(tiny().m, greedy(32));
+  const auto toks = some_tokens(20);
+  a.evaluate(std::vector<int32_t>(toks.begin(), toks.begin() + 5));
+  std::span<const float> la;
+  for (std::size_t i = 5; i < toks.size(); ++i) la = a.append(std::span<const int32_t>(&toks[i], 1));
+  const std::vector<float> got(la.begin(), la.end());
+  const auto lb = b.evaluate(toks);
+  CHECK(std::equal(got.begin(), got.end(), lb.begin()));
+  CHECK(a.history() == toks);
+  // past the window the policy applies, as for evaluate (error by default)
+  const auto more = some_tokens(20, 7);
+  CHECK_THROWS_AS(a.append(more), error);
+  CHECK(a.history() == toks);  // unchanged
+  CHECK_THROWS_AS(a.append(std::vector<int32_t>{99999}), error);
+  CHECK(a.history() == toks);
+}

@@ -108,6 +108,9 @@ class session {
 
   // Evaluates `sequence` like generate() (policy, cache reuse) and returns the logits of its last token.
   std::span<const float> evaluate(std::vector<int32_t> sequence, prompt_fit* fit = nullptr);
+  // evaluate(history() + tokens), without re-checking the cached part when the tokens fit (a
+  // token-by-token loop costs one forward pass per token, not a pass over the whole sequence).
+  std::span<const float> append(std::span<const int32_t> tokens);
 
   // Embedding of `tokens` (context::embed); afterwards the cache holds exactly these tokens.
   std::vector<float> embed(const std::vector<int32_t>& tokens);

@@ -149,6 +149,17 @@ std::span<const float> session::evaluate(std::vector<int32_t> sequence, prompt_f
   return logits;
 }
 
+std::span<const float> session::append(std::span<const int32_t> tokens) {
+  if (!tokens.empty() && int64_t(history_.size() + tokens.size()) <= ctx_.n_ctx()) {
+    const auto logits = ctx_.eval(tokens);  // validates the ids before changing anything
+    history_.insert(history_.end(), tokens.begin(), tokens.end());
+    return logits;
+  }
+  std::vector<int32_t> seq = history_;  // the policy decides what the window keeps
+  seq.insert(seq.end(), tokens.begin(), tokens.end());
+  return evaluate(std::move(seq));
+}
+
 int64_t session::reserve_for(const generate_params& gp) const {
   // With context shift, generation goes on past the window, so at most half of it is reserved;
   // without, all max_tokens must fit.
