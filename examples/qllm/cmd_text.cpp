@@ -112,11 +112,11 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
   return true;
 }
 
-std::shared_ptr<const model> load_text_model(const text_options& o, const char* usage) {
-  if (o.model.empty()) throw error(errc::invalid_argument, std::string("missing -m MODEL; usage: ") + usage);
-  auto m = model::load(o.model);
+std::shared_ptr<const model> load_text_model(const std::string& path, const char* usage) {
+  if (path.empty()) throw error(errc::invalid_argument, std::string("missing -m MODEL; usage: ") + usage);
+  auto m = model::load(path);
   if (!m->get_tokenizer())
-    throw error(errc::unsupported, "'" + o.model + "' has no vocabulary (tokenizer.ggml.*); text commands need one");
+    throw error(errc::unsupported, "'" + path + "' has no vocabulary (tokenizer.ggml.*); text commands need one");
   return m;
 }
 
@@ -178,7 +178,7 @@ int cmd_run(int argc, char** argv) {
     if (isatty(STDIN_FILENO)) throw error(errc::invalid_argument, std::string("no prompt; usage: ") + usage);
     o.prompt = read_file("-");
   }
-  auto m = load_text_model(o, usage);
+  auto m = load_text_model(o.model, usage);
   session s(m, o.sp);
   const auto tokens = s.tokenize(o.prompt, s.tok().add_bos());
   warn_fit(s, tokens, o.gp);
@@ -214,7 +214,7 @@ int cmd_chat(int argc, char** argv) {
       throw error(errc::invalid_argument, "unknown option '" + a + "'");
     }
   }
-  auto m = load_text_model(o, usage);
+  auto m = load_text_model(o.model, usage);
   // keep the system block when old turns are dropped, unless --keep says otherwise
   if (!system.empty() && !o.keep_set) o.sp.n_keep = chat_system_tokens(*m->get_tokenizer(), system);
   session s(m, o.sp);
@@ -331,7 +331,7 @@ int cmd_embed(int argc, char** argv) {
     else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
   }
   if (!have) throw error(errc::invalid_argument, std::string("no text; usage: ") + usage);
-  auto m = load_text_model(o, usage);
+  auto m = load_text_model(o.model, usage);
   const tokenizer& t = *m->get_tokenizer();
   const auto ids = t.encode(text, t.add_bos());
   if (o.sp.ctx.n_ctx == 0) o.sp.ctx.n_ctx = std::max<int64_t>(8, int64_t(ids.size()));
@@ -361,9 +361,7 @@ int cmd_perplexity(int argc, char** argv) {
   }
   if (file.empty()) throw error(errc::invalid_argument, std::string("missing -f TEXT; usage: ") + usage);
   const std::string text = read_file(file);
-  text_options o;
-  o.model = model_path;
-  auto m = load_text_model(o, usage);
+  auto m = load_text_model(model_path, usage);
   const tokenizer& t = *m->get_tokenizer();
   const auto toks = t.encode(text, true);
   const int64_t n_ctx = cp.n_ctx, V = m->config().n_vocab;
