@@ -216,19 +216,6 @@ uint64_t align_up(uint64_t x, uint64_t a) {
   return (x + a - 1) / a * a;
 }
 
-value scalar(value_type t) {
-  value v;
-  v.type = t;
-  return v;
-}
-
-value array_of(value_type elem) {
-  value v;
-  v.type = value_type::array;
-  v.elem_type = elem;
-  return v;
-}
-
 }  // namespace
 
 void writer::put(std::string key, value v) {
@@ -255,55 +242,55 @@ void writer::set(std::string key, value v) {
 }
 
 void writer::set_u32(std::string key, uint32_t x) {
-  value v = scalar(value_type::u32);
+  value v = value::scalar(value_type::u32);
   v.u = x;
   put(std::move(key), std::move(v));
 }
 
 void writer::set_i32(std::string key, int32_t x) {
-  value v = scalar(value_type::i32);
+  value v = value::scalar(value_type::i32);
   v.i = x;
   put(std::move(key), std::move(v));
 }
 
 void writer::set_u64(std::string key, uint64_t x) {
-  value v = scalar(value_type::u64);
+  value v = value::scalar(value_type::u64);
   v.u = x;
   put(std::move(key), std::move(v));
 }
 
 void writer::set_f32(std::string key, float x) {
-  value v = scalar(value_type::f32);
+  value v = value::scalar(value_type::f32);
   v.f = x;
   put(std::move(key), std::move(v));
 }
 
 void writer::set_bool(std::string key, bool x) {
-  value v = scalar(value_type::boolean);
+  value v = value::scalar(value_type::boolean);
   v.u = x ? 1 : 0;
   put(std::move(key), std::move(v));
 }
 
 void writer::set_string(std::string key, std::string x) {
-  value v = scalar(value_type::string);
+  value v = value::scalar(value_type::string);
   v.s = std::move(x);
   put(std::move(key), std::move(v));
 }
 
 void writer::set_array_string(std::string key, std::vector<std::string> x) {
-  value v = array_of(value_type::string);
+  value v = value::array(value_type::string);
   v.strings = std::move(x);
   put(std::move(key), std::move(v));
 }
 
 void writer::set_array_f32(std::string key, const std::vector<float>& x) {
-  value v = array_of(value_type::f32);
+  value v = value::array(value_type::f32);
   v.floats.assign(x.begin(), x.end());
   put(std::move(key), std::move(v));
 }
 
 void writer::set_array_i32(std::string key, const std::vector<int32_t>& x) {
-  value v = array_of(value_type::i32);
+  value v = value::array(value_type::i32);
   v.ints.assign(x.begin(), x.end());
   put(std::move(key), std::move(v));
 }

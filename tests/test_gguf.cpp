@@ -103,23 +103,16 @@ std::string temp_path(const char* name) {
 }
 
 value scalar_u(value_type t, uint64_t u) {
-  value v;
-  v.type = t;
+  value v = value::scalar(t);
   v.u = u;
   return v;
 }
 value scalar_i(value_type t, int64_t i) {
-  value v;
-  v.type = t;
+  value v = value::scalar(t);
   v.i = i;
   return v;
 }
-value array_of(value_type elem) {
-  value v;
-  v.type = value_type::array;
-  v.elem_type = elem;
-  return v;
-}
+value array_of(value_type elem) { return value::array(elem); }
 
 struct tensor_spec {
   std::string name;

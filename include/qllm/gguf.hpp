@@ -68,6 +68,18 @@ struct value {
   std::vector<std::string> strings;       // array of string
   std::vector<value> arrays;              // array of arrays (one level of nesting at most)
 
+  static value scalar(value_type t) {
+    value v;
+    v.type = t;
+    return v;
+  }
+  static value array(value_type elem) {  // an empty array of `elem` elements
+    value v;
+    v.type = value_type::array;
+    v.elem_type = elem;
+    return v;
+  }
+
   // Element count of an array (0 for scalars).
   std::size_t array_size() const noexcept;
   bool operator==(const value&) const = default;
