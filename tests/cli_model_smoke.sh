@@ -4,6 +4,12 @@ set -eu
 qllm="$1"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
+# every command answers --help on stdout with exit 0 and lists at least one flag
+for c in info gen-random run chat tokenize perplexity embed bench; do
+  "$qllm" "$c" --help >"$dir/help"
+  grep -q "^usage: qllm $c" "$dir/help"
+  grep -q -- '-h, --help' "$dir/help" || grep -q -- '--help' "$dir/help"
+done
 "$qllm" gen-random --shape tiny --type q8_0 --seed 3 --out "$dir/tiny.gguf"
 out=$("$qllm" bench -m "$dir/tiny.gguf" -t 1,2 -p 16 -n 8 -r 2)
 echo "$out"

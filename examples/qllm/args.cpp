@@ -48,6 +48,13 @@ std::string next_value(int argc, char** argv, int& i) {
   return argv[++i];
 }
 
+bool is_help(const std::string& arg) { return arg == "-h" || arg == "--help"; }
+
+int print_help(const char* text) {
+  std::fputs(text, stdout);
+  return 0;
+}
+
 int64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);

@@ -14,6 +14,10 @@ std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& 
                                     int64_t hi);
 // The value after argv[i] (advancing i); throws if the flag is last.
 std::string next_value(int argc, char** argv, int& i);
+// True for -h and --help.
+bool is_help(const std::string& arg);
+// Prints a command's help text on stdout; returns exit code 0.
+int print_help(const char* text);
 // Peak resident set size of this process, bytes.
 int64_t peak_rss_bytes();
 

@@ -32,6 +32,19 @@ double now() {
 }
 }  // namespace
 
+const char* const kHelp =
+    "usage: qllm bench -m MODEL [options]\n"
+    "Prompt (pp) and generation (tg) speed, mean +- sd over repetitions, like llama-bench.\n"
+    "  -m, --model FILE        GGUF model (required)\n"
+    "  -t, --threads LIST      thread counts, e.g. 1,2 (default: all CPUs)\n"
+    "  -p, --n-prompt LIST     prompt lengths (default 64,512)\n"
+    "  -n, --n-gen LIST        generated token counts (default 32,128)\n"
+    "  -r, --repetitions N     runs of each test (default 3)\n"
+    "  -d, --depth N           tokens already in the KV cache before each test (default 0)\n"
+    "  --kv f16|f32            KV cache type (default f16)\n"
+    "  --no-warmup             skip the warm-up run\n"
+    "  -h, --help              this text\n";
+
 int cmd_bench(int argc, char** argv) {
   std::string path;
   std::vector<int64_t> threads = {0}, pp = {64, 512}, tg = {32, 128};
@@ -47,6 +60,7 @@ int cmd_bench(int argc, char** argv) {
     else if (a == "-r" || a == "--repetitions") reps = parse_int(a, next_value(argc, argv, i), 1, 1000);
     else if (a == "-d" || a == "--depth") depth = parse_int(a, next_value(argc, argv, i), 0, 1 << 20);
     else if (a == "--no-warmup") warmup = false;
+    else if (is_help(a)) return print_help(kHelp);
     else if (a == "--kv") {
       const std::string v = next_value(argc, argv, i);
       if (v == "f16") kv = kv_type::f16;

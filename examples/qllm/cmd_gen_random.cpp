@@ -9,6 +9,19 @@
 
 namespace qllm::cli {
 
+namespace {
+const char* const kHelp =
+    "usage: qllm gen-random --out FILE [options]\n"
+    "Writes a Llama GGUF with seeded random weights (for tests and benchmarks).\n"
+    "  -o, --out FILE    output GGUF (required)\n"
+    "  --shape NAME      tiny | small | 7b (default tiny)\n"
+    "  --type TYPE       q4_0 | q8_0 | f16 | bf16 | f32 (default q4_0)\n"
+    "  --seed N          random seed (default 1)\n"
+    "  --layers N        override the shape's layer count\n"
+    "  --no-vocab        write no tokenizer.ggml.* vocabulary (token ids only)\n"
+    "  -h, --help        this text\n";
+}  // namespace
+
 int cmd_gen_random(int argc, char** argv) {
   std::string shape = "tiny", type = "q4_0", out;
   int64_t seed = 1, layers = 0;
@@ -21,6 +34,7 @@ int cmd_gen_random(int argc, char** argv) {
     else if (a == "--seed") seed = parse_int(a, next_value(argc, argv, i), 0, 0xffffffffll);
     else if (a == "--layers") layers = parse_int(a, next_value(argc, argv, i), 1, 4096);
     else if (a == "--no-vocab") vocab = false;
+    else if (is_help(a)) return print_help(kHelp);
     else throw error(errc::invalid_argument, "unknown option '" + a + "'");
   }
   if (out.empty())

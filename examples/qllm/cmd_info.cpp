@@ -4,14 +4,26 @@
 #include <cstdio>
 #include <string>
 
+#include "args.hpp"
 #include "commands.hpp"
+#include "qllm/error.hpp"
 #include "kernels/kernel_table.hpp"
 #include "qllm/cpu_features.hpp"
 #include "qllm/version.hpp"
 
 namespace qllm::cli {
 
-int cmd_info(int, char**) {
+int cmd_info(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (is_help(a))
+      return print_help(
+          "usage: qllm info\n"
+          "Version, build, CPU features, the kernel table in use and the runnable and compiled\n"
+          "ones, thread count. QLLM_ISA forces a table; OMP_NUM_THREADS sets the threads.\n"
+          "  -h, --help   this text\n");
+    throw error(errc::invalid_argument, "unknown option '" + a + "'");
+  }
   const kernels::kernel_table& active = kernels::active();  // throws first on a bad QLLM_ISA
   std::printf("qllm %s\n", version_string);
   std::printf("build:        %s, %s\n", QLLM_BUILD_COMPILER, QLLM_BUILD_TYPE);

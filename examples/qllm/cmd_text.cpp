@@ -69,7 +69,8 @@ const char* kTextFlags =
     "                              keep-head-and-tail, keep-tail\n"
     "      --keep N                tokens at the start kept by keep-head-and-tail and shifts\n"
     "      --no-context-shift      stop when the window is full instead of shifting\n"
-    "  -q, --quiet                 no report line\n";
+    "  -q, --quiet                 no report line\n"
+    "  -h, --help                  this text\n";
 
 // Consumes argv[i] if it is a shared flag.
 bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
@@ -296,6 +297,16 @@ int cmd_tokenize(int argc, char** argv) {
     else if (a == "-f" || a == "--file") text = read_file(next_value(argc, argv, i)), have = true;
     else if (a == "--no-bos") bos = false;
     else if (a == "--ids") ids_only = true;
+    else if (is_help(a))
+      return print_help(
+          "usage: qllm tokenize -m MODEL (-p TEXT | -f FILE) [options]\n"
+          "Prints the token ids and pieces of a text (reads only the vocabulary).\n"
+          "  -m, --model FILE    GGUF model with a vocabulary (required)\n"
+          "  -p, --prompt TEXT   the text\n"
+          "  -f, --file FILE     the text from a file ('-' = stdin)\n"
+          "  --no-bos            do not add the BOS token\n"
+          "  --ids               ids only, on one line\n"
+          "  -h, --help          this text\n");
     else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
   }
   if (!have) throw error(errc::invalid_argument, std::string("no text; usage: ") + usage);
@@ -328,6 +339,16 @@ int cmd_embed(int argc, char** argv) {
     else if (a == "-f" || a == "--file") text = read_file(next_value(argc, argv, i)), have = true;
     else if (a == "-t" || a == "--threads") o.sp.ctx.n_threads = int(parse_int(a, next_value(argc, argv, i), 1, 1024));
     else if (a == "-c" || a == "--ctx-size") o.sp.ctx.n_ctx = parse_int(a, next_value(argc, argv, i), 8, int64_t(1) << 24);
+    else if (is_help(a))
+      return print_help(
+          "usage: qllm embed -m MODEL (-p TEXT | -f FILE) [options]\n"
+          "Prints a sentence embedding: the mean-pooled final hidden state, L2-normalised.\n"
+          "  -m, --model FILE     GGUF model with a vocabulary (required)\n"
+          "  -p, --prompt TEXT    the text\n"
+          "  -f, --file FILE      the text from a file ('-' = stdin)\n"
+          "  -t, --threads N      threads (default: all CPUs)\n"
+          "  -c, --ctx-size N     window (default: the text's length)\n"
+          "  -h, --help           this text\n");
     else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
   }
   if (!have) throw error(errc::invalid_argument, std::string("no text; usage: ") + usage);
@@ -357,6 +378,17 @@ int cmd_perplexity(int argc, char** argv) {
     else if (a == "-b" || a == "--batch-size") cp.n_batch = parse_int(a, next_value(argc, argv, i), 1, 1 << 16);
     else if (a == "-t" || a == "--threads") cp.n_threads = int(parse_int(a, next_value(argc, argv, i), 1, 1024));
     else if (a == "--chunks") max_chunks = parse_int(a, next_value(argc, argv, i), 1, int64_t(1) << 30);
+    else if (is_help(a))
+      return print_help(
+          "usage: qllm perplexity -m MODEL -f TEXT [options]\n"
+          "Perplexity over windows of -c tokens (each starts with BOS; its second half is scored).\n"
+          "  -m, --model FILE      GGUF model with a vocabulary (required)\n"
+          "  -f, --file FILE       the text (required)\n"
+          "  -c, --ctx-size N      window (default 512)\n"
+          "  -b, --batch-size N    tokens per forward pass\n"
+          "  -t, --threads N       threads (default: all CPUs)\n"
+          "  --chunks N            score at most N windows\n"
+          "  -h, --help            this text\n");
     else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
   }
   if (file.empty()) throw error(errc::invalid_argument, std::string("missing -f TEXT; usage: ") + usage);

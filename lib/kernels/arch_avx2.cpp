@@ -1,5 +1,7 @@
 // The AVX2 (+FMA, F16C) table: generic float ops instantiated for xsimd::avx2, int8 kernels from
-// x86_avx2_qgemm.hpp. Built with -mavx2 -mfma -mf16c; nothing here runs before dispatch checks.
+// x86_avx2_qgemm.hpp. Built with -mavx2 -mfma -mf16c: exports only a constinit table
+// (arch_exports.hpp says why).
+#include "kernels/arch_exports.hpp"
 #include "kernels/float_ops.hpp"
 #include "kernels/x86_avx2_qgemm.hpp"
 
@@ -16,13 +18,11 @@ struct h_avx2 {
   }
 };
 
-bool supported(const cpu_features& f) { return f.avx2 && f.fma && f.f16c; }
-
 }  // namespace
 
-extern const kernel_table table_avx2 = {
+extern constinit const kernel_table table_avx2 = {
     "avx2",
-    supported,
+    supported_avx2,
     quantize_row_q8_0_avx2,
     gemm_q4_0x8_avx2,
     gemm_q8_0x8_avx2,

@@ -1,24 +1,16 @@
-// The AVX-512 (F/BW/VL/DQ) table: zmm int8 kernels; float ops are the AVX2 table's (8 lanes
-// keep the canonical order, and this TU stays free of xsimd so its flags cannot leak into
-// shared inline code).
+// The AVX-512 (F/BW/VL/DQ) int8 kernels on zmm. The table (dispatch.cpp) takes its float ops
+// from the AVX2 table: 8 lanes keep the canonical order, and this TU stays free of xsimd so its
+// flags cannot leak into shared inline code. Exports functions only (arch_exports.hpp).
+#include "kernels/arch_exports.hpp"
 #include "kernels/x86_avx512_qgemm.hpp"
 
 namespace qllm::kernels {
 
-extern const kernel_table table_avx2;
-
-const kernel_table& table_avx512() {
-  static const kernel_table t = [] {
-    kernel_table k = table_avx2;
-    k.name = "avx512";
-    k.supported = [](const cpu_features& f) {
-      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c;
-    };
-    k.gemm_q4_0x8 = gemm_x16<false, true>;
-    k.gemm_q8_0x8 = gemm_x16<false, false>;
-    return k;
-  }();
-  return t;
+void gemm_q4_0x8_avx512(const qgemm_args& a, int64_t p0, int64_t p1) {
+  gemm_x16<false, true>(a, p0, p1);
+}
+void gemm_q8_0x8_avx512(const qgemm_args& a, int64_t p0, int64_t p1) {
+  gemm_x16<false, false>(a, p0, p1);
 }
 
 }  // namespace qllm::kernels

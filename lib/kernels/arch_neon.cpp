@@ -1,5 +1,6 @@
 // The NEON (aarch64 Advanced SIMD) table: generic float ops for xsimd::neon64, int8 kernels with
 // vmull_s8 (neon_qgemm.hpp).
+#include "kernels/arch_exports.hpp"
 #include "kernels/float_ops.hpp"
 #include "kernels/neon_qgemm.hpp"
 
@@ -46,13 +47,11 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) 
   }
 }
 
-bool supported(const cpu_features& f) { return f.neon; }
-
 }  // namespace
 
-extern const kernel_table table_neon = {
+extern constinit const kernel_table table_neon = {
     "neon",
-    supported,
+    supported_neon,
     quantize_row_q8_0,
     gemm_neon<false, true>,
     gemm_neon<false, false>,

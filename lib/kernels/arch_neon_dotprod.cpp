@@ -1,20 +1,15 @@
-// The NEON + dotprod table: as neon, with vdotq_laneq_s32 as the int8 dot primitive.
+// The NEON + dotprod int8 kernels: as neon, with vdotq_laneq_s32 as the int8 dot primitive.
+// Exports functions only (arch_exports.hpp); dispatch.cpp assembles the table.
+#include "kernels/arch_exports.hpp"
 #include "kernels/neon_qgemm.hpp"
 
 namespace qllm::kernels {
 
-extern const kernel_table table_neon;
-
-const kernel_table& table_neon_dotprod() {
-  static const kernel_table t = [] {
-    kernel_table k = table_neon;
-    k.name = "neon_dotprod";
-    k.supported = [](const cpu_features& f) { return f.neon && f.dotprod; };
-    k.gemm_q4_0x8 = gemm_neon<true, true>;
-    k.gemm_q8_0x8 = gemm_neon<true, false>;
-    return k;
-  }();
-  return t;
+void gemm_q4_0x8_neon_dotprod(const qgemm_args& a, int64_t p0, int64_t p1) {
+  gemm_neon<true, true>(a, p0, p1);
+}
+void gemm_q8_0x8_neon_dotprod(const qgemm_args& a, int64_t p0, int64_t p1) {
+  gemm_neon<true, false>(a, p0, p1);
 }
 
 }  // namespace qllm::kernels

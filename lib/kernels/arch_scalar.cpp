@@ -1,7 +1,7 @@
 // The scalar table: plain loops over the panel layouts; float ops are the reference itself.
 #include <cmath>
 
-#include "kernels/kernel_table.hpp"
+#include "kernels/arch_exports.hpp"
 #include "qllm/reference.hpp"
 
 namespace qllm::kernels {
@@ -71,12 +71,10 @@ void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
       a.y[t * a.ldy + r] = ref::dot_f32(w + r * a.k, a.x + t * a.k, a.k);
 }
 
-bool always(const cpu_features&) { return true; }
-
 }  // namespace
 
-extern const kernel_table table_scalar = {
-    "scalar",        always,           ref::quantize_row_q8_0, gemm_q4_0x8,  gemm_q8_0x8,
+extern constinit const kernel_table table_scalar = {
+    "scalar",        supported_scalar,           ref::quantize_row_q8_0, gemm_q4_0x8,  gemm_q8_0x8,
     gemm_f16,        gemm_f32,         ref::dot_f32,           ref::dot_f16_f32, ref::axpy_f32,
     ref::axpy_f16,   ref::attn_scores_f16, ref::attn_scores_f32, ref::attn_values_f16,
     ref::attn_values_f32, ref::rmsnorm,     ref::softmax,           ref::silu_mul, ref::add,

@@ -1,37 +1,64 @@
-// Chooses the kernel table once: the best one this CPU and OS can run, or QLLM_ISA.
+// Chooses the kernel table once: the best one this CPU and OS can run, or QLLM_ISA. Built with
+// the baseline flags: everything here runs before the CPU is known (arch_exports.hpp).
 #include <cstdlib>
 #include <string>
 
-#include "kernels/kernel_table.hpp"
+#include "kernels/arch_exports.hpp"
 #include "qllm/error.hpp"
 
 namespace qllm::kernels {
 
-extern const kernel_table table_scalar;
-#if QLLM_HAVE_AVX2
-extern const kernel_table table_avx2;
-#endif
-#if QLLM_HAVE_AVX512
-const kernel_table& table_avx512();
-const kernel_table& table_avx512_vnni();
-#endif
-#if QLLM_HAVE_NEON
-extern const kernel_table table_neon;
-const kernel_table& table_neon_dotprod();
-#endif
+bool supported_scalar(const cpu_features&) noexcept { return true; }
+bool supported_avx2(const cpu_features& f) noexcept { return f.avx2 && f.fma && f.f16c; }
+bool supported_avx512(const cpu_features& f) noexcept {
+  return supported_avx2(f) && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+}
+bool supported_avx512_vnni(const cpu_features& f) noexcept {
+  return supported_avx512(f) && f.avx512_vnni;
+}
+bool supported_neon(const cpu_features& f) noexcept { return f.neon; }
+bool supported_neon_dotprod(const cpu_features& f) noexcept { return f.neon && f.dotprod; }
+
+namespace {
+// A table that is `base` with other int8 kernels. Runs here, in baseline code: a struct copy
+// made in an arch TU may use that TU's vector registers (vmovdqu64 zmm) before any CPU check.
+[[maybe_unused]] kernel_table derive(const kernel_table& base, const char* name,
+                                     bool (*supported)(const cpu_features&),
+                                     decltype(kernel_table::gemm_q4_0x8) q4,
+                                     decltype(kernel_table::gemm_q8_0x8) q8) {
+  kernel_table k = base;
+  k.name = name;
+  k.supported = supported;
+  k.gemm_q4_0x8 = q4;
+  k.gemm_q8_0x8 = q8;
+  return k;
+}
+}  // namespace
 
 const std::vector<const kernel_table*>& compiled_tables() {
-  static const std::vector<const kernel_table*> all = [] {
+#if QLLM_HAVE_AVX512
+  static const kernel_table avx512_vnni =
+      derive(table_avx2, "avx512_vnni", supported_avx512_vnni, gemm_q4_0x8_avx512_vnni,
+             gemm_q8_0x8_avx512_vnni);
+  static const kernel_table avx512 = derive(table_avx2, "avx512", supported_avx512,
+                                            gemm_q4_0x8_avx512, gemm_q8_0x8_avx512);
+#endif
+#if QLLM_HAVE_NEON
+  static const kernel_table neon_dotprod =
+      derive(table_neon, "neon_dotprod", supported_neon_dotprod, gemm_q4_0x8_neon_dotprod,
+             gemm_q8_0x8_neon_dotprod);
+#endif
+  static const std::vector<const kernel_table*> all = [&] {
     std::vector<const kernel_table*> v;
 #if QLLM_HAVE_AVX512
-    v.push_back(&table_avx512_vnni());
-    v.push_back(&table_avx512());
+    v.push_back(&avx512_vnni);
+    v.push_back(&avx512);
 #endif
 #if QLLM_HAVE_AVX2
     v.push_back(&table_avx2);
 #endif
 #if QLLM_HAVE_NEON
-    v.push_back(&table_neon_dotprod());
+    v.push_back(&neon_dotprod);
     v.push_back(&table_neon);
 #endif
     v.push_back(&table_scalar);

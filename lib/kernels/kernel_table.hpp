@@ -1,5 +1,6 @@
 // The per-arch kernel table: one instance per compiled ISA, chosen once at start (dispatch.cpp).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 #include <vector>
@@ -84,6 +85,9 @@ struct kernel_table {
   void (*rope)(float* x, int64_t n_head, int64_t head_dim, const float* cos_dup,
                const float* sin_alt);
 };
+
+// tests/check_isa_objects.py reads the `supported` field's relocation at this offset.
+static_assert(sizeof(void*) != 8 || offsetof(kernel_table, supported) == 8);
 
 // Every table compiled into this build, best measured first (whether or not this CPU can run
 // it); scalar is last.
