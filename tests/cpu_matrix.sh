@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# qllm on CPUs this machine is not: the same x86-64 build run natively and as other CPUs under
+# qemu-user (qemu-x86_64-static -cpu MODEL), with the kernel table each one must choose.
+#   Haswell: AVX2 + FMA + F16C, no AVX-512 -> avx2
+#   Nehalem: no AVX at all                  -> scalar
+# For each: `qllm info` (the table), the kernel, model, session and C ABI suites, and greedy
+# `qllm run` on generated Q4_0, Q8_0 and F16 models with 1, 2 and 3 threads. Every run's text must
+# equal the native 1-thread run's byte for byte (the tables are bit-identical to the scalar
+# reference, and threads split rows, never a reduction). Natively, every runnable table forced
+# with QLLM_ISA is compared the same way.
+#
+# usage: tests/cpu_matrix.sh BUILD_DIR [CPU ...]     (default CPUs: Haswell Nehalem)
+set -euo pipefail
+build=$(cd "$1" && pwd)
+shift
+cpus=("$@")
+[ ${#cpus[@]} -gt 0 ] || cpus=(Haswell Nehalem)
+qllm="$build/examples/qllm"
+qemu=$(command -v qemu-x86_64-static || true)
+[ -n "$qemu" ] || { echo "cpu_matrix: qemu-x86_64-static not found (apt-get install qemu-user-static)"; exit 1; }
+[ "$(uname -m)" = x86_64 ] || { echo "cpu_matrix: x86-64 only"; exit 1; }
+
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "  ok    $*"; }
+bad() { failed=$((failed + 1)); echo "  FAIL  $*"; }
+
+# qemu warns on stderr about CPUID bits TCG lacks (Haswell's invpcid, rtm); keep the rest
+as_cpu() {
+  local cpu=$1
+  shift
+  if [ "$cpu" = native ]; then "$@"; else "$qemu" -cpu "$cpu" "$@"; fi 2> >(grep -v "TCG doesn't support requested feature" >&2)
+}
+
+expected_table() {
+  case $1 in
+    Haswell | Broadwell | Skylake-Client) echo avx2 ;;
+    Nehalem | Westmere | Penryn | Conroe | core2duo | qemu64) echo scalar ;;
+    *) echo "" ;;
+  esac
+}
+
+prompt="Once upon a time, in a small village by the sea,"
+types=(q4_0 q8_0 f16)
+for t in "${types[@]}"; do
+  "$qllm" gen-random --shape small --type "$t" --seed 11 --out "$dir/$t.gguf" >/dev/null
+done
+
+gen() {  # gen CPU TYPE THREADS OUT [env...]
+  local cpu=$1 t=$2 n=$3 out=$4
+  shift 4
+  (
+    for kv in "$@"; do export "${kv?}"; done
+    as_cpu "$cpu" "$qllm" run -m "$dir/$t.gguf" -p "$prompt" -n 40 --temp 0 -t "$n" -q >"$out"
+  )
+}
+
+echo "== native: $("$qllm" info | sed -n 's/^kernels: *//p')"
+for t in "${types[@]}"; do
+  gen native "$t" 1 "$dir/ref-$t.txt"
+  [ -s "$dir/ref-$t.txt" ] || { bad "native $t produced no text"; continue; }
+  for n in 2 3; do
+    gen native "$t" "$n" "$dir/out.txt"
+    cmp -s "$dir/ref-$t.txt" "$dir/out.txt" && ok "native $t -t $n == -t 1" || bad "native $t -t $n differs"
+  done
+  for isa in $("$qllm" info | sed -n 's/^ *runnable: *//p'); do
+    gen native "$t" 2 "$dir/out.txt" QLLM_ISA="$isa"
+    cmp -s "$dir/ref-$t.txt" "$dir/out.txt" && ok "native QLLM_ISA=$isa $t == native" ||
+      bad "native QLLM_ISA=$isa $t differs"
+  done
+done
+echo "   reference text (q4_0): $(head -c 120 "$dir/ref-q4_0.txt")"
+
+for cpu in "${cpus[@]}"; do
+  want=$(expected_table "$cpu")
+  echo "== $cpu (expects the ${want:-best} table)"
+  if ! as_cpu "$cpu" "$qllm" info >"$dir/info.txt"; then
+    bad "$cpu: qllm info died"
+  else
+    got=$(sed -n 's/^kernels: *\([a-z0-9_]*\).*/\1/p' "$dir/info.txt")
+    if [ -z "$want" ] || [ "$got" = "$want" ]; then ok "$cpu: qllm info chooses $got"; else bad "$cpu: qllm info chooses '$got', expected $want"; fi
+  fi
+  for s in kernels model session capi; do
+    if as_cpu "$cpu" "$build/tests/test_$s" >"$dir/suite.txt" 2>&1; then
+      ok "$cpu: test_$s ($(grep -o 'assertions: *[0-9]*' "$dir/suite.txt" | tr -s ' '))"
+    else
+      bad "$cpu: test_$s"
+      tail -20 "$dir/suite.txt"
+    fi
+  done
+  for t in "${types[@]}"; do
+    for n in 1 2 3; do
+      if ! gen "$cpu" "$t" "$n" "$dir/out.txt"; then
+        bad "$cpu: qllm run $t -t $n died"
+      elif cmp -s "$dir/ref-$t.txt" "$dir/out.txt"; then
+        ok "$cpu: qllm run $t -t $n == native"
+      else
+        bad "$cpu: qllm run $t -t $n differs from native"
+        diff <(fold -w 80 "$dir/ref-$t.txt") <(fold -w 80 "$dir/out.txt") | head -5 || true
+      fi
+    done
+  done
+done
+echo "cpu_matrix: $passed passed, $failed failed"
+[ "$failed" = 0 ]
