@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -65,6 +67,7 @@ mat dequant(const gguf::file& f, const std::string& name) {
 struct ref_model {
   int64_t V, E, L, F, H, HKV, D;
   double eps, base;
+  double pos_scale = 1.0;  // linear RoPE scaling: 1 / llama.rope.scaling.factor
   mat embd, out_norm, out;
   std::vector<mat> an, wq, wk, wv, wo, fn, wg, wu, wd;
 };
@@ -80,6 +83,7 @@ ref_model load_ref(const std::string& path) {
   r.D = r.E / r.H;
   r.eps = f.get_float("llama.attention.layer_norm_rms_epsilon");
   r.base = f.get_float("llama.rope.freq_base");
+  if (f.find("llama.rope.scaling.factor")) r.pos_scale = 1.0 / f.get_float("llama.rope.scaling.factor");
   r.embd = dequant(f, "token_embd.weight");
   r.V = int64_t(r.embd.size()) / r.E;
   r.out_norm = dequant(f, "output_norm.weight");
@@ -116,10 +120,10 @@ std::vector<double> rmsnorm(const std::vector<double>& x, const mat& w, double e
   return y;
 }
 
-void rope(std::vector<double>& x, int64_t n_head, int64_t d, int64_t pos, double base) {
+void rope(std::vector<double>& x, int64_t n_head, int64_t d, double pos, double base) {
   for (int64_t h = 0; h < n_head; ++h) {
     for (int64_t i = 0; i < d; i += 2) {
-      const double th = double(pos) * std::pow(base, -double(i) / double(d));
+      const double th = pos * std::pow(base, -double(i) / double(d));
       double& a = x[size_t(h * d + i)];
       double& b = x[size_t(h * d + i + 1)];
       const double a0 = a, b0 = b;
@@ -142,8 +146,8 @@ std::vector<std::vector<double>> forward_ref(const ref_model& r, const std::vect
       q[t] = matvec(r.wq[size_t(l)], xb);
       k[t] = matvec(r.wk[size_t(l)], xb);
       v[t] = matvec(r.wv[size_t(l)], xb);
-      rope(q[t], r.H, r.D, int64_t(t), r.base);
-      rope(k[t], r.HKV, r.D, int64_t(t), r.base);
+      rope(q[t], r.H, r.D, double(t) * r.pos_scale, r.base);
+      rope(k[t], r.HKV, r.D, double(t) * r.pos_scale, r.base);
     }
     for (size_t t = 0; t < T; ++t) {
       std::vector<double> att(size_t(r.E), 0.0);
@@ -343,6 +347,7 @@ struct hand_model {
   ggml_type q_type = ggml_type::f32;
   bool drop_tensor = false;
   uint32_t head_count = 2;
+  int64_t embd_rows = 300;  // token_embd.weight rows (n_vocab)
 };
 
 void write_hand(const std::string& path, const hand_model& h) {
@@ -366,7 +371,7 @@ void write_hand(const std::string& path, const hand_model& h) {
     std::vector<uint8_t> data(bytes, 0);
     w.add_tensor(name, type, ne, data.data(), data.size());
   };
-  t("token_embd.weight", {32, 300});
+  t("token_embd.weight", {32, h.embd_rows});
   t("output_norm.weight", {32});
   t("blk.0.attn_norm.weight", {32});
   if (h.q_type == ggml_type::q5_0)
@@ -428,4 +433,153 @@ TEST_CASE("load errors name what is wrong") {
   h.head_count = 3;  // 32 is not a multiple of 3
   CHECK(load_error(h).find("head_count") != std::string::npos);
   CHECK_THROWS_AS(model::load("/nonexistent/model.gguf"), error);
+  // no vocabulary and an embedding table of 0 rows: was a division by zero (SIGFPE)
+  h = ok;
+  h.embd_rows = 0;
+  CHECK(load_error(h).find("token_embd.weight") != std::string::npos);
+  CHECK(load_error(h).find("n_vocab") != std::string::npos);
+}
+
+TEST_CASE("linear RoPE scaling: positions scaled by 1/factor, against the reference; other types refused") {
+  auto spec_with = [](std::vector<std::pair<std::string, std::string>> s,
+                      std::vector<std::pair<std::string, float>> fl) {
+    random_model_spec spec = random_model_preset("tiny");
+    spec.type = ggml_type::f32;
+    spec.seed = 41;
+    spec.extra_strings = std::move(s);
+    spec.extra_f32 = std::move(fl);
+    return spec;
+  };
+  const auto toks = some_tokens(40, 512, 5);
+  context_params cp;
+  cp.n_ctx = 64;
+  cp.kv = kv_type::f32;
+  std::vector<float> scaled;
+  {
+    temp_file tf(temp_path("rope_linear"));
+    write_random_model(tf.path, spec_with({{"llama.rope.scaling.type", "linear"}},
+                                          {{"llama.rope.scaling.factor", 4.0f}}));
+    const auto m = model::load(tf.path);
+    CHECK(m->config().rope_freq_scale == 0.25f);
+    context ctx(m, cp);
+    const auto got = ctx.eval(toks, true);
+    scaled.assign(got.begin(), got.end());
+    ref_model r = load_ref(tf.path);
+    REQUIRE(r.pos_scale == 0.25);
+    const double err = rel_rms(got, forward_ref(r, toks));
+    r.pos_scale = 1.0;  // what the model computed before scaling was read
+    const double err_unscaled = rel_rms(got, forward_ref(r, toks));
+    MESSAGE("linear x4: rel RMS " << err << " against the scaled reference, " << err_unscaled << " unscaled");
+    CHECK(err < 1e-4);
+    CHECK(err_unscaled > 1e-2);
+  }
+  {  // the older key gives the same model
+    temp_file tf(temp_path("rope_old_key"));
+    write_random_model(tf.path, spec_with({}, {{"llama.rope.scale_linear", 4.0f}}));
+    const auto m = model::load(tf.path);
+    context ctx(m, cp);
+    const auto got = ctx.eval(toks, true);
+    CHECK(std::equal(got.begin(), got.end(), scaled.begin(), scaled.end()));
+  }
+  {  // "none" and a zero factor are unscaled
+    temp_file tf(temp_path("rope_none"));
+    write_random_model(tf.path, spec_with({{"llama.rope.scaling.type", "none"}},
+                                          {{"llama.rope.scaling.factor", 4.0f}}));
+    CHECK(model::load(tf.path)->config().rope_freq_scale == 1.0f);
+    write_random_model(tf.path, spec_with({{"llama.rope.scaling.type", "linear"}},
+                                          {{"llama.rope.scaling.factor", 0.0f}}));
+    CHECK(model::load(tf.path)->config().rope_freq_scale == 1.0f);
+  }
+  auto load_fails = [&](std::vector<std::pair<std::string, std::string>> s,
+                        std::vector<std::pair<std::string, float>> fl, errc code, const char* needle) {
+    temp_file tf(temp_path("rope_bad"));
+    write_random_model(tf.path, spec_with(std::move(s), std::move(fl)));
+    try {
+      (void)model::load(tf.path);
+      FAIL("loaded");
+    } catch (const error& e) {
+      CHECK(e.code() == code);
+      CHECK(std::string(e.what()).find(needle) != std::string::npos);
+    }
+  };
+  load_fails({{"llama.rope.scaling.type", "yarn"}}, {{"llama.rope.scaling.factor", 4.0f}},
+             errc::unsupported, "yarn");
+  load_fails({{"llama.rope.scaling.type", "longrope"}}, {}, errc::unsupported, "longrope");
+  load_fails({{"llama.rope.scaling.type", "linear"}}, {{"llama.rope.scaling.factor", -2.0f}},
+             errc::bad_format, "scaling factor");
+  load_fails({}, {{"llama.rope.scaling.factor", std::numeric_limits<float>::infinity()}},
+             errc::bad_format, "scaling factor");
+}
+
+TEST_CASE("special token ids are range-checked before narrowing to int32") {
+  for (uint64_t bad_id : {(uint64_t(1) << 32) + 1, uint64_t(512), uint64_t(1) << 40}) {
+    random_model_spec spec = random_model_preset("tiny");
+    spec.extra_u64 = {{"tokenizer.ggml.bos_token_id", bad_id}};
+    temp_file tf(temp_path("bos"));
+    write_random_model(tf.path, spec);
+    CAPTURE(bad_id);
+    try {
+      (void)model::load(tf.path);
+      FAIL("loaded");  // 2^32 + 1 used to pass as token 1
+    } catch (const error& e) {
+      CHECK(e.code() == errc::bad_format);
+      CHECK(std::string(e.what()).find("bos_token_id") != std::string::npos);
+    }
+  }
+}
+
+// Every dimension of every tensor info set to hostile values: load throws qllm::error or works.
+TEST_CASE("tensor infos with hostile dimensions never crash the loader") {
+  random_model_spec spec = random_model_preset("tiny");
+  spec.vocabulary = false;  // n_vocab comes from token_embd.weight alone
+  temp_file src(temp_path("dims_src"));
+  write_random_model(src.path, spec);
+  std::vector<uint8_t> bytes;
+  {
+    std::FILE* f = std::fopen(src.path.c_str(), "rb");
+    REQUIRE(f);
+    int ch;
+    while ((ch = std::fgetc(f)) != EOF) bytes.push_back(uint8_t(ch));
+    std::fclose(f);
+  }
+  const auto f0 = gguf::file::open(src.path);
+  temp_file dst(temp_path("dims"));
+  int rejected = 0, loaded = 0;
+  const int64_t hostile[] = {0, 1, -1, 31, 33, int64_t(1) << 31, int64_t(1) << 40, INT64_MAX};
+  for (const auto& t : f0.tensors()) {
+    // the tensor info: u64 name length, name, u32 n_dims, n_dims x i64 ne, ...
+    const std::string key = t.name;
+    auto it = std::search(bytes.begin(), bytes.end(), key.begin(), key.end());
+    while (it != bytes.end()) {  // the info, not a metadata string that contains the name
+      const std::size_t at = std::size_t(it - bytes.begin()) + key.size();
+      uint32_t nd;
+      std::memcpy(&nd, &bytes[at], 4);
+      if (nd == t.ne.size()) break;
+      it = std::search(it + 1, bytes.end(), key.begin(), key.end());
+    }
+    REQUIRE(it != bytes.end());
+    const std::size_t ne_at = std::size_t(it - bytes.begin()) + key.size() + 4;
+    for (std::size_t d = 0; d < t.ne.size(); ++d) {
+      for (int64_t v : hostile) {
+        auto m = bytes;
+        std::memcpy(&m[ne_at + 8 * d], &v, 8);
+        std::FILE* f = std::fopen(dst.path.c_str(), "wb");
+        REQUIRE(f);
+        std::fwrite(m.data(), 1, m.size(), f);
+        std::fclose(f);
+        try {
+          const auto mp = model::load(dst.path);
+          context_params cp;
+          cp.n_ctx = 16;
+          context ctx(mp, cp);
+          (void)ctx.eval(std::vector<int32_t>{0, 1, 2});
+          ++loaded;
+        } catch (const error&) {
+          ++rejected;
+        }
+      }
+    }
+  }
+  MESSAGE("hostile dimensions: " << rejected << " rejected, " << loaded << " loaded");
+  CHECK(rejected > 0);
 }

@@ -22,6 +22,9 @@ struct model_config {
   int64_t n_head_kv = 0;     // llama.attention.head_count_kv (grouped-query attention)
   int64_t n_rot = 0;         // llama.rope.dimension_count
   float rope_freq_base = 10000.0f;
+  // Linear RoPE scaling (llama.rope.scaling.type "linear" with .factor f, or the older
+  // llama.rope.scale_linear f): positions are multiplied by 1/f. 1 = no scaling.
+  float rope_freq_scale = 1.0f;
   float rms_eps = 1e-5f;     // llama.attention.layer_norm_rms_epsilon
   int64_t head_dim() const noexcept { return n_embd / n_head; }
   int64_t kv_dim() const noexcept { return head_dim() * n_head_kv; }

@@ -1,5 +1,7 @@
 // Llama-architecture GGUF files with seeded random weights, for tests and benchmarks.
 #pragma once
+#include <vector>
+#include <utility>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -20,6 +22,10 @@ struct random_model_spec {
   uint32_t seed = 1;
   bool tied_output = false;  // omit output.weight (the embedding table is reused)
   bool vocabulary = true;    // false: no tokenizer.ggml.* keys (a file only token ids work with)
+  // Extra metadata written after (and overriding) the defaults, e.g. RoPE scaling keys.
+  std::vector<std::pair<std::string, std::string>> extra_strings;
+  std::vector<std::pair<std::string, float>> extra_f32;
+  std::vector<std::pair<std::string, uint64_t>> extra_u64;
 };
 
 // Presets: "tiny" (the defaults above), "small" (dim 256, 4 layers, GQA 8/2, vocab 2048),

@@ -77,7 +77,7 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
   rope_sin.resize(std::size_t(n_ctx * hd));
   for (int64_t pos = 0; pos < n_ctx; ++pos)
     ref::rope_table(&rope_cos[std::size_t(pos * hd)], &rope_sin[std::size_t(pos * hd)], hd, c.n_rot,
-                    double(pos), double(c.rope_freq_base));
+                    double(pos) * double(c.rope_freq_scale), double(c.rope_freq_base));
   x.resize(std::size_t(M * E));
   xb.resize(std::size_t(M * E));
   q.resize(std::size_t(M * E));
@@ -238,7 +238,8 @@ void context_impl::shift(int64_t n_keep, int64_t n_discard) {
   if (n_discard == 0) return;
   const int64_t hd = c.head_dim();
   std::vector<float> cs(static_cast<std::size_t>(hd)), sn(static_cast<std::size_t>(hd)), row(static_cast<std::size_t>(hd));
-  ref::rope_table(cs.data(), sn.data(), hd, c.n_rot, -double(n_discard), double(c.rope_freq_base));
+  ref::rope_table(cs.data(), sn.data(), hd, c.n_rot, -double(n_discard) * double(c.rope_freq_scale),
+                  double(c.rope_freq_base));
   const int64_t first = n_keep + n_discard, n_move = n_past - first;
   const std::size_t elt = kv_elt(kv_f16), row_bytes = std::size_t(hd) * elt;
   const std::size_t head_bytes = std::size_t(n_ctx) * row_bytes, half = std::size_t(c.n_head_kv) * head_bytes;

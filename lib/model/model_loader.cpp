@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -62,6 +63,26 @@ int64_t get_dim(const gguf::file& f, const std::string& key, int64_t max) {
   return int64_t(v);
 }
 
+// Linear scaling is implemented; any other RoPE scaling type is refused by name, never ignored.
+float read_rope_scaling(const gguf::file& f) {
+  const char* type_key = "llama.rope.scaling.type";
+  const char* factor_key = "llama.rope.scaling.factor";
+  const char* old_key = "llama.rope.scale_linear";
+  std::string type = f.find(type_key) ? f.get_string(type_key) : "";
+  double factor = 0;  // 0: not given
+  if (f.find(old_key)) factor = f.get_float(old_key);
+  if (f.find(factor_key)) factor = f.get_float(factor_key);  // the newer key wins, as in llama.cpp
+  if (type.empty()) type = factor != 0 ? "linear" : "none";
+  if (type == "none") return 1.0f;
+  if (type != "linear")
+    throw error(errc::unsupported, "model: RoPE scaling type '" + type +
+                                       "' is not supported (qllm implements 'linear' only)");
+  if (factor == 0) return 1.0f;  // as llama.cpp: a zero factor means unscaled
+  if (!std::isfinite(factor) || factor < 1.0 / 1024 || factor > 1024)
+    bad("RoPE scaling factor " + std::to_string(factor) + " is out of range (1/1024 .. 1024)");
+  return float(1.0 / factor);
+}
+
 model_config read_config(const gguf::file& f) {
   if (!f.find("general.architecture")) bad("missing metadata key 'general.architecture'");
   const std::string arch = f.get_string("general.architecture");
@@ -91,6 +112,7 @@ model_config read_config(const gguf::file& f) {
   if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f)) bad("layer_norm_rms_epsilon out of range");
   if (f.find("llama.rope.freq_base")) c.rope_freq_base = float(f.get_float("llama.rope.freq_base"));
   if (!(c.rope_freq_base > 1.0f)) bad("rope.freq_base must be > 1");
+  c.rope_freq_scale = read_rope_scaling(f);
   return c;
 }
 
@@ -228,6 +250,7 @@ std::shared_ptr<const model> model::load(const std::string& path, const model_op
   if (te->ne.size() != 2 || te->ne[0] != c.n_embd)
     bad("tensor 'token_embd.weight' must have shape [" + std::to_string(c.n_embd) + ", n_vocab]");
   c.n_vocab = te->ne[1];
+  if (c.n_vocab < 1) bad("tensor 'token_embd.weight' has 0 rows (n_vocab must be at least 1)");
   if (f.find("llama.vocab_size") && int64_t(f.get_uint("llama.vocab_size")) != c.n_vocab)
     bad("llama.vocab_size disagrees with token_embd.weight (" + std::to_string(c.n_vocab) + " rows)");
   m->tok = tokenizer::from_gguf(f);  // before the weights: a bad vocabulary fails fast

@@ -141,6 +141,10 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
     w.set_u32("tokenizer.ggml.bos_token_id", 1);
     w.set_u32("tokenizer.ggml.eos_token_id", 2);
   }
+  // overrides: the writer replaces the value of a key set again
+  for (const auto& [k, v] : s.extra_strings) w.set_string(k, v);
+  for (const auto& [k, v] : s.extra_f32) w.set_f32(k, v);
+  for (const auto& [k, v] : s.extra_u64) w.set_u64(k, v);
 
   uint64_t stream = uint64_t(s.seed) << 32;
   auto matrix = [&](const std::string& name, int64_t k, int64_t n, float sd) {

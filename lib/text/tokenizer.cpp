@@ -184,9 +184,17 @@ std::shared_ptr<const tokenizer> tokenizer::from_gguf(const gguf::file& f) {
   } else {
     bad("tokenizer.ggml.scores is missing (BPE merges need the scores)");
   }
-  v.unk_id = int32_t(f.get_int("tokenizer.ggml.unknown_token_id", 0));
-  v.bos_id = int32_t(f.get_int("tokenizer.ggml.bos_token_id", 1));
-  v.eos_id = int32_t(f.get_int("tokenizer.ggml.eos_token_id", 2));
+  // range-checked as int64 before narrowing: 2^32 + 1 must not pass as 1
+  auto id = [&](const char* key, int64_t fallback) {
+    const int64_t x = f.get_int(key, fallback);
+    if (x < 0 || x >= int64_t(n))
+      bad(std::string(key) + " = " + std::to_string(x) + " is not a token id (the vocabulary has " +
+          std::to_string(n) + " tokens)");
+    return int32_t(x);
+  };
+  v.unk_id = id("tokenizer.ggml.unknown_token_id", 0);
+  v.bos_id = id("tokenizer.ggml.bos_token_id", 1);
+  v.eos_id = id("tokenizer.ggml.eos_token_id", 2);
   v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", true);
   v.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix", true);
   if (f.find("tokenizer.ggml.token_type")) {
