@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "qllm/threads.hpp"
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
@@ -72,6 +73,14 @@ struct status_error {
 };
 
 [[noreturn]] void raise(qllm_status st, std::string msg) { throw status_error{st, std::move(msg)}; }
+
+// libgomp exits the process when it cannot create a thread: refuse absurd counts up front.
+void check_threads(int32_t n) {
+  if (n < 0 || n > qllm::max_threads())
+    raise(QLLM_ERR_INVALID_ARGUMENT, "n_threads " + std::to_string(n) +
+                                         " is out of range (0 = default, at most " +
+                                         std::to_string(qllm::max_threads()) + " on this machine)");
+}
 
 // Runs f, turning every exception into a status and the thread's message.
 template <class F>
@@ -355,7 +364,7 @@ QLLM_API qllm_status qllm_model_load(const char* path, const qllm_model_params* 
     need(path, "path");
     const qllm_model_params p = read_struct(params, model_defaults(), "qllm_model_params");
     if (p.use_mmap != 1) raise(QLLM_ERR_UNSUPPORTED, "use_mmap must be 1: qllm always maps the file");
-    if (p.n_threads < 0) raise(QLLM_ERR_INVALID_ARGUMENT, "n_threads must be >= 0");
+    check_threads(p.n_threads);
     qllm::model_options o;
     o.n_threads = p.n_threads;
     o.quantize_float_weights = p.quantize_float_weights != 0;
@@ -460,7 +469,7 @@ QLLM_API qllm_status qllm_session_create(const qllm_model* model, const qllm_ses
     const qllm_session_params p = read_struct(params, session_defaults(), "qllm_session_params");
     qllm::session_params sp;
     if (p.n_ctx < 0) raise(QLLM_ERR_INVALID_ARGUMENT, "n_ctx must be >= 0");
-    if (p.n_threads < 0) raise(QLLM_ERR_INVALID_ARGUMENT, "n_threads must be >= 0");
+    check_threads(p.n_threads);
     if (p.kv_type != QLLM_KV_F16 && p.kv_type != QLLM_KV_F32)
       raise(QLLM_ERR_INVALID_ARGUMENT, "kv_type " + std::to_string(p.kv_type) + " is not QLLM_KV_F16 or QLLM_KV_F32");
     if (p.context_policy < 0 || p.context_policy > 2)

@@ -1,6 +1,8 @@
 // The C ABI (libqllm.so through capi/qllm.h) against the C++ core linked statically into this
 // test: same tokens, same logits, same text; and every misuse is a status, never a crash.
 #include <doctest/doctest.h>
+
+#include <climits>
 #include <unistd.h>
 
 #include <cmath>
@@ -104,6 +106,34 @@ TEST_CASE("NULL handles and pointers are statuses, frees of NULL are no-ops") {
   const int32_t bad[] = {1, 1 << 20};
   CHECK(qllm_session_eval(s, bad, 2) == QLLM_ERR_INVALID_ARGUMENT);
   CHECK(last_error().find("outside the vocabulary") != std::string::npos);
+  qllm_session_free(s);
+}
+
+TEST_CASE("absurd thread counts are INVALID_ARGUMENT, not a process killed by libgomp") {
+  qllm_model_params mp;
+  REQUIRE(qllm_model_params_init(&mp, sizeof mp) == QLLM_OK);
+  for (int32_t n : {-1, 5000, INT32_MAX}) {
+    CAPTURE(n);
+    mp.n_threads = n;
+    qllm_model* m = nullptr;
+    CHECK(qllm_model_load(model_path().c_str(), &mp, &m) == QLLM_ERR_INVALID_ARGUMENT);
+    CHECK(m == nullptr);
+    CHECK(last_error().find("n_threads") != std::string::npos);
+  }
+  model_handle h;
+  qllm_session_params sp;
+  REQUIRE(qllm_session_params_init(&sp, sizeof sp) == QLLM_OK);
+  for (int32_t n : {-1, 5000, INT32_MAX}) {
+    CAPTURE(n);
+    sp.n_threads = n;
+    qllm_session* s = nullptr;
+    CHECK(qllm_session_create(h.m, &sp, &s) == QLLM_ERR_INVALID_ARGUMENT);
+    CHECK(s == nullptr);
+    CHECK(last_error().find("at most") != std::string::npos);
+  }
+  sp.n_threads = 3;  // oversubscribing a little is allowed
+  qllm_session* s = nullptr;
+  CHECK(qllm_session_create(h.m, &sp, &s) == QLLM_OK);
   qllm_session_free(s);
 }
 

@@ -2,6 +2,7 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "args.hpp"
@@ -9,6 +10,7 @@
 #include "qllm/error.hpp"
 #include "kernels/kernel_table.hpp"
 #include "qllm/cpu_features.hpp"
+#include "qllm/threads.hpp"
 #include "qllm/version.hpp"
 
 namespace qllm::cli {
@@ -34,7 +36,11 @@ int cmd_info(int argc, char** argv) {
   std::printf("kernels:      %s (QLLM_ISA to force one)\n", active.name);
   std::printf("  runnable:  %s\n", runnable.c_str());
   std::printf("  compiled:  %s\n", compiled.c_str());
-  std::printf("threads:      %d (OpenMP; OMP_NUM_THREADS to change)\n", omp_get_max_threads());
+  std::string why = "CPUs of the affinity mask: " + std::to_string(omp_get_max_threads());
+  if (const char* env = std::getenv("OMP_NUM_THREADS"); env && *env) why = std::string("OMP_NUM_THREADS=") + env;
+  else if (default_threads() < omp_get_max_threads()) why += ", capped by the cgroup CPU quota";
+  std::printf("threads:      %d (%s; -t or OMP_NUM_THREADS to change; at most %d)\n", default_threads(),
+              why.c_str(), max_threads());
   return 0;
 }
 

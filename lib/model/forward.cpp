@@ -10,6 +10,7 @@
 #include "ops/matmul.hpp"
 #include "ops/rows.hpp"
 #include "qllm/error.hpp"
+#include "qllm/threads.hpp"
 #include "qllm/reference.hpp"
 
 namespace qllm {
@@ -63,6 +64,10 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
       kv_f16(p.kv == kv_type::f16) {
   if (p.n_ctx < 0 || n_ctx > (int64_t(1) << 24))
     throw error(errc::invalid_argument, "context: n_ctx " + std::to_string(p.n_ctx) + " out of range");
+  if (p.n_threads < 0 || p.n_threads > max_threads())
+    throw error(errc::invalid_argument, "context: n_threads " + std::to_string(p.n_threads) +
+                                            " out of range (0 = default, at most " +
+                                            std::to_string(max_threads()) + ")");
   if (n_batch < 1 || n_batch > (int64_t(1) << 16))
     throw error(errc::invalid_argument, "context: n_batch " + std::to_string(n_batch) + " out of range");
   if (p.kv != kv_type::f16 && p.kv != kv_type::f32)

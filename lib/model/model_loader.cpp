@@ -13,6 +13,7 @@
 #include "model/model_impl.hpp"
 #include "ops/rows.hpp"
 #include "qllm/error.hpp"
+#include "qllm/threads.hpp"
 #include "qllm/reference.hpp"
 
 namespace qllm {
@@ -231,6 +232,10 @@ const char* model::isa() const noexcept { return impl_->kt->name; }
 std::shared_ptr<const model> model::load(const std::string& path, const model_options& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   auto since = [](auto t) { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count(); };
+  if (opt.n_threads < 0 || opt.n_threads > max_threads())
+    throw error(errc::invalid_argument, "model: n_threads " + std::to_string(opt.n_threads) +
+                                            " out of range (0 = default, at most " +
+                                            std::to_string(max_threads()) + ")");
   auto m = std::make_unique<model_impl>(gguf::file::open(path));
   const gguf::file& f = m->file;
   model_config& c = m->cfg;

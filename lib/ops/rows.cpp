@@ -1,4 +1,5 @@
 #include "ops/rows.hpp"
+#include "qllm/threads.hpp"
 
 #include <omp.h>
 
@@ -110,5 +111,5 @@ void attention(const kernels::kernel_table& kt, const attention_args& a, int n_t
 }  // namespace qllm::ops
 
 namespace qllm::ops {
-int default_threads() noexcept { return std::max(1, omp_get_max_threads()); }
+int default_threads() noexcept { return qllm::default_threads(); }
 }  // namespace qllm::ops

@@ -1,0 +1,24 @@
+// How many threads qllm uses by default, and how many it accepts.
+#pragma once
+#include <string>
+
+namespace qllm {
+
+// The CPU limit of a cgroup CPU quota, as a whole number of CPUs (quota / period rounded up),
+// or 0 when there is none. `proc_self_cgroup` is the text of /proc/self/cgroup; `mount_root`
+// is where the cgroup file systems are mounted ("/sys/fs/cgroup"). Reads cgroup v2 `cpu.max`
+// of the process's cgroup and its ancestors, and cgroup v1 `cpu.cfs_quota_us` /
+// `cpu.cfs_period_us` of the `cpu` controller; the smallest limit wins. Never throws.
+int cgroup_cpu_limit(const std::string& proc_self_cgroup, const std::string& mount_root) noexcept;
+
+// The default thread count: OMP_NUM_THREADS when set, else the CPUs of the affinity mask,
+// capped by the cgroup CPU quota (a container given --cpus=2 on a 64-core host gets 2).
+// Computed once.
+int default_threads() noexcept;
+
+// The most threads a model or context accepts: max(64, 4 x the CPUs of the machine).
+// More would only oversubscribe, and libgomp exits the whole process when it cannot create a
+// thread, so a larger request is an invalid_argument error instead.
+int max_threads() noexcept;
+
+}  // namespace qllm

@@ -1,0 +1,134 @@
+// Thread counts: the affinity mask, cgroup CPU quotas (v1 and v2), and the accepted maximum.
+#include "qllm/threads.hpp"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace qllm {
+namespace {
+
+bool read_text(const std::string& path, std::string& out) {
+  std::ifstream f(path);
+  if (!f) return false;
+  std::ostringstream s;
+  s << f.rdbuf();
+  out = s.str();
+  return true;
+}
+
+// ceil(quota / period) as CPUs, 0 when unlimited or unreadable.
+int cpus_of(double quota, double period) {
+  if (!(quota > 0) || !(period > 0)) return 0;
+  const double n = std::ceil(quota / period);
+  return n >= 1 ? (n > 1e6 ? 1000000 : int(n)) : 1;
+}
+
+// The directory chain from `dir` up to `root` (both included).
+template <class F>
+void for_ancestors(const std::string& root, std::string rel, F&& f) {
+  while (true) {
+    f(root + rel);
+    if (rel.empty() || rel == "/") return;
+    const auto slash = rel.find_last_of('/');
+    rel = slash == std::string::npos ? "" : rel.substr(0, slash);
+  }
+}
+
+int min_limit(int a, int b) { return a == 0 ? b : (b == 0 ? a : std::min(a, b)); }
+
+int v2_limit(const std::string& root, const std::string& rel) {
+  int best = 0;
+  for_ancestors(root, rel, [&](const std::string& dir) {
+    std::string text;
+    if (!read_text(dir + "/cpu.max", text)) return;
+    std::istringstream s(text);
+    std::string quota;
+    double period = 0;
+    if (!(s >> quota >> period) || quota == "max") return;
+    char* end = nullptr;
+    const double q = std::strtod(quota.c_str(), &end);
+    if (end == quota.c_str()) return;
+    best = min_limit(best, cpus_of(q, period));
+  });
+  return best;
+}
+
+int v1_limit(const std::string& root, const std::string& rel) {
+  int best = 0;
+  bool any = false;
+  for (const char* ctl : {"/cpu,cpuacct", "/cpuacct,cpu", "/cpu"}) {
+    const std::string base = root + ctl;
+    auto at = [&](const std::string& dir) {
+      std::string q, p;
+      if (!read_text(dir + "/cpu.cfs_quota_us", q) || !read_text(dir + "/cpu.cfs_period_us", p)) return;
+      any = true;
+      best = min_limit(best, cpus_of(std::strtod(q.c_str(), nullptr), std::strtod(p.c_str(), nullptr)));
+    };
+    for_ancestors(base, rel, at);
+    if (!any) at(base);  // inside a container the mount's root is the process's own cgroup
+    if (any) break;
+  }
+  return best;
+}
+
+}  // namespace
+
+int cgroup_cpu_limit(const std::string& proc_self_cgroup, const std::string& mount_root) noexcept {
+  try {
+    int best = 0;
+    std::istringstream lines(proc_self_cgroup);
+    std::string line;
+    while (std::getline(lines, line)) {
+      // hierarchy-ID:controller-list:path
+      const auto a = line.find(':'), b = line.find(':', a == std::string::npos ? 0 : a + 1);
+      if (a == std::string::npos || b == std::string::npos) continue;
+      const std::string controllers = line.substr(a + 1, b - a - 1);
+      std::string path = line.substr(b + 1);
+      if (path == "/") path.clear();
+      if (line.compare(0, a, "0") == 0 && controllers.empty()) {
+        // unified (v2) mount, or hybrid systems' /sys/fs/cgroup/unified
+        for (const std::string& root : {mount_root, mount_root + "/unified"}) {
+          int v2 = v2_limit(root, path);
+          if (v2 == 0 && !path.empty()) v2 = v2_limit(root, "");  // namespaced mount
+          best = min_limit(best, v2);
+        }
+      } else {
+        std::istringstream cs(controllers);
+        std::string c;
+        bool cpu = false;
+        while (std::getline(cs, c, ',')) cpu |= c == "cpu";
+        if (cpu) best = min_limit(best, v1_limit(mount_root, path));
+      }
+    }
+    return best;
+  } catch (...) {
+    return 0;
+  }
+}
+
+int default_threads() noexcept {
+  static const int n = [] {
+    const int omp = std::max(1, omp_get_max_threads());
+    const char* env = std::getenv("OMP_NUM_THREADS");
+    if (env && *env) return omp;  // an explicit choice is kept
+    std::string text;
+    if (!read_text("/proc/self/cgroup", text)) return omp;
+    const int quota = cgroup_cpu_limit(text, "/sys/fs/cgroup");
+    return quota > 0 ? std::min(omp, quota) : omp;
+  }();
+  return n;
+}
+
+int max_threads() noexcept {
+  const long conf = sysconf(_SC_NPROCESSORS_CONF);
+  const long n = conf > 0 ? conf : 1;
+  return int(std::min<long>(std::max<long>(64, 4 * n), 1 << 16));
+}
+
+}  // namespace qllm

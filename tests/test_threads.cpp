@@ -1,0 +1,87 @@
+// Default thread counts under cgroup CPU quotas (v1 and v2, on fake cgroup trees) and the bound.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "qllm/threads.hpp"
+
+using namespace qllm;
+namespace fs = std::filesystem;
+
+namespace {
+struct tree {
+  fs::path root;
+  tree() {
+    root = fs::temp_directory_path() / ("qllm_cgroup_" + std::to_string(getpid()));
+    fs::remove_all(root);
+    fs::create_directories(root);
+  }
+  ~tree() { fs::remove_all(root); }
+  void put(const std::string& rel, const std::string& text) const {
+    const fs::path p = root / rel;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << text;
+  }
+  std::string r() const { return root.string(); }
+};
+}  // namespace
+
+TEST_CASE("cgroup v2: cpu.max of the cgroup and its ancestors, smallest wins, rounded up") {
+  tree t;
+  CHECK(cgroup_cpu_limit("0::/a/b\n", t.r()) == 0);  // no files: no limit
+  t.put("a/b/cpu.max", "max 100000\n");
+  CHECK(cgroup_cpu_limit("0::/a/b\n", t.r()) == 0);
+  t.put("a/cpu.max", "200000 100000\n");
+  CHECK(cgroup_cpu_limit("0::/a/b\n", t.r()) == 2);  // the parent's quota applies
+  t.put("a/b/cpu.max", "150000 100000\n");
+  CHECK(cgroup_cpu_limit("0::/a/b\n", t.r()) == 2);  // 1.5 CPUs -> 2 threads
+  t.put("a/b/cpu.max", "50000 100000\n");
+  CHECK(cgroup_cpu_limit("0::/a/b\n", t.r()) == 1);
+  t.put("a/b/cpu.max", "garbage\n");
+  CHECK(cgroup_cpu_limit("0::/a/b\n", t.r()) == 2);
+}
+
+TEST_CASE("cgroup v2 inside a container: the namespaced root holds the quota") {
+  tree t;
+  t.put("cpu.max", "400000 100000\n");
+  CHECK(cgroup_cpu_limit("0::/\n", t.r()) == 4);
+  // the path names the host's cgroup, which the container's mount does not have
+  CHECK(cgroup_cpu_limit("0::/system.slice/docker-1.scope\n", t.r()) == 4);
+}
+
+TEST_CASE("cgroup v1: cpu.cfs_quota_us / cpu.cfs_period_us of the cpu controller") {
+  tree t;
+  const std::string self = "12:memory:/docker/x\n4:cpu,cpuacct:/docker/x\n1:name=systemd:/docker/x\n";
+  CHECK(cgroup_cpu_limit(self, t.r()) == 0);
+  t.put("cpu,cpuacct/docker/x/cpu.cfs_quota_us", "-1\n");
+  t.put("cpu,cpuacct/docker/x/cpu.cfs_period_us", "100000\n");
+  CHECK(cgroup_cpu_limit(self, t.r()) == 0);  // -1: unlimited
+  t.put("cpu,cpuacct/docker/x/cpu.cfs_quota_us", "300000\n");
+  CHECK(cgroup_cpu_limit(self, t.r()) == 3);
+  tree u;  // namespaced: only the mount's root exists
+  u.put("cpu,cpuacct/cpu.cfs_quota_us", "250000\n");
+  u.put("cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+  CHECK(cgroup_cpu_limit(self, u.r()) == 3);
+  tree w;  // cpu mounted alone
+  w.put("cpu/docker/x/cpu.cfs_quota_us", "100000\n");
+  w.put("cpu/docker/x/cpu.cfs_period_us", "100000\n");
+  CHECK(cgroup_cpu_limit("3:cpu:/docker/x\n", w.r()) == 1);
+}
+
+TEST_CASE("malformed /proc/self/cgroup text is no limit, never a crash") {
+  tree t;
+  for (const char* s : {"", "\n", "::", "0:", "garbage", "0::", "x:y:z\n::::\n"})
+    CHECK(cgroup_cpu_limit(s, t.r()) == 0);
+}
+
+TEST_CASE("default and maximum thread counts") {
+  CHECK(default_threads() >= 1);
+  CHECK(max_threads() >= 64);
+  CHECK(default_threads() <= max_threads());
+  if (const char* env = std::getenv("OMP_NUM_THREADS"); env && std::atoi(env) > 0)
+    CHECK(default_threads() == std::atoi(env));
+}
