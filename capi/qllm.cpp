@@ -17,6 +17,13 @@
 #include "qllm/tokenizer.hpp"
 #include "qllm/version.hpp"
 
+// A function that has only one symbol version, its node in capi/qllm.map (see the end of the file).
+#if defined(__GNUC__) && !defined(_WIN32)
+#define QLLM_EXPORT __attribute__((visibility("default")))
+#else
+#define QLLM_EXPORT QLLM_API
+#endif
+
 static_assert(QLLM_VERSION_MAJOR == QLLM_CXX_VERSION_MAJOR && QLLM_VERSION_MINOR == QLLM_CXX_VERSION_MINOR &&
                   QLLM_VERSION_PATCH == QLLM_CXX_VERSION_PATCH,
               "capi/qllm.h and meson.build disagree on the version");
@@ -63,6 +70,7 @@ qllm_status from_errc(qllm::errc c) {
     case qllm::errc::out_of_memory: return QLLM_ERR_OUT_OF_MEMORY;
     case qllm::errc::context_overflow: return QLLM_ERR_CONTEXT_OVERFLOW;
     case qllm::errc::internal: return QLLM_ERR_INTERNAL;
+    case qllm::errc::cancelled: return QLLM_ERR_CANCELLED;
   }
   return QLLM_ERR_INTERNAL;
 }
@@ -347,6 +355,7 @@ QLLM_API const char* qllm_status_name(qllm_status st) {
     case QLLM_ERR_CONTEXT_OVERFLOW: return "QLLM_ERR_CONTEXT_OVERFLOW";
     case QLLM_ERR_INTERNAL: return "QLLM_ERR_INTERNAL";
     case QLLM_ERR_BUFFER_TOO_SMALL: return "QLLM_ERR_BUFFER_TOO_SMALL";
+    case QLLM_ERR_CANCELLED: return "QLLM_ERR_CANCELLED";
     default: return "unknown";
   }
 }
@@ -533,8 +542,14 @@ QLLM_API qllm_status qllm_session_sample(qllm_session* session, int32_t* token) 
     need(session, "session");
     need(token, "token");
     if (!session->have_logits) raise(QLLM_ERR_INVALID_ARGUMENT, "no logits: evaluate tokens first");
-    *token = session->s.smp().sample(session->logits);
+    *token = session->s.sample(session->logits);
   });
+}
+
+QLLM_EXPORT qllm_status qllm_session_cancel(qllm_session* session) {
+  if (!session) return QLLM_ERR_INVALID_ARGUMENT;  // no message: must stay async-signal-safe
+  session->s.cancel();
+  return QLLM_OK;
 }
 
 QLLM_API qllm_status qllm_session_history(const qllm_session* session, int32_t* ids, size_t capacity, size_t* n_out) {
@@ -594,3 +609,51 @@ QLLM_API qllm_status qllm_embed(qllm_session* session, const char* text, size_t 
 }
 
 }  // extern "C"
+
+// ---- symbol versions (capi/qllm.map) ----
+// (QLLM_EXPORT, for functions added after 0.2.0, is defined at the top of this file.)
+// Each function is exported under its minor's node (name@@QLLM_0.N, the default for new links)
+// and, if 0.2.0 builds exported it, also as name@QLLM_0 for programs linked against those.
+// The functions themselves are hidden; these aliases are what leaves the library.
+#define QLLM_VERSIONED(fn, node, tag)                                                        \
+  extern "C" __typeof__(fn) fn##_##tag __attribute__((alias(#fn), visibility("default"))); \
+  __asm__(".symver " #fn "_" #tag ", " #fn "@@" node);
+#define QLLM_COMPAT_0(fn)                                                                   \
+  extern "C" __typeof__(fn) fn##_qllm_0 __attribute__((alias(#fn), visibility("default"))); \
+  __asm__(".symver " #fn "_qllm_0, " #fn "@QLLM_0");
+#define QLLM_SINCE_0_2(fn) QLLM_VERSIONED(fn, "QLLM_0.2", qllm_0_2) QLLM_COMPAT_0(fn)
+
+#if defined(__ELF__) && !defined(_WIN32)
+QLLM_SINCE_0_2(qllm_chat_apply)
+QLLM_SINCE_0_2(qllm_chat_format)
+QLLM_SINCE_0_2(qllm_count_tokens)
+QLLM_SINCE_0_2(qllm_detokenize)
+QLLM_SINCE_0_2(qllm_embed)
+QLLM_SINCE_0_2(qllm_generate)
+QLLM_SINCE_0_2(qllm_generate_params_init)
+QLLM_SINCE_0_2(qllm_generate_tokens)
+QLLM_SINCE_0_2(qllm_last_error)
+QLLM_SINCE_0_2(qllm_model_free)
+QLLM_SINCE_0_2(qllm_model_get_info)
+QLLM_SINCE_0_2(qllm_model_load)
+QLLM_SINCE_0_2(qllm_model_params_init)
+QLLM_SINCE_0_2(qllm_session_create)
+QLLM_SINCE_0_2(qllm_session_eval)
+QLLM_SINCE_0_2(qllm_session_free)
+QLLM_SINCE_0_2(qllm_session_history)
+QLLM_SINCE_0_2(qllm_session_logits)
+QLLM_SINCE_0_2(qllm_session_output)
+QLLM_SINCE_0_2(qllm_session_params_init)
+QLLM_SINCE_0_2(qllm_session_reset)
+QLLM_SINCE_0_2(qllm_session_sample)
+QLLM_SINCE_0_2(qllm_status_name)
+QLLM_SINCE_0_2(qllm_token_piece)
+QLLM_SINCE_0_2(qllm_tokenize)
+QLLM_SINCE_0_2(qllm_version)
+QLLM_SINCE_0_2(qllm_version_string)
+// added after the 0.2.0 header was frozen (builds of that time exported it under QLLM_0)
+QLLM_VERSIONED(qllm_session_set_sampling, "QLLM_0.3", qllm_0_3)
+QLLM_COMPAT_0(qllm_session_set_sampling)
+#endif
+// Functions without a QLLM_0 past are exported directly (QLLM_EXPORT on the definition); the
+// version script gives them their node: qllm_session_cancel (0.3).

@@ -31,6 +31,8 @@
 #define QLLM_API __declspec(dllexport)
 #elif defined(_WIN32)
 #define QLLM_API __declspec(dllimport)
+#elif defined(__GNUC__) && defined(QLLM_BUILDING)
+#define QLLM_API /* exported with a symbol version by the aliases at the end of qllm.cpp */
 #elif defined(__GNUC__)
 #define QLLM_API __attribute__((visibility("default")))
 #else
@@ -43,13 +45,13 @@ extern "C" {
 
 /* ---- version ---- */
 #define QLLM_VERSION_MAJOR 0
-#define QLLM_VERSION_MINOR 2
+#define QLLM_VERSION_MINOR 3
 #define QLLM_VERSION_PATCH 0
 #define QLLM_VERSION_NUMBER (QLLM_VERSION_MAJOR * 10000 + QLLM_VERSION_MINOR * 100 + QLLM_VERSION_PATCH)
 
 /* The library's QLLM_VERSION_NUMBER (may be newer than the header's). Thread-safe. */
 QLLM_API uint32_t qllm_version(void);
-/* "0.2.0": static storage. Thread-safe. */
+/* "0.3.0": static storage. Thread-safe. */
 QLLM_API const char* qllm_version_string(void);
 
 /* ---- status ---- */
@@ -63,7 +65,8 @@ enum {
   QLLM_ERR_OUT_OF_MEMORY = 5,
   QLLM_ERR_CONTEXT_OVERFLOW = 6, /* the tokens do not fit the window under the error policy */
   QLLM_ERR_INTERNAL = 7,
-  QLLM_ERR_BUFFER_TOO_SMALL = 8  /* *n_out holds the needed size */
+  QLLM_ERR_BUFFER_TOO_SMALL = 8, /* *n_out holds the needed size */
+  QLLM_ERR_CANCELLED = 9         /* since 0.3: qllm_session_cancel stopped the call */
 };
 /* "QLLM_OK", "QLLM_ERR_IO", ...; "unknown" for other values. Static storage. Thread-safe. */
 QLLM_API const char* qllm_status_name(qllm_status status);
@@ -193,18 +196,31 @@ QLLM_API qllm_status qllm_session_reset(qllm_session* session);
  * and the previous settings stay. Session thread rule. */
 QLLM_API qllm_status qllm_session_set_sampling(qllm_session* session, const qllm_session_params* params);
 
-/* Appends tokens to the session's sequence and evaluates them (the context policy applies to
- * the whole sequence). Afterwards qllm_session_logits gives the last token's logits. Errors:
- * INVALID_ARGUMENT (no tokens, an id outside the vocabulary), CONTEXT_OVERFLOW (error policy).
- * Session thread rule. */
+/* Appends tokens to the session's sequence and evaluates them. Afterwards qllm_session_logits
+ * gives the last token's logits. When they do not fit the window and context_shift is on, the
+ * cache shifts first as in generation (the first n_keep tokens stay, half of the rest is
+ * dropped; qllm_session_history shows what remains); otherwise the error policy fails and the
+ * other policies re-fit the whole sequence. Errors: INVALID_ARGUMENT (no tokens, an id outside
+ * the vocabulary), CONTEXT_OVERFLOW (error policy, the message describes the eval), CANCELLED
+ * (qllm_session_cancel; the cache is as before the call). Session thread rule. */
 QLLM_API qllm_status qllm_session_eval(qllm_session* session, const int32_t* tokens, size_t n_tokens);
 /* Logits of the last evaluated token: *logits points to n_vocab floats owned by the session,
  * valid until its next call. Before any eval: INVALID_ARGUMENT. Session thread rule. */
 QLLM_API qllm_status qllm_session_logits(qllm_session* session, const float** logits, size_t* n_vocab);
-/* Samples a token from the current logits with the session's sampler (and records it for the
- * penalties). The token is not evaluated: pass it to qllm_session_eval to continue. Session
- * thread rule. */
+/* Samples a token from the current logits with the session's sampler. The penalties count the
+ * last penalty_last_n tokens of the session's sequence (its history), exactly as generation
+ * does, so an eval + sample loop picks the tokens qllm_generate_tokens would. The token is not
+ * evaluated: pass it to qllm_session_eval to continue. Session thread rule. */
 QLLM_API qllm_status qllm_session_sample(qllm_session* session, int32_t* token);
+/* Since 0.3. Stops the call running on the session (qllm_generate*, qllm_session_eval) at its
+ * next check: before each chunk of n_batch prompt tokens and before each generated token.
+ * Generation then returns QLLM_OK with finish_reason QLLM_FINISH_CANCELLED (the prompt and the
+ * tokens generated so far stay in the cache); an eval returns QLLM_ERR_CANCELLED with the cache
+ * as before it. A call clears the request when it starts: a cancel while nothing runs does
+ * nothing. Thread-safe, the one exception to the session thread rule, and async-signal-safe:
+ * call it from another thread or a signal handler while the session's owner is inside a call
+ * (not after qllm_session_free). */
+QLLM_API qllm_status qllm_session_cancel(qllm_session* session);
 /* The tokens in the cache, buffer convention. Session thread rule. */
 QLLM_API qllm_status qllm_session_history(const qllm_session* session, int32_t* ids, size_t capacity, size_t* n_out);
 

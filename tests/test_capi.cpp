@@ -1,10 +1,11 @@
 // The C ABI (libqllm.so through capi/qllm.h) against the C++ core linked statically into this
 // test: same tokens, same logits, same text; and every misuse is a status, never a crash.
 #include <doctest/doctest.h>
-
-#include <climits>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -311,6 +312,116 @@ TEST_CASE("model info, tokenize, detokenize, pieces, chat: the C++ results, buff
   CHECK(qllm_chat_apply(h.m, wrong, 1, chat.data(), chat.size(), &n) == QLLM_ERR_INVALID_ARGUMENT);
   const qllm_chat_message null_role[] = {{nullptr, "x"}};
   CHECK(qllm_chat_format(null_role, 1, tb, sizeof tb, &len) == QLLM_ERR_INVALID_ARGUMENT);
+}
+
+TEST_CASE("eval + sample token by token equals qllm_generate_tokens, across context shifts") {
+  model_handle h;
+  qllm_session_params p;
+  REQUIRE(qllm_session_params_init(&p, sizeof p) == QLLM_OK);
+  p.n_ctx = 32;
+  p.n_keep = 2;
+  p.temperature = 0.8f;
+  p.repeat_penalty = 1.3f;
+  p.frequency_penalty = 0.5f;
+  p.penalty_last_n = 16;
+  p.seed = 99;
+  qllm_session *g = nullptr, *e = nullptr;
+  REQUIRE(qllm_session_create(h.m, &p, &g) == QLLM_OK);
+  REQUIRE(qllm_session_create(h.m, &p, &e) == QLLM_OK);
+  std::vector<int32_t> prompt{1};
+  for (int i = 0; i < 11; ++i) prompt.push_back(300 + 7 * i);
+  const int n_gen = 100;  // past the window of 32 several times
+  qllm_generate_params gp;
+  REQUIRE(qllm_generate_params_init(&gp, sizeof gp) == QLLM_OK);
+  gp.max_tokens = n_gen;
+  gp.stop_at_eos = 0;
+  std::vector<int32_t> want;
+  gp.callback = [](const char*, size_t, int32_t token, void* ud) -> int32_t {
+    if (token >= 0) static_cast<std::vector<int32_t>*>(ud)->push_back(token);
+    return 0;
+  };
+  gp.user_data = &want;
+  qllm_generate_result r;
+  r.struct_size = sizeof r;
+  REQUIRE(qllm_generate_tokens(g, prompt.data(), prompt.size(), &gp, &r) == QLLM_OK);
+  REQUIRE(want.size() == size_t(n_gen));
+  CHECK(r.n_shifts >= 3);
+  REQUIRE(qllm_session_eval(e, prompt.data(), prompt.size()) == QLLM_OK);
+  std::vector<int32_t> got;
+  for (int i = 0; i < n_gen; ++i) {
+    int32_t tok = -1;
+    REQUIRE(qllm_session_sample(e, &tok) == QLLM_OK);
+    got.push_back(tok);
+    if (i + 1 < n_gen) REQUIRE(qllm_session_eval(e, &tok, 1) == QLLM_OK);  // shifts when full
+  }
+  CHECK(got == want);
+  std::vector<int32_t> hg(64), he(64);
+  size_t ng = 0, ne = 0;
+  REQUIRE(qllm_session_history(g, hg.data(), hg.size(), &ng) == QLLM_OK);
+  REQUIRE(qllm_session_history(e, he.data(), he.size(), &ne) == QLLM_OK);
+  CHECK(ng == ne);
+  CHECK(std::equal(hg.begin(), hg.begin() + long(ng), he.begin()));
+  CHECK(he[0] == 1);  // n_keep: BOS and the next token stay
+  CHECK(he[1] == 300);
+  qllm_session_free(g);
+  qllm_session_free(e);
+  // context shift off: the overflow message describes the eval
+  p.context_shift = 0;
+  REQUIRE(qllm_session_create(h.m, &p, &e) == QLLM_OK);
+  REQUIRE(qllm_session_eval(e, prompt.data(), prompt.size()) == QLLM_OK);
+  std::vector<int32_t> more(21, 5);
+  CHECK(qllm_session_eval(e, more.data(), more.size()) == QLLM_ERR_CONTEXT_OVERFLOW);
+  CHECK(last_error().find("holds 12 tokens and 21 more do not fit the window of 32 (1 too many") !=
+        std::string::npos);
+  qllm_session_free(e);
+}
+
+TEST_CASE("qllm_session_cancel from another thread stops a long prompt") {
+  CHECK(qllm_session_cancel(nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(std::string(qllm_status_name(QLLM_ERR_CANCELLED)) == "QLLM_ERR_CANCELLED");
+  model_handle h;
+  qllm_session_params p;
+  REQUIRE(qllm_session_params_init(&p, sizeof p) == QLLM_OK);
+  p.n_ctx = 1024;
+  p.n_batch = 1;
+  p.n_threads = 1;
+  p.temperature = 0;
+  qllm_session* s = nullptr;
+  REQUIRE(qllm_session_create(h.m, &p, &s) == QLLM_OK);
+  CHECK(qllm_session_cancel(s) == QLLM_OK);  // nothing runs: no effect on the next call
+  std::vector<int32_t> prompt{1};
+  for (int i = 0; i < 1000; ++i) prompt.push_back(3 + (i * 17) % 400);
+  std::atomic<bool> done{false};
+  auto pester = [&] {
+    while (!done.load()) {
+      qllm_session_cancel(s);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  std::thread t(pester);
+  qllm_generate_params gp;
+  REQUIRE(qllm_generate_params_init(&gp, sizeof gp) == QLLM_OK);
+  gp.max_tokens = 4;
+  qllm_generate_result r;
+  r.struct_size = sizeof r;
+  CHECK(qllm_generate_tokens(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_OK);
+  done = true;
+  t.join();
+  CHECK(r.finish_reason == QLLM_FINISH_CANCELLED);
+  CHECK(r.n_generated == 0);
+  size_t n = 99;
+  int32_t hb[4];
+  REQUIRE(qllm_session_history(s, hb, 4, &n) == QLLM_OK);
+  CHECK(n == 0);  // nothing of the prompt stays
+  done = false;
+  std::thread t2(pester);
+  CHECK(qllm_session_eval(s, prompt.data(), prompt.size()) == QLLM_ERR_CANCELLED);
+  done = true;
+  t2.join();
+  CHECK(last_error().find("cancelled") != std::string::npos);
+  // and the session works again
+  CHECK(qllm_session_eval(s, prompt.data(), 8) == QLLM_OK);
+  qllm_session_free(s);
 }
 
 TEST_CASE("eval, logits and sampling equal the C++ core bit for bit") {

@@ -3,10 +3,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "qllm/error.hpp"
@@ -517,10 +520,125 @@ TEST_CASE("append evaluates only the new tokens and equals evaluating the whole 
   const auto lb = b.evaluate(toks);
   CHECK(std::equal(got.begin(), got.end(), lb.begin()));
   CHECK(a.history() == toks);
-  // past the window the policy applies, as for evaluate (error by default)
-  const auto more = some_tokens(20, 7);
-  CHECK_THROWS_AS(a.append(more), error);
-  CHECK(a.history() == toks);  // unchanged
   CHECK_THROWS_AS(a.append(std::vector<int32_t>{99999}), error);
   CHECK(a.history() == toks);
+  // past the window with context shift on: the shift generation makes (keep n_keep = 1, drop
+  // half of the rest or what the tokens need: max(8, 19 / 2) = 9)
+  const auto more = some_tokens(20, 7);
+  a.append(more);
+  std::vector<int32_t> want{toks[0]};
+  want.insert(want.end(), toks.begin() + 10, toks.end());
+  want.insert(want.end(), more.begin(), more.end());
+  CHECK(a.history() == want);
+  CHECK(a.n_shifts() == 1);
+  CHECK(a.n_shift_dropped() == 9);
+  // with context shift off the error policy says what happened to the eval
+  session_params p = greedy(32);
+  p.context_shift = false;
+  session c(tiny().m, p);
+  c.evaluate(toks);
+  try {
+    c.append(more);
+    FAIL("no overflow");
+  } catch (const error& e) {
+    CHECK(e.code() == errc::context_overflow);
+    const std::string msg = e.what();
+    CHECK(msg.find("eval: the session holds 20 tokens and 20 more") != std::string::npos);
+    CHECK(msg.find("8 too many") != std::string::npos);
+  }
+  CHECK(c.history() == toks);  // unchanged
+}
+
+// The token-by-token API and generate() must agree: same sampler, same penalty window (the end
+// of the sequence in the cache), same shifts.
+TEST_CASE("an append + sample loop picks the tokens generate() picks, with penalties and shifts") {
+  for (bool shift_hits : {false, true}) {
+    CAPTURE(shift_hits);
+    session_params p;
+    p.ctx.n_ctx = shift_hits ? 24 : 128;
+    p.sampling.temperature = 0.9f;
+    p.sampling.top_k = 20;
+    p.sampling.repeat_penalty = 1.3f;
+    p.sampling.frequency_penalty = 0.4f;
+    p.sampling.presence_penalty = 0.2f;
+    p.sampling.penalty_last_n = 8;
+    p.sampling.seed = 1234;
+    p.n_keep = 2;
+    const auto prompt = some_tokens(12, 3);
+    session g(tiny().m, p), e(tiny().m, p);
+    generate_params gp;
+    gp.max_tokens = 40;
+    gp.stop_at_eos = false;
+    const auto r = g.generate(prompt, gp);
+    REQUIRE(r.tokens.size() == 40);
+    CHECK((r.n_shifts > 0) == shift_hits);
+    std::span<const float> logits = e.evaluate(prompt);
+    std::vector<int32_t> got;
+    for (int i = 0; i < 40; ++i) {
+      const int32_t id = e.sample(logits);
+      got.push_back(id);
+      if (i + 1 < 40) logits = e.append(std::span<const int32_t>(&id, 1));
+    }
+    CHECK(got == r.tokens);
+    CHECK(e.history() == g.history());
+    CHECK(e.n_shifts() == g.n_shifts());
+  }
+}
+
+TEST_CASE("cancel stops a long prompt between chunks and leaves the cache as before the call") {
+  random_model_spec spec = random_model_preset("small");
+  static temp_model small("small_cancel", spec);
+  session_params p = greedy(1024);
+  p.ctx.n_batch = 1;  // one chunk per token: many checks
+  p.ctx.n_threads = 1;
+  session s(small.m, p);
+  const auto head = some_tokens(8);
+  s.evaluate(head);
+  std::vector<int32_t> longer = head;
+  for (int i = 0; i < 900; ++i) longer.push_back(int32_t(3 + (i * 13) % 2000));
+  generate_params gp;
+  gp.max_tokens = 4;
+  // a request made before the call has no effect: each call clears it when it starts
+  s.cancel();
+  session twin(small.m, p);
+  (void)twin.evaluate(head);
+  // another thread keeps asking until the call returns (the first request lands mid-prompt)
+  std::atomic<bool> done{false};
+  std::thread t([&] {
+    while (!done.load()) {
+      s.cancel();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  const auto r = s.generate(longer, gp);
+  done = true;
+  t.join();
+  CHECK(r.finish == finish_reason::cancelled);
+  CHECK(r.tokens.empty());
+  CHECK(s.history() == head);  // the prompt's evaluated chunks are forgotten
+  CHECK(s.ctx().n_past() == int64_t(head.size()));
+  // the session works afterwards and equals one that was never cancelled
+  const auto a = s.generate(some_tokens(30), gp);
+  const auto b = twin.generate(some_tokens(30), gp);
+  CHECK(a.tokens == b.tokens);
+  CHECK(a.finish == finish_reason::max_tokens);
+  // append: errc::cancelled, history unchanged
+  const auto before = s.history();
+  done = false;
+  std::thread t2([&] {
+    while (!done.load()) {
+      s.cancel();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  std::vector<int32_t> extra(600, 5);
+  try {
+    (void)s.append(extra);
+    FAIL("not cancelled");
+  } catch (const error& e) {
+    CHECK(e.code() == errc::cancelled);
+  }
+  done = true;
+  t2.join();
+  CHECK(s.history() == before);
 }

@@ -104,6 +104,7 @@ def _load_library():
         "qllm_session_create": (c_int32, [c_void_p, POINTER(_SessionParams), POINTER(c_void_p)]),
         "qllm_session_free": (None, [c_void_p]),
         "qllm_session_reset": (c_int32, [c_void_p]),
+        "qllm_session_cancel": (c_int32, [c_void_p]),
         "qllm_session_set_sampling": (c_int32, [c_void_p, POINTER(_SessionParams)]),
         "qllm_session_eval": (c_int32, [c_void_p, POINTER(c_int32), c_size_t]),
         "qllm_session_logits": (c_int32, [c_void_p, POINTER(POINTER(c_float)), POINTER(c_size_t)]),
@@ -331,6 +332,14 @@ class Session(_Handle):
 
     def reset(self):
         _check(self._call(_lib.qllm_session_reset))
+
+    def cancel(self):
+        """Stops a generate() or eval() that another thread is running on this session (its
+        prompt too): generate() then ends with finish_reason "cancelled", eval() raises
+        QLLM_ERR_CANCELLED. No effect when nothing runs. Thread-safe (needs no session lock)."""
+        h = getattr(self, "_h", None)
+        if h:
+            _check(_lib.qllm_session_cancel(h))
 
     def eval(self, tokens):
         """Appends tokens to the sequence and evaluates them."""

@@ -7,6 +7,7 @@ import re
 import subprocess
 import tempfile
 import threading
+import time
 import unittest
 
 import qllm
@@ -144,6 +145,27 @@ class SessionTest(unittest.TestCase):
         text = s.generate(PROMPT, max_tokens=MAX_TOKENS, stop=[stop], stop_at_eos=False)
         self.assertEqual(text, self.expected[:self.expected.find(stop)])
         self.assertEqual(s.last_result["finish_reason"], "stop-string")
+
+    def test_cancel_from_another_thread_stops_the_prompt(self):
+        s = self.model.session(temperature=0, n_ctx=1024, n_batch=1, n_threads=1)
+        ids = [1] + [3 + (i * 17) % 400 for i in range(1000)]
+        done = threading.Event()
+
+        def pester():
+            while not done.is_set():
+                s.cancel()
+                time.sleep(0.001)
+
+        t = threading.Thread(target=pester)
+        t.start()
+        try:
+            text = s.generate(ids, max_tokens=4)
+        finally:
+            done.set()
+            t.join()
+        self.assertEqual(text, "")
+        self.assertEqual(s.last_result["finish_reason"], "cancelled")
+        self.assertEqual(s.history, [])
 
     def test_eval_logits_sample(self):
         s = self.model.session(temperature=0, n_ctx=256)

@@ -152,7 +152,11 @@ void warn_fit(const session& s, const std::vector<int32_t>& tokens, const genera
 }
 
 std::atomic<bool> g_interrupted{false};
-void on_sigint(int) { g_interrupted.store(true); }
+std::atomic<session*> g_session{nullptr};  // Ctrl-C stops its prompt evaluation too
+void on_sigint(int) {
+  g_interrupted.store(true);
+  if (session* s = g_session.load()) s->cancel();  // one atomic store: async-signal-safe
+}
 
 }  // namespace
 
@@ -219,6 +223,10 @@ int cmd_chat(int argc, char** argv) {
   // keep the system block when old turns are dropped, unless --keep says otherwise
   if (!system.empty() && !o.keep_set) o.sp.n_keep = chat_system_tokens(*m->get_tokenizer(), system);
   session s(m, o.sp);
+  g_session.store(&s);
+  struct session_guard {
+    ~session_guard() { g_session.store(nullptr); }
+  } guard;
 
   struct sigaction sa {};
   sa.sa_handler = on_sigint;

@@ -13,6 +13,7 @@ enum class errc : int {
   out_of_memory = 5,
   context_overflow = 6,
   internal = 7,
+  cancelled = 8,  // a cancel request stopped the call (session::cancel)
 };
 
 class error : public std::runtime_error {

@@ -1,6 +1,7 @@
 // A Llama-2 model loaded from GGUF, and the inference context (KV cache + scratch) that runs it.
 #pragma once
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -103,6 +104,9 @@ class context {
   // Context shift: forget tokens [n_keep, n_keep + n_discard) and move the later ones down, with
   // their keys re-rotated (RoPE) for the new positions instead of recomputed. n_past -= n_discard.
   void shift(int64_t n_keep, int64_t n_discard);
+  // eval() checks *flag before each chunk of n_batch tokens; when it is set, eval forgets the
+  // chunks it ran (n_past as before the call) and throws errc::cancelled. nullptr: no checks.
+  void set_abort_flag(const std::atomic<bool>* flag) noexcept;
   // Sentence embedding for retrieval: evaluates `tokens` as a new sequence and returns the mean
   // over tokens of the final hidden state (after the output RMSNorm), L2-normalised, [n_embd].
   std::vector<float> embed(std::span<const int32_t> tokens);

@@ -1,6 +1,7 @@
 // Text in, text out: a session owns a context (KV cache) and a sampler, fits prompts into the
 // window by an explicit policy, and streams generated text.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -108,9 +109,27 @@ class session {
 
   // Evaluates `sequence` like generate() (policy, cache reuse) and returns the logits of its last token.
   std::span<const float> evaluate(std::vector<int32_t> sequence, prompt_fit* fit = nullptr);
-  // evaluate(history() + tokens), without re-checking the cached part when the tokens fit (a
-  // token-by-token loop costs one forward pass per token, not a pass over the whole sequence).
+  // Evaluates `tokens` after history() (a token-by-token loop costs one forward pass per token).
+  // When they do not fit the window and context_shift is on, the cache shifts first exactly as
+  // generation does (keep n_keep, drop half of the rest or what the tokens need). Otherwise the
+  // error policy throws errc::context_overflow describing the eval, and the other policies
+  // re-fit history() + tokens like evaluate().
   std::span<const float> append(std::span<const int32_t> tokens);
+  // Samples from `logits` with the penalty window set to the end of history() (the tokens in
+  // the cache), as generate() does before every token: an eval + sample loop picks the same
+  // tokens as generate() with the same parameters and seed.
+  int32_t sample(std::span<const float> logits);
+
+  // Stops the call in progress (generate, evaluate, append) at its next check: before
+  // each chunk of n_batch prompt tokens and before each generated token. generate() then returns
+  // finish_reason::cancelled; evaluate and append throw errc::cancelled. The cache is left as
+  // before the call, or with the tokens generated so far. Each call clears the request when it
+  // starts, so a cancel while nothing runs has no effect. Thread-safe and async-signal-safe (one
+  // lock-free atomic store): the one session function another thread may call during a call.
+  void cancel() noexcept { cancel_.store(true, std::memory_order_relaxed); }
+
+  int64_t n_shifts() const noexcept { return n_shifts_; }            // context shifts so far
+  int64_t n_shift_dropped() const noexcept { return n_shift_dropped_; }  // tokens they dropped
 
   // Embedding of `tokens` (context::embed); afterwards the cache holds exactly these tokens.
   std::vector<float> embed(const std::vector<int32_t>& tokens);
@@ -127,11 +146,15 @@ class session {
 
  private:
   std::span<const float> sync(std::vector<int32_t>& seq, int64_t n_reserve, prompt_fit& fit, generation_timings& t);
+  int64_t shift_for(int64_t n_new);  // shifts the cache so n_new more tokens fit; returns the drop
+  void check_ids(std::span<const int32_t> tokens) const;
   std::shared_ptr<const model> model_;
   session_params p_;
   context ctx_;
   sampler smp_;
   std::vector<int32_t> history_;
+  std::atomic<bool> cancel_{false};
+  int64_t n_shifts_ = 0, n_shift_dropped_ = 0;
 };
 
 // Llama-2-chat, as Meta's reference code builds it: an optional system message folded into the

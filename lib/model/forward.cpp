@@ -1,6 +1,7 @@
 // The Llama-2 forward pass over a batch of tokens, and the context that owns the KV cache.
 //
 // Shapes: M tokens per pass, E = n_embd, KV = kv_dim, F = n_ff, V = n_vocab.
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +34,7 @@ class context_impl {
   int nt;
   bool kv_f16;
   int64_t n_past = 0;
+  const std::atomic<bool>* abort = nullptr;  // checked between chunks of n_batch tokens
 
   struct free_deleter {
     void operator()(void* p) const noexcept { std::free(p); }
@@ -224,7 +226,13 @@ std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool 
                                             std::to_string(n_past) + " do not fit the context of " +
                                             std::to_string(n_ctx));
   if (all_logits && all.size() < std::size_t(n * c.n_vocab)) all.resize(std::size_t(n * c.n_vocab));
+  const int64_t start = n_past;
   for (int64_t i = 0; i < n; i += n_batch) {
+    if (abort && abort->load(std::memory_order_relaxed)) {
+      n_past = start;  // as before the call: the chunks already run are forgotten
+      throw error(errc::cancelled, "eval: cancelled after " + std::to_string(i) + " of " +
+                                       std::to_string(n) + " tokens");
+    }
     const int64_t m = std::min(n_batch, n - i);
     float* out = all_logits ? &all[std::size_t(i * c.n_vocab)] : logits.data();
     forward(tokens.data() + i, m, out, all_logits);
@@ -293,6 +301,7 @@ void context::truncate(int64_t n) {
   impl_->n_past = n;
 }
 void context::shift(int64_t n_keep, int64_t n_discard) { impl_->shift(n_keep, n_discard); }
+void context::set_abort_flag(const std::atomic<bool>* flag) noexcept { impl_->abort = flag; }
 std::vector<float> context::embed(std::span<const int32_t> tokens) { return impl_->embed(tokens); }
 const model& context::get_model() const noexcept { return *impl_->owner; }
 

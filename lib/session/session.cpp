@@ -45,6 +45,7 @@ double seconds_since(clock::time_point t) { return std::chrono::duration<double>
 
 session::session(std::shared_ptr<const model> m, const session_params& p)
     : model_(m), p_(p), ctx_(std::move(m), p.ctx), smp_(p.sampling) {
+  ctx_.set_abort_flag(&cancel_);
   if (p_.n_keep < 0 || p_.n_keep >= ctx_.n_ctx())
     throw error(errc::invalid_argument, "session: n_keep " + std::to_string(p_.n_keep) + " must be in [0, n_ctx " +
                                             std::to_string(ctx_.n_ctx()) + ")");
@@ -111,13 +112,17 @@ prompt_fit session::fit(std::vector<int32_t>& tokens, int64_t n_reserve) const {
   return f;
 }
 
-std::span<const float> session::sync(std::vector<int32_t>& seq, int64_t n_reserve, prompt_fit& f, generation_timings& t) {
-  if (seq.empty()) throw error(errc::invalid_argument, "generate: empty prompt (no tokens)");
-  for (std::size_t i = 0; i < seq.size(); ++i) {
-    if (seq[i] < 0 || seq[i] >= model_->config().n_vocab)
-      throw error(errc::invalid_argument, "token " + std::to_string(seq[i]) + " at index " + std::to_string(i) +
+void session::check_ids(std::span<const int32_t> tokens) const {
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= model_->config().n_vocab)
+      throw error(errc::invalid_argument, "token " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                                               " is outside the vocabulary");
   }
+}
+
+std::span<const float> session::sync(std::vector<int32_t>& seq, int64_t n_reserve, prompt_fit& f, generation_timings& t) {
+  if (seq.empty()) throw error(errc::invalid_argument, "generate: empty prompt (no tokens)");
+  check_ids(seq);
   f = fit(seq, n_reserve);
   // Reuse the cached prefix; the last token is always evaluated again for its logits.
   std::size_t common = 0;
@@ -142,6 +147,7 @@ std::span<const float> session::sync(std::vector<int32_t>& seq, int64_t n_reserv
 }
 
 std::span<const float> session::evaluate(std::vector<int32_t> sequence, prompt_fit* fit_out) {
+  cancel_.store(false, std::memory_order_relaxed);
   prompt_fit f;
   generation_timings t;
   auto logits = sync(sequence, 0, f, t);
@@ -149,15 +155,55 @@ std::span<const float> session::evaluate(std::vector<int32_t> sequence, prompt_f
   return logits;
 }
 
+// The shift generation makes when the window is full, generalised to n_new tokens: keep the
+// first n_keep, drop half of the rest (at least what the new tokens need).
+int64_t session::shift_for(int64_t n_new) {
+  const int64_t n_ctx = ctx_.n_ctx(), n_past = ctx_.n_past();
+  const int64_t keep = std::min(p_.n_keep, n_ctx - 2);
+  const int64_t need = n_past + n_new - n_ctx;
+  if (need <= 0) return 0;
+  const int64_t drop = std::min(n_past - keep, std::max({int64_t(1), need, (n_past - keep) / 2}));
+  ctx_.shift(keep, drop);
+  history_.erase(history_.begin() + keep, history_.begin() + keep + drop);
+  ++n_shifts_;
+  n_shift_dropped_ += drop;
+  return drop;
+}
+
 std::span<const float> session::append(std::span<const int32_t> tokens) {
-  if (!tokens.empty() && int64_t(history_.size() + tokens.size()) <= ctx_.n_ctx()) {
-    const auto logits = ctx_.eval(tokens);  // validates the ids before changing anything
+  cancel_.store(false, std::memory_order_relaxed);
+  if (tokens.empty()) throw error(errc::invalid_argument, "eval: no tokens");
+  check_ids(tokens);  // before a shift changes anything
+  const int64_t n_ctx = ctx_.n_ctx(), n_new = int64_t(tokens.size());
+  const int64_t keep = std::min(p_.n_keep, n_ctx - 2);
+  if (int64_t(history_.size()) + n_new > n_ctx && p_.context_shift &&
+      std::min<int64_t>(keep, int64_t(history_.size())) + n_new <= n_ctx)
+    shift_for(n_new);
+  if (int64_t(history_.size()) + n_new <= n_ctx) {
+    const auto logits = ctx_.eval(tokens);
     history_.insert(history_.end(), tokens.begin(), tokens.end());
     return logits;
+  }
+  if (p_.policy == context_policy::error) {
+    const int64_t over = int64_t(history_.size()) + n_new - n_ctx;
+    throw error(errc::context_overflow,
+                "eval: the session holds " + std::to_string(history_.size()) + " tokens and " +
+                    std::to_string(n_new) + " more do not fit the window of " + std::to_string(n_ctx) + " (" +
+                    std::to_string(over) + " too many" +
+                    (p_.context_shift ? ", even after a context shift" : "; context shift is off") +
+                    "). Reset the session, raise n_ctx, turn context shift on, or choose a context policy");
   }
   std::vector<int32_t> seq = history_;  // the policy decides what the window keeps
   seq.insert(seq.end(), tokens.begin(), tokens.end());
   return evaluate(std::move(seq));
+}
+
+int32_t session::sample(std::span<const float> logits) {
+  // the penalty window is the end of the sequence in the cache
+  smp_.clear_history();
+  const std::size_t n = std::min(history_.size(), std::size_t(std::max(0, p_.sampling.penalty_last_n)));
+  for (std::size_t i = history_.size() - n; i < history_.size(); ++i) smp_.accept(history_[i]);
+  return smp_.sample(logits);
 }
 
 int64_t session::reserve_for(const generate_params& gp) const {
@@ -186,14 +232,18 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     if (s.empty()) throw error(errc::invalid_argument, "generate: empty stop string");
     if (utf8::first_invalid(s) != std::string::npos) throw error(errc::invalid_argument, "generate: stop string is not valid UTF-8");
   }
+  cancel_.store(false, std::memory_order_relaxed);
   generation_result r;
   const int64_t n_ctx = ctx_.n_ctx();
   const int64_t reserve = reserve_for(gp);
-  std::span<const float> logits = sync(seq, reserve, r.fit, r.timings);
-  // The penalty window holds the end of this sequence, not what earlier calls already fed it
-  // (a chat re-sends the whole dialog every turn).
-  smp_.clear_history();
-  for (int32_t id : seq) smp_.accept(id);
+  std::span<const float> logits;
+  try {
+    logits = sync(seq, reserve, r.fit, r.timings);
+  } catch (const error& e) {
+    if (e.code() != errc::cancelled) throw;
+    r.finish = finish_reason::cancelled;  // during the prompt: the cache is as before the call
+    return r;
+  }
 
   std::optional<stream_decoder> dec;
   if (tk) dec.emplace(*tk, false);
@@ -238,7 +288,13 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   const auto t0 = clock::now();
   r.finish = finish_reason::max_tokens;
   while (gp.max_tokens < 0 || r.timings.n_generated < gp.max_tokens) {
-    const int32_t id = smp_.sample(logits);
+    if (cancel_.load(std::memory_order_relaxed)) {
+      r.finish = finish_reason::cancelled;
+      break;
+    }
+    // The penalty window is the end of the sequence in the cache, not what earlier calls fed
+    // the sampler (a chat re-sends the whole dialog every turn).
+    const int32_t id = sample(logits);
     ++r.timings.n_generated;
     if (gp.stop_at_eos && tk && id == tk->eos()) {
       r.finish = finish_reason::eos;
@@ -258,12 +314,8 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
         r.finish = finish_reason::context_full;
         break;
       }
-      const int64_t keep = std::min(p_.n_keep, n_ctx - 2);
-      const int64_t drop = std::max<int64_t>(1, (ctx_.n_past() - keep) / 2);
-      ctx_.shift(keep, drop);
-      history_.erase(history_.begin() + keep, history_.begin() + keep + drop);
+      r.n_shift_dropped += shift_for(1);
       ++r.n_shifts;
-      r.n_shift_dropped += drop;
     }
     logits = ctx_.eval(std::span<const int32_t>(&id, 1));
     history_.push_back(id);

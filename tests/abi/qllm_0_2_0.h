@@ -13,8 +13,7 @@
  *    for the calling thread, valid until that thread's next qllm call. No C++ exception crosses
  *    this boundary; NULL handles and NULL out-pointers are QLLM_ERR_INVALID_ARGUMENT.
  *  - Threads: a qllm_model is immutable after load and may be used from any number of threads at
- *    once ("Thread-safe" below). A qllm_session belongs to one thread at a time: calls on one
- *    session must not overlap ("Session thread rule" below); different sessions run in parallel.
+ *    once. A qllm_session belongs to one thread at a time (calls on one session must not overlap).
  *  - Strings are UTF-8 with an explicit length where it says so; output strings are
  *    NUL-terminated.
  *  - Output buffers follow one convention: the function writes the needed size (elements or
@@ -27,9 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(_WIN32) && defined(QLLM_BUILDING)
-#define QLLM_API __declspec(dllexport)
-#elif defined(_WIN32)
+#if defined(_WIN32)
 #define QLLM_API __declspec(dllimport)
 #elif defined(__GNUC__)
 #define QLLM_API __attribute__((visibility("default")))
@@ -82,15 +79,14 @@ typedef struct qllm_model_params {
   const char* isa;                /* kernel table, e.g. "avx2", "neon", "scalar"; NULL = best */
 } qllm_model_params;
 
-/* Fills defaults for a struct of struct_size bytes and sets p->struct_size. Thread-safe. */
+/* Fills defaults for a struct of struct_size bytes and sets p->struct_size. */
 QLLM_API qllm_status qllm_model_params_init(qllm_model_params* p, size_t struct_size);
 
 /* Loads a GGUF file (Llama, Q4_0/Q8_0/F16/BF16/F32). params may be NULL (defaults). On success
  * *out is a new model; on failure *out is NULL. Errors: IO, BAD_FORMAT (naming the key or tensor),
  * UNSUPPORTED (quant type, tokenizer, ISA), OUT_OF_MEMORY, INVALID_ARGUMENT. Thread-safe. */
 QLLM_API qllm_status qllm_model_load(const char* path, const qllm_model_params* params, qllm_model** out);
-/* Releases the caller's reference; sessions created from it keep the model alive. NULL: no-op.
- * Not while another thread still uses this handle. */
+/* Releases the caller's reference; sessions created from it keep the model alive. NULL: no-op. */
 QLLM_API void qllm_model_free(qllm_model* model);
 
 typedef struct qllm_model_info {
@@ -144,8 +140,7 @@ typedef struct qllm_chat_message {
 } qllm_chat_message;
 QLLM_API qllm_status qllm_chat_apply(const qllm_model* model, const qllm_chat_message* messages, size_t n_messages,
                                      int32_t* ids, size_t capacity, size_t* n_out);
-/* The same dialog as text with <s> and </s> written out (for display). Needs no model.
- * Thread-safe. */
+/* The same dialog as text with <s> and </s> written out (for display). Needs no model. */
 QLLM_API qllm_status qllm_chat_format(const qllm_chat_message* messages, size_t n_messages, char* buf,
                                       size_t capacity, size_t* n_out);
 
@@ -176,36 +171,26 @@ typedef struct qllm_session_params {
   uint64_t seed;            /* same seed, same tokens, any thread count */
 } qllm_session_params;
 
-/* As qllm_model_params_init. Thread-safe. */
 QLLM_API qllm_status qllm_session_params_init(qllm_session_params* p, size_t struct_size);
 /* A new session on model (which it keeps alive). params may be NULL. Errors: INVALID_ARGUMENT (a
  * field out of range, named in the message), OUT_OF_MEMORY (KV cache). Thread-safe. */
 QLLM_API qllm_status qllm_session_create(const qllm_model* model, const qllm_session_params* params,
                                          qllm_session** out);
-/* NULL: no-op. Not while another call on the session runs. */
+/* NULL: no-op. */
 QLLM_API void qllm_session_free(qllm_session* session);
-/* Forgets the sequence and reseeds the sampler. Session thread rule. */
+/* Forgets the sequence and reseeds the sampler. */
 QLLM_API qllm_status qllm_session_reset(qllm_session* session);
 
-/* New sampling settings for the session's next tokens: reads the sampling fields of params
- * (temperature .. seed; the others are ignored) with the struct_size rule. The penalty history
- * restarts and the sampler is reseeded with params->seed. Out-of-range values: INVALID_ARGUMENT
- * and the previous settings stay. Session thread rule. */
-QLLM_API qllm_status qllm_session_set_sampling(qllm_session* session, const qllm_session_params* params);
-
 /* Appends tokens to the session's sequence and evaluates them (the context policy applies to
- * the whole sequence). Afterwards qllm_session_logits gives the last token's logits. Errors:
- * INVALID_ARGUMENT (no tokens, an id outside the vocabulary), CONTEXT_OVERFLOW (error policy).
- * Session thread rule. */
+ * the whole sequence). Afterwards qllm_session_logits gives the last token's logits. */
 QLLM_API qllm_status qllm_session_eval(qllm_session* session, const int32_t* tokens, size_t n_tokens);
 /* Logits of the last evaluated token: *logits points to n_vocab floats owned by the session,
- * valid until its next call. Before any eval: INVALID_ARGUMENT. Session thread rule. */
+ * valid until its next call. Before any eval: INVALID_ARGUMENT. */
 QLLM_API qllm_status qllm_session_logits(qllm_session* session, const float** logits, size_t* n_vocab);
 /* Samples a token from the current logits with the session's sampler (and records it for the
- * penalties). The token is not evaluated: pass it to qllm_session_eval to continue. Session
- * thread rule. */
+ * penalties). The token is not evaluated: pass it to qllm_session_eval to continue. */
 QLLM_API qllm_status qllm_session_sample(qllm_session* session, int32_t* token);
-/* The tokens in the cache, buffer convention. Session thread rule. */
+/* The tokens in the cache, buffer convention. */
 QLLM_API qllm_status qllm_session_history(const qllm_session* session, int32_t* ids, size_t capacity, size_t* n_out);
 
 /* ---- generation ---- */
@@ -251,30 +236,26 @@ typedef struct qllm_generate_result {
   double generation_tokens_per_second;
 } qllm_generate_result;
 
-/* As qllm_model_params_init. Thread-safe. */
 QLLM_API qllm_status qllm_generate_params_init(qllm_generate_params* p, size_t struct_size);
 
 /* Generates after `prompt` (text, tokenized with BOS): the prompt is the whole sequence the model
  * sees; the part already in the cache is reused. result may be NULL; its struct_size must be set.
  * The generated text is also kept: qllm_session_output. Errors: CONTEXT_OVERFLOW (error policy,
  * message with the numbers), INVALID_ARGUMENT (bad UTF-8, params), UNSUPPORTED (no vocabulary).
- * A cancelled generation is QLLM_OK with finish_reason QLLM_FINISH_CANCELLED. Session thread
- * rule; the callback runs on the calling thread. */
+ * A cancelled generation is QLLM_OK with finish_reason QLLM_FINISH_CANCELLED. */
 QLLM_API qllm_status qllm_generate(qllm_session* session, const char* prompt, size_t prompt_len,
                                    const qllm_generate_params* params, qllm_generate_result* result);
-/* The same for a token sequence (e.g. from qllm_chat_apply, or the history plus new tokens).
- * A model without a vocabulary generates token ids only: the callback gets empty text and the
- * ids, there is no EOS stop, and stop strings are UNSUPPORTED. Session thread rule. */
+/* The same for a token sequence (e.g. from qllm_chat_apply, or the history plus new tokens). */
 QLLM_API qllm_status qllm_generate_tokens(qllm_session* session, const int32_t* tokens, size_t n_tokens,
                                           const qllm_generate_params* params, qllm_generate_result* result);
 /* The text of the last generation (stop string excluded), NUL-terminated, owned by the session,
- * valid until its next call; *len may be NULL. Session thread rule. */
+ * valid until its next call; *len may be NULL. */
 QLLM_API qllm_status qllm_session_output(const qllm_session* session, const char** text, size_t* len);
 
 /* ---- embeddings ---- */
 /* Evaluates text (with BOS) as a new sequence in the session (its history is replaced) and writes
  * the mean over tokens of the final hidden state, L2-normalised: n_embd floats, buffer
- * convention. For retrieval: compare by dot product. Session thread rule. */
+ * convention. For retrieval: compare by dot product. */
 QLLM_API qllm_status qllm_embed(qllm_session* session, const char* text, size_t text_len, float* out,
                                 size_t capacity, size_t* n_out);
 

@@ -6,6 +6,7 @@ use std::os::raw::{c_char, c_void};
 pub type qllm_status = i32;
 pub const QLLM_OK: qllm_status = 0;
 pub const QLLM_ERR_BUFFER_TOO_SMALL: qllm_status = 8;
+pub const QLLM_ERR_CANCELLED: qllm_status = 9;
 
 #[repr(C)]
 pub struct qllm_model {
@@ -140,6 +141,7 @@ extern "C" {
                                out: *mut *mut qllm_session) -> qllm_status;
     pub fn qllm_session_free(session: *mut qllm_session);
     pub fn qllm_session_reset(session: *mut qllm_session) -> qllm_status;
+    pub fn qllm_session_cancel(session: *mut qllm_session) -> qllm_status;
     pub fn qllm_session_set_sampling(session: *mut qllm_session, params: *const qllm_session_params) -> qllm_status;
     pub fn qllm_session_eval(session: *mut qllm_session, tokens: *const i32, n_tokens: usize) -> qllm_status;
     pub fn qllm_session_logits(session: *mut qllm_session, logits: *mut *const f32, n_vocab: *mut usize)
