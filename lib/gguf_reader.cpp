@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -133,9 +134,21 @@ class cursor {
     if (len > remaining())
       fail(std::string(what) + " " + std::to_string(len) + " exceeds the " +
            std::to_string(remaining()) + " bytes left at offset " + std::to_string(pos_));
+    charge(sizeof(std::string) + len, what);
     std::string s(reinterpret_cast<const char*>(p_ + pos_), std::size_t(len));
     pos_ += std::size_t(len);
     return s;
+  }
+
+  // Counts `bytes` of memory the parsed metadata will take; throws past metadata_memory_limit,
+  // before the allocation is made.
+  void charge(uint64_t bytes, const char* what) {
+    if (bytes > metadata_memory_limit - std::min(mem_, metadata_memory_limit))
+      fail(std::string(what) + ": the metadata would take more than " +
+           std::to_string(metadata_memory_limit >> 20) + " MiB of memory (" +
+           std::to_string(mem_ >> 20) + " MiB so far, " + std::to_string(bytes) +
+           " bytes more at offset " + std::to_string(pos_) + ")");
+    mem_ += bytes;
   }
 
   // Throws before a count larger than the remaining bytes could hold is used to allocate.
@@ -151,6 +164,7 @@ class cursor {
   std::size_t pos_ = 0;
   std::string prefix_;  // "gguf: " or "gguf: '<path>': "
   std::string ctx_;     // the key or tensor being read
+  uint64_t mem_ = 0;    // memory charged so far (metadata_memory_limit)
 };
 
 value_type read_type(cursor& c, const char* what) {
@@ -191,6 +205,9 @@ value read_value(cursor& c, value_type t, int depth) {
     const uint64_t count = c.read<uint64_t>("array length");
     c.check_count(count, min_elem_bytes(v.elem_type), "array length");
     const auto n = std::size_t(count);
+    // strings charge themselves (read_string); the vector of values or numbers is charged here
+    if (v.elem_type == value_type::array) c.charge(count * sizeof(value), "array length");
+    else if (v.elem_type != value_type::string) c.charge(count * 8, "array length");
     value elem;
     if (v.elem_type == value_type::string) {
       v.strings.reserve(n);
@@ -334,6 +351,7 @@ void file::impl::parse(std::string prefix) {
     c.set_context("key " + quote(key));
     if (kv_index.count(key)) c.fail("duplicate key");
     const value_type t = read_type(c, "value type");
+    c.charge(sizeof(std::pair<std::string, value>) + 64 + key.size(), "key");  // + the index entry
     kv_index.emplace(key, kvs.size());
     kvs.emplace_back(std::move(key), read_value(c, t, 1));
   }
@@ -353,6 +371,7 @@ void file::impl::parse(std::string prefix) {
 }
 
 void file::impl::parse_tensor_infos(cursor& c, uint64_t count) {
+  c.charge(count * (sizeof(tensor_info) + 64), "tensor_count");  // the table and its index
   tensors.reserve(std::size_t(count));
   for (uint64_t k = 0; k < count; ++k) {
     c.set_context("tensor #" + std::to_string(k));
@@ -363,6 +382,7 @@ void file::impl::parse_tensor_infos(cursor& c, uint64_t count) {
     if (tensor_index.count(t.name)) c.fail("duplicate tensor name");
     const uint32_t n_dims = c.read<uint32_t>("n_dims");
     if (n_dims < 1 || n_dims > 4) c.fail("n_dims " + std::to_string(n_dims) + " is not in 1..4");
+    c.charge(8 * n_dims, "tensor info");
     for (uint32_t d = 0; d < n_dims; ++d) t.ne.push_back(c.read<int64_t>("ne"));
     const uint32_t type = c.read<uint32_t>("type");
     if (!type_known(type)) c.fail("unknown ggml type " + std::to_string(type));

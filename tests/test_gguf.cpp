@@ -583,6 +583,34 @@ TEST_CASE("gguf: malformed headers are rejected with a message naming the field"
   }
 }
 
+TEST_CASE("gguf: metadata that would take more memory than metadata_memory_limit is rejected") {
+  using vt = value_type;
+  // (the limit is charged before each allocation, so a rejected file never allocates past it)
+  // 1.5 M empty nested arrays: 18 MB on disk, about 300 MB as parsed values
+  builder b;
+  const uint64_t n = 1500000;
+  b.header(3, 0, 1).kv("bomb", vt::array).u32(uint32_t(vt::array)).u64(n);
+  for (uint64_t k = 0; k < n; ++k) b.u32(uint32_t(vt::u8)).u64(0);
+  check_rejected(b.b, {"key 'bomb'", "256 MiB"});
+  // 20 M empty strings in many keys: 160 MB on disk, 640 MB as std::string
+  builder s;
+  const int keys = 40;
+  const uint64_t per = 500000;
+  s.header(3, 0, keys);
+  for (int k = 0; k < keys; ++k) {
+    std::string key = std::to_string(k);  // (no "k" + to_string: GCC 12 warns -Wrestrict)
+    key.insert(key.begin(), 'k');
+    s.kv(key, vt::array).u32(uint32_t(vt::string)).u64(per);
+    s.zeros(8 * per);
+  }
+  check_rejected(s.b, {"256 MiB"});
+  // a large real vocabulary stays far below the limit
+  builder v;
+  v.header(3, 0, 1).kv("tokenizer.ggml.tokens", vt::array).u32(uint32_t(vt::string)).u64(128000);
+  for (int k = 0; k < 128000; ++k) v.str(std::to_string(k).append("piece"));
+  CHECK_NOTHROW(parse(v.b));
+}
+
 TEST_CASE("gguf: every truncation of a valid file is rejected, none crashes") {
   gguf::writer w;
   w.set_string("general.architecture", "llama");

@@ -95,6 +95,12 @@ struct tensor_info {
   uint64_t bytes = 0;       // implied by type and ne
 };
 
+// The most memory the parsed metadata and tensor table of one file may take. Counts are checked
+// against the bytes in the file, but an element costs more in memory than on disk (an empty
+// nested array: 12 bytes on disk, about 200 in memory), so a file past this is bad_format.
+// A real Llama vocabulary of 32,000 pieces takes about 2 MiB.
+inline constexpr uint64_t metadata_memory_limit = uint64_t(256) << 20;
+
 // A validated GGUF file: every count, string, type, shape and tensor range is checked on open,
 // so tensor_data() pointers are always in bounds. Moved-from objects may only be destroyed or
 // assigned to.
