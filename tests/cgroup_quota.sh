@@ -23,12 +23,12 @@ else
   echo "cgroup $dir has no cpu files: skipped"
   exit 77
 fi
-out=$(env -u OMP_NUM_THREADS sh -c 'echo $$ >"$1/cgroup.procs" && exec "$2" info' sh "$dir" "$qllm")
+out=$(env -u OMP_NUM_THREADS sh -c 'echo $$ >"$1/cgroup.procs" && exec ${QLLM_RUNNER:-} "$2" info' sh "$dir" "$qllm")
 echo "$out" | grep threads
 echo "$out" | grep -q '^threads: *1 (.*capped by the cgroup CPU quota' || {
   # a one-CPU machine needs no cap
   [ "$(nproc)" = 1 ] && echo "$out" | grep -q '^threads: *1 ' || exit 1
 }
 # OMP_NUM_THREADS is an explicit choice and wins over the quota
-out=$(OMP_NUM_THREADS=3 sh -c 'echo $$ >"$1/cgroup.procs" && exec "$2" info' sh "$dir" "$qllm")
+out=$(OMP_NUM_THREADS=3 sh -c 'echo $$ >"$1/cgroup.procs" && exec ${QLLM_RUNNER:-} "$2" info' sh "$dir" "$qllm")
 echo "$out" | grep -q '^threads: *3 (OMP_NUM_THREADS=3'

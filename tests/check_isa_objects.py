@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Enforces the arch-TU rule of lib/kernels/arch_exports.hpp on built static libraries.
 
-usage: check_isa_objects.py ISA=LIB.a [ISA=LIB.a ...]
+usage: check_isa_objects.py ISA=LIB.a[:baseline] [...]
+
+`:baseline` marks a library built with the architecture's baseline flags (neon: -march=armv8-a,
+which every aarch64 CPU runs): weak symbols are allowed there, since every copy the linker
+may pick is baseline code, as long as no library above the baseline defines them.
 
 For each library compiled with ISA flags, fails when
   - a defined global symbol is not named <...>_<ISA> inside qllm::kernels (only kernels and
@@ -10,7 +14,8 @@ For each library compiled with ISA flags, fails when
     that code at the first call, which comes before the CPU check), or an exported object is not
     a table_<ISA> in a read-only section (.rodata, .data.rel.ro: constant-initialized data);
   - a defined symbol is weak or unique (inline functions and template instances: the linker may
-    keep this ISA's copy for every caller, which then runs on CPUs without the ISA);
+    keep this ISA's copy for every caller, which then runs on CPUs without the ISA), unless the
+    library is marked baseline;
   - a table's `supported` field (the one function called before the CPU check) points at
     anything but the baseline predicate qllm::kernels::supported_<ISA> (defined elsewhere);
   - an object has static constructors (.init_array / .ctors / .preinit_array), i.e. code of the
@@ -52,7 +57,7 @@ def defined_where(lib, member, mangled):
     return "?"
 
 
-def check(isa, lib):
+def check(isa, lib, baseline=False):
     problems = []
     exported = 0
     sections = {}  # (member, index) -> section name
@@ -79,7 +84,7 @@ def check(isa, lib):
     own = re.compile(r"^qllm::kernels::[a-z0-9_]+_" + re.escape(isa) + r"(\(|$)")
     table = re.compile(r"^qllm::kernels::table_" + re.escape(isa) + r"$")
     for (member, bind, typ, mangled, sec, _), name in zip(raw, names):
-        if bind == "WEAK" and ALLOWED_WEAK.match(mangled):
+        if bind == "WEAK" and (ALLOWED_WEAK.match(mangled) or baseline):
             continue
         if bind != "GLOBAL":
             problems.append(f"{member}: {bind.lower()} {typ.lower()} {name}")
@@ -136,7 +141,10 @@ def main(argv):
     failed = False
     for arg in argv[1:]:
         isa, lib = arg.split("=", 1)
-        problems = check(isa, lib)
+        baseline = lib.endswith(":baseline")
+        if baseline:
+            lib = lib[: -len(":baseline")]
+        problems = check(isa, lib, baseline)
         status = "ok" if not problems else "FAILED"
         print(f"{isa:14} {lib}: {status}")
         for p in problems:

@@ -2,59 +2,60 @@
 # qllm gen-random and qllm bench end to end on a tiny model; bad input gives one line and exit 1.
 set -eu
 qllm="$1"
+run=${QLLM_RUNNER:-}  # e.g. qemu-user in a cross build
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 # every command answers --help on stdout with exit 0 and lists at least one flag
 for c in info gen-random run chat tokenize perplexity embed bench; do
-  "$qllm" "$c" --help >"$dir/help"
+  $run "$qllm" "$c" --help >"$dir/help"
   grep -q "^usage: qllm $c" "$dir/help"
   grep -q -- '-h, --help' "$dir/help" || grep -q -- '--help' "$dir/help"
 done
-"$qllm" gen-random --shape tiny --type q8_0 --seed 3 --out "$dir/tiny.gguf"
-out=$("$qllm" bench -m "$dir/tiny.gguf" -t 1,2 -p 16 -n 8 -r 2)
+$run "$qllm" gen-random --shape tiny --type q8_0 --seed 3 --out "$dir/tiny.gguf"
+out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1,2 -p 16 -n 8 -r 2)
 echo "$out"
 echo "$out" | grep -q '| *2 | pp16 '
 echo "$out" | grep -q '| *1 | tg8 '
 echo "$out" | grep -q 'peak RSS'
-"$qllm" bench -m "$dir/tiny.gguf" -t 1 -p 0 -n 4 -d 20 -r 1 --no-warmup --kv f32 | grep -q 'tg4@d20'
-if "$qllm" bench -m "$dir/missing.gguf" 2>"$dir/err"; then exit 1; fi
+$run "$qllm" bench -m "$dir/tiny.gguf" -t 1 -p 0 -n 4 -d 20 -r 1 --no-warmup --kv f32 | grep -q 'tg4@d20'
+if $run "$qllm" bench -m "$dir/missing.gguf" 2>"$dir/err"; then exit 1; fi
 [ "$(wc -l <"$dir/err")" -eq 1 ]
-if "$qllm" bench -m "$dir/tiny.gguf" -t zero 2>"$dir/err"; then exit 1; fi
+if $run "$qllm" bench -m "$dir/tiny.gguf" -t zero 2>"$dir/err"; then exit 1; fi
 grep -q -- '-t' "$dir/err"
 head -c 100 "$dir/tiny.gguf" >"$dir/cut.gguf"
-if "$qllm" bench -m "$dir/cut.gguf" 2>"$dir/err"; then exit 1; fi
+if $run "$qllm" bench -m "$dir/cut.gguf" 2>"$dir/err"; then exit 1; fi
 grep -q 'gguf' "$dir/err"
 
 # text commands
 m="$dir/tiny.gguf"
-out=$("$qllm" run -m "$m" -p "Once upon a time" -n 12 --temp 0 2>"$dir/report")
+out=$($run "$qllm" run -m "$m" -p "Once upon a time" -n 12 --temp 0 2>"$dir/report")
 echo "$out" | grep -q '^Once upon a time'
 grep -q 'generated: 12 tokens' "$dir/report"
 grep -q 'dropped by context policy: 0' "$dir/report"
 grep -q 'peak RSS' "$dir/report"
-[ "$(echo "Once upon a time" | "$qllm" run -m "$m" -n 12 --temp 0 -q)" = "$(printf 'Once upon a time\n' | "$qllm" run -m "$m" -f - -n 12 --temp 0 -q)" ]
+[ "$(echo "Once upon a time" | $run "$qllm" run -m "$m" -n 12 --temp 0 -q)" = "$(printf 'Once upon a time\n' | $run "$qllm" run -m "$m" -f - -n 12 --temp 0 -q)" ]
 # same seed, same text; a stop string is not printed
-a=$("$qllm" run -m "$m" -p "x y z" -n 20 --seed 7 --temp 1 -q)
-b=$("$qllm" run -m "$m" -p "x y z" -n 20 --seed 7 --temp 1 -t 1 -q)
+a=$($run "$qllm" run -m "$m" -p "x y z" -n 20 --seed 7 --temp 1 -q)
+b=$($run "$qllm" run -m "$m" -p "x y z" -n 20 --seed 7 --temp 1 -t 1 -q)
 [ "$a" = "$b" ]
 # too-long prompt: error by default, reported drop with a policy
 long=$(printf 'word %.0s' $(seq 1 200))
-if "$qllm" run -m "$m" -p "$long" -c 64 -n 8 2>"$dir/err"; then exit 1; fi
+if $run "$qllm" run -m "$m" -p "$long" -c 64 -n 8 2>"$dir/err"; then exit 1; fi
 grep -q 'too many' "$dir/err"
 [ "$(wc -l <"$dir/err")" -eq 1 ]
-"$qllm" run -m "$m" -p "$long" -c 64 -n 8 --context-policy keep-head-and-tail --keep 4 >/dev/null 2>"$dir/report"
+$run "$qllm" run -m "$m" -p "$long" -c 64 -n 8 --context-policy keep-head-and-tail --keep 4 >/dev/null 2>"$dir/report"
 grep -q 'drops tokens 4-' "$dir/report"
 grep -q 'dropped by context policy: [1-9]' "$dir/report"
-"$qllm" run -m "$m" -p "$long" -c 64 -n 8 --context-policy keep-tail >/dev/null 2>"$dir/report"
+$run "$qllm" run -m "$m" -p "$long" -c 64 -n 8 --context-policy keep-tail >/dev/null 2>"$dir/report"
 grep -q 'drops tokens 0-' "$dir/report"
 # chat from a pipe: two turns, a reset, end of input
-printf 'Hi there\nAnd then?\n/reset\nHello\n' | "$qllm" chat -m "$m" --system "Be brief." -n 6 --temp 0 >"$dir/chat" 2>"$dir/report"
+printf 'Hi there\nAnd then?\n/reset\nHello\n' | $run "$qllm" chat -m "$m" --system "Be brief." -n 6 --temp 0 >"$dir/chat" 2>"$dir/report"
 grep -q 'conversation reset' "$dir/chat"
 [ "$(grep -c 'generated: 6 tokens' "$dir/report")" -eq 3 ]
 grep -q '([1-9][0-9]* reused)' "$dir/report"  # the second turn reuses the first
 # Ctrl-C during an answer stops the answer, not the program
 mkfifo "$dir/in"
-"$qllm" chat -m "$m" --ignore-eos -c 64 -q <"$dir/in" >"$dir/chat2" 2>&1 &
+$run "$qllm" chat -m "$m" --ignore-eos -c 64 -q <"$dir/in" >"$dir/chat2" 2>&1 &
 pid=$!
 exec 3>"$dir/in"
 echo "tell me everything" >&3
@@ -67,30 +68,30 @@ exec 3>&-
 wait "$pid"
 grep -q '\[stopped\]' "$dir/chat2"
 # tokenize
-[ "$("$qllm" tokenize -m "$m" -p "ab" --ids | cut -d' ' -f1)" = "1" ]
-"$qllm" tokenize -m "$m" -p "ab" | grep -q 'tokens$'
+[ "$($run "$qllm" tokenize -m "$m" -p "ab" --ids | cut -d' ' -f1)" = "1" ]
+$run "$qllm" tokenize -m "$m" -p "ab" | grep -q 'tokens$'
 # perplexity: the model's own greedy text scores lower than unrelated text
-"$qllm" run -m "$m" -p "the of and" -n 400 --temp 0 --ignore-eos -q -c 512 >"$dir/own.txt"
+$run "$qllm" run -m "$m" -p "the of and" -n 400 --temp 0 --ignore-eos -q -c 512 >"$dir/own.txt"
 awk 'BEGIN{srand(1); for(i=0;i<3000;i++) printf "%s ", substr("abcdefghijklmnopqrstuvwxyz", int(rand()*26)+1, 1+int(rand()*3))}' >"$dir/other.txt"
-own=$("$qllm" perplexity -m "$m" -f "$dir/own.txt" -c 128 2>/dev/null | sed -n 's/^PPL = \([0-9.]*\).*/\1/p')
-other=$("$qllm" perplexity -m "$m" -f "$dir/other.txt" -c 128 --chunks 4 2>/dev/null | sed -n 's/^PPL = \([0-9.]*\).*/\1/p')
+own=$($run "$qllm" perplexity -m "$m" -f "$dir/own.txt" -c 128 2>/dev/null | sed -n 's/^PPL = \([0-9.]*\).*/\1/p')
+other=$($run "$qllm" perplexity -m "$m" -f "$dir/other.txt" -c 128 --chunks 4 2>/dev/null | sed -n 's/^PPL = \([0-9.]*\).*/\1/p')
 echo "perplexity: own text $own, other text $other"
 awk -v a="$own" -v b="$other" 'BEGIN{exit !(a > 1 && a * 2 < b)}'
-if "$qllm" perplexity -m "$m" -f "$dir/missing.txt" 2>"$dir/err"; then exit 1; fi
+if $run "$qllm" perplexity -m "$m" -f "$dir/missing.txt" 2>"$dir/err"; then exit 1; fi
 grep -q 'cannot open' "$dir/err"
-if "$qllm" run -m "$m" -p x --temp abc 2>"$dir/err"; then exit 1; fi
+if $run "$qllm" run -m "$m" -p x --temp abc 2>"$dir/err"; then exit 1; fi
 grep -q -- '--temp' "$dir/err"
-if "$qllm" run -m "$m" -p "bad $(printf '\377') byte" 2>"$dir/err"; then exit 1; fi
+if $run "$qllm" run -m "$m" -p "bad $(printf '\377') byte" 2>"$dir/err"; then exit 1; fi
 grep -q 'UTF-8' "$dir/err"
 # embed: one line of n_embd numbers with unit length
-"$qllm" embed -m "$m" -p "the cat sat" >"$dir/emb"
+$run "$qllm" embed -m "$m" -p "the cat sat" >"$dir/emb"
 awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i * $i; exit !(NF == 64 && s > 0.9999 && s < 1.0001) }' "$dir/emb"
 # a model without a vocabulary: text commands say so in one line, bench still works
-"$qllm" gen-random --shape tiny --no-vocab --out "$dir/novocab.gguf" >/dev/null
+$run "$qllm" gen-random --shape tiny --no-vocab --out "$dir/novocab.gguf" >/dev/null
 for cmd in run tokenize; do
-  if "$qllm" $cmd -m "$dir/novocab.gguf" -p x 2>"$dir/err"; then exit 1; fi
+  if $run "$qllm" $cmd -m "$dir/novocab.gguf" -p x 2>"$dir/err"; then exit 1; fi
   [ "$(wc -l <"$dir/err")" -eq 1 ]
   grep -q 'no vocabulary' "$dir/err"
 done
-"$qllm" bench -m "$dir/novocab.gguf" -t 1 -p 8 -n 4 -r 1 | grep -q 'tg4'
+$run "$qllm" bench -m "$dir/novocab.gguf" -t 1 -p 8 -n 4 -r 1 | grep -q 'tg4'
 echo "cli model smoke: ok"

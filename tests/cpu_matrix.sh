@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# qllm on CPUs this machine is not: the same x86-64 build run natively and as other CPUs under
-# qemu-user (qemu-x86_64-static -cpu MODEL), with the kernel table each one must choose.
+# qllm on CPUs this machine is not: the x86-64 build run natively and as other CPUs under
+# qemu-user (qemu-x86_64-static -cpu MODEL), and an aarch64 cross build under
+# qemu-aarch64-static, each with the kernel table it must choose.
 #   Haswell: AVX2 + FMA + F16C, no AVX-512 -> avx2
 #   Nehalem: no AVX at all                  -> scalar
+#   aarch64:max (Armv8.x+ with dotprod)     -> neon_dotprod
+#   aarch64:cortex-a53 (Armv8.0, no dotprod) -> neon
 # For each: `qllm info` (the table), the kernel, model, session and C ABI suites, and greedy
 # `qllm run` on generated Q4_0, Q8_0 and F16 models with 1, 2 and 3 threads. Every run's text must
 # equal the native 1-thread run's byte for byte (the tables are bit-identical to the scalar
 # reference, and threads split rows, never a reduction). Natively, every runnable table forced
 # with QLLM_ISA is compared the same way.
 #
-# usage: tests/cpu_matrix.sh BUILD_DIR [CPU ...]     (default CPUs: Haswell Nehalem)
+# usage: tests/cpu_matrix.sh BUILD_DIR [--aarch64 AARCH64_BUILD_DIR] [CPU ...]
+#   CPU: an x86 model (Haswell, Nehalem, ...) or aarch64:MODEL (max, cortex-a53, ...);
+#   default: Haswell Nehalem. The aarch64 build is a full cross build (.ci/run).
 set -euo pipefail
 build=$(cd "$1" && pwd)
 shift
+abuild=""
+if [ "${1:-}" = --aarch64 ]; then
+  abuild=$(cd "$2" && pwd)
+  shift 2
+fi
 cpus=("$@")
 [ ${#cpus[@]} -gt 0 ] || cpus=(Haswell Nehalem)
 qllm="$build/examples/qllm"
@@ -31,13 +41,21 @@ bad() { failed=$((failed + 1)); echo "  FAIL  $*"; }
 as_cpu() {
   local cpu=$1
   shift
-  if [ "$cpu" = native ]; then "$@"; else "$qemu" -cpu "$cpu" "$@"; fi 2> >(grep -v "TCG doesn't support requested feature" >&2)
+  case $cpu in
+    native) "$@" ;;
+    aarch64:*) qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu "${cpu#aarch64:}" "$@" ;;
+    *) "$qemu" -cpu "$cpu" "$@" ;;
+  esac 2> >(grep -v "TCG doesn't support requested feature" >&2)
 }
+# the build whose programs run as CPU
+build_for() { case $1 in aarch64:*) echo "$abuild" ;; *) echo "$build" ;; esac; }
 
 expected_table() {
   case $1 in
     Haswell | Broadwell | Skylake-Client) echo avx2 ;;
     Nehalem | Westmere | Penryn | Conroe | core2duo | qemu64) echo scalar ;;
+    aarch64:max | aarch64:neoverse-n1 | aarch64:a64fx) echo neon_dotprod ;;
+    aarch64:cortex-a53 | aarch64:cortex-a57 | aarch64:cortex-a72) echo neon ;;
     *) echo "" ;;
   esac
 }
@@ -53,7 +71,8 @@ gen() {  # gen CPU TYPE THREADS OUT [env...]
   shift 4
   (
     for kv in "$@"; do export "${kv?}"; done
-    as_cpu "$cpu" "$qllm" run -m "$dir/$t.gguf" -p "$prompt" -n 40 --temp 0 -t "$n" -q >"$out"
+    as_cpu "$cpu" "$(build_for "$cpu")/examples/qllm" run -m "$dir/$t.gguf" -p "$prompt" -n 40 --temp 0 \
+      -t "$n" -q >"$out"
   )
 }
 
@@ -76,14 +95,19 @@ echo "   reference text (q4_0): $(head -c 120 "$dir/ref-q4_0.txt")"
 for cpu in "${cpus[@]}"; do
   want=$(expected_table "$cpu")
   echo "== $cpu (expects the ${want:-best} table)"
-  if ! as_cpu "$cpu" "$qllm" info >"$dir/info.txt"; then
+  b=$(build_for "$cpu")
+  if [ -z "$b" ]; then
+    bad "$cpu: no aarch64 build given (--aarch64 DIR)"
+    continue
+  fi
+  if ! as_cpu "$cpu" "$b/examples/qllm" info >"$dir/info.txt"; then
     bad "$cpu: qllm info died"
   else
     got=$(sed -n 's/^kernels: *\([a-z0-9_]*\).*/\1/p' "$dir/info.txt")
     if [ -z "$want" ] || [ "$got" = "$want" ]; then ok "$cpu: qllm info chooses $got"; else bad "$cpu: qllm info chooses '$got', expected $want"; fi
   fi
   for s in kernels model session capi; do
-    if as_cpu "$cpu" "$build/tests/test_$s" >"$dir/suite.txt" 2>&1; then
+    if as_cpu "$cpu" "$b/tests/test_$s" >"$dir/suite.txt" 2>&1; then
       ok "$cpu: test_$s ($(grep -o 'assertions: *[0-9]*' "$dir/suite.txt" | tr -s ' '))"
     else
       bad "$cpu: test_$s"

@@ -18,7 +18,7 @@ using namespace qllm;
 
 namespace {
 bool is_nan16(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0; }
-uint32_t bits(float f) { return std::bit_cast<uint32_t>(f); }
+[[maybe_unused]] uint32_t bits(float f) { return std::bit_cast<uint32_t>(f); }
 }  // namespace
 
 TEST_CASE("fp16: every one of the 65,536 patterns round-trips through fp32") {
