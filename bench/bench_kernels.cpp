@@ -2,7 +2,6 @@
 // read bandwidth (GEMV, M = 1) and practical int8 peak (GEMM, M = 512), both measured in the same
 // run so that a noisy shared machine still gives meaningful ratios.
 #include <benchmark/benchmark.h>
-#include <omp.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -17,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "omp_compat.hpp"
 #include "ops/matmul.hpp"
 #include "qllm/reference.hpp"
 

@@ -9,7 +9,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "qllm/threads.hpp"
+#include "qllm/resources.hpp"
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/model.hpp"

@@ -416,6 +416,31 @@ void file::impl::parse_tensor_infos(cursor& c, uint64_t count) {
              ", data section at " + std::to_string(data_start) + ")");
     }
   }
+  // The layout every GGUF writer produces and ggml's reader demands: tensors in the order of
+  // their infos, each at the end of the previous one padded to the alignment. Anything else is
+  // a damaged table: overlapping data, a type or shape whose size runs into the next tensor,
+  // a size too small (a gap), or tensors out of order.
+  uint64_t expect = 0;
+  const tensor_info* prev = nullptr;
+  for (const auto& t : tensors) {
+    if (t.offset != expect) {
+      c.set_context("tensor " + quote(t.name));
+      if (!prev)
+        c.fail("data starts at offset " + std::to_string(t.offset) +
+               " of the data section; the first tensor must start at 0");
+      const uint64_t prev_end = prev->offset + prev->bytes;
+      if (t.offset < prev_end)
+        c.fail("data at offset " + std::to_string(t.offset) + " overlaps tensor " +
+               quote(prev->name) + " [offset " + std::to_string(prev->offset) + ", " +
+               std::to_string(prev->bytes) + " bytes as " + type_name(prev->type) + "]");
+      c.fail("data at offset " + std::to_string(t.offset) + " leaves a gap after tensor " +
+             quote(prev->name) + ", which ends at " + std::to_string(prev_end) + " (" +
+             std::to_string(expect) + " with alignment padding): its type or shape is wrong, "
+             "or the tensors are out of order");
+    }
+    expect = (t.offset + t.bytes + alignment - 1) / alignment * alignment;  // no overflow: <= size
+    prev = &t;
+  }
 }
 
 namespace {
@@ -464,6 +489,9 @@ file file::open(const std::string& path) {
   im->size = std::size_t(st.st_size);
   if (im->size > 0) {
     void* m = mmap(nullptr, im->size, PROT_READ, MAP_PRIVATE, fd.fd, 0);
+    if (m == MAP_FAILED && errno == ENOMEM)  // address space limit (ulimit -v), not the file
+      throw error(errc::out_of_memory, "gguf: cannot map '" + path + "' (" + std::to_string(im->size) +
+                                           " bytes): out of address space");
     if (m == MAP_FAILED) io_fail("map");
     im->map = m;
     im->map_size = im->size;

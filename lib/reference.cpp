@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -41,6 +42,14 @@ void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t k) {
 
 void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) {
   for (int64_t b = 0; b < k / qk; ++b, x += qk) {
+    bool finite = true;
+    for (int j = 0; j < qk; ++j) finite = finite && std::isfinite(x[j]);
+    if (!finite) {  // NaN scale, zero quants: the NaN propagates, no integer overflows
+      y[b].d = fp16_nan_q8;
+      std::memset(y[b].qs, 0, sizeof y[b].qs);
+      if (sums) sums[b] = 0;
+      continue;
+    }
     float amax = 0.0f;
     for (int j = 0; j < qk; ++j) amax = std::max(amax, std::fabs(x[j]));
     const float d = amax / 127.0f;

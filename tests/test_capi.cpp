@@ -587,35 +587,66 @@ TEST_CASE("embeddings equal the C++ core; the model outlives its handle while se
   qllm_session_free(s);
 }
 
-TEST_CASE("one model, sessions on several threads: the same greedy text") {
-  model_handle h;
-  std::vector<std::string> texts(3);
+// 8 sessions on one model in 8 threads, greedy and seeded sampling, each with its own prompt:
+// every one produces exactly what it produces alone; the model handle is freed after the
+// sessions exist and before they generate; each thread's error message stays its own.
+TEST_CASE("8 sessions on one shared model in 8 threads equal their solo runs") {
+  constexpr int N = 8;
+  auto create = [](qllm_model* m, int i) {
+    qllm_session_params p;
+    qllm_session_params_init(&p, sizeof p);
+    p.temperature = i % 2 ? 0.9f : 0.0f;  // odd: seeded sampling
+    p.seed = uint64_t(100 + i);
+    p.n_ctx = 128;
+    p.n_threads = 1 + i % 2;
+    qllm_session* s = nullptr;
+    REQUIRE(qllm_session_create(m, &p, &s) == QLLM_OK);
+    return s;
+  };
+  auto generate = [](qllm_session* s, int i) {
+    qllm_generate_params gp;
+    qllm_generate_params_init(&gp, sizeof gp);
+    gp.max_tokens = 24;
+    gp.stop_at_eos = 0;
+    const std::string prompt = "prompt number " + std::to_string(i);
+    std::string text;
+    if (qllm_generate(s, prompt.data(), prompt.size(), &gp, nullptr) == QLLM_OK) {
+      const char* out = nullptr;
+      qllm_session_output(s, &out, nullptr);
+      text = out;
+    }
+    qllm_session_free(s);
+    return text;
+  };
+  std::vector<std::string> solo(N);
+  {
+    model_handle h;
+    for (int i = 0; i < N; ++i) solo[std::size_t(i)] = generate(create(h.m, i), i);
+  }
+  for (int i = 0; i < N; ++i) REQUIRE_FALSE(solo[std::size_t(i)].empty());
+  CHECK(solo[0] != solo[2]);  // different prompts, different texts
+  qllm_model* m = nullptr;
+  REQUIRE(qllm_model_load(model_path().c_str(), nullptr, &m) == QLLM_OK);
+  std::vector<std::string> got(N), errs(N);
+  std::vector<qllm_session*> sessions(N);
+  for (int i = 0; i < N; ++i) sessions[std::size_t(i)] = create(m, i);
+  qllm_model_free(m);  // the sessions keep the model alive
   std::vector<std::thread> ts;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < N; ++i) {
     ts.emplace_back([&, i] {
-      qllm_session_params p;
-      qllm_session_params_init(&p, sizeof p);
-      p.temperature = 0;
-      p.n_ctx = 128;
-      p.n_threads = 1;
-      qllm_session* s = nullptr;
-      if (qllm_session_create(h.m, &p, &s) != QLLM_OK) return;
-      qllm_generate_params gp;
-      qllm_generate_params_init(&gp, sizeof gp);
-      gp.max_tokens = 16;
-      gp.stop_at_eos = 0;
-      if (qllm_generate(s, "abc", 3, &gp, nullptr) == QLLM_OK) {
-        const char* out = nullptr;
-        qllm_session_output(s, &out, nullptr);
-        texts[std::size_t(i)] = out;
-      }
-      qllm_session_free(s);
+      const std::string missing = "/nonexistent/thread_" + std::to_string(i) + ".gguf";
+      qllm_model* none = nullptr;
+      (void)qllm_model_load(missing.c_str(), nullptr, &none);  // this thread's own failure
+      got[std::size_t(i)] = generate(sessions[std::size_t(i)], i);
+      errs[std::size_t(i)] = qllm_last_error();  // still this thread's message
     });
   }
   for (auto& t : ts) t.join();
-  CHECK_FALSE(texts[0].empty());
-  CHECK(texts[1] == texts[0]);
-  CHECK(texts[2] == texts[0]);
+  for (int i = 0; i < N; ++i) {
+    CAPTURE(i);
+    CHECK(got[std::size_t(i)] == solo[std::size_t(i)]);
+    CHECK(errs[std::size_t(i)].find("thread_" + std::to_string(i) + ".gguf") != std::string::npos);
+  }
 }
 
 TEST_CASE("a model without a vocabulary: token ids work, text calls are UNSUPPORTED") {

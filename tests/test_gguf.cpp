@@ -576,10 +576,34 @@ TEST_CASE("gguf: malformed headers are rejected with a message naming the field"
     builder b;  // a zero-byte tensor still needs the data section to start inside the file
     b.header(3, 1, 0).tensor("w", {0}, f32, 0);
     check_rejected(b.b, {"data section starts at 64", "past end of file"});
-    auto exact = one_tensor(h1, {32}, f32, 128);  // data ends exactly at the end of the file
+    auto exact = one_tensor(h1, {32}, f32, 0);  // data ends exactly at the end of the file
+    exact.resize(exact.size() - 128);
     REQUIRE_NOTHROW(parse(exact));
     exact.pop_back();
-    check_rejected(exact, {"tensor 'w'", "[offset 128, 128 bytes]", "past end of file"});
+    check_rejected(exact, {"tensor 'w'", "[offset 0, 128 bytes]", "past end of file"});
+  }
+  SUBCASE("tensor layout: in order, each at the padded end of the previous one") {
+    auto two = [&](uint64_t n_a, ggml_type ta, uint64_t off_b) {
+      builder b;
+      b.header(3, 2, 0).tensor("a", {n_a}, ta, 0).tensor("b", {8}, f32, off_b).pad(32).zeros(1024);
+      return b.b;
+    };
+    REQUIRE_NOTHROW(parse(two(8, f32, 32)));    // 32 bytes, next at 32
+    REQUIRE_NOTHROW(parse(two(10, f32, 64)));   // 40 bytes padded to 64
+    check_rejected(two(64, f32, 128), {"tensor 'b'", "overlaps tensor 'a'", "256 bytes as f32"});
+    check_rejected(two(10, f32, 32), {"tensor 'b'", "overlaps tensor 'a'"});  // 40 > 32
+    check_rejected(two(8, f32, 96), {"tensor 'b'", "leaves a gap after tensor 'a'", "ends at 32"});
+    // a type whose blocks make the first tensor larger than the table says
+    check_rejected(two(64, ggml_type::q8_0, 32), {"tensor 'b'", "overlaps", "as q8_0"});
+    builder late;  // the first tensor does not start the data section
+    late.header(3, 1, 0).tensor("a", {8}, f32, 64).pad(32).zeros(256);
+    check_rejected(late.b, {"tensor 'a'", "first tensor must start at 0"});
+    builder swapped;  // infos out of order
+    swapped.header(3, 2, 0).tensor("b", {8}, f32, 32).tensor("a", {8}, f32, 0).pad(32).zeros(256);
+    check_rejected(swapped.b, {"tensor 'b'", "first tensor must start at 0"});
+    builder same;  // two tensors on the same bytes
+    same.header(3, 2, 0).tensor("a", {8}, f32, 0).tensor("b", {8}, f32, 0).pad(32).zeros(256);
+    check_rejected(same.b, {"tensor 'b'", "overlaps tensor 'a'"});
   }
 }
 
@@ -635,11 +659,12 @@ TEST_CASE("gguf: every truncation of a valid file is rejected, none crashes") {
 
 TEST_CASE("gguf: offsets past 4 GiB (sparse file, and a small buffer)") {
   const uint64_t offset = (4ull << 30) + (1ull << 28) + 64;  // 4.25 GiB + 64, a multiple of 32
-  builder b;
-  b.header(3, 1, 1).kv_u32("general.alignment", 64);
+  builder b;  // a 4.25 GiB tensor (a hole in the file), then the one past 4 GiB
+  b.header(3, 2, 1).kv_u32("general.alignment", 64);
+  b.tensor("blk.0.ffn_up.weight", {16, offset / 64}, ggml_type::f32, 0);
   b.tensor("blk.0.attn_q.weight", {8, 2}, ggml_type::f32, offset).pad(64);
   const uint64_t data_start = b.b.size();
-  check_rejected(b.b, {"tensor 'blk.0.attn_q.weight'", "offset 4563402816", "past end of file"});
+  check_rejected(b.b, {"tensor 'blk.0.ffn_up.weight'", "past end of file"});
 
   const std::string path = temp_path("sparse.gguf");
   const auto marker = random_bytes(64, 99);
@@ -657,8 +682,8 @@ TEST_CASE("gguf: offsets past 4 GiB (sparse file, and a small buffer)") {
     const auto f = gguf::file::open(path);
     CHECK(f.size() == file_size);
     CHECK(f.alignment() == 64);
-    REQUIRE(f.tensors().size() == 1);
-    const auto& t = f.tensors()[0];
+    REQUIRE(f.tensors().size() == 2);
+    const auto& t = f.tensors()[1];
     CHECK(t.offset == offset);
     CHECK(t.bytes == 64);
     CHECK(uint64_t(f.tensor_data(t) - f.data_section()) == offset);

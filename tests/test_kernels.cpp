@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "kernels/kernel_table.hpp"
@@ -96,6 +97,43 @@ TEST_CASE("quantize_row_q8_0: bytes and sums equal the reference") {
       t->quantize_row_q8_0(x.data(), b.data(), sb.data(), k);
       CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(block_q8_0)) == 0);
       CHECK(sa == sb);
+    }
+  }
+}
+
+// A block with a NaN or an infinity (hostile weights, an overflowing activation) quantizes to a
+// NaN scale and zero quants on every table: before, the float-to-int conversion of NaN gave
+// INT_MIN quants whose sums overflowed in the Q4_0 kernels (undefined behaviour, found by fuzzing).
+TEST_CASE("quantize_row_q8_0: non-finite blocks become NaN scale, zero quants, on every table") {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (auto* t : tables_under_test()) {
+    const std::string table = t->name;
+    CAPTURE(table);
+    for (float bad : {inf, -inf, nan, -nan}) {
+      for (int at : {0, 5, 31}) {
+        auto x = test::gaussian(96, uint32_t(at + 1), 2.0f);
+        x[size_t(32 + at)] = bad;  // the middle block only
+        std::vector<block_q8_0> a(3), b(3);
+        std::vector<int32_t> sa(3, -1), sb(3, -1);
+        ref::quantize_row_q8_0(x.data(), a.data(), sa.data(), 96);
+        t->quantize_row_q8_0(x.data(), b.data(), sb.data(), 96);
+        CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(block_q8_0)) == 0);
+        CHECK(sa == sb);
+        CHECK(b[1].d == ref::fp16_nan_q8);
+        CHECK(sb[1] == 0);
+        for (int j = 0; j < 32; ++j) REQUIRE(b[1].qs[j] == 0);
+        CHECK(sb[0] != 0);  // the finite blocks are untouched
+        // through the Q4_0 gemm: the NaN reaches that output, nothing overflows
+        const auto w = test::gaussian(8 * 96, 9);
+        std::vector<block_q4_0> wq(8 * 3);
+        ref::quantize_row_q4_0(w.data(), wq.data(), 8 * 96);
+        std::vector<kernels::block_q4_0x8> panel(3);
+        kernels::repack_q4_0x8(wq.data(), 8, 3, panel.data());
+        std::vector<float> y(8);
+        const kernels::qgemm_args ga{panel.data(), 3, 8, b.data(), sb.data(), 1, y.data(), 8};
+        t->gemm_q4_0x8(ga, 0, 1);
+        for (float v : y) CHECK(std::isnan(v));
+      }
     }
   }
 }

@@ -511,6 +511,69 @@ TEST_CASE("linear RoPE scaling: positions scaled by 1/factor, against the refere
              errc::bad_format, "scaling factor");
 }
 
+TEST_CASE("quantized models release their file: it may be overwritten, truncated or deleted") {
+  random_model_spec spec = random_model_preset("tiny");
+  spec.type = ggml_type::q8_0;
+  temp_file tf(temp_path("release"));
+  write_random_model(tf.path, spec);
+  const auto toks = some_tokens(20, spec.n_vocab, 3);
+  std::vector<float> before;
+  {
+    const auto m = model::load(tf.path);
+    context ctx(m, {});
+    const auto l = ctx.eval(toks);
+    before.assign(l.begin(), l.end());
+  }
+  const auto m = model::load(tf.path);
+  CHECK_FALSE(m->file_mapped());
+  {  // overwritten in place with other bytes, then cut short: what `cp new old` does to a mapping
+    std::FILE* f = std::fopen(tf.path.c_str(), "r+b");
+    REQUIRE(f);
+    std::vector<uint8_t> junk(4096, 0xAB);
+    std::fwrite(junk.data(), 1, junk.size(), f);
+    std::fclose(f);
+    REQUIRE(::truncate(tf.path.c_str(), 100) == 0);
+  }
+  context ctx(m, {});
+  const auto after = ctx.eval(toks);  // a SIGBUS or other logits if anything still read the file
+  CHECK(std::equal(after.begin(), after.end(), before.begin(), before.end()));
+  // f16 matrices are read in place: the mapping stays (replace such a file by rename)
+  spec.type = ggml_type::f16;
+  write_random_model(tf.path, spec);
+  CHECK(model::load(tf.path)->file_mapped());
+  model_options o;
+  o.quantize_float_weights = true;  // ... unless they are quantized at load
+  CHECK_FALSE(model::load(tf.path, o)->file_mapped());
+}
+
+TEST_CASE("a context that cannot fit is refused before allocating, with the numbers") {
+  random_model_spec spec = random_model_preset("tiny");
+  spec.n_embd = 1024;  // kv_dim 1024: 8 KiB of f16 KV per position and layer
+  spec.n_head = 8;
+  spec.n_head_kv = 8;
+  spec.n_ff = 256;
+  spec.n_vocab = 300;
+  temp_file tf(temp_path("huge_ctx"));
+  write_random_model(tf.path, spec);
+  const auto m = model::load(tf.path);
+  context_params cp;
+  cp.n_ctx = int64_t(1) << 24;  // 2 layers x 2 x 16.8 M positions x 1024 x 2 bytes = 128 GiB
+  try {
+    context ctx(m, cp);
+    FAIL("a 128 GiB KV cache was allocated");
+  } catch (const error& e) {
+    CHECK(e.code() == errc::out_of_memory);
+    const std::string msg = e.what();
+    MESSAGE(msg);
+    CHECK(msg.find("n_ctx 16777216 needs") != std::string::npos);
+    CHECK(msg.find("KV cache 128.0 GiB") != std::string::npos);
+    CHECK(msg.find("this process can have") != std::string::npos);
+  }
+  cp.n_ctx = 4096;  // a sensible window still works
+  context ok(m, cp);
+  CHECK(ok.n_ctx() == 4096);
+}
+
 TEST_CASE("special token ids are range-checked before narrowing to int32") {
   for (uint64_t bad_id : {(uint64_t(1) << 32) + 1, uint64_t(512), uint64_t(1) << 40}) {
     random_model_spec spec = random_model_preset("tiny");

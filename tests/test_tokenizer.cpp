@@ -13,6 +13,7 @@
 #include "qllm/gguf.hpp"
 #include "qllm/session.hpp"
 #include "qllm/tokenizer.hpp"
+#include "llama2_vocab.hpp"
 #include "text/sp_proto.hpp"
 
 #ifndef QLLM_TEST_DATA
@@ -33,63 +34,10 @@ const tok_case kCases[] = {
 
 // The Llama-2 vocabulary as Meta's tokenizer.model has it: types by position, scores -(id - 259)
 // for normal pieces, -1e9 for pieces made only of U+2581.
-vocabulary llama2_vocabulary() {
-  std::ifstream in(std::string(QLLM_TEST_DATA) + "/llama2-vocab.txt", std::ios::binary);
-  REQUIRE(in.good());
-  vocabulary v;
-  std::string line;
-  while (std::getline(in, line)) {
-    std::string p;
-    for (std::size_t i = 0; i < line.size(); ++i) {
-      if (line[i] == '\\' && i + 1 < line.size()) {
-        p += line[i + 1] == 'r' ? '\r' : line[i + 1];
-        ++i;
-      } else {
-        p += line[i];
-      }
-    }
-    v.pieces.push_back(p);
-  }
-  REQUIRE(v.pieces.size() == 32000);
-  for (std::size_t id = 0; id < v.pieces.size(); ++id) {
-    const std::string& p = v.pieces[id];
-    if (id == 0) {
-      v.types.push_back(token_type::unknown);
-      v.scores.push_back(0);
-    } else if (id < 3) {
-      v.types.push_back(token_type::control);
-      v.scores.push_back(0);
-    } else if (id < 259) {
-      v.types.push_back(token_type::byte);
-      v.scores.push_back(0);
-    } else {
-      bool spaces_only = true;
-      for (std::size_t k = 0; k < p.size(); k += 3) spaces_only = spaces_only && p.compare(k, 3, "\xE2\x96\x81") == 0;
-      v.types.push_back(token_type::normal);
-      v.scores.push_back(spaces_only ? -1e9f : -float(id - 259));
-    }
-  }
-  return v;
-}
+vocabulary llama2_vocabulary() { return test::llama2_vocabulary(QLLM_TEST_DATA); }
 
 const tokenizer& llama2() {
-  static const auto tok = [] {
-    // Through GGUF metadata, the way a model file delivers it.
-    const vocabulary v = llama2_vocabulary();
-    gguf::writer w;
-    w.set_string("tokenizer.ggml.model", "llama");
-    w.set_array_string("tokenizer.ggml.tokens", v.pieces);
-    w.set_array_f32("tokenizer.ggml.scores", v.scores);
-    std::vector<int32_t> types;
-    for (auto t : v.types) types.push_back(int32_t(t));
-    w.set_array_i32("tokenizer.ggml.token_type", types);
-    w.set_u32("tokenizer.ggml.unknown_token_id", 0);
-    w.set_u32("tokenizer.ggml.bos_token_id", 1);
-    w.set_u32("tokenizer.ggml.eos_token_id", 2);
-    const auto bytes = w.to_bytes();
-    const auto f = gguf::file::from_memory(bytes.data(), bytes.size());
-    return tokenizer::from_gguf(f);
-  }();
+  static const auto tok = test::llama2_tokenizer(QLLM_TEST_DATA);
   REQUIRE(tok);
   return *tok;
 }

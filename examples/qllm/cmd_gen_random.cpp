@@ -18,13 +18,14 @@ const char* const kHelp =
     "  --type TYPE       q4_0 | q8_0 | f16 | bf16 | f32 (default q4_0)\n"
     "  --seed N          random seed (default 1)\n"
     "  --layers N        override the shape's layer count\n"
+    "  --ctx N           override the training context (llama.context_length)\n"
     "  --no-vocab        write no tokenizer.ggml.* vocabulary (token ids only)\n"
     "  -h, --help        this text\n";
 }  // namespace
 
 int cmd_gen_random(int argc, char** argv) {
   std::string shape = "tiny", type = "q4_0", out;
-  int64_t seed = 1, layers = 0;
+  int64_t seed = 1, layers = 0, ctx = 0;
   bool vocab = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -33,6 +34,7 @@ int cmd_gen_random(int argc, char** argv) {
     else if (a == "--out" || a == "-o") out = next_value(argc, argv, i);
     else if (a == "--seed") seed = parse_int(a, next_value(argc, argv, i), 0, 0xffffffffll);
     else if (a == "--layers") layers = parse_int(a, next_value(argc, argv, i), 1, 4096);
+    else if (a == "--ctx") ctx = parse_int(a, next_value(argc, argv, i), 1, int64_t(1) << 24);
     else if (a == "--no-vocab") vocab = false;
     else if (is_help(a)) return print_help(kHelp);
     else throw error(errc::invalid_argument, "unknown option '" + a + "'");
@@ -50,6 +52,7 @@ int cmd_gen_random(int argc, char** argv) {
   else throw error(errc::invalid_argument, "--type: '" + type + "' is not q4_0, q8_0, f16, bf16 or f32");
   s.seed = uint32_t(seed);
   if (layers) s.n_layer = layers;
+  if (ctx) s.n_ctx = ctx;
   s.vocabulary = vocab;
   write_random_model(out, s);
   std::printf("wrote %s: %s shape, %s, %lld layers, dim %lld, vocab %lld\n", out.c_str(), shape.c_str(),

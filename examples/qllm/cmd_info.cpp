@@ -1,16 +1,16 @@
 // qllm info: what this build is and what it will run on this machine.
-#include <omp.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
+#include "omp_compat.hpp"
 #include "args.hpp"
 #include "commands.hpp"
 #include "qllm/error.hpp"
 #include "kernels/kernel_table.hpp"
 #include "qllm/cpu_features.hpp"
-#include "qllm/threads.hpp"
+#include "qllm/resources.hpp"
 #include "qllm/version.hpp"
 
 namespace qllm::cli {

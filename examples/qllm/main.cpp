@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <new>
 
 #include "commands.hpp"
 
@@ -44,6 +45,9 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "qllm: unknown command '%s' (try 'qllm help')\n", cmd);
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "qllm %s: out of memory\n", cmd);
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "qllm %s: %s\n", cmd, e.what());
     return 1;

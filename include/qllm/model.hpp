@@ -48,7 +48,8 @@ class model {
  public:
   // Throws qllm::error: errc::io (cannot open/map), errc::bad_format (invalid GGUF, missing or
   // inconsistent metadata, a tensor with the wrong shape), errc::unsupported (architecture other
-  // than llama, a weight type without kernels, named with the tensor).
+  // than llama, a weight type without kernels, named with the tensor), errc::out_of_memory (the
+  // weights do not fit what this process can have, or an allocation failed).
   static std::shared_ptr<const model> load(const std::string& path, const model_options& opt = {});
   ~model();
 
@@ -60,12 +61,17 @@ class model {
   // The load's parts: parse and validate the file, allocate the weight arena, repack weights.
   std::array<double, 3> load_stage_seconds() const noexcept;
   const char* isa() const noexcept;  // name of the kernel table its contexts use
+  // Whether the model still reads its file's mapping: true when f16/f32 matrices are read in
+  // place (then replace the file by rename, never by writing over it); false for quantized
+  // weights, all repacked at load, after which the file may be replaced or deleted.
+  bool file_mapped() const noexcept;
   // The vocabulary stored in the file; nullptr when it has none (then only token ids work).
   const tokenizer* get_tokenizer() const noexcept;
   const model_impl& impl() const noexcept { return *impl_; }
 
  private:
   explicit model(std::unique_ptr<model_impl> impl);
+  static std::shared_ptr<const model> load_unguarded(const std::string& path, const model_options& opt);
   std::unique_ptr<model_impl> impl_;
 };
 

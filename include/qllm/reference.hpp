@@ -19,7 +19,10 @@ namespace qllm::ref {
 void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k);
 void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t k);
 // Q8_0 as llama.cpp: d = amax / 127, q = round-to-nearest-even(x / d).
-// `sums` (nullable) receives the integer sum of each block's 32 quants.
+// `sums` (nullable) receives the integer sum of each block's 32 quants. A block holding a NaN or
+// an infinity becomes d = fp16_nan_q8, all quants and the sum 0 (every kernel table does the
+// same): its NaN reaches the outputs instead of an out-of-range conversion to integers.
+inline constexpr uint16_t fp16_nan_q8 = 0x7e00;
 void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k);
 void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t k);
 

@@ -1,8 +1,11 @@
 // The NEON (aarch64 Advanced SIMD) table: generic float ops for xsimd::neon64, int8 kernels with
 // vmull_s8 (neon_qgemm.hpp).
+#include <cstring>
+
 #include "kernels/arch_exports.hpp"
 #include "kernels/float_ops.hpp"
 #include "kernels/neon_qgemm.hpp"
+#include "qllm/reference.hpp"
 
 namespace qllm::kernels {
 namespace {
@@ -28,9 +31,17 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) 
   for (int64_t b = 0; b < k / qk; ++b, x += qk) {
     float32x4_t v[8];
     float32x4_t amax = vdupq_n_f32(0.0f);
+    uint32x4_t finite = vdupq_n_u32(~0u);  // lanes with |v| <= FLT_MAX (false for NaN, inf)
     for (int i = 0; i < 8; ++i) {
       v[i] = vld1q_f32(x + 4 * i);
+      finite = vandq_u32(finite, vcleq_f32(vabsq_f32(v[i]), vdupq_n_f32(3.40282347e38f)));
       amax = vmaxq_f32(amax, vabsq_f32(v[i]));
+    }
+    if (vminvq_u32(finite) == 0) {  // as ref::quantize_row_q8_0
+      y[b].d = ref::fp16_nan_q8;
+      std::memset(y[b].qs, 0, sizeof y[b].qs);
+      if (sums) sums[b] = 0;
+      continue;
     }
     const float d = vmaxvq_f32(amax) / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;

@@ -9,6 +9,7 @@
 
 #include "kernels/kernel_table.hpp"
 #include "kernels/token_tiles.hpp"
+#include "qllm/reference.hpp"
 
 namespace qllm::kernels {
 namespace {
@@ -119,12 +120,22 @@ inline void gemm_q8_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
 // Q8_0 quantization of activations: nearest-even rounding, as ref::quantize_row_q8_0.
 inline void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int32_t* sums, int64_t k) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 fmax = _mm256_set1_ps(3.40282347e38f);
   for (int64_t b = 0; b < k / qk; ++b, x += qk) {
     __m256 v[4];
     __m256 amax = _mm256_setzero_ps();
+    __m256 bad = _mm256_setzero_ps();  // lanes that are NaN or infinite (not |v| <= FLT_MAX)
     for (int i = 0; i < 4; ++i) {
       v[i] = _mm256_loadu_ps(x + 8 * i);
-      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+      const __m256 a = _mm256_andnot_ps(sign, v[i]);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+      amax = _mm256_max_ps(amax, a);
+    }
+    if (_mm256_movemask_ps(bad)) {  // as ref::quantize_row_q8_0
+      y[b].d = ref::fp16_nan_q8;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), _mm256_setzero_si256());
+      if (sums) sums[b] = 0;
+      continue;
     }
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));

@@ -11,7 +11,7 @@
 #include "ops/matmul.hpp"
 #include "ops/rows.hpp"
 #include "qllm/error.hpp"
-#include "qllm/threads.hpp"
+#include "qllm/resources.hpp"
 #include "qllm/reference.hpp"
 
 namespace qllm {
@@ -24,6 +24,7 @@ class context_impl {
   void shift(int64_t n_keep, int64_t n_discard);
   std::vector<float> embed(std::span<const int32_t> tokens);
   void check_tokens(std::span<const int32_t> tokens) const;
+  void allocate_buffers();  // RoPE tables, activations, scratch (throws std::bad_alloc)
   std::vector<double>* embed_acc = nullptr;  // set by embed(): sum of final hidden states
 
   std::shared_ptr<const model> owner;
@@ -77,9 +78,37 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
   n_batch = std::min(n_batch, n_ctx);
   const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, M = n_batch, hd = c.head_dim();
   const std::size_t kv_bytes = std::size_t(c.n_layer) * 2 * std::size_t(n_ctx) * std::size_t(KV) * kv_elt(kv_f16);
+  // Everything this context will hold, checked against what the process can have before any of
+  // it is allocated: a window that cannot fit is an error with the numbers, not a crash or swap.
+  const std::size_t rope_bytes = 2 * std::size_t(n_ctx * hd) * sizeof(float);
+  const std::size_t scratch_bytes =
+      sizeof(float) * (std::size_t(M) * std::size_t(4 * E + 2 * KV + 2 * F) +
+                       ops::attention_scratch_floats(nt, n_ctx) + std::size_t(c.n_vocab));
+  const uint64_t need = uint64_t(kv_bytes) + rope_bytes + scratch_bytes;
+  if (const uint64_t have = memory_available_bytes(); have > 0 && need > have)
+    throw error(errc::out_of_memory,
+                "context: n_ctx " + std::to_string(n_ctx) + " needs " + format_bytes(need) + " (KV cache " +
+                    format_bytes(kv_bytes) + ": " + std::to_string(c.n_layer) + " layers x 2 x " +
+                    std::to_string(n_ctx) + " positions x " + std::to_string(KV) + " x " +
+                    std::to_string(kv_elt(kv_f16)) + " bytes), but this process can have " +
+                    format_bytes(have) + " (physical memory, cgroup limit). Lower n_ctx" +
+                    (kv_f16 ? "" : " or use an f16 KV cache"));
   void* mem = std::aligned_alloc(64, (kv_bytes + 63) / 64 * 64);  // untouched pages cost no RSS
-  if (!mem) throw error(errc::out_of_memory, "context: cannot allocate the KV cache (" + std::to_string(kv_bytes) + " bytes)");
+  if (!mem)
+    throw error(errc::out_of_memory, "context: cannot allocate the KV cache (" + format_bytes(kv_bytes) +
+                                         " for n_ctx " + std::to_string(n_ctx) + ")");
   kv.reset(mem);
+  try {
+    allocate_buffers();
+  } catch (const std::bad_alloc&) {
+    throw error(errc::out_of_memory, "context: cannot allocate its buffers (" +
+                                         format_bytes(rope_bytes + scratch_bytes) + " for n_ctx " +
+                                         std::to_string(n_ctx) + ")");
+  }
+}
+
+void context_impl::allocate_buffers() {
+  const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, M = n_batch, hd = c.head_dim();
   rope_cos.resize(std::size_t(n_ctx * hd));
   rope_sin.resize(std::size_t(n_ctx * hd));
   for (int64_t pos = 0; pos < n_ctx; ++pos)

@@ -2,6 +2,7 @@
 #pragma once
 #include <array>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -28,7 +29,11 @@ class model_impl {
  public:
   explicit model_impl(gguf::file f) : file(std::move(f)) {}
   model_config cfg;
-  gguf::file file;  // the mapping: embeddings and f16/f32 matrices are read in place
+  // The mapping, while f16/f32 matrices are read from it in place; otherwise (quantized weights,
+  // all repacked) released after load, the small tensors read in place copied first, so the file
+  // may be replaced, truncated or deleted while the model is in use.
+  std::optional<gguf::file> file;
+  std::unique_ptr<uint8_t[]> owned_embd;  // the embedding table's copy once the file is released
   ggml_type wtype = ggml_type::f32;
   std::shared_ptr<const tokenizer> tok;
   const kernels::kernel_table* kt = nullptr;  // the table contexts of this model use  // null when the file has no vocabulary

@@ -13,7 +13,7 @@
 #include "model/model_impl.hpp"
 #include "ops/rows.hpp"
 #include "qllm/error.hpp"
-#include "qllm/threads.hpp"
+#include "qllm/resources.hpp"
 #include "qllm/reference.hpp"
 
 namespace qllm {
@@ -141,11 +141,15 @@ class loader {
  public:
   loader(model_impl& m, const model_options& o) : m_(m), opt_(o) {}
 
-  // A vector stored f32 is read in place; f16/bf16 are converted once.
+  // Vectors (norms) are copied, f16/bf16 converted, so that nothing small keeps the mapping.
   const float* vec(const gguf::tensor_info& t) {
-    const uint8_t* p = m_.file.tensor_data(t);
+    const uint8_t* p = m_.file->tensor_data(t);
     const int64_t n = t.ne[0];
-    if (t.type == ggml_type::f32) return reinterpret_cast<const float*>(p);
+    if (t.type == ggml_type::f32) {
+      auto& buf = m_.owned_f32.emplace_back(new float[std::size_t(n)]);
+      std::memcpy(buf.get(), p, std::size_t(n) * sizeof(float));
+      return buf.get();
+    }
     if (t.type != ggml_type::f16 && t.type != ggml_type::bf16)
       throw error(errc::unsupported, "model: tensor '" + t.name + "' has type " +
                                          gguf::type_name(t.type) + "; norms must be f32, f16 or bf16");
@@ -176,12 +180,13 @@ class loader {
   ops::packed_weights matrix(const gguf::tensor_info& t, uint8_t*& arena_cursor, bool release) {
     const int64_t k = t.ne[0], n = t.ne[1];
     const ggml_type tt = target(t);
-    const uint8_t* src = m_.file.tensor_data(t);
+    const uint8_t* src = m_.file->tensor_data(t);
     const int nt = opt_.n_threads > 0 ? opt_.n_threads : ops::default_threads();
     if (tt == t.type) {
+      if (!ops::packed_weights::repacked(tt)) reads_mapping_ = true;  // f16/f32 read in place
       ops::packed_weights w(tt, src, n, k, nt, ops::packed_weights::repacked(tt) ? arena_cursor : nullptr);
       arena_cursor += arena_bytes(t);
-      if (release && ops::packed_weights::repacked(tt)) m_.file.release(src, t.bytes);
+      if (release && ops::packed_weights::repacked(tt)) m_.file->release(src, t.bytes);
       m_.weight_bytes += w.bytes();
       return w;
     }
@@ -211,9 +216,12 @@ class loader {
     return w;
   }
 
+  bool reads_mapping() const noexcept { return reads_mapping_; }
+
  private:
   model_impl& m_;
   const model_options& opt_;
+  bool reads_mapping_ = false;
 };
 
 }  // namespace
@@ -228,8 +236,17 @@ double model::load_seconds() const noexcept { return impl_->load_seconds; }
 std::array<double, 3> model::load_stage_seconds() const noexcept { return impl_->load_stages; }
 const tokenizer* model::get_tokenizer() const noexcept { return impl_->tok.get(); }
 const char* model::isa() const noexcept { return impl_->kt->name; }
+bool model::file_mapped() const noexcept { return impl_->file.has_value(); }
 
 std::shared_ptr<const model> model::load(const std::string& path, const model_options& opt) {
+  try {
+    return load_unguarded(path, opt);
+  } catch (const std::bad_alloc&) {
+    throw error(errc::out_of_memory, "model: out of memory loading '" + path + "'");
+  }
+}
+
+std::shared_ptr<const model> model::load_unguarded(const std::string& path, const model_options& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   auto since = [](auto t) { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count(); };
   if (opt.n_threads < 0 || opt.n_threads > max_threads())
@@ -237,7 +254,7 @@ std::shared_ptr<const model> model::load(const std::string& path, const model_op
                                             " out of range (0 = default, at most " +
                                             std::to_string(max_threads()) + ")");
   auto m = std::make_unique<model_impl>(gguf::file::open(path));
-  const gguf::file& f = m->file;
+  const gguf::file& f = *m->file;
   model_config& c = m->cfg;
   if (opt.isa.empty()) {
     m->kt = &kernels::active();
@@ -299,6 +316,10 @@ std::shared_ptr<const model> model::load(const std::string& path, const model_op
 
   m->load_stages[0] = since(t0);
   const auto t1 = std::chrono::steady_clock::now();
+  if (const uint64_t have = memory_available_bytes(); have > 0 && total > have)
+    throw error(errc::out_of_memory, "model: the repacked weights need " + format_bytes(total) +
+                                         ", but this process can have " + format_bytes(have) +
+                                         " (physical memory, cgroup limit)");
   if (total > 0) {
     const std::size_t huge = std::size_t(2) << 20;
     const std::size_t alloc = (total + huge - 1) / huge * huge + huge;
@@ -339,6 +360,12 @@ std::shared_ptr<const model> model::load(const std::string& path, const model_op
     int64_t n = 1;
     for (int64_t d : t.ne) n *= d;
     m->n_params += n;
+  }
+  if (!ld.reads_mapping()) {  // every matrix repacked: copy the embeddings, release the file
+    m->owned_embd.reset(new uint8_t[te->bytes]);
+    std::memcpy(m->owned_embd.get(), m->embd, te->bytes);
+    m->embd = m->owned_embd.get();
+    m->file.reset();
   }
   m->load_stages[2] = since(t2);
   m->load_seconds = since(t0);

@@ -1,6 +1,6 @@
+#include "omp_compat.hpp"
 #include "ops/matmul.hpp"
 
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdlib>

@@ -1,7 +1,7 @@
+#include "omp_compat.hpp"
 #include "ops/rows.hpp"
-#include "qllm/threads.hpp"
+#include "qllm/resources.hpp"
 
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,5 @@
-// Default thread counts under cgroup CPU quotas (v1 and v2, on fake cgroup trees) and the bound.
+// Default thread counts under cgroup CPU quotas and the memory limits of cgroups (v1 and v2, on
+// fake cgroup trees), the thread bound, byte formatting.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -7,7 +8,7 @@
 #include <fstream>
 #include <string>
 
-#include "qllm/threads.hpp"
+#include "qllm/resources.hpp"
 
 using namespace qllm;
 namespace fs = std::filesystem;
@@ -84,4 +85,33 @@ TEST_CASE("default and maximum thread counts") {
   CHECK(default_threads() <= max_threads());
   if (const char* env = std::getenv("OMP_NUM_THREADS"); env && std::atoi(env) > 0)
     CHECK(default_threads() == std::atoi(env));
+}
+
+TEST_CASE("cgroup memory limits: v2 memory.max and v1 memory.limit_in_bytes, smallest wins") {
+  tree t;
+  CHECK(cgroup_memory_limit("0::/a/b\n", t.r()) == 0);
+  t.put("a/b/memory.max", "max\n");
+  CHECK(cgroup_memory_limit("0::/a/b\n", t.r()) == 0);
+  t.put("a/memory.max", "2147483648\n");
+  CHECK(cgroup_memory_limit("0::/a/b\n", t.r()) == 2147483648u);  // the parent's limit applies
+  t.put("a/b/memory.max", "1073741824\n");
+  CHECK(cgroup_memory_limit("0::/a/b\n", t.r()) == 1073741824u);
+  tree u;  // v1: 9223372036854771712 is how "unlimited" reads
+  const std::string self = "4:memory:/docker/x\n1:cpu:/docker/x\n";
+  u.put("memory/docker/x/memory.limit_in_bytes", "9223372036854771712\n");
+  CHECK(cgroup_memory_limit(self, u.r()) == 0);
+  u.put("memory/docker/x/memory.limit_in_bytes", "536870912\n");
+  CHECK(cgroup_memory_limit(self, u.r()) == 536870912u);
+  tree w;  // namespaced v1 mount: the limit sits at the mount's root
+  w.put("memory/memory.limit_in_bytes", "268435456\n");
+  CHECK(cgroup_memory_limit(self, w.r()) == 268435456u);
+  for (const char* s : {"", "::", "0::", "garbage\n"}) CHECK(cgroup_memory_limit(s, t.r()) == 0);
+}
+
+TEST_CASE("memory available and byte formatting") {
+  CHECK(memory_available_bytes() > (uint64_t(64) << 20));
+  CHECK(format_bytes(uint64_t(128) << 30) == "128.0 GiB");
+  CHECK(format_bytes(uint64_t(3) << 29) == "1.5 GiB");
+  CHECK(format_bytes(uint64_t(512) << 20) == "512.0 MiB");
+  CHECK(format_bytes(1000) == "1 KiB");
 }

@@ -1,11 +1,13 @@
-// Thread counts: the affinity mask, cgroup CPU quotas (v1 and v2), and the accepted maximum.
-#include "qllm/threads.hpp"
+// Thread counts (the affinity mask, cgroup CPU quotas, the accepted maximum) and the memory
+// this process can have (physical memory, cgroup memory limits), cgroup v1 and v2.
+#include "omp_compat.hpp"
+#include "qllm/resources.hpp"
 
-#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -55,6 +57,21 @@ int v2_limit(const std::string& root, const std::string& rel) {
     const double q = std::strtod(quota.c_str(), &end);
     if (end == quota.c_str()) return;
     best = min_limit(best, cpus_of(q, period));
+  });
+  return best;
+}
+
+// The smallest number in `file` of `rel` and its ancestors under `root` ("max" and values of
+// 2^60 or more, as v1 writes "unlimited", are no limit), or 0.
+uint64_t smallest_in(const std::string& root, const std::string& rel, const char* file) {
+  uint64_t best = 0;
+  for_ancestors(root, rel, [&](const std::string& dir) {
+    std::string text;
+    if (!read_text(dir + "/" + file, text)) return;
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+    if (end == text.c_str() || v == 0 || v >= (1ull << 60)) return;
+    best = best == 0 ? v : std::min<uint64_t>(best, v);
   });
   return best;
 }
@@ -110,6 +127,62 @@ int cgroup_cpu_limit(const std::string& proc_self_cgroup, const std::string& mou
   } catch (...) {
     return 0;
   }
+}
+
+uint64_t cgroup_memory_limit(const std::string& proc_self_cgroup, const std::string& mount_root) noexcept {
+  try {
+    uint64_t best = 0;
+    auto take = [&](uint64_t v) { best = v == 0 ? best : (best == 0 ? v : std::min(best, v)); };
+    std::istringstream lines(proc_self_cgroup);
+    std::string line;
+    while (std::getline(lines, line)) {
+      const auto a = line.find(':'), b = line.find(':', a == std::string::npos ? 0 : a + 1);
+      if (a == std::string::npos || b == std::string::npos) continue;
+      const std::string controllers = line.substr(a + 1, b - a - 1);
+      std::string path = line.substr(b + 1);
+      if (path == "/") path.clear();
+      if (line.compare(0, a, "0") == 0 && controllers.empty()) {
+        for (const std::string& root : {mount_root, mount_root + "/unified"}) {
+          uint64_t v = smallest_in(root, path, "memory.max");
+          if (v == 0 && !path.empty()) v = smallest_in(root, "", "memory.max");
+          take(v);
+        }
+      } else {
+        std::istringstream cs(controllers);
+        std::string c;
+        bool mem = false;
+        while (std::getline(cs, c, ',')) mem |= c == "memory";
+        if (!mem) continue;
+        const std::string base = mount_root + "/memory";
+        uint64_t v = smallest_in(base, path, "memory.limit_in_bytes");
+        if (v == 0 && !path.empty()) v = smallest_in(base, "", "memory.limit_in_bytes");
+        take(v);
+      }
+    }
+    return best;
+  } catch (...) {
+    return 0;
+  }
+}
+
+uint64_t memory_available_bytes() noexcept {
+  static const uint64_t n = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t phys = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+    std::string text;
+    const uint64_t cg = read_text("/proc/self/cgroup", text) ? cgroup_memory_limit(text, "/sys/fs/cgroup") : 0;
+    if (phys == 0) return cg;
+    return cg == 0 ? phys : std::min(phys, cg);
+  }();
+  return n;
+}
+
+std::string format_bytes(uint64_t n) {
+  char buf[32];
+  if (n >= (uint64_t(1) << 30)) std::snprintf(buf, sizeof buf, "%.1f GiB", double(n) / double(1 << 30));
+  else if (n >= (uint64_t(1) << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", double(n) / double(1 << 20));
+  else std::snprintf(buf, sizeof buf, "%llu KiB", (unsigned long long)((n + 1023) / 1024));
+  return buf;
 }
 
 int default_threads() noexcept {

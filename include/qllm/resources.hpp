@@ -1,5 +1,6 @@
-// How many threads qllm uses by default, and how many it accepts.
+// What this process may use: threads (the default and the most accepted) and memory.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace qllm {
@@ -20,5 +21,17 @@ int default_threads() noexcept;
 // More would only oversubscribe, and libgomp exits the whole process when it cannot create a
 // thread, so a larger request is an invalid_argument error instead.
 int max_threads() noexcept;
+
+// The memory limit of the process's cgroup and its ancestors in bytes (cgroup v2 `memory.max`,
+// v1 `memory.limit_in_bytes`; the smallest wins), or 0 when there is none. Never throws.
+uint64_t cgroup_memory_limit(const std::string& proc_self_cgroup, const std::string& mount_root) noexcept;
+
+// The memory this process can have: the machine's physical memory, capped by the cgroup memory
+// limit. Allocations planned beyond it (a KV cache for n_ctx = 1,000,000, say) are refused up
+// front with the numbers instead of failing, or swapping, halfway.
+uint64_t memory_available_bytes() noexcept;
+
+// "24.0 GiB", "512.0 MiB", "12 KiB": for messages.
+std::string format_bytes(uint64_t n);
 
 }  // namespace qllm
