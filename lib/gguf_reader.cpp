@@ -134,7 +134,7 @@ class cursor {
     if (len > remaining())
       fail(std::string(what) + " " + std::to_string(len) + " exceeds the " +
            std::to_string(remaining()) + " bytes left at offset " + std::to_string(pos_));
-    charge(sizeof(std::string) + len, what);
+    charge(len, what);  // the std::string object itself is charged with what holds it
     std::string s(reinterpret_cast<const char*>(p_ + pos_), std::size_t(len));
     pos_ += std::size_t(len);
     return s;
@@ -205,9 +205,10 @@ value read_value(cursor& c, value_type t, int depth) {
     const uint64_t count = c.read<uint64_t>("array length");
     c.check_count(count, min_elem_bytes(v.elem_type), "array length");
     const auto n = std::size_t(count);
-    // strings charge themselves (read_string); the vector of values or numbers is charged here
+    // the vector is charged before it is reserved (string contents charge themselves)
     if (v.elem_type == value_type::array) c.charge(count * sizeof(value), "array length");
-    else if (v.elem_type != value_type::string) c.charge(count * 8, "array length");
+    else if (v.elem_type == value_type::string) c.charge(count * sizeof(std::string), "array length");
+    else c.charge(count * 8, "array length");
     value elem;
     if (v.elem_type == value_type::string) {
       v.strings.reserve(n);

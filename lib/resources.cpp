@@ -185,11 +185,20 @@ std::string format_bytes(uint64_t n) {
   return buf;
 }
 
+bool omp_num_threads_set() noexcept {
+  // as libgomp reads it: a positive number first ("4" or "4,2"); anything else is ignored
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  if (!env) return false;
+  while (*env == ' ' || *env == '\t') ++env;
+  char* end = nullptr;
+  const long n = std::strtol(env, &end, 10);
+  return end != env && n > 0;
+}
+
 int default_threads() noexcept {
   static const int n = [] {
-    const int omp = std::max(1, omp_get_max_threads());
-    const char* env = std::getenv("OMP_NUM_THREADS");
-    if (env && *env) return omp;  // an explicit choice is kept
+    const int omp = std::min(std::max(1, omp_get_max_threads()), max_threads());
+    if (omp_num_threads_set()) return omp;  // an explicit choice is kept (within the bound)
     std::string text;
     if (!read_text("/proc/self/cgroup", text)) return omp;
     const int quota = cgroup_cpu_limit(text, "/sys/fs/cgroup");

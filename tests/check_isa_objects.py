@@ -18,8 +18,9 @@ For each library compiled with ISA flags, fails when
     library is marked baseline;
   - a table's `supported` field (the one function called before the CPU check) points at
     anything but the baseline predicate qllm::kernels::supported_<ISA> (defined elsewhere);
-  - an object has static constructors (.init_array / .ctors / .preinit_array), i.e. code of the
-    TU that runs at load time, before any CPU check.
+  - an object has static constructors or destructors (.init_array / .ctors / .preinit_array /
+    .fini_array / .dtors), i.e. code of the TU that runs at load or exit whatever the CPU;
+  - an object defines an IFUNC, local or not (its resolver runs at load time: target_clones).
 readelf reads ELF objects of any architecture, so the same check runs on cross builds.
 """
 import re
@@ -29,7 +30,8 @@ import sys
 # Weak data that holds an address only (the C++ personality routine's pointer): no code of this
 # TU runs through it.
 ALLOWED_WEAK = re.compile(r"^DW\.ref\.__gxx_personality_v0$")
-CTOR_SECTIONS = (".init_array", ".ctors", ".preinit_array")
+# code the loader or exit() runs whatever the CPU (constructors, destructors)
+CTOR_SECTIONS = (".init_array", ".ctors", ".preinit_array", ".fini_array", ".dtors")
 
 
 def run(*args):
@@ -70,6 +72,7 @@ def check(isa, lib, baseline=False):
             sections[(member, m.group(1))] = m.group(2)
     member = lib
     raw = []
+    ifuncs = []
     for line in run("readelf", "-sW", lib).splitlines():
         if line.startswith("File: "):
             member = line[6:]
@@ -78,9 +81,13 @@ def check(isa, lib, baseline=False):
         # Num: Value Size Type Bind Vis Ndx Name
         if len(f) < 8 or not f[0].endswith(":") or f[6] == "UND":
             continue
+        if f[3] == "IFUNC":
+            ifuncs.append((member, f[7]))
         if f[4] in ("GLOBAL", "WEAK", "UNIQUE"):
             raw.append((member, f[4], f[3], f[7], sections.get((member, f[6]), f[6]), f[1]))
     names = demangle([r[3] for r in raw])
+    for m, name in ifuncs:
+        problems.append(f"{m}: IFUNC {demangle([name])[0]} (its resolver runs at load time)")
     own = re.compile(r"^qllm::kernels::[a-z0-9_]+_" + re.escape(isa) + r"(\(|$)")
     table = re.compile(r"^qllm::kernels::table_" + re.escape(isa) + r"$")
     for (member, bind, typ, mangled, sec, _), name in zip(raw, names):
@@ -128,7 +135,7 @@ def check(isa, lib, baseline=False):
             member = line[6:]
         for sec in CTOR_SECTIONS:
             if re.search(r"\s" + re.escape(sec) + r"(\s|\.)", line):
-                problems.append(f"{member}: has {sec} (code that runs at load time)")
+                problems.append(f"{member}: has {sec} (code that runs at load or exit)")
     if exported == 0:
         problems.append("exports nothing: wrong library?")
     return problems

@@ -11,6 +11,9 @@ for c in info gen-random run chat tokenize perplexity embed bench; do
   grep -q "^usage: qllm $c" "$dir/help"
   grep -q -- '-h, --help' "$dir/help" || grep -q -- '--help' "$dir/help"
 done
+# OMP_NUM_THREADS never takes the default past the bound, and junk in it is not a choice
+OMP_NUM_THREADS=3000 $run "$qllm" info | grep -q 'OMP_NUM_THREADS=3000, capped at the maximum'
+OMP_NUM_THREADS=abc $run "$qllm" info | grep -q '^threads: .*CPUs of the affinity mask'
 $run "$qllm" gen-random --shape tiny --type q8_0 --seed 3 --out "$dir/tiny.gguf"
 out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1,2 -p 16 -n 8 -r 2)
 echo "$out"

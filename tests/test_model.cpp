@@ -509,6 +509,7 @@ TEST_CASE("linear RoPE scaling: positions scaled by 1/factor, against the refere
              errc::bad_format, "scaling factor");
   load_fails({}, {{"llama.rope.scaling.factor", std::numeric_limits<float>::infinity()}},
              errc::bad_format, "scaling factor");
+  load_fails({}, {{"llama.rope.scaling.factor", 1e-30f}}, errc::bad_format, "factor 1e-30 is out");
 }
 
 TEST_CASE("quantized models release their file: it may be overwritten, truncated or deleted") {

@@ -79,6 +79,21 @@ TEST_CASE("malformed /proc/self/cgroup text is no limit, never a crash") {
     CHECK(cgroup_cpu_limit(s, t.r()) == 0);
 }
 
+TEST_CASE("OMP_NUM_THREADS counts as a choice only when libgomp would take it") {
+  const char* old = std::getenv("OMP_NUM_THREADS");
+  const std::string saved = old ? old : "";
+  for (const char* v : {"4", "4,2", " 8", "3000"}) {
+    setenv("OMP_NUM_THREADS", v, 1);
+    CHECK(omp_num_threads_set());
+  }
+  for (const char* v : {"", "abc", "0", "-3", ",4"}) {
+    setenv("OMP_NUM_THREADS", v, 1);
+    CHECK_FALSE(omp_num_threads_set());
+  }
+  if (old) setenv("OMP_NUM_THREADS", saved.c_str(), 1);
+  else unsetenv("OMP_NUM_THREADS");
+}
+
 TEST_CASE("default and maximum thread counts") {
   CHECK(default_threads() >= 1);
   CHECK(max_threads() >= 64);

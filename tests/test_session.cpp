@@ -585,6 +585,37 @@ TEST_CASE("an append + sample loop picks the tokens generate() picks, with penal
   }
 }
 
+TEST_CASE("a cancel during generation ends it as cancelled, never as an error") {
+  // from inside the stream callback: the next token's eval sees the request first
+  session s(tiny().m, greedy(128));
+  generate_params gp;
+  gp.max_tokens = 20;
+  gp.stop_at_eos = false;
+  int calls = 0;
+  const auto r = s.generate(some_tokens(8), gp, [&](std::string_view, int32_t) {
+    if (++calls == 3) s.cancel();
+    return true;
+  });
+  CHECK(r.finish == finish_reason::cancelled);
+  CHECK(r.tokens.size() == 3);
+  CHECK(s.history().size() == 8 + 2);  // the third token was sampled, never evaluated
+  CHECK(std::equal(r.tokens.begin(), r.tokens.begin() + 2, s.history().begin() + 8));
+}
+
+TEST_CASE("a window of 1 or 2 positions with context shift on") {
+  for (int64_t n_ctx : {1, 2}) {
+    CAPTURE(n_ctx);
+    session_params p = greedy(n_ctx);
+    p.n_keep = 0;
+    p.policy = context_policy::keep_tail;
+    session s(tiny().m, p);
+    const auto toks = some_tokens(6);
+    for (int32_t id : toks) (void)s.append(std::span<const int32_t>(&id, 1));  // shifts each time
+    CHECK(int64_t(s.history().size()) <= n_ctx);
+    CHECK(s.history().back() == toks.back());
+  }
+}
+
 TEST_CASE("cancel stops a long prompt between chunks and leaves the cache as before the call") {
   random_model_spec spec = random_model_preset("small");
   static temp_model small("small_cancel", spec);

@@ -37,8 +37,12 @@ int cmd_info(int argc, char** argv) {
   std::printf("  runnable:  %s\n", runnable.c_str());
   std::printf("  compiled:  %s\n", compiled.c_str());
   std::string why = "CPUs of the affinity mask: " + std::to_string(omp_get_max_threads());
-  if (const char* env = std::getenv("OMP_NUM_THREADS"); env && *env) why = std::string("OMP_NUM_THREADS=") + env;
-  else if (default_threads() < omp_get_max_threads()) why += ", capped by the cgroup CPU quota";
+  if (omp_num_threads_set()) {
+    why = std::string("OMP_NUM_THREADS=") + std::getenv("OMP_NUM_THREADS");
+    if (default_threads() < omp_get_max_threads()) why += ", capped at the maximum";
+  } else if (default_threads() < omp_get_max_threads()) {
+    why += ", capped by the cgroup CPU quota";
+  }
   std::printf("threads:      %d (%s; -t or OMP_NUM_THREADS to change; at most %d)\n", default_threads(),
               why.c_str(), max_threads());
   return 0;

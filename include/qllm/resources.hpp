@@ -12,10 +12,12 @@ namespace qllm {
 // `cpu.cfs_period_us` of the `cpu` controller; the smallest limit wins. Never throws.
 int cgroup_cpu_limit(const std::string& proc_self_cgroup, const std::string& mount_root) noexcept;
 
-// The default thread count: OMP_NUM_THREADS when set, else the CPUs of the affinity mask,
-// capped by the cgroup CPU quota (a container given --cpus=2 on a 64-core host gets 2).
-// Computed once.
+// The default thread count: OMP_NUM_THREADS when it holds a positive number, else the CPUs of
+// the affinity mask capped by the cgroup CPU quota (a container given --cpus=2 on a 64-core host
+// gets 2); never above max_threads(). Computed once.
 int default_threads() noexcept;
+// Whether OMP_NUM_THREADS holds a number libgomp takes (a positive integer first).
+bool omp_num_threads_set() noexcept;
 
 // The most threads a model or context accepts: max(64, 4 x the CPUs of the machine).
 // More would only oversubscribe, and libgomp exits the whole process when it cannot create a

@@ -122,9 +122,11 @@ class session {
 
   // Stops the call in progress (generate, evaluate, append) at its next check: before
   // each chunk of n_batch prompt tokens and before each generated token. generate() then returns
-  // finish_reason::cancelled; evaluate and append throw errc::cancelled. The cache is left as
-  // before the call, or with the tokens generated so far. Each call clears the request when it
-  // starts, so a cancel while nothing runs has no effect. Thread-safe and async-signal-safe (one
+  // finish_reason::cancelled (with the tokens generated so far); evaluate and append throw
+  // errc::cancelled. The cache stays consistent and history() says what it holds: what it held
+  // before the call, or, where the call had already replaced part of it (another sequence, a
+  // context policy, a shift), only the part that call kept. Each call clears the request when
+  // it starts, so a cancel while nothing runs has no effect. Thread-safe and async-signal-safe (one
   // lock-free atomic store): the one session function another thread may call during a call.
   void cancel() noexcept { cancel_.store(true, std::memory_order_relaxed); }
 
@@ -136,7 +138,8 @@ class session {
 
   const std::vector<int32_t>& history() const noexcept { return history_; }  // tokens in the cache
   void reset();  // empty cache, sampler history reset and reseeded
-  // New sampling settings from the next token on (penalty history restarts, seeded with p.seed).
+  // New sampling settings from the next token on (reseeded with p.seed; the penalties go on
+  // counting the end of history(), as sample() always does).
   // Invalid settings: errc::invalid_argument and the old sampler stays.
   void set_sampling(const sampler_params& p);
   const session_params& params() const noexcept { return p_; }
@@ -147,6 +150,8 @@ class session {
  private:
   std::span<const float> sync(std::vector<int32_t>& seq, int64_t n_reserve, prompt_fit& fit, generation_timings& t);
   int64_t shift_for(int64_t n_new);  // shifts the cache so n_new more tokens fit; returns the drop
+  int64_t shift_keep() const noexcept;
+  std::span<const float> evaluate_uncleared(std::vector<int32_t> sequence, prompt_fit* fit);
   void check_ids(std::span<const int32_t> tokens) const;
   std::shared_ptr<const model> model_;
   session_params p_;

@@ -6,6 +6,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -80,7 +81,11 @@ float read_rope_scaling(const gguf::file& f) {
                                        "' is not supported (qllm implements 'linear' only)");
   if (factor == 0) return 1.0f;  // as llama.cpp: a zero factor means unscaled
   if (!std::isfinite(factor) || factor < 1.0 / 1024 || factor > 1024)
-    bad("RoPE scaling factor " + std::to_string(factor) + " is out of range (1/1024 .. 1024)");
+  {
+    char num[32];
+    std::snprintf(num, sizeof num, "%g", factor);
+    bad("RoPE scaling factor " + std::string(num) + " is out of range (1/1024 .. 1024)");
+  }
   return float(1.0 / factor);
 }
 

@@ -148,6 +148,11 @@ std::span<const float> session::sync(std::vector<int32_t>& seq, int64_t n_reserv
 
 std::span<const float> session::evaluate(std::vector<int32_t> sequence, prompt_fit* fit_out) {
   cancel_.store(false, std::memory_order_relaxed);
+  return evaluate_uncleared(std::move(sequence), fit_out);
+}
+
+// evaluate() without clearing a cancel request (append() has cleared it when it started).
+std::span<const float> session::evaluate_uncleared(std::vector<int32_t> sequence, prompt_fit* fit_out) {
   prompt_fit f;
   generation_timings t;
   auto logits = sync(sequence, 0, f, t);
@@ -155,11 +160,16 @@ std::span<const float> session::evaluate(std::vector<int32_t> sequence, prompt_f
   return logits;
 }
 
+// Tokens at the start a shift keeps: n_keep, leaving at least two positions to shift through.
+int64_t session::shift_keep() const noexcept {
+  return std::max<int64_t>(0, std::min(p_.n_keep, ctx_.n_ctx() - 2));
+}
+
 // The shift generation makes when the window is full, generalised to n_new tokens: keep the
 // first n_keep, drop half of the rest (at least what the new tokens need).
 int64_t session::shift_for(int64_t n_new) {
   const int64_t n_ctx = ctx_.n_ctx(), n_past = ctx_.n_past();
-  const int64_t keep = std::min(p_.n_keep, n_ctx - 2);
+  const int64_t keep = shift_keep();
   const int64_t need = n_past + n_new - n_ctx;
   if (need <= 0) return 0;
   const int64_t drop = std::min(n_past - keep, std::max({int64_t(1), need, (n_past - keep) / 2}));
@@ -175,7 +185,7 @@ std::span<const float> session::append(std::span<const int32_t> tokens) {
   if (tokens.empty()) throw error(errc::invalid_argument, "eval: no tokens");
   check_ids(tokens);  // before a shift changes anything
   const int64_t n_ctx = ctx_.n_ctx(), n_new = int64_t(tokens.size());
-  const int64_t keep = std::min(p_.n_keep, n_ctx - 2);
+  const int64_t keep = shift_keep();
   if (int64_t(history_.size()) + n_new > n_ctx && p_.context_shift &&
       std::min<int64_t>(keep, int64_t(history_.size())) + n_new <= n_ctx)
     shift_for(n_new);
@@ -195,7 +205,7 @@ std::span<const float> session::append(std::span<const int32_t> tokens) {
   }
   std::vector<int32_t> seq = history_;  // the policy decides what the window keeps
   seq.insert(seq.end(), tokens.begin(), tokens.end());
-  return evaluate(std::move(seq));
+  return evaluate_uncleared(std::move(seq), nullptr);
 }
 
 int32_t session::sample(std::span<const float> logits) {
@@ -241,7 +251,7 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     logits = sync(seq, reserve, r.fit, r.timings);
   } catch (const error& e) {
     if (e.code() != errc::cancelled) throw;
-    r.finish = finish_reason::cancelled;  // during the prompt: the cache is as before the call
+    r.finish = finish_reason::cancelled;  // during the prompt: history_ says what the cache kept
     return r;
   }
 
@@ -317,7 +327,13 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
       r.n_shift_dropped += shift_for(1);
       ++r.n_shifts;
     }
-    logits = ctx_.eval(std::span<const int32_t>(&id, 1));
+    try {
+      logits = ctx_.eval(std::span<const int32_t>(&id, 1));
+    } catch (const error& e) {  // a cancel that came after the check above
+      if (e.code() != errc::cancelled) throw;
+      r.finish = finish_reason::cancelled;
+      break;
+    }
     history_.push_back(id);
   }
   r.timings.generation_seconds = seconds_since(t0);

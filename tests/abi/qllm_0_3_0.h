@@ -191,9 +191,10 @@ QLLM_API void qllm_session_free(qllm_session* session);
 QLLM_API qllm_status qllm_session_reset(qllm_session* session);
 
 /* New sampling settings for the session's next tokens: reads the sampling fields of params
- * (temperature .. seed; the others are ignored) with the struct_size rule. The penalty history
- * restarts and the sampler is reseeded with params->seed. Out-of-range values: INVALID_ARGUMENT
- * and the previous settings stay. Session thread rule. */
+ * (temperature .. seed; the others are ignored) with the struct_size rule. The sampler is
+ * reseeded with params->seed; the penalties go on counting the session's sequence (see
+ * qllm_session_sample). Out-of-range values: INVALID_ARGUMENT and the previous settings stay.
+ * Session thread rule. */
 QLLM_API qllm_status qllm_session_set_sampling(qllm_session* session, const qllm_session_params* params);
 
 /* Appends tokens to the session's sequence and evaluates them. Afterwards qllm_session_logits
@@ -202,7 +203,7 @@ QLLM_API qllm_status qllm_session_set_sampling(qllm_session* session, const qllm
  * dropped; qllm_session_history shows what remains); otherwise the error policy fails and the
  * other policies re-fit the whole sequence. Errors: INVALID_ARGUMENT (no tokens, an id outside
  * the vocabulary), CONTEXT_OVERFLOW (error policy, the message describes the eval), CANCELLED
- * (qllm_session_cancel; the cache is as before the call). Session thread rule. */
+ * (qllm_session_cancel; see there what the cache then holds). Session thread rule. */
 QLLM_API qllm_status qllm_session_eval(qllm_session* session, const int32_t* tokens, size_t n_tokens);
 /* Logits of the last evaluated token: *logits points to n_vocab floats owned by the session,
  * valid until its next call. Before any eval: INVALID_ARGUMENT. Session thread rule. */
@@ -214,9 +215,11 @@ QLLM_API qllm_status qllm_session_logits(qllm_session* session, const float** lo
 QLLM_API qllm_status qllm_session_sample(qllm_session* session, int32_t* token);
 /* Since 0.3. Stops the call running on the session (qllm_generate*, qllm_session_eval) at its
  * next check: before each chunk of n_batch prompt tokens and before each generated token.
- * Generation then returns QLLM_OK with finish_reason QLLM_FINISH_CANCELLED (the prompt and the
- * tokens generated so far stay in the cache); an eval returns QLLM_ERR_CANCELLED with the cache
- * as before it. A call clears the request when it starts: a cancel while nothing runs does
+ * Generation then returns QLLM_OK with finish_reason QLLM_FINISH_CANCELLED and the tokens
+ * generated so far; an eval returns QLLM_ERR_CANCELLED. The cache stays consistent and
+ * qllm_session_history lists what it holds: what it held before the call, or, where the call
+ * had already replaced part of it (another sequence, a context policy, a shift), only the part
+ * the call kept. A call clears the request when it starts: a cancel while nothing runs does
  * nothing. Thread-safe, the one exception to the session thread rule, and async-signal-safe:
  * call it from another thread or a signal handler while the session's owner is inside a call
  * (not after qllm_session_free). */
