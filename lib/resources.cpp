@@ -94,35 +94,47 @@ int v1_limit(const std::string& root, const std::string& rel) {
   return best;
 }
 
+// Calls f(v2, controllers, path) for each line "hierarchy-ID:controller-list:path" of
+// /proc/self/cgroup; v2 marks the unified hierarchy's line "0::path". "/" is passed as "".
+template <class F>
+void for_cgroup_lines(const std::string& proc_self_cgroup, F&& f) {
+  std::istringstream lines(proc_self_cgroup);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto a = line.find(':'), b = line.find(':', a == std::string::npos ? 0 : a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1);
+    std::string path = line.substr(b + 1);
+    if (path == "/") path.clear();
+    f(line.compare(0, a, "0") == 0 && controllers.empty(), controllers, path);
+  }
+}
+
+bool has_controller(const std::string& controllers, const char* name) {
+  std::istringstream cs(controllers);
+  std::string c;
+  bool found = false;
+  while (std::getline(cs, c, ',')) found |= c == name;
+  return found;
+}
+
 }  // namespace
 
 int cgroup_cpu_limit(const std::string& proc_self_cgroup, const std::string& mount_root) noexcept {
   try {
     int best = 0;
-    std::istringstream lines(proc_self_cgroup);
-    std::string line;
-    while (std::getline(lines, line)) {
-      // hierarchy-ID:controller-list:path
-      const auto a = line.find(':'), b = line.find(':', a == std::string::npos ? 0 : a + 1);
-      if (a == std::string::npos || b == std::string::npos) continue;
-      const std::string controllers = line.substr(a + 1, b - a - 1);
-      std::string path = line.substr(b + 1);
-      if (path == "/") path.clear();
-      if (line.compare(0, a, "0") == 0 && controllers.empty()) {
+    for_cgroup_lines(proc_self_cgroup, [&](bool v2, const std::string& controllers, const std::string& path) {
+      if (v2) {
         // unified (v2) mount, or hybrid systems' /sys/fs/cgroup/unified
         for (const std::string& root : {mount_root, mount_root + "/unified"}) {
-          int v2 = v2_limit(root, path);
-          if (v2 == 0 && !path.empty()) v2 = v2_limit(root, "");  // namespaced mount
-          best = min_limit(best, v2);
+          int n = v2_limit(root, path);
+          if (n == 0 && !path.empty()) n = v2_limit(root, "");  // namespaced mount
+          best = min_limit(best, n);
         }
-      } else {
-        std::istringstream cs(controllers);
-        std::string c;
-        bool cpu = false;
-        while (std::getline(cs, c, ',')) cpu |= c == "cpu";
-        if (cpu) best = min_limit(best, v1_limit(mount_root, path));
+      } else if (has_controller(controllers, "cpu")) {
+        best = min_limit(best, v1_limit(mount_root, path));
       }
-    }
+    });
     return best;
   } catch (...) {
     return 0;
@@ -133,32 +145,20 @@ uint64_t cgroup_memory_limit(const std::string& proc_self_cgroup, const std::str
   try {
     uint64_t best = 0;
     auto take = [&](uint64_t v) { best = v == 0 ? best : (best == 0 ? v : std::min(best, v)); };
-    std::istringstream lines(proc_self_cgroup);
-    std::string line;
-    while (std::getline(lines, line)) {
-      const auto a = line.find(':'), b = line.find(':', a == std::string::npos ? 0 : a + 1);
-      if (a == std::string::npos || b == std::string::npos) continue;
-      const std::string controllers = line.substr(a + 1, b - a - 1);
-      std::string path = line.substr(b + 1);
-      if (path == "/") path.clear();
-      if (line.compare(0, a, "0") == 0 && controllers.empty()) {
+    for_cgroup_lines(proc_self_cgroup, [&](bool v2, const std::string& controllers, const std::string& path) {
+      if (v2) {
         for (const std::string& root : {mount_root, mount_root + "/unified"}) {
           uint64_t v = smallest_in(root, path, "memory.max");
           if (v == 0 && !path.empty()) v = smallest_in(root, "", "memory.max");
           take(v);
         }
-      } else {
-        std::istringstream cs(controllers);
-        std::string c;
-        bool mem = false;
-        while (std::getline(cs, c, ',')) mem |= c == "memory";
-        if (!mem) continue;
+      } else if (has_controller(controllers, "memory")) {
         const std::string base = mount_root + "/memory";
         uint64_t v = smallest_in(base, path, "memory.limit_in_bytes");
         if (v == 0 && !path.empty()) v = smallest_in(base, "", "memory.limit_in_bytes");
         take(v);
       }
-    }
+    });
     return best;
   } catch (...) {
     return 0;
