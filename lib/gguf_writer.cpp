@@ -2,9 +2,13 @@
 #include <bit>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "qllm/gguf.hpp"
 
@@ -421,18 +425,30 @@ std::vector<uint8_t> writer::to_bytes() const {
 }
 
 void writer::write(const std::string& path) const {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f)
-    throw error(errc::io, "gguf writer: cannot create '" + path + "': " + std::strerror(errno));
-  struct guard {  // a failed write must not leave a truncated model behind
+  // Written to a temporary file next to `path`, fsync'ed, then renamed over it: a failed or
+  // interrupted write never leaves a truncated (or complete-looking) model behind.
+  std::string tmp = path + ".XXXXXX";
+  const int fd = mkstemp(tmp.data());
+  if (fd < 0)
+    throw error(errc::io, "gguf writer: cannot create a file next to '" + path + "': " + std::strerror(errno));
+  const mode_t mask = umask(0);
+  umask(mask);
+  fchmod(fd, 0666 & ~mask);
+  std::FILE* f = fdopen(fd, "wb");
+  if (!f) {
+    ::close(fd);
+    std::remove(tmp.c_str());
+    throw error(errc::io, "gguf writer: cannot open '" + tmp + "': " + std::strerror(errno));
+  }
+  struct guard {
     std::FILE* f;
-    const std::string& path;
+    const std::string& tmp;
     bool done = false;
     ~guard() {
       if (f) std::fclose(f);
-      if (!done) std::remove(path.c_str());
+      if (!done) std::remove(tmp.c_str());
     }
-  } g{f, path};
+  } g{f, tmp};
   auto io_fail = [&](const char* what) {
     throw error(errc::io, "gguf writer: cannot " + std::string(what) + " '" + path +
                               "': " + std::strerror(errno));
@@ -446,8 +462,11 @@ void writer::write(const std::string& path) const {
   } catch (const std::length_error&) {
     throw error(errc::out_of_memory, "gguf writer: tensor too large to buffer for '" + path + "'");
   }
+  if (std::fflush(f) != 0) io_fail("write");
+  if (fsync(fileno(f)) != 0) io_fail("sync");
   g.f = nullptr;
   if (std::fclose(f) != 0) io_fail("close");
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) io_fail("rename the finished file to");
   g.done = true;
 }
 

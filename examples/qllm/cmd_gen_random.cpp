@@ -1,5 +1,10 @@
 // qllm gen-random: writes a Llama GGUF with seeded random weights.
+#include <sys/stat.h>
+
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "args.hpp"
@@ -13,9 +18,12 @@ namespace {
 const char* const kHelp =
     "usage: qllm gen-random --out FILE [options]\n"
     "Writes a Llama GGUF with seeded random weights (for tests and benchmarks).\n"
-    "  -o, --out FILE    output GGUF (required)\n"
+    "  -o, --out PATH    output GGUF (required), or a directory with --format hf\n"
+    "  --format F        gguf (default) | hf: a Hugging Face Llama directory (config.json,\n"
+    "                    safetensors, tokenizer.model) for 'qllm convert'\n"
+    "  --shards N        with --format hf: weights in N safetensors shards plus an index (default 1)\n"
     "  --shape NAME      tiny | small | 7b (default tiny)\n"
-    "  --type TYPE       q4_0 | q8_0 | f16 | bf16 | f32 (default q4_0)\n"
+    "  --type TYPE       q4_0 | q8_0 | f16 | bf16 | f32 (default q4_0; hf: f16 | bf16 | f32)\n"
     "  --seed N          random seed (default 1)\n"
     "  --layers N        override the shape's layer count\n"
     "  --ctx N           override the training context (llama.context_length)\n"
@@ -24,7 +32,8 @@ const char* const kHelp =
 }  // namespace
 
 int cmd_gen_random(int argc, char** argv) {
-  std::string shape = "tiny", type = "q4_0", out;
+  std::string shape = "tiny", type = "q4_0", out, format = "gguf";
+  int64_t shards = 1;
   int64_t seed = 1, layers = 0, ctx = 0;
   bool vocab = true;
   for (int i = 1; i < argc; ++i) {
@@ -36,6 +45,8 @@ int cmd_gen_random(int argc, char** argv) {
     else if (a == "--layers") layers = parse_int(a, next_value(argc, argv, i), 1, 4096);
     else if (a == "--ctx") ctx = parse_int(a, next_value(argc, argv, i), 1, int64_t(1) << 24);
     else if (a == "--no-vocab") vocab = false;
+    else if (a == "--format") format = next_value(argc, argv, i);
+    else if (a == "--shards") shards = parse_int(a, next_value(argc, argv, i), 1, 1000);
     else if (is_help(a)) return print_help(kHelp);
     else throw error(errc::invalid_argument, "unknown option '" + a + "'");
   }
@@ -44,6 +55,20 @@ int cmd_gen_random(int argc, char** argv) {
                 "usage: qllm gen-random --shape tiny|small|7b --type q4_0|q8_0|f16|bf16|f32 --out FILE "
                 "[--seed N] [--layers N] [--no-vocab]");
   random_model_spec s = random_model_preset(shape);
+  if (format == "hf") {
+    std::string dt = type == "q4_0" ? "f16" : type;  // q4_0 is only the GGUF default
+    for (char& c : dt) c = char(std::toupper(static_cast<unsigned char>(c)));
+    s.seed = uint32_t(seed);
+    if (layers) s.n_layer = layers;
+    if (ctx) s.n_ctx = ctx;
+    if (::mkdir(out.c_str(), 0777) != 0 && errno != EEXIST)
+      throw error(errc::io, "cannot create directory '" + out + "': " + std::strerror(errno));
+    write_random_hf(out, s, dt, int(shards));
+    std::printf("wrote %s: Hugging Face Llama directory, %s shape, %s, %lld shard(s)\n", out.c_str(), shape.c_str(),
+                dt.c_str(), (long long)shards);
+    return 0;
+  }
+  if (format != "gguf") throw error(errc::invalid_argument, "--format: '" + format + "' is not gguf or hf");
   if (type == "q4_0") s.type = ggml_type::q4_0;
   else if (type == "q8_0") s.type = ggml_type::q8_0;
   else if (type == "f16") s.type = ggml_type::f16;

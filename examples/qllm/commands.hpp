@@ -12,5 +12,6 @@ int cmd_chat(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_perplexity(int argc, char** argv);
 int cmd_embed(int argc, char** argv);
+int cmd_convert(int argc, char** argv);
 
 }  // namespace qllm::cli

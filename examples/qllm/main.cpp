@@ -12,7 +12,8 @@ void usage(std::FILE* out) {
       "usage: qllm <command> [options]\n"
       "commands:\n"
       "  info        version, build, CPU features, kernel tables, threads\n"
-      "  gen-random  write a Llama GGUF with seeded random weights\n"
+      "  gen-random  write a Llama GGUF (or Hugging Face directory) with seeded random weights\n"
+      "  convert     turn a Hugging Face Llama directory (safetensors) into GGUF\n"
       "  run         generate text from a prompt, streamed (-p TEXT, -f FILE or stdin)\n"
       "  chat        interactive Llama-2-chat conversation\n"
       "  tokenize    print the token ids and pieces of a text\n"
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   try {
     if (!std::strcmp(cmd, "info")) return qllm::cli::cmd_info(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "gen-random")) return qllm::cli::cmd_gen_random(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "convert")) return qllm::cli::cmd_convert(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "bench")) return qllm::cli::cmd_bench(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "run")) return qllm::cli::cmd_run(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "chat")) return qllm::cli::cmd_chat(argc - 1, argv + 1);

@@ -196,7 +196,9 @@ class writer {
   void add_tensor_fn(std::string name, ggml_type type, std::vector<int64_t> ne,
                      std::function<void(uint8_t* dst, std::size_t bytes)> fill);
 
-  // Throws errc::io naming the path (the partial file is removed) or what a fill callback threw.
+  // Writes a temporary file next to `path` (path.XXXXXX), fsyncs it and renames it to `path`, so
+  // readers never see a partial file. Throws errc::io naming the path (the temporary file is
+  // removed, `path` is untouched) or what a fill callback threw.
   void write(const std::string& path) const;
   // The same bytes in memory; throws errc::out_of_memory or what a fill callback threw.
   std::vector<uint8_t> to_bytes() const;

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "qllm/formats.hpp"
+#include "qllm/tokenizer.hpp"
 
 namespace qllm {
 
@@ -33,9 +34,19 @@ struct random_model_spec {
 // Throws qllm::error(errc::invalid_argument) for another name.
 random_model_spec random_model_preset(std::string_view name);
 
+// The synthetic byte-fallback vocabulary of random models: <unk>, <s>, </s>, the 256 byte tokens,
+// then pieces "▁", "a", "▁b", ... with falling scores (n_vocab >= 259).
+vocabulary random_vocabulary(int64_t n_vocab);
+
 // Writes the file: llama.* metadata as llama.cpp writes it, a byte-fallback vocabulary with
 // synthetic pieces, and weights with a scale that keeps activations finite and logits spread.
 // Throws qllm::error (errc::invalid_argument for an impossible spec, errc::io on write failure).
 void write_random_model(const std::string& path, const random_model_spec& spec);
+
+// The same model as a Hugging Face Llama directory (config.json, model.safetensors or `shards`
+// shards with model.safetensors.index.json, tokenizer.model, generation_config.json), the weights in
+// `dtype` ("F32", "F16" or "BF16") and in HF's layout (Q/K rows in rotate-half order). Streams one
+// tensor at a time. For tests and for measuring `qllm convert`.
+void write_random_hf(const std::string& dir, const random_model_spec& spec, const std::string& dtype, int shards);
 
 }  // namespace qllm

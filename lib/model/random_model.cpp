@@ -5,11 +5,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
-#include "qllm/reference.hpp"
+#include "convert/encode.hpp"
+#include "qllm/safetensors.hpp"
+#include "text/sp_proto.hpp"
 
 namespace qllm {
 
@@ -47,39 +51,35 @@ void fill_row(float* out, int64_t n, uint64_t stream, int64_t row, float mean, f
   }
 }
 
-std::size_t row_bytes(ggml_type t, int64_t k) {
-  switch (t) {
-    case ggml_type::q4_0: return std::size_t(k / qk) * sizeof(block_q4_0);
-    case ggml_type::q8_0: return std::size_t(k / qk) * sizeof(block_q8_0);
-    case ggml_type::f16:
-    case ggml_type::bf16: return std::size_t(k) * 2;
-    default: return std::size_t(k) * 4;
-  }
-}
-
-void encode_row(ggml_type t, const float* x, int64_t k, uint8_t* dst) {
-  switch (t) {
-    case ggml_type::q4_0: ref::quantize_row_q4_0(x, reinterpret_cast<block_q4_0*>(dst), k); break;
-    case ggml_type::q8_0:
-      ref::quantize_row_q8_0(x, reinterpret_cast<block_q8_0*>(dst), nullptr, k);
-      break;
-    case ggml_type::f16:
-      for (int64_t i = 0; i < k; ++i) {
-        const uint16_t h = fp32_to_fp16(x[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      break;
-    case ggml_type::bf16:
-      for (int64_t i = 0; i < k; ++i) {
-        const uint16_t h = fp32_to_bf16(x[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      break;
-    default: std::memcpy(dst, x, std::size_t(k) * 4); break;
-  }
-}
-
 }  // namespace
+
+vocabulary random_vocabulary(int64_t n_vocab) {
+  // <unk>, <s>, </s>, 256 byte tokens, then synthetic pieces
+  vocabulary v;
+  auto add = [&](std::string piece, token_type t, float score) {
+    v.pieces.push_back(std::move(piece));
+    v.types.push_back(t);
+    v.scores.push_back(score);
+  };
+  add("<unk>", token_type::unknown, 0.0f);
+  add("<s>", token_type::control, 0.0f);
+  add("</s>", token_type::control, 0.0f);
+  for (int b = 0; b < 256; ++b) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+    add(buf, token_type::byte, 0.0f);
+  }
+  for (int64_t id = 259; id < n_vocab; ++id) {
+    // "▁" (U+2581, sentencepiece's space) alone first, so a space never falls back to bytes
+    std::string piece = (id % 2) ? "\xe2\x96\x81" : "";
+    for (int64_t x = id - 260; id > 259; x /= 26) {
+      piece += char('a' + x % 26);
+      if (x < 26) break;
+    }
+    add(std::move(piece), token_type::normal, -float(id - 259));
+  }
+  return v;
+}
 
 void write_random_model(const std::string& path, const random_model_spec& s) {
   const bool types_ok = s.type == ggml_type::q4_0 || s.type == ggml_type::q8_0 ||
@@ -107,35 +107,13 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
   w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   w.set_f32("llama.rope.freq_base", 10000.0f);
 
-  // vocabulary: <unk>, <s>, </s>, 256 byte tokens, then synthetic pieces
-  std::vector<std::string> tokens;
-  std::vector<float> scores;
-  std::vector<int32_t> types;
-  tokens = {"<unk>", "<s>", "</s>"};
-  types = {2, 3, 3};
-  scores = {0.0f, 0.0f, 0.0f};
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
-    tokens.emplace_back(buf);
-    types.push_back(6);
-    scores.push_back(0.0f);
-  }
-  for (int64_t id = 259; id < s.n_vocab; ++id) {
-    // "▁" (U+2581, sentencepiece's space) alone first, so a space never falls back to bytes
-    std::string piece = (id % 2) ? "\xe2\x96\x81" : "";
-    for (int64_t v = id - 260; id > 259; v /= 26) {
-      piece += char('a' + v % 26);
-      if (v < 26) break;
-    }
-    tokens.push_back(piece);
-    types.push_back(1);
-    scores.push_back(-float(id - 259));
-  }
   if (s.vocabulary) {
     w.set_string("tokenizer.ggml.model", "llama");
-    w.set_array_string("tokenizer.ggml.tokens", tokens);
-    w.set_array_f32("tokenizer.ggml.scores", scores);
+    const vocabulary v = random_vocabulary(s.n_vocab);
+    std::vector<int32_t> types;
+    for (token_type t : v.types) types.push_back(int32_t(t));
+    w.set_array_string("tokenizer.ggml.tokens", v.pieces);
+    w.set_array_f32("tokenizer.ggml.scores", v.scores);
     w.set_array_i32("tokenizer.ggml.token_type", types);
     w.set_u32("tokenizer.ggml.unknown_token_id", 0);
     w.set_u32("tokenizer.ggml.bos_token_id", 1);
@@ -152,7 +130,7 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
     const ggml_type t = s.type;
     w.add_tensor_fn(name, t, {k, n}, [=](uint8_t* dst, std::size_t bytes) {
       std::vector<float> row(static_cast<std::size_t>(k));
-      const std::size_t rb = row_bytes(t, k);
+      const std::size_t rb = encoded_row_bytes(t, k);
       for (int64_t r = 0; r < n && std::size_t(r + 1) * rb <= bytes; ++r) {
         fill_row(row.data(), k, id, r, 0.0f, sd);
         encode_row(t, row.data(), k, dst + std::size_t(r) * rb);
@@ -185,6 +163,97 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
     matrix(p + "ffn_down.weight", s.n_ff, s.n_embd, 1.0f / std::sqrt(float(s.n_ff)) / std::sqrt(2.0f * float(s.n_layer)));
   }
   w.write(path);
+}
+
+void write_random_hf(const std::string& dir, const random_model_spec& s, const std::string& dtype, int shards) {
+  if (s.n_vocab < 259 || s.n_embd < 2 || s.n_layer < 1 || s.n_ff < 1 || s.n_head < 1 || s.n_head_kv < 1 ||
+      s.n_embd % s.n_head || s.n_head % s.n_head_kv || (s.n_embd / s.n_head) % 2 || shards < 1 || shards > 1000)
+    throw error(errc::invalid_argument, "random model: inconsistent spec");
+  safetensors::dtype dt;
+  if (dtype == "F32") dt = safetensors::dtype::f32;
+  else if (dtype == "F16") dt = safetensors::dtype::f16;
+  else if (dtype == "BF16") dt = safetensors::dtype::bf16;
+  else throw error(errc::invalid_argument, "random model: dtype '" + dtype + "' is not F32, F16 or BF16");
+  const int64_t hd = s.n_embd / s.n_head, kv = hd * s.n_head_kv;
+  struct entry {
+    safetensors::tensor_spec spec;
+    float mean, sd;
+  };
+  std::vector<entry> all;
+  auto add = [&](std::string name, std::vector<int64_t> shape, float mean, float sd) {
+    all.push_back({{std::move(name), dt, std::move(shape)}, mean, sd});
+  };
+  const float sd_in = 1.0f / std::sqrt(float(s.n_embd));
+  const float sd_res = sd_in / std::sqrt(2.0f * float(s.n_layer));
+  add("model.embed_tokens.weight", {s.n_vocab, s.n_embd}, 0.0f, 0.5f);
+  for (int64_t l = 0; l < s.n_layer; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {s.n_embd}, 1.0f, 0.1f);
+    add(p + "self_attn.q_proj.weight", {s.n_embd, s.n_embd}, 0.0f, 2.0f * sd_in);
+    add(p + "self_attn.k_proj.weight", {kv, s.n_embd}, 0.0f, 2.0f * sd_in);
+    add(p + "self_attn.v_proj.weight", {kv, s.n_embd}, 0.0f, sd_in);
+    add(p + "self_attn.o_proj.weight", {s.n_embd, s.n_embd}, 0.0f, sd_res);
+    add(p + "post_attention_layernorm.weight", {s.n_embd}, 1.0f, 0.1f);
+    add(p + "mlp.gate_proj.weight", {s.n_ff, s.n_embd}, 0.0f, sd_in);
+    add(p + "mlp.up_proj.weight", {s.n_ff, s.n_embd}, 0.0f, sd_in);
+    add(p + "mlp.down_proj.weight", {s.n_embd, s.n_ff}, 0.0f,
+        1.0f / std::sqrt(float(s.n_ff)) / std::sqrt(2.0f * float(s.n_layer)));
+  }
+  add("model.norm.weight", {s.n_embd}, 1.0f, 0.1f);
+  if (!s.tied_output) add("lm_head.weight", {s.n_vocab, s.n_embd}, 0.0f, 3.0f * sd_in);
+
+  auto write_text = [&](const std::string& name, const std::string& text) {
+    std::ofstream out(dir + "/" + name, std::ios::binary);
+    out << text;
+    if (!out.flush()) throw error(errc::io, "random model: cannot write '" + dir + "/" + name + "'");
+  };
+  nlohmann::json cfg = {
+      {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
+      {"hidden_size", s.n_embd}, {"intermediate_size", s.n_ff}, {"num_hidden_layers", s.n_layer},
+      {"num_attention_heads", s.n_head}, {"num_key_value_heads", s.n_head_kv}, {"rms_norm_eps", 1e-5},
+      {"rope_theta", 10000.0}, {"max_position_embeddings", s.n_ctx}, {"vocab_size", s.n_vocab},
+      {"tie_word_embeddings", s.tied_output}, {"bos_token_id", 1}, {"eos_token_id", 2},
+      {"torch_dtype", dtype == "F32" ? "float32" : dtype == "F16" ? "float16" : "bfloat16"}};
+  write_text("config.json", cfg.dump(2) + "\n");
+  write_text("generation_config.json", nlohmann::json{{"bos_token_id", 1}, {"eos_token_id", 2}}.dump(2) + "\n");
+  write_text("tokenizer.model", text::serialize_model_proto(random_vocabulary(s.n_vocab), true));
+
+  // shards of about equal size, tensors in order
+  uint64_t total = 0;
+  for (const entry& e : all) total += uint64_t(e.spec.shape.size() == 1 ? e.spec.shape[0] : e.spec.shape[0] * e.spec.shape[1]);
+  const uint64_t per = total / uint64_t(shards) + 1;
+  nlohmann::json weight_map = nlohmann::json::object();
+  std::size_t first = 0;
+  uint64_t stream = uint64_t(s.seed) << 32;
+  for (int sh = 0; sh < shards && first < all.size(); ++sh) {
+    std::size_t last = first;
+    uint64_t n = 0;
+    while (last < all.size() && (n < per || sh == shards - 1)) {
+      const auto& sp = all[last].spec.shape;
+      n += uint64_t(sp.size() == 1 ? sp[0] : sp[0] * sp[1]);
+      ++last;
+    }
+    char name[64];
+    if (shards == 1) std::snprintf(name, sizeof name, "model.safetensors");
+    else std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", sh + 1, shards);
+    std::vector<safetensors::tensor_spec> specs;
+    std::vector<uint64_t> ids;
+    for (std::size_t i = first; i < last; ++i) {
+      specs.push_back(all[i].spec);
+      weight_map[all[i].spec.name] = name;
+      ids.push_back(++stream);
+    }
+    safetensors::write(dir + "/" + name, specs, [&](std::size_t i, float* out) {
+      const entry& e = all[first + i];
+      const auto& sp = e.spec.shape;
+      const int64_t rows = sp.size() == 1 ? 1 : sp[0], cols = sp.back();
+      for (int64_t r = 0; r < rows; ++r) fill_row(out + r * cols, cols, ids[i], r, e.mean, e.sd);
+    });
+    first = last;
+  }
+  if (shards > 1)
+    write_text("model.safetensors.index.json",
+               nlohmann::json{{"metadata", {{"total_size", total * safetensors::dtype_bytes(dt)}}}, {"weight_map", weight_map}}.dump(2) + "\n");
 }
 
 }  // namespace qllm

@@ -1,0 +1,504 @@
+// qllm convert: a Hugging Face checkpoint written by the test (two safetensors shards with an
+// index, F16 and BF16 weights, a tokenizer.model trained here by sentencepiece) converts to GGUF
+// whose logits match a double-precision forward with Hugging Face semantics (rotate-half RoPE on
+// the unpermuted Q/K weights); corrupt checkpoints are clear errors that leave no output behind.
+#include <doctest/doctest.h>
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "qllm/convert.hpp"
+#include "qllm/error.hpp"
+#include "qllm/formats.hpp"
+#include "qllm/gguf.hpp"
+#include "qllm/model.hpp"
+#include "qllm/safetensors.hpp"
+#include "qllm/tokenizer.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace qllm;
+
+namespace {
+
+struct tmpdir {
+  std::string path;
+  tmpdir() {
+    char t[] = "/tmp/qllm_convert_XXXXXX";
+    REQUIRE(mkdtemp(t) != nullptr);
+    path = t;
+  }
+  ~tmpdir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& f) const { return path + "/" + f; }
+};
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A sentencepiece BPE tokenizer with byte fallback, configured as Llama-2's, trained once on the
+// GPL text every Debian system has.
+const std::string& trained_tokenizer() {
+  static tmpdir dir;
+  static std::string model = [] {
+    std::string corpus = "/usr/share/common-licenses/GPL-3";
+    if (!fs::exists(corpus)) {
+      corpus = dir / "corpus.txt";
+      std::string text;
+      for (int i = 0; i < 400; ++i)
+        text += "The quick brown fox " + std::to_string(i) + " jumps over the lazy dog, again and again.\n";
+      write_file(corpus, text);
+    }
+    const auto st = sentencepiece::SentencePieceTrainer::Train(
+        "--input=" + corpus + " --model_prefix=" + (dir / "tok") +
+        " --vocab_size=400 --model_type=bpe --byte_fallback=true --character_coverage=1.0"
+        " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --split_digits=true"
+        " --normalization_rule_name=identity --remove_extra_whitespaces=false"
+        " --allow_whitespace_only_pieces=true --num_threads=1 --minloglevel=2");
+    REQUIRE_MESSAGE(st.ok(), st.ToString());
+    return dir / "tok.model";
+  }();
+  return model;
+}
+
+// The checkpoint's configuration and weights (as stored, i.e. already rounded to their dtype).
+struct checkpoint {
+  int64_t dim = 64, layers = 2, heads = 4, kv_heads = 2, ff = 160, vocab = 400, ctx = 128;
+  double eps = 1e-5, theta = 10000.0;
+  std::map<std::string, std::vector<float>> w;
+  std::map<std::string, std::vector<int64_t>> shape;
+  std::map<std::string, safetensors::dtype> dtype;
+  std::map<std::string, int> shard;  // 1 or 2
+
+  checkpoint() {
+    std::mt19937 rng(7);
+    const int64_t hd = dim / heads, kv = hd * kv_heads;
+    auto add = [&](const std::string& name, std::vector<int64_t> sh, float mean, float sd, int s) {
+      int64_t n = 1;
+      for (int64_t d : sh) n *= d;
+      std::normal_distribution<float> g(mean, sd);
+      std::vector<float> v(static_cast<std::size_t>(n));
+      const auto dt = s == 1 ? safetensors::dtype::f16 : safetensors::dtype::bf16;
+      for (float& x : v) {
+        const float r = g(rng);
+        x = dt == safetensors::dtype::f16 ? fp16_to_fp32(fp32_to_fp16(r)) : bf16_to_fp32(fp32_to_bf16(r));
+      }
+      w[name] = std::move(v);
+      shape[name] = std::move(sh);
+      dtype[name] = dt;
+      shard[name] = s;
+    };
+    const float sd = 1.0f / std::sqrt(float(dim));
+    add("model.embed_tokens.weight", {vocab, dim}, 0, 0.5f, 1);
+    for (int64_t l = 0; l < layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      const int s = l == 0 ? 1 : 2;
+      add(p + "input_layernorm.weight", {dim}, 1, 0.1f, s);
+      add(p + "self_attn.q_proj.weight", {dim, dim}, 0, 2 * sd, s);
+      add(p + "self_attn.k_proj.weight", {kv, dim}, 0, 2 * sd, s);
+      add(p + "self_attn.v_proj.weight", {kv, dim}, 0, sd, s);
+      add(p + "self_attn.o_proj.weight", {dim, dim}, 0, sd / 2, s);
+      add(p + "post_attention_layernorm.weight", {dim}, 1, 0.1f, s);
+      add(p + "mlp.gate_proj.weight", {ff, dim}, 0, sd, s);
+      add(p + "mlp.up_proj.weight", {ff, dim}, 0, sd, s);
+      add(p + "mlp.down_proj.weight", {dim, ff}, 0, 0.5f / std::sqrt(float(ff)), s);
+    }
+    add("model.norm.weight", {dim}, 1, 0.1f, 2);
+    add("lm_head.weight", {vocab, dim}, 0, 3 * sd, 2);
+  }
+
+  json config() const {
+    return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
+            {"hidden_size", dim}, {"intermediate_size", ff}, {"num_hidden_layers", layers},
+            {"num_attention_heads", heads}, {"num_key_value_heads", kv_heads}, {"rms_norm_eps", eps},
+            {"rope_theta", theta}, {"max_position_embeddings", ctx}, {"vocab_size", vocab},
+            {"tie_word_embeddings", false}, {"torch_dtype", "float16"}};
+  }
+
+  // config.json, two shards, the index, tokenizer.model; `skip` leaves a tensor out.
+  void write(const std::string& dir, const std::string& skip = "") const {
+    write_file(dir + "/config.json", config().dump(2));
+    fs::copy_file(trained_tokenizer(), dir + "/tokenizer.model", fs::copy_options::overwrite_existing);
+    json map = json::object();
+    for (int s = 1; s <= 2; ++s) {
+      std::vector<safetensors::tensor_spec> specs;
+      std::vector<const std::vector<float>*> vals;
+      const std::string file = "model-0000" + std::to_string(s) + "-of-00002.safetensors";
+      for (const auto& [name, v] : w) {
+        if (shard.at(name) != s || name == skip) continue;
+        specs.push_back({name, dtype.at(name), shape.at(name)});
+        vals.push_back(&v);
+        map[name] = file;
+      }
+      safetensors::write(dir + "/" + file, specs,
+                         [&](std::size_t i, float* out) { std::copy(vals[i]->begin(), vals[i]->end(), out); });
+    }
+    write_file(dir + "/model.safetensors.index.json", json{{"metadata", json::object()}, {"weight_map", map}}.dump(2));
+  }
+
+  // Logits of every position, Hugging Face's Llama in double precision: rotate-half RoPE on the
+  // Q/K projections as stored (no permutation), grouped-query attention, SwiGLU.
+  std::vector<double> reference_logits(const std::vector<int32_t>& toks) const {
+    const int64_t hd = dim / heads, half = hd / 2, kvd = hd * kv_heads, T = int64_t(toks.size());
+    auto W = [&](const std::string& n) -> const std::vector<float>& { return w.at(n); };
+    auto matvec = [&](const std::vector<float>& m, int64_t rows, int64_t cols, const std::vector<double>& x) {
+      std::vector<double> y(static_cast<std::size_t>(rows), 0.0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) y[r] += double(m[r * cols + c]) * x[c];
+      return y;
+    };
+    auto rmsnorm = [&](const std::vector<double>& x, const std::vector<float>& g) {
+      double ss = 0;
+      for (double v : x) ss += v * v;
+      const double s = 1.0 / std::sqrt(ss / double(x.size()) + eps);
+      std::vector<double> y(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) y[i] = x[i] * s * g[i];
+      return y;
+    };
+    auto rope = [&](std::vector<double>& v, int64_t n_heads, int64_t pos) {
+      for (int64_t h = 0; h < n_heads; ++h)
+        for (int64_t i = 0; i < half; ++i) {
+          const double a = double(pos) * std::pow(theta, -2.0 * double(i) / double(hd));
+          double& x0 = v[h * hd + i];
+          double& x1 = v[h * hd + i + half];
+          const double r0 = x0 * std::cos(a) - x1 * std::sin(a), r1 = x1 * std::cos(a) + x0 * std::sin(a);
+          x0 = r0, x1 = r1;
+        }
+    };
+    std::vector<std::vector<double>> x(static_cast<std::size_t>(T), std::vector<double>(dim));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < dim; ++i) x[t][i] = W("model.embed_tokens.weight")[toks[t] * dim + i];
+    for (int64_t l = 0; l < layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      std::vector<std::vector<double>> q(T), k(T), v(T);
+      for (int64_t t = 0; t < T; ++t) {
+        const auto h = rmsnorm(x[t], W(p + "input_layernorm.weight"));
+        q[t] = matvec(W(p + "self_attn.q_proj.weight"), dim, dim, h);
+        k[t] = matvec(W(p + "self_attn.k_proj.weight"), kvd, dim, h);
+        v[t] = matvec(W(p + "self_attn.v_proj.weight"), kvd, dim, h);
+        rope(q[t], heads, t);
+        rope(k[t], kv_heads, t);
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<double> y(dim, 0.0);
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t g = h / (heads / kv_heads);
+          std::vector<double> s(static_cast<std::size_t>(t + 1));
+          double mx = -1e300;
+          for (int64_t u = 0; u <= t; ++u) {
+            double d = 0;
+            for (int64_t i = 0; i < hd; ++i) d += q[t][h * hd + i] * k[u][g * hd + i];
+            s[u] = d / std::sqrt(double(hd));
+            mx = std::max(mx, s[u]);
+          }
+          double z = 0;
+          for (double& e : s) z += (e = std::exp(e - mx));
+          for (int64_t u = 0; u <= t; ++u)
+            for (int64_t i = 0; i < hd; ++i) y[h * hd + i] += s[u] / z * v[u][g * hd + i];
+        }
+        const auto o = matvec(W(p + "self_attn.o_proj.weight"), dim, dim, y);
+        for (int64_t i = 0; i < dim; ++i) x[t][i] += o[i];
+        const auto h2 = rmsnorm(x[t], W(p + "post_attention_layernorm.weight"));
+        const auto gt = matvec(W(p + "mlp.gate_proj.weight"), ff, dim, h2);
+        const auto up = matvec(W(p + "mlp.up_proj.weight"), ff, dim, h2);
+        std::vector<double> a(static_cast<std::size_t>(ff));
+        for (int64_t i = 0; i < ff; ++i) a[i] = gt[i] / (1.0 + std::exp(-gt[i])) * up[i];
+        const auto d = matvec(W(p + "mlp.down_proj.weight"), dim, ff, a);
+        for (int64_t i = 0; i < dim; ++i) x[t][i] += d[i];
+      }
+    }
+    std::vector<double> out;
+    for (int64_t t = 0; t < T; ++t) {
+      const auto lg = matvec(W("lm_head.weight"), vocab, dim, rmsnorm(x[t], W("model.norm.weight")));
+      out.insert(out.end(), lg.begin(), lg.end());
+    }
+    return out;
+  }
+};
+
+struct agreement {
+  double rel_rms = 0;
+  double top1 = 0;  // fraction of positions with the same argmax
+};
+
+agreement compare(const std::vector<float>& got, const std::vector<double>& ref, int64_t vocab) {
+  double num = 0, den = 0;
+  int64_t same = 0, n = int64_t(ref.size()) / vocab;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const auto* g = got.data() + t * vocab;
+    const auto* r = ref.data() + t * vocab;
+    same += std::max_element(g, g + vocab) - g == std::max_element(r, r + vocab) - r;
+  }
+  return {std::sqrt(num / den), double(same) / double(n)};
+}
+
+std::vector<float> qllm_logits(const std::string& gguf, const std::vector<int32_t>& toks) {
+  auto m = model::load(gguf);
+  context_params cp;
+  cp.n_threads = 1;
+  cp.kv = kv_type::f32;
+  context c(m, cp);
+  const auto lg = c.eval(toks, true);
+  return {lg.begin(), lg.end()};
+}
+
+const std::vector<int32_t> kTokens = {1, 57, 300, 12, 99, 251, 7, 388, 140, 42, 310, 5, 77, 201, 399, 3};
+
+// Runs a conversion that must fail; checks the code, the message and that nothing was left behind.
+void expect_failure(const std::string& dir, errc code, const std::string& needle, const convert::options& opt = {}) {
+  const std::string out = dir + "/out/model.gguf";
+  fs::create_directories(dir + "/out");
+  bool threw = false;
+  try {
+    convert::convert(dir, out, opt);
+  } catch (const error& e) {
+    threw = true;
+    CHECK_MESSAGE(e.code() == code, e.what());
+    CHECK_MESSAGE(std::string(e.what()).find(needle) != std::string::npos, e.what());
+  }
+  CHECK_MESSAGE(threw, "expected an error containing: " << needle);
+  CHECK(fs::is_empty(dir + "/out"));  // neither the output nor a temporary file
+}
+
+}  // namespace
+
+TEST_CASE("convert: Q/K permutation pairs rows i and i + head_dim/2 of each head") {
+  // 2 heads of 4 rows, rows of 1 value equal to their index
+  const float src[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  float dst[8];
+  convert::permute_rows_for_rope(src, dst, 8, 1, 2);
+  const float want[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+  for (int i = 0; i < 8; ++i) CHECK(dst[i] == want[i]);
+}
+
+TEST_CASE("convert: a sharded F16/BF16 checkpoint matches Hugging Face semantics in double precision") {
+  tmpdir d;
+  const checkpoint ck;
+  ck.write(d.path);
+  const auto ref = ck.reference_logits(kTokens);
+
+  const auto plan = convert::make_plan(d.path, {});
+  CHECK(plan.tensors.size() == 3 + 9 * std::size_t(ck.layers));
+  CHECK(plan.vocab_pieces == 400);
+
+  convert::options f32;
+  f32.type = ggml_type::f32;
+  convert::convert(d.path, d / "f32.gguf", f32);
+  const agreement a = compare(qllm_logits(d / "f32.gguf", kTokens), ref, ck.vocab);
+  MESSAGE("f32: relative RMS " << a.rel_rms << ", top-1 " << a.top1);
+  CHECK(a.rel_rms < 1e-4);  // f32 arithmetic against double, same weights
+  CHECK(a.top1 == 1.0);
+
+  SUBCASE("without the Q/K permutation the logits are wrong (the test can fail)") {
+    convert::options raw = f32;
+    raw.permute_qk = false;
+    convert::convert(d.path, d / "raw.gguf", raw);
+    const agreement b = compare(qllm_logits(d / "raw.gguf", kTokens), ref, ck.vocab);
+    MESSAGE("unpermuted: relative RMS " << b.rel_rms);
+    CHECK(b.rel_rms > 100 * a.rel_rms);
+    CHECK(b.rel_rms > 1e-2);
+  }
+  SUBCASE("f16, q8_0 and q4_0 within their budgets") {
+    const std::pair<ggml_type, double> budgets[] = {
+        // measured: f16 3.7e-7 (the BF16 shard's values are exact in f16), bf16 0.0056, q8_0 0.028
+        // (weights and activations at 8 bits), q4_0 0.33 (random Gaussian weights at 4 bits, two
+        // layers of error growth: the trained model's perplexity tests bound the real-world cost)
+        {ggml_type::f16, 1e-5}, {ggml_type::bf16, 0.02}, {ggml_type::q8_0, 0.06}, {ggml_type::q4_0, 0.5}};
+    for (const auto& [t, budget] : budgets) {
+      convert::options o;
+      o.type = t;
+      convert::convert(d.path, d / "q.gguf", o);
+      const agreement q = compare(qllm_logits(d / "q.gguf", kTokens), ref, ck.vocab);
+      MESSAGE(std::string(gguf::type_name(t)) << ": relative RMS " << q.rel_rms << ", top-1 " << q.top1);
+      CHECK(q.rel_rms < budget);
+    }
+  }
+  SUBCASE("the vocabulary encodes like tokenizer.model") {
+    sentencepiece::SentencePieceProcessor sp;
+    REQUIRE(sp.Load(d / "tokenizer.model").ok());
+    const auto m = model::load(d / "f32.gguf");
+    const tokenizer* tok = m->get_tokenizer();
+    REQUIRE(tok != nullptr);
+    CHECK(tok->n_vocab() == sp.GetPieceSize());
+    for (const char* text : {"This License applies to any program.", "  two  spaces, digits 12345 and ümlauts ✓",
+                             "\n\tcontrol\r\n", "GNU General Public License version 3"}) {
+      std::vector<int> want;
+      REQUIRE(sp.Encode(text, &want).ok());
+      const auto got = tok->encode(text, false);
+      CHECK(std::vector<int32_t>(want.begin(), want.end()) == got);
+      CHECK(tok->decode(got) == text);
+    }
+  }
+}
+
+TEST_CASE("convert: the output is written atomically") {
+  tmpdir d;
+  const checkpoint ck;
+  ck.write(d.path);
+  write_file(d / "existing.gguf", "old contents");
+  convert::options bad;
+  bad.type = ggml_type::q4_0;
+  bad.on_progress = [](const convert::progress& p) {
+    if (p.done == 5) throw error(errc::io, "interrupted");
+  };
+  CHECK_THROWS_WITH_AS(convert::convert(d.path, d / "existing.gguf", bad), "interrupted", error);
+  CHECK(read_file(d / "existing.gguf") == "old contents");  // untouched
+  std::size_t files = 0;
+  for (const auto& e : fs::directory_iterator(d.path)) files += e.path().filename().string().rfind("existing.gguf", 0) == 0;
+  CHECK(files == 1);  // no temporary file left
+  std::vector<convert::progress> seen;
+  convert::options ok;
+  ok.on_progress = [&](const convert::progress& p) { seen.push_back(p); };
+  convert::convert(d.path, d / "existing.gguf", ok);
+  REQUIRE(seen.size() == 3 + 9 * std::size_t(ck.layers));
+  CHECK(seen.back().done == seen.back().total);
+  CHECK(seen.back().bytes_done == seen.back().bytes_total);
+  CHECK(model::load(d / "existing.gguf")->config().n_layer == ck.layers);
+}
+
+TEST_CASE("convert: corrupt or unsupported checkpoints are clear errors and leave nothing behind") {
+  const checkpoint ck;
+  tmpdir d;
+  ck.write(d.path);
+  const std::string shard2 = d / "model-00002-of-00002.safetensors";
+  const std::string good2 = read_file(shard2);
+  const std::string good_config = read_file(d / "config.json");
+  const std::string good_index = read_file(d / "model.safetensors.index.json");
+  auto restore = [&] {
+    write_file(shard2, good2);
+    write_file(d / "config.json", good_config);
+    write_file(d / "model.safetensors.index.json", good_index);
+  };
+  auto raw_shard = [&](const std::string& header, std::size_t data_bytes) {
+    std::string s(8, '\0');
+    for (int i = 0; i < 8; ++i) s[i] = char(uint64_t(header.size()) >> (8 * i));
+    write_file(shard2, s + header + std::string(data_bytes, '\0'));
+  };
+
+  SUBCASE("truncated shard") {
+    write_file(shard2, good2.substr(0, good2.size() - 100));
+    expect_failure(d.path, errc::bad_format, "outside the data");
+  }
+  SUBCASE("header length beyond the file") {
+    std::string s = good2;
+    s[5] = 1;
+    write_file(shard2, s);
+    expect_failure(d.path, errc::bad_format, "beyond the end of the file");
+  }
+  SUBCASE("data offsets that overlap") {
+    raw_shard(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12);
+    expect_failure(d.path, errc::bad_format, "overlaps");
+  }
+  SUBCASE("data with a hole between tensors") {
+    raw_shard(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", 12);
+    expect_failure(d.path, errc::bad_format, "hole");
+  }
+  SUBCASE("shape and data_offsets disagree") {
+    raw_shard(R"({"a":{"dtype":"F16","shape":[3],"data_offsets":[0,8]}})", 8);
+    expect_failure(d.path, errc::bad_format, "shape needs 6 bytes");
+  }
+  SUBCASE("unsupported dtypes: I8 and F64") {
+    raw_shard(R"({"a":{"dtype":"I8","shape":[8],"data_offsets":[0,8]}})", 8);
+    expect_failure(d.path, errc::unsupported, "dtype I8");
+    raw_shard(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", 8);
+    expect_failure(d.path, errc::unsupported, "dtype F64");
+  }
+  SUBCASE("malformed JSON: shard header, config.json, index") {
+    raw_shard(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})", 4);
+    expect_failure(d.path, errc::bad_format, "not valid JSON");
+    restore();
+    write_file(d / "config.json", "{\"hidden_size\": 64,");
+    expect_failure(d.path, errc::bad_format, "config.json' is not valid JSON");
+    restore();
+    write_file(d / "model.safetensors.index.json", "[1, 2");
+    expect_failure(d.path, errc::bad_format, "index.json' is not valid JSON");
+  }
+  SUBCASE("a tensor missing from the index, or from the checkpoint") {
+    json idx = json::parse(good_index);
+    idx["weight_map"].erase("model.layers.1.mlp.up_proj.weight");
+    write_file(d / "model.safetensors.index.json", idx.dump());
+    expect_failure(d.path, errc::bad_format, "that the index does not list");
+    tmpdir d2;
+    ck.write(d2.path, "model.layers.1.mlp.up_proj.weight");
+    expect_failure(d2.path, errc::bad_format, "'model.layers.1.mlp.up_proj.weight' is missing");
+  }
+  SUBCASE("the index points at a file outside the directory") {
+    json idx = json::parse(good_index);
+    idx["weight_map"]["model.norm.weight"] = "../model-00002-of-00002.safetensors";
+    write_file(d / "model.safetensors.index.json", idx.dump());
+    expect_failure(d.path, errc::bad_format, "is not a file name in the directory");
+  }
+  SUBCASE("a shape that disagrees with config.json") {
+    json c = ck.config();
+    c["intermediate_size"] = 192;
+    write_file(d / "config.json", c.dump());
+    expect_failure(d.path, errc::bad_format, "config.json implies [192, 64]");
+  }
+  SUBCASE("architectures, rope scaling and settings qllm does not support") {
+    json c = ck.config();
+    c["architectures"] = {"MistralForCausalLM"};
+    write_file(d / "config.json", c.dump());
+    expect_failure(d.path, errc::unsupported, "MistralForCausalLM is not supported");
+    c = ck.config();
+    c["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}};
+    write_file(d / "config.json", c.dump());
+    expect_failure(d.path, errc::unsupported, "rope_scaling");
+    c = ck.config();
+    c["num_key_value_heads"] = 3;
+    write_file(d / "config.json", c.dump());
+    expect_failure(d.path, errc::bad_format, "not a multiple of num_key_value_heads");
+    c = ck.config();
+    c["vocab_size"] = 500;
+    write_file(d / "config.json", c.dump());
+    expect_failure(d.path, errc::unsupported, "tokenizer.model has 400 pieces");
+  }
+  SUBCASE("NaN and Inf weights: a warning naming the tensor, an error with strict") {
+    checkpoint nan = ck;
+    nan.w["model.layers.1.self_attn.v_proj.weight"][17] = NAN;
+    nan.w["model.layers.1.self_attn.v_proj.weight"][40] = INFINITY;
+    tmpdir d3;
+    nan.write(d3.path);
+    std::vector<std::string> warnings;
+    convert::options warn;
+    warn.on_warning = [&](const std::string& w) { warnings.push_back(w); };
+    convert::convert(d3.path, d3 / "warned.gguf", warn);
+    REQUIRE(warnings.size() == 1);
+    CHECK(warnings[0].find("'model.layers.1.self_attn.v_proj.weight' has 2 NaN/Inf values") != std::string::npos);
+    fs::remove(d3 / "warned.gguf");
+    convert::options strict;
+    strict.strict = true;
+    expect_failure(d3.path, errc::bad_format, "'model.layers.1.self_attn.v_proj.weight' has 2 NaN/Inf", strict);
+  }
+  SUBCASE("no tokenizer.model, no weights") {
+    fs::remove(d / "tokenizer.model");
+    expect_failure(d.path, errc::io, "no tokenizer.model");
+    tmpdir empty;
+    write_file(empty / "config.json", good_config);
+    expect_failure(empty.path, errc::io, "no model.safetensors");
+  }
+}
