@@ -6,7 +6,7 @@ run=${QLLM_RUNNER:-}  # e.g. qemu-user in a cross build
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 # every command answers --help on stdout with exit 0 and lists at least one flag
-for c in info gen-random run chat tokenize perplexity embed bench; do
+for c in info gen-random convert run chat tokenize perplexity embed bench; do
   $run "$qllm" "$c" --help >"$dir/help"
   grep -q "^usage: qllm $c" "$dir/help"
   grep -q -- '-h, --help' "$dir/help" || grep -q -- '--help' "$dir/help"
@@ -28,6 +28,19 @@ grep -q -- '-t' "$dir/err"
 head -c 100 "$dir/tiny.gguf" >"$dir/cut.gguf"
 if $run "$qllm" bench -m "$dir/cut.gguf" 2>"$dir/err"; then exit 1; fi
 grep -q 'gguf' "$dir/err"
+
+# qllm convert: a sharded Hugging Face directory → GGUF that loads and generates
+$run "$qllm" gen-random --format hf --shape tiny --shards 2 --type bf16 --out "$dir/hf" >/dev/null
+$run "$qllm" convert "$dir/hf" --dry-run >"$dir/plan"
+grep -q 'blk.1.attn_k.weight .*(RoPE rows permuted)' "$dir/plan"
+grep -q '^21 tensors' "$dir/plan"
+[ ! -e "$dir/conv.gguf" ]
+$run "$qllm" convert "$dir/hf" "$dir/conv.gguf" --type q8_0 | grep -q 'wrote .*21 tensors (q8_0).*MB/s), peak RSS'
+$run "$qllm" run -m "$dir/conv.gguf" -p "hello" -n 4 --temp 0 -q >/dev/null
+rm "$dir/hf/model-00002-of-00002.safetensors"
+if $run "$qllm" convert "$dir/hf" "$dir/conv2.gguf" 2>"$dir/err"; then exit 1; fi
+grep -q "model-00002-of-00002.safetensors" "$dir/err"
+[ "$(ls "$dir" | grep -c conv2)" = 0 ]  # nothing left behind
 
 # text commands
 m="$dir/tiny.gguf"
