@@ -65,6 +65,9 @@ types=(q4_0 q8_0 f16)
 for t in "${types[@]}"; do
   "$qllm" gen-random --shape small --type "$t" --seed 11 --out "$dir/$t.gguf" >/dev/null
 done
+# and the shipped trained model (Q8_0), whose peaked distributions make greedy ties rare
+cp "$(dirname "$0")/../models/tiny-kjv.q8_0.gguf" "$dir/shipped.gguf"
+types+=(shipped)
 
 gen() {  # gen CPU TYPE THREADS OUT [env...]
   local cpu=$1 t=$2 n=$3 out=$4
@@ -91,6 +94,7 @@ for t in "${types[@]}"; do
   done
 done
 echo "   reference text (q4_0): $(head -c 120 "$dir/ref-q4_0.txt")"
+echo "   reference text (shipped): $(head -c 160 "$dir/ref-shipped.txt")"
 
 for cpu in "${cpus[@]}"; do
   want=$(expected_table "$cpu")

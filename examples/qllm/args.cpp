@@ -1,9 +1,13 @@
 #include "args.hpp"
 
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
+#include <utility>
+#include <vector>
 
 #include "qllm/error.hpp"
 
@@ -59,6 +63,52 @@ int64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return int64_t(u.ru_maxrss) * 1024;
+}
+
+namespace {
+bool is_file(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+}  // namespace
+
+default_model find_default_model() {
+  default_model d;
+  if (const char* env = std::getenv("QLLM_DEFAULT_MODEL"); env && *env) {
+    d.path = env;
+    d.origin = "QLLM_DEFAULT_MODEL";
+    d.looked = d.path;
+    if (!is_file(d.path)) d.path.clear();
+    return d;
+  }
+  std::vector<std::pair<std::string, const char*>> places;
+  std::string exe(4096, '\0');
+  const ssize_t n = ::readlink("/proc/self/exe", exe.data(), exe.size() - 1);
+  if (n > 0) {
+    exe.resize(std::size_t(n));
+    const auto slash = exe.find_last_of('/');
+    if (slash != std::string::npos)
+      places.emplace_back(exe.substr(0, slash) + "/../share/qllm/" QLLM_DEFAULT_MODEL_FILE, "installed");
+  }
+  places.emplace_back(QLLM_MODEL_INSTALL_DIR "/" QLLM_DEFAULT_MODEL_FILE, "installed");
+  places.emplace_back(QLLM_MODEL_SOURCE_DIR "/" QLLM_DEFAULT_MODEL_FILE, "source tree");
+  for (const auto& [p, origin] : places) {
+    d.looked += (d.looked.empty() ? "" : ", ") + p;
+    if (d.path.empty() && is_file(p)) {
+      d.path = p;
+      d.origin = origin;
+    }
+  }
+  return d;
+}
+
+std::string model_or_default(const std::string& path, const char* usage) {
+  if (!path.empty()) return path;
+  const default_model d = find_default_model();
+  if (d.path.empty())
+    throw error(errc::invalid_argument, "no -m MODEL given and no default model found (looked at " + d.looked +
+                                            "); usage: " + usage);
+  return d.path;
 }
 
 }  // namespace qllm::cli

@@ -18,6 +18,16 @@ std::string next_value(int argc, char** argv, int& i);
 bool is_help(const std::string& arg);
 // Prints a command's help text on stdout; returns exit code 0.
 int print_help(const char* text);
+// The model used when no -m is given: $QLLM_DEFAULT_MODEL if set; else the shipped default model
+// (models/tiny-kjv.q8_0.gguf) where an install puts it, relative to this executable
+// (<bindir>/../share/qllm/) or at the configured prefix; else in the source tree of a build tree.
+// path is empty if none exists; `looked` lists the places tried.
+struct default_model {
+  std::string path, origin, looked;
+};
+default_model find_default_model();
+// `path`, or the default model when it is empty; throws naming the places looked if there is none.
+std::string model_or_default(const std::string& path, const char* usage);
 // Peak resident set size of this process, bytes.
 int64_t peak_rss_bytes();
 

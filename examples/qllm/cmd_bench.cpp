@@ -35,7 +35,7 @@ double now() {
 const char* const kHelp =
     "usage: qllm bench -m MODEL [options]\n"
     "Prompt (pp) and generation (tg) speed, mean +- sd over repetitions, like llama-bench.\n"
-    "  -m, --model FILE        GGUF model (required)\n"
+    "  -m, --model FILE        GGUF model (default: the shipped model, see qllm info)\n"
     "  -t, --threads LIST      thread counts, e.g. 1,2 (default: all CPUs)\n"
     "  -p, --n-prompt LIST     prompt lengths (default 64,512)\n"
     "  -n, --n-gen LIST        generated token counts (default 32,128)\n"
@@ -70,9 +70,8 @@ int cmd_bench(int argc, char** argv) {
       throw error(errc::invalid_argument, "unknown option '" + a + "'");
     }
   }
-  if (path.empty())
-    throw error(errc::invalid_argument, "usage: qllm bench -m FILE [-t 2] [-p 64,512] [-n 32,128] [-r 3] [-d DEPTH] [--kv f16|f32] "
-                "[--no-warmup]");
+  path = model_or_default(path, "qllm bench [-m FILE] [-t 2] [-p 64,512] [-n 32,128] [-r 3] [-d DEPTH] [--kv f16|f32] "
+                                "[--no-warmup]");
 
   const auto m = model::load(path);
   const model_config& c = m->config();

@@ -43,6 +43,9 @@ int cmd_info(int argc, char** argv) {
   } else if (default_threads() < omp_get_max_threads()) {
     why += ", capped by the cgroup CPU quota";
   }
+  const default_model d = find_default_model();
+  if (d.path.empty()) std::printf("default model: none found (looked at %s)\n", d.looked.c_str());
+  else std::printf("default model: %s (%s)\n", d.path.c_str(), d.origin.c_str());
   std::printf("threads:      %d (%s; -t or OMP_NUM_THREADS to change; at most %d)\n", default_threads(),
               why.c_str(), max_threads());
   return 0;

@@ -48,7 +48,7 @@ struct text_options {
 };
 
 const char* kTextFlags =
-    "  -m, --model FILE            GGUF model (required)\n"
+    "  -m, --model FILE            GGUF model (default: the shipped model, see qllm info)\n"
     "  -t, --threads N             threads (default: all cores)\n"
     "  -c, --ctx-size N            context window in tokens (default: the model's)\n"
     "  -b, --batch-size N          prompt tokens per forward pass (default 512)\n"
@@ -114,10 +114,10 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
 }
 
 std::shared_ptr<const model> load_text_model(const std::string& path, const char* usage) {
-  if (path.empty()) throw error(errc::invalid_argument, std::string("missing -m MODEL; usage: ") + usage);
-  auto m = model::load(path);
+  const std::string file = model_or_default(path, usage);
+  auto m = model::load(file);
   if (!m->get_tokenizer())
-    throw error(errc::unsupported, "'" + path + "' has no vocabulary (tokenizer.ggml.*); text commands need one");
+    throw error(errc::unsupported, "'" + file + "' has no vocabulary (tokenizer.ggml.*); text commands need one");
   return m;
 }
 
@@ -161,7 +161,7 @@ void on_sigint(int) {
 }  // namespace
 
 int cmd_run(int argc, char** argv) {
-  const char* usage = "qllm run -m MODEL (-p PROMPT | -f FILE | stdin) [options]";
+  const char* usage = "qllm run [-m MODEL] (-p PROMPT | -f FILE | stdin) [options]";
   text_options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -201,7 +201,7 @@ int cmd_run(int argc, char** argv) {
 }
 
 int cmd_chat(int argc, char** argv) {
-  const char* usage = "qllm chat -m MODEL [--system TEXT] [options]";
+  const char* usage = "qllm chat [-m MODEL] [--system TEXT] [options]";
   text_options o;
   std::string system;
   o.sp.policy = context_policy::keep_head_and_tail;  // a long chat drops old turns, and says so
@@ -295,7 +295,7 @@ int cmd_chat(int argc, char** argv) {
 }
 
 int cmd_tokenize(int argc, char** argv) {
-  const char* usage = "qllm tokenize -m MODEL (-p TEXT | -f FILE) [--no-bos] [--ids]";
+  const char* usage = "qllm tokenize [-m MODEL] (-p TEXT | -f FILE) [--no-bos] [--ids]";
   std::string model_path, text;
   bool have = false, bos = true, ids_only = false;
   for (int i = 1; i < argc; ++i) {
@@ -307,9 +307,9 @@ int cmd_tokenize(int argc, char** argv) {
     else if (a == "--ids") ids_only = true;
     else if (is_help(a))
       return print_help(
-          "usage: qllm tokenize -m MODEL (-p TEXT | -f FILE) [options]\n"
+          "usage: qllm tokenize [-m MODEL] (-p TEXT | -f FILE) [options]\n"
           "Prints the token ids and pieces of a text (reads only the vocabulary).\n"
-          "  -m, --model FILE    GGUF model with a vocabulary (required)\n"
+          "  -m, --model FILE    GGUF model with a vocabulary (default: the shipped model)\n"
           "  -p, --prompt TEXT   the text\n"
           "  -f, --file FILE     the text from a file ('-' = stdin)\n"
           "  --no-bos            do not add the BOS token\n"
@@ -318,7 +318,7 @@ int cmd_tokenize(int argc, char** argv) {
     else throw error(errc::invalid_argument, "unknown option '" + a + "'; usage: " + usage);
   }
   if (!have) throw error(errc::invalid_argument, std::string("no text; usage: ") + usage);
-  if (model_path.empty()) throw error(errc::invalid_argument, std::string("missing -m MODEL; usage: ") + usage);
+  model_path = model_or_default(model_path, usage);
   // only the vocabulary is needed: the weights are neither read nor repacked
   const auto f = gguf::file::open(model_path);
   const auto tp = tokenizer::from_gguf(f);
@@ -336,7 +336,7 @@ int cmd_tokenize(int argc, char** argv) {
 }
 
 int cmd_embed(int argc, char** argv) {
-  const char* usage = "qllm embed -m MODEL (-p TEXT | -f FILE) [-t THREADS] [-c CTX]";
+  const char* usage = "qllm embed [-m MODEL] (-p TEXT | -f FILE) [-t THREADS] [-c CTX]";
   text_options o;
   std::string text;
   bool have = false;
@@ -349,9 +349,9 @@ int cmd_embed(int argc, char** argv) {
     else if (a == "-c" || a == "--ctx-size") o.sp.ctx.n_ctx = parse_int(a, next_value(argc, argv, i), 8, int64_t(1) << 24);
     else if (is_help(a))
       return print_help(
-          "usage: qllm embed -m MODEL (-p TEXT | -f FILE) [options]\n"
+          "usage: qllm embed [-m MODEL] (-p TEXT | -f FILE) [options]\n"
           "Prints a sentence embedding: the mean-pooled final hidden state, L2-normalised.\n"
-          "  -m, --model FILE     GGUF model with a vocabulary (required)\n"
+          "  -m, --model FILE     GGUF model with a vocabulary (default: the shipped model)\n"
           "  -p, --prompt TEXT    the text\n"
           "  -f, --file FILE      the text from a file ('-' = stdin)\n"
           "  -t, --threads N      threads (default: all CPUs)\n"
@@ -373,7 +373,7 @@ int cmd_embed(int argc, char** argv) {
 }
 
 int cmd_perplexity(int argc, char** argv) {
-  const char* usage = "qllm perplexity -m MODEL -f TEXT [-c CTX] [-b BATCH] [-t THREADS] [--chunks N]";
+  const char* usage = "qllm perplexity [-m MODEL] -f TEXT [-c CTX] [-b BATCH] [-t THREADS] [--chunks N]";
   std::string model_path, file;
   context_params cp;
   cp.n_ctx = 512;
@@ -388,9 +388,9 @@ int cmd_perplexity(int argc, char** argv) {
     else if (a == "--chunks") max_chunks = parse_int(a, next_value(argc, argv, i), 1, int64_t(1) << 30);
     else if (is_help(a))
       return print_help(
-          "usage: qllm perplexity -m MODEL -f TEXT [options]\n"
+          "usage: qllm perplexity [-m MODEL] -f TEXT [options]\n"
           "Perplexity over windows of -c tokens (each starts with BOS; its second half is scored).\n"
-          "  -m, --model FILE      GGUF model with a vocabulary (required)\n"
+          "  -m, --model FILE      GGUF model with a vocabulary (default: the shipped model)\n"
           "  -f, --file FILE       the text (required)\n"
           "  -c, --ctx-size N      window (default 512)\n"
           "  -b, --batch-size N    tokens per forward pass\n"

@@ -1,0 +1,63 @@
+#!/bin/sh
+# The shipped default model end to end through the CLI:
+#  - `qllm run` without -m uses it (from the build tree and from an install), `qllm info` names it;
+#  - perplexity on the held-out KJV chapters for F32, Q8_0 (the shipped file) and Q4_0, each
+#    bounded (measured values in docs/default-model.md; the bounds leave a margin);
+#  - the greedy continuation of a fixed prompt is the same for 1, 2 and 3 threads and every kernel
+#    table this CPU runs (the emulated CPUs are in tests/cpu_matrix.sh).
+#   tests/shipped_model.sh QLLM_BINARY SOURCE_ROOT BUILD_DIR
+set -eu
+qllm=$1
+src=$2
+build=$3
+run=${QLLM_RUNNER:-}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+models="$src/models"
+held="$src/tests/data/kjv-heldout.txt"
+unset QLLM_DEFAULT_MODEL
+
+$run "$qllm" info | grep -q "^default model: .*/models/tiny-kjv.q8_0.gguf (source tree)"
+prompt="In the beginning God created the heaven and the earth."
+$run "$qllm" run -p "$prompt" -n 32 --temp 0 -t 1 -q >"$dir/default.txt"
+$run "$qllm" run -m "$models/tiny-kjv.q8_0.gguf" -p "$prompt" -n 32 --temp 0 -t 1 -q >"$dir/explicit.txt"
+cmp "$dir/default.txt" "$dir/explicit.txt"
+echo "default model, greedy: $(cat "$dir/default.txt")"
+# the continuation is real text: at least 25 more characters, mostly letters and spaces
+len=$(wc -c <"$dir/default.txt")
+[ "$len" -gt $(( ${#prompt} + 25 )) ]
+letters=$(tr -cd 'A-Za-z ,.;:\n' <"$dir/default.txt" | wc -c)
+[ $((letters * 100 / len)) -ge 95 ]
+
+for n in 2 3; do
+  $run "$qllm" run -p "$prompt" -n 32 --temp 0 -t "$n" -q | cmp - "$dir/default.txt"
+done
+for isa in $($run "$qllm" info | sed -n 's/^ *runnable: *//p'); do
+  QLLM_ISA=$isa $run "$qllm" run -p "$prompt" -n 32 --temp 0 -t 2 -q | cmp - "$dir/default.txt"
+  echo "QLLM_ISA=$isa: same text"
+done
+
+# perplexity: F32 and Q4_0 converted from the shipped checkpoint here
+$run "$qllm" convert "$models/tiny-kjv" "$dir/f32.gguf" --type f32 -q >/dev/null
+$run "$qllm" convert "$models/tiny-kjv" "$dir/q4_0.gguf" --type q4_0 -q >/dev/null
+ppl() { $run "$qllm" perplexity -m "$1" -f "$held" -c 256 2>/dev/null | sed -n 's/^PPL = \([0-9.]*\).*/\1/p'; }
+f32=$(ppl "$dir/f32.gguf")
+q8=$(ppl "$models/tiny-kjv.q8_0.gguf")
+q4=$(ppl "$dir/q4_0.gguf")
+echo "held-out perplexity (-c 256): f32 $f32, q8_0 $q8, q4_0 $q4"
+awk -v f="$f32" -v q8="$q8" -v q4="$q4" -v fmax="$PPL_F32_MAX" -v r8="$PPL_Q8_RATIO" -v r4="$PPL_Q4_RATIO" 'BEGIN {
+  ok = f > 1 && f < fmax && q8 <= f * r8 && q4 <= f * r4 && q4 >= q8 * 0.98
+  printf "q8_0/f32 %.4f (bound %s), q4_0/f32 %.4f (bound %s), f32 bound %s\n", q8 / f, r8, q4 / f, r4, fmax
+  exit ok ? 0 : 1 }'
+
+# after an install: the binary finds the model next to it (<prefix>/share/qllm)
+if [ -z "$run" ]; then
+  meson install -C "$build" --destdir "$dir/inst" --no-rebuild --quiet >/dev/null
+  bin=$(find "$dir/inst" -path '*/bin/qllm' -type f | head -1)
+  "$bin" info | grep -q "^default model: $dir/inst/.*/share/qllm/tiny-kjv.q8_0.gguf (installed)"
+  "$bin" run -p "$prompt" -n 32 --temp 0 -t 1 -q | cmp - "$dir/default.txt"
+  echo "installed: $bin finds its model"
+fi
+# no default model anywhere: a clear error, not a crash
+if QLLM_DEFAULT_MODEL="$dir/none.gguf" $run "$qllm" run -p hi 2>"$dir/err"; then exit 1; fi
+grep -q "no default model found" "$dir/err"

@@ -1,0 +1,164 @@
+// The shipped default model (models/tiny-kjv, trained by tools/train-tiny/train.py) against the
+// references PyTorch wrote when it trained it: an independent implementation of the forward pass.
+//   reference_logits.bin  f32 logits at every position of fixed prompts
+//   heldout_argmax.bin    PyTorch's greedy next token at every position of held-out windows
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "qllm/convert.hpp"
+#include "qllm/model.hpp"
+#include "qllm/tokenizer.hpp"
+
+namespace fs = std::filesystem;
+using namespace qllm;
+
+namespace {
+
+const std::string kDir = QLLM_MODELS_DIR;
+const std::string kHf = kDir + "/tiny-kjv";
+const std::string kShipped = kDir + "/tiny-kjv.q8_0.gguf";
+// measured, then bounded with a margin (docs/default-model.md)
+constexpr double kMinAgreeQ8 = 0.97, kMinAgreeQ4 = 0.90;  // measured 0.989, 0.945
+
+// The prompts of tools/train-tiny/train.py's REFERENCE_PROMPTS, in order.
+const char* const kPrompts[] = {
+    "In the beginning God created the heaven and the earth.",
+    "And the LORD said unto Moses,",
+    "Blessed are the meek: for they shall inherit the earth.",
+    "For God so loved the world, that he gave his only begotten Son",
+};
+
+struct sequence {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;   // [n][vocab] (reference_logits.bin)
+  std::vector<int32_t> argmax;  // [n] (heldout_argmax.bin)
+};
+
+std::vector<sequence> read_references(const std::string& path, bool logits) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE_MESSAGE(in.good(), "cannot open " << path);
+  char magic[4];
+  uint32_t count = 0;
+  in.read(magic, 4);
+  in.read(reinterpret_cast<char*>(&count), 4);
+  REQUIRE(std::memcmp(magic, logits ? "QLRF" : "QLAM", 4) == 0);
+  std::vector<sequence> out(count);
+  for (auto& s : out) {
+    uint32_t n = 0, vocab = 0;
+    in.read(reinterpret_cast<char*>(&n), 4);
+    if (logits) in.read(reinterpret_cast<char*>(&vocab), 4);
+    s.ids.resize(n);
+    in.read(reinterpret_cast<char*>(s.ids.data()), std::streamsize(n) * 4);
+    if (logits) {
+      s.logits.resize(std::size_t(n) * vocab);
+      in.read(reinterpret_cast<char*>(s.logits.data()), std::streamsize(s.logits.size()) * 4);
+    } else {
+      s.argmax.resize(n);
+      in.read(reinterpret_cast<char*>(s.argmax.data()), std::streamsize(n) * 4);
+    }
+    REQUIRE(in.good());
+  }
+  return out;
+}
+
+struct tmpdir {
+  std::string path;
+  tmpdir() {
+    char t[] = "/tmp/qllm_shipped_XXXXXX";
+    REQUIRE(mkdtemp(t) != nullptr);
+    path = t;
+  }
+  ~tmpdir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+std::vector<float> all_logits(const std::shared_ptr<const model>& m, const std::vector<int32_t>& ids, int threads = 1) {
+  context_params cp;
+  cp.n_threads = threads;
+  cp.kv = kv_type::f32;
+  context c(m, cp);
+  const auto lg = c.eval(ids, true);
+  return {lg.begin(), lg.end()};
+}
+
+int32_t argmax(const float* p, int64_t n) { return int32_t(std::max_element(p, p + n) - p); }
+
+// Fraction of held-out positions where the model's greedy token is PyTorch's.
+double greedy_agreement(const std::shared_ptr<const model>& m) {
+  const auto windows = read_references(kHf + "/heldout_argmax.bin", false);
+  const int64_t V = m->config().n_vocab;
+  int64_t same = 0, total = 0;
+  for (const auto& w : windows) {
+    const auto lg = all_logits(m, w.ids, 2);
+    for (std::size_t t = 0; t < w.ids.size(); ++t) same += argmax(lg.data() + t * V, V) == w.argmax[t];
+    total += int64_t(w.ids.size());
+  }
+  return double(same) / double(total);
+}
+
+}  // namespace
+
+TEST_CASE("shipped model: qllm's F16 forward matches PyTorch's logits") {
+  tmpdir d;
+  convert::options o;
+  o.type = ggml_type::f16;  // the checkpoint's weights are F16: this is the exact model PyTorch ran
+  convert::convert(kHf, d.path + "/f16.gguf", o);
+  const auto m = model::load(d.path + "/f16.gguf");
+  const auto refs = read_references(kHf + "/reference_logits.bin", true);
+  REQUIRE(refs.size() == std::size(kPrompts));
+  const int64_t V = m->config().n_vocab;
+  double worst = 0;
+  for (std::size_t i = 0; i < refs.size(); ++i) {
+    // the vocabulary encodes the prompt as sentencepiece did in PyTorch's run
+    CHECK(m->get_tokenizer()->encode(kPrompts[i], true) == refs[i].ids);
+    const auto lg = all_logits(m, refs[i].ids);
+    REQUIRE(lg.size() == refs[i].logits.size());
+    for (std::size_t t = 0; t < refs[i].ids.size(); ++t) {
+      const float* a = lg.data() + t * V;
+      const float* b = refs[i].logits.data() + t * V;
+      double num = 0, den = 0;
+      for (int64_t j = 0; j < V; ++j) {
+        num += double(a[j] - b[j]) * double(a[j] - b[j]);
+        den += double(b[j]) * double(b[j]);
+      }
+      worst = std::max(worst, std::sqrt(num / den));
+      CHECK_MESSAGE(argmax(a, V) == argmax(b, V), "prompt " << i << " position " << t);
+    }
+  }
+  MESSAGE("worst relative RMS per position against PyTorch: " << worst);
+  CHECK(worst < 1e-5);  // measured 5.7e-7: f32 arithmetic in another order than PyTorch's GEMMs
+}
+
+TEST_CASE("shipped model: the committed Q8_0 file is what qllm convert writes from the checkpoint") {
+  tmpdir d;
+  convert::options o;
+  o.type = ggml_type::q8_0;
+  convert::convert(kHf, d.path + "/q8_0.gguf", o);
+  std::ifstream a(kShipped, std::ios::binary), b(d.path + "/q8_0.gguf", std::ios::binary);
+  const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
+  CHECK(sa.size() == sb.size());
+  CHECK(sa == sb);
+}
+
+TEST_CASE("shipped model: Q8_0 and Q4_0 agree with PyTorch's greedy next token on held-out text") {
+  const double q8 = greedy_agreement(model::load(kShipped));
+  tmpdir d;
+  convert::options o;
+  o.type = ggml_type::q4_0;
+  convert::convert(kHf, d.path + "/q4_0.gguf", o);
+  const double q4 = greedy_agreement(model::load(d.path + "/q4_0.gguf"));
+  MESSAGE("greedy agreement with PyTorch on 2048 held-out positions: q8_0 " << q8 << ", q4_0 " << q4);
+  CHECK(q8 >= kMinAgreeQ8);
+  CHECK(q4 >= kMinAgreeQ4);
+}
