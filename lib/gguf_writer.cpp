@@ -7,6 +7,7 @@
 #include <limits>
 #include <new>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -425,20 +426,29 @@ std::vector<uint8_t> writer::to_bytes() const {
 }
 
 void writer::write(const std::string& path) const {
-  // Written to a temporary file next to `path`, fsync'ed, then renamed over it: a failed or
-  // interrupted write never leaves a truncated (or complete-looking) model behind.
-  std::string tmp = path + ".XXXXXX";
-  const int fd = mkstemp(tmp.data());
-  if (fd < 0)
-    throw error(errc::io, "gguf writer: cannot create a file next to '" + path + "': " + std::strerror(errno));
+  // The file is written unnamed (O_TMPFILE) in the directory of `path`, fsync'ed, linked under a
+  // temporary name and renamed over `path`: readers never see a partial file, and an interrupted
+  // process (Ctrl-C, kill, power loss) leaves nothing behind. Filesystems without O_TMPFILE get
+  // a named temporary file (path.XXXXXX) instead, removed on failure.
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
   const mode_t mask = umask(0);
   umask(mask);
-  fchmod(fd, 0666 & ~mask);
+  std::string tmp;
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666 & ~mask);
+  const bool unnamed = fd >= 0;
+  if (!unnamed) {
+    tmp = path + ".XXXXXX";
+    fd = mkstemp(tmp.data());
+    if (fd < 0)
+      throw error(errc::io, "gguf writer: cannot create a file next to '" + path + "': " + std::strerror(errno));
+    fchmod(fd, 0666 & ~mask);
+  }
   std::FILE* f = fdopen(fd, "wb");
   if (!f) {
     ::close(fd);
-    std::remove(tmp.c_str());
-    throw error(errc::io, "gguf writer: cannot open '" + tmp + "': " + std::strerror(errno));
+    if (!unnamed) std::remove(tmp.c_str());
+    throw error(errc::io, "gguf writer: cannot open a file next to '" + path + "': " + std::strerror(errno));
   }
   struct guard {
     std::FILE* f;
@@ -464,6 +474,17 @@ void writer::write(const std::string& path) const {
   }
   if (std::fflush(f) != 0) io_fail("write");
   if (fsync(fileno(f)) != 0) io_fail("sync");
+  if (unnamed) {  // give the finished file a unique temporary name, then rename it over `path`
+    const std::string proc = "/proc/self/fd/" + std::to_string(fileno(f));
+    for (unsigned i = 0; tmp.empty(); ++i) {
+      std::string name = path + ".tmp" + std::to_string(getpid()) + "." + std::to_string(i);
+      if (::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0 ||
+          ::linkat(fileno(f), "", AT_FDCWD, name.c_str(), AT_EMPTY_PATH) == 0)
+        tmp = std::move(name);
+      else if (errno != EEXIST || i > 1000)
+        io_fail("link the finished file next to");
+    }
+  }
   g.f = nullptr;
   if (std::fclose(f) != 0) io_fail("close");
   if (std::rename(tmp.c_str(), path.c_str()) != 0) io_fail("rename the finished file to");

@@ -37,6 +37,22 @@ grep -q '^21 tensors' "$dir/plan"
 [ ! -e "$dir/conv.gguf" ]
 $run "$qllm" convert "$dir/hf" "$dir/conv.gguf" --type q8_0 | grep -q 'wrote .*21 tensors (q8_0).*MB/s), peak RSS'
 $run "$qllm" run -m "$dir/conv.gguf" -p "hello" -n 4 --temp 0 -q >/dev/null
+# a conversion killed part-way (SIGKILL: no handler runs) leaves no file behind (native only:
+# 400 MB of input, about a second of work here)
+if [ -z "$run" ]; then
+  "$qllm" gen-random --format hf --shape small --layers 300 --out "$dir/hfbig" >/dev/null
+  mkdir "$dir/killed"
+  "$qllm" convert "$dir/hfbig" "$dir/killed/m.gguf" --type q8_0 -q >/dev/null 2>&1 &
+  sleep 0.3
+  kill -9 $! 2>/dev/null && echo "convert killed part-way"
+  wait $! 2>/dev/null || true
+  for f in "$dir/killed"/*; do
+    [ -e "$f" ] || continue
+    [ "$f" = "$dir/killed/m.gguf" ] || { echo "left behind: $f"; exit 1; }
+    "$qllm" run -m "$f" -p hi -n 1 -q >/dev/null  # finished before the kill: complete
+  done
+  rm -rf "$dir/hfbig" "$dir/killed"
+fi
 rm "$dir/hf/model-00002-of-00002.safetensors"
 if $run "$qllm" convert "$dir/hf" "$dir/conv2.gguf" 2>"$dir/err"; then exit 1; fi
 grep -q "model-00002-of-00002.safetensors" "$dir/err"

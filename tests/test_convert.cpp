@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -493,6 +494,59 @@ TEST_CASE("convert: corrupt or unsupported checkpoints are clear errors and leav
     convert::options strict;
     strict.strict = true;
     expect_failure(d3.path, errc::bad_format, "'model.layers.1.self_attn.v_proj.weight' has 2 NaN/Inf", strict);
+  }
+  SUBCASE("a FIFO or a directory where a file should be: an error, not a hang") {
+    fs::remove(d / "config.json");
+    REQUIRE(mkfifo((d / "config.json").c_str(), 0600) == 0);
+    expect_failure(d.path, errc::io, "config.json' is not a regular file");
+    fs::remove(d / "config.json");
+    write_file(d / "config.json", good_config);
+    fs::remove(shard2);
+    REQUIRE(mkfifo(shard2.c_str(), 0600) == 0);
+    expect_failure(d.path, errc::io, "is not a regular file");
+    fs::remove(shard2);
+    write_file(shard2, good2);
+    fs::remove(d / "tokenizer.model");
+    fs::create_directory(d / "tokenizer.model");
+    expect_failure(d.path, errc::io, "tokenizer.model' is not a regular file");
+  }
+  SUBCASE("deeply nested JSON and shapes whose byte count overflows") {
+    raw_shard("{\"a\":" + std::string(100, '[') + std::string(100, ']') + "}", 0);
+    expect_failure(d.path, errc::bad_format, "nests deeper");
+    raw_shard(R"({"a":{"dtype":"F32","shape":[2147483648,2147483648],"data_offsets":[0,0]}})", 0);
+    expect_failure(d.path, errc::bad_format, "shape is too large");
+  }
+  SUBCASE("values the loader would reject are refused here") {
+    for (const auto& [key, value] : std::vector<std::pair<std::string, json>>{
+             {"rope_theta", 1e39}, {"rope_theta", 0.5}, {"rms_norm_eps", 5.0}, {"max_position_embeddings", 20000000}}) {
+      json c = ck.config();
+      c[key] = value;
+      write_file(d / "config.json", c.dump());
+      expect_failure(d.path, errc::bad_format, key);
+    }
+    json c = ck.config();
+    c["rope_scaling"] = {{"type", "linear"}, {"rope_type", "llama3"}, {"factor", 8.0}};
+    write_file(d / "config.json", c.dump());
+    expect_failure(d.path, errc::bad_format, "rope_type 'llama3' and type 'linear'");
+    c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 1e6}};
+    write_file(d / "config.json", c.dump());
+    expect_failure(d.path, errc::bad_format, "rope_scaling.factor");
+  }
+  SUBCASE("rope_scaling 'default' is no scaling; 'linear' is written as llama.rope.scaling") {
+    json c = ck.config();
+    c["rope_scaling"] = {{"rope_type", "default"}};
+    write_file(d / "config.json", c.dump());
+    CHECK(convert::make_plan(d.path, {}).config.rope_linear_factor == 0);
+    c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+    write_file(d / "config.json", c.dump());
+    convert::convert(d.path, d / "linear.gguf", {});
+    CHECK(model::load(d / "linear.gguf")->config().rope_freq_scale == 0.5f);
+  }
+  SUBCASE("the output may not be an input or a directory") {
+    CHECK_THROWS_WITH_AS(convert::convert(d.path, shard2, {}), doctest::Contains("is an input of the conversion"), error);
+    CHECK(read_file(shard2) == good2);
+    fs::create_directory(d / "outdir");
+    CHECK_THROWS_WITH_AS(convert::convert(d.path, d / "outdir", {}), doctest::Contains("is a directory"), error);
   }
   SUBCASE("no tokenizer.model, no weights") {
     fs::remove(d / "tokenizer.model");

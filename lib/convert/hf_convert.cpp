@@ -3,6 +3,11 @@
 
 #include <sys/stat.h>
 
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -30,21 +35,42 @@ bool exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0;
 }
 
+// Names from the checkpoint go into messages: printable ASCII only, capped.
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (std::size_t i = 0; i < s.size() && i < 200; ++i) out += (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+  return out + (s.size() > 200 ? "...'" : "'");
+}
+
+// Checks that `path` is a regular file of at most `max_bytes` (a FIFO, a device or a directory
+// would hang or mislead the readers) and returns its size.
+uint64_t regular_file(const std::string& path, uint64_t max_bytes) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw error(errc::io, "cannot open '" + path + "': " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw error(errc::io, "'" + path + "' is not a regular file");
+  if (uint64_t(st.st_size) > max_bytes)
+    throw error(errc::bad_format, "'" + path + "' is larger than " + std::to_string(max_bytes >> 20) + " MiB");
+  return uint64_t(st.st_size);
+}
+
+json parse_json(const char* first, const char* last, const std::string& what) {
+  try {  // nesting is bounded: deep arrays cost memory out of proportion to their bytes
+    return json::parse(first, last, [&](int depth, json::parse_event_t, json&) {
+      if (depth > 64) throw error(errc::bad_format, what + " nests deeper than 64 levels");
+      return true;
+    });
+  } catch (const json::exception& e) {
+    throw error(errc::bad_format, what + " is not valid JSON: " + e.what());
+  }
+}
+
 json read_json(const std::string& path) {
+  regular_file(path, uint64_t(64) << 20);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw error(errc::io, "cannot open '" + path + "'");
-  in.seekg(0, std::ios::end);
-  const auto size = std::streamoff(in.tellg());
-  if (size < 0 || size > (std::streamoff(64) << 20))
-    throw error(errc::bad_format, "'" + path + "' is not a JSON file of at most 64 MiB");
-  in.seekg(0);
-  std::string text(std::size_t(size), '\0');
-  in.read(text.data(), size);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    throw error(errc::bad_format, "'" + path + "' is not valid JSON: " + e.what());
-  }
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  if (text.size() > (std::size_t(64) << 20)) throw error(errc::bad_format, "'" + path + "' is larger than 64 MiB");
+  return parse_json(text.data(), text.data() + text.size(), "'" + path + "'");
 }
 
 [[noreturn]] void bad_config(const std::string& path, const std::string& what) {
@@ -91,17 +117,20 @@ hf_config read_config(const std::string& dir) {
       throw error(errc::unsupported, "'" + path + "': architecture " + names + " is not supported (qllm converts LlamaForCausalLM)");
   }
   if (!llama) throw error(errc::unsupported, "'" + path + "': not a Llama checkpoint (no LlamaForCausalLM architecture)");
-  constexpr int64_t big = int64_t(1) << 20;
-  h.n_embd = get_int(c, path, "hidden_size", 2, 65536);
-  h.n_layer = get_int(c, path, "num_hidden_layers", 1, 4096);
-  h.n_head = get_int(c, path, "num_attention_heads", 1, 4096);
-  h.n_head_kv = get_int(c, path, "num_key_value_heads", 1, 4096, &h.n_head);
-  h.n_ff = get_int(c, path, "intermediate_size", 1, big);
-  h.n_vocab = get_int(c, path, "vocab_size", 1, 16 * big);
+  // the limits model::load applies to the GGUF keys, so a converted file always loads
+  h.n_embd = get_int(c, path, "hidden_size", 2, 1 << 16);
+  h.n_layer = get_int(c, path, "num_hidden_layers", 1, 1 << 12);
+  h.n_head = get_int(c, path, "num_attention_heads", 1, 1 << 12);
+  h.n_head_kv = get_int(c, path, "num_key_value_heads", 1, 1 << 12, &h.n_head);
+  h.n_ff = get_int(c, path, "intermediate_size", 1, 1 << 18);
+  h.n_vocab = get_int(c, path, "vocab_size", 1, 1 << 24);
   const int64_t ctx_default = 4096;
-  h.n_ctx = get_int(c, path, "max_position_embeddings", 1, 64 * big, &ctx_default);
+  h.n_ctx = get_int(c, path, "max_position_embeddings", 1, 1 << 24, &ctx_default);
   h.rms_eps = get_float(c, path, "rms_norm_eps", 1e-6);
+  if (!(float(h.rms_eps) > 0.0f && h.rms_eps < 1.0)) bad_config(path, "rms_norm_eps must be in (0, 1) as a 32-bit float");
   h.rope_theta = get_float(c, path, "rope_theta", 10000.0);
+  if (!(h.rope_theta > 1.0) || !std::isfinite(float(h.rope_theta)))
+    bad_config(path, "rope_theta must be > 1 and finite as a 32-bit float");
   if (c.contains("tie_word_embeddings")) {
     if (!c["tie_word_embeddings"].is_boolean()) bad_config(path, "tie_word_embeddings is not a boolean");
     h.tied_output = c["tie_word_embeddings"].get<bool>();
@@ -119,19 +148,31 @@ hf_config read_config(const std::string& dir) {
       throw error(errc::unsupported, "'" + path + "': " + flag + " = true is not supported (Llama has no biases)");
   if (c.contains("rope_scaling") && !c["rope_scaling"].is_null()) {
     const json& r = c["rope_scaling"];
-    std::string type;
+    // transformers reads rope_type first (type is its older name); both must agree when present
+    std::string type, old_type;
     if (r.is_object()) {
-      if (r.contains("type") && r["type"].is_string()) type = r["type"];
-      else if (r.contains("rope_type") && r["rope_type"].is_string()) type = r["rope_type"];
+      if (r.contains("rope_type") && r["rope_type"].is_string()) type = r["rope_type"];
+      if (r.contains("type") && r["type"].is_string()) old_type = r["type"];
     }
-    if (type != "linear")
+    if (!type.empty() && !old_type.empty() && type != old_type)
+      bad_config(path, "rope_scaling says rope_type '" + type + "' and type '" + old_type + "'");
+    if (type.empty()) type = old_type;
+    if (type == "default") {
+      // no scaling
+    } else if (type != "linear") {
       throw error(errc::unsupported, "'" + path + "': rope_scaling " + r.dump() + " is not supported (only linear)");
-    if (!r.contains("factor") || !r["factor"].is_number() || !(r["factor"].get<double>() >= 1.0) ||
-        !std::isfinite(r["factor"].get<double>()))
-      bad_config(path, "rope_scaling.factor must be a number >= 1");
-    h.rope_linear_factor = r["factor"].get<double>();
+    } else {
+      if (!r.contains("factor") || !r["factor"].is_number() || !(r["factor"].get<double>() >= 1.0) ||
+          !(r["factor"].get<double>() <= 1024.0))
+        bad_config(path, "rope_scaling.factor must be a number in [1, 1024]");
+      h.rope_linear_factor = r["factor"].get<double>();
+    }
   }
   std::string d = dir;
+  if (char* real = ::realpath(dir.c_str(), nullptr)) {  // "." names the directory, not "."
+    d = real;
+    std::free(real);
+  }
   while (d.size() > 1 && d.back() == '/') d.pop_back();
   const auto slash = d.find_last_of('/');
   h.name = slash == std::string::npos ? d : d.substr(slash + 1);
@@ -152,21 +193,21 @@ shard_set open_shards(const std::string& dir) {
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw error(errc::bad_format, "'" + index + "' has no weight_map object");
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it->is_string()) throw error(errc::bad_format, "'" + index + "': weight_map entry '" + it.key() + "' is not a file name");
+      if (!it->is_string()) throw error(errc::bad_format, "'" + index + "': weight_map entry " + quote(it.key()) + " is not a file name");
       const std::string f = *it;
       if (f.empty() || f.find('/') != std::string::npos || f == "." || f == ".." ||
           f.find('\0') != std::string::npos)
-        throw error(errc::bad_format, "'" + index + "': shard name '" + f + "' is not a file name in the directory");
+        throw error(errc::bad_format, "'" + index + "': shard name " + quote(f) + " is not a file name in the directory");
       s.where[it.key()] = f;
       if (!s.files.count(f)) s.files[f] = std::make_unique<safetensors::file>(safetensors::file::open(dir + "/" + f));
     }
     for (const auto& [name, f] : s.where)
       if (!s.files[f]->find(name))
-        throw error(errc::bad_format, "tensor '" + name + "' is listed in the index under '" + f + "' but that shard lacks it");
+        throw error(errc::bad_format, "tensor " + quote(name) + " is listed in the index under " + quote(f) + " but that shard lacks it");
     for (const auto& [f, file] : s.files)
       for (const auto& t : file->tensors())
         if (!s.where.count(t.name) || s.where[t.name] != f)
-          throw error(errc::bad_format, "shard '" + f + "' holds tensor '" + t.name + "' that the index does not list there");
+          throw error(errc::bad_format, "shard " + quote(f) + " holds tensor " + quote(t.name) + " that the index does not list there");
   } else if (exists(dir + "/model.safetensors")) {
     auto f = std::make_unique<safetensors::file>(safetensors::file::open(dir + "/model.safetensors"));
     for (const auto& t : f->tensors()) s.where[t.name] = "model.safetensors";
@@ -216,6 +257,7 @@ prepared prepare(const std::string& dir, const options& opt) {
   const std::string tok_path = dir + "/tokenizer.model";
   if (!exists(tok_path))
     throw error(errc::io, "'" + dir + "' has no tokenizer.model (the sentencepiece vocabulary Llama ships)");
+  regular_file(tok_path, uint64_t(64) << 20);
   r.tok = tokenizer::from_file(tok_path);
   p.vocab_pieces = r.tok->n_vocab();
   if (p.vocab_pieces != c.n_vocab)
@@ -267,8 +309,15 @@ prepared prepare(const std::string& dir, const options& opt) {
   }
   for (const auto& [name, f] : r.shards.where) {
     if (used.count(name)) continue;
-    if (name.find(".rotary_emb.inv_freq") != std::string::npos) continue;  // recomputed from rope_theta
-    throw error(errc::unsupported, "tensor '" + name + "' in '" + f + "' is not part of a Llama model qllm knows");
+    // a cached RoPE table of a layer, which rope_theta determines
+    const std::string pre = "model.layers.", post = ".self_attn.rotary_emb.inv_freq";
+    if (name.size() > pre.size() + post.size() && name.compare(0, pre.size(), pre) == 0 &&
+        name.compare(name.size() - post.size(), post.size(), post) == 0) {
+      const std::string num = name.substr(pre.size(), name.size() - pre.size() - post.size());
+      if (num.size() <= 4 && num.find_first_not_of("0123456789") == std::string::npos && std::stoi(num) < c.n_layer)
+        continue;
+    }
+    throw error(errc::unsupported, "tensor " + quote(name) + " in " + quote(f) + " is not part of a Llama model qllm knows");
   }
   return r;
 }
@@ -289,6 +338,19 @@ plan make_plan(const std::string& hf_dir, const options& opt) { return prepare(h
 
 plan convert(const std::string& hf_dir, const std::string& out_path, const options& opt) {
   prepared r = prepare(hf_dir, opt);
+  // the output must not be a directory or one of the inputs (renaming over a shard would destroy it)
+  struct stat out_st {};
+  if (::stat(out_path.c_str(), &out_st) == 0) {
+    if (S_ISDIR(out_st.st_mode)) throw error(errc::invalid_argument, "convert: output '" + out_path + "' is a directory");
+    std::vector<std::string> inputs = {hf_dir + "/config.json", hf_dir + "/tokenizer.model",
+                                       hf_dir + "/model.safetensors.index.json"};
+    for (const auto& [name, f] : r.shards.files) inputs.push_back(hf_dir + "/" + name);
+    for (const std::string& in : inputs) {
+      struct stat st {};
+      if (::stat(in.c_str(), &st) == 0 && st.st_dev == out_st.st_dev && st.st_ino == out_st.st_ino)
+        throw error(errc::invalid_argument, "convert: output '" + out_path + "' is an input of the conversion ('" + in + "')");
+    }
+  }
   const plan& p = r.p;
   const hf_config& c = p.config;
   gguf::writer w;
@@ -352,6 +414,8 @@ plan convert(const std::string& hf_dir, const std::string& out_path, const optio
       }
       const std::size_t rb = encoded_row_bytes(tp.type, k);
       if (rb * std::size_t(rows) != bytes) throw error(errc::internal, "convert: size mismatch for " + tp.gguf_name);
+      // rows are independent: the threads split them (the bytes do not depend on the split)
+#pragma omp parallel for schedule(static)
       for (int64_t r = 0; r < rows; ++r) encode_row(tp.type, vals.data() + r * k, k, dst + std::size_t(r) * rb);
       st->pr.done++;
       st->pr.bytes_done += tp.src_bytes;

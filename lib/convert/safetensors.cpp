@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <unordered_map>
 #include <nlohmann/json.hpp>
 
 #include "qllm/error.hpp"
@@ -43,6 +44,7 @@ struct file::impl {
   std::size_t map_size = 0;
   const uint8_t* data = nullptr;  // start of the data buffer
   std::vector<tensor> tensors;
+  std::unordered_map<std::string, std::size_t> by_name;
   ~impl() {
     if (map) munmap(map, map_size);
   }
@@ -86,7 +88,8 @@ file::~file() = default;
 file file::open(const std::string& path) {
   auto p = std::make_unique<impl>();
   p->path = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO must not block the open; it is then refused as not a regular file
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw error(errc::io, "cannot open '" + path + "': " + std::strerror(errno));
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -112,8 +115,11 @@ file file::open(const std::string& path) {
   if (n > max_header_bytes) bad(path, "header of " + std::to_string(n) + " bytes is larger than 100 MiB");
   if (n < 2 || base[8] != '{') bad(path, "header is not a JSON object");
   json h;
-  try {
-    h = json::parse(base + 8, base + 8 + n);
+  try {  // nesting is bounded: deep arrays cost memory out of proportion to their bytes
+    h = json::parse(base + 8, base + 8 + n, [&](int depth, json::parse_event_t, json&) {
+      if (depth > 16) bad(path, "header nests deeper than 16 levels");
+      return true;
+    });
   } catch (const json::exception& e) {
     bad(path, std::string("header is not valid JSON: ") + e.what());
   }
@@ -156,6 +162,8 @@ file file::open(const std::string& path) {
     if (t.begin > t.end || t.end > data_size)
       bad(path, "tensor " + quote(name) + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
                     "] are outside the data (" + std::to_string(data_size) + " bytes; file truncated?)");
+    if (count > std::numeric_limits<uint64_t>::max() / dtype_bytes(t.type))
+      bad(path, "tensor " + quote(name) + ": shape is too large");
     if (count * dtype_bytes(t.type) != t.end - t.begin)
       bad(path, "tensor " + quote(name) + ": shape needs " + std::to_string(count * dtype_bytes(t.type)) +
                     " bytes but data_offsets cover " + std::to_string(t.end - t.begin));
@@ -164,6 +172,7 @@ file file::open(const std::string& path) {
   std::sort(p->tensors.begin(), p->tensors.end(), [](const tensor& a, const tensor& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
+  for (std::size_t i = 0; i < p->tensors.size(); ++i) p->by_name.emplace(p->tensors[i].name, i);
   uint64_t at = 0;
   for (const tensor& t : p->tensors) {
     if (t.begin < at) bad(path, "tensor " + quote(t.name) + " overlaps the tensor before it");
@@ -179,9 +188,8 @@ const std::string& file::path() const noexcept { return p_->path; }
 const std::vector<tensor>& file::tensors() const noexcept { return p_->tensors; }
 
 const tensor* file::find(const std::string& name) const noexcept {
-  for (const tensor& t : p_->tensors)
-    if (t.name == name) return &t;
-  return nullptr;
+  const auto it = p_->by_name.find(name);
+  return it == p_->by_name.end() ? nullptr : &p_->tensors[it->second];
 }
 
 const uint8_t* file::data(const tensor& t) const noexcept { return p_->data + t.begin; }
@@ -203,6 +211,7 @@ void to_f32(const file& f, const tensor& t, float* out) {
   switch (t.type) {
     case dtype::f32: std::memcpy(out, src, std::size_t(n) * 4); break;
     case dtype::f16:
+#pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, src + 2 * i, 2);
@@ -210,6 +219,7 @@ void to_f32(const file& f, const tensor& t, float* out) {
       }
       break;
     case dtype::bf16:
+#pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, src + 2 * i, 2);

@@ -117,7 +117,7 @@ model_config read_config(const gguf::file& f) {
   c.rms_eps = float(f.get_float("llama.attention.layer_norm_rms_epsilon"));
   if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f)) bad("layer_norm_rms_epsilon out of range");
   if (f.find("llama.rope.freq_base")) c.rope_freq_base = float(f.get_float("llama.rope.freq_base"));
-  if (!(c.rope_freq_base > 1.0f)) bad("rope.freq_base must be > 1");
+  if (!(c.rope_freq_base > 1.0f) || !std::isfinite(c.rope_freq_base)) bad("rope.freq_base must be finite and > 1");
   c.rope_freq_scale = read_rope_scaling(f);
   return c;
 }
