@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "qllm/convert.hpp"
+#include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
 #include "qllm/tokenizer.hpp"
 
@@ -109,12 +110,12 @@ double greedy_agreement(const std::shared_ptr<const model>& m) {
 
 }  // namespace
 
-TEST_CASE("shipped model: qllm's F16 forward matches PyTorch's logits") {
+void check_against_pytorch(ggml_type type) {
   tmpdir d;
   convert::options o;
-  o.type = ggml_type::f16;  // the checkpoint's weights are F16: this is the exact model PyTorch ran
-  convert::convert(kHf, d.path + "/f16.gguf", o);
-  const auto m = model::load(d.path + "/f16.gguf");
+  o.type = type;  // the checkpoint's weights are F16: f16 and f32 are the exact model PyTorch ran
+  convert::convert(kHf, d.path + "/m.gguf", o);
+  const auto m = model::load(d.path + "/m.gguf");
   const auto refs = read_references(kHf + "/reference_logits.bin", true);
   REQUIRE(refs.size() == std::size(kPrompts));
   const int64_t V = m->config().n_vocab;
@@ -136,8 +137,38 @@ TEST_CASE("shipped model: qllm's F16 forward matches PyTorch's logits") {
       CHECK_MESSAGE(argmax(a, V) == argmax(b, V), "prompt " << i << " position " << t);
     }
   }
-  MESSAGE("worst relative RMS per position against PyTorch: " << worst);
-  CHECK(worst < 1e-5);  // measured 5.7e-7: f32 arithmetic in another order than PyTorch's GEMMs
+  MESSAGE(std::string(gguf::type_name(type)) << ": worst relative RMS per position against PyTorch: " << worst);
+  CHECK(worst < 1e-5);  // measured 5.7e-7 (both): f32 arithmetic in another order than PyTorch's
+}
+
+TEST_CASE("shipped model: qllm's F16 and F32 forward match PyTorch's logits") {
+  check_against_pytorch(ggml_type::f16);
+  check_against_pytorch(ggml_type::f32);
+}
+
+TEST_CASE("shipped model: qllm's tokenizer gives PyTorch's ids for the held-out chapters") {
+  // heldout_argmax.bin holds the first 2048 ids of the held-out stream as train.py built it:
+  // for each chapter (blocks separated by a blank line, the first line its name) BOS + its text
+  const auto windows = read_references(kHf + "/heldout_argmax.bin", false);
+  std::vector<int32_t> want;
+  for (const auto& w : windows) want.insert(want.end(), w.ids.begin(), w.ids.end());
+  std::ifstream in(QLLM_TEST_DATA "/kjv-heldout.txt", std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  const auto m = model::load(kShipped);
+  std::vector<int32_t> got;
+  for (std::size_t at = 0; at < text.size() && got.size() < want.size();) {
+    std::size_t end = text.find("\n\n", at);
+    if (end == std::string::npos) end = text.size();
+    std::string block = text.substr(at, end - at);
+    while (!block.empty() && block.back() == '\n') block.pop_back();
+    const std::size_t nl = block.find('\n');
+    const auto ids = m->get_tokenizer()->encode(block.substr(nl == std::string::npos ? block.size() : nl + 1), true);
+    got.insert(got.end(), ids.begin(), ids.end());
+    at = end + 2;
+  }
+  REQUIRE(got.size() >= want.size());
+  got.resize(want.size());
+  CHECK(got == want);
 }
 
 TEST_CASE("shipped model: the committed Q8_0 file is what qllm convert writes from the checkpoint") {

@@ -77,21 +77,35 @@ default_model find_default_model() {
   if (const char* env = std::getenv("QLLM_DEFAULT_MODEL"); env && *env) {
     d.path = env;
     d.origin = "QLLM_DEFAULT_MODEL";
-    d.looked = d.path;
+    d.looked = d.path + (is_file(d.path) ? "" : " (QLLM_DEFAULT_MODEL, not a regular file)");
     if (!is_file(d.path)) d.path.clear();
     return d;
   }
-  std::vector<std::pair<std::string, const char*>> places;
+  // Where this executable is: an install finds the model relative to it (the prefix can move);
+  // a binary of the build tree uses the source tree's model and nothing installed.
+  std::string exe_dir;
   std::string exe(4096, '\0');
   const ssize_t n = ::readlink("/proc/self/exe", exe.data(), exe.size() - 1);
   if (n > 0) {
     exe.resize(std::size_t(n));
-    const auto slash = exe.find_last_of('/');
-    if (slash != std::string::npos)
-      places.emplace_back(exe.substr(0, slash) + "/../share/qllm/" QLLM_DEFAULT_MODEL_FILE, "installed");
+    exe_dir = exe.substr(0, exe.find_last_of('/'));
   }
-  places.emplace_back(QLLM_MODEL_INSTALL_DIR "/" QLLM_DEFAULT_MODEL_FILE, "installed");
-  places.emplace_back(QLLM_MODEL_SOURCE_DIR "/" QLLM_DEFAULT_MODEL_FILE, "source tree");
+  const std::string build_root = QLLM_BUILD_ROOT;
+  const bool in_build_tree = !exe_dir.empty() && exe_dir.compare(0, build_root.size(), build_root) == 0 &&
+                             (exe_dir.size() == build_root.size() || exe_dir[build_root.size()] == '/');
+  std::vector<std::pair<std::string, const char*>> places;
+  if (in_build_tree) {
+    places.emplace_back(QLLM_MODEL_SOURCE_DIR "/" QLLM_DEFAULT_MODEL_FILE, "source tree");
+  } else {
+    // <prefix>/<bindir>/qllm → <prefix>/<datadir>/qllm/ (bindir, datadir relative to the prefix)
+    const std::string bindir = QLLM_INSTALL_BINDIR;
+    if (!exe_dir.empty() && exe_dir.size() > bindir.size() &&
+        exe_dir.compare(exe_dir.size() - bindir.size(), bindir.size(), bindir) == 0 &&
+        exe_dir[exe_dir.size() - bindir.size() - 1] == '/')
+      places.emplace_back(exe_dir.substr(0, exe_dir.size() - bindir.size()) + QLLM_INSTALL_DATADIR "/qllm/" QLLM_DEFAULT_MODEL_FILE,
+                          "installed");
+    places.emplace_back(QLLM_MODEL_INSTALL_DIR "/" QLLM_DEFAULT_MODEL_FILE, "installed");
+  }
   for (const auto& [p, origin] : places) {
     d.looked += (d.looked.empty() ? "" : ", ") + p;
     if (d.path.empty() && is_file(p)) {

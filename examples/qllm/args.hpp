@@ -19,8 +19,9 @@ bool is_help(const std::string& arg);
 // Prints a command's help text on stdout; returns exit code 0.
 int print_help(const char* text);
 // The model used when no -m is given: $QLLM_DEFAULT_MODEL if set; else the shipped default model
-// (models/tiny-kjv.q8_0.gguf) where an install puts it, relative to this executable
-// (<bindir>/../share/qllm/) or at the configured prefix; else in the source tree of a build tree.
+// (models/tiny-kjv.q8_0.gguf): for a binary of the build tree, the source tree's; for an installed
+// one, <prefix>/<datadir>/qllm/ found relative to the executable (the prefix can move), then the
+// configured prefix.
 // path is empty if none exists; `looked` lists the places tried.
 struct default_model {
   std::string path, origin, looked;

@@ -5,9 +5,10 @@ untied output) on the King James Bible from Debian's bible-kjv-text package (pub
 Writes, into OUT (default: models/tiny-kjv next to the repository root):
   config.json, generation_config.json, model.safetensors (F16), tokenizer.model
       a Hugging Face Llama directory, which `qllm convert` turns into the shipped GGUF;
-  reference_logits.bin
-      PyTorch's f32 logits for fixed prompts at every position (computed from the F16-rounded
-      weights that were exported), an independent reference for qllm's forward pass;
+  reference_logits.bin, heldout_argmax.bin, reference_perplexity.json
+      PyTorch's f32 logits for fixed prompts at every position, its greedy next token on held-out
+      windows, and its held-out perplexity (all from the F16-rounded weights that were exported):
+      an independent reference for qllm's forward pass;
   train_log.tsv
       the loss curve.
 and tests/data/kjv-heldout.txt (the held-out chapters, never trained on).
@@ -185,10 +186,11 @@ def write_safetensors(path, tensors):
     os.replace(tmp, path)
 
 
-def write_references(model, sp, out, held):
+def write_references(model, sp, out, held, heldout_path):
     """reference_logits.bin: "QLRF", u32 count; per prompt: u32 n_tokens, u32 n_vocab, i32 ids[n],
     f32 logits[n][n_vocab]. heldout_argmax.bin: "QLAM", u32 count; per window: u32 n, i32 ids[n],
     i32 argmax[n] (PyTorch's greedy next token at every position of held-out windows of 256).
+    reference_perplexity.json: perplexity of the held-out file, windows as qllm perplexity -c 256.
     All little endian, from the model as exported (F16-rounded weights)."""
     model.eval()
     vocab = model.c["vocab_size"]
@@ -210,6 +212,23 @@ def write_references(model, sp, out, held):
                 f.write(struct.pack("<I", len(ids)))
                 f.write(np.asarray(ids, dtype="<i4").tobytes())
                 f.write(np.asarray(am, dtype="<i4").tobytes())
+        # perplexity over the held-out file as `qllm perplexity -c 256` computes it: the whole text
+        # encoded once with BOS, windows of 256 whose first token is BOS, second half scored
+        text = open(heldout_path).read()
+        toks = [sp.bos_id()] + sp.encode(text)
+        nll, count, ctx = 0.0, 0, 256
+        for c in range(len(toks) // ctx):
+            w = toks[c * ctx:(c + 1) * ctx]
+            w[0] = sp.bos_id()
+            lp = torch.log_softmax(model(torch.tensor([w]))[0].double(), -1)
+            for i in range(ctx // 2, ctx - 1):
+                nll -= lp[i, w[i + 1]].item()
+                count += 1
+        with open(os.path.join(out, "reference_perplexity.json"), "w") as f:
+            json.dump({"file": "tests/data/kjv-heldout.txt", "ctx": ctx, "tokens_scored": count,
+                       "perplexity": math.exp(nll / count)}, f, indent=2)
+            f.write("\n")
+        print(f"held-out perplexity (ctx {ctx}, {count} tokens): {math.exp(nll / count):.4f}", flush=True)
         ids = [sp.bos_id()] + sp.encode(REFERENCE_PROMPTS[0])
         for _ in range(48):
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
@@ -260,7 +279,7 @@ def main():
         for block in open(args.heldout).read().split("\n\n"):
             name, _, text = block.strip("\n").partition("\n")
             held += [sp.bos_id()] + sp.encode(text)
-        write_references(load_exported(args.out), sp, args.out, torch.tensor(held, dtype=torch.long))
+        write_references(load_exported(args.out), sp, args.out, torch.tensor(held, dtype=torch.long), args.heldout)
         return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -377,7 +396,7 @@ def main():
         json.dump({"bos_token_id": 1, "eos_token_id": 2, "max_length": args.ctx}, f, indent=2)
         f.write("\n")
 
-    write_references(model, sp, args.out, held)
+    write_references(model, sp, args.out, held, args.heldout)
     log.write(f"# final heldout_loss_f16 {final_held:.4f}\n")
     log.close()
 
