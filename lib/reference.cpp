@@ -40,6 +40,180 @@ void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t k) {
   }
 }
 
+namespace {
+
+float half_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return fp16_to_fp32(h);
+}
+
+// Q4_1 (20 bytes / 32): d, m (f16), 16 bytes of nibbles; y = q*d + m. Element j of the block is
+// the low nibble of byte j (j < 16) or the high nibble of byte j - 16.
+// Q5_0 (22): d, qh (u32, bit j = 5th bit of element j), 16 bytes of nibbles; y = (q - 16)*d.
+// Q5_1 (24): d, m, qh, nibbles; y = q*d + m.
+void dequant_legacy(ggml_type t, const uint8_t* b, float* y) {
+  const bool has_min = t != ggml_type::q5_0;
+  const bool five = t != ggml_type::q4_1;
+  const float d = half_at(b), m = has_min ? half_at(b + 2) : 0.0f;
+  const uint8_t* p = b + (has_min ? 4 : 2);
+  uint32_t qh = 0;
+  if (five) {
+    std::memcpy(&qh, p, 4);
+    p += 4;
+  }
+  for (int j = 0; j < 16; ++j) {
+    int lo = p[j] & 0x0f, hi = p[j] >> 4;
+    if (five) {
+      lo |= int((qh >> j) & 1) << 4;
+      hi |= int((qh >> (j + 16)) & 1) << 4;
+    }
+    if (t == ggml_type::q5_0) {
+      y[j] = float(lo - 16) * d;
+      y[j + 16] = float(hi - 16) * d;
+    } else {
+      y[j] = float(lo) * d + m;
+      y[j + 16] = float(hi) * d + m;
+    }
+  }
+}
+
+// The 6-bit scale and min of sub-block j (0..7) packed in Q4_K/Q5_K's 12 scale bytes: j < 4 in
+// the low 6 bits of bytes j (scale) and j + 4 (min); j >= 4 in the nibbles of byte j + 4 with
+// their top 2 bits in the high bits of bytes j - 4 (scale) and j (min).
+void scale_min_k4(int j, const uint8_t* q, int& sc, int& mn) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    mn = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Super-blocks of 256 (docs/formats.md has the layouts).
+void dequant_k(ggml_type t, const uint8_t* b, float* y) {
+  switch (t) {
+    case ggml_type::q2_k: {  // scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin
+      const uint8_t* sc = b;
+      const uint8_t* q = b + 16;
+      const float d = half_at(b + 80), dmin = half_at(b + 82);
+      int is = 0;
+      for (int n = 0; n < 256; n += 128, q += 32)
+        for (int shift = 0; shift < 8; shift += 2)
+          for (int half = 0; half < 2; ++half, ++is) {
+            const float dl = d * float(sc[is] & 0x0f), ml = dmin * float(sc[is] >> 4);
+            for (int l = 0; l < 16; ++l) *y++ = dl * float((q[l + 16 * half] >> shift) & 3) - ml;
+          }
+      return;
+    }
+    case ggml_type::q3_k: {  // hmask[32], qs[64], scales[12] (16 six-bit values), d
+      const uint8_t* hm = b;
+      const uint8_t* q = b + 32;
+      const uint8_t* s = b + 96;
+      const float d = half_at(b + 108);
+      int8_t scales[16];
+      for (int j = 0; j < 16; ++j) {
+        const int low = j < 8 ? s[j] & 0x0f : s[j - 8] >> 4;
+        const int high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+        scales[j] = int8_t((low | (high << 4)) - 32);
+      }
+      int is = 0;
+      uint8_t m = 1;
+      for (int n = 0; n < 256; n += 128, q += 32)
+        for (int shift = 0; shift < 8; shift += 2, m = uint8_t(m << 1))
+          for (int half = 0; half < 2; ++half, ++is) {
+            const float dl = d * float(scales[is]);
+            for (int l = 0; l < 16; ++l) {
+              const int i = l + 16 * half;
+              *y++ = dl * float(((q[i] >> shift) & 3) - ((hm[i] & m) ? 0 : 4));
+            }
+          }
+      return;
+    }
+    case ggml_type::q4_k:    // d, dmin, scales[12], qs[128]
+    case ggml_type::q5_k: {  // d, dmin, scales[12], qh[32], qs[128]
+      const float d = half_at(b), dmin = half_at(b + 2);
+      const uint8_t* s = b + 4;
+      const bool five = t == ggml_type::q5_k;
+      const uint8_t* qh = b + 16;
+      const uint8_t* q = b + (five ? 48 : 16);
+      for (int j = 0, is = 0; j < 256; j += 64, q += 32, is += 2) {
+        int sc1, m1, sc2, m2;
+        scale_min_k4(is, s, sc1, m1);
+        scale_min_k4(is + 1, s, sc2, m2);
+        const float d1 = d * float(sc1), mm1 = dmin * float(m1), d2 = d * float(sc2), mm2 = dmin * float(m2);
+        for (int l = 0; l < 32; ++l) {
+          const int hb = five ? (qh[l] >> is) & 1 : 0;
+          *y++ = d1 * float((q[l] & 0x0f) + 16 * hb) - mm1;
+        }
+        for (int l = 0; l < 32; ++l) {
+          const int hb = five ? (qh[l] >> (is + 1)) & 1 : 0;
+          *y++ = d2 * float((q[l] >> 4) + 16 * hb) - mm2;
+        }
+      }
+      return;
+    }
+    case ggml_type::q6_k: {  // ql[128], qh[64], scales[16] (int8), d
+      const uint8_t* ql = b;
+      const uint8_t* qh = b + 128;
+      const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
+      const float d = half_at(b + 208);
+      for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8)
+        for (int l = 0; l < 32; ++l) {
+          const int is = l / 16;
+          const int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
+          const int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
+          const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+          const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+          y[l] = d * float(sc[is]) * float(q1);
+          y[l + 32] = d * float(sc[is + 2]) * float(q2);
+          y[l + 64] = d * float(sc[is + 4]) * float(q3);
+          y[l + 96] = d * float(sc[is + 6]) * float(q4);
+        }
+      return;
+    }
+    default: return;
+  }
+}
+
+}  // namespace
+
+void dequantize_row(ggml_type type, const void* src, float* y, int64_t k) {
+  const auto* p = static_cast<const uint8_t*>(src);
+  switch (type) {
+    case ggml_type::f32: std::memcpy(y, p, std::size_t(k) * 4); return;
+    case ggml_type::f16:
+    case ggml_type::bf16:
+      for (int64_t i = 0; i < k; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        y[i] = type == ggml_type::f16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
+      }
+      return;
+    case ggml_type::q4_0: dequantize_row_q4_0(static_cast<const block_q4_0*>(src), y, k); return;
+    case ggml_type::q8_0: dequantize_row_q8_0(static_cast<const block_q8_0*>(src), y, k); return;
+    case ggml_type::q4_1:
+    case ggml_type::q5_0:
+    case ggml_type::q5_1: {
+      const std::size_t bytes = type == ggml_type::q4_1 ? 20 : type == ggml_type::q5_0 ? 22 : 24;
+      for (int64_t b = 0; b < k / 32; ++b) dequant_legacy(type, p + std::size_t(b) * bytes, y + b * 32);
+      return;
+    }
+    case ggml_type::q2_k:
+    case ggml_type::q3_k:
+    case ggml_type::q4_k:
+    case ggml_type::q5_k:
+    case ggml_type::q6_k: {
+      const std::size_t bytes = type == ggml_type::q2_k ? 84 : type == ggml_type::q3_k ? 110
+                              : type == ggml_type::q4_k ? 144 : type == ggml_type::q5_k ? 176 : 210;
+      for (int64_t b = 0; b < k / 256; ++b) dequant_k(type, p + std::size_t(b) * bytes, y + b * 256);
+      return;
+    }
+    default: throw std::invalid_argument("dequantize_row: type without a reader");
+  }
+}
+
 void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) {
   for (int64_t b = 0; b < k / qk; ++b, x += qk) {
     bool finite = true;

@@ -367,15 +367,15 @@ void write_hand(const std::string& path, const hand_model& h) {
     int64_t n = 1;
     for (int64_t d : ne) n *= d;
     size_t bytes = size_t(n) * 4;
-    if (type == ggml_type::q5_0) bytes = size_t(n / 32) * 22;
+    if (type == ggml_type::q8_1) bytes = size_t(n / 32) * 36;
     std::vector<uint8_t> data(bytes, 0);
     w.add_tensor(name, type, ne, data.data(), data.size());
   };
   t("token_embd.weight", {32, h.embd_rows});
   t("output_norm.weight", {32});
   t("blk.0.attn_norm.weight", {32});
-  if (h.q_type == ggml_type::q5_0)
-    t("blk.0.attn_q.weight", {32, 32}, ggml_type::q5_0);
+  if (h.q_type == ggml_type::q8_1)
+    t("blk.0.attn_q.weight", {32, 32}, ggml_type::q8_1);
   else
     t("blk.0.attn_q.weight", {32, h.q_rows});
   t("blk.0.attn_k.weight", {32, 32});
@@ -426,9 +426,9 @@ TEST_CASE("load errors name what is wrong") {
   h.drop_tensor = true;
   CHECK(load_error(h).find("blk.0.ffn_up.weight") != std::string::npos);
   h = ok;
-  h.q_type = ggml_type::q5_0;  // a valid GGUF type without kernels
+  h.q_type = ggml_type::q8_1;  // a valid GGUF type qllm cannot read as weights
   CHECK(load_error(h).find("blk.0.attn_q.weight") != std::string::npos);
-  CHECK(load_error(h).find("q5_0") != std::string::npos);
+  CHECK(load_error(h).find("q8_1") != std::string::npos);
   h = ok;
   h.head_count = 3;  // 32 is not a multiple of 3
   CHECK(load_error(h).find("head_count") != std::string::npos);

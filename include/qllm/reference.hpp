@@ -26,6 +26,12 @@ inline constexpr uint16_t fp16_nan_q8 = 0x7e00;
 void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k);
 void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t k);
 
+// Any GGUF weight type qllm reads → f32: f32, f16, bf16, q4_0, q8_0, and (converted to Q8_0 at
+// load, no kernels of their own yet) q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, with the byte
+// layouts GGUF defines (docs/formats.md). `src` holds k values (k a multiple of the type's block).
+// Throws std::invalid_argument for another type.
+void dequantize_row(ggml_type type, const void* src, float* y, int64_t k);
+
 // --- dot products ---
 int32_t dot_block_q4_0_q8_0(const block_q4_0& w, const block_q8_0& x) noexcept;  // exact
 int32_t dot_block_q8_0_q8_0(const block_q8_0& w, const block_q8_0& x) noexcept;  // exact

@@ -24,33 +24,8 @@ model_impl::mapping::~mapping() {
 }
 
 void model_impl::embed(int32_t token, float* out) const noexcept {
-  const uint8_t* row = embd + std::size_t(token) * embd_row_bytes;
-  const int64_t n = cfg.n_embd;
-  switch (embd_type) {
-    case ggml_type::q4_0:
-      ref::dequantize_row_q4_0(reinterpret_cast<const block_q4_0*>(row), out, n);
-      break;
-    case ggml_type::q8_0:
-      ref::dequantize_row_q8_0(reinterpret_cast<const block_q8_0*>(row), out, n);
-      break;
-    case ggml_type::f16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, row + 2 * i, 2);
-        out[i] = fp16_to_fp32(h);
-      }
-      break;
-    case ggml_type::bf16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, row + 2 * i, 2);
-        out[i] = bf16_to_fp32(h);
-      }
-      break;
-    default:
-      std::memcpy(out, row, std::size_t(n) * sizeof(float));
-      break;
-  }
+  // embd_type is one matrix_type_ok() accepted, all of which dequantize_row reads
+  ref::dequantize_row(embd_type, embd + std::size_t(token) * embd_row_bytes, out, cfg.n_embd);
 }
 
 namespace {
@@ -139,8 +114,17 @@ const gguf::tensor_info& need(const gguf::file& f, const std::string& name, int6
 
 bool matrix_type_ok(ggml_type t) {
   return t == ggml_type::q4_0 || t == ggml_type::q8_0 || t == ggml_type::f16 ||
-         t == ggml_type::bf16 || t == ggml_type::f32;
+         t == ggml_type::bf16 || t == ggml_type::f32 || converted_at_load(t);
 }
+
+}  // namespace
+
+bool converted_at_load(ggml_type t) noexcept {
+  return t == ggml_type::q4_1 || t == ggml_type::q5_0 || t == ggml_type::q5_1 || t == ggml_type::q2_k ||
+         t == ggml_type::q3_k || t == ggml_type::q4_k || t == ggml_type::q5_k || t == ggml_type::q6_k;
+}
+
+namespace {
 
 class loader {
  public:
@@ -172,7 +156,9 @@ class loader {
     if (!matrix_type_ok(t.type))
       throw error(errc::unsupported, "model: tensor '" + t.name + "' has type " +
                                          gguf::type_name(t.type) +
-                                         ", which qllm cannot run (q4_0, q8_0, f16, bf16, f32)");
+                                         ", which qllm cannot run (q4_0, q8_0, f16, bf16, f32; "
+                                         "q4_1, q5_0, q5_1, q2_k..q6_k converted to q8_0)");
+    if (converted_at_load(t.type)) return ggml_type::q8_0;  // no kernels of their own yet
     if (opt_.quantize_float_weights && !ops::packed_weights::repacked(t.type)) return ggml_type::q8_0;
     if (t.type == ggml_type::bf16) return ggml_type::f32;
     return t.type;
@@ -195,15 +181,13 @@ class loader {
       m_.weight_bytes += w.bytes();
       return w;
     }
-    // conversion: to f32 (bf16 source) or to Q8_0 (quantize_float_weights)
+    // conversion: to f32 (bf16 source) or to Q8_0 (quantize_float_weights, or a type without
+    // kernels: dequantized row by row, then quantized)
     std::unique_ptr<float[]> rows(new float[std::size_t(n * k)]);
-    for (int64_t i = 0; i < n * k; ++i) {
-      uint16_t h = 0;
-      if (t.type != ggml_type::f32) std::memcpy(&h, src + 2 * i, 2);
-      rows[std::size_t(i)] = t.type == ggml_type::f16    ? fp16_to_fp32(h)
-                             : t.type == ggml_type::bf16 ? bf16_to_fp32(h)
-                                                         : reinterpret_cast<const float*>(src)[i];
-    }
+    const std::size_t row_bytes = t.bytes / std::size_t(n);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < n; ++r) ref::dequantize_row(t.type, src + std::size_t(r) * row_bytes, rows.get() + r * k, k);
+    if (release) m_.file->release(src, t.bytes);
     if (tt == ggml_type::f32) {
       ops::packed_weights w(tt, rows.get(), n, k, nt);
       m_.owned_f32.push_back(std::move(rows));
