@@ -26,6 +26,7 @@
 #include "qllm/model.hpp"
 #include "qllm/safetensors.hpp"
 #include "qllm/tokenizer.hpp"
+#include "test_util.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -33,18 +34,8 @@ using namespace qllm;
 
 namespace {
 
-struct tmpdir {
-  std::string path;
-  tmpdir() {
-    char t[] = "/tmp/qllm_convert_XXXXXX";
-    REQUIRE(mkdtemp(t) != nullptr);
-    path = t;
-  }
-  ~tmpdir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return path + "/" + f; }
+struct tmpdir : test::tmpdir {
+  tmpdir() : test::tmpdir("qllm_convert") {}
 };
 
 void write_file(const std::string& path, const std::string& text) {

@@ -18,6 +18,7 @@
 #include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
 #include "qllm/tokenizer.hpp"
+#include "test_util.hpp"
 
 namespace fs = std::filesystem;
 using namespace qllm;
@@ -71,17 +72,8 @@ std::vector<sequence> read_references(const std::string& path, bool logits) {
   return out;
 }
 
-struct tmpdir {
-  std::string path;
-  tmpdir() {
-    char t[] = "/tmp/qllm_shipped_XXXXXX";
-    REQUIRE(mkdtemp(t) != nullptr);
-    path = t;
-  }
-  ~tmpdir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+struct tmpdir : test::tmpdir {
+  tmpdir() : test::tmpdir("qllm_shipped") {}
 };
 
 std::vector<float> all_logits(const std::shared_ptr<const model>& m, const std::vector<int32_t>& ids, int threads = 1) {

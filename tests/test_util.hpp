@@ -1,12 +1,33 @@
 // Helpers shared by the test suites.
 #pragma once
+#include <unistd.h>
+
 #include <bit>
+#include <filesystem>
 #include <cstdint>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace qllm::test {
+
+// A temporary directory (mkdtemp under /tmp), removed with everything in it.
+struct tmpdir {
+  std::string path;
+  explicit tmpdir(const char* prefix = "qllm_test") {
+    std::string t = std::string("/tmp/") + prefix + "_XXXXXX";
+    if (!mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
+    path = t;
+  }
+  ~tmpdir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  tmpdir(const tmpdir&) = delete;
+  tmpdir& operator=(const tmpdir&) = delete;
+  std::string operator/(const std::string& f) const { return path + "/" + f; }
+};
 
 inline std::vector<float> gaussian(std::size_t n, uint32_t seed, float sigma = 1.0f) {
   std::mt19937 rng(seed);

@@ -16,6 +16,7 @@
 
 #include "qllm/error.hpp"
 #include "qllm/formats.hpp"
+#include "qllm/reference.hpp"
 
 namespace qllm::safetensors {
 
@@ -208,25 +209,14 @@ void file::release(const void* p, std::size_t n) const noexcept {
 void to_f32(const file& f, const tensor& t, float* out) {
   const uint8_t* src = f.data(t);
   const int64_t n = t.elements();
-  switch (t.type) {
-    case dtype::f32: std::memcpy(out, src, std::size_t(n) * 4); break;
-    case dtype::f16:
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        out[i] = fp16_to_fp32(h);
-      }
-      break;
-    case dtype::bf16:
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        out[i] = bf16_to_fp32(h);
-      }
-      break;
+  if (t.type == dtype::f32) {
+    std::memcpy(out, src, std::size_t(n) * 4);
+    return;
   }
+  const ggml_type gt = t.type == dtype::f16 ? ggml_type::f16 : ggml_type::bf16;
+  constexpr int64_t chunk = 1 << 16;  // the threads widen chunks of 64 Ki values
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i += chunk) ref::dequantize_row(gt, src + 2 * i, out + i, std::min(chunk, n - i));
 }
 
 void write(const std::string& path, const std::vector<tensor_spec>& specs,
