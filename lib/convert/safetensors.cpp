@@ -209,6 +209,7 @@ void file::release(const void* p, std::size_t n) const noexcept {
 void to_f32(const file& f, const tensor& t, float* out) {
   const uint8_t* src = f.data(t);
   const int64_t n = t.elements();
+  if (n == 0) return;  // a zero-size tensor: `out` may be null
   if (t.type == dtype::f32) {
     std::memcpy(out, src, std::size_t(n) * 4);
     return;
