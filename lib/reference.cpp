@@ -5,6 +5,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
@@ -307,15 +308,19 @@ float dot_f32(const float* w, const float* x, int64_t n) noexcept {
 
 void matmul(ggml_type type, const void* w, int64_t n, int64_t k, const float* x, int64_t m,
             float* y) {
+  const bool kq = type == ggml_type::q4_k || type == ggml_type::q5_k || type == ggml_type::q6_k;
   const bool quant = type == ggml_type::q4_0 || type == ggml_type::q8_0;
-  if (!quant && type != ggml_type::f16 && type != ggml_type::f32)
+  if (!quant && !kq && type != ggml_type::f16 && type != ggml_type::f32)
     throw std::invalid_argument("ref::matmul: unsupported weight type");
-  if (k <= 0 || (quant && k % qk != 0)) throw std::invalid_argument("ref::matmul: bad k");
-  const int64_t nb = k / qk;
+  if (k <= 0 || (quant && k % qk != 0) || (kq && k % qk_k != 0))
+    throw std::invalid_argument("ref::matmul: bad k");
+  const int64_t nb = k / qk, nbk = k / qk_k;
   std::vector<block_q8_0> xq(quant ? size_t(nb) : 0);
+  std::vector<block_q8_k> xk(kq ? size_t(nbk) : 0);
   for (int64_t t = 0; t < m; ++t) {
     const float* xt = x + t * k;
     if (quant) quantize_row_q8_0(xt, xq.data(), nullptr, k);
+    if (kq) quantize_row_q8_k(xt, xk.data(), k);
     for (int64_t r = 0; r < n; ++r) {
       float v = 0.0f;
       switch (type) {
@@ -324,6 +329,15 @@ void matmul(ggml_type type, const void* w, int64_t n, int64_t k, const float* x,
           break;
         case ggml_type::q8_0:
           v = dot_q8_0_q8_0(static_cast<const block_q8_0*>(w) + r * nb, xq.data(), nb);
+          break;
+        case ggml_type::q4_k:
+          v = dot_q4_k_q8_k(static_cast<const block_q4_k*>(w) + r * nbk, xk.data(), nbk);
+          break;
+        case ggml_type::q5_k:
+          v = dot_q5_k_q8_k(static_cast<const block_q5_k*>(w) + r * nbk, xk.data(), nbk);
+          break;
+        case ggml_type::q6_k:
+          v = dot_q6_k_q8_k(static_cast<const block_q6_k*>(w) + r * nbk, xk.data(), nbk);
           break;
         case ggml_type::f16:
           v = dot_f16_f32(static_cast<const uint16_t*>(w) + r * k, xt, k);
@@ -436,6 +450,235 @@ void rope_table(float* cos_dup, float* sin_alt, int64_t head_dim, int64_t rot_di
     sin_alt[i] = float(-s);
     sin_alt[i + 1] = float(s);
   }
+}
+
+
+// --- k-quants ---
+
+namespace {
+
+// Nearest integer of v in [lo, hi]; NaN counts as 0.
+int round_clamp(float v, int lo, int hi) {
+  if (!(v == v)) return 0;
+  return int(std::clamp(std::nearbyint(v), float(lo), float(hi)));
+}
+
+float finite_or_zero(float v) { return std::isfinite(v) ? v : 0.0f; }
+
+void pack_scale_min_k4(const uint8_t sc[8], const uint8_t mn[8], uint8_t out[12]) {
+  std::memset(out, 0, 12);
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      out[j] = uint8_t(out[j] | (sc[j] & 63));
+      out[j + 4] = uint8_t(out[j + 4] | (mn[j] & 63));
+    } else {
+      out[j + 4] = uint8_t((sc[j] & 0x0f) | ((mn[j] & 0x0f) << 4));
+      out[j - 4] = uint8_t(out[j - 4] | ((sc[j] >> 4) << 6));
+      out[j] = uint8_t(out[j] | ((mn[j] >> 4) << 6));
+    }
+  }
+}
+
+// Q4_K / Q5_K quantization of one super-block: d, dmin, 6-bit scales and mins, quants 0..nmax.
+void quantize_k_super(const float* x, int nmax, uint16_t& d16, uint16_t& dmin16, uint8_t sc[8],
+                      uint8_t mn[8], uint8_t q[256]) {
+  float scales[8], mins[8];
+  float max_scale = 0.0f, max_min = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    float lo = 0.0f, hi = 0.0f;
+    for (int e = 0; e < 32; ++e) {
+      const float v = finite_or_zero(x[32 * j + e]);
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+    }
+    scales[j] = (hi - lo) / float(nmax);
+    mins[j] = -lo;
+    max_scale = std::max(max_scale, scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  d16 = fp32_to_fp16(max_scale / 63.0f);
+  dmin16 = fp32_to_fp16(max_min / 63.0f);
+  const float d = fp16_to_fp32(d16), dmin = fp16_to_fp32(dmin16);
+  for (int j = 0; j < 8; ++j) {
+    sc[j] = uint8_t(d > 0.0f ? round_clamp(scales[j] / d, 0, 63) : 0);
+    mn[j] = uint8_t(dmin > 0.0f ? round_clamp(mins[j] / dmin, 0, 63) : 0);
+    const float s = d * float(sc[j]), m = dmin * float(mn[j]);
+    for (int e = 0; e < 32; ++e) {
+      const float v = finite_or_zero(x[32 * j + e]);
+      q[32 * j + e] = uint8_t(s > 0.0f ? round_clamp((v + m) / s, 0, nmax) : 0);
+    }
+  }
+}
+
+void unpack_k4_scales(const uint8_t s[12], uint8_t sc[8], uint8_t mn[8]) {
+  for (int j = 0; j < 8; ++j) {
+    int a, b;
+    scale_min_k4(j, s, a, b);
+    sc[j] = uint8_t(a);
+    mn[j] = uint8_t(b);
+  }
+}
+
+}  // namespace
+
+void quantize_row_q4_k(const float* x, block_q4_k* y, int64_t k) {
+  for (int64_t b = 0; b < k / qk_k; ++b, x += qk_k) {
+    uint8_t sc[8], mn[8], q[256];
+    quantize_k_super(x, 15, y[b].d, y[b].dmin, sc, mn, q);
+    pack_scale_min_k4(sc, mn, y[b].scales);
+    for (int i = 0; i < 4; ++i)
+      for (int l = 0; l < 32; ++l) y[b].qs[32 * i + l] = uint8_t(q[64 * i + l] | (q[64 * i + 32 + l] << 4));
+  }
+}
+
+void quantize_row_q5_k(const float* x, block_q5_k* y, int64_t k) {
+  for (int64_t b = 0; b < k / qk_k; ++b, x += qk_k) {
+    uint8_t sc[8], mn[8], q[256];
+    quantize_k_super(x, 31, y[b].d, y[b].dmin, sc, mn, q);
+    pack_scale_min_k4(sc, mn, y[b].scales);
+    std::memset(y[b].qh, 0, sizeof y[b].qh);
+    for (int e = 0; e < 256; ++e) y[b].qh[e % 32] = uint8_t(y[b].qh[e % 32] | ((q[e] >> 4) << (e / 32)));
+    for (int i = 0; i < 4; ++i)
+      for (int l = 0; l < 32; ++l)
+        y[b].qs[32 * i + l] = uint8_t((q[64 * i + l] & 0x0f) | ((q[64 * i + 32 + l] & 0x0f) << 4));
+  }
+}
+
+void quantize_row_q6_k(const float* x, block_q6_k* y, int64_t k) {
+  for (int64_t b = 0; b < k / qk_k; ++b, x += qk_k) {
+    float scales[16];
+    float amax_scale = 0.0f;
+    for (int g = 0; g < 16; ++g) {
+      float amax = 0.0f, max = 0.0f;
+      for (int e = 0; e < 16; ++e) {
+        const float v = finite_or_zero(x[16 * g + e]);
+        if (std::fabs(v) > amax) {
+          amax = std::fabs(v);
+          max = v;
+        }
+      }
+      scales[g] = max / -32.0f;
+      amax_scale = std::max(amax_scale, std::fabs(scales[g]));
+    }
+    y[b].d = fp32_to_fp16(amax_scale / 127.0f);
+    const float d = fp16_to_fp32(y[b].d);
+    uint8_t q[256];
+    for (int g = 0; g < 16; ++g) {
+      y[b].scales[g] = int8_t(d > 0.0f ? round_clamp(scales[g] / d, -127, 127) : 0);
+      const float s = d * float(y[b].scales[g]);
+      for (int e = 0; e < 16; ++e) {
+        const float v = finite_or_zero(x[16 * g + e]);
+        q[16 * g + e] = uint8_t((s != 0.0f ? round_clamp(v / s, -32, 31) : 0) + 32);
+      }
+    }
+    std::memset(y[b].ql, 0, sizeof y[b].ql);
+    std::memset(y[b].qh, 0, sizeof y[b].qh);
+    for (int e = 0; e < 256; ++e) {
+      const int h = e / 128, w = e % 128, s = w / 32, l = w % 32;
+      uint8_t& lo = y[b].ql[64 * h + l + (s & 1 ? 32 : 0)];
+      lo = uint8_t(lo | ((q[e] & 0x0f) << (s >= 2 ? 4 : 0)));
+      y[b].qh[32 * h + l] = uint8_t(y[b].qh[32 * h + l] | ((q[e] >> 4) << (2 * s)));
+    }
+  }
+}
+
+void quantize_row_q8_k(const float* x, block_q8_k* y, int64_t k) {
+  for (int64_t b = 0; b < k / qk_k; ++b, x += qk_k) {
+    bool finite = true;
+    float amax = 0.0f;
+    for (int j = 0; j < qk_k; ++j) {
+      finite = finite && std::isfinite(x[j]);
+      amax = std::max(amax, std::fabs(x[j]));
+    }
+    std::memset(y[b].bsums, 0, sizeof y[b].bsums);
+    if (!finite) {
+      y[b].d = std::numeric_limits<float>::quiet_NaN();
+      std::memset(y[b].qs, 0, sizeof y[b].qs);
+      continue;
+    }
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = d;
+    for (int j = 0; j < qk_k; ++j) {
+      y[b].qs[j] = int8_t(std::nearbyint(x[j] * id));
+      y[b].bsums[j / 16] = int16_t(y[b].bsums[j / 16] + y[b].qs[j]);
+    }
+  }
+}
+
+void unpack_q4_k(const block_q4_k& b, uint8_t q[256], uint8_t sc[8], uint8_t mn[8]) noexcept {
+  unpack_k4_scales(b.scales, sc, mn);
+  for (int i = 0; i < 4; ++i)
+    for (int l = 0; l < 32; ++l) {
+      q[64 * i + l] = b.qs[32 * i + l] & 0x0f;
+      q[64 * i + 32 + l] = b.qs[32 * i + l] >> 4;
+    }
+}
+
+void unpack_q5_k(const block_q5_k& b, uint8_t q[256], uint8_t sc[8], uint8_t mn[8]) noexcept {
+  unpack_k4_scales(b.scales, sc, mn);
+  for (int i = 0; i < 4; ++i)
+    for (int l = 0; l < 32; ++l) {
+      q[64 * i + l] = uint8_t((b.qs[32 * i + l] & 0x0f) | (((b.qh[l] >> (2 * i)) & 1) << 4));
+      q[64 * i + 32 + l] = uint8_t((b.qs[32 * i + l] >> 4) | (((b.qh[l] >> (2 * i + 1)) & 1) << 4));
+    }
+}
+
+void unpack_q6_k(const block_q6_k& b, uint8_t q[256], int8_t sc[16]) noexcept {
+  std::memcpy(sc, b.scales, 16);
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, w = e % 128, s = w / 32, l = w % 32;
+    const uint8_t lo = b.ql[64 * h + l + (s & 1 ? 32 : 0)];
+    q[e] = uint8_t(((s >= 2 ? lo >> 4 : lo) & 0x0f) | (((b.qh[32 * h + l] >> (2 * s)) & 3) << 4));
+  }
+}
+
+namespace {
+
+template <class Block, void (*Unpack)(const Block&, uint8_t*, uint8_t*, uint8_t*) noexcept>
+float dot_k4(const Block* w, const block_q8_k* x, int64_t nb) noexcept {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t q[256], sc[8], mn[8];
+    Unpack(w[b], q, sc, mn);
+    int32_t sumi = 0, summ = 0;
+    for (int j = 0; j < 8; ++j) {
+      int32_t s = 0;
+      for (int e = 0; e < 32; ++e) s += q[32 * j + e] * x[b].qs[32 * j + e];
+      sumi += sc[j] * s;
+      summ += mn[j] * (x[b].bsums[2 * j] + x[b].bsums[2 * j + 1]);
+    }
+    acc = std::fma(float(sumi), fp16_to_fp32(w[b].d) * x[b].d, acc);
+    acc = std::fma(float(-summ), fp16_to_fp32(w[b].dmin) * x[b].d, acc);
+  }
+  return acc;
+}
+
+}  // namespace
+
+float dot_q4_k_q8_k(const block_q4_k* w, const block_q8_k* x, int64_t nb) noexcept {
+  return dot_k4<block_q4_k, unpack_q4_k>(w, x, nb);
+}
+
+float dot_q5_k_q8_k(const block_q5_k* w, const block_q8_k* x, int64_t nb) noexcept {
+  return dot_k4<block_q5_k, unpack_q5_k>(w, x, nb);
+}
+
+float dot_q6_k_q8_k(const block_q6_k* w, const block_q8_k* x, int64_t nb) noexcept {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t q[256];
+    int8_t sc[16];
+    unpack_q6_k(w[b], q, sc);
+    int32_t sumi = 0;
+    for (int g = 0; g < 16; ++g) {
+      int32_t s = 0;
+      for (int e = 0; e < 16; ++e) s += (q[16 * g + e] - 32) * x[b].qs[16 * g + e];
+      sumi += sc[g] * s;
+    }
+    acc = std::fma(float(sumi), fp16_to_fp32(w[b].d) * x[b].d, acc);
+  }
+  return acc;
 }
 
 }  // namespace qllm::ref

@@ -188,10 +188,11 @@ std::vector<uint8_t> random_blocks(const fmt& f, int64_t n_values, std::mt19937&
 
 }  // namespace
 
-TEST_CASE("models of mixed legacy and k-quant types load as Q8_0, bit-identical to a Q8_0 file") {
+TEST_CASE("models of mixed legacy and k-quant types: each matrix keeps its kernel or becomes Q8_0") {
   // A 2-layer model, dims multiples of 256; every matrix gets another type (the mix of a
   // Q4_K_M file and more), the embedding table Q6_K. The reference file holds the same values:
-  // the matrices quantized to Q8_0 from the dequantized blocks, the embeddings as F32.
+  // Q4_K/Q5_K/Q6_K matrices as they are (they have kernels), the others quantized to Q8_0 from
+  // the dequantized blocks, the embeddings as F32.
   const std::string dir = "/tmp/qllm_test_dequant_" + std::to_string(getpid());
   random_model_spec spec;
   spec.n_vocab = 512, spec.n_embd = 256, spec.n_layer = 2, spec.n_ff = 512, spec.n_head = 4, spec.n_head_kv = 2;
@@ -223,6 +224,8 @@ TEST_CASE("models of mixed legacy and k-quant types load as Q8_0, bit-identical 
     for (float v : vals) REQUIRE(std::isfinite(v));
     if (t.name == "token_embd.weight") {
       ref.add_tensor(t.name, ggml_type::f32, t.ne, vals.data(), vals.size() * 4);
+    } else if (!converted_at_load(f.type)) {
+      ref.add_tensor(t.name, f.type, t.ne, blocks.data(), blocks.size());
     } else {
       std::vector<block_q8_0> q(std::size_t(n / qk));
       ref::quantize_row_q8_0(vals.data(), q.data(), nullptr, n);
@@ -234,7 +237,7 @@ TEST_CASE("models of mixed legacy and k-quant types load as Q8_0, bit-identical 
   ref.write(dir + "_ref.gguf");
   const auto a = model::load(dir + "_mixed.gguf");
   const auto b = model::load(dir + "_ref.gguf");
-  CHECK_FALSE(a->file_mapped());  // converted: nothing reads the file after load
+  CHECK_FALSE(a->file_mapped());  // repacked or converted: nothing reads the file after load
   context_params cp;
   cp.n_threads = 2;
   context ca(a, cp), cb(b, cp);
@@ -255,6 +258,132 @@ TEST_CASE("models of mixed legacy and k-quant types load as Q8_0, bit-identical 
   std::remove((dir + "_f32.gguf").c_str());
   std::remove((dir + "_mixed.gguf").c_str());
   std::remove((dir + "_ref.gguf").c_str());
+}
+
+TEST_CASE("k-quant dots equal the dot of the dequantized rows") {
+  // ref::dot_q*_k_q8_k works from its own unpacking of the blocks; dequantize_row is the reader
+  // checked against hand-built blocks above. Both must describe the same numbers.
+  std::mt19937 rng(3);
+  for (const fmt& f : {kFormats[5], kFormats[6], kFormats[7]}) {
+    CAPTURE(std::string(gguf::type_name(f.type)));
+    const int64_t k = 1024;
+    const auto blocks = random_blocks(f, k, rng, 1.0f);
+    std::vector<float> w(k), x(k), xd(k);
+    ref::dequantize_row(f.type, blocks.data(), w.data(), k);
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    for (auto& v : x) v = g(rng);
+    std::vector<block_q8_k> xq(k / 256);
+    ref::quantize_row_q8_k(x.data(), xq.data(), k);
+    double want = 0, mag = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      xd[std::size_t(i)] = xq[std::size_t(i / 256)].d * float(xq[std::size_t(i / 256)].qs[i % 256]);
+      want += double(w[std::size_t(i)]) * xd[std::size_t(i)];
+      mag += std::fabs(double(w[std::size_t(i)]) * xd[std::size_t(i)]);
+    }
+    float got = 0;
+    if (f.type == ggml_type::q4_k) got = ref::dot_q4_k_q8_k(reinterpret_cast<const block_q4_k*>(blocks.data()), xq.data(), k / 256);
+    if (f.type == ggml_type::q5_k) got = ref::dot_q5_k_q8_k(reinterpret_cast<const block_q5_k*>(blocks.data()), xq.data(), k / 256);
+    if (f.type == ggml_type::q6_k) got = ref::dot_q6_k_q8_k(reinterpret_cast<const block_q6_k*>(blocks.data()), xq.data(), k / 256);
+    CHECK(std::fabs(got - want) <= 1e-5 * mag);
+    // and the bsums are the group sums
+    for (const auto& b : xq)
+      for (int gi = 0; gi < 16; ++gi) {
+        int s = 0;
+        for (int e = 0; e < 16; ++e) s += b.qs[16 * gi + e];
+        CHECK(b.bsums[gi] == s);
+      }
+  }
+}
+
+namespace {
+// Relative RMS of a's logits against b's, and how many of their top-1 tokens agree.
+std::pair<double, int> compare_logits(const std::vector<float>& la, const std::vector<float>& lb,
+                                      std::size_t n_tok, std::size_t n_vocab) {
+  double num = 0, den = 0;
+  int agree = 0;
+  for (std::size_t tk = 0; tk < n_tok; ++tk) {
+    std::size_t ia = 0, ib = 0;
+    for (std::size_t v = 0; v < n_vocab; ++v) {
+      const std::size_t i = tk * n_vocab + v;
+      num += (la[i] - lb[i]) * double(la[i] - lb[i]);
+      den += double(lb[i]) * lb[i];
+      if (la[i] > la[tk * n_vocab + ia]) ia = v;
+      if (lb[i] > lb[tk * n_vocab + ib]) ib = v;
+    }
+    agree += ia == ib;
+  }
+  return {den > 0 ? std::sqrt(num / den) : 1.0, agree};
+}
+}  // namespace
+
+TEST_CASE("Q4_K, Q5_K and Q6_K models run their kernels close to an F32 twin of the same values") {
+  // Every matrix in one k-type; twins hold the dequantized values as F32 (exact) and as Q8_0.
+  // The k-model's gap to the F32 twin is the Q8_K quantization of activations only: it must be
+  // of the size of the Q8_0 twin's gap (Q8_0 activations plus Q8_0 weights), not more.
+  const std::string dir = "/tmp/qllm_test_kmodel_" + std::to_string(getpid());
+  random_model_spec spec;
+  spec.n_vocab = 512, spec.n_embd = 256, spec.n_layer = 2, spec.n_ff = 512, spec.n_head = 4, spec.n_head_kv = 2;
+  spec.type = ggml_type::f32;
+  write_random_model(dir + "_f32.gguf", spec);
+  const auto src = gguf::file::open(dir + "_f32.gguf");
+  for (const fmt& f : {kFormats[5], kFormats[6], kFormats[7]}) {
+    CAPTURE(std::string(gguf::type_name(f.type)));
+    gguf::writer kq, twin, twin8;
+    for (const auto& [key, v] : src.metadata()) {
+      kq.set(key, v);
+      twin.set(key, v);
+      twin8.set(key, v);
+    }
+    std::mt19937 rng(11);
+    for (const auto& t : src.tensors()) {
+      if (t.ne.size() == 1) {
+        for (auto* w : {&kq, &twin, &twin8}) w->add_tensor(t.name, t.type, t.ne, src.tensor_data(t), t.bytes);
+        continue;
+      }
+      const int64_t n = t.ne[0] * t.ne[1];
+      const auto blocks = random_blocks(f, n, rng, 2.0f / std::sqrt(float(t.ne[0])));
+      std::vector<float> vals(static_cast<std::size_t>(n));
+      ref::dequantize_row(f.type, blocks.data(), vals.data(), n);
+      std::vector<block_q8_0> q8(std::size_t(n / qk));
+      ref::quantize_row_q8_0(vals.data(), q8.data(), nullptr, n);
+      kq.add_tensor(t.name, f.type, t.ne, blocks.data(), blocks.size());
+      twin.add_tensor(t.name, ggml_type::f32, t.ne, vals.data(), vals.size() * 4);
+      twin8.add_tensor(t.name, ggml_type::q8_0, t.ne, q8.data(), q8.size() * sizeof(block_q8_0));
+    }
+    kq.write(dir + "_k.gguf");
+    twin.write(dir + "_twin.gguf");
+    twin8.write(dir + "_twin8.gguf");
+    const auto a = model::load(dir + "_k.gguf");
+    CHECK(a->weight_type() == f.type);
+    const std::vector<int32_t> toks = {1, 300, 17, 499, 42, 8, 256, 3};
+    std::vector<float> la;
+    for (int threads : {1, 2}) {  // one result for any thread count
+      context_params cp;
+      cp.n_threads = threads;
+      context ca(a, cp);
+      const auto l = ca.eval(toks, true);
+      if (la.empty())
+        la.assign(l.begin(), l.end());
+      else
+        CHECK(std::memcmp(la.data(), l.data(), la.size() * 4) == 0);
+    }
+    auto logits = [&](const std::string& path) {
+      context c(model::load(path), context_params{});
+      const auto l = c.eval(toks, true);
+      return std::vector<float>(l.begin(), l.end());
+    };
+    const auto lb = logits(dir + "_twin.gguf");
+    const auto l8 = logits(dir + "_twin8.gguf");
+    const auto [rel, agree] = compare_logits(la, lb, toks.size(), 512);
+    const auto [rel8, agree8] = compare_logits(l8, lb, toks.size(), 512);
+    MESSAGE(std::string(gguf::type_name(f.type)) << ": relative RMS of logits vs the F32 twin " << rel
+                                                 << " (Q8_0 twin " << rel8 << "), top-1 " << agree
+                                                 << "/" << toks.size());
+    CHECK(rel > 0.0);  // the k-kernels ran, not the F32 path
+    CHECK(rel < 2.0 * rel8 + 1e-3);
+    CHECK(agree >= 7);
+  }
+  for (const char* s : {"_f32.gguf", "_k.gguf", "_twin.gguf", "_twin8.gguf"}) std::remove((dir + s).c_str());
 }
 
 TEST_CASE("k-quant rows whose length is not a multiple of 256 are refused naming the tensor") {

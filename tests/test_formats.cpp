@@ -241,7 +241,7 @@ TEST_CASE("reference matmul agrees with double precision for every weight type")
     }
     CHECK(std::sqrt(err / sig) < c.budget);
   }
-  CHECK_THROWS(ref::matmul(ggml_type::q4_k, w4.data(), n, k, x.data(), m, y.data()));
+  CHECK_THROWS(ref::matmul(ggml_type::q2_k, w4.data(), n, k, x.data(), m, y.data()));
   CHECK_THROWS(ref::matmul(ggml_type::q4_0, w4.data(), n, 33, x.data(), m, y.data()));
 }
 

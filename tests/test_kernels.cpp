@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "kernels/kernel_table.hpp"
 #include "qllm/reference.hpp"
@@ -53,6 +54,58 @@ std::vector<float> run_qgemm(const kernel_table& t, bool q4, const std::vector<B
     std::memcpy(out.data() + i * n, y.data() + i * ldy, size_t(n) * sizeof(float));
   }
   return out;
+}
+
+// The same for a k-quant type: GGUF super-blocks → panels → table t's gemm, x quantized to Q8_K.
+template <class Block, class Panel>
+std::vector<float> run_kgemm(const kernel_table& t, const std::vector<Block>& w, int64_t n, int64_t k,
+                             const std::vector<float>& x, int64_t m) {
+  const int64_t nb = k / qk_k, np = (n + 7) / 8;
+  std::vector<Panel> panels(static_cast<size_t>(np * nb));
+  auto gemm = t.gemm_q4_kx8;
+  if constexpr (std::is_same_v<Block, block_q4_k>) {
+    kernels::repack_q4_kx8(w.data(), n, nb, panels.data());
+  } else if constexpr (std::is_same_v<Block, block_q5_k>) {
+    kernels::repack_q5_kx8(w.data(), n, nb, panels.data());
+    gemm = t.gemm_q5_kx8;
+  } else {
+    kernels::repack_q6_kx8(w.data(), n, nb, panels.data());
+    gemm = t.gemm_q6_kx8;
+  }
+  std::vector<block_q8_k> xq(static_cast<size_t>(m * nb));
+  for (int64_t i = 0; i < m; ++i) ref::quantize_row_q8_k(x.data() + i * k, xq.data() + i * nb, k);
+  const int64_t ldy = n + 3;
+  std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
+  const kernels::kgemm_args a{panels.data(), nb, n, xq.data(), m, y.data(), ldy};
+  const int64_t mid = np / 2;
+  gemm(a, 0, mid);
+  gemm(a, mid, np);
+  std::vector<float> out(static_cast<size_t>(m * n));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t r = n; r < ldy; ++r) REQUIRE(y[i * ldy + r] == -7.0f);
+    std::memcpy(out.data() + i * n, y.data() + i * ldy, size_t(n) * sizeof(float));
+  }
+  return out;
+}
+
+// Blocks with every quant, scale and min at its extremes: the int16 bounds of the kernels.
+template <class Block>
+void make_extreme(std::vector<Block>& w, uint32_t seed) {
+  uint32_t s = seed;
+  for (auto& b : w) {
+    auto* bytes = reinterpret_cast<uint8_t*>(&b);
+    for (size_t i = 0; i < sizeof b; ++i) {
+      s = s * 1664525u + 1013904223u;
+      bytes[i] = (s >> 24) & 1 ? 0xff : uint8_t(s >> 16);
+    }
+    if constexpr (std::is_same_v<Block, block_q6_k>) {
+      b.d = 0x2c00;  // 1/16
+      for (auto& c : b.scales) c = (s >> 3) & 1 ? -128 : 127;
+    } else {
+      b.d = 0x2c00;
+      b.dmin = 0x2800;
+    }
+  }
 }
 
 }  // namespace
@@ -172,6 +225,88 @@ TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for b
       }
     }
   }
+}
+
+TEST_CASE("gemm Q4_K, Q5_K and Q6_K panels: every shape equals the reference bit for bit") {
+  const int64_t ns[] = {1, 7, 8, 9, 17};
+  const int64_t ks[] = {256, 768};
+  const int64_t ms[] = {1, 3, 5, 9};
+  for (auto* t : tables_under_test()) {
+    const std::string table = t->name;
+    CAPTURE(table);
+    for (int64_t n : ns) {
+      for (int64_t k : ks) {
+        for (int64_t m : ms) {
+          for (int extreme = 0; extreme < 2; ++extreme) {
+            CAPTURE(n);
+            CAPTURE(k);
+            CAPTURE(m);
+            CAPTURE(extreme);
+            const auto wf = test::gaussian(static_cast<size_t>(n * k), uint32_t(n * 1000 + k));
+            auto x = test::gaussian(static_cast<size_t>(m * k), uint32_t(m * 7 + k), 3.0f);
+            if (extreme)  // activations of full magnitude: quants of +-127
+              for (size_t i = 0; i < x.size(); ++i) x[i] = (i / 3) % 2 ? 1.0f : -1.0f;
+            std::vector<float> want(static_cast<size_t>(m * n));
+            std::vector<block_q4_k> w4(static_cast<size_t>(n * k / 256));
+            std::vector<block_q5_k> w5(w4.size());
+            std::vector<block_q6_k> w6(w4.size());
+            if (extreme) {
+              make_extreme(w4, uint32_t(n + k));
+              make_extreme(w5, uint32_t(n + 2 * k));
+              make_extreme(w6, uint32_t(n + 3 * k));
+            } else {
+              ref::quantize_row_q4_k(wf.data(), w4.data(), n * k);
+              ref::quantize_row_q5_k(wf.data(), w5.data(), n * k);
+              ref::quantize_row_q6_k(wf.data(), w6.data(), n * k);
+            }
+            ref::matmul(ggml_type::q4_k, w4.data(), n, k, x.data(), m, want.data());
+            auto got = run_kgemm<block_q4_k, kernels::block_q4_kx8>(*t, w4, n, k, x, m);
+            CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+            ref::matmul(ggml_type::q5_k, w5.data(), n, k, x.data(), m, want.data());
+            got = run_kgemm<block_q5_k, kernels::block_q5_kx8>(*t, w5, n, k, x, m);
+            CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+            ref::matmul(ggml_type::q6_k, w6.data(), n, k, x.data(), m, want.data());
+            got = run_kgemm<block_q6_k, kernels::block_q6_kx8>(*t, w6, n, k, x, m);
+            CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("k-quant panels hold exactly the GGUF super-blocks' quants and scales") {
+  std::vector<block_q4_k> w4(9 * 2);
+  std::vector<block_q5_k> w5(w4.size());
+  std::vector<block_q6_k> w6(w4.size());
+  make_extreme(w4, 1);
+  make_extreme(w5, 2);
+  make_extreme(w6, 3);
+  std::vector<kernels::block_q4_kx8> p4(4);
+  std::vector<kernels::block_q5_kx8> p5(4);
+  std::vector<kernels::block_q6_kx8> p6(4);
+  kernels::repack_q4_kx8(w4.data(), 9, 2, p4.data());
+  kernels::repack_q5_kx8(w5.data(), 9, 2, p5.data());
+  kernels::repack_q6_kx8(w6.data(), 9, 2, p6.data());
+  for (int64_t r = 0; r < 9; ++r)
+    for (int64_t b = 0; b < 2; ++b) {
+      uint8_t q[256], sc[8], mn[8], q2[256], sc2[8], mn2[8];
+      int8_t s6[16], s62[16];
+      const auto& P4 = p4[std::size_t((r / 8) * 2 + b)];
+      ref::unpack_q4_k(w4[std::size_t(r * 2 + b)], q, sc, mn);
+      kernels::unpack_panel_row(P4, int(r % 8), q2, sc2, mn2);
+      CHECK(std::memcmp(q, q2, 256) == 0);
+      CHECK(std::memcmp(sc, sc2, 8) == 0);
+      CHECK(std::memcmp(mn, mn2, 8) == 0);
+      ref::unpack_q5_k(w5[std::size_t(r * 2 + b)], q, sc, mn);
+      kernels::unpack_panel_row(p5[std::size_t((r / 8) * 2 + b)], int(r % 8), q2, sc2, mn2);
+      CHECK(std::memcmp(q, q2, 256) == 0);
+      CHECK(std::memcmp(mn, mn2, 8) == 0);
+      ref::unpack_q6_k(w6[std::size_t(r * 2 + b)], q, s6);
+      kernels::unpack_panel_row(p6[std::size_t((r / 8) * 2 + b)], int(r % 8), q2, s62);
+      CHECK(std::memcmp(q, q2, 256) == 0);
+      CHECK(std::memcmp(s6, s62, 16) == 0);
+    }
 }
 
 TEST_CASE("gemm with F16 and F32 weights equals the reference") {

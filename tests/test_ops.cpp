@@ -56,7 +56,10 @@ TEST_CASE("matmul: bit-identical for 1, 2, 3 and 7 threads, equal to the referen
 TEST_CASE("packed_weights rejects what no kernel can read") {
   std::vector<block_q4_0> w(4);
   CHECK_THROWS_AS(ops::packed_weights(ggml_type::q4_0, w.data(), 2, 48), error);
-  CHECK_THROWS_AS(ops::packed_weights(ggml_type::q4_k, w.data(), 2, 256), error);
+  CHECK_THROWS_AS(ops::packed_weights(ggml_type::q2_k, w.data(), 2, 256), error);
+  std::vector<block_q4_k> wk(4);
+  CHECK_THROWS_AS(ops::packed_weights(ggml_type::q4_k, wk.data(), 2, 128), error);  // not 256 k
+  CHECK(ops::packed_weights(ggml_type::q6_k, wk.data(), 2, 256).bytes() == sizeof(kernels::block_q6_kx8));
   CHECK_THROWS_AS(ops::packed_weights(ggml_type::q8_0, w.data(), 0, 32), error);
   const ops::packed_weights ok(ggml_type::q4_0, w.data(), 2, 64);
   CHECK(ok.bytes() == 2 * sizeof(kernels::block_q4_0x8));  // one panel, two block columns

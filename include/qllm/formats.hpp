@@ -24,6 +24,47 @@ struct block_q8_0 {
 static_assert(sizeof(block_q8_0) == 34);
 static_assert(offsetof(block_q8_0, qs) == 2);
 
+// The k-quants: super-blocks of 256 weights (docs/formats.md has the element order).
+inline constexpr int qk_k = 256;
+
+// Q4_K: 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed in `scales` (sub-block
+// j < 4: low 6 bits of bytes j and j + 4; j >= 4: nibbles of byte j + 4, top bits in bytes j - 4
+// and j). value = d * scale_j * q - dmin * min_j, q in 0..15. Byte l of qs[32 i .. 32 i + 31]:
+// low nibble element 64 i + l, high nibble element 64 i + 32 + l.
+struct block_q4_k {
+  uint16_t d, dmin;  // fp16
+  uint8_t scales[12];
+  uint8_t qs[128];
+};
+static_assert(sizeof(block_q4_k) == 144);
+// Q5_K: Q4_K plus a fifth bit: bit j of qh[l] is the high bit of element 32 j + l (q in 0..31).
+struct block_q5_k {
+  uint16_t d, dmin;
+  uint8_t scales[12];
+  uint8_t qh[32];
+  uint8_t qs[128];
+};
+static_assert(sizeof(block_q5_k) == 176);
+// Q6_K: 16 groups of 16 with int8 scales; value = d * scale_g * (q - 32), q in 0..63. For half
+// h (elements 128 h ..) and l < 32: ql[64 h + l] low/high nibble = elements l / l + 64,
+// ql[64 h + 32 + l] = elements l + 32 / l + 96; bits 2s..2s+1 of qh[32 h + l] are the top bits of
+// element l + 32 s. Group g = element / 16.
+struct block_q6_k {
+  uint8_t ql[128];
+  uint8_t qh[64];
+  int8_t scales[16];
+  uint16_t d;
+};
+static_assert(sizeof(block_q6_k) == 210);
+// Q8_K: the activations of the k-quant kernels (GGUF's layout): value = d * q, bsums[g] = sum of
+// the 16 quants of group g.
+struct block_q8_k {
+  float d;
+  int8_t qs[qk_k];
+  int16_t bsums[qk_k / 16];
+};
+static_assert(sizeof(block_q8_k) == 292);
+
 // GGUF tensor types qllm knows by number (ggml_type values).
 enum class ggml_type : uint32_t {
   f32 = 0,

@@ -45,8 +45,8 @@ class tokenizer;
 
 // Immutable after load; share one model between many contexts on different threads.
 // True for the weight types model::load reads without kernels of their own (Q4_1, Q5_0, Q5_1,
-// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): their matrices are dequantized and stored as Q8_0 at load, so
-// they run at Q8_0's speed and memory (docs/formats.md).
+// Q2_K, Q3_K): their matrices are dequantized and stored as Q8_0 at load, so they run at Q8_0's
+// speed and memory (docs/formats.md). Q4_K, Q5_K and Q6_K have kernels.
 bool converted_at_load(ggml_type t) noexcept;
 
 class model {

@@ -26,11 +26,36 @@ inline constexpr uint16_t fp16_nan_q8 = 0x7e00;
 void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k);
 void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t k);
 
-// Any GGUF weight type qllm reads → f32: f32, f16, bf16, q4_0, q8_0, and (converted to Q8_0 at
-// load, no kernels of their own yet) q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, with the byte
+// Any GGUF weight type qllm reads → f32: f32, f16, bf16, q4_0, q8_0, q4_k, q5_k, q6_k, and
+// (converted to Q8_0 at load, no kernels of their own) q4_1, q5_0, q5_1, q2_k, q3_k, with the byte
 // layouts GGUF defines (docs/formats.md). `src` holds k values (k a multiple of the type's block).
 // Throws std::invalid_argument for another type.
 void dequantize_row(ggml_type type, const void* src, float* y, int64_t k);
+
+// --- k-quants: super-blocks of 256 (k a multiple of 256) ---
+// Quantizers (for writing files: gen-random, quantize). Q4_K/Q5_K: per sub-block of 32 the range
+// [min(0, lo), hi] over 15 (31) steps, the sub-block scales and mins quantized to 6 bits against
+// the super-block's d = max scale / 63, dmin = max min / 63; each weight rounded to the nearest
+// step of its dequantized grid. Q6_K: per group of 16 the value of largest magnitude maps to -32,
+// group scales in int8 against d = max |scale| / 127. Non-finite inputs count as 0.
+void quantize_row_q4_k(const float* x, block_q4_k* y, int64_t k);
+void quantize_row_q5_k(const float* x, block_q5_k* y, int64_t k);
+void quantize_row_q6_k(const float* x, block_q6_k* y, int64_t k);
+// Q8_K activations: d = amax / 127 (f32), q = round-to-nearest-even(x / d), bsums per 16. A
+// super-block holding a NaN or an infinity becomes d = NaN, all quants and sums 0.
+void quantize_row_q8_k(const float* x, block_q8_k* y, int64_t k);
+// One super-block's quants in element order (0..15, 0..31, 0..63), its sub-block scales and mins
+// (Q4_K/Q5_K, 8 of each) or group scales (Q6_K, 16).
+void unpack_q4_k(const block_q4_k& b, uint8_t q[256], uint8_t sc[8], uint8_t mn[8]) noexcept;
+void unpack_q5_k(const block_q5_k& b, uint8_t q[256], uint8_t sc[8], uint8_t mn[8]) noexcept;
+void unpack_q6_k(const block_q6_k& b, uint8_t q[256], int8_t sc[16]) noexcept;
+// Canonical k-quant dots over nb super-blocks: exact integer sums per super-block, then
+//   Q4_K/Q5_K: sumi = sum_j sc_j * sum_{e in j} q_e x_e, summ = sum_j mn_j (bsums[2j] + bsums[2j+1]),
+//              acc = fma(float(sumi), d_w * d_x, acc); acc = fma(float(-summ), dmin_w * d_x, acc)
+//   Q6_K:      sumi = sum_g sc_g * sum_{e in g} (q_e - 32) x_e, acc = fma(float(sumi), d_w * d_x, acc)
+float dot_q4_k_q8_k(const block_q4_k* w, const block_q8_k* x, int64_t nb) noexcept;
+float dot_q5_k_q8_k(const block_q5_k* w, const block_q8_k* x, int64_t nb) noexcept;
+float dot_q6_k_q8_k(const block_q6_k* w, const block_q8_k* x, int64_t nb) noexcept;
 
 // --- dot products ---
 int32_t dot_block_q4_0_q8_0(const block_q4_0& w, const block_q8_0& x) noexcept;  // exact
@@ -40,8 +65,8 @@ float dot_q8_0_q8_0(const block_q8_0* w, const block_q8_0* x, int64_t nb) noexce
 float dot_f16_f32(const uint16_t* w, const float* x, int64_t n) noexcept;
 float dot_f32(const float* w, const float* x, int64_t n) noexcept;
 
-// Reference matmul y[m][n] = W[n][:] . x[m][:] for W of type f32, f16, q4_0 or q8_0 (rows of
-// k elements, GGUF layout). Activations are quantized to Q8_0 for quantized weights.
+// Reference matmul y[m][n] = W[n][:] . x[m][:] for W of type f32, f16, q4_0, q8_0, q4_k, q5_k or
+// q6_k (rows of k elements, GGUF layout). Activations are quantized to Q8_0 (Q8_K for k-quants).
 // Throws std::invalid_argument for another type or a k that the type cannot hold.
 void matmul(ggml_type type, const void* w, int64_t n, int64_t k, const float* x, int64_t m,
             float* y);

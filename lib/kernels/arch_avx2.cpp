@@ -3,6 +3,7 @@
 // (arch_exports.hpp says why).
 #include "kernels/arch_exports.hpp"
 #include "kernels/float_ops.hpp"
+#include "kernels/x86_avx2_kquant.hpp"
 #include "kernels/x86_avx2_qgemm.hpp"
 
 namespace qllm::kernels {
@@ -26,6 +27,9 @@ extern constinit const kernel_table table_avx2 = {
     quantize_row_q8_0_avx2,
     gemm_q4_0x8_avx2,
     gemm_q8_0x8_avx2,
+    gemm_kx8_avx2<4>,
+    gemm_kx8_avx2<5>,
+    gemm_kx8_avx2<6>,
     gemm_float<h_avx2, uint16_t>,
     gemm_float<h_avx2, float>,
     dot_f32<h_avx2>,

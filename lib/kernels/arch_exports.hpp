@@ -36,5 +36,8 @@ void gemm_q4_0x8_avx512_vnni(const qgemm_args& a, int64_t p0, int64_t p1);
 void gemm_q8_0x8_avx512_vnni(const qgemm_args& a, int64_t p0, int64_t p1);
 void gemm_q4_0x8_neon_dotprod(const qgemm_args& a, int64_t p0, int64_t p1);
 void gemm_q8_0x8_neon_dotprod(const qgemm_args& a, int64_t p0, int64_t p1);
+void gemm_q4_kx8_neon_dotprod(const kgemm_args& a, int64_t p0, int64_t p1);
+void gemm_q5_kx8_neon_dotprod(const kgemm_args& a, int64_t p0, int64_t p1);
+void gemm_q6_kx8_neon_dotprod(const kgemm_args& a, int64_t p0, int64_t p1);
 
 }  // namespace qllm::kernels

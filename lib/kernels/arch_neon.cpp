@@ -4,6 +4,7 @@
 
 #include "kernels/arch_exports.hpp"
 #include "kernels/float_ops.hpp"
+#include "kernels/neon_kquant.hpp"
 #include "kernels/neon_qgemm.hpp"
 #include "qllm/reference.hpp"
 
@@ -66,6 +67,9 @@ extern constinit const kernel_table table_neon = {
     quantize_row_q8_0,
     gemm_neon<false, true>,
     gemm_neon<false, false>,
+    gemm_kx8_neon<false, 4>,
+    gemm_kx8_neon<false, 5>,
+    gemm_kx8_neon<false, 6>,
     gemm_float<h_neon, uint16_t>,
     gemm_float<h_neon, float>,
     dot_f32<h_neon>,

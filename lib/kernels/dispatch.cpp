@@ -33,6 +33,20 @@ namespace {
   k.gemm_q8_0x8 = q8;
   return k;
 }
+// The same, with k-quant kernels of its own too.
+[[maybe_unused]] kernel_table derive(const kernel_table& base, const char* name,
+                                     bool (*supported)(const cpu_features&),
+                                     decltype(kernel_table::gemm_q4_0x8) q4,
+                                     decltype(kernel_table::gemm_q8_0x8) q8,
+                                     decltype(kernel_table::gemm_q4_kx8) q4k,
+                                     decltype(kernel_table::gemm_q5_kx8) q5k,
+                                     decltype(kernel_table::gemm_q6_kx8) q6k) {
+  kernel_table k = derive(base, name, supported, q4, q8);
+  k.gemm_q4_kx8 = q4k;
+  k.gemm_q5_kx8 = q5k;
+  k.gemm_q6_kx8 = q6k;
+  return k;
+}
 }  // namespace
 
 const std::vector<const kernel_table*>& compiled_tables() {
@@ -46,7 +60,8 @@ const std::vector<const kernel_table*>& compiled_tables() {
 #if QLLM_HAVE_NEON
   static const kernel_table neon_dotprod =
       derive(table_neon, "neon_dotprod", supported_neon_dotprod, gemm_q4_0x8_neon_dotprod,
-             gemm_q8_0x8_neon_dotprod);
+             gemm_q8_0x8_neon_dotprod, gemm_q4_kx8_neon_dotprod, gemm_q5_kx8_neon_dotprod,
+             gemm_q6_kx8_neon_dotprod);
 #endif
   static const std::vector<const kernel_table*> all = [&] {
     std::vector<const kernel_table*> v;

@@ -26,9 +26,49 @@ struct block_q8_0x8 {
 };
 static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0));
 
+// K-quant panels: 8 rows of one super-block (256 weights), sub-block scales unpacked to bytes.
+// Q4_Kx8: sc[i][r] / mn[i][r] are the scales / mins of sub-blocks 2i and 2i+1 of row r. In
+// qs[i] (256 bytes) chunk c (0..7) is qs[i][32c .. 32c+31], where row r owns bytes 32c+4r+e
+// (e = 0..3): the low nibble is element 4c+e of sub-block 2i, the high nibble that of 2i+1.
+struct block_q4_kx8 {
+  uint16_t d[8], dmin[8];
+  uint8_t sc[4][8][2];
+  uint8_t mn[4][8][2];
+  uint8_t qs[4][256];
+};
+static_assert(sizeof(block_q4_kx8) == 8 * 148);
+// Q5_Kx8: Q4_Kx8 plus qh[c], c = 0..7: row r owns bytes 4r+e, whose bit j is the fifth bit of
+// element 4c+e of sub-block j.
+struct block_q5_kx8 {
+  uint16_t d[8], dmin[8];
+  uint8_t sc[4][8][2];
+  uint8_t mn[4][8][2];
+  uint8_t qs[4][256];
+  uint8_t qh[8][32];
+};
+static_assert(sizeof(block_q5_kx8) == 8 * 180);
+// Q6_Kx8: sc[j][r] are the scales of groups 2j and 2j+1 (sub-block j) of row r; ql as Q4_Kx8's
+// qs (the low 4 bits of each quant); qh[h] (h = 0, 1) chunk c: row r owns bytes 32c+4r+e, whose
+// bits 2s..2s+1 are the top bits of element 4c+e of sub-block 4h+s.
+struct block_q6_kx8 {
+  uint16_t d[8];
+  int8_t sc[8][8][2];
+  uint8_t ql[4][256];
+  uint8_t qh[2][256];
+};
+static_assert(sizeof(block_q6_kx8) == 8 * 210);
+
 // Repack n rows of nb GGUF blocks into ceil(n/8) panels of nb blocks; missing rows are zero.
 void repack_q4_0x8(const block_q4_0* src, int64_t n, int64_t nb, block_q4_0x8* dst) noexcept;
 void repack_q8_0x8(const block_q8_0* src, int64_t n, int64_t nb, block_q8_0x8* dst) noexcept;
+// The same for nb super-blocks per row.
+void repack_q4_kx8(const block_q4_k* src, int64_t n, int64_t nb, block_q4_kx8* dst) noexcept;
+void repack_q5_kx8(const block_q5_k* src, int64_t n, int64_t nb, block_q5_kx8* dst) noexcept;
+void repack_q6_kx8(const block_q6_k* src, int64_t n, int64_t nb, block_q6_kx8* dst) noexcept;
+// Row r of a panel back in element order (what ref::unpack_q*_k gives for the GGUF block).
+void unpack_panel_row(const block_q4_kx8& p, int r, uint8_t q[256], uint8_t sc[8], uint8_t mn[8]) noexcept;
+void unpack_panel_row(const block_q5_kx8& p, int r, uint8_t q[256], uint8_t sc[8], uint8_t mn[8]) noexcept;
+void unpack_panel_row(const block_q6_kx8& p, int r, uint8_t q[256], int8_t sc[16]) noexcept;
 
 // One quantized matmul call: y[t * ldy + row] = W[row] . x[t] for t < m and every row of panels
 // [p0, p1) below n.
@@ -41,6 +81,17 @@ struct qgemm_args {
   int64_t m;             // tokens
   float* y;              // output
   int64_t ldy;           // stride between tokens in y
+};
+
+// One k-quant matmul call: as qgemm_args, with nb super-blocks per row and Q8_K activations.
+struct kgemm_args {
+  const void* w;        // [n_panels][nb] block_q4_kx8, block_q5_kx8 or block_q6_kx8
+  int64_t nb;           // super-blocks per row (k / 256)
+  int64_t n;            // rows of W
+  const block_q8_k* x;  // [m][nb]
+  int64_t m;
+  float* y;
+  int64_t ldy;
 };
 
 // Float-weight matmul (f32 activations, rows [r0, r1)): y[t * ldy + r] = W[r] . x[t].
@@ -60,6 +111,9 @@ struct kernel_table {
   void (*quantize_row_q8_0)(const float* x, block_q8_0* y, int32_t* sums, int64_t k);
   void (*gemm_q4_0x8)(const qgemm_args& a, int64_t p0, int64_t p1);
   void (*gemm_q8_0x8)(const qgemm_args& a, int64_t p0, int64_t p1);
+  void (*gemm_q4_kx8)(const kgemm_args& a, int64_t p0, int64_t p1);
+  void (*gemm_q5_kx8)(const kgemm_args& a, int64_t p0, int64_t p1);
+  void (*gemm_q6_kx8)(const kgemm_args& a, int64_t p0, int64_t p1);
   void (*gemm_f16)(const fgemm_args& a, int64_t r0, int64_t r1);
   void (*gemm_f32)(const fgemm_args& a, int64_t r0, int64_t r1);
 

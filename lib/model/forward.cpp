@@ -124,8 +124,8 @@ void context_impl::allocate_buffers() {
   hb2.resize(std::size_t(M * F));
   attn_scratch.resize(ops::attention_scratch_floats(nt, n_ctx));
   logits.resize(std::size_t(c.n_vocab));
-  if (E % qk == 0) aq_embd = ops::act_q8(M, E);
-  if (F % qk == 0) aq_ff = ops::act_q8(M, F);
+  if (E % qk == 0) aq_embd = ops::act_q8(M, E, w.k_quants);
+  if (F % qk == 0) aq_ff = ops::act_q8(M, F, w.k_quants);
 }
 
 // One pass over m <= n_batch tokens at positions n_past .. n_past+m-1.

@@ -113,15 +113,15 @@ const gguf::tensor_info& need(const gguf::file& f, const std::string& name, int6
 }
 
 bool matrix_type_ok(ggml_type t) {
-  return t == ggml_type::q4_0 || t == ggml_type::q8_0 || t == ggml_type::f16 ||
-         t == ggml_type::bf16 || t == ggml_type::f32 || converted_at_load(t);
+  return t == ggml_type::q4_0 || t == ggml_type::q8_0 || ops::packed_weights::k_quant(t) ||
+         t == ggml_type::f16 || t == ggml_type::bf16 || t == ggml_type::f32 || converted_at_load(t);
 }
 
 }  // namespace
 
 bool converted_at_load(ggml_type t) noexcept {
   return t == ggml_type::q4_1 || t == ggml_type::q5_0 || t == ggml_type::q5_1 || t == ggml_type::q2_k ||
-         t == ggml_type::q3_k || t == ggml_type::q4_k || t == ggml_type::q5_k || t == ggml_type::q6_k;
+         t == ggml_type::q3_k;
 }
 
 namespace {
@@ -156,8 +156,8 @@ class loader {
     if (!matrix_type_ok(t.type))
       throw error(errc::unsupported, "model: tensor '" + t.name + "' has type " +
                                          gguf::type_name(t.type) +
-                                         ", which qllm cannot run (q4_0, q8_0, f16, bf16, f32; "
-                                         "q4_1, q5_0, q5_1, q2_k..q6_k converted to q8_0)");
+                                         ", which qllm cannot run (q4_0, q8_0, q4_k, q5_k, q6_k, f16, bf16, f32; "
+                                         "q4_1, q5_0, q5_1, q2_k, q3_k converted to q8_0)");
     if (converted_at_load(t.type)) return ggml_type::q8_0;  // no kernels of their own yet
     if (opt_.quantize_float_weights && !ops::packed_weights::repacked(t.type)) return ggml_type::q8_0;
     if (t.type == ggml_type::bf16) return ggml_type::f32;
@@ -171,6 +171,7 @@ class loader {
   ops::packed_weights matrix(const gguf::tensor_info& t, uint8_t*& arena_cursor, bool release) {
     const int64_t k = t.ne[0], n = t.ne[1];
     const ggml_type tt = target(t);
+    if (ops::packed_weights::k_quant(tt)) m_.k_quants = true;
     const uint8_t* src = m_.file->tensor_data(t);
     const int nt = opt_.n_threads > 0 ? opt_.n_threads : ops::default_threads();
     if (tt == t.type) {

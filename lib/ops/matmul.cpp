@@ -8,6 +8,7 @@
 #include <string>
 
 #include "qllm/error.hpp"
+#include "qllm/reference.hpp"
 
 namespace qllm::ops {
 
@@ -15,9 +16,15 @@ void packed_weights::aligned_free::operator()(void* p) const noexcept { std::fre
 
 std::size_t packed_weights::packed_size(ggml_type type, int64_t n, int64_t k) noexcept {
   if (!repacked(type) || n <= 0 || k <= 0) return 0;
-  const std::size_t panel = type == ggml_type::q4_0 ? sizeof(kernels::block_q4_0x8)
-                                                     : sizeof(kernels::block_q8_0x8);
-  return std::size_t((n + 7) / 8) * std::size_t(k / qk) * panel;
+  std::size_t panel = 0;
+  switch (type) {
+    case ggml_type::q4_0: panel = sizeof(kernels::block_q4_0x8); break;
+    case ggml_type::q8_0: panel = sizeof(kernels::block_q8_0x8); break;
+    case ggml_type::q4_k: panel = sizeof(kernels::block_q4_kx8); break;
+    case ggml_type::q5_k: panel = sizeof(kernels::block_q5_kx8); break;
+    default: panel = sizeof(kernels::block_q6_kx8); break;
+  }
+  return std::size_t((n + 7) / 8) * std::size_t(k / (k_quant(type) ? qk_k : qk)) * panel;
 }
 
 packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64_t k,
@@ -28,10 +35,14 @@ packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64
   const int64_t nb = k / qk;
   switch (type) {
     case ggml_type::q4_0:
-    case ggml_type::q8_0: {
-      if (k % qk != 0)
-        throw error(errc::invalid_argument,
-                    "packed_weights: row length " + std::to_string(k) + " is not a multiple of 32");
+    case ggml_type::q8_0:
+    case ggml_type::q4_k:
+    case ggml_type::q5_k:
+    case ggml_type::q6_k: {
+      const int64_t block = k_quant(type) ? qk_k : qk;
+      if (k % block != 0)
+        throw error(errc::invalid_argument, "packed_weights: row length " + std::to_string(k) +
+                                                " is not a multiple of " + std::to_string(block));
       bytes_ = packed_size(type, n, k);
       void* p = dst;
       if (!p) {
@@ -47,12 +58,29 @@ packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64
 #pragma omp parallel for schedule(static) num_threads(std::max(1, n_threads))
       for (int64_t pp = 0; pp < np; ++pp) {
         const int64_t rows = std::min<int64_t>(8, n - pp * 8);
-        if (type == ggml_type::q4_0)
-          kernels::repack_q4_0x8(static_cast<const block_q4_0*>(src) + pp * 8 * nb, rows, nb,
-                                 static_cast<kernels::block_q4_0x8*>(p) + pp * nb);
-        else
-          kernels::repack_q8_0x8(static_cast<const block_q8_0*>(src) + pp * 8 * nb, rows, nb,
-                                 static_cast<kernels::block_q8_0x8*>(p) + pp * nb);
+        const int64_t nbk = k / qk_k;
+        switch (type) {
+          case ggml_type::q4_0:
+            kernels::repack_q4_0x8(static_cast<const block_q4_0*>(src) + pp * 8 * nb, rows, nb,
+                                   static_cast<kernels::block_q4_0x8*>(p) + pp * nb);
+            break;
+          case ggml_type::q8_0:
+            kernels::repack_q8_0x8(static_cast<const block_q8_0*>(src) + pp * 8 * nb, rows, nb,
+                                   static_cast<kernels::block_q8_0x8*>(p) + pp * nb);
+            break;
+          case ggml_type::q4_k:
+            kernels::repack_q4_kx8(static_cast<const block_q4_k*>(src) + pp * 8 * nbk, rows, nbk,
+                                   static_cast<kernels::block_q4_kx8*>(p) + pp * nbk);
+            break;
+          case ggml_type::q5_k:
+            kernels::repack_q5_kx8(static_cast<const block_q5_k*>(src) + pp * 8 * nbk, rows, nbk,
+                                   static_cast<kernels::block_q5_kx8*>(p) + pp * nbk);
+            break;
+          default:
+            kernels::repack_q6_kx8(static_cast<const block_q6_k*>(src) + pp * 8 * nbk, rows, nbk,
+                                   static_cast<kernels::block_q6_kx8*>(p) + pp * nbk);
+            break;
+        }
       }
       break;
     }
@@ -70,9 +98,10 @@ packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64
   }
 }
 
-act_q8::act_q8(int64_t m_max_, int64_t k_)
+act_q8::act_q8(int64_t m_max_, int64_t k_, bool k_quants)
     : blocks(new block_q8_0[std::size_t(m_max_ * (k_ / qk))]),
       sums(new int32_t[std::size_t(m_max_ * (k_ / qk))]),
+      kblocks(k_quants && k_ % qk_k == 0 ? new block_q8_k[std::size_t(m_max_ * (k_ / qk_k))] : nullptr),
       m_max(m_max_),
       k(k_) {}
 
@@ -80,14 +109,20 @@ void quantize_activations(const kernels::kernel_table& kt, const float* x, int64
                           int n_threads) {
   const int64_t nb = a.k / qk;
 #pragma omp parallel for schedule(static) num_threads(std::max(1, n_threads)) if (m > 1)
-  for (int64_t t = 0; t < m; ++t)
+  for (int64_t t = 0; t < m; ++t) {
     kt.quantize_row_q8_0(x + t * a.k, a.blocks.get() + t * nb, a.sums.get() + t * nb, a.k);
+    // one scalar pass for every table: O(k) per token against the O(n k) of the matmul
+    if (a.kblocks) ref::quantize_row_q8_k(x + t * a.k, a.kblocks.get() + t * (a.k / qk_k), a.k);
+  }
 }
 
 void matmul(const kernels::kernel_table& kt, const packed_weights& w, const float* x,
             const act_q8* xq, int64_t m, float* y, int64_t ldy, int n_threads) {
   const int nt = std::max(1, n_threads);
-  const bool quant = w.type() == ggml_type::q4_0 || w.type() == ggml_type::q8_0;
+  const bool quant = packed_weights::repacked(w.type());
+  const bool kq = packed_weights::k_quant(w.type());
+  if (kq && (!xq || !xq->kblocks))
+    throw error(errc::invalid_argument, "matmul: k-quant weights need Q8_K activations");
   // Units of work: panels (8 rows) for quantized weights, rows for float weights.
   const int64_t units = quant ? (w.rows() + 7) / 8 : w.rows();
   // Token blocks keep a block of activations in L2 while a chunk of panels sweeps over it.
@@ -103,7 +138,16 @@ void matmul(const kernels::kernel_table& kt, const packed_weights& w, const floa
     const int64_t ti = it / n_chunks, ci = it % n_chunks;
     const int64_t t0 = ti * tb, tn = std::min(tb, m - t0);
     const int64_t u0 = ci * chunk, u1 = std::min(units, u0 + chunk);
-    if (quant) {
+    if (kq) {
+      const int64_t nb = w.cols() / qk_k;
+      const kernels::kgemm_args a{w.data(), nb, w.rows(), xq->kblocks.get() + t0 * nb, tn, y + t0 * ldy, ldy};
+      if (w.type() == ggml_type::q4_k)
+        kt.gemm_q4_kx8(a, u0, u1);
+      else if (w.type() == ggml_type::q5_k)
+        kt.gemm_q5_kx8(a, u0, u1);
+      else
+        kt.gemm_q6_kx8(a, u0, u1);
+    } else if (quant) {
       const int64_t nb = w.cols() / qk;
       const kernels::qgemm_args a{w.data(), nb, w.rows(), xq->blocks.get() + t0 * nb,
                                   xq->sums.get() + t0 * nb, tn, y + t0 * ldy, ldy};

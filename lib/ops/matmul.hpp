@@ -23,9 +23,13 @@ class packed_weights {
                  void* dst = nullptr);
   // Bytes a repack of this matrix needs (0 for types read in place: f16, f32).
   static std::size_t packed_size(ggml_type type, int64_t n, int64_t k) noexcept;
-  // Whether `type` is repacked (q4_0, q8_0) rather than read in place.
+  // Whether `type` is repacked (q4_0, q8_0, q4_k, q5_k, q6_k) rather than read in place.
   static bool repacked(ggml_type type) noexcept {
-    return type == ggml_type::q4_0 || type == ggml_type::q8_0;
+    return type == ggml_type::q4_0 || type == ggml_type::q8_0 || k_quant(type);
+  }
+  // Whether `type` is a k-quant with kernels (rows a multiple of 256, Q8_K activations).
+  static bool k_quant(ggml_type type) noexcept {
+    return type == ggml_type::q4_k || type == ggml_type::q5_k || type == ggml_type::q6_k;
   }
 
   ggml_type type() const noexcept { return type_; }
@@ -45,13 +49,15 @@ class packed_weights {
   std::size_t bytes_ = 0;
 };
 
-// Quantized activations of m tokens (allocated once, reused: no allocation per call).
+// Quantized activations of m tokens (allocated once, reused: no allocation per call): Q8_0 for
+// Q4_0/Q8_0 weights and, when asked for (k a multiple of 256), Q8_K for the k-quants.
 struct act_q8 {
   std::unique_ptr<block_q8_0[]> blocks;  // [m_max][k/32]
   std::unique_ptr<int32_t[]> sums;       // [m_max][k/32]
+  std::unique_ptr<block_q8_k[]> kblocks;  // [m_max][k/256], or null
   int64_t m_max = 0, k = 0;
   act_q8() = default;
-  act_q8(int64_t m_max, int64_t k);
+  act_q8(int64_t m_max, int64_t k, bool k_quants = false);
 };
 
 // Quantizes x[m][k] into a (m <= a.m_max, k == a.k).
@@ -59,7 +65,7 @@ void quantize_activations(const kernels::kernel_table& kt, const float* x, int64
                           int n_threads);
 
 // y[t * ldy + r] = W[r] . x[t] for t < m. Quantized weights read `xq` (already quantized from
-// x); float weights read x. ldy >= w.rows().
+// x; k-quants need its kblocks); float weights read x. ldy >= w.rows().
 void matmul(const kernels::kernel_table& kt, const packed_weights& w, const float* x,
             const act_q8* xq, int64_t m, float* y, int64_t ldy, int n_threads);
 
