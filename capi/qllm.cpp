@@ -411,6 +411,7 @@ QLLM_API qllm_status qllm_model_get_info(const qllm_model* model, qllm_model_inf
     std::strncpy(i.weight_type_name, qllm::gguf::type_name(m.weight_type()), sizeof i.weight_type_name - 1);
     std::strncpy(i.isa, m.isa(), sizeof i.isa - 1);
     i.load_seconds = m.load_seconds();
+    std::strncpy(i.weight_mix, m.weight_mix().c_str(), sizeof i.weight_mix - 1);
     write_struct(info, i, "qllm_model_info");
   });
 }

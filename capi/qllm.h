@@ -45,13 +45,13 @@ extern "C" {
 
 /* ---- version ---- */
 #define QLLM_VERSION_MAJOR 0
-#define QLLM_VERSION_MINOR 3
+#define QLLM_VERSION_MINOR 4
 #define QLLM_VERSION_PATCH 0
 #define QLLM_VERSION_NUMBER (QLLM_VERSION_MAJOR * 10000 + QLLM_VERSION_MINOR * 100 + QLLM_VERSION_PATCH)
 
 /* The library's QLLM_VERSION_NUMBER (may be newer than the header's). Thread-safe. */
 QLLM_API uint32_t qllm_version(void);
-/* "0.3.0": static storage. Thread-safe. */
+/* "0.4.0": static storage. Thread-safe. */
 QLLM_API const char* qllm_version_string(void);
 
 /* ---- status ---- */
@@ -110,10 +110,14 @@ typedef struct qllm_model_info {
   int32_t eos_token;
   int64_t n_params;
   uint64_t weight_bytes;    /* bytes streamed per generated token */
-  int32_t weight_type;      /* GGUF type id of most matrices (2 = Q4_0, 8 = Q8_0, 1 = F16, 0 = F32) */
+  int32_t weight_type;      /* GGUF type id of most matrices (2 = Q4_0, 8 = Q8_0, 12 = Q4_K, 1 = F16, 0 = F32) */
   char weight_type_name[16];
   char isa[32];             /* the kernel table its sessions use */
   double load_seconds;
+  /* Since 0.4 (callers built against older headers pass a smaller struct_size and never see it):
+   * the file's tensor types, most frequent first, after the scheme its general.file_type names,
+   * e.g. "Q4_K_M: 193 q4_k, 65 f32, 33 q6_k"; cut at 95 bytes, always NUL-terminated. */
+  char weight_mix[96];
 } qllm_model_info;
 
 /* info->struct_size must be set by the caller (e.g. sizeof(qllm_model_info)). Thread-safe. */

@@ -252,6 +252,12 @@ TEST_CASE("struct_size: older callers get defaults, newer callers' unknown field
   REQUIRE(qllm_model_get_info(h.m, info) == QLLM_OK);
   CHECK(info->n_embd == 64);
   CHECK(ib[offsetof(qllm_model_info, n_layer)] == 0xCD);
+  // a 0.3 caller's struct ends before weight_mix: it is left alone
+  std::memset(ib, 0xCD, sizeof ib);
+  info->struct_size = offsetof(qllm_model_info, weight_mix);
+  REQUIRE(qllm_model_get_info(h.m, info) == QLLM_OK);
+  CHECK(info->load_seconds >= 0);
+  CHECK(ib[offsetof(qllm_model_info, weight_mix)] == 0xCD);
   info->struct_size = 0;
   CHECK(qllm_model_get_info(h.m, info) == QLLM_ERR_INVALID_ARGUMENT);
 }
@@ -271,6 +277,8 @@ TEST_CASE("model info, tokenize, detokenize, pieces, chat: the C++ results, buff
   CHECK(info.eos_token == 2);
   CHECK(std::string(info.weight_type_name) == "q8_0");
   CHECK(std::string(info.isa) == cm->isa());
+  CHECK(std::string(info.weight_mix) == cm->weight_mix());
+  CHECK(std::string(info.weight_mix).rfind("Q8_0: ", 0) == 0);
 
   const std::string text = "the quick brown fox";
   size_t n = 0;

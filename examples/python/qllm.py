@@ -48,7 +48,7 @@ class _ModelInfo(Structure):
                 ("n_layer", c_int32), ("n_head", c_int32), ("n_head_kv", c_int32), ("n_ff", c_int32),
                 ("has_vocabulary", c_int32), ("bos_token", c_int32), ("eos_token", c_int32), ("n_params", c_int64),
                 ("weight_bytes", c_uint64), ("weight_type", c_int32), ("weight_type_name", c_char * 16),
-                ("isa", c_char * 32), ("load_seconds", c_double)]
+                ("isa", c_char * 32), ("load_seconds", c_double), ("weight_mix", c_char * 96)]
 
 
 class _ChatMessage(Structure):
@@ -237,6 +237,7 @@ class Model(_Handle):
         d = {name: getattr(i, name) for name, _ in _ModelInfo._fields_ if name != "struct_size"}
         d["weight_type_name"] = i.weight_type_name.decode()
         d["isa"] = i.isa.decode()
+        d["weight_mix"] = i.weight_mix.decode()
         return d
 
     def tokenize(self, text, add_bos=True):

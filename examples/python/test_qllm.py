@@ -38,6 +38,7 @@ class ModelTest(unittest.TestCase):
         self.assertEqual(info["has_vocabulary"], 1)
         self.assertEqual(info["bos_token"], 1)
         self.assertEqual(info["weight_type_name"], "q4_0")
+        self.assertRegex(info["weight_mix"], r"^Q4_0: \d+ q4_0, \d+ f32$")
         self.assertTrue(info["isa"])
 
     def test_tokenize_round_trip(self):

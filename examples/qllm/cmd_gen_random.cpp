@@ -23,7 +23,9 @@ const char* const kHelp =
     "                    safetensors, tokenizer.model) for 'qllm convert'\n"
     "  --shards N        with --format hf: weights in N safetensors shards plus an index (default 1)\n"
     "  --shape NAME      tiny | small | 7b (default tiny)\n"
-    "  --type TYPE       q4_0 | q8_0 | f16 | bf16 | f32 (default q4_0; hf: f16 | bf16 | f32)\n"
+    "  --type TYPE       q4_0 | q8_0 | q4_k | q5_k | q6_k | f16 | bf16 | f32: every matrix;\n"
+    "                    q4_k_m | q5_k_m | q4_k_s | q5_k_s: llama.cpp's per-tensor mixes\n"
+    "                    (default q4_0; hf: f16 | bf16 | f32)\n"
     "  --seed N          random seed (default 1)\n"
     "  --layers N        override the shape's layer count\n"
     "  --ctx N           override the training context (llama.context_length)\n"
@@ -52,7 +54,7 @@ int cmd_gen_random(int argc, char** argv) {
   }
   if (out.empty())
     throw error(errc::invalid_argument,
-                "usage: qllm gen-random --shape tiny|small|7b --type q4_0|q8_0|f16|bf16|f32 --out FILE "
+                "usage: qllm gen-random --shape tiny|small|7b --type q4_0|q8_0|q4_k_m|...|f32 --out FILE "
                 "[--seed N] [--layers N] [--no-vocab]");
   random_model_spec s = random_model_preset(shape);
   if (format == "hf") {
@@ -74,7 +76,14 @@ int cmd_gen_random(int argc, char** argv) {
   else if (type == "f16") s.type = ggml_type::f16;
   else if (type == "bf16") s.type = ggml_type::bf16;
   else if (type == "f32") s.type = ggml_type::f32;
-  else throw error(errc::invalid_argument, "--type: '" + type + "' is not q4_0, q8_0, f16, bf16 or f32");
+  else if (type == "q4_k") s.type = ggml_type::q4_k;
+  else if (type == "q5_k") s.type = ggml_type::q5_k;
+  else if (type == "q6_k") s.type = ggml_type::q6_k;
+  else if (type == "q4_k_m" || type == "q5_k_m" || type == "q4_k_s" || type == "q5_k_s") s.scheme = type;
+  else
+    throw error(errc::invalid_argument, "--type: '" + type +
+                                            "' is not q4_0, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, q4_k_s, "
+                                            "q5_k_s, f16, bf16 or f32");
   s.seed = uint32_t(seed);
   if (layers) s.n_layer = layers;
   if (ctx) s.n_ctx = ctx;

@@ -10,20 +10,28 @@
 #include "qllm/error.hpp"
 #include "kernels/kernel_table.hpp"
 #include "qllm/cpu_features.hpp"
+#include "qllm/gguf.hpp"
+#include "qllm/model.hpp"
 #include "qllm/resources.hpp"
 #include "qllm/version.hpp"
 
 namespace qllm::cli {
 
 int cmd_info(int argc, char** argv) {
+  std::string model_path;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (is_help(a))
       return print_help(
-          "usage: qllm info\n"
+          "usage: qllm info [-m MODEL]\n"
           "Version, build, CPU features, the kernel table in use and the runnable and compiled\n"
           "ones, thread count. QLLM_ISA forces a table; OMP_NUM_THREADS sets the threads.\n"
-          "  -h, --help   this text\n");
+          "  -m, --model F   also load F and describe it: shape, tensor types, weight bytes\n"
+          "  -h, --help      this text\n");
+    if (a == "-m" || a == "--model") {
+      model_path = next_value(argc, argv, i);
+      continue;
+    }
     throw error(errc::invalid_argument, "unknown option '" + a + "'");
   }
   const kernels::kernel_table& active = kernels::active();  // throws first on a bad QLLM_ISA
@@ -48,6 +56,18 @@ int cmd_info(int argc, char** argv) {
   else std::printf("default model: %s (%s)\n", d.path.c_str(), d.origin.c_str());
   std::printf("threads:      %d (%s; -t or OMP_NUM_THREADS to change; at most %d)\n", default_threads(),
               why.c_str(), max_threads());
+  if (!model_path.empty()) {
+    const auto m = model::load(model_path);
+    const auto& c = m->config();
+    std::printf("model:        %s\n", model_path.c_str());
+    std::printf("  shape:     %lld layers, dim %lld, heads %lld (kv %lld), ffn %lld, vocab %lld, ctx %lld, %.2f %s params\n",
+                (long long)c.n_layer, (long long)c.n_embd, (long long)c.n_head, (long long)c.n_head_kv,
+                (long long)c.n_ff, (long long)c.n_vocab, (long long)c.n_ctx_train,
+                double(m->n_params()) / (m->n_params() >= 1e9 ? 1e9 : 1e6), m->n_params() >= 1e9 ? "B" : "M");
+    std::printf("  tensors:   %s\n", m->weight_mix().c_str());
+    std::printf("  weights:   %s streamed per token (%s), loaded in %.2f s\n",
+                format_bytes(m->weight_bytes()).c_str(), gguf::type_name(m->weight_type()), m->load_seconds());
+  }
   return 0;
 }
 

@@ -14,6 +14,7 @@ void usage(std::FILE* out) {
       "  info        version, build, CPU features, kernel tables, threads\n"
       "  gen-random  write a Llama GGUF (or Hugging Face directory) with seeded random weights\n"
       "  convert     turn a Hugging Face Llama directory (safetensors) into GGUF\n"
+      "  quantize    a GGUF with its weights quantized (q4_k_m, q5_k_m, q6_k, q8_0, q4_0, ...)\n"
       "  run         generate text from a prompt, streamed (-p TEXT, -f FILE or stdin)\n"
       "  chat        interactive Llama-2-chat conversation\n"
       "  tokenize    print the token ids and pieces of a text\n"
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(cmd, "info")) return qllm::cli::cmd_info(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "gen-random")) return qllm::cli::cmd_gen_random(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "convert")) return qllm::cli::cmd_convert(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "quantize")) return qllm::cli::cmd_quantize(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "bench")) return qllm::cli::cmd_bench(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "run")) return qllm::cli::cmd_run(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "chat")) return qllm::cli::cmd_chat(argc - 1, argv + 1);

@@ -60,6 +60,9 @@ class model {
 
   const model_config& config() const noexcept;
   ggml_type weight_type() const noexcept;        // the type of most matrices (e.g. q4_0)
+  // The file's tensor types, most frequent first, after the scheme general.file_type names:
+  // "Q4_K_M: 193 q4_k, 65 f32, 33 q6_k". Types converted at load are counted as stored.
+  const std::string& weight_mix() const noexcept;
   int64_t n_params() const noexcept;             // elements of all weight tensors
   std::size_t weight_bytes() const noexcept;     // bytes streamed by one decoding step
   double load_seconds() const noexcept;

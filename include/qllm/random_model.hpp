@@ -20,6 +20,9 @@ struct random_model_spec {
   int64_t n_head_kv = 4;  // < n_head: grouped-query attention
   int64_t n_ctx = 256;    // llama.context_length
   ggml_type type = ggml_type::q4_0;  // every matrix, embeddings and output included (norms: f32)
+  // A quant::scheme name ("q4_k_m", "q5_k_m", ...): each matrix gets the type that scheme's rules
+  // give it (quantize.hpp), overriding `type`.
+  std::string scheme;
   uint32_t seed = 1;
   bool tied_output = false;  // omit output.weight (the embedding table is reused)
   bool vocabulary = true;    // false: no tokenizer.ggml.* keys (a file only token ids work with)

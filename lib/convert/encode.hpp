@@ -1,4 +1,4 @@
-// f32 rows → the bytes of a GGUF tensor row (f32, f16, bf16, q8_0, q4_0), through the scalar
+// f32 rows → the bytes of a GGUF tensor row (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k), through the scalar
 // reference quantizers; shared by the random-model generator and the converter.
 #pragma once
 #include <cstddef>

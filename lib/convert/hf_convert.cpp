@@ -405,7 +405,8 @@ plan convert(const std::string& hf_dir, const std::string& out_path, const optio
       if (bad) {
         const std::string msg = "tensor '" + tp.hf_name + "' has " + std::to_string(bad) + " NaN/Inf values";
         if (opt.strict) throw error(errc::bad_format, msg + " (--strict)");
-        if (opt.on_warning) opt.on_warning(msg + "; kept as they are (their quantized blocks become NaN)");
+        if (opt.on_warning)
+          opt.on_warning(msg + "; kept as they are (a quantized block holding one gets a NaN scale, which qllm refuses to load)");
       }
       if (tp.permute_qk) {
         std::vector<float> perm(vals.size());

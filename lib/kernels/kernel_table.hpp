@@ -59,12 +59,14 @@ struct block_q6_kx8 {
 static_assert(sizeof(block_q6_kx8) == 8 * 210);
 
 // Repack n rows of nb GGUF blocks into ceil(n/8) panels of nb blocks; missing rows are zero.
-void repack_q4_0x8(const block_q4_0* src, int64_t n, int64_t nb, block_q4_0x8* dst) noexcept;
-void repack_q8_0x8(const block_q8_0* src, int64_t n, int64_t nb, block_q8_0x8* dst) noexcept;
+// Each returns false when some block's fp16 scale (or min) is infinite or NaN: such a block
+// could only give NaN outputs, so the loader refuses the tensor.
+bool repack_q4_0x8(const block_q4_0* src, int64_t n, int64_t nb, block_q4_0x8* dst) noexcept;
+bool repack_q8_0x8(const block_q8_0* src, int64_t n, int64_t nb, block_q8_0x8* dst) noexcept;
 // The same for nb super-blocks per row.
-void repack_q4_kx8(const block_q4_k* src, int64_t n, int64_t nb, block_q4_kx8* dst) noexcept;
-void repack_q5_kx8(const block_q5_k* src, int64_t n, int64_t nb, block_q5_kx8* dst) noexcept;
-void repack_q6_kx8(const block_q6_k* src, int64_t n, int64_t nb, block_q6_kx8* dst) noexcept;
+bool repack_q4_kx8(const block_q4_k* src, int64_t n, int64_t nb, block_q4_kx8* dst) noexcept;
+bool repack_q5_kx8(const block_q5_k* src, int64_t n, int64_t nb, block_q5_kx8* dst) noexcept;
+bool repack_q6_kx8(const block_q6_k* src, int64_t n, int64_t nb, block_q6_kx8* dst) noexcept;
 // Row r of a panel back in element order (what ref::unpack_q*_k gives for the GGUF block).
 void unpack_panel_row(const block_q4_kx8& p, int r, uint8_t q[256], uint8_t sc[8], uint8_t mn[8]) noexcept;
 void unpack_panel_row(const block_q5_kx8& p, int r, uint8_t q[256], uint8_t sc[8], uint8_t mn[8]) noexcept;

@@ -1,12 +1,19 @@
 // Load-time repack of GGUF rows into 8-row panels (layouts in kernel_table.hpp).
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/kernel_table.hpp"
 #include "qllm/reference.hpp"
 
 namespace qllm::kernels {
 
-void repack_q4_0x8(const block_q4_0* src, int64_t n, int64_t nb, block_q4_0x8* dst) noexcept {
+namespace {
+// fp16 with all exponent bits set: infinity or NaN
+constexpr bool finite16(uint16_t h) { return (h & 0x7c00) != 0x7c00; }
+}  // namespace
+
+bool repack_q4_0x8(const block_q4_0* src, int64_t n, int64_t nb, block_q4_0x8* dst) noexcept {
+  bool ok = true;
   const int64_t np = (n + 7) / 8;
   for (int64_t p = 0; p < np; ++p) {
     for (int64_t b = 0; b < nb; ++b) {
@@ -14,15 +21,18 @@ void repack_q4_0x8(const block_q4_0* src, int64_t n, int64_t nb, block_q4_0x8* d
       if (p * 8 + 8 > n) std::memset(&o, 0, sizeof o);  // rows past n stay zero
       for (int r = 0; r < 8 && p * 8 + r < n; ++r) {
         const block_q4_0& s = src[(p * 8 + r) * nb + b];
+        ok = ok && finite16(s.d);
         o.d[r] = s.d;
         // byte j of the GGUF block holds elements j (low) and j+16 (high): chunk j/4, slot j%4
         for (int c = 0; c < 4; ++c) std::memcpy(o.qs + 32 * c + 4 * r, s.qs + 4 * c, 4);
       }
     }
   }
+  return ok;
 }
 
-void repack_q8_0x8(const block_q8_0* src, int64_t n, int64_t nb, block_q8_0x8* dst) noexcept {
+bool repack_q8_0x8(const block_q8_0* src, int64_t n, int64_t nb, block_q8_0x8* dst) noexcept {
+  bool ok = true;
   const int64_t np = (n + 7) / 8;
   for (int64_t p = 0; p < np; ++p) {
     for (int64_t b = 0; b < nb; ++b) {
@@ -30,11 +40,13 @@ void repack_q8_0x8(const block_q8_0* src, int64_t n, int64_t nb, block_q8_0x8* d
       if (p * 8 + 8 > n) std::memset(&o, 0, sizeof o);
       for (int r = 0; r < 8 && p * 8 + r < n; ++r) {
         const block_q8_0& s = src[(p * 8 + r) * nb + b];
+        ok = ok && finite16(s.d);
         o.d[r] = s.d;
         for (int c = 0; c < 8; ++c) std::memcpy(o.qs + 32 * c + 4 * r, s.qs + 4 * c, 4);
       }
     }
   }
+  return ok;
 }
 
 }  // namespace qllm::kernels
@@ -82,20 +94,27 @@ void get_k4_scales(const Panel& o, int r, uint8_t sc[8], uint8_t mn[8]) {
 }
 
 template <class Block, class Panel, class Put>
-void repack_k(const Block* src, int64_t n, int64_t nb, Panel* dst, Put put) {
+bool repack_k(const Block* src, int64_t n, int64_t nb, Panel* dst, Put put) {
+  bool ok = true;
   const int64_t np = (n + 7) / 8;
   for (int64_t p = 0; p < np; ++p)
     for (int64_t b = 0; b < nb; ++b) {
       Panel& o = dst[p * nb + b];
       std::memset(&o, 0, sizeof o);  // rows past n stay zero
-      for (int r = 0; r < 8 && p * 8 + r < n; ++r) put(o, r, src[(p * 8 + r) * nb + b]);
+      for (int r = 0; r < 8 && p * 8 + r < n; ++r) {
+        const Block& s = src[(p * 8 + r) * nb + b];
+        ok = ok && finite16(s.d);
+        if constexpr (!std::is_same_v<Block, block_q6_k>) ok = ok && finite16(s.dmin);
+        put(o, r, s);
+      }
     }
+  return ok;
 }
 
 }  // namespace
 
-void repack_q4_kx8(const block_q4_k* src, int64_t n, int64_t nb, block_q4_kx8* dst) noexcept {
-  repack_k(src, n, nb, dst, [](block_q4_kx8& o, int r, const block_q4_k& s) {
+bool repack_q4_kx8(const block_q4_k* src, int64_t n, int64_t nb, block_q4_kx8* dst) noexcept {
+  return repack_k(src, n, nb, dst, [](block_q4_kx8& o, int r, const block_q4_k& s) {
     uint8_t q[256], sc[8], mn[8];
     ref::unpack_q4_k(s, q, sc, mn);
     put_k4_scales(o, r, s.d, s.dmin, sc, mn);
@@ -103,8 +122,8 @@ void repack_q4_kx8(const block_q4_k* src, int64_t n, int64_t nb, block_q4_kx8* d
   });
 }
 
-void repack_q5_kx8(const block_q5_k* src, int64_t n, int64_t nb, block_q5_kx8* dst) noexcept {
-  repack_k(src, n, nb, dst, [](block_q5_kx8& o, int r, const block_q5_k& s) {
+bool repack_q5_kx8(const block_q5_k* src, int64_t n, int64_t nb, block_q5_kx8* dst) noexcept {
+  return repack_k(src, n, nb, dst, [](block_q5_kx8& o, int r, const block_q5_k& s) {
     uint8_t q[256], sc[8], mn[8];
     ref::unpack_q5_k(s, q, sc, mn);
     put_k4_scales(o, r, s.d, s.dmin, sc, mn);
@@ -118,8 +137,8 @@ void repack_q5_kx8(const block_q5_k* src, int64_t n, int64_t nb, block_q5_kx8* d
   });
 }
 
-void repack_q6_kx8(const block_q6_k* src, int64_t n, int64_t nb, block_q6_kx8* dst) noexcept {
-  repack_k(src, n, nb, dst, [](block_q6_kx8& o, int r, const block_q6_k& s) {
+bool repack_q6_kx8(const block_q6_k* src, int64_t n, int64_t nb, block_q6_kx8* dst) noexcept {
+  return repack_k(src, n, nb, dst, [](block_q6_kx8& o, int r, const block_q6_k& s) {
     uint8_t q[256];
     int8_t sc[16];
     ref::unpack_q6_k(s, q, sc);

@@ -35,6 +35,7 @@ class model_impl {
   std::optional<gguf::file> file;
   std::unique_ptr<uint8_t[]> owned_embd;  // the embedding table's copy once the file is released
   ggml_type wtype = ggml_type::f32;
+  std::string mix;        // model::weight_mix()
   bool k_quants = false;  // some matrix runs k-quant kernels: activations need Q8_K too
   std::shared_ptr<const tokenizer> tok;
   const kernels::kernel_table* kt = nullptr;  // the table contexts of this model use  // null when the file has no vocabulary

@@ -9,11 +9,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "model/model_impl.hpp"
 #include "ops/rows.hpp"
 #include "qllm/error.hpp"
+#include "qllm/quantize.hpp"
 #include "qllm/resources.hpp"
 #include "qllm/reference.hpp"
 
@@ -119,6 +122,23 @@ bool matrix_type_ok(ggml_type t) {
 
 }  // namespace
 
+// "Q4_K_M: 193 q4_k, 65 f32, 33 q6_k"
+static std::string describe_mix(const gguf::file& f) {
+  std::map<std::string, int> count;
+  for (const auto& t : f.tensors()) count[gguf::type_name(t.type)]++;
+  std::vector<std::pair<int, std::string>> v;
+  for (const auto& [name, n] : count) v.emplace_back(-n, name);
+  std::sort(v.begin(), v.end());
+  std::string s;
+  try {  // a file type qllm does not know (or of another value type) names no scheme
+    const std::string name = quant::file_type_name(uint32_t(f.get_uint("general.file_type", 1u << 31)));
+    if (!name.empty()) s = name + ": ";
+  } catch (const error&) {
+  }
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(-v[i].first) + " " + v[i].second;
+  return s;
+}
+
 bool converted_at_load(ggml_type t) noexcept {
   return t == ggml_type::q4_1 || t == ggml_type::q5_0 || t == ggml_type::q5_1 || t == ggml_type::q2_k ||
          t == ggml_type::q3_k;
@@ -174,9 +194,16 @@ class loader {
     if (ops::packed_weights::k_quant(tt)) m_.k_quants = true;
     const uint8_t* src = m_.file->tensor_data(t);
     const int nt = opt_.n_threads > 0 ? opt_.n_threads : ops::default_threads();
+    auto pack = [&](const void* from) {
+      try {
+        return ops::packed_weights(tt, from, n, k, nt, ops::packed_weights::repacked(tt) ? arena_cursor : nullptr);
+      } catch (const error& e) {
+        throw error(e.code(), "model: tensor '" + t.name + "': " + e.what());
+      }
+    };
     if (tt == t.type) {
       if (!ops::packed_weights::repacked(tt)) reads_mapping_ = true;  // f16/f32 read in place
-      ops::packed_weights w(tt, src, n, k, nt, ops::packed_weights::repacked(tt) ? arena_cursor : nullptr);
+      ops::packed_weights w = pack(src);
       arena_cursor += arena_bytes(t);
       if (release && ops::packed_weights::repacked(tt)) m_.file->release(src, t.bytes);
       m_.weight_bytes += w.bytes();
@@ -186,8 +213,16 @@ class loader {
     // kernels: dequantized row by row, then quantized)
     std::unique_ptr<float[]> rows(new float[std::size_t(n * k)]);
     const std::size_t row_bytes = t.bytes / std::size_t(n);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t r = 0; r < n; ++r) ref::dequantize_row(t.type, src + std::size_t(r) * row_bytes, rows.get() + r * k, k);
+    int64_t bad = 0;  // values that are infinite or NaN
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : bad)
+    for (int64_t r = 0; r < n; ++r) {
+      float* row = rows.get() + r * k;
+      ref::dequantize_row(t.type, src + std::size_t(r) * row_bytes, row, k);
+      for (int64_t i = 0; i < k; ++i) bad += !std::isfinite(row[i]);
+    }
+    if (bad)
+      throw error(errc::bad_format, "model: tensor '" + t.name + "' holds " + std::to_string(bad) +
+                                        " infinite or NaN values (a block scale is)");
     if (release) m_.file->release(src, t.bytes);
     if (tt == ggml_type::f32) {
       ops::packed_weights w(tt, rows.get(), n, k, nt);
@@ -200,7 +235,7 @@ class loader {
                                          " cannot be quantized to q8_0 (not a multiple of 32)");
     std::unique_ptr<block_q8_0[]> q(new block_q8_0[std::size_t(n * k / qk)]);
     ref::quantize_row_q8_0(rows.get(), q.get(), nullptr, n * k);
-    ops::packed_weights w(tt, q.get(), n, k, nt, arena_cursor);
+    ops::packed_weights w = pack(q.get());
     arena_cursor += arena_bytes(t);
     m_.weight_bytes += w.bytes();
     return w;
@@ -220,6 +255,7 @@ model::model(std::unique_ptr<model_impl> impl) : impl_(std::move(impl)) {}
 model::~model() = default;
 const model_config& model::config() const noexcept { return impl_->cfg; }
 ggml_type model::weight_type() const noexcept { return impl_->wtype; }
+const std::string& model::weight_mix() const noexcept { return impl_->mix; }
 int64_t model::n_params() const noexcept { return impl_->n_params; }
 std::size_t model::weight_bytes() const noexcept { return impl_->weight_bytes; }
 double model::load_seconds() const noexcept { return impl_->load_seconds; }
@@ -303,6 +339,7 @@ std::shared_ptr<const model> model::load_unguarded(const std::string& path, cons
   std::size_t total = 0;
   for (const auto* t : mats) total += ld.arena_bytes(*t);
   m->wtype = lt.empty() ? ld.target(*out) : ld.target(*lt[0][1]);
+  m->mix = describe_mix(f);
 
   m->load_stages[0] = since(t0);
   const auto t1 = std::chrono::steady_clock::now();

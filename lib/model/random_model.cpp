@@ -6,11 +6,13 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
+#include "qllm/quantize.hpp"
 #include "convert/encode.hpp"
 #include "qllm/safetensors.hpp"
 #include "text/sp_proto.hpp"
@@ -82,19 +84,24 @@ vocabulary random_vocabulary(int64_t n_vocab) {
 }
 
 void write_random_model(const std::string& path, const random_model_spec& s) {
-  const bool types_ok = s.type == ggml_type::q4_0 || s.type == ggml_type::q8_0 ||
-                        s.type == ggml_type::f16 || s.type == ggml_type::bf16 || s.type == ggml_type::f32;
+  const bool types_ok = encodable(s.type);
   const bool quant = s.type == ggml_type::q4_0 || s.type == ggml_type::q8_0;
+  const bool kquant = s.type == ggml_type::q4_k || s.type == ggml_type::q5_k || s.type == ggml_type::q6_k;
+  std::optional<quant::scheme> sch;
+  if (!s.scheme.empty()) sch = quant::parse_scheme(s.scheme);
   if (!types_ok || s.n_vocab < 259 || s.n_embd < 2 || s.n_layer < 1 || s.n_ff < 1 || s.n_head < 1 ||
       s.n_head_kv < 1 || s.n_embd % s.n_head || s.n_head % s.n_head_kv || (s.n_embd / s.n_head) % 2 ||
-      (quant && (s.n_embd % qk || s.n_ff % qk)))
+      (!sch && quant && (s.n_embd % qk || s.n_ff % qk)) || (!sch && kquant && (s.n_embd % qk_k || s.n_ff % qk_k)))
     throw error(errc::invalid_argument, "random model: inconsistent spec");
   const int64_t hd = s.n_embd / s.n_head, kv = hd * s.n_head_kv;
 
   gguf::writer w;
   w.set_string("general.architecture", "llama");
   w.set_string("general.name", "qllm random " + std::to_string(s.n_embd) + "x" + std::to_string(s.n_layer));
-  const uint32_t file_type = s.type == ggml_type::q4_0 ? 2 : s.type == ggml_type::q8_0 ? 7
+  const uint32_t file_type = sch ? quant::file_type(*sch)
+                             : s.type == ggml_type::q4_0 ? 2 : s.type == ggml_type::q8_0 ? 7
+                             : s.type == ggml_type::q4_k ? 14 : s.type == ggml_type::q5_k ? 16
+                             : s.type == ggml_type::q6_k ? 18
                              : s.type == ggml_type::f16 ? 1 : s.type == ggml_type::bf16 ? 32 : 0;
   w.set_u32("general.file_type", file_type);
   w.set_u32("llama.context_length", uint32_t(s.n_ctx));
@@ -127,7 +134,9 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
   uint64_t stream = uint64_t(s.seed) << 32;
   auto matrix = [&](const std::string& name, int64_t k, int64_t n, float sd) {
     const uint64_t id = ++stream;
-    const ggml_type t = s.type;
+    int64_t layer = -1;
+    if (name.rfind("blk.", 0) == 0) layer = std::stoll(name.substr(4));
+    const ggml_type t = sch ? quant::tensor_type(*sch, name, k, 2, layer, s.n_layer, s.tied_output) : s.type;
     w.add_tensor_fn(name, t, {k, n}, [=](uint8_t* dst, std::size_t bytes) {
       std::vector<float> row(static_cast<std::size_t>(k));
       const std::size_t rb = encoded_row_bytes(t, k);

@@ -55,33 +55,39 @@ packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64
       }
       data_ = p;
       // each panel is independent: repack in parallel
-#pragma omp parallel for schedule(static) num_threads(std::max(1, n_threads))
+      int64_t bad = 0;  // panels with an infinite or NaN scale
+#pragma omp parallel for schedule(static) num_threads(std::max(1, n_threads)) reduction(+ : bad)
       for (int64_t pp = 0; pp < np; ++pp) {
         const int64_t rows = std::min<int64_t>(8, n - pp * 8);
         const int64_t nbk = k / qk_k;
+        bool ok = true;
         switch (type) {
           case ggml_type::q4_0:
-            kernels::repack_q4_0x8(static_cast<const block_q4_0*>(src) + pp * 8 * nb, rows, nb,
-                                   static_cast<kernels::block_q4_0x8*>(p) + pp * nb);
+            ok = kernels::repack_q4_0x8(static_cast<const block_q4_0*>(src) + pp * 8 * nb, rows, nb,
+                                        static_cast<kernels::block_q4_0x8*>(p) + pp * nb);
             break;
           case ggml_type::q8_0:
-            kernels::repack_q8_0x8(static_cast<const block_q8_0*>(src) + pp * 8 * nb, rows, nb,
-                                   static_cast<kernels::block_q8_0x8*>(p) + pp * nb);
+            ok = kernels::repack_q8_0x8(static_cast<const block_q8_0*>(src) + pp * 8 * nb, rows, nb,
+                                        static_cast<kernels::block_q8_0x8*>(p) + pp * nb);
             break;
           case ggml_type::q4_k:
-            kernels::repack_q4_kx8(static_cast<const block_q4_k*>(src) + pp * 8 * nbk, rows, nbk,
-                                   static_cast<kernels::block_q4_kx8*>(p) + pp * nbk);
+            ok = kernels::repack_q4_kx8(static_cast<const block_q4_k*>(src) + pp * 8 * nbk, rows, nbk,
+                                        static_cast<kernels::block_q4_kx8*>(p) + pp * nbk);
             break;
           case ggml_type::q5_k:
-            kernels::repack_q5_kx8(static_cast<const block_q5_k*>(src) + pp * 8 * nbk, rows, nbk,
-                                   static_cast<kernels::block_q5_kx8*>(p) + pp * nbk);
+            ok = kernels::repack_q5_kx8(static_cast<const block_q5_k*>(src) + pp * 8 * nbk, rows, nbk,
+                                        static_cast<kernels::block_q5_kx8*>(p) + pp * nbk);
             break;
           default:
-            kernels::repack_q6_kx8(static_cast<const block_q6_k*>(src) + pp * 8 * nbk, rows, nbk,
-                                   static_cast<kernels::block_q6_kx8*>(p) + pp * nbk);
+            ok = kernels::repack_q6_kx8(static_cast<const block_q6_k*>(src) + pp * 8 * nbk, rows, nbk,
+                                        static_cast<kernels::block_q6_kx8*>(p) + pp * nbk);
             break;
         }
+        bad += !ok;
       }
+      if (bad)
+        throw error(errc::bad_format, "a block scale is infinite or NaN (in " + std::to_string(bad) + " of " +
+                                          std::to_string(np) + " groups of 8 rows)");
       break;
     }
     case ggml_type::f16:

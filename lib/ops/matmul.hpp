@@ -17,8 +17,8 @@ class packed_weights {
   packed_weights() = default;
   // src holds n rows of k elements in GGUF layout. Repacked types go to `dst` (packed_size bytes,
   // 64-byte aligned, owned by the caller) or, when dst is null, to an allocation of our own.
-  // Throws qllm::error for an unsupported type or a k that is not a multiple of 32 for a
-  // quantized type.
+  // Throws qllm::error for an unsupported type, a k that is not a multiple of the type's block
+  // (32, or 256 for k-quants), or (bad_format) a block whose scale is infinite or NaN.
   packed_weights(ggml_type type, const void* src, int64_t n, int64_t k, int n_threads = 1,
                  void* dst = nullptr);
   // Bytes a repack of this matrix needs (0 for types read in place: f16, f32).

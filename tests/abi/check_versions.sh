@@ -57,5 +57,7 @@ objdump -T "$dir/prog" | grep -q '(QLLM_0) *qllm_version$'
 ln -s "$(readlink -f "$lib")" "$dir/new/libqllm.so.0"
 out=$(LD_LIBRARY_PATH="$dir/new" "$dir/prog")
 echo "old program against this library: $out"
-case "$out" in 3*) ;; *) echo "expected this library's version"; exit 1 ;; esac
+ver() { sed -n "s/^#define QLLM_VERSION_$1 \([0-9]*\)$/\1/p" "$src/capi/qllm.h"; }
+want="$(( $(ver MAJOR) * 10000 + $(ver MINOR) * 100 + $(ver PATCH) )) $(ver MAJOR).$(ver MINOR).$(ver PATCH)"
+[ "$out" = "$want" ] || { echo "expected this library's version ($want)"; exit 1; }
 echo "symbol versions: ok"

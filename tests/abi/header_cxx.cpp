@@ -7,13 +7,14 @@
 
 #if defined(__LP64__)
 static_assert(sizeof(qllm_model_params) == 24, "qllm_model_params layout changed");
-static_assert(sizeof(qllm_model_info) == 128, "qllm_model_info layout changed");
+static_assert(sizeof(qllm_model_info) == 224, "qllm_model_info layout changed");
 static_assert(sizeof(qllm_session_params) == 72, "qllm_session_params layout changed");
 static_assert(sizeof(qllm_generate_params) == 48, "qllm_generate_params layout changed");
 static_assert(sizeof(qllm_generate_result) == 80, "qllm_generate_result layout changed");
 static_assert(sizeof(qllm_chat_message) == 16, "qllm_chat_message must stay two pointers");
 static_assert(offsetof(qllm_session_params, seed) == 64, "qllm_session_params layout changed");
 static_assert(offsetof(qllm_model_info, load_seconds) == 120, "qllm_model_info layout changed");
+static_assert(offsetof(qllm_model_info, weight_mix) == 128, "qllm_model_info layout changed");
 #endif
 
 int main() { return qllm_version() == QLLM_VERSION_NUMBER ? 0 : 1; }

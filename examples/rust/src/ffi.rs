@@ -47,6 +47,7 @@ pub struct qllm_model_info {
     pub weight_type_name: [c_char; 16],
     pub isa: [c_char; 32],
     pub load_seconds: f64,
+    pub weight_mix: [c_char; 96],
 }
 
 #[repr(C)]

@@ -78,7 +78,7 @@ fn bytes_to_string(v: Vec<c_char>) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| invalid("library returned invalid UTF-8"))
 }
 
-/// The library's version, e.g. "0.3.0".
+/// The library's version, e.g. "0.4.0".
 pub fn version() -> String {
     cstr(unsafe { ffi::qllm_version_string() })
 }
@@ -109,6 +109,8 @@ pub struct ModelInfo {
     pub n_params: i64,
     pub weight_bytes: u64,
     pub weight_type_name: String,
+    /// The file's tensor types, e.g. "Q4_K_M: 193 q4_k, 65 f32, 33 q6_k".
+    pub weight_mix: String,
     pub isa: String,
     pub load_seconds: f64,
 }
@@ -167,6 +169,7 @@ impl Model {
             n_params: i.n_params,
             weight_bytes: i.weight_bytes,
             weight_type_name: cstr(i.weight_type_name.as_ptr()),
+            weight_mix: cstr(i.weight_mix.as_ptr()),
             isa: cstr(i.isa.as_ptr()),
             load_seconds: i.load_seconds,
         })
@@ -460,7 +463,7 @@ mod layout {
     #[test]
     fn struct_sizes_match_the_header() {
         assert_eq!(size_of::<qllm_model_params>(), 24);
-        assert_eq!(size_of::<qllm_model_info>(), 128);
+        assert_eq!(size_of::<qllm_model_info>(), 224);
         assert_eq!(size_of::<qllm_session_params>(), 72);
         assert_eq!(size_of::<qllm_generate_params>(), 48);
         assert_eq!(size_of::<qllm_generate_result>(), 80);

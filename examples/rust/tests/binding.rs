@@ -29,6 +29,7 @@ fn version_and_info() {
     assert_eq!(info.n_vocab, 512);
     assert!(info.has_vocabulary);
     assert_eq!(info.weight_type_name, "q4_0");
+    assert!(info.weight_mix.starts_with("Q4_0: "), "{}", info.weight_mix);
     assert!(!info.isa.is_empty());
 }
 
