@@ -18,6 +18,8 @@
 
 #include "omp_compat.hpp"
 #include "ops/matmul.hpp"
+#include "convert/encode.hpp"
+#include "qllm/gguf.hpp"
 #include "qllm/reference.hpp"
 
 using namespace qllm;
@@ -90,8 +92,6 @@ struct shape {
 
 // Several copies of the matrix, cycled through, so that a GEMV streams from memory, not L3.
 struct fixture {
-  std::vector<block_q4_0> q4;
-  std::vector<block_q8_0> q8;
   std::vector<std::unique_ptr<ops::packed_weights>> w;
 };
 
@@ -103,25 +103,17 @@ fixture& weights(ggml_type type, shape s) {
   if (it != cache.end()) return it->second;
   cache.clear();  // keep one shape resident
   fixture& f = cache[key];
-  const int64_t nb = s.k / 32;
+  const std::size_t rb = encoded_row_bytes(type, s.k);
+  std::vector<uint8_t> raw(rb * std::size_t(s.n));
   std::vector<float> row(static_cast<size_t>(s.k));
   uint32_t seed = 1;
-  if (type == ggml_type::q4_0) f.q4.resize(static_cast<size_t>(s.n * nb));
-  else f.q8.resize(static_cast<size_t>(s.n * nb));
   for (int64_t r = 0; r < s.n; ++r) {
     for (auto& v : row) v = float(int32_t(seed = seed * 1664525u + 1013904223u)) * 4.6e-10f;
-    if (type == ggml_type::q4_0) ref::quantize_row_q4_0(row.data(), f.q4.data() + r * nb, s.k);
-    else ref::quantize_row_q8_0(row.data(), f.q8.data() + r * nb, nullptr, s.k);
+    encode_row(type, row.data(), s.k, raw.data() + std::size_t(r) * rb);
   }
-  const void* src = type == ggml_type::q4_0 ? static_cast<const void*>(f.q4.data())
-                                            : static_cast<const void*>(f.q8.data());
-  const std::size_t one = std::size_t(s.n) * std::size_t(nb) *
-                          (type == ggml_type::q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0));
-  const std::size_t copies = std::max<std::size_t>(2, (std::size_t(768) << 20) / one + 1);
+  const std::size_t copies = std::max<std::size_t>(2, (std::size_t(768) << 20) / raw.size() + 1);
   for (std::size_t c = 0; c < copies; ++c)
-    f.w.push_back(std::make_unique<ops::packed_weights>(type, src, s.n, s.k, 2));
-  f.q4 = {};
-  f.q8 = {};
+    f.w.push_back(std::make_unique<ops::packed_weights>(type, raw.data(), s.n, s.k, 2));
   return f;
 }
 
@@ -130,7 +122,7 @@ void bm_matmul(benchmark::State& st, ggml_type type, shape s, int64_t m, int nt)
   fixture& f = weights(type, s);
   std::vector<float> x(static_cast<size_t>(m * s.k));
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 61) - 30) * 0.03f;
-  ops::act_q8 xq(m, s.k);
+  ops::act_q8 xq(m, s.k, ops::packed_weights::k_quant(type));
   std::vector<float> y(static_cast<size_t>(m * s.n));
   std::size_t c = 0;
   for (auto _ : st) {
@@ -163,12 +155,14 @@ int main(int argc, char** argv) {
                 g_bw[nt], g_peak[nt]);
   }
   const shape shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {32000, 4096}};
-  for (ggml_type type : {ggml_type::q4_0, ggml_type::q8_0}) {
+  // the k-quants beside Q4_0 / Q8_0 on the same shapes (Q4_K: 4.625 bits per weight as repacked,
+  // Q4_0 4.5; Q5_K 5.625; Q6_K 6.5625; Q8_0 8.5)
+  for (ggml_type type : {ggml_type::q4_0, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k, ggml_type::q8_0}) {
     for (shape s : shapes) {
       for (int64_t m : {int64_t(1), int64_t(512)}) {
         if (quick && m == 512 && s.n != 4096) continue;
         for (int nt : {1, 2}) {
-          const std::string name = std::string(type == ggml_type::q4_0 ? "q4_0" : "q8_0") + "/" +
+          const std::string name = std::string(gguf::type_name(type)) + "/" +
                                    std::to_string(s.n) + "x" + std::to_string(s.k) + "/M" +
                                    std::to_string(m) + "/t" + std::to_string(nt);
           auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_matmul, type, s, m, nt);

@@ -6,7 +6,7 @@ run=${QLLM_RUNNER:-}  # e.g. qemu-user in a cross build
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 # every command answers --help on stdout with exit 0 and lists at least one flag
-for c in info gen-random convert run chat tokenize perplexity embed bench; do
+for c in info gen-random convert quantize run chat tokenize perplexity embed bench; do
   $run "$qllm" "$c" --help >"$dir/help"
   grep -q "^usage: qllm $c" "$dir/help"
   grep -q -- '-h, --help' "$dir/help" || grep -q -- '--help' "$dir/help"
@@ -57,6 +57,23 @@ rm "$dir/hf/model-00002-of-00002.safetensors"
 if $run "$qllm" convert "$dir/hf" "$dir/conv2.gguf" 2>"$dir/err"; then exit 1; fi
 grep -q "model-00002-of-00002.safetensors" "$dir/err"
 [ "$(ls "$dir" | grep -c conv2)" = 0 ]  # nothing left behind
+
+# qllm quantize: an F32 GGUF → a Q4_K_M mix that loads, reports its mix and generates; a
+# quantized input needs --allow-requantize; gen-random writes the mix directly
+$run "$qllm" gen-random --shape small --type f32 --out "$dir/f32.gguf" >/dev/null
+$run "$qllm" quantize "$dir/f32.gguf" "$dir/q4km.gguf" --type q4_k_m -t 2 |
+  grep -q 'wrote .*q4_k_m, 39 tensors (23 q4_k, 9 f32, 4 q8_0, 3 q6_k), .* in .* s (.* MB/s), peak RSS'
+$run "$qllm" info -m "$dir/q4km.gguf" | grep -q '^  tensors:   Q4_K_M: 23 q4_k, 9 f32, 4 q8_0, 3 q6_k$'
+$run "$qllm" run -m "$dir/q4km.gguf" -p "hello" -n 4 --temp 0 -q >/dev/null
+if $run "$qllm" quantize "$dir/q4km.gguf" "$dir/q6.gguf" --type q6_k 2>"$dir/err"; then exit 1; fi
+grep -q "already q4_k.*--allow-requantize" "$dir/err"
+[ ! -e "$dir/q6.gguf" ]
+$run "$qllm" quantize "$dir/q4km.gguf" "$dir/q6.gguf" --type q6_k --allow-requantize -q >/dev/null
+if $run "$qllm" quantize "$dir/f32.gguf" "$dir/x.gguf" --type q3_k_m 2>"$dir/err"; then exit 1; fi
+grep -q "q4_k_m" "$dir/err"
+$run "$qllm" gen-random --shape small --type q5_k_m --out "$dir/q5km.gguf" >/dev/null
+$run "$qllm" info -m "$dir/q5km.gguf" | grep -q '^  tensors:   Q5_K_M: 23 q5_k, 9 f32, 4 q8_0, 3 q6_k$'
+rm "$dir/f32.gguf" "$dir/q6.gguf"
 
 # text commands
 m="$dir/tiny.gguf"

@@ -1,8 +1,11 @@
 // qllm quantize: a GGUF → the same model in another weight type or a k-quant mix.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "args.hpp"
 #include "commands.hpp"
@@ -56,8 +59,11 @@ int cmd_quantize(int argc, char** argv) {
     if (p.done == p.total) std::fputc('\n', stderr);
   };
   const quant::report r = quant::quantize_file(in, out, opt);
+  std::vector<std::pair<int, std::string>> by_count;  // most frequent first, as qllm info
+  for (const auto& [name, n] : r.types) by_count.emplace_back(-n, name);
+  std::sort(by_count.begin(), by_count.end());
   std::string mix;
-  for (const auto& [name, n] : r.types) mix += (mix.empty() ? "" : ", ") + std::to_string(n) + " " + name;
+  for (const auto& [n, name] : by_count) mix += (mix.empty() ? "" : ", ") + std::to_string(-n) + " " + name;
   std::printf("wrote %s: %s, %zu tensors (%s), %s -> %s in %.1f s (%.0f MB/s), peak RSS %s\n", out.c_str(),
               quant::scheme_name(opt.type), r.tensors, mix.c_str(), format_bytes(r.bytes_in).c_str(),
               format_bytes(r.bytes_out).c_str(), r.seconds, double(r.bytes_in) / 1e6 / std::max(r.seconds, 1e-9),
