@@ -53,9 +53,11 @@ const std::vector<const kernel_table*>& compiled_tables() {
 #if QLLM_HAVE_AVX512
   static const kernel_table avx512_vnni =
       derive(table_avx2, "avx512_vnni", supported_avx512_vnni, gemm_q4_0x8_avx512_vnni,
-             gemm_q8_0x8_avx512_vnni);
-  static const kernel_table avx512 = derive(table_avx2, "avx512", supported_avx512,
-                                            gemm_q4_0x8_avx512, gemm_q8_0x8_avx512);
+             gemm_q8_0x8_avx512_vnni, gemm_q4_kx8_avx512_vnni, gemm_q5_kx8_avx512_vnni,
+             gemm_q6_kx8_avx512_vnni);
+  static const kernel_table avx512 =
+      derive(table_avx2, "avx512", supported_avx512, gemm_q4_0x8_avx512, gemm_q8_0x8_avx512,
+             gemm_q4_kx8_avx512, gemm_q5_kx8_avx512, gemm_q6_kx8_avx512);
 #endif
 #if QLLM_HAVE_NEON
   static const kernel_table neon_dotprod =
