@@ -21,7 +21,8 @@ void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k) {
       }
     }
     const float d = max / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
     y[b].d = fp32_to_fp16(d);
     for (int j = 0; j < qk / 2; ++j) {
       const int q0 = std::min(15, int(int8_t(x[j] * id + 8.5f)));
@@ -228,7 +229,8 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) 
     float amax = 0.0f;
     for (int j = 0; j < qk; ++j) amax = std::max(amax, std::fabs(x[j]));
     const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
     y[b].d = fp32_to_fp16(d);
     int32_t s = 0;
     for (int j = 0; j < qk; ++j) {
@@ -597,7 +599,8 @@ void quantize_row_q8_k(const float* x, block_q8_k* y, int64_t k) {
       continue;
     }
     const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
     y[b].d = d;
     for (int j = 0; j < qk_k; ++j) {
       y[b].qs[j] = int8_t(std::nearbyint(x[j] * id));

@@ -154,6 +154,38 @@ TEST_CASE("quantize_row_q8_0: bytes and sums equal the reference") {
   }
 }
 
+// Blocks whose largest value is so small that d = amax / 127 is a denormal and 1 / d overflows
+// (amax below about 3.7e-37): all quants 0 on every table (before: x * inf, a float-to-int
+// overflow), and the reference quantizers for Q4_0 and Q8_K alike.
+TEST_CASE("quantization of blocks in the denormal range: zero quants, no overflow, on every table") {
+  for (float amax : {1e-45f, 1.7e-41f, 3e-39f, 1e-37f, 3.6e-37f, 4e-37f, 1.2e-38f}) {
+    CAPTURE(amax);
+    std::vector<float> x(256);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = amax * float(int(i % 7) - 3) / 3.0f;
+    std::vector<block_q8_0> a(8), b(8);
+    std::vector<int32_t> sa(8), sb(8);
+    ref::quantize_row_q8_0(x.data(), a.data(), sa.data(), 256);
+    for (const auto& blk : a)
+      for (int8_t q : blk.qs) CHECK((q >= -127 && q <= 127));
+    for (auto* t : tables_under_test()) {
+      CAPTURE(std::string(t->name));
+      t->quantize_row_q8_0(x.data(), b.data(), sb.data(), 256);
+      CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(block_q8_0)) == 0);
+      CHECK(sa == sb);
+    }
+    block_q8_k k{};
+    ref::quantize_row_q8_k(x.data(), &k, 256);
+    int sum = 0;
+    for (int8_t q : k.qs) sum += std::abs(q);
+    if (1.0f / (amax / 127.0f) > 3.4e38f) CHECK(sum == 0);  // 1/d overflows: zero quants
+    else CHECK(sum > 0);
+    std::vector<block_q4_0> q4(8);
+    ref::quantize_row_q4_0(x.data(), q4.data(), 256);
+    for (const auto& blk : q4)
+      for (uint8_t q : blk.qs) CHECK(((q & 15) <= 15 && (q >> 4) <= 15));
+  }
+}
+
 // A block with a NaN or an infinity (hostile weights, an overflowing activation) quantizes to a
 // NaN scale and zero quants on every table: before, the float-to-int conversion of NaN gave
 // INT_MIN quants whose sums overflowed in the Q4_0 kernels (undefined behaviour, found by fuzzing).

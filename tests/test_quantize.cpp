@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -49,10 +50,11 @@ std::vector<float> roundtrip(ggml_type t, const std::vector<float>& x) {
   return y;
 }
 
-std::map<std::string, int> count_types(quant::scheme s, int64_t n_layer, int64_t n_embd, int64_t n_ff, bool tied) {
+std::map<std::string, int> count_types(quant::scheme s, int64_t n_layer, int64_t n_embd, int64_t n_ff, bool tied,
+                                       bool gqa = false) {
   std::map<std::string, int> c;
   auto add = [&](const std::string& name, int64_t ne0, int64_t dims, int64_t layer) {
-    c[gguf::type_name(quant::tensor_type(s, name, ne0, dims, layer, n_layer, tied))]++;
+    c[gguf::type_name(quant::tensor_type(s, name, ne0, dims, layer, {n_layer, gqa, tied}))]++;
   };
   add("token_embd.weight", n_embd, 2, -1);
   add("output_norm.weight", n_embd, 1, -1);
@@ -125,16 +127,22 @@ TEST_CASE("mix rules: llama.cpp's tensor counts for Llama-2-7B and 70B") {
   CHECK(m == std::map<std::string, int>{{"f32", 65}, {"q5_k", 193}, {"q6_k", 33}});
   m = count_types(quant::scheme::q6_k, 32, 4096, 11008, false);
   CHECK(m == std::map<std::string, int>{{"f32", 65}, {"q6_k", 226}});
+  // Q4_K_S: attn_v of layers 0-3 and ffn_down of layers 0-3 (the first eighth) in Q5_K
   m = count_types(quant::scheme::q4_k, 32, 4096, 11008, false);
-  CHECK(m == std::map<std::string, int>{{"f32", 65}, {"q4_k", 225}, {"q6_k", 1}});
+  CHECK(m == std::map<std::string, int>{{"f32", 65}, {"q4_k", 217}, {"q5_k", 8}, {"q6_k", 1}});
   m = count_types(quant::scheme::q4_0, 32, 4096, 11008, false);  // output in Q6_K, as llama.cpp
   CHECK(m == std::map<std::string, int>{{"f32", 65}, {"q4_0", 225}, {"q6_k", 1}});
   m = count_types(quant::scheme::q8_0, 32, 4096, 11008, false);
   CHECK(m == std::map<std::string, int>{{"f32", 65}, {"q8_0", 226}});
-  // 70B: attn_v never below Q5_K (80 layers: 40 in Q6_K by use_more_bits, 40 bumped)
-  m = count_types(quant::scheme::q4_k_m, 80, 8192, 28672, false);
+  // Llama-2-70B (80 layers, GQA): attn_v never below Q5_K (40 in Q6_K by use_more_bits, 40
+  // bumped); LLaMA-1-65B (80 layers, no GQA) is not bumped
+  m = count_types(quant::scheme::q4_k_m, 80, 8192, 28672, false, true);
   CHECK(m["q5_k"] == 40);
   CHECK(m["q6_k"] == 1 + 40 + 40);
+  m = count_types(quant::scheme::q4_k_m, 80, 8192, 22016, false, false);
+  CHECK(m["q5_k"] == 0);
+  m = count_types(quant::scheme::q4_k, 80, 8192, 28672, false, true);  // Q4_K_S 70B
+  CHECK(m["q5_k"] == 80 + 10);
   // tied output: the embedding table takes the output's rule
   m = count_types(quant::scheme::q4_k_m, 32, 4096, 11008, true);
   CHECK(m["q6_k"] == 33);
@@ -244,6 +252,42 @@ TEST_CASE("qllm quantize: F32 GGUF → each scheme loads, reports its mix, stays
     expect_error([&] { quant::quantize_file(d / "falcon.gguf", d / "x.gguf", o); }, errc::unsupported,
                  "'falcon'");
     CHECK(access((d / "x.gguf").c_str(), F_OK) != 0);
+    expect_error([&] { quant::quantize_file(d / "f32.gguf", d.path, o); }, errc::invalid_argument, "is a directory");
+  }
+  SUBCASE("NaN sources, values too large for the type, empty tensors, dequantizing") {
+    const auto src = gguf::file::open(d / "f32.gguf");
+    auto with = [&](const std::string& path, float value, bool extra_empty) {
+      gguf::writer w;
+      for (const auto& [key, v] : src.metadata()) w.set(key, v);
+      for (const auto& t : src.tensors()) {
+        std::vector<float> vals(std::size_t(t.bytes / 4));
+        std::memcpy(vals.data(), src.tensor_data(t), t.bytes);
+        if (t.name == "blk.0.attn_q.weight") vals[300] = value;
+        w.add_tensor(t.name, t.type, t.ne, vals.data(), t.bytes);
+      }
+      if (extra_empty) w.add_tensor("extra.weight", ggml_type::f32, {256, 0}, nullptr, 0);
+      w.write(path);
+    };
+    quant::options o;
+    o.type = quant::scheme::q4_k_m;
+    with(d / "nan.gguf", std::numeric_limits<float>::quiet_NaN(), false);
+    expect_error([&] { quant::quantize_file(d / "nan.gguf", d / "x.gguf", o); }, errc::bad_format,
+                 "tensor 'blk.0.attn_q.weight' holds 1 NaN or infinite values");
+    with(d / "big.gguf", 1e8f, false);
+    expect_error([&] { quant::quantize_file(d / "big.gguf", d / "x.gguf", o); }, errc::unsupported,
+                 "tensor 'blk.0.attn_q.weight' has values up to 1e+08, too large for q4_k");
+    o.type = quant::scheme::q6_k;  // Q6_K holds it
+    quant::quantize_file(d / "big.gguf", d / "x.gguf", o);
+    CHECK_NOTHROW(model::load(d / "x.gguf"));
+    CHECK(access((d / "x.gguf").c_str(), F_OK) == 0);
+    with(d / "empty.gguf", 0.5f, true);  // a tensor with no rows: copied, not divided by zero
+    o.type = quant::scheme::q4_k_m;
+    quant::quantize_file(d / "empty.gguf", d / "e.gguf", o);
+    CHECK(gguf::file::open(d / "e.gguf").find_tensor("extra.weight")->type == ggml_type::f32);
+    // a quantized file back to f16 needs no --allow-requantize
+    o.type = quant::scheme::f16;
+    quant::quantize_file(d / "e.gguf", d / "f16.gguf", o);
+    CHECK(model::load(d / "f16.gguf")->weight_mix() == "F16: 30 f16, 10 f32");
   }
 }
 
@@ -294,4 +338,23 @@ TEST_CASE("blocks with an infinite or NaN scale are refused at load, naming the 
     expect_error([&] { model::load(d / "nan.gguf"); }, errc::bad_format,
                  "tensor 'blk.1.ffn_up.weight': a block scale is infinite or NaN");
   }
+  // a valid Q3_K matrix whose values (128 x 65504) exceed Q8_0's range, the form qllm runs Q3_K
+  // in: refused as such, not as a bad scale
+  spec.type = ggml_type::q8_0;
+  write_random_model(d / "m.gguf", spec);
+  const auto src = gguf::file::open(d / "m.gguf");
+  gguf::writer w;
+  for (const auto& [key, v] : src.metadata()) w.set(key, v);
+  for (const auto& t : src.tensors()) {
+    if (t.name != "blk.1.ffn_up.weight") {
+      w.add_tensor(t.name, t.type, t.ne, src.tensor_data(t), t.bytes);
+      continue;
+    }
+    std::vector<uint8_t> q3(std::size_t(gguf::tensor_bytes(ggml_type::q3_k, t.ne)), 0);
+    for (std::size_t at = 0; at < q3.size(); at += 110) q3[at + 108] = 0xff, q3[at + 109] = 0x7b;  // d = 65504
+    w.add_tensor(t.name, ggml_type::q3_k, t.ne, q3.data(), q3.size());
+  }
+  w.write(d / "q3k.gguf");
+  expect_error([&] { model::load(d / "q3k.gguf"); }, errc::unsupported,
+               "tensor 'blk.1.ffn_up.weight' (q3_k) has values up to 8.38451e+06, beyond Q8_0's range");
 }

@@ -23,17 +23,26 @@ uint32_t file_type(scheme s) noexcept;
 // not know.
 std::string file_type_name(uint32_t ftype);
 
-// The type of one tensor of a Llama model under scheme s, by llama.cpp's rules for Llama-2:
+// What the mix rules need to know of the model.
+struct model_shape {
+  int64_t n_layer = 0;
+  bool gqa = false;          // head_count_kv < head_count
+  bool tied_output = false;  // no output.weight: the embedding table is the output
+};
+
+// The type of one tensor of a Llama model under scheme s, by llama.cpp's rules for Llama:
 //  - 1-D tensors (norms) stay f32;
 //  - output.weight (token_embd.weight when the output is tied) is q6_k for every quantized
 //    scheme but q8_0;
 //  - q4_k_m / q5_k_m: attn_v and ffn_down of the layers use_more_bits picks (the first and last
-//    eighth and every third between) are q6_k; attn_v of an 80-layer model is at least q5_k;
+//    eighth and every third between) are q6_k;
+//  - q4_k_s: attn_v of layers 0-3 and ffn_down of the first eighth of the layers are q5_k;
+//  - an 80-layer model with grouped-query attention (Llama-2-70B): attn_v at least q5_k;
 //  - a k-quant whose rows are not a multiple of 256 falls back to q8_0 (llama.cpp writes
 //    q5_0/q5_1 there, types qllm reads but does not write).
 // `layer` is the block index of blk.N.* tensors (-1 for others).
 ggml_type tensor_type(scheme s, std::string_view name, int64_t ne0, int64_t n_dims, int64_t layer,
-                      int64_t n_layer, bool tied_output) noexcept;
+                      const model_shape& m) noexcept;
 // i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2
 bool use_more_bits(int64_t i, int64_t n) noexcept;
 

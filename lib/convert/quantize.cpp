@@ -7,6 +7,7 @@
 #include <cctype>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <vector>
 
@@ -103,20 +104,24 @@ bool use_more_bits(int64_t i, int64_t n) noexcept {
 }
 
 ggml_type tensor_type(scheme s, std::string_view name, int64_t ne0, int64_t n_dims, int64_t layer,
-                      int64_t n_layer, bool tied_output) noexcept {
+                      const model_shape& m) noexcept {
   if (n_dims < 2) return ggml_type::f32;
   const ggml_type base = row_of(s).base;
   ggml_type t = base;
   if (is_quantized(base)) {
     const bool mix = s == scheme::q4_k_m || s == scheme::q5_k_m;
-    const bool output = name == "output.weight" || (tied_output && name == "token_embd.weight");
+    const bool output = name == "output.weight" || (m.tied_output && name == "token_embd.weight");
     if (output) {
       if (base != ggml_type::q8_0) t = ggml_type::q6_k;
-    } else if (mix && layer >= 0 && ends_with(name, ".attn_v.weight")) {
-      if (use_more_bits(layer, n_layer)) t = ggml_type::q6_k;
-      if (n_layer == 80 && t == ggml_type::q4_k) t = ggml_type::q5_k;  // Llama-2-70B's small attn_v
-    } else if (mix && layer >= 0 && ends_with(name, ".ffn_down.weight")) {
-      if (use_more_bits(layer, n_layer)) t = ggml_type::q6_k;
+    } else if (layer >= 0 && ends_with(name, ".attn_v.weight")) {
+      if (mix && use_more_bits(layer, m.n_layer)) t = ggml_type::q6_k;
+      if (s == scheme::q4_k && layer < 4) t = ggml_type::q5_k;
+      // Llama-2-70B (80 layers with grouped-query attention): its attn_v is 8x smaller than
+      // attn_q, more bits cost little
+      if (m.n_layer == 80 && m.gqa && t == ggml_type::q4_k) t = ggml_type::q5_k;
+    } else if (layer >= 0 && ends_with(name, ".ffn_down.weight")) {
+      if (mix && use_more_bits(layer, m.n_layer)) t = ggml_type::q6_k;
+      if (s == scheme::q4_k && layer < m.n_layer / 8) t = ggml_type::q5_k;
     }
   }
   if (k_type(t) && ne0 % qk_k != 0) t = ggml_type::q8_0;
@@ -127,16 +132,21 @@ ggml_type tensor_type(scheme s, std::string_view name, int64_t ne0, int64_t n_di
 report quantize_file(const std::string& in, const std::string& out, const options& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   struct stat si{}, so{};
-  if (::stat(in.c_str(), &si) == 0 && ::stat(out.c_str(), &so) == 0 && si.st_dev == so.st_dev &&
-      si.st_ino == so.st_ino)
-    throw error(errc::invalid_argument, "quantize: output '" + out + "' is the input file");
+  if (::stat(out.c_str(), &so) == 0) {
+    if (S_ISDIR(so.st_mode)) throw error(errc::invalid_argument, "output '" + out + "' is a directory");
+    if (::stat(in.c_str(), &si) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino)
+      throw error(errc::invalid_argument, "output '" + out + "' is the input file");
+  }
   auto src = std::make_shared<gguf::file>(gguf::file::open(in));
   const std::string arch = src->get_string("general.architecture", "");
   if (arch != "llama")
-    throw error(errc::unsupported, "quantize: '" + in + "' has general.architecture '" + arch +
+    throw error(errc::unsupported, "'" + in + "' has general.architecture '" + arch +
                                        "'; qllm quantizes Llama models only");
-  const int64_t n_layer = int64_t(src->get_uint("llama.block_count"));
-  const bool tied = src->find_tensor("output.weight") == nullptr;
+  model_shape shape;
+  shape.n_layer = int64_t(src->get_uint("llama.block_count"));
+  shape.gqa = src->get_uint("llama.attention.head_count_kv", src->get_uint("llama.attention.head_count", 0)) <
+              src->get_uint("llama.attention.head_count", 0);
+  shape.tied_output = src->find_tensor("output.weight") == nullptr;
 
   gguf::writer w;
   for (const auto& [key, v] : src->metadata()) {
@@ -161,14 +171,14 @@ report quantize_file(const std::string& in, const std::string& out, const option
   const int nt = opt.n_threads > 0 ? opt.n_threads : default_threads();
   for (const auto& t : src->tensors()) {
     const int64_t layer = layer_of(t.name);
-    ggml_type to = tensor_type(opt.type, t.name, t.ne[0], int64_t(t.ne.size()), layer, n_layer, tied);
-    if (t.ne.size() < 2) to = t.type;  // norms and other vectors as they are
+    ggml_type to = tensor_type(opt.type, t.name, t.ne[0], int64_t(t.ne.size()), layer, shape);
+    if (t.ne.size() < 2 || t.bytes == 0) to = t.type;  // norms, other vectors, empty tensors as they are
     if (to != t.type) {
       if (!readable(t.type))
-        throw error(errc::unsupported, "quantize: tensor '" + t.name + "' has type " +
+        throw error(errc::unsupported, "tensor '" + t.name + "' has type " +
                                            gguf::type_name(t.type) + ", which qllm cannot read");
-      if (is_quantized(t.type) && !opt.allow_requantize)
-        throw error(errc::unsupported, "quantize: tensor '" + t.name + "' is already " +
+      if (is_quantized(t.type) && is_quantized(to) && !opt.allow_requantize)
+        throw error(errc::unsupported, "tensor '" + t.name + "' is already " +
                                            gguf::type_name(t.type) +
                                            "; quantizing it again adds error (--allow-requantize)");
     }
@@ -190,15 +200,38 @@ report quantize_file(const std::string& in, const std::string& out, const option
         for (std::size_t i = 1; i < ne.size(); ++i) rows *= ne[i];
         const std::size_t rb_in = std::size_t(in_bytes) / std::size_t(rows), rb_out = encoded_row_bytes(to, k);
         if (rb_out * std::size_t(rows) != bytes) throw error(errc::internal, "quantize: size mismatch for " + name);
-        // rows are independent: the bytes do not depend on the thread split
-#pragma omp parallel num_threads(nt)
+        // rows are independent: the bytes do not depend on the thread split. Each encoded row is
+        // read back: a value too large for the type's fp16 scales must not become a file that
+        // loads as infinities or NaN (or that qllm refuses to load).
+        int64_t bad_in = 0, bad_out = 0;
+        float largest = 0.0f;
+#pragma omp parallel num_threads(nt) reduction(+ : bad_in, bad_out) reduction(max : largest)
         {
-          std::vector<float> row(static_cast<std::size_t>(k));
+          std::vector<float> row(static_cast<std::size_t>(k)), back(static_cast<std::size_t>(k));
 #pragma omp for schedule(static)
           for (int64_t r = 0; r < rows; ++r) {
             ref::dequantize_row(from, p + std::size_t(r) * rb_in, row.data(), k);
-            encode_row(to, row.data(), k, dst + std::size_t(r) * rb_out);
+            int64_t nonfinite = 0;
+            for (float v : row) {
+              nonfinite += !std::isfinite(v);
+              if (std::isfinite(v)) largest = std::max(largest, std::fabs(v));
+            }
+            bad_in += nonfinite;
+            if (nonfinite) continue;
+            uint8_t* o = dst + std::size_t(r) * rb_out;
+            encode_row(to, row.data(), k, o);
+            ref::dequantize_row(to, o, back.data(), k);
+            for (float v : back) bad_out += !std::isfinite(v);
           }
+        }
+        if (bad_in)
+          throw error(errc::bad_format, "tensor '" + name + "' holds " + std::to_string(bad_in) +
+                                            " NaN or infinite values");
+        if (bad_out) {
+          char big[32];
+          std::snprintf(big, sizeof big, "%g", double(largest));
+          throw error(errc::unsupported, "tensor '" + name + "' has values up to " + big + ", too large for " +
+                                             gguf::type_name(to) + " (its fp16 scales overflow)");
         }
       }
       src->release(p, std::size_t(in_bytes));

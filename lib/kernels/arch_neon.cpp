@@ -1,5 +1,6 @@
 // The NEON (aarch64 Advanced SIMD) table: generic float ops for xsimd::neon64, int8 kernels with
 // vmull_s8 (neon_qgemm.hpp).
+#include <cmath>
 #include <cstring>
 
 #include "kernels/arch_exports.hpp"
@@ -45,7 +46,8 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) 
       continue;
     }
     const float d = vmaxvq_f32(amax) / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
     y[b].d = vget_lane_u16(vreinterpret_u16_f16(vcvt_f16_f32(vdupq_n_f32(d))), 0);
     int32_t s = 0;
     for (int i = 0; i < 8; ++i) {

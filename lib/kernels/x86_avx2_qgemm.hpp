@@ -5,6 +5,7 @@
 #pragma once
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "kernels/kernel_table.hpp"
@@ -141,7 +142,8 @@ inline void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int32_t* sums,
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     const float d = _mm_cvtss_f32(m) / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
     y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
     const __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];

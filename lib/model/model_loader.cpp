@@ -214,15 +214,25 @@ class loader {
     std::unique_ptr<float[]> rows(new float[std::size_t(n * k)]);
     const std::size_t row_bytes = t.bytes / std::size_t(n);
     int64_t bad = 0;  // values that are infinite or NaN
-#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : bad)
+    float amax = 0.0f;
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : bad) reduction(max : amax)
     for (int64_t r = 0; r < n; ++r) {
       float* row = rows.get() + r * k;
       ref::dequantize_row(t.type, src + std::size_t(r) * row_bytes, row, k);
-      for (int64_t i = 0; i < k; ++i) bad += !std::isfinite(row[i]);
+      for (int64_t i = 0; i < k; ++i) {
+        bad += !std::isfinite(row[i]);
+        if (std::isfinite(row[i])) amax = std::max(amax, std::fabs(row[i]));
+      }
     }
     if (bad)
       throw error(errc::bad_format, "model: tensor '" + t.name + "' holds " + std::to_string(bad) +
                                         " infinite or NaN values (a block scale is)");
+    if (tt == ggml_type::q8_0 && amax / 127.0f > 65504.0f) {  // Q8_0's fp16 scale would overflow
+      char v[32];
+      std::snprintf(v, sizeof v, "%g", double(amax));
+      throw error(errc::unsupported, "model: tensor '" + t.name + "' (" + gguf::type_name(t.type) + ") has values up to " +
+                                         v + ", beyond Q8_0's range (8.3e6), the form qllm runs it in");
+    }
     if (release) m_.file->release(src, t.bytes);
     if (tt == ggml_type::f32) {
       ops::packed_weights w(tt, rows.get(), n, k, nt);

@@ -91,8 +91,13 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
   if (!s.scheme.empty()) sch = quant::parse_scheme(s.scheme);
   if (!types_ok || s.n_vocab < 259 || s.n_embd < 2 || s.n_layer < 1 || s.n_ff < 1 || s.n_head < 1 ||
       s.n_head_kv < 1 || s.n_embd % s.n_head || s.n_head % s.n_head_kv || (s.n_embd / s.n_head) % 2 ||
-      (!sch && quant && (s.n_embd % qk || s.n_ff % qk)) || (!sch && kquant && (s.n_embd % qk_k || s.n_ff % qk_k)))
+      (!sch && quant && (s.n_embd % qk || s.n_ff % qk)))
     throw error(errc::invalid_argument, "random model: inconsistent spec");
+  if (!sch && kquant && (s.n_embd % qk_k || s.n_ff % qk_k))
+    throw error(errc::invalid_argument, "random model: " + std::string(gguf::type_name(s.type)) +
+                                            " needs n_embd and n_ff multiples of 256 (have " +
+                                            std::to_string(s.n_embd) + ", " + std::to_string(s.n_ff) +
+                                            "); the mixes (q4_k_m, ...) fall back where they are not");
   const int64_t hd = s.n_embd / s.n_head, kv = hd * s.n_head_kv;
 
   gguf::writer w;
@@ -136,7 +141,9 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
     const uint64_t id = ++stream;
     int64_t layer = -1;
     if (name.rfind("blk.", 0) == 0) layer = std::stoll(name.substr(4));
-    const ggml_type t = sch ? quant::tensor_type(*sch, name, k, 2, layer, s.n_layer, s.tied_output) : s.type;
+    const ggml_type t = sch ? quant::tensor_type(*sch, name, k, 2, layer,
+                                                 {s.n_layer, s.n_head_kv < s.n_head, s.tied_output})
+                            : s.type;
     w.add_tensor_fn(name, t, {k, n}, [=](uint8_t* dst, std::size_t bytes) {
       std::vector<float> row(static_cast<std::size_t>(k));
       const std::size_t rb = encoded_row_bytes(t, k);
