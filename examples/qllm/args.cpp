@@ -5,11 +5,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <utility>
 #include <vector>
 
 #include "qllm/error.hpp"
+#include "qllm/resources.hpp"
 
 namespace qllm::cli {
 
@@ -63,6 +65,14 @@ int64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return int64_t(u.ru_maxrss) * 1024;
+}
+
+void print_progress(std::size_t done, std::size_t total, uint64_t bytes_done, uint64_t bytes_total, double seconds) {
+  const double mbs = seconds > 0 ? double(bytes_done) / 1e6 / seconds : 0.0;
+  const double eta = bytes_done ? seconds * double(bytes_total - bytes_done) / double(bytes_done) : 0.0;
+  std::fprintf(stderr, "\r[%zu/%zu tensors] %s of %s, %.0f MB/s, ETA %.0f s   ", done, total,
+               format_bytes(bytes_done).c_str(), format_bytes(bytes_total).c_str(), mbs, eta);
+  if (done == total) std::fputc('\n', stderr);
 }
 
 namespace {

@@ -31,5 +31,8 @@ default_model find_default_model();
 std::string model_or_default(const std::string& path, const char* usage);
 // Peak resident set size of this process, bytes.
 int64_t peak_rss_bytes();
+// One progress line on stderr ("[3/39 tensors] 1.2 GiB of 13.5 GiB, 195 MB/s, ETA 61 s"),
+// rewritten in place; a newline when done == total.
+void print_progress(std::size_t done, std::size_t total, uint64_t bytes_done, uint64_t bytes_total, double seconds);
 
 }  // namespace qllm::cli

@@ -51,12 +51,7 @@ int cmd_quantize(int argc, char** argv) {
   opt.type = quant::parse_scheme(type);
   const bool bar = !quiet && isatty(2);
   opt.on_progress = [bar](const quant::progress& p) {
-    if (!bar) return;
-    const double mbs = p.seconds > 0 ? double(p.bytes_done) / 1e6 / p.seconds : 0.0;
-    const double eta = p.bytes_done ? p.seconds * double(p.bytes_total - p.bytes_done) / double(p.bytes_done) : 0.0;
-    std::fprintf(stderr, "\r[%zu/%zu tensors] %s of %s, %.0f MB/s, ETA %.0f s   ", p.done, p.total,
-                 format_bytes(p.bytes_done).c_str(), format_bytes(p.bytes_total).c_str(), mbs, eta);
-    if (p.done == p.total) std::fputc('\n', stderr);
+    if (bar) print_progress(p.done, p.total, p.bytes_done, p.bytes_total, p.seconds);
   };
   const quant::report r = quant::quantize_file(in, out, opt);
   std::vector<std::pair<int, std::string>> by_count;  // most frequent first, as qllm info
