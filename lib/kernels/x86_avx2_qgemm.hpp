@@ -35,6 +35,17 @@ inline void store_panel(const qgemm_args& a, int64_t t, int64_t p, __m256 v) {
 
 inline float fp16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
+// Software prefetch of every cache line of the panel block kPrefetchBytes ahead (one panel is
+// one sequential stream). Touching one line per block (144 or 272 bytes) left most lines to
+// the hardware prefetcher: the one-thread Q4_0 GEMV read 10.6 GB/s where Q4_K, which
+// prefetched every line, read 13.2 (bench_kernels, same run).
+inline constexpr int kPrefetchBytes = 2048;
+template <class Block>
+inline void prefetch_ahead(const Block* b) {
+  const char* p = reinterpret_cast<const char*>(b) + kPrefetchBytes;
+  for (std::size_t o = 0; o < sizeof(Block) + 63; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+
 // The int8 dot primitive of the 256-bit tiles. w: unsigned (Q4 nibbles, or |w| for Q8_0);
 // x: signed activation quants. Every variant returns exact int32 sums per row lane.
 struct dot_maddubs {
@@ -59,7 +70,7 @@ void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
     const block_q4_0x8& wb = wp[b];
-    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1024, _MM_HINT_T0);
+    prefetch_ahead(&wb);
     __m256i w[8];  // w[j]: elements 4j..4j+3 of each row
     for (int c = 0; c < 4; ++c) {
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * c));
@@ -86,8 +97,7 @@ void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
     const block_q8_0x8& wb = wp[b];
-    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1024, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(&wb) + 1088, _MM_HINT_T0);
+    prefetch_ahead(&wb);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
     __m256i si[TN][2];  // two chains per token (even / odd chunks)
     for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = _mm256_setzero_si256();
