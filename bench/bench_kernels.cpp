@@ -2,6 +2,7 @@
 // read bandwidth (GEMV, M = 1) and practical int8 peak (GEMM, M = 512), both measured in the same
 // run so that a noisy shared machine still gives meaningful ratios.
 #include <benchmark/benchmark.h>
+#include <sys/mman.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -26,26 +27,80 @@ using namespace qllm;
 
 namespace {
 
-double g_bw[3] = {0, 0, 0};    // measured read bandwidth GB/s for 1, 2 threads
-double g_peak[3] = {0, 0, 0};  // measured int8 GOP/s for 1, 2 threads
+std::map<int, double> g_bw;    // best read bandwidth GB/s by thread count
+std::map<int, double> g_peak;  // int8 GOP/s by thread count
 
-// Streaming sum over 2 GiB (larger than any cache), best of several passes.
-double measure_bandwidth(int nt) {
-  const std::size_t n = (std::size_t(2) << 30) / sizeof(uint64_t);
-  static std::unique_ptr<uint64_t[]> buf;
-  if (!buf) {
-    buf.reset(new uint64_t[n]);
+// The best read bandwidth this machine gives, measured the way ../shared/tools/membw does: 2 GiB
+// of anonymous memory (far beyond any cache) on transparent huge pages, every page touched before
+// timing, each thread summing its own contiguous slice with four independent accumulators, best
+// of 10 passes. A weaker probe (4 KiB pages, one accumulator, few passes) reads low and would make
+// the kernels look closer to the roofline than they are.
+struct bw_buffer {
+  uint64_t* p = nullptr;
+  std::size_t n = 0;
+  bw_buffer() {
+    const std::size_t bytes = std::size_t(2) << 30;
+    void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+      std::perror("bench_kernels: mmap");
+      std::exit(1);
+    }
+    madvise(m, bytes, MADV_HUGEPAGE);
+    p = static_cast<uint64_t*>(m);
+    n = bytes / sizeof(uint64_t);
 #pragma omp parallel for schedule(static)
-    for (std::size_t i = 0; i < n; ++i) buf[i] = i;
+    for (std::size_t i = 0; i < n; ++i) p[i] = i;
   }
+};
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) uint64_t sum_slice_avx2(const uint64_t* p, std::size_t n) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  for (std::size_t i = 0; i < n; i += 16) {
+    a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+    a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
+    a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
+    a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  }
+  alignas(32) uint64_t t[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
+  return t[0] + t[1] + t[2] + t[3];
+}
+#endif
+
+uint64_t sum_slice(const uint64_t* p, std::size_t n) {  // n a multiple of 16
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2")) return sum_slice_avx2(p, n);
+#endif
+  uint64_t a[16] = {};
+  for (std::size_t i = 0; i < n; i += 16)
+    for (int j = 0; j < 16; ++j) a[j] += p[i + std::size_t(j)];
+  uint64_t t = 0;
+  for (uint64_t v : a) t += v;
+  return t;
+}
+
+double measure_bandwidth(int nt) {
+  static bw_buffer buf;
+  const std::size_t n = buf.n;
+  const uint64_t expect = uint64_t(n / 2) * (n - 1);
   double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
+  for (int rep = 0; rep < 10; ++rep) {
     uint64_t total = 0;
-#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : total)
-    for (std::size_t i = 0; i < n; i += 4) total += buf[i] + buf[i + 1] + buf[i + 2] + buf[i + 3];
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(nt) reduction(+ : total)
+    {
+      const std::size_t parts = std::size_t(omp_get_num_threads()), id = std::size_t(omp_get_thread_num());
+      const std::size_t chunk = n / parts & ~std::size_t(15);
+      const std::size_t lo = id * chunk, len = id + 1 == parts ? n - lo : chunk;
+      total += sum_slice(buf.p + lo, len & ~std::size_t(15));
+      for (std::size_t i = lo + (len & ~std::size_t(15)); i < lo + len; ++i) total += buf.p[i];
+    }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    benchmark::DoNotOptimize(total);
+    if (total != expect) {
+      std::fprintf(stderr, "bench_kernels: bandwidth probe summed wrong\n");
+      std::exit(1);
+    }
     best = std::max(best, double(n * sizeof(uint64_t)) / s / 1e9);
   }
   return best;
@@ -143,16 +198,36 @@ void bm_matmul(benchmark::State& st, ggml_type type, shape s, int64_t m, int nt)
   st.SetLabel(kt.name);
 }
 
+// QLLM_BENCH_THREADS=1,2,4,8,16 (default 1,2): the thread counts to run and measure.
+std::vector<int> bench_threads() {
+  std::vector<int> v;
+  const char* e = std::getenv("QLLM_BENCH_THREADS");
+  std::string s = e && *e ? e : "1,2";
+  for (std::size_t i = 0; i < s.size();) {
+    std::size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    const int t = std::atoi(s.substr(i, j - i).c_str());
+    if (t < 1 || t > 1024) {
+      std::fprintf(stderr, "bench_kernels: QLLM_BENCH_THREADS '%s': thread counts must be 1..1024\n", s.c_str());
+      std::exit(2);
+    }
+    v.push_back(t);
+    i = j + 1;
+  }
+  return v;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   const bool quick = std::getenv("QLLM_BENCH_QUICK") != nullptr;
-  for (int nt : {1, 2}) {
+  const std::vector<int> threads = bench_threads();
+  for (int nt : threads) {
     g_bw[nt] = measure_bandwidth(nt);
     g_peak[nt] = measure_int8_peak(nt);
-    std::printf("machine, %d thread(s): read bandwidth %.1f GB/s, int8 peak %.0f GOP/s\n", nt,
-                g_bw[nt], g_peak[nt]);
+    std::printf("machine, %d thread(s): read bandwidth %.1f GB/s (huge pages, best of 10), int8 peak %.0f GOP/s\n",
+                nt, g_bw[nt], g_peak[nt]);
   }
   const shape shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {32000, 4096}};
   // the k-quants beside Q4_0 / Q8_0 on the same shapes (Q4_K: 4.625 bits per weight as repacked,
@@ -161,7 +236,7 @@ int main(int argc, char** argv) {
     for (shape s : shapes) {
       for (int64_t m : {int64_t(1), int64_t(512)}) {
         if (quick && m == 512 && s.n != 4096) continue;
-        for (int nt : {1, 2}) {
+        for (int nt : threads) {
           const std::string name = std::string(gguf::type_name(type)) + "/" +
                                    std::to_string(s.n) + "x" + std::to_string(s.k) + "/M" +
                                    std::to_string(m) + "/t" + std::to_string(nt);
