@@ -4,11 +4,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <limits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "qllm/error.hpp"
@@ -646,4 +648,146 @@ TEST_CASE("tensor infos with hostile dimensions never crash the loader") {
   }
   MESSAGE("hostile dimensions: " << rejected << " rejected, " << loaded << " loaded");
   CHECK(rejected > 0);
+}
+
+namespace {
+std::vector<float> logits_of(const std::shared_ptr<const model>& m, const std::vector<int32_t>& toks) {
+  context ctx(m, {});
+  const auto l = ctx.eval(toks, true);
+  return {l.begin(), l.end()};
+}
+std::vector<std::string> files_in(const std::string& dir) {
+  std::vector<std::string> v;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) v.push_back(e.path().string());
+  std::sort(v.begin(), v.end());
+  return v;
+}
+}  // namespace
+
+TEST_CASE("repacked-weight cache: written once, mapped after, bit-identical, stale or broken files replaced") {
+  test::tmpdir dir("qllm_cache");
+  const std::string cache = dir / "cache";
+  for (const char* scheme : {"", "q4_k_m"}) {
+    for (bool tied : {false, true}) {
+      CAPTURE(scheme);
+      CAPTURE(tied);
+      random_model_spec spec = random_model_preset("tiny");
+      spec.n_embd = 256;  // k-quant rows: multiples of 256
+      spec.n_ff = 512;
+      spec.scheme = scheme;
+      spec.tied_output = tied;
+      const std::string path = dir / "m.gguf";
+      write_random_model(path, spec);
+      const auto toks = some_tokens(12, spec.n_vocab, 5);
+      model_options off;
+      off.cache_dir = "none";
+      const auto ref = logits_of(model::load(path, off), toks);
+      CHECK(model::load(path, off)->cache_status() == "off");
+
+      model_options o;
+      o.cache_dir = cache;
+      std::filesystem::remove_all(cache);
+      auto first = model::load(path, o);  // writes, then runs from the file's mapping
+      CHECK(first->cache_status().rfind("wrote " + cache + "/m.gguf-", 0) == 0);
+      CHECK_FALSE(first->file_mapped());
+      CHECK(test::count_bit_differences(logits_of(first, toks).data(), ref.data(), ref.size()) == 0);
+      const auto files = files_in(cache);
+      REQUIRE(files.size() == 1);
+      const std::string cfile = files[0];
+      auto second = model::load(path, o);
+      CHECK(second->cache_status() == "mapped " + cfile);
+      CHECK(test::count_bit_differences(logits_of(second, toks).data(), ref.data(), ref.size()) == 0);
+
+      // the model file deleted: models loaded from the cache still run (nothing reads the GGUF)
+      const auto bytes = std::filesystem::file_size(path);
+      std::filesystem::rename(path, path + ".away");
+      CHECK(test::count_bit_differences(logits_of(second, toks).data(), ref.data(), ref.size()) == 0);
+      std::filesystem::rename(path + ".away", path);
+      CHECK(std::filesystem::file_size(path) == bytes);
+
+      // A truncated cache file: not used (the reason is named), replaced by a new one. (qllm never
+      // changes a cache file in place; truncating one that processes map would stop them with
+      // SIGBUS, as it would for any mapped file, so no model maps it here.)
+      first.reset();
+      second.reset();
+      std::filesystem::resize_file(cfile, std::filesystem::file_size(cfile) - 4096);
+      const auto third = model::load(path, o);
+      CHECK(third->cache_status().rfind("wrote " + cfile, 0) == 0);
+      CHECK(third->cache_status().find("in place of an unusable one (" + cfile + " has ") != std::string::npos);
+      CHECK(test::count_bit_differences(logits_of(third, toks).data(), ref.data(), ref.size()) == 0);
+      CHECK(model::load(path, o)->cache_status() == "mapped " + cfile);
+      // a damaged header (one byte written in place: the mapped pages of `third` stay valid)
+      {
+        std::FILE* f = std::fopen(cfile.c_str(), "r+b");
+        REQUIRE(f);
+        std::fseek(f, 20, SEEK_SET);
+        std::fputc('x', f);
+        std::fclose(f);
+      }
+      CHECK(model::load(path, o)->cache_status().find("(" + cfile + " is not a qllm cache file (bad header))") !=
+            std::string::npos);
+      const auto mapped = model::load(path, o);
+      CHECK(mapped->cache_status() == "mapped " + cfile);
+      // the model file rewritten (other weights): another cache, the stale one removed
+      spec.seed = 9;
+      write_random_model(path, spec);
+      const auto ref2 = logits_of(model::load(path, off), toks);
+      const auto fourth = model::load(path, o);
+      CHECK(fourth->cache_status().rfind("wrote ", 0) == 0);
+      CHECK(test::count_bit_differences(logits_of(fourth, toks).data(), ref2.data(), ref2.size()) == 0);
+      const auto after = files_in(cache);
+      REQUIRE(after.size() == 1);
+      CHECK(after[0] != cfile);
+      // models mapping the removed stale file still run from its pages, which live while mapped
+      CHECK(test::count_bit_differences(logits_of(mapped, toks).data(), ref.data(), ref.size()) == 0);
+    }
+  }
+
+  random_model_spec spec = random_model_preset("tiny");
+  const std::string path = dir / "q.gguf";
+  write_random_model(path, spec);
+  model_options o;
+  {  // four loads of one model at once, the cache empty: each writes its own temporary file
+    o.cache_dir = dir / "together";
+    model_options off;
+    off.cache_dir = "none";
+    const auto toks = some_tokens(8, spec.n_vocab, 2);
+    const auto ref = logits_of(model::load(path, off), toks);
+    std::vector<std::shared_ptr<const model>> ms(4);
+    std::vector<std::thread> th;
+    for (auto& m : ms) th.emplace_back([&] { m = model::load(path, o); });
+    for (auto& t : th) t.join();
+    for (auto& m : ms) {
+      REQUIRE(m);
+      CHECK(test::count_bit_differences(logits_of(m, toks).data(), ref.data(), ref.size()) == 0);
+    }
+    const auto files = files_in(o.cache_dir);
+    REQUIRE(files.size() == 1);  // no temporary file left behind
+    // a cache file others may write is not run
+    std::filesystem::permissions(files[0], std::filesystem::perms::others_write, std::filesystem::perm_options::add);
+    const auto m = model::load(path, o);
+    CHECK(m->cache_status().find("(" + files[0] + " belongs to another user or is writable by others)") !=
+          std::string::npos);
+    CHECK(test::count_bit_differences(logits_of(m, toks).data(), ref.data(), ref.size()) == 0);
+  }
+  // a cache directory that cannot be made: the load works and says why nothing was written
+  o.cache_dir = path + "/sub";
+  const auto m = model::load(path, o);
+  CHECK(m->cache_status().rfind("not written: cannot create " + path + "/sub", 0) == 0);
+  // the environment variable, and "none" there
+  ::setenv("QLLM_CACHE_DIR", cache.c_str(), 1);
+  CHECK(model::load(path)->cache_status().rfind("wrote " + cache + "/q.gguf-", 0) == 0);
+  CHECK(model::load(path)->cache_status().rfind("mapped " + cache + "/q.gguf-", 0) == 0);
+  o.cache_dir = "none";
+  CHECK(model::load(path, o)->cache_status() == "off");
+  ::setenv("QLLM_CACHE_DIR", "none", 1);
+  CHECK(model::load(path)->cache_status() == "off");
+  ::unsetenv("QLLM_CACHE_DIR");
+  // f16 matrices are read in place: only the repacked ones (none here) would be cached
+  spec.type = ggml_type::f16;
+  write_random_model(path, spec);
+  o.cache_dir = cache;
+  CHECK(model::load(path, o)->cache_status() == "off");
+  CHECK(model::load(path, o)->file_mapped());
 }

@@ -82,6 +82,7 @@ int cmd_bench(int argc, char** argv) {
               kernels::active().name);
   std::printf("load: %.2f s (parse %.2f, allocate %.2f, repack %.2f)\n", m->load_seconds(), st[0],
               st[1], st[2]);
+  if (m->cache_status() != "off") std::printf("cache: %s\n", m->cache_status().c_str());
   std::printf("| threads | test         |           t/s |   GB/s |\n");
   std::printf("|--------:|--------------|--------------:|-------:|\n");
   uint32_t seed = 1;

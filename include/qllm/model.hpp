@@ -38,6 +38,11 @@ struct model_options {
   // Kernel table for this model's contexts ("avx2", "avx512_vnni", "neon", "scalar", ...); empty:
   // the process default (best for this CPU, or QLLM_ISA). Unknown or not runnable here: error.
   std::string isa;
+  // Repacked-weight cache directory (docs/performance.md, "Load time"): the first load writes the
+  // repacked weights there; later loads, by any process, map them read-only and shared instead of
+  // allocating and repacking. Empty: the QLLM_CACHE_DIR environment variable, if set; "none" (here
+  // or there): no cache. A cache that cannot be written or used never fails the load.
+  std::string cache_dir;
 };
 
 class model_impl;
@@ -69,6 +74,10 @@ class model {
   // The load's parts: parse and validate the file, allocate the weight arena, repack weights.
   std::array<double, 3> load_stage_seconds() const noexcept;
   const char* isa() const noexcept;  // name of the kernel table its contexts use
+  // What the repacked-weight cache did: "off", "mapped PATH", "wrote PATH (SIZE, S s)" or
+  // "not written: REASON", the last two followed by " in place of an unusable one (REASON)" when
+  // a cache file was there but did not match (made from another file, truncated, bad header).
+  const std::string& cache_status() const noexcept;
   // Whether the model still reads its file's mapping: true when f16/f32 matrices are read in
   // place (then replace the file by rename, never by writing over it); false for quantized
   // weights, all repacked at load, after which the file may be replaced or deleted.

@@ -55,7 +55,7 @@ class model_impl {
   // Dequantized embedding row of `token` (0 <= token < n_vocab) into out[n_embd].
   void embed(int32_t token, float* out) const noexcept;
 
-  // An anonymous mapping, unmapped on destruction.
+  // A mapping, unmapped on destruction.
   class mapping {
    public:
     mapping() = default;
@@ -67,13 +67,16 @@ class model_impl {
       return *this;
     }
     ~mapping();
+    void* get() const noexcept { return p_; }
 
    private:
     void* p_ = nullptr;
     std::size_t n_ = 0;
   };
   mapping arena;                 // every repacked matrix, one allocation (2 MiB aligned)
-  uint8_t* arena_base = nullptr;
+  const uint8_t* arena_base = nullptr;  // in `arena` or in `cache`
+  mapping cache;                 // the repacked-weight cache file, when loaded from or moved to one
+  std::string cache_status;      // model::cache_status()
   std::vector<std::unique_ptr<float[]>> owned_f32;  // converted norms / bf16 matrices
 };
 

@@ -1,6 +1,7 @@
 // Loads a Llama GGUF: config from metadata, weights bound by name with shapes checked, quantized
 // matrices repacked into one allocation and their mapped pages released.
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "model/model_impl.hpp"
+#include "model/weight_cache.hpp"
 #include "ops/rows.hpp"
 #include "qllm/error.hpp"
 #include "qllm/quantize.hpp"
@@ -188,15 +190,35 @@ class loader {
     return (ops::packed_weights::packed_size(target(t), t.ne[1], t.ne[0]) + 63) / 64 * 64;
   }
 
-  ops::packed_weights matrix(const gguf::tensor_info& t, uint8_t*& arena_cursor, bool release) {
+  // Whether this matrix is read in place from the file's mapping (f16/f32 kept as stored).
+  bool in_place(const gguf::tensor_info& t) const {
+    const ggml_type tt = target(t);
+    return tt == t.type && !ops::packed_weights::repacked(tt);
+  }
+
+  // Where repacked matrices go: `write` (an arena to fill) or, with a cache hit, `cached` (an
+  // arena already filled: matrices become views of it, their source bytes are never read).
+  void set_arena(uint8_t* write, const uint8_t* cached) {
+    write_ = write;
+    cached_ = cached;
+  }
+
+  // The matrix at `offset` of the arena (advanced past it when it is repacked).
+  ops::packed_weights matrix(const gguf::tensor_info& t, std::size_t& offset, bool release) {
     const int64_t k = t.ne[0], n = t.ne[1];
     const ggml_type tt = target(t);
     if (ops::packed_weights::k_quant(tt)) m_.k_quants = true;
+    if (cached_ && ops::packed_weights::repacked(tt)) {
+      ops::packed_weights w = ops::packed_weights::view(tt, n, k, cached_ + offset);
+      offset += arena_bytes(t);
+      m_.weight_bytes += w.bytes();
+      return w;
+    }
     const uint8_t* src = m_.file->tensor_data(t);
     const int nt = opt_.n_threads > 0 ? opt_.n_threads : ops::default_threads();
     auto pack = [&](const void* from) {
       try {
-        return ops::packed_weights(tt, from, n, k, nt, ops::packed_weights::repacked(tt) ? arena_cursor : nullptr);
+        return ops::packed_weights(tt, from, n, k, nt, ops::packed_weights::repacked(tt) ? write_ + offset : nullptr);
       } catch (const error& e) {
         throw error(e.code(), "model: tensor '" + t.name + "': " + e.what());
       }
@@ -204,7 +226,7 @@ class loader {
     if (tt == t.type) {
       if (!ops::packed_weights::repacked(tt)) reads_mapping_ = true;  // f16/f32 read in place
       ops::packed_weights w = pack(src);
-      arena_cursor += arena_bytes(t);
+      offset += arena_bytes(t);
       if (release && ops::packed_weights::repacked(tt)) m_.file->release(src, t.bytes);
       m_.weight_bytes += w.bytes();
       return w;
@@ -246,7 +268,7 @@ class loader {
     std::unique_ptr<block_q8_0[]> q(new block_q8_0[std::size_t(n * k / qk)]);
     ref::quantize_row_q8_0(rows.get(), q.get(), nullptr, n * k);
     ops::packed_weights w = pack(q.get());
-    arena_cursor += arena_bytes(t);
+    offset += arena_bytes(t);
     m_.weight_bytes += w.bytes();
     return w;
   }
@@ -257,7 +279,86 @@ class loader {
   model_impl& m_;
   const model_options& opt_;
   bool reads_mapping_ = false;
+  uint8_t* write_ = nullptr;
+  const uint8_t* cached_ = nullptr;
 };
+
+// What a cache file made from this load must match: the source file (size, modification time,
+// tensor table, the first and last 256 bytes of every tensor), the loader's plan (each matrix's
+// target type, in arena order; whether the embeddings are in the cache) and the panel layouts.
+uint64_t cache_digest(const std::string& path, const gguf::file& f, const loader& ld,
+                      const std::vector<const gguf::tensor_info*>& mats, bool embd_in_cache) {
+  weight_cache::hasher h;
+  h.u64(weight_cache::layout_version);
+  h.u64(sizeof(void*) * 256 + (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__));
+  h.u64(sizeof(kernels::block_q4_0x8) + (sizeof(kernels::block_q8_0x8) << 16) +
+        (sizeof(kernels::block_q4_kx8) << 32) + (sizeof(kernels::block_q5_kx8) << 48));
+  h.u64(sizeof(kernels::block_q6_kx8));
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    h.u64(uint64_t(st.st_size));
+    h.u64(uint64_t(st.st_mtim.tv_sec));
+    h.u64(uint64_t(st.st_mtim.tv_nsec));
+  }
+  h.u64(f.size());
+  for (const auto& t : f.tensors()) {
+    h.str(t.name);
+    h.u64(uint64_t(t.type));
+    for (int64_t d : t.ne) h.u64(uint64_t(d));
+    h.u64(t.offset);
+    const std::size_t n = std::min<std::size_t>(t.bytes, 256);
+    h.bytes(f.tensor_data(t), n);
+    h.bytes(f.tensor_data(t) + t.bytes - n, n);
+  }
+  for (const auto* t : mats) {
+    h.str(t->name);
+    h.u64(uint64_t(ld.target(*t)));
+  }
+  h.u64(embd_in_cache);
+  return h.value();
+}
+
+}  // namespace
+
+namespace {
+
+// Writes the freshly repacked arena (and the embeddings) to the cache, then moves this model onto
+// the cache file's shared mapping: its matrices become views of the file's pages and the private
+// arena is freed, so the first process shares its weights with later ones too.
+void write_cache(model_impl& m, const std::string& path, uint64_t digest, std::size_t total,
+                 std::size_t embd_bytes) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string why;
+  if (!weight_cache::write(path, digest, m.arena_base, total, embd_bytes ? m.embd : nullptr, embd_bytes, why)) {
+    m.cache_status = "not written: " + why + m.cache_status;
+    return;
+  }
+  auto c = weight_cache::open(path, digest, total, embd_bytes, why);
+  if (!c) {
+    m.cache_status = "not used after writing: " + why + m.cache_status;
+    return;
+  }
+  const uint8_t* old = m.arena_base;
+  auto move = [&](ops::packed_weights& w) {
+    if (ops::packed_weights::repacked(w.type()))
+      w = ops::packed_weights::view(w.type(), w.rows(), w.cols(),
+                                    c->arena + (static_cast<const uint8_t*>(w.data()) - old));
+  };
+  for (auto& l : m.layers)
+    for (auto* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) move(*w);
+  move(m.output);
+  m.cache = model_impl::mapping(c->base, c->size);
+  m.arena_base = c->arena;
+  m.arena = model_impl::mapping();
+  if (c->embd) {
+    m.embd = c->embd;
+    m.owned_embd.reset();
+  }
+  char num[64];
+  std::snprintf(num, sizeof num, " (%s, %.2f s)", format_bytes(c->size).c_str(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  m.cache_status = "wrote " + path + num + m.cache_status;
+}
 
 }  // namespace
 
@@ -272,6 +373,7 @@ double model::load_seconds() const noexcept { return impl_->load_seconds; }
 std::array<double, 3> model::load_stage_seconds() const noexcept { return impl_->load_stages; }
 const tokenizer* model::get_tokenizer() const noexcept { return impl_->tok.get(); }
 const char* model::isa() const noexcept { return impl_->kt->name; }
+const std::string& model::cache_status() const noexcept { return impl_->cache_status; }
 bool model::file_mapped() const noexcept { return impl_->file.has_value(); }
 
 std::shared_ptr<const model> model::load(const std::string& path, const model_options& opt) {
@@ -347,17 +449,44 @@ std::shared_ptr<const model> model::load_unguarded(const std::string& path, cons
   out = tied ? te : &need(f, "output.weight", c.n_embd, c.n_vocab);
   mats.push_back(out);
   std::size_t total = 0;
-  for (const auto* t : mats) total += ld.arena_bytes(*t);
+  bool in_place = false;  // some matrix is read from the file's mapping: the file stays mapped
+  for (const auto* t : mats) {
+    total += ld.arena_bytes(*t);
+    in_place = in_place || ld.in_place(*t);
+  }
   m->wtype = lt.empty() ? ld.target(*out) : ld.target(*lt[0][1]);
   m->mix = describe_mix(f);
 
+  // A cache of the repacked weights: map it when it matches this file and plan.
+  const std::string cache_dir = weight_cache::directory(opt.cache_dir);
+  const std::size_t embd_cached = in_place ? 0 : te->bytes;  // else the embeddings are copied
+  uint64_t digest = 0;
+  std::string cache_path;
+  m->cache_status = "off";
+  if (!cache_dir.empty() && total > 0) {
+    digest = cache_digest(path, f, ld, mats, !in_place);
+    cache_path = weight_cache::file_path(cache_dir, path, digest);
+    std::string why;
+    if (auto c = weight_cache::open(cache_path, digest, total, embd_cached, why)) {
+      m->cache = model_impl::mapping(c->base, c->size);
+      m->arena_base = c->arena;
+      if (c->embd) m->embd = c->embd;
+      m->cache_status = "mapped " + cache_path;
+      ld.set_arena(nullptr, c->arena);
+    } else {
+      // write_cache() prefixes "wrote ..." or "not written: ..."
+      m->cache_status = why.empty() ? "" : " in place of an unusable one (" + why + ")";
+    }
+  }
+
   m->load_stages[0] = since(t0);
   const auto t1 = std::chrono::steady_clock::now();
-  if (const uint64_t have = memory_available_bytes(); have > 0 && total > have)
+  const bool cache_hit = m->cache.get() != nullptr;
+  if (const uint64_t have = memory_available_bytes(); !cache_hit && have > 0 && total > have)
     throw error(errc::out_of_memory, "model: the repacked weights need " + format_bytes(total) +
                                          ", but this process can have " + format_bytes(have) +
                                          " (physical memory, cgroup limit)");
-  if (total > 0) {
+  if (total > 0 && !cache_hit) {
     const std::size_t huge = std::size_t(2) << 20;
     const std::size_t alloc = (total + huge - 1) / huge * huge + huge;
     void* p = mmap(nullptr, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -373,10 +502,11 @@ std::shared_ptr<const model> model::load_unguarded(const std::string& path, cons
     madvise(base, alloc, MADV_POPULATE_WRITE);
 #endif
     m->arena_base = aligned;
+    ld.set_arena(aligned, nullptr);
   }
   m->load_stages[1] = since(t1);
   const auto t2 = std::chrono::steady_clock::now();
-  uint8_t* cursor = m->arena_base;
+  std::size_t cursor = 0;
   m->layers.resize(std::size_t(c.n_layer));
   for (int64_t l = 0; l < c.n_layer; ++l) {
     auto& a = lt[std::size_t(l)];
@@ -398,13 +528,16 @@ std::shared_ptr<const model> model::load_unguarded(const std::string& path, cons
     for (int64_t d : t.ne) n *= d;
     m->n_params += n;
   }
-  if (!ld.reads_mapping()) {  // every matrix repacked: copy the embeddings, release the file
-    m->owned_embd.reset(new uint8_t[te->bytes]);
-    std::memcpy(m->owned_embd.get(), m->embd, te->bytes);
-    m->embd = m->owned_embd.get();
+  if (!in_place) {  // every matrix repacked: copy the embeddings (unless cached), release the file
+    if (!cache_hit) {
+      m->owned_embd.reset(new uint8_t[te->bytes]);
+      std::memcpy(m->owned_embd.get(), m->embd, te->bytes);
+      m->embd = m->owned_embd.get();
+    }
     m->file.reset();
   }
   m->load_stages[2] = since(t2);
+  if (!cache_path.empty() && !cache_hit) write_cache(*m, cache_path, digest, total, embd_cached);
   m->load_seconds = since(t0);
   return std::shared_ptr<const model>(new model(std::move(m)));
 }

@@ -109,6 +109,20 @@ packed_weights::packed_weights(ggml_type type, const void* src, int64_t n, int64
   }
 }
 
+packed_weights packed_weights::view(ggml_type type, int64_t n, int64_t k, const void* packed) {
+  const int64_t block = k_quant(type) ? qk_k : qk;
+  if (!repacked(type) || n <= 0 || k <= 0 || k % block != 0 || !packed ||
+      reinterpret_cast<uintptr_t>(packed) % 64 != 0)
+    throw error(errc::invalid_argument, "packed_weights::view: not a repacked matrix of this shape");
+  packed_weights w;
+  w.type_ = type;
+  w.n_ = n;
+  w.k_ = k;
+  w.data_ = packed;
+  w.bytes_ = packed_size(type, n, k);
+  return w;
+}
+
 act_q8::act_q8(int64_t m_max_, int64_t k_, bool k_quants)
     : blocks(new block_q8_0[std::size_t(m_max_ * (k_ / qk))]),
       sums(new int32_t[std::size_t(m_max_ * (k_ / qk))]),

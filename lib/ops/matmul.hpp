@@ -21,6 +21,10 @@ class packed_weights {
   // (32, or 256 for k-quants), or (bad_format) a block whose scale is infinite or NaN.
   packed_weights(ggml_type type, const void* src, int64_t n, int64_t k, int n_threads = 1,
                  void* dst = nullptr);
+  // A matrix already in the repacked layout (packed_size(type, n, k) bytes at `packed`, 64-byte
+  // aligned, e.g. a mapped cache file that outlives this object); nothing is copied or checked.
+  // Throws qllm::error(errc::invalid_argument) for a type that is not repacked or a bad shape.
+  static packed_weights view(ggml_type type, int64_t n, int64_t k, const void* packed);
   // Bytes a repack of this matrix needs (0 for types read in place: f16, f32).
   static std::size_t packed_size(ggml_type type, int64_t n, int64_t k) noexcept;
   // Whether `type` is repacked (q4_0, q8_0, q4_k, q5_k, q6_k) rather than read in place.
