@@ -302,6 +302,7 @@ struct file::impl {
   uint32_t version = 0;
   std::size_t alignment = default_alignment;
   std::size_t data_start = 0;
+  file_identity identity;  // of the descriptor the mapping came from (zeros for from_memory)
   std::vector<std::pair<std::string, value>> kvs;
   std::map<std::string, std::size_t, std::less<>> kv_index;
   std::vector<tensor_info> tensors;
@@ -488,6 +489,9 @@ file file::open(const std::string& path) {
     throw error(errc::io, "gguf: '" + path + "' is too large to map");
   auto im = std::make_unique<impl>();
   im->size = std::size_t(st.st_size);
+  im->identity = {uint64_t(st.st_dev), uint64_t(st.st_ino), uint64_t(st.st_size),
+                  uint64_t(st.st_mtim.tv_sec) * 1000000000u + uint64_t(st.st_mtim.tv_nsec),
+                  uint64_t(st.st_ctim.tv_sec) * 1000000000u + uint64_t(st.st_ctim.tv_nsec)};
   if (im->size > 0) {
     void* m = mmap(nullptr, im->size, PROT_READ, MAP_PRIVATE, fd.fd, 0);
     if (m == MAP_FAILED && errno == ENOMEM)  // address space limit (ulimit -v), not the file
@@ -506,6 +510,9 @@ uint32_t file::version() const noexcept {
 }
 std::size_t file::alignment() const noexcept {
   return p_->alignment;
+}
+const file_identity& file::identity() const noexcept {
+  return p_->identity;
 }
 std::size_t file::size() const noexcept {
   return p_->size;

@@ -74,6 +74,17 @@ grep -q "q4_k_m" "$dir/err"
 $run "$qllm" gen-random --shape small --type q5_k_m --out "$dir/q5km.gguf" >/dev/null
 $run "$qllm" info -m "$dir/q5km.gguf" | grep -q '^  tensors:   Q5_K_M: 23 q5_k, 9 f32, 4 q8_0, 3 q6_k$'
 rm "$dir/f32.gguf" "$dir/q6.gguf"
+# the repacked-weight cache: written once, mapped after, the same text; info says which
+QLLM_CACHE_DIR="$dir/cache" $run "$qllm" run -m "$dir/q4km.gguf" -p "hello" -n 6 --temp 0 >"$dir/c1" 2>"$dir/c1.err"
+grep -q "^qllm: cache: wrote $dir/cache/q4km.gguf-" "$dir/c1.err"
+QLLM_CACHE_DIR="$dir/cache" $run "$qllm" run -m "$dir/q4km.gguf" -p "hello" -n 6 --temp 0 >"$dir/c2" 2>"$dir/c2.err"
+grep -q "^qllm: cache: mapped $dir/cache/q4km.gguf-" "$dir/c2.err"
+QLLM_CACHE_DIR=none $run "$qllm" run -m "$dir/q4km.gguf" -p "hello" -n 6 --temp 0 >"$dir/c3" 2>"$dir/c3.err"
+cmp "$dir/c1" "$dir/c2"
+cmp "$dir/c1" "$dir/c3"
+! grep -q 'cache' "$dir/c3.err"
+QLLM_CACHE_DIR="$dir/cache" $run "$qllm" info -m "$dir/q4km.gguf" | grep -q "^  cache:     mapped $dir/cache/"
+[ "$(ls "$dir/cache" | wc -l)" -eq 1 ]
 
 # text commands
 m="$dir/tiny.gguf"

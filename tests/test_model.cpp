@@ -10,6 +10,9 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <sys/stat.h>
+
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -694,9 +697,9 @@ TEST_CASE("repacked-weight cache: written once, mapped after, bit-identical, sta
       CHECK(test::count_bit_differences(logits_of(first, toks).data(), ref.data(), ref.size()) == 0);
       const auto files = files_in(cache);
       REQUIRE(files.size() == 1);
-      const std::string cfile = files[0];
+      const std::string first_file = files[0];
       auto second = model::load(path, o);
-      CHECK(second->cache_status() == "mapped " + cfile);
+      CHECK(second->cache_status() == "mapped " + first_file);
       CHECK(test::count_bit_differences(logits_of(second, toks).data(), ref.data(), ref.size()) == 0);
 
       // the model file deleted: models loaded from the cache still run (nothing reads the GGUF)
@@ -705,12 +708,20 @@ TEST_CASE("repacked-weight cache: written once, mapped after, bit-identical, sta
       CHECK(test::count_bit_differences(logits_of(second, toks).data(), ref.data(), ref.size()) == 0);
       std::filesystem::rename(path + ".away", path);
       CHECK(std::filesystem::file_size(path) == bytes);
+      // a file moved into place (new change time) is another source: a new cache, the old one removed
+      auto moved = model::load(path, o);
+      CHECK(moved->cache_status().rfind("wrote " + cache + "/m.gguf-", 0) == 0);
+      REQUIRE(files_in(cache).size() == 1);
+      CHECK(files_in(cache)[0] != first_file);
+      const std::string cfile = files_in(cache)[0];
+      CHECK(test::count_bit_differences(logits_of(moved, toks).data(), ref.data(), ref.size()) == 0);
 
       // A truncated cache file: not used (the reason is named), replaced by a new one. (qllm never
       // changes a cache file in place; truncating one that processes map would stop them with
       // SIGBUS, as it would for any mapped file, so no model maps it here.)
       first.reset();
       second.reset();
+      moved.reset();
       std::filesystem::resize_file(cfile, std::filesystem::file_size(cfile) - 4096);
       const auto third = model::load(path, o);
       CHECK(third->cache_status().rfind("wrote " + cfile, 0) == 0);
@@ -775,6 +786,26 @@ TEST_CASE("repacked-weight cache: written once, mapped after, bit-identical, sta
   o.cache_dir = path + "/sub";
   const auto m = model::load(path, o);
   CHECK(m->cache_status().rfind("not written: cannot create " + path + "/sub", 0) == 0);
+  CHECK(m->cache_status().find("unusable") == std::string::npos);  // there was no file to replace
+  {  // a FIFO at the cache's name must not block the load; a killed writer's old temporary file goes
+    o.cache_dir = dir / "fifo";
+    const std::string name = files_in(dir / "together")[0];
+    std::filesystem::create_directories(o.cache_dir);
+    const std::string at = o.cache_dir + "/" + std::filesystem::path(name).filename().string();
+    REQUIRE(::mkfifo(at.c_str(), 0600) == 0);
+    const std::string old_tmp = at + ".tmp.AbC123", new_tmp = at + ".tmp.XyZ789";
+    for (const auto& t : {old_tmp, new_tmp}) {
+      std::FILE* f = std::fopen(t.c_str(), "wb");
+      REQUIRE(f);
+      std::fclose(f);
+    }
+    std::filesystem::last_write_time(old_tmp, std::filesystem::file_time_type::clock::now() - std::chrono::hours(1));
+    const auto mf = model::load(path, o);
+    CHECK(mf->cache_status().rfind("wrote " + at, 0) == 0);
+    CHECK(mf->cache_status().find("is not a complete cache file") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(old_tmp));
+    CHECK(std::filesystem::exists(new_tmp));  // a writer may still be at it
+  }
   // the environment variable, and "none" there
   ::setenv("QLLM_CACHE_DIR", cache.c_str(), 1);
   CHECK(model::load(path)->cache_status().rfind("wrote " + cache + "/q.gguf-", 0) == 0);

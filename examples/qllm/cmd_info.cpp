@@ -67,6 +67,7 @@ int cmd_info(int argc, char** argv) {
     std::printf("  tensors:   %s\n", m->weight_mix().c_str());
     std::printf("  weights:   %s streamed per token (%s), loaded in %.2f s\n",
                 format_bytes(m->weight_bytes()).c_str(), gguf::type_name(m->weight_type()), m->load_seconds());
+    std::printf("  cache:     %s\n", m->cache_status().c_str());
   }
   return 0;
 }

@@ -116,8 +116,7 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
 std::shared_ptr<const model> load_text_model(const std::string& path, const char* usage) {
   const std::string file = model_or_default(path, usage);
   auto m = model::load(file);
-  const std::string& cache = m->cache_status();  // QLLM_CACHE_DIR: say when a cache is (not) written
-  if (cache.rfind("wrote ", 0) == 0 || cache.rfind("not ", 0) == 0) std::fprintf(stderr, "qllm: cache: %s\n", cache.c_str());
+  if (m->cache_status() != "off") std::fprintf(stderr, "qllm: cache: %s\n", m->cache_status().c_str());  // QLLM_CACHE_DIR
   if (!m->get_tokenizer())
     throw error(errc::unsupported, "'" + file + "' has no vocabulary (tokenizer.ggml.*); text commands need one");
   return m;

@@ -101,6 +101,12 @@ struct tensor_info {
 // A real Llama vocabulary of 32,000 pieces takes about 2 MiB.
 inline constexpr uint64_t metadata_memory_limit = uint64_t(256) << 20;
 
+// What the file system said of an opened file (fstat of the descriptor that was mapped, so a
+// file renamed over the path afterwards does not change it). Times in nanoseconds.
+struct file_identity {
+  uint64_t dev = 0, ino = 0, size = 0, mtime_ns = 0, ctime_ns = 0;
+};
+
 // A validated GGUF file: every count, string, type, shape and tensor range is checked on open,
 // so tensor_data() pointers are always in bounds. Moved-from objects may only be destroyed or
 // assigned to.
@@ -121,6 +127,7 @@ class file {
   uint32_t version() const noexcept;
   std::size_t alignment() const noexcept;  // general.alignment, or 32
   std::size_t size() const noexcept;       // bytes of the whole file
+  const file_identity& identity() const noexcept;  // zeros for from_memory
 
   // Every key/value in file order.
   const std::vector<std::pair<std::string, value>>& metadata() const noexcept;

@@ -1,7 +1,6 @@
 // Loads a Llama GGUF: config from metadata, weights bound by name with shapes checked, quantized
 // matrices repacked into one allocation and their mapped pages released.
 #include <sys/mman.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
@@ -283,39 +282,37 @@ class loader {
   const uint8_t* cached_ = nullptr;
 };
 
-// What a cache file made from this load must match: the source file (size, modification time,
-// tensor table, the first and last 256 bytes of every tensor), the loader's plan (each matrix's
-// target type, in arena order; whether the embeddings are in the cache) and the panel layouts.
-uint64_t cache_digest(const std::string& path, const gguf::file& f, const loader& ld,
-                      const std::vector<const gguf::tensor_info*>& mats, bool embd_in_cache) {
-  weight_cache::hasher h;
-  h.u64(weight_cache::layout_version);
-  h.u64(sizeof(void*) * 256 + (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__));
-  h.u64(sizeof(kernels::block_q4_0x8) + (sizeof(kernels::block_q8_0x8) << 16) +
-        (sizeof(kernels::block_q4_kx8) << 32) + (sizeof(kernels::block_q5_kx8) << 48));
-  h.u64(sizeof(kernels::block_q6_kx8));
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0) {
-    h.u64(uint64_t(st.st_size));
-    h.u64(uint64_t(st.st_mtim.tv_sec));
-    h.u64(uint64_t(st.st_mtim.tv_nsec));
-  }
-  h.u64(f.size());
+// What a cache file made from this load must match. Source: the mapped file (device, inode, size,
+// modification and change times, from the descriptor that was mapped, not the path, which may
+// name another file by now), its tensor table and the first and last 256 bytes of every tensor.
+// Plan: each matrix's target type in arena order, whether the embeddings are in the cache, the
+// panel layouts and byte order.
+weight_cache::digest cache_digest(const gguf::file& f, const loader& ld,
+                                  const std::vector<const gguf::tensor_info*>& mats, bool embd_in_cache) {
+  weight_cache::hasher src;
+  const gguf::file_identity& id = f.identity();
+  for (uint64_t v : {id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns, uint64_t(f.size())}) src.u64(v);
   for (const auto& t : f.tensors()) {
-    h.str(t.name);
-    h.u64(uint64_t(t.type));
-    for (int64_t d : t.ne) h.u64(uint64_t(d));
-    h.u64(t.offset);
+    src.str(t.name);
+    src.u64(uint64_t(t.type));
+    for (int64_t d : t.ne) src.u64(uint64_t(d));
+    src.u64(t.offset);
     const std::size_t n = std::min<std::size_t>(t.bytes, 256);
-    h.bytes(f.tensor_data(t), n);
-    h.bytes(f.tensor_data(t) + t.bytes - n, n);
+    src.bytes(f.tensor_data(t), n);
+    src.bytes(f.tensor_data(t) + t.bytes - n, n);
   }
+  weight_cache::hasher plan;
+  plan.u64(weight_cache::layout_version);
+  plan.u64(sizeof(void*) * 256 + (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__));
+  plan.u64(sizeof(kernels::block_q4_0x8) + (sizeof(kernels::block_q8_0x8) << 16) +
+           (sizeof(kernels::block_q4_kx8) << 32) + (sizeof(kernels::block_q5_kx8) << 48));
+  plan.u64(sizeof(kernels::block_q6_kx8));
   for (const auto* t : mats) {
-    h.str(t->name);
-    h.u64(uint64_t(ld.target(*t)));
+    plan.str(t->name);
+    plan.u64(uint64_t(ld.target(*t)));
   }
-  h.u64(embd_in_cache);
-  return h.value();
+  plan.u64(embd_in_cache);
+  return {src.value(), plan.value()};
 }
 
 }  // namespace
@@ -325,17 +322,19 @@ namespace {
 // Writes the freshly repacked arena (and the embeddings) to the cache, then moves this model onto
 // the cache file's shared mapping: its matrices become views of the file's pages and the private
 // arena is freed, so the first process shares its weights with later ones too.
-void write_cache(model_impl& m, const std::string& path, uint64_t digest, std::size_t total,
-                 std::size_t embd_bytes) {
+// Never throws: a cache that cannot be written leaves the loaded model as it is.
+void write_cache(model_impl& m, const std::string& path, const weight_cache::digest& digest,
+                 uint64_t source_ctime_ns, std::size_t total, std::size_t embd_bytes) noexcept try {
   const auto t0 = std::chrono::steady_clock::now();
   std::string why;
-  if (!weight_cache::write(path, digest, m.arena_base, total, embd_bytes ? m.embd : nullptr, embd_bytes, why)) {
+  if (!weight_cache::write(path, digest, source_ctime_ns, m.arena_base, total, embd_bytes ? m.embd : nullptr,
+                           embd_bytes, why)) {
     m.cache_status = "not written: " + why + m.cache_status;
     return;
   }
   auto c = weight_cache::open(path, digest, total, embd_bytes, why);
-  if (!c) {
-    m.cache_status = "not used after writing: " + why + m.cache_status;
+  if (!c) {  // e.g. replaced or removed in between by another process, or a file system without modes
+    m.cache_status = "not used after writing: " + (why.empty() ? path + " is gone" : why) + m.cache_status;
     return;
   }
   const uint8_t* old = m.arena_base;
@@ -358,6 +357,8 @@ void write_cache(model_impl& m, const std::string& path, uint64_t digest, std::s
   std::snprintf(num, sizeof num, " (%s, %.2f s)", format_bytes(c->size).c_str(),
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   m.cache_status = "wrote " + path + num + m.cache_status;
+} catch (...) {  // std::bad_alloc: the model itself is complete
+  m.cache_status = "not written: out of memory";
 }
 
 }  // namespace
@@ -460,11 +461,13 @@ std::shared_ptr<const model> model::load_unguarded(const std::string& path, cons
   // A cache of the repacked weights: map it when it matches this file and plan.
   const std::string cache_dir = weight_cache::directory(opt.cache_dir);
   const std::size_t embd_cached = in_place ? 0 : te->bytes;  // else the embeddings are copied
-  uint64_t digest = 0;
+  weight_cache::digest digest;
+  uint64_t ctime_ns = 0;  // when the model file got its place: older caches of the path are stale
   std::string cache_path;
   m->cache_status = "off";
   if (!cache_dir.empty() && total > 0) {
-    digest = cache_digest(path, f, ld, mats, !in_place);
+    digest = cache_digest(f, ld, mats, !in_place);
+    ctime_ns = f.identity().ctime_ns;
     cache_path = weight_cache::file_path(cache_dir, path, digest);
     std::string why;
     if (auto c = weight_cache::open(cache_path, digest, total, embd_cached, why)) {
@@ -537,7 +540,7 @@ std::shared_ptr<const model> model::load_unguarded(const std::string& path, cons
     m->file.reset();
   }
   m->load_stages[2] = since(t2);
-  if (!cache_path.empty() && !cache_hit) write_cache(*m, cache_path, digest, total, embd_cached);
+  if (!cache_path.empty() && !cache_hit) write_cache(*m, cache_path, digest, ctime_ns, total, embd_cached);
   m->load_seconds = since(t0);
   return std::shared_ptr<const model>(new model(std::move(m)));
 }

@@ -7,7 +7,7 @@
 // need), then the embeddings at the next 4096-byte boundary. The header names a digest of what
 // the contents were made from (the source file's size, modification time, tensor table and
 // sampled bytes of every tensor; the loader's plan: each matrix's target type and place; the
-// panel layout version); a file whose header, digest or size disagrees is not used and is
+// panel layout version); a file whose header, digests or size disagree is not used and is
 // replaced by the next write.
 #pragma once
 #include <cstddef>
@@ -44,8 +44,16 @@ class hasher {
 // variable QLLM_CACHE_DIR, else "" (no cache).
 std::string directory(const std::string& option);
 
-// "<dir>/<model file name>-<8 hex digits of its absolute path>-<16 hex digits of digest>.qllm"
-std::string file_path(const std::string& dir, const std::string& model_path, uint64_t digest);
+// What a cache's contents were made from: the source file (identity, tensor table, sampled
+// bytes) and the loader's plan (target types, layout). Two plans of one file are two caches.
+struct digest {
+  uint64_t source = 0;
+  uint64_t plan = 0;
+};
+
+// "<dir>/<model file name>-<8 hex digits of its canonical path>-<8 + 8 hex digits of the source
+// and plan digests>.qllm"
+std::string file_path(const std::string& dir, const std::string& model_path, const digest& d);
 
 struct mapped {
   void* base = nullptr;  // the whole file, mapped read-only and shared
@@ -54,15 +62,18 @@ struct mapped {
   const uint8_t* embd = nullptr;  // null when embd_bytes is 0
 };
 
-// Maps `path` when it is a cache of `digest` with exactly these sizes. Otherwise nullopt, with
-// `why` empty when there is no such file and a reason when there is one that cannot be used.
-std::optional<mapped> open(const std::string& path, uint64_t digest, std::size_t arena_bytes,
+// Maps `path` when it is a cache of `d` with exactly these sizes, a regular file of this user
+// that no one else may write. Otherwise nullopt, with `why` empty when there is no such file and
+// a reason when there is one that cannot be used.
+std::optional<mapped> open(const std::string& path, const digest& d, std::size_t arena_bytes,
                            std::size_t embd_bytes, std::string& why);
 
-// Writes the cache file atomically (a temporary file in the same directory, synced, renamed),
-// creating the directory if needed, and removes older caches of the same model path. Returns
-// false with the reason (no space, read-only directory, ...); the model works without it.
-bool write(const std::string& path, uint64_t digest, const uint8_t* arena, std::size_t arena_bytes,
-           const uint8_t* embd, std::size_t embd_bytes, std::string& why);
+// Writes the cache file atomically (a uniquely named temporary file in the same directory, synced,
+// renamed), creating the directory if needed. First removes, for the same model path, caches made
+// from older files (written before source_ctime_ns, when the model file got its place) and
+// temporary files of writers gone for 10 minutes. Returns false with the reason (no space,
+// read-only directory, ...); the model works without it. Throws only std::bad_alloc.
+bool write(const std::string& path, const digest& d, uint64_t source_ctime_ns, const uint8_t* arena,
+           std::size_t arena_bytes, const uint8_t* embd, std::size_t embd_bytes, std::string& why);
 
 }  // namespace qllm::weight_cache
