@@ -12,6 +12,7 @@ namespace qllm {
 
 cpu_features cpu_features_from_x86(const x86_cpuid_regs& r) noexcept {
   cpu_features f;
+  f.amd = r.amd_vendor;
   const bool osxsave = (r.leaf1_ecx >> 27) & 1u;
   const bool avx = (r.leaf1_ecx >> 28) & 1u;
   const bool os_ymm = osxsave && (r.xcr0 & 0x6u) == 0x6u;      // SSE + AVX state
@@ -45,6 +46,7 @@ cpu_features detect() noexcept {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid(0, &a, &b, &c, &d)) return {};
   r.max_leaf = a;
+  r.amd_vendor = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "Auth" "enti" "cAMD"
   __get_cpuid(1, &a, &b, &c, &d);
   r.leaf1_ecx = c;
   if (r.max_leaf >= 7) {

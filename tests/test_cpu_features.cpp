@@ -15,10 +15,12 @@ x86_cpuid_regs zen3() {
   r.leaf1_ecx = fma_bit | osxsave | avx | f16c;
   r.leaf7_ebx = avx2;
   r.xcr0 = 0x7;
+  r.amd_vendor = true;
   return r;
 }
 x86_cpuid_regs icelake_server() {
   x86_cpuid_regs r = zen3();
+  r.amd_vendor = false;
   r.leaf7_ebx |= a512f | a512dq | a512bw | a512vl;
   r.leaf7_ecx = vnni;
   r.xcr0 = 0xe7;
@@ -34,6 +36,8 @@ TEST_CASE("x86: AVX2 machine without AVX-512") {
   CHECK_FALSE(f.avx512f);
   CHECK_FALSE(f.avx512_vnni);
   CHECK(cpu_features_string(f) == "avx2 fma f16c");
+  CHECK(f.amd);  // the vendor tunes (decode prefetch), it never decides what may run
+  CHECK_FALSE(cpu_features_from_x86(icelake_server()).amd);
 }
 
 TEST_CASE("x86: AVX-512 with VNNI when the OS saves ZMM state") {

@@ -10,6 +10,7 @@ struct cpu_features {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512_vnni = false;
+  bool amd = false;  // CPUID vendor "AuthenticAMD" (tuning only, never what may run)
   // aarch64
   bool neon = false, dotprod = false, i8mm = false;
 };
@@ -21,6 +22,7 @@ struct x86_cpuid_regs {
   uint32_t leaf7_ebx = 0;  // CPUID.(7,0):EBX (AVX2, AVX-512 F/DQ/BW/VL)
   uint32_t leaf7_ecx = 0;  // CPUID.(7,0):ECX (AVX512_VNNI)
   uint64_t xcr0 = 0;       // XGETBV(0), read only when OSXSAVE is set
+  bool amd_vendor = false; // CPUID.0:EBX,EDX,ECX = "AuthenticAMD"
 };
 
 cpu_features cpu_features_from_x86(const x86_cpuid_regs& r) noexcept;

@@ -123,4 +123,17 @@ const kernel_table& active() {
   return t;
 }
 
+int q_prefetch_bytes() noexcept {
+  static const int v = [] {
+    if (const char* e = std::getenv("QLLM_PREFETCH"); e && *e) {
+      char* end = nullptr;
+      const long b = std::strtol(e, &end, 10);
+      if (*end == '\0' && b >= 0 && b <= 65536) return int(b) / 64 * 64;
+    }
+    const cpu_features& f = cpu_features_detect();
+    return f.amd && !f.avx512f ? 0 : 8192;
+  }();
+  return v;
+}
+
 }  // namespace qllm::kernels

@@ -156,4 +156,9 @@ const kernel_table* find_table(std::string_view name);
 // otherwise the best runnable one. Chosen on first call.
 const kernel_table& active();
 
+// Look-ahead in bytes of the software prefetch in the 256-bit Q4_0/Q8_0 tiles (the decoding GEMV
+// of every x86 table), chosen once: 8192 (into L2), or 0 (none) on AMD CPUs without AVX-512 (Zen 1-3,
+// where look-ahead prefetch measured slower); QLLM_PREFETCH=BYTES (0..65536) overrides.
+int q_prefetch_bytes() noexcept;
+
 }  // namespace qllm::kernels

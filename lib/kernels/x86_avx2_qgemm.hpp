@@ -35,16 +35,17 @@ inline void store_panel(const qgemm_args& a, int64_t t, int64_t p, __m256 v) {
 
 inline float fp16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
-// Software prefetch of every cache line of the panel block kPrefetchBytes ahead, into L2 (one
-// panel is one sequential stream). Touching one line per block (144 or 272 bytes) left most
-// lines to the hardware prefetcher (one-thread Q4_0 GEMV 10.6 GB/s where Q4_K, prefetching every
-// line, read 13.2). The distance sets how many lines are in flight: on the 2-core Sapphire Rapids
-// VM, 7B Q4_0 tg32 (QLLM_ISA=avx2, alternating runs) went 2.39 → 2.85 tok/s on one thread and
-// 4.2-4.5 → 5.2 on two from 2 KiB into L1 to 8 KiB into L2 (4 KiB into L2: 2.73-3.06 / 4.7-5.0).
-inline constexpr int kPrefetchBytes = 8192;
+// Software prefetch of every cache line of the panel block `ahead` bytes ahead (q_prefetch_bytes:
+// one panel is one sequential stream), into L2. Touching one line per block (144 or 272 bytes)
+// left most lines to the hardware prefetcher (one-thread Q4_0 GEMV 10.6 GB/s where Q4_K,
+// prefetching every line, read 13.2). The distance sets how many lines are in flight: on the
+// 2-core Sapphire Rapids VM, 7B Q4_0 tg32 (QLLM_ISA=avx2, alternating runs) went 2.39 → 2.85
+// tok/s on one thread and 4.2-4.5 → 5.2 on two from 2 KiB into L1 to 8 KiB into L2. On a Zen 3,
+// look-ahead prefetch (1 and 4 KiB) measured a third slower than none: 0 there.
 template <class Block>
-inline void prefetch_ahead(const Block* b) {
-  const char* p = reinterpret_cast<const char*>(b) + kPrefetchBytes;
+inline void prefetch_ahead(const Block* b, int ahead) {
+  if (ahead == 0) return;
+  const char* p = reinterpret_cast<const char*>(b) + ahead;
   for (std::size_t o = 0; o < sizeof(Block) + 63; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
 }
 
@@ -68,11 +69,12 @@ template <int TN, class Dot>
 void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   const auto* wp = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
   const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const int ahead = q_prefetch_bytes();
   __m256 acc[TN];
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
     const block_q4_0x8& wb = wp[b];
-    prefetch_ahead(&wb);
+    prefetch_ahead(&wb, ahead);
     __m256i w[8];  // w[j]: elements 4j..4j+3 of each row
     for (int c = 0; c < 4; ++c) {
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * c));
@@ -95,11 +97,12 @@ void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
 template <int TN, class Dot>
 void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   const auto* wp = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
+  const int ahead = q_prefetch_bytes();
   __m256 acc[TN];
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
     const block_q8_0x8& wb = wp[b];
-    prefetch_ahead(&wb);
+    prefetch_ahead(&wb, ahead);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
     __m256i si[TN][2];  // two chains per token (even / odd chunks)
     for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = _mm256_setzero_si256();
