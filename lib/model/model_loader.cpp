@@ -223,7 +223,6 @@ class loader {
       }
     };
     if (tt == t.type) {
-      if (!ops::packed_weights::repacked(tt)) reads_mapping_ = true;  // f16/f32 read in place
       ops::packed_weights w = pack(src);
       offset += arena_bytes(t);
       if (release && ops::packed_weights::repacked(tt)) m_.file->release(src, t.bytes);
@@ -272,12 +271,9 @@ class loader {
     return w;
   }
 
-  bool reads_mapping() const noexcept { return reads_mapping_; }
-
  private:
   model_impl& m_;
   const model_options& opt_;
-  bool reads_mapping_ = false;
   uint8_t* write_ = nullptr;
   const uint8_t* cached_ = nullptr;
 };
@@ -314,10 +310,6 @@ weight_cache::digest cache_digest(const gguf::file& f, const loader& ld,
   plan.u64(embd_in_cache);
   return {src.value(), plan.value()};
 }
-
-}  // namespace
-
-namespace {
 
 // Writes the freshly repacked arena (and the embeddings) to the cache, then moves this model onto
 // the cache file's shared mapping: its matrices become views of the file's pages and the private
