@@ -67,12 +67,12 @@ struct dot_maddubs {
   }
 };
 
-// Q4_0 panels x Q8_0 activations, TN tokens at a time.
+// Q4_0 panels x Q8_0 activations, TN tokens at a time; `ahead`: q_prefetch_bytes(), read once
+// per matrix call by the caller.
 template <int TN, class Dot>
-void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
+void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
   const auto* wp = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
   const __m256i m4 = _mm256_set1_epi8(0x0f);
-  const int ahead = q_prefetch_bytes();
   __m256 acc[TN];
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
@@ -98,9 +98,8 @@ void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
 
 // Q8_0 panels: dot(|w|, sign(x, w)) is exact for every int8 w (x is never -128).
 template <int TN, class Dot>
-void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
+void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
   const auto* wp = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
-  const int ahead = q_prefetch_bytes();
   __m256 acc[TN];
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
@@ -127,13 +126,15 @@ void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0) {
 }
 
 inline void gemm_q4_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
+  const int ahead = q_prefetch_bytes();
   for (int64_t p = p0; p < p1; ++p)
-    for_token_tiles(a.m, [&](auto tn, int64_t t) { q4_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t); });
+    for_token_tiles(a.m, [&](auto tn, int64_t t) { q4_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t, ahead); });
 }
 
 inline void gemm_q8_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
+  const int ahead = q_prefetch_bytes();
   for (int64_t p = p0; p < p1; ++p)
-    for_token_tiles(a.m, [&](auto tn, int64_t t) { q8_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t); });
+    for_token_tiles(a.m, [&](auto tn, int64_t t) { q8_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t, ahead); });
 }
 
 // Q8_0 quantization of activations: nearest-even rounding, as ref::quantize_row_q8_0.

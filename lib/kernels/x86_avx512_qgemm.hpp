@@ -153,14 +153,15 @@ void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
     });
   }
   const int64_t rest = a.m < 4 ? p0 : p;
+  const int ahead = q_prefetch_bytes();
   for (int64_t r = rest; r < p1; ++r) {
     for_token_tiles(a.m, [&](auto tn, int64_t t) {
       constexpr int TN = decltype(tn)::value;
       using Dot = std::conditional_t<vnni, dot_vnni256, dot_maddubs>;
       if constexpr (q4)
-        q4_0x8_tile<TN, Dot>(a, r, t);
+        q4_0x8_tile<TN, Dot>(a, r, t, ahead);
       else
-        q8_0x8_tile<TN, Dot>(a, r, t);
+        q8_0x8_tile<TN, Dot>(a, r, t, ahead);
     });
   }
 }
