@@ -17,6 +17,7 @@
 
 #include "args.hpp"
 #include "commands.hpp"
+#include "text_common.hpp"
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
@@ -25,132 +26,6 @@
 namespace qllm::cli {
 
 namespace {
-
-std::string read_file(const std::string& path) {
-  if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), {});
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(errc::io, "cannot open '" + path + "'");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Flags shared by run and chat.
-struct text_options {
-  std::string model;
-  std::string prompt;
-  bool have_prompt = false;
-  session_params sp;
-  generate_params gp;
-  bool quiet = false;
-  bool policy_set = false;
-  bool keep_set = false;
-};
-
-const char* kTextFlags =
-    "  -m, --model FILE            GGUF model (default: the shipped model, see qllm info)\n"
-    "  -t, --threads N             threads (default: all cores)\n"
-    "  -c, --ctx-size N            context window in tokens (default: the model's)\n"
-    "  -b, --batch-size N          prompt tokens per forward pass (default 512)\n"
-    "      --kv f16|f32            KV cache precision (default f16)\n"
-    "  -n, --max-tokens N          tokens to generate, -1 = until EOS or stop (default 256)\n"
-    "      --temp X                temperature, 0 = greedy (default 0.8)\n"
-    "      --top-k N               (default 40, 0 = off)\n"
-    "      --top-p X               (default 0.95)\n"
-    "      --min-p X               (default 0.05)\n"
-    "      --repeat-penalty X      (default 1.0 = off)\n"
-    "      --frequency-penalty X   (default 0)\n"
-    "      --presence-penalty X    (default 0)\n"
-    "      --repeat-last-n N       penalty window (default 64)\n"
-    "  -s, --seed N                sampling seed\n"
-    "      --stop TEXT             stop string (repeatable; not printed)\n"
-    "      --ignore-eos            keep generating after EOS\n"
-    "      --context-policy P      prompt longer than the window: error (default for run),\n"
-    "                              keep-head-and-tail, keep-tail\n"
-    "      --keep N                tokens at the start kept by keep-head-and-tail and shifts\n"
-    "      --no-context-shift      stop when the window is full instead of shifting\n"
-    "  -q, --quiet                 no report line\n"
-    "  -h, --help                  this text\n";
-
-// Consumes argv[i] if it is a shared flag.
-bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
-  const std::string a = argv[i];
-  auto val = [&] { return next_value(argc, argv, i); };
-  auto& s = o.sp.sampling;
-  if (a == "-m" || a == "--model") o.model = val();
-  else if (a == "-t" || a == "--threads") o.sp.ctx.n_threads = int(parse_int(a, val(), 1, 1024));
-  else if (a == "-c" || a == "--ctx-size") o.sp.ctx.n_ctx = parse_int(a, val(), 8, int64_t(1) << 24);
-  else if (a == "-b" || a == "--batch-size") o.sp.ctx.n_batch = parse_int(a, val(), 1, 1 << 16);
-  else if (a == "--kv") {
-    const std::string v = val();
-    if (v == "f16") o.sp.ctx.kv = kv_type::f16;
-    else if (v == "f32") o.sp.ctx.kv = kv_type::f32;
-    else throw error(errc::invalid_argument, "--kv: '" + v + "' is not f16 or f32");
-  } else if (a == "-n" || a == "--max-tokens") o.gp.max_tokens = parse_int(a, val(), -1, int64_t(1) << 30);
-  else if (a == "--temp") s.temperature = float(parse_float(a, val(), 0, 100));
-  else if (a == "--top-k") s.top_k = int32_t(parse_int(a, val(), 0, 1 << 30));
-  else if (a == "--top-p") s.top_p = float(parse_float(a, val(), 1e-6, 1));
-  else if (a == "--min-p") s.min_p = float(parse_float(a, val(), 0, 0.999999));
-  else if (a == "--repeat-penalty") s.repeat_penalty = float(parse_float(a, val(), 1e-3, 100));
-  else if (a == "--frequency-penalty") s.frequency_penalty = float(parse_float(a, val(), -100, 100));
-  else if (a == "--presence-penalty") s.presence_penalty = float(parse_float(a, val(), -100, 100));
-  else if (a == "--repeat-last-n") s.penalty_last_n = int32_t(parse_int(a, val(), 0, 1 << 20));
-  else if (a == "-s" || a == "--seed") s.seed = uint64_t(parse_int(a, val(), 0, INT64_MAX));
-  else if (a == "--stop") {
-    o.gp.stop.push_back(val());
-    if (o.gp.stop.back().empty()) throw error(errc::invalid_argument, "--stop: empty string");
-  } else if (a == "--ignore-eos") o.gp.stop_at_eos = false;
-  else if (a == "--context-policy") {
-    o.sp.policy = parse_context_policy(val());
-    o.policy_set = true;
-  } else if (a == "--keep") {
-    o.sp.n_keep = parse_int(a, val(), 0, int64_t(1) << 24);
-    o.keep_set = true;
-  }
-  else if (a == "--no-context-shift") o.sp.context_shift = false;
-  else if (a == "-q" || a == "--quiet") o.quiet = true;
-  else return false;
-  return true;
-}
-
-std::shared_ptr<const model> load_text_model(const std::string& path, const char* usage) {
-  const std::string file = model_or_default(path, usage);
-  auto m = model::load(file);
-  if (m->cache_status() != "off") std::fprintf(stderr, "qllm: cache: %s\n", m->cache_status().c_str());  // QLLM_CACHE_DIR
-  if (!m->get_tokenizer())
-    throw error(errc::unsupported, "'" + file + "' has no vocabulary (tokenizer.ggml.*); text commands need one");
-  return m;
-}
-
-std::string mib(int64_t bytes) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.0f MiB", double(bytes) / (1 << 20));
-  return b;
-}
-
-void print_report(const generation_result& r) {
-  const auto& t = r.timings;
-  std::fprintf(stderr,
-               "\n[prompt: %lld tokens (%lld reused), %.2f tok/s | generated: %lld tokens, %.2f tok/s | "
-               "dropped by context policy: %lld",
-               (long long)t.n_prompt, (long long)t.n_reused, t.prompt_tokens_per_second(), (long long)t.n_generated,
-               t.generation_tokens_per_second(), (long long)r.fit.n_dropped);
-  if (r.fit.n_dropped)
-    std::fprintf(stderr, " (tokens %lld-%lld of %lld)", (long long)r.fit.drop_begin, (long long)r.fit.drop_end - 1,
-                 (long long)r.fit.n_tokens);
-  if (r.n_shifts) std::fprintf(stderr, " | context shifts: %lld (%lld tokens)", (long long)r.n_shifts, (long long)r.n_shift_dropped);
-  std::fprintf(stderr, " | stop: %s | peak RSS: %s]\n", to_string(r.finish), mib(peak_rss_bytes()).c_str());
-}
-
-// Tells about tokens a policy will drop before any output, so the user sees it first.
-void warn_fit(const session& s, const std::vector<int32_t>& tokens, const generate_params& gp) {
-  std::vector<int32_t> copy = tokens;
-  const prompt_fit f = s.fit(copy, s.reserve_for(gp));  // throws for the error policy
-  if (f.n_dropped)
-    std::fprintf(stderr, "qllm: the prompt has %lld tokens, the window leaves room for %lld: %s drops tokens %lld-%lld (%lld tokens)\n",
-                 (long long)f.n_tokens, (long long)copy.size(), to_string(s.params().policy), (long long)f.drop_begin,
-                 (long long)f.drop_end - 1, (long long)f.n_dropped);
-}
 
 std::atomic<bool> g_interrupted{false};
 std::atomic<session*> g_session{nullptr};  // Ctrl-C stops its prompt evaluation too
@@ -188,6 +63,17 @@ int cmd_run(int argc, char** argv) {
   session s(m, o.sp);
   const auto tokens = s.tokenize(o.prompt, s.tok().add_bos());
   warn_fit(s, tokens, o.gp);
+  if (o.cot) {  // stdout gets the answer only; the reasoning goes to stderr
+    const auto p = cot_streams();
+    const cot_result r = generate_cot(s, o.prompt, o.gp, o.cot_p, p.reasoning, p.answer);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    if (!o.quiet) {
+      print_report(r.reasoning);
+      print_report(r.answer);
+    }
+    return 0;
+  }
   std::fputs(o.prompt.c_str(), stdout);
   std::fflush(stdout);
   const auto r = s.generate(tokens, o.gp, [](std::string_view text, int32_t) {
@@ -276,16 +162,16 @@ int cmd_chat(int argc, char** argv) {
       continue;
     }
     g_interrupted = false;
-    bool first = true;
-    const auto r = s.generate(tokens, o.gp, [&](std::string_view text, int32_t) {
-      if (first && !text.empty()) {  // the answer's leading space belongs to the template
-        if (text.front() == ' ') text.remove_prefix(1);
-        first = false;
-      }
-      std::fwrite(text.data(), 1, text.size(), stdout);
-      std::fflush(stdout);
-      return !g_interrupted.load();
-    });
+    generation_result r;
+    if (o.cot) {  // the dialog keeps the answer; the reasoning is shown on stderr only
+      const auto p = cot_streams(&g_interrupted);
+      cot_result c = chat_cot(s, dialog, o.gp, o.cot_p, p.reasoning, p.answer);
+      if (!o.quiet) print_report(c.reasoning);
+      r = std::move(c.answer);
+    } else {
+      // the answer's leading space belongs to the template
+      r = s.generate(tokens, o.gp, printer(stdout, true, &g_interrupted));
+    }
     std::fputc('\n', stdout);
     if (r.finish == finish_reason::cancelled) std::fputs("[stopped]\n", stdout);
     g_interrupted = false;

@@ -176,4 +176,35 @@ std::string chat_text(std::span<const chat_message> dialog);
 // Tokens of the leading system block ("<s>[INST] <<SYS>>\n...\n<</SYS>>\n\n"): a good n_keep.
 int64_t chat_system_tokens(const tokenizer& tok, std::string_view system);
 
+
+// Chain-of-thought by prompt chaining: the model first reasons after a cue ("Let's think step by
+// step."), then a second, short generation extracts the answer from that reasoning. The reasoning
+// is returned apart from the answer, never inside it.
+struct cot_params {
+  std::string reasoning_cue = "Let's think step by step.";
+  // Plain text: written after the reasoning on a new line; the answer stage stops at a newline.
+  std::string answer_cue = "Therefore, the answer is";
+  // Chat: the user message after the reasoning turn; the answer stage stops at EOS.
+  std::string answer_request = "Now give only the final answer, in one or two sentences, without the steps.";
+  int64_t answer_tokens = 64;  // max tokens of the answer stage (> 0)
+};
+
+struct cot_result {
+  generation_result reasoning;  // stage 1 (the reasoning; its max_tokens is the caller's)
+  generation_result answer;     // stage 2; empty with finish cancelled when stage 1 was cancelled
+};
+
+// Plain text: stage 1 continues `prompt` + " " + reasoning_cue; stage 2 continues that text, the
+// reasoning and "\n" + answer_cue. The session's cache keeps the shared prefix between stages.
+// Errors: as session::generate; invalid_argument for answer_tokens <= 0 or an empty cue.
+cot_result generate_cot(session& s, std::string_view prompt, const generate_params& gp, const cot_params& cp,
+                        const token_callback& on_reasoning = {}, const token_callback& on_answer = {});
+// Chat: stage 1 answers the dialog with reasoning_cue appended to its last user message; stage 2
+// answers answer_request after that reasoning turn.
+cot_result chat_cot(session& s, std::span<const chat_message> dialog, const generate_params& gp, const cot_params& cp,
+                    const token_callback& on_reasoning = {}, const token_callback& on_answer = {});
+// Room the answer stage needs in the window beyond the reasoning: answer_tokens plus the tokens of
+// the cue or request and its chat template (an upper bound used to budget prompts).
+int64_t cot_answer_reserve(const tokenizer& tok, const cot_params& cp);
+
 }  // namespace qllm
