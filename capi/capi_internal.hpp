@@ -339,6 +339,7 @@ inline qllm_status run_generation(const char* fn, qllm_session* s, const std::ve
     if (result) check_size(result->struct_size, "qllm_generate_result");  // before running
     s->output.clear();
     s->reasoning.clear();
+    s->rag_report.clear();
     s->have_logits = false;
     qllm::generation_result r;
     if (tokens) {

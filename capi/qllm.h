@@ -45,13 +45,13 @@ extern "C" {
 
 /* ---- version ---- */
 #define QLLM_VERSION_MAJOR 0
-#define QLLM_VERSION_MINOR 4
+#define QLLM_VERSION_MINOR 5
 #define QLLM_VERSION_PATCH 0
 #define QLLM_VERSION_NUMBER (QLLM_VERSION_MAJOR * 10000 + QLLM_VERSION_MINOR * 100 + QLLM_VERSION_PATCH)
 
 /* The library's QLLM_VERSION_NUMBER (may be newer than the header's). Thread-safe. */
 QLLM_API uint32_t qllm_version(void);
-/* "0.4.0": static storage. Thread-safe. */
+/* "0.5.0": static storage. Thread-safe. */
 QLLM_API const char* qllm_version_string(void);
 
 /* ---- status ---- */
@@ -300,6 +300,108 @@ QLLM_API qllm_status qllm_session_output(const qllm_session* session, const char
  * convention. For retrieval: compare by dot product. Session thread rule. */
 QLLM_API qllm_status qllm_embed(qllm_session* session, const char* text, size_t text_len, float* out,
                                 size_t capacity, size_t* n_out);
+
+
+/* ---- chain of thought (since 0.5) ---- */
+/* Prompt chaining: a first generation reasons after a cue ("Let's think step by step."), a
+ * second, short one extracts the answer from that reasoning. The answer is what
+ * qllm_session_output, the result and qllm_generate_params.callback see; the reasoning is kept
+ * apart (qllm_session_reasoning) and streams through reasoning_callback. */
+typedef struct qllm_cot_params {
+  uint32_t struct_size;
+  int32_t answer_tokens;                    /* max tokens of the answer stage; default 64 */
+  const char* reasoning_cue;                /* NULL: "Let's think step by step." */
+  const char* answer_cue;                   /* plain text, written after the reasoning; NULL:
+                                               "Therefore, the answer is" (the answer ends at a newline) */
+  const char* answer_request;               /* chat, the user turn after the reasoning; NULL: asks
+                                               for only the final answer */
+  qllm_stream_callback reasoning_callback;  /* may be NULL */
+  void* reasoning_user_data;
+} qllm_cot_params;
+
+/* As qllm_model_params_init. Thread-safe. */
+QLLM_API qllm_status qllm_cot_params_init(qllm_cot_params* p, size_t struct_size);
+/* Plain text: reasons after prompt + " " + reasoning_cue, then answers after the reasoning and
+ * "\n" + answer_cue. params->max_tokens bounds the reasoning. result (may be NULL) describes the
+ * answer stage; a cancelled reasoning skips it (finish_reason QLLM_FINISH_CANCELLED, no answer).
+ * Errors as qllm_generate; INVALID_ARGUMENT for answer_tokens <= 0 or an empty cue. Session
+ * thread rule. */
+QLLM_API qllm_status qllm_generate_cot(qllm_session* session, const char* prompt, size_t prompt_len,
+                                       const qllm_generate_params* params, const qllm_cot_params* cot,
+                                       qllm_generate_result* result);
+/* Chat (Llama-2-chat): the reasoning answers the dialog with reasoning_cue appended to its last
+ * user message; the answer answers answer_request after that reasoning turn. */
+QLLM_API qllm_status qllm_chat_cot(qllm_session* session, const qllm_chat_message* messages, size_t n_messages,
+                                   const qllm_generate_params* params, const qllm_cot_params* cot,
+                                   qllm_generate_result* result);
+/* The reasoning of the session's last chain-of-thought call ("" after any other generation),
+ * NUL-terminated, owned by the session, valid until its next call; *len may be NULL. Session
+ * thread rule. */
+QLLM_API qllm_status qllm_session_reasoning(const qllm_session* session, const char** text, size_t* len);
+
+/* ---- retrieval over documents (since 0.5) ---- */
+/* A retrieval database: one SQLite file with documents, their chunks and a full-text (BM25)
+ * index. Thread-safe (calls on one handle are serialised); several processes may open one file. */
+typedef struct qllm_rag qllm_rag;
+
+/* Opens the database at path; create != 0 makes it if it does not exist. Errors: IO (missing
+ * without create, cannot open), BAD_FORMAT (not SQLite, another application's database, a newer
+ * store format, damaged). */
+QLLM_API qllm_status qllm_rag_open(const char* path, int32_t create, qllm_rag** out);
+/* NULL is a no-op. */
+QLLM_API void qllm_rag_free(qllm_rag* rag);
+
+typedef struct qllm_rag_index_params {
+  uint32_t struct_size;
+  int32_t chunk_tokens;    /* tokens per chunk, counted with the model's tokenizer; default 192 */
+  int32_t overlap_tokens;  /* whole sentences repeated between chunks, at most; default 32 */
+} qllm_rag_index_params;
+
+typedef struct qllm_rag_index_result {
+  uint32_t struct_size;
+  int32_t files_added;
+  int32_t files_changed;    /* re-chunked: new content or new chunk settings */
+  int32_t files_unchanged;  /* same content hash and settings: skipped */
+  int32_t files_removed;    /* documents whose file no longer exists */
+  int32_t files_skipped;    /* not UTF-8 text, binary or too large */
+  int64_t chunks_added;
+  int64_t chunks_removed;
+} qllm_rag_index_result;
+
+/* As qllm_model_params_init. Thread-safe. */
+QLLM_API qllm_status qllm_rag_index_params_init(qllm_rag_index_params* p, size_t struct_size);
+/* Indexes n_paths files or directories (a directory: its *.txt, *.md, *.markdown, recursively)
+ * with model's tokenizer. Unchanged files are skipped by content hash; a changed file's chunks
+ * are replaced in one transaction. params and result may be NULL. Errors: INVALID_ARGUMENT (a
+ * path that does not exist, bad chunk sizes: nothing is changed), IO, BAD_FORMAT. Thread-safe. */
+QLLM_API qllm_status qllm_rag_index(qllm_rag* rag, const qllm_model* model, const char* const* paths, size_t n_paths,
+                                    const qllm_rag_index_params* params, qllm_rag_index_result* result);
+
+typedef struct qllm_rag_ask_params {
+  uint32_t struct_size;
+  int32_t top_k;                /* chunks to retrieve; default 8 */
+  int32_t cot;                  /* nonzero: chain of thought (cot_params or its defaults) */
+  const char* system;           /* NULL: answer from the numbered passages and cite them */
+  const qllm_cot_params* cot_params;  /* may be NULL */
+} qllm_rag_ask_params;
+
+/* As qllm_model_params_init. Thread-safe. */
+QLLM_API qllm_status qllm_rag_ask_params_init(qllm_rag_ask_params* p, size_t struct_size);
+/* Retrieves the top_k chunks for question, builds a Llama-2-chat prompt with as many whole
+ * chunks as fit the session's window (leaving room for params->max_tokens, and with cot for the
+ * answer stage), dropping the lowest-ranked first, and generates the answer as qllm_generate_tokens
+ * does. qllm_session_rag_report then lists the chunks given and dropped. Errors: as
+ * qllm_generate_tokens; CONTEXT_OVERFLOW when the instructions and question alone do not fit
+ * (saying by how much). Session thread rule (the rag handle is thread-safe). */
+QLLM_API qllm_status qllm_rag_ask(qllm_rag* rag, qllm_session* session, const char* question, size_t question_len,
+                                  const qllm_rag_ask_params* ask, const qllm_generate_params* params,
+                                  qllm_generate_result* result);
+/* The last qllm_rag_ask's report as JSON, NUL-terminated, owned by the session, valid until its
+ * next call: {"window", "reserved", "prompt_tokens", "used": [{"n", "rank", "chunk_id", "path",
+ * "seq", "tokens", "score"}], "dropped": [{"rank", "chunk_id", "path", "seq", "tokens", "score",
+ * "reason"}]}; "" when the session's last generation was not a qllm_rag_ask. *len may be NULL.
+ * Session thread rule. */
+QLLM_API qllm_status qllm_session_rag_report(const qllm_session* session, const char** json, size_t* len);
 
 #ifdef __cplusplus
 }
