@@ -73,6 +73,39 @@ std::vector<std::string> words(std::string_view s) {
   return out;
 }
 
+std::string squash(std::string_view s) {  // words in lower case, single spaces
+  std::string o;
+  for (const auto& w : words(s)) o.append(o.empty() ? "" : " ").append(w);
+  return o;
+}
+
+// n phrases of 7 words, each from one line, with at least 3 uncommon words, that occur exactly
+// once in the corpus however its lines wrap.
+std::vector<std::string> unique_phrases(const std::string& corpus, int n, uint32_t seed) {
+  const std::string flat = " " + squash(corpus) + " ";
+  std::vector<std::string> lines, out;
+  std::istringstream in(corpus);
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  std::mt19937 rng(seed);
+  for (int guard = 0; int(out.size()) < n && guard < 100000; ++guard) {
+    const std::string& l = lines[rng() % lines.size()];
+    std::vector<std::size_t> starts;  // word starts on the line
+    for (std::size_t i = 0; i < l.size(); ++i)
+      if (!std::isspace(static_cast<unsigned char>(l[i])) && (i == 0 || std::isspace(static_cast<unsigned char>(l[i - 1]))))
+        starts.push_back(i);
+    if (starts.size() < 8) continue;
+    std::string phrase = l.substr(starts[1], starts[7] - starts[1]);
+    while (!phrase.empty() && std::isspace(static_cast<unsigned char>(phrase.back()))) phrase.pop_back();
+    int distinct = 0;  // a phrase of common words is not something to search for
+    for (const auto& w : words(phrase)) distinct += w.size() >= 4 && rag::fts_query(w) != "";
+    if (distinct < 3) continue;
+    const std::string sp = " " + squash(phrase) + " ";
+    if (flat.find(sp) != flat.rfind(sp)) continue;
+    out.push_back(phrase);
+  }
+  return out;
+}
+
 // The chunker's contract on one document.
 void check_chunks(std::string_view doc, const std::vector<rag::chunk>& c, const rag::chunk_params& p, bool words_whole) {
   REQUIRE(!c.empty());
@@ -147,12 +180,6 @@ TEST_CASE("rag: BM25 finds unique phrases; re-indexing is incremental") {
   REQUIRE(files.size() >= 5);
   std::string corpus;
   for (const auto& f : files) corpus += slurp(f) + "\n";
-  auto squash = [](std::string_view s) {  // words in lower case, single spaces
-    std::string o;
-    for (const auto& w : words(s)) o.append(o.empty() ? "" : " ").append(w);
-    return o;
-  };
-  const std::string flat = " " + squash(corpus) + " ";
   const std::string db = d / "rag.db";
   const rag::chunk_params cp{128, 24};
   auto st = rag::store::open(db, true);
@@ -166,28 +193,8 @@ TEST_CASE("rag: BM25 finds unique phrases; re-indexing is incremental") {
   CHECK(st->n_documents() == int64_t(files.size()));
 
   // phrases of 7 words from single lines that occur exactly once in the corpus
-  std::mt19937 rng(7);
   int tried = 0, top1 = 0, top3 = 0;
-  std::vector<std::string> lines;
-  {
-    std::istringstream in(corpus);
-    for (std::string l; std::getline(in, l);) lines.push_back(l);
-  }
-  while (tried < 40) {
-    const std::string& l = lines[rng() % lines.size()];
-    std::vector<std::size_t> starts;  // word starts on the line
-    for (std::size_t i = 0; i < l.size(); ++i)
-      if (!std::isspace(static_cast<unsigned char>(l[i])) && (i == 0 || std::isspace(static_cast<unsigned char>(l[i - 1]))))
-        starts.push_back(i);
-    if (starts.size() < 8) continue;
-    const std::size_t a = starts[1], b = starts[7];
-    std::string phrase = l.substr(a, b - a);
-    while (!phrase.empty() && std::isspace(static_cast<unsigned char>(phrase.back()))) phrase.pop_back();
-    int distinct = 0;  // a phrase of common words is not something to search for
-    for (const auto& w : words(phrase)) distinct += w.size() >= 4 && rag::fts_query(w) != "";
-    if (distinct < 3) continue;
-    const std::string sp = " " + squash(phrase) + " ";
-    if (flat.find(sp) != flat.rfind(sp)) continue;  // unique, however the lines wrap
+  for (const std::string& phrase : unique_phrases(corpus, 40, 7)) {
     ++tried;
     const auto hits = st->search(phrase, 3);
     REQUIRE(!hits.empty());
@@ -584,4 +591,46 @@ TEST_CASE("rag: with the passage in the prompt, the shipped model's answers use 
   CHECK(retrieved >= asked * 3 / 4);
   CHECK(with_sum > without_sum + 0.1 * n);
   CHECK(wins > 2 * losses);
+}
+
+TEST_CASE("rag: re-ranking by the shipped model's embeddings does not beat BM25 (measured; not used)") {
+  test::tmpdir d("qllm_rag_embed");
+  const auto files = copy_corpus(d / "docs");
+  std::string corpus;
+  for (const auto& f : files) corpus += slurp(f) + "\n";
+  auto st = rag::store::open(d / "rag.db", true);
+  const std::vector<std::string> arg{d / "docs"};
+  st->index(arg, tok(), rag::chunk_params{128, 24});
+  context_params cp;
+  cp.n_ctx = 512;
+  cp.n_threads = 1;
+  context ctx(shipped(), cp);
+  auto embed = [&](const std::string& t) { return ctx.embed(tok().encode(t, true)); };
+  auto dot = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double s = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) s += double(a[i]) * double(b[i]);
+    return s;
+  };
+  int n = 0, bm25_top1 = 0, embed_top1 = 0, in_top10 = 0;
+  for (const std::string& phrase : unique_phrases(corpus, 30, 19)) {
+    const auto hits = st->search(phrase, 10);
+    REQUIRE(!hits.empty());
+    ++n;
+    bool any = false;
+    for (const auto& h : hits) any |= h.text.find(phrase) != std::string::npos;
+    in_top10 += any;
+    bm25_top1 += hits[0].text.find(phrase) != std::string::npos;
+    const auto q = embed(phrase);
+    std::size_t best = 0;
+    double best_s = -2;
+    for (std::size_t i = 0; i < hits.size(); ++i) {
+      const double sim = dot(q, embed(hits[i].text));
+      if (sim > best_s) best_s = sim, best = i;
+    }
+    embed_top1 += hits[best].text.find(phrase) != std::string::npos;
+  }
+  MESSAGE("unique phrases: " << n << "; in BM25's top 10: " << in_top10 << "; first by BM25: " << bm25_top1
+                             << "; first after re-ranking the top 10 by the shipped model's embeddings: " << embed_top1);
+  CHECK(n == 30);
+  CHECK(bm25_top1 >= embed_top1);
 }

@@ -10,6 +10,7 @@ The shared library is found through $QLLM_LIBRARY, then the system's loader (lib
 Errors raise QllmError with the C status (e.g. "QLLM_ERR_CONTEXT_OVERFLOW") and message.
 """
 import ctypes
+import json
 import ctypes.util
 import os
 import queue
@@ -80,6 +81,27 @@ class _GenerateResult(Structure):
                 ("prompt_tokens_per_second", c_double), ("generation_tokens_per_second", c_double)]
 
 
+class _CotParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("answer_tokens", c_int32), ("reasoning_cue", c_char_p),
+                ("answer_cue", c_char_p), ("answer_request", c_char_p), ("reasoning_callback", _StreamCallback),
+                ("reasoning_user_data", c_void_p)]
+
+
+class _RagIndexParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("chunk_tokens", c_int32), ("overlap_tokens", c_int32)]
+
+
+class _RagIndexResult(Structure):
+    _fields_ = [("struct_size", c_uint32), ("files_added", c_int32), ("files_changed", c_int32),
+                ("files_unchanged", c_int32), ("files_removed", c_int32), ("files_skipped", c_int32),
+                ("chunks_added", c_int64), ("chunks_removed", c_int64)]
+
+
+class _RagAskParams(Structure):
+    _fields_ = [("struct_size", c_uint32), ("top_k", c_int32), ("cot", c_int32), ("system", c_char_p),
+                ("cot_params", POINTER(_CotParams))]
+
+
 def _load_library():
     path = os.environ.get("QLLM_LIBRARY") or ctypes.util.find_library("qllm") or "libqllm.so.0"
     lib = ctypes.CDLL(path)
@@ -117,6 +139,22 @@ def _load_library():
                                            POINTER(_GenerateResult)]),
         "qllm_session_output": (c_int32, [c_void_p, POINTER(c_char_p), POINTER(c_size_t)]),
         "qllm_embed": (c_int32, [c_void_p, c_char_p, c_size_t, POINTER(c_float), c_size_t, POINTER(c_size_t)]),
+        # since 0.5
+        "qllm_cot_params_init": (c_int32, [POINTER(_CotParams), c_size_t]),
+        "qllm_generate_cot": (c_int32, [c_void_p, c_char_p, c_size_t, POINTER(_GenerateParams), POINTER(_CotParams),
+                                        POINTER(_GenerateResult)]),
+        "qllm_chat_cot": (c_int32, [c_void_p, POINTER(_ChatMessage), c_size_t, POINTER(_GenerateParams),
+                                    POINTER(_CotParams), POINTER(_GenerateResult)]),
+        "qllm_session_reasoning": (c_int32, [c_void_p, POINTER(c_char_p), POINTER(c_size_t)]),
+        "qllm_rag_open": (c_int32, [c_char_p, c_int32, POINTER(c_void_p)]),
+        "qllm_rag_free": (None, [c_void_p]),
+        "qllm_rag_index_params_init": (c_int32, [POINTER(_RagIndexParams), c_size_t]),
+        "qllm_rag_index": (c_int32, [c_void_p, c_void_p, POINTER(c_char_p), c_size_t, POINTER(_RagIndexParams),
+                                     POINTER(_RagIndexResult)]),
+        "qllm_rag_ask_params_init": (c_int32, [POINTER(_RagAskParams), c_size_t]),
+        "qllm_rag_ask": (c_int32, [c_void_p, c_void_p, c_char_p, c_size_t, POINTER(_RagAskParams),
+                                   POINTER(_GenerateParams), POINTER(_GenerateResult)]),
+        "qllm_session_rag_report": (c_int32, [c_void_p, POINTER(c_char_p), POINTER(c_size_t)]),
     }
     for name, (res, args) in sig.items():
         f = getattr(lib, name)
@@ -369,7 +407,23 @@ class Session(_Handle):
         buf, n = _sized(lambda out, cap, n: self._call(_lib.qllm_embed, b, len(b), out, cap, n), c_float)
         return list(buf[:n])
 
-    def _run(self, prompt, max_tokens, stop, stop_at_eos, on_text):
+    @staticmethod
+    def _callback(on_text, pending):
+        """A C stream callback calling on_text(bytes, token); exceptions are kept in pending."""
+        if not on_text:
+            return _StreamCallback()
+
+        def trampoline(text, length, token, _user):
+            try:
+                return 1 if on_text(ctypes.string_at(text, length), token) else 0
+            except BaseException as e:  # never unwind through C: cancel and re-raise afterwards
+                pending.append(e)
+                return 1
+
+        return _StreamCallback(trampoline)
+
+    def _generation(self, call, max_tokens, stop, stop_at_eos, on_text, *extra):
+        """Runs call(handle, *extra..., gp, result) with generate params; returns the output text."""
         if stop is None:
             stop = ()
         elif isinstance(stop, (str, bytes)):
@@ -383,33 +437,72 @@ class Session(_Handle):
         gp.stop = stop_arr
         gp.n_stop = len(stops)
         pending = []
-
-        def trampoline(text, length, token, _user):
-            try:
-                return 1 if on_text(ctypes.string_at(text, length), token) else 0
-            except BaseException as e:  # never unwind through C: cancel and re-raise afterwards
-                pending.append(e)
-                return 1
-
-        cb = _StreamCallback(trampoline) if on_text else _StreamCallback()
+        cb = self._callback(on_text, pending)
         gp.callback = cb
         res = _GenerateResult()
         res.struct_size = ctypes.sizeof(res)
-        if isinstance(prompt, (str, bytes)):
-            b = _utf8(prompt)
-            st = self._call(_lib.qllm_generate, b, len(b), byref(gp), byref(res))
-        else:
-            arr, n = _ids(prompt)
-            st = self._call(_lib.qllm_generate_tokens, arr, n, byref(gp), byref(res))
+        st = call(gp, res, pending)
         if pending:
             raise pending[0]
         _check(st)
         self.last_result = {name: getattr(res, name) for name, _ in _GenerateResult._fields_ if name != "struct_size"}
         self.last_result["finish_reason"] = FINISH.get(res.finish_reason, res.finish_reason)
+        return self._text(_lib.qllm_session_output)
+
+    def _text(self, f):
         out = c_char_p()
         n = c_size_t()
-        _check(self._call(_lib.qllm_session_output, byref(out), byref(n)))
+        _check(self._call(f, byref(out), byref(n)))
         return ctypes.string_at(out, n.value).decode("utf-8")
+
+    def _run(self, prompt, max_tokens, stop, stop_at_eos, on_text):
+        def call(gp, res, _pending):
+            if isinstance(prompt, (str, bytes)):
+                b = _utf8(prompt)
+                return self._call(_lib.qllm_generate, b, len(b), byref(gp), byref(res))
+            arr, n = _ids(prompt)
+            return self._call(_lib.qllm_generate_tokens, arr, n, byref(gp), byref(res))
+        return self._generation(call, max_tokens, stop, stop_at_eos, on_text)
+
+    def _cot_params(self, answer_tokens, reasoning_cue, answer_cue, answer_request, on_reasoning, pending):
+        cp = _CotParams()
+        _check(_lib.qllm_cot_params_init(byref(cp), ctypes.sizeof(cp)))
+        cp.answer_tokens = answer_tokens
+        keep = [self._callback((lambda b, _t: on_reasoning(b.decode("utf-8"))) if on_reasoning else None, pending)]
+        for name, value in (("reasoning_cue", reasoning_cue), ("answer_cue", answer_cue),
+                            ("answer_request", answer_request)):
+            if value is not None:
+                keep.append(_utf8(value))
+                setattr(cp, name, keep[-1])
+        cp.reasoning_callback = keep[0]
+        return cp, keep
+
+    def generate_cot(self, prompt, *, max_tokens=256, answer_tokens=64, reasoning_cue=None, answer_cue=None,
+                     on_reasoning=None, on_answer=None):
+        """Chain of thought on plain text: returns {"reasoning": ..., "answer": ...}. The model
+        reasons after prompt + " Let's think step by step." (max_tokens), then a short answer
+        stage (answer_tokens) continues "Therefore, the answer is". on_reasoning / on_answer get
+        the text as it streams."""
+        def call(gp, res, pending):
+            cp, _keep = self._cot_params(answer_tokens, reasoning_cue, answer_cue, None, on_reasoning, pending)
+            b = _utf8(prompt)
+            return self._call(_lib.qllm_generate_cot, b, len(b), byref(gp), byref(cp), byref(res))
+        answer = self._generation(call, max_tokens, (), True, self._text_cb(on_answer))
+        return {"reasoning": self._text(_lib.qllm_session_reasoning), "answer": answer}
+
+    def chat_cot(self, messages, *, max_tokens=256, answer_tokens=64, reasoning_cue=None, answer_request=None,
+                 on_reasoning=None, on_answer=None):
+        """Chain of thought in a Llama-2-chat dialog: {"reasoning": ..., "answer": ...}."""
+        def call(gp, res, pending):
+            cp, _keep = self._cot_params(answer_tokens, reasoning_cue, None, answer_request, on_reasoning, pending)
+            arr, keep = _messages(messages)
+            return self._call(_lib.qllm_chat_cot, arr, len(messages), byref(gp), byref(cp), byref(res))
+        answer = self._generation(call, max_tokens, (), True, self._text_cb(on_answer))
+        return {"reasoning": self._text(_lib.qllm_session_reasoning), "answer": answer}
+
+    @staticmethod
+    def _text_cb(f):
+        return (lambda b, _t: f(b.decode("utf-8"))) if f else None
 
     def generate(self, prompt, *, max_tokens=256, stop=(), stop_at_eos=True):
         """The whole generated text; prompt is text or token ids (the whole sequence).
@@ -453,3 +546,61 @@ class Session(_Handle):
             if not sys.is_finalizing():  # at shutdown the worker may never get the GIL back
                 t.join()
             self._worker = self._cancel = None
+
+
+class Rag(_Handle):
+    """A retrieval database (one SQLite file): index text/markdown files, answer from them.
+
+        with Rag("docs.db", create=True) as r:
+            r.index(model, ["docs/"])
+            a = r.ask(session, "What does the warranty cover?", max_tokens=128)
+            print(a["answer"], a["report"]["used"])
+    """
+    _what = "rag"
+    _free_name = "qllm_rag_free"
+
+    def __init__(self, path, *, create=False):
+        h = c_void_p()
+        _check(_lib.qllm_rag_open(_utf8(os.fspath(path)), int(bool(create)), byref(h)))
+        self._h = h
+
+    def index(self, model, paths, *, chunk_tokens=192, overlap_tokens=32):
+        """Indexes files and directories (*.txt, *.md, *.markdown); unchanged files are skipped.
+        Returns the counts: files_added, files_changed, files_unchanged, files_removed, ..."""
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            paths = [paths]
+        encoded = [_utf8(os.fspath(p)) for p in paths]
+        arr = (c_char_p * max(1, len(encoded)))(*encoded)
+        p = _RagIndexParams()
+        _check(_lib.qllm_rag_index_params_init(byref(p), ctypes.sizeof(p)))
+        p.chunk_tokens, p.overlap_tokens = chunk_tokens, overlap_tokens
+        res = _RagIndexResult()
+        res.struct_size = ctypes.sizeof(res)
+        _check(_lib.qllm_rag_index(self.handle, model.handle, arr, len(encoded), byref(p), byref(res)))
+        return {name: getattr(res, name) for name, _ in _RagIndexResult._fields_ if name != "struct_size"}
+
+    def ask(self, session, question, *, top_k=8, system=None, cot=False, max_tokens=256, answer_tokens=64,
+            on_text=None, on_reasoning=None):
+        """Retrieves, fits whole chunks into the session's window (lowest-ranked dropped first),
+        and answers. Returns {"answer", "reasoning" ("" without cot), "report"}: the report lists
+        the chunks given ("used": n, rank, chunk_id, path, seq, tokens, score) and the ones left
+        out ("dropped", with the reason)."""
+
+        def call(gp, res, pending):
+            ap = _RagAskParams()
+            _check(_lib.qllm_rag_ask_params_init(byref(ap), ctypes.sizeof(ap)))
+            ap.top_k = top_k
+            ap.cot = int(bool(cot))
+            keep = []
+            if system is not None:
+                keep.append(_utf8(system))
+                ap.system = keep[-1]
+            cp, keep_cp = session._cot_params(answer_tokens, None, None, None, on_reasoning, pending)
+            ap.cot_params = ctypes.pointer(cp)
+            b = _utf8(question)
+            return session._call(lambda h, *a: _lib.qllm_rag_ask(self.handle, h, *a), b, len(b), byref(ap),
+                                 byref(gp), byref(res))
+        answer = session._generation(call, max_tokens, (), True, Session._text_cb(on_text))
+        report = session._text(_lib.qllm_session_rag_report)
+        return {"answer": answer, "reasoning": session._text(_lib.qllm_session_reasoning),
+                "report": json.loads(report) if report else {}}

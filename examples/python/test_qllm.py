@@ -5,6 +5,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -261,6 +262,111 @@ class SessionTest(unittest.TestCase):
         for t in ts:
             t.join()
         self.assertEqual(out, [self.expected] * 3)
+
+
+SHIPPED = os.environ.get("QLLM_SHIPPED_MODEL", "")
+LICENSES = "/usr/share/common-licenses"
+
+
+@unittest.skipUnless(SHIPPED, "QLLM_SHIPPED_MODEL is not set")
+class RagTest(unittest.TestCase):
+    """Retrieval and chain of thought against the qllm tool (the C++ core) on the shipped model."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = qllm.Model(SHIPPED)
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.docs = os.path.join(cls.tmp.name, "docs")
+        os.mkdir(cls.docs)
+        for name in ("GPL-3", "Apache-2.0", "BSD"):
+            with open(os.path.join(LICENSES, name), encoding="utf-8") as f, \
+                    open(os.path.join(cls.docs, name + ".txt"), "w", encoding="utf-8") as g:
+                g.write(f.read())
+        cls.db = os.path.join(cls.tmp.name, "r.db")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.model.close()
+        cls.tmp.cleanup()
+
+    def tool(self, *args):
+        r = subprocess.run([os.environ["QLLM_CLI"], *args], capture_output=True, text=True, check=True)
+        return r.stdout, r.stderr
+
+    def test_index_ask_report_equal_the_tool(self):
+        with qllm.Rag(self.db, create=True) as rag:
+            first = rag.index(self.model, [self.docs], chunk_tokens=128, overlap_tokens=16)
+            again = rag.index(self.model, self.docs, chunk_tokens=128, overlap_tokens=16)
+            self.assertEqual(first["files_added"] + first["files_unchanged"], 3)
+            self.assertEqual(again["files_unchanged"], 3)
+            self.assertEqual(again["chunks_added"], 0)
+            q = "What may each contributor grant under the patent license?"
+            s = self.model.session(temperature=0)
+            a = rag.ask(s, q, top_k=4, max_tokens=32)
+            report = a["report"]
+            self.assertEqual(len(report["used"]) + len(report["dropped"]), 4)
+            self.assertGreater(len(report["used"]), 0)
+            self.assertEqual([u["n"] for u in report["used"]], list(range(1, len(report["used"]) + 1)))
+            self.assertLessEqual(report["prompt_tokens"] + report["reserved"], report["window"])
+            for d in report["dropped"]:
+                self.assertTrue(d["reason"])
+            out, err = self.tool("rag", "ask", "--db", self.db, "-m", SHIPPED, "--temp", "0", "-n", "32", "-k", "4",
+                                 "-q", q)
+            self.assertEqual(a["answer"].lstrip(" "), out.split("\nsources:")[0])
+            for u in report["used"]:
+                self.assertIn(f"chunk {u['chunk_id']}: {u['path']}#{u['seq']}", out)
+            self.assertEqual(a["reasoning"], "")
+
+            pieces, thoughts = [], []
+            c = rag.ask(s, q, top_k=4, max_tokens=32, cot=True, answer_tokens=12, on_text=pieces.append,
+                        on_reasoning=thoughts.append)
+            self.assertEqual("".join(pieces), c["answer"])
+            self.assertEqual("".join(thoughts), c["reasoning"])
+            self.assertTrue(c["reasoning"])
+            out, err = self.tool("rag", "ask", "--db", self.db, "-m", SHIPPED, "--temp", "0", "-n", "32", "-k", "4",
+                                 "--cot", "--cot-answer-tokens", "12", "-q", q)
+            self.assertEqual(c["answer"].lstrip(" "), out.split("\nsources:")[0])
+            self.assertIn(c["reasoning"].lstrip(" "), err)
+
+    def test_chain_of_thought_equals_the_tool(self):
+        s = self.model.session(temperature=0)
+        r = s.generate_cot("And Moses said unto the people,", max_tokens=24, answer_tokens=8)
+        out, err = self.tool("run", "-m", SHIPPED, "--temp", "0", "-n", "24", "--cot", "--cot-answer-tokens", "8",
+                             "-q", "-p", "And Moses said unto the people,")
+        self.assertEqual(r["answer"].lstrip(" ") + "\n", out)
+        self.assertIn("[reasoning]\n" + r["reasoning"].lstrip(" ") + "\n[end of reasoning]", err)
+        c = s.chat_cot([{"role": "user", "content": "Who led the people out of Egypt?"}], max_tokens=24,
+                       answer_tokens=8)
+        self.assertTrue(c["reasoning"])
+        self.assertNotIn(c["reasoning"], c["answer"])
+
+    def test_bad_databases_raise(self):
+        with self.assertRaises(qllm.QllmError) as e:
+            qllm.Rag(os.path.join(self.tmp.name, "missing.db"))
+        self.assertEqual(e.exception.name, "QLLM_ERR_IO")
+        with self.assertRaises(qllm.QllmError) as e:
+            qllm.Rag(SHIPPED)
+        self.assertEqual(e.exception.name, "QLLM_ERR_BAD_FORMAT")
+        rag = qllm.Rag(os.path.join(self.tmp.name, "other.db"), create=True)
+        with self.assertRaises(qllm.QllmError) as e:
+            rag.index(self.model, [os.path.join(self.tmp.name, "no-such-dir")])
+        self.assertEqual(e.exception.name, "QLLM_ERR_INVALID_ARGUMENT")
+        rag.close()
+        with self.assertRaises(qllm.QllmError):
+            rag.index(self.model, [self.docs])
+
+    def test_example_script(self):
+        db = os.path.join(self.tmp.name, "example.db")
+        here = os.path.dirname(os.path.abspath(__file__))
+        r = subprocess.run([sys.executable, "-B", os.path.join(here, "rag_cot.py"), SHIPPED, db,
+                            "Who may grant a patent license?", self.docs], capture_output=True, text=True,
+                           check=True)
+        lines = r.stdout.splitlines()
+        self.assertTrue(lines[0].startswith("answer: "))
+        self.assertTrue(any(line.startswith("  source [1] chunk ") for line in lines))
+        self.assertTrue(any(line.startswith("answer after reasoning: ") for line in lines))
+        self.assertTrue(lines[-1].startswith("plain answer: "))
+        self.assertIn("reasoning: ", r.stderr)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,9 @@ int rag_ask(int argc, char** argv) {
                   "  -k, --top-k N               chunks to retrieve (default 8)\n"
                   "  --system TEXT               instructions (default: answer from the passages, cite them)\n"
                   "  --show-prompt               print the prompt given to the model on stderr\n"
-                  "  -p TEXT | -f FILE           the question (or as the last argument)\n%s",
+                  "  -p TEXT | -f FILE           the question (or as the last argument)\n"
+                  "(-n defaults to 128 here. Chunk sizes were counted with the tokenizer given to rag index:\n"
+                  "index with the model you ask with, so that they mean what they say.)\n%s",
                   usage, kTextFlags);
       return 0;
     } else if (!a.empty() && a[0] == '-') throw error(errc::invalid_argument, "unknown option '" + a + "'");

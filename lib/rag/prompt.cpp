@@ -57,9 +57,9 @@ std::string fts_query(std::string_view q) {
   std::vector<std::string> order;  // the kept words in question order
   std::vector<std::string> all;    // every word, for the whole-phrase term
   std::string w;
-  auto flush = [&] {
-    if (!w.empty()) all.push_back(w);
-    if (!w.empty() && !stopwords().count(w)) order.push_back(w);
+  auto flush = [&] {  // a question of thousands of words searches by its first 64
+    if (!w.empty() && all.size() < 64) all.push_back(w);
+    if (!w.empty() && order.size() < 64 && !stopwords().count(w)) order.push_back(w);
     w.clear();
   };
   for (char ch : q) {
