@@ -49,8 +49,11 @@ void spit(const std::string& p, const std::string& s) {
 std::vector<std::string> copy_corpus(const std::string& dir) {
   fs::create_directories(dir);
   std::vector<std::string> files;
+  // quick builds (sanitizers, qemu) take five of the texts
+  const std::set<std::string> quick_set = {"GPL-3", "Apache-2.0", "MPL-2.0", "BSD", "Artistic"};
   for (const auto& e : fs::directory_iterator(kLicenses)) {
     if (!e.is_regular_file() || e.is_symlink()) continue;
+    if (QLLM_TEST_QUICK && !quick_set.count(e.path().filename().string())) continue;
     const std::string to = dir + "/" + e.path().filename().string() + ".txt";
     fs::copy_file(e.path(), to);
     files.push_back(to);
@@ -142,8 +145,10 @@ TEST_CASE("rag: chunks are whole sentences within the budget, cover the text, ov
   for (const auto& p : {rag::chunk_params{192, 32}, rag::chunk_params{64, 0}, rag::chunk_params{16, 7}}) {
     CAPTURE(p.max_tokens);
     CAPTURE(p.overlap_tokens);
-    const auto c = rag::split(tok(), gpl, p);
-    check_chunks(gpl, c, p, p.max_tokens >= 64);  // at 16 a URL alone is over the budget
+    // small chunks on the first 12 KB (each costs a few exact counts)
+    const std::string doc = p.max_tokens >= 192 ? gpl : gpl.substr(0, gpl.find("\n\n", 12000));
+    const auto c = rag::split(tok(), doc, p);
+    check_chunks(doc, c, p, p.max_tokens >= 64);  // at 16 a URL alone is over the budget
     if (p.max_tokens == 192) CHECK(c.size() > 20);
   }
   // a single word longer than a chunk, a sentence without punctuation, multibyte characters
@@ -334,7 +339,8 @@ TEST_CASE("rag: the budget keeps the best whole chunks and never overflows the w
   REQUIRE(ranked.size() == 12);
   std::mt19937 rng(11);
   int with_drops = 0, all_fit = 0, overflow = 0;
-  for (int it = 0; it < 300; ++it) {
+  const int iterations = QLLM_TEST_QUICK ? 60 : 200;
+  for (int it = 0; it < iterations; ++it) {
     rag::prompt_params pp;
     pp.n_ctx = 64 + int64_t(rng() % 1200);
     pp.n_reserve = int64_t(rng() % 200);
@@ -379,9 +385,9 @@ TEST_CASE("rag: the budget keeps the best whole chunks and never overflows the w
     }
   }
   MESSAGE("budgets: " << with_drops << " with drops, " << all_fit << " all fit, " << overflow << " too small");
-  CHECK(with_drops > 100);
-  CHECK(all_fit > 5);
-  CHECK(overflow > 5);
+  CHECK(with_drops > iterations / 3);  // measured 217, 42, 41 of 300
+  CHECK(all_fit > iterations / 30);
+  CHECK(overflow > iterations / 30);
   CHECK_THROWS_AS(rag::build_prompt(tok(), "  ", ranked, {"", 512, 0}), error);
 }
 
@@ -493,10 +499,11 @@ TEST_CASE("rag: concurrent asks on one database give the single-threaded answers
   rag::ask_params ap;
   ap.top_k = 3;
   generate_params gp;
-  gp.max_tokens = 24;
+  gp.max_tokens = QLLM_TEST_QUICK ? 6 : 24;
   session_params sp;
   sp.ctx.n_threads = 1;
   sp.sampling.temperature = 0;
+  const int n_threads = QLLM_TEST_QUICK ? 4 : 8;
   const std::vector<std::string> questions = {"What did Abimelech take from Abraham?", "Who came in a dream by night?",
                                               "Where did Abraham sojourn?", "What did the king of Gerar send?"};
   std::vector<std::string> want;
@@ -504,10 +511,10 @@ TEST_CASE("rag: concurrent asks on one database give the single-threaded answers
     session s(shipped(), sp);
     want.push_back(rag::ask(s, *k.st, q, ap, gp).result.text);
   }
-  std::vector<std::string> got(8);
-  std::vector<std::string> errors(8);
+  std::vector<std::string> got(std::size_t(n_threads), "");
+  std::vector<std::string> errors(std::size_t(n_threads), "");
   std::vector<std::thread> th;
-  for (int t = 0; t < 8; ++t) {
+  for (int t = 0; t < n_threads; ++t) {
     th.emplace_back([&, t] {
       try {
         // even threads share the test's handle; odd ones open their own, as other processes would
@@ -522,13 +529,16 @@ TEST_CASE("rag: concurrent asks on one database give the single-threaded answers
     });
   }
   for (auto& x : th) x.join();
-  for (int t = 0; t < 8; ++t) {
+  for (int t = 0; t < n_threads; ++t) {
     CHECK(errors[std::size_t(t)] == "");
     CHECK(got[std::size_t(t)] == want[std::size_t(t) % questions.size()]);
   }
 }
 
-TEST_CASE("rag: with the passage in the prompt, the shipped model's answers use its words more") {
+// Measurements of the model, not of portability: the native build runs them (qemu and the
+// sanitizers would take minutes; the CPU matrix checks that greedy text is the same everywhere).
+TEST_CASE("rag: with the passage in the prompt, the shipped model's answers use its words more" *
+          doctest::skip(QLLM_TEST_QUICK)) {
   kjv_store k;
   session_params sp;
   sp.ctx.n_threads = 1;
@@ -593,7 +603,8 @@ TEST_CASE("rag: with the passage in the prompt, the shipped model's answers use 
   CHECK(wins > 2 * losses);
 }
 
-TEST_CASE("rag: re-ranking by the shipped model's embeddings does not beat BM25 (measured; not used)") {
+TEST_CASE("rag: re-ranking by the shipped model's embeddings does not beat BM25 (measured; not used)" *
+          doctest::skip(QLLM_TEST_QUICK)) {
   test::tmpdir d("qllm_rag_embed");
   const auto files = copy_corpus(d / "docs");
   std::string corpus;
@@ -612,7 +623,8 @@ TEST_CASE("rag: re-ranking by the shipped model's embeddings does not beat BM25 
     return s;
   };
   int n = 0, bm25_top1 = 0, embed_top1 = 0, in_top10 = 0;
-  for (const std::string& phrase : unique_phrases(corpus, 30, 19)) {
+  const int n_phrases = 30;
+  for (const std::string& phrase : unique_phrases(corpus, n_phrases, 19)) {
     const auto hits = st->search(phrase, 10);
     REQUIRE(!hits.empty());
     ++n;
@@ -631,6 +643,6 @@ TEST_CASE("rag: re-ranking by the shipped model's embeddings does not beat BM25 
   }
   MESSAGE("unique phrases: " << n << "; in BM25's top 10: " << in_top10 << "; first by BM25: " << bm25_top1
                              << "; first after re-ranking the top 10 by the shipped model's embeddings: " << embed_top1);
-  CHECK(n == 30);
+  CHECK(n == n_phrases);
   CHECK(bm25_top1 >= embed_top1);
 }
