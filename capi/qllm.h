@@ -322,7 +322,8 @@ typedef struct qllm_cot_params {
 /* As qllm_model_params_init. Thread-safe. */
 QLLM_API qllm_status qllm_cot_params_init(qllm_cot_params* p, size_t struct_size);
 /* Plain text: reasons after prompt + " " + reasoning_cue, then answers after the reasoning and
- * "\n" + answer_cue. params->max_tokens bounds the reasoning. result (may be NULL) describes the
+ * "\n" + answer_cue. params->max_tokens bounds the reasoning (and so does the window: both stages
+ * fit it, without a context shift). result (may be NULL) describes the
  * answer stage; a cancelled reasoning skips it (finish_reason QLLM_FINISH_CANCELLED, no answer).
  * Errors as qllm_generate; INVALID_ARGUMENT for answer_tokens <= 0 or an empty cue. Session
  * thread rule. */

@@ -34,6 +34,16 @@ $run "$qllm" rag ask --db "$dir/r.db" -m "$model" --temp 0 -n 48 -k 4 --cot --co
 grep -q '^\[reasoning\]' "$dir/cot.err"
 grep -q '^\[end of reasoning\]' "$dir/cot.err"
 
+# -k is the number of chunks; --top-k stays the sampler's
+$run "$qllm" rag ask --db "$dir/r.db" -m "$model" --temp 0 -n 8 -k 3 --top-k 1 -q "$q" >/dev/null 2>"$dir/k.err"
+grep -q '^qllm rag: 3 chunks retrieved' "$dir/k.err"
+# arguments are checked before the database is created
+if $run "$qllm" rag index "$dir/no-such-file.txt" --db "$dir/new.db" -m "$model" 2>/dev/null; then exit 1; fi
+[ ! -e "$dir/new.db" ]
+if $run "$qllm" rag index "$dir/docs" --db "$dir/new.db" -m "$model" --chunk-tokens 64 --overlap 40 2>/dev/null; then exit 1; fi
+[ ! -e "$dir/new.db" ]
+$run "$qllm" rag index "$dir/docs" --db "$dir/small.db" -m "$model" --chunk-tokens 64 -q >/dev/null 2>&1
+
 # the C example: the same two answers as the tool (the tool drops the template's leading space)
 $run "$example" "$model" "$dir/r.db" "$q" >"$dir/c.txt" 2>"$dir/c.err"
 grep -q '^report: {"dropped":' "$dir/c.err"

@@ -273,6 +273,45 @@ TEST_CASE("rag: BM25 finds unique phrases; re-indexing is incremental") {
   // another handle (another process would be the same) sees the committed state
   auto other = rag::store::open(db, false);
   CHECK(other->n_chunks() == n5);
+
+  // a file that becomes unindexable leaves no stale chunks; a symbolic link is not a second document
+  const std::string victim = files[1];
+  spit(victim, std::string("now binary\0data", 15));
+  fs::create_symlink(files[2], d / "docs/link-to-third.txt");
+  const auto r6 = st->index(arg, tok(), rag::chunk_params{96, 16});
+  CHECK(r6.files_removed == 1);
+  CHECK(r6.files_skipped == 2);  // latin1.txt and the victim
+  CHECK(r6.files_added == 0);
+  CHECK(r6.files_unchanged == int64_t(files.size()) - 2);
+  for (const auto& h : st->search("license", 10000)) CHECK(h.path != fs::absolute(victim).lexically_normal().string());
+  CHECK(st->n_documents() == int64_t(files.size()) - 2);
+}
+
+TEST_CASE("rag: two indexers on one new database both succeed") {
+  test::tmpdir d("qllm_rag_two");
+  const auto files = copy_corpus(d / "docs");
+  const std::vector<std::string> arg{d / "docs"};
+  std::vector<std::string> errors(2);
+  std::vector<rag::index_report> reports(2);
+  std::vector<std::thread> th;
+  for (int t = 0; t < 2; ++t) {
+    th.emplace_back([&, t] {
+      try {
+        auto st = rag::store::open(d / "rag.db", true);  // each its own connection, as two processes
+        reports[std::size_t(t)] = st->index(arg, tok(), rag::chunk_params{128, 16});
+      } catch (const std::exception& e) {
+        errors[std::size_t(t)] = e.what();
+      }
+    });
+  }
+  for (auto& x : th) x.join();
+  CHECK(errors[0] == "");
+  CHECK(errors[1] == "");
+  // every file was indexed once by one of them, and found unchanged by the other or not reached yet
+  CHECK(reports[0].files_added + reports[1].files_added == int64_t(files.size()));
+  auto st = rag::store::open(d / "rag.db", false);
+  CHECK(st->n_documents() == int64_t(files.size()));
+  CHECK(st->n_chunks() == reports[0].chunks_added + reports[1].chunks_added);
 }
 
 TEST_CASE("rag: damaged, foreign and missing databases are clear errors") {
@@ -437,6 +476,41 @@ TEST_CASE("chain of thought: the answer stage continues the reasoning, which sta
   CHECK(int64_t(want2.size()) + cp.answer_tokens <=
         int64_t(chat_tokens(tok(), dialog).size()) + int64_t(tok().count(cp.reasoning_cue, false)) + 2 +
             int64_t(rc.reasoning.tokens.size()) + cot_answer_reserve(tok(), cp));
+
+  // a prompt near the window: the reasoning gets what the answer stage leaves, both stages fit
+  {
+    session w(shipped(), sp);
+    std::string long_prompt;
+    while (tok().count(long_prompt, true) < 300) long_prompt += "And the LORD spake unto Moses, saying, ";
+    generate_params g = gp;
+    g.max_tokens = 400;  // more than fits
+    g.stop_at_eos = false;
+    const cot_result rw = generate_cot(w, long_prompt, g, cp);
+    CHECK(rw.reasoning.finish == finish_reason::max_tokens);
+    CHECK(int64_t(rw.reasoning.tokens.size()) < 400);
+    CHECK(rw.reasoning.n_shifts == 0);
+    CHECK(rw.answer.n_shifts == 0);
+    CHECK(int64_t(w.history().size()) <= w.ctx().n_ctx());
+    while (tok().count(long_prompt, true) < 480) long_prompt += "And the LORD spake unto Moses, saying, ";
+    try {
+      generate_cot(w, long_prompt, g, cp);
+      FAIL("no error for a prompt that leaves no room");
+    } catch (const error& e) {
+      CHECK(e.code() == errc::context_overflow);
+      CHECK(std::string(e.what()).find("tokens more than the window") != std::string::npos);
+    }
+  }
+  // a cancel that arrives at the end of the reasoning (its last callback) skips the answer stage
+  {
+    session c2(shipped(), sp);
+    const cot_result rc2 = generate_cot(c2, prompt, gp, cp, [&](std::string_view, int32_t t) {
+      if (t < 0) c2.cancel();
+      return true;
+    });
+    CHECK(rc2.reasoning.finish != finish_reason::cancelled);
+    CHECK(rc2.answer.finish == finish_reason::cancelled);
+    CHECK(rc2.answer.tokens.empty());
+  }
 
   // a stop during the reasoning: no answer stage
   session x(shipped(), sp);

@@ -178,6 +178,14 @@ def _check(status):
         raise QllmError(status, _lib.qllm_status_name(status).decode(), message)
 
 
+def _int32(name, value):
+    """value as a C int32, or ValueError (ctypes would silently wrap it)."""
+    value = int(value)
+    if not -2**31 <= value < 2**31:
+        raise ValueError(f"{name} = {value} does not fit a 32-bit integer")
+    return value
+
+
 def _utf8(text):
     return text.encode("utf-8") if isinstance(text, str) else bytes(text)
 
@@ -430,7 +438,7 @@ class Session(_Handle):
             stop = [stop]
         gp = _GenerateParams()
         _check(_lib.qllm_generate_params_init(byref(gp), ctypes.sizeof(gp)))
-        gp.max_tokens = max_tokens
+        gp.max_tokens = _int32("max_tokens", max_tokens)
         gp.stop_at_eos = int(bool(stop_at_eos))
         stops = [_utf8(s) for s in stop]
         stop_arr = (c_char_p * max(1, len(stops)))(*stops)
@@ -467,8 +475,8 @@ class Session(_Handle):
     def _cot_params(self, answer_tokens, reasoning_cue, answer_cue, answer_request, on_reasoning, pending):
         cp = _CotParams()
         _check(_lib.qllm_cot_params_init(byref(cp), ctypes.sizeof(cp)))
-        cp.answer_tokens = answer_tokens
-        keep = [self._callback((lambda b, _t: on_reasoning(b.decode("utf-8"))) if on_reasoning else None, pending)]
+        cp.answer_tokens = _int32("answer_tokens", answer_tokens)
+        keep = [self._callback(self._text_cb(on_reasoning), pending)]
         for name, value in (("reasoning_cue", reasoning_cue), ("answer_cue", answer_cue),
                             ("answer_request", answer_request)):
             if value is not None:
@@ -480,9 +488,10 @@ class Session(_Handle):
     def generate_cot(self, prompt, *, max_tokens=256, answer_tokens=64, reasoning_cue=None, answer_cue=None,
                      on_reasoning=None, on_answer=None):
         """Chain of thought on plain text: returns {"reasoning": ..., "answer": ...}. The model
-        reasons after prompt + " Let's think step by step." (max_tokens), then a short answer
-        stage (answer_tokens) continues "Therefore, the answer is". on_reasoning / on_answer get
-        the text as it streams."""
+        reasons after prompt + " Let's think step by step." (max_tokens, fewer if the window needs
+        room for the answer stage), then a short answer stage (answer_tokens) continues
+        "Therefore, the answer is". on_reasoning / on_answer get the text (str) as it streams;
+        their return values are ignored."""
         def call(gp, res, pending):
             cp, _keep = self._cot_params(answer_tokens, reasoning_cue, answer_cue, None, on_reasoning, pending)
             b = _utf8(prompt)
@@ -502,7 +511,15 @@ class Session(_Handle):
 
     @staticmethod
     def _text_cb(f):
-        return (lambda b, _t: f(b.decode("utf-8"))) if f else None
+        """A user's text callback: called with str; what it returns is ignored (it never stops
+        the generation: close a stream() or call cancel() for that)."""
+        if not f:
+            return None
+
+        def call(b, _token):
+            f(b.decode("utf-8"))
+            return False
+        return call
 
     def generate(self, prompt, *, max_tokens=256, stop=(), stop_at_eos=True):
         """The whole generated text; prompt is text or token ids (the whole sequence).
@@ -573,7 +590,7 @@ class Rag(_Handle):
         arr = (c_char_p * max(1, len(encoded)))(*encoded)
         p = _RagIndexParams()
         _check(_lib.qllm_rag_index_params_init(byref(p), ctypes.sizeof(p)))
-        p.chunk_tokens, p.overlap_tokens = chunk_tokens, overlap_tokens
+        p.chunk_tokens, p.overlap_tokens = _int32("chunk_tokens", chunk_tokens), _int32("overlap_tokens", overlap_tokens)
         res = _RagIndexResult()
         res.struct_size = ctypes.sizeof(res)
         _check(_lib.qllm_rag_index(self.handle, model.handle, arr, len(encoded), byref(p), byref(res)))
@@ -584,12 +601,13 @@ class Rag(_Handle):
         """Retrieves, fits whole chunks into the session's window (lowest-ranked dropped first),
         and answers. Returns {"answer", "reasoning" ("" without cot), "report"}: the report lists
         the chunks given ("used": n, rank, chunk_id, path, seq, tokens, score) and the ones left
-        out ("dropped", with the reason)."""
+        out ("dropped", with the reason). on_text / on_reasoning get the text (str) as it streams;
+        their return values are ignored."""
 
         def call(gp, res, pending):
             ap = _RagAskParams()
             _check(_lib.qllm_rag_ask_params_init(byref(ap), ctypes.sizeof(ap)))
-            ap.top_k = top_k
+            ap.top_k = _int32("top_k", top_k)
             ap.cot = int(bool(cot))
             keep = []
             if system is not None:

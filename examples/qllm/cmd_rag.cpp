@@ -1,6 +1,7 @@
 // qllm rag index / ask / search: answers from private documents through a SQLite store.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -17,7 +18,7 @@ namespace {
 
 const char* kUsage =
     "usage: qllm rag index DOCS... --db FILE [-m MODEL] [--chunk-tokens N] [--overlap N]\n"
-    "       qllm rag ask --db FILE [-k N] [--cot] [options] QUESTION\n"
+    "       qllm rag ask --db FILE [-k CHUNKS] [--cot] [options] QUESTION\n"
     "       qllm rag search --db FILE [-k N] QUERY\n";
 
 std::string base_name(const std::string& p) {
@@ -29,13 +30,13 @@ int rag_index(int argc, char** argv) {
   std::string db, model_path;
   rag::chunk_params cp;
   std::vector<std::string> docs;
-  bool quiet = false;
+  bool quiet = false, overlap_set = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--db") db = next_value(argc, argv, i);
     else if (a == "-m" || a == "--model") model_path = next_value(argc, argv, i);
     else if (a == "--chunk-tokens") cp.max_tokens = parse_int(a, next_value(argc, argv, i), 8, 1 << 20);
-    else if (a == "--overlap") cp.overlap_tokens = parse_int(a, next_value(argc, argv, i), 0, 1 << 20);
+    else if (a == "--overlap") cp.overlap_tokens = parse_int(a, next_value(argc, argv, i), 0, 1 << 20), overlap_set = true;
     else if (a == "-q" || a == "--quiet") quiet = true;
     else if (is_help(a))
       return print_help(
@@ -46,7 +47,8 @@ int rag_index(int argc, char** argv) {
           "  --db FILE            the database (created if missing)\n"
           "  -m, --model FILE     the model whose tokenizer counts chunk sizes (default: the shipped model)\n"
           "  --chunk-tokens N     tokens per chunk (default 192)\n"
-          "  --overlap N          tokens of whole sentences repeated between chunks (default 32)\n"
+          "  --overlap N          tokens of whole sentences repeated between chunks (default 32, at most\n"
+          "                       a quarter of the chunk size)\n"
           "  -q, --quiet          no progress line\n"
           "  -h, --help           this text\n");
     else if (!a.empty() && a[0] == '-') throw error(errc::invalid_argument, "unknown option '" + a + "'");
@@ -54,11 +56,15 @@ int rag_index(int argc, char** argv) {
   }
   if (db.empty()) throw error(errc::invalid_argument, std::string("missing --db FILE\n") + kUsage);
   if (docs.empty()) throw error(errc::invalid_argument, std::string("no documents to index\n") + kUsage);
+  if (!overlap_set) cp.overlap_tokens = std::min<int64_t>(cp.overlap_tokens, cp.max_tokens / 4);
+  for (const auto& d : docs)  // before the database is created
+    if (access(d.c_str(), F_OK) != 0) throw error(errc::invalid_argument, "'" + d + "' does not exist");
   // only the vocabulary is needed: the weights are neither read nor repacked
   const std::string mp = model_or_default(model_path, kUsage);
   const auto f = gguf::file::open(mp);
   const auto tok = tokenizer::from_gguf(f);
   if (!tok) throw error(errc::unsupported, "'" + mp + "' has no vocabulary (tokenizer.ggml.*)");
+  (void)rag::split(*tok, "", cp);  // bad chunk settings: an error before the database is created
   auto st = rag::store::open(db, true);
   const bool tty = isatty(STDERR_FILENO) && !quiet;
   const auto r = st->index(docs, *tok, cp, [&](std::size_t done, std::size_t total, const std::string& p) {
@@ -108,17 +114,23 @@ int rag_search(int argc, char** argv) {
 }
 
 int rag_ask(int argc, char** argv) {
-  const char* usage = "qllm rag ask --db FILE [-k N] [--cot] [options] QUESTION";
+  const char* usage = "qllm rag ask --db FILE [-k CHUNKS] [--cot] [options] QUESTION";
   text_options o;
   o.gp.max_tokens = 128;
   std::string db, question;
   rag::ask_params ap;
   bool have = false, show_prompt = false;
+  // the answer never shifts the passages out of the window: it stops when the window is full
+  o.sp.context_shift = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    // before the shared flags: --top-k there is the sampler's
+    if (a == "-k" || a == "--chunks") {
+      ap.top_k = parse_int(a, next_value(argc, argv, i), 1, 10000);
+      continue;
+    }
     if (parse_text_flag(o, argc, argv, i)) continue;
     if (a == "--db") db = next_value(argc, argv, i);
-    else if (a == "-k" || a == "--top-k") ap.top_k = parse_int(a, next_value(argc, argv, i), 1, 10000);
     else if (a == "--system") ap.system = next_value(argc, argv, i);
     else if (a == "--show-prompt") show_prompt = true;
     else if (a == "-p" || a == "--prompt") question = next_value(argc, argv, i), have = true;
@@ -129,12 +141,13 @@ int rag_ask(int argc, char** argv) {
                   "dropped first, each drop reported), answers with the Llama-2-chat template and lists the\n"
                   "chunks it was given as sources.\n"
                   "  --db FILE                   the database (qllm rag index)\n"
-                  "  -k, --top-k N               chunks to retrieve (default 8)\n"
+                  "  -k, --chunks N              chunks to retrieve (default 8; --top-k is the sampler's)\n"
                   "  --system TEXT               instructions (default: answer from the passages, cite them)\n"
                   "  --show-prompt               print the prompt given to the model on stderr\n"
                   "  -p TEXT | -f FILE           the question (or as the last argument)\n"
-                  "(-n defaults to 128 here. Chunk sizes were counted with the tokenizer given to rag index:\n"
-                  "index with the model you ask with, so that they mean what they say.)\n%s",
+                  "(-n defaults to 128 here, all of it kept free in the window, and the answer stops when the\n"
+                  "window is full rather than shift the passages out. Chunk sizes were counted with the\n"
+                  "tokenizer given to rag index: index with the model you ask with.)\n%s",
                   usage, kTextFlags);
       return 0;
     } else if (!a.empty() && a[0] == '-') throw error(errc::invalid_argument, "unknown option '" + a + "'");
@@ -156,7 +169,9 @@ int rag_ask(int argc, char** argv) {
   const rag::answer ans = rag::respond(s, std::move(built), ap, o.gp, o.cot ? p.answer : printer(stdout, true), p.reasoning);
   std::fputc('\n', stdout);
   std::printf("sources:");
-  if (ans.built.used.empty()) std::printf(" none (no chunk matched the question)");
+  if (ans.built.used.empty())
+    std::printf(ans.built.dropped.empty() ? " none (no chunk matched the question)"
+                                          : " none (chunks matched, but none fit the window: see the report above)");
   std::printf("\n");
   for (std::size_t i = 0; i < ans.built.used.size(); ++i) {
     const auto& u = ans.built.used[i];

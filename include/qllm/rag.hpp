@@ -65,7 +65,10 @@ class store {
   // Indexes text and markdown files; a directory adds its *.txt, *.md and *.markdown files,
   // recursively. A file whose content hash and chunk settings are unchanged is skipped; a changed
   // file's chunks are replaced in one transaction; documents whose file no longer exists are
-  // removed. Files that are not UTF-8 text are skipped with a reason (the report lists them).
+  // removed, and so is one whose file can no longer be indexed. Files that are not UTF-8 text, hold
+  // a NUL byte or exceed 32 MiB are skipped with a reason (the report lists them). Symbolic links
+  // are resolved: a file reached twice is one document. A folder that changes while it is listed
+  // is indexed as far as it could be listed (reported in `skipped`).
   // Errors: invalid_argument (bad chunk settings, a path that does not exist), io, bad_format.
   index_report index(std::span<const std::string> paths, const tokenizer& tok, const chunk_params& p,
                      const index_progress& progress = {});
@@ -142,8 +145,8 @@ struct answer {
   finish_reason reasoning_finish = finish_reason::eos;
 };
 
-// search, then build_prompt with the session's window and the reserve that gp (and, with cot, the
-// reasoning cue and the answer stage) need.
+// search, then build_prompt with the session's window and a reserve of all of gp.max_tokens
+// (session::reserve_for when it is -1), plus, with cot, the reasoning cue and the answer stage.
 prompt prepare(session& s, store& st, std::string_view question, const ask_params& ap, const generate_params& gp);
 // Generates the answer to a prepared prompt, streaming it (and the reasoning, with cot).
 answer respond(session& s, prompt built, const ask_params& ap, const generate_params& gp,

@@ -129,6 +129,9 @@ class session {
   // it starts, so a cancel while nothing runs has no effect. Thread-safe and async-signal-safe (one
   // lock-free atomic store): the one session function another thread may call during a call.
   void cancel() noexcept { cancel_.store(true, std::memory_order_relaxed); }
+  // A cancel request not yet taken by a call (one that arrived after the last call returned): lets
+  // a sequence of calls (chain of thought's two stages) stop between them.
+  bool cancel_requested() const noexcept { return cancel_.load(std::memory_order_relaxed); }
 
   int64_t n_shifts() const noexcept { return n_shifts_; }            // context shifts so far
   int64_t n_shift_dropped() const noexcept { return n_shift_dropped_; }  // tokens they dropped
@@ -196,7 +199,12 @@ struct cot_result {
 
 // Plain text: stage 1 continues `prompt` + " " + reasoning_cue; stage 2 continues that text, the
 // reasoning and "\n" + answer_cue. The session's cache keeps the shared prefix between stages.
-// Errors: as session::generate; invalid_argument for answer_tokens <= 0 or an empty cue.
+// Both stages fit the window: the reasoning gets at most the room the window leaves after its
+// prompt and the answer stage (cot_answer_reserve), fewer than gp.max_tokens if need be (its
+// finish is then max_tokens), and no context shift happens in either stage. A cancel during
+// stage 1 or between the stages skips stage 2.
+// Errors: as session::generate; context_overflow when the prompt leaves no room for both stages
+// (saying how many tokens too many); invalid_argument for answer_tokens <= 0 or an empty cue.
 cot_result generate_cot(session& s, std::string_view prompt, const generate_params& gp, const cot_params& cp,
                         const token_callback& on_reasoning = {}, const token_callback& on_answer = {});
 // Chat: stage 1 answers the dialog with reasoning_cue appended to its last user message; stage 2

@@ -33,10 +33,10 @@ std::string label(const hit& h) {
   return (slash == std::string::npos ? h.path : h.path.substr(slash + 1)) + "#" + std::to_string(h.seq);
 }
 
-std::string user_message(std::string_view question, std::span<const hit> chunks) {
+std::string user_message(std::string_view question, std::span<const hit> chunks, bool none_fit) {
   std::string u;
   if (chunks.empty()) {
-    u = "No passages were found for this question.\n\n";
+    u = none_fit ? "No passages fit in the window for this question.\n\n" : "No passages were found for this question.\n\n";
   } else {
     u = "Passages:\n\n";
     for (std::size_t i = 0; i < chunks.size(); ++i)
@@ -47,8 +47,9 @@ std::string user_message(std::string_view question, std::span<const hit> chunks)
   return u;
 }
 
-std::vector<chat_message> dialog_for(std::string_view system, std::string_view question, std::span<const hit> chunks) {
-  return {{"system", std::string(system)}, {"user", user_message(question, chunks)}};
+std::vector<chat_message> dialog_for(std::string_view system, std::string_view question, std::span<const hit> chunks,
+                                     bool none_fit = false) {
+  return {{"system", std::string(system)}, {"user", user_message(question, chunks, none_fit)}};
 }
 
 }  // namespace
@@ -120,11 +121,19 @@ prompt build_prompt(const tokenizer& tok, std::string_view question, std::span<c
     p.tokens = std::move(t);
     p.used.push_back({ranked[i], int64_t(i) + 1, int64_t(tok.count(ranked[i].text, false))});
   }
+  if (p.used.empty() && !ranked.empty()) {  // say so in the prompt: not "nothing was found"
+    p.dialog = dialog_for(system, question, {}, true);
+    p.tokens = chat_tokens(tok, p.dialog);
+    if (int64_t(p.tokens.size()) + pp.n_reserve > pp.n_ctx) {  // a few tokens longer than "found"
+      p.dialog = dialog_for(system, question, {});
+      p.tokens = chat_tokens(tok, p.dialog);
+    }
+  }
   const int64_t left = pp.n_ctx - pp.n_reserve - int64_t(p.tokens.size());
   for (std::size_t j = i; j < ranked.size(); ++j) {
     dropped_chunk d{ranked[j], int64_t(j) + 1, int64_t(tok.count(ranked[j].text, false)), {}};
     if (j == i)
-      d.reason = "does not fit: about " + std::to_string(d.n_tokens) + " tokens with its header, " +
+      d.reason = "does not fit: needs its " + std::to_string(d.n_tokens) + " tokens and a header, " +
                  std::to_string(left) + " left (window " + std::to_string(pp.n_ctx) + ", prompt " +
                  std::to_string(p.tokens.size()) + ", reserved for the answer " + std::to_string(pp.n_reserve) + ")";
     else
@@ -155,7 +164,9 @@ prompt prepare(session& s, store& st, std::string_view question, const ask_param
   prompt_params pp;
   pp.system = ap.system;
   pp.n_ctx = s.ctx().n_ctx();
-  pp.n_reserve = s.reserve_for(gp);
+  // all of max_tokens stays free (reserve_for gives at most half the window when the session
+  // shifts: the answer would then push the passages out)
+  pp.n_reserve = gp.max_tokens > 0 ? gp.max_tokens : s.reserve_for(gp);
   if (ap.cot)  // the cue appended to the question, then the answer stage after the reasoning
     pp.n_reserve += int64_t(s.tok().count(ap.cot_p.reasoning_cue, false)) + 2 + cot_answer_reserve(s.tok(), ap.cot_p);
   return build_prompt(s.tok(), question, hits, pp);

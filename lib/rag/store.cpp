@@ -24,7 +24,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kFormat = 1;
-constexpr int64_t kMaxFileBytes = int64_t(64) << 20;  // larger files are skipped, with the reason
+constexpr int64_t kMaxFileBytes = int64_t(32) << 20;  // larger files are skipped, with the reason
 
 const char* kSchema = R"sql(
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,13 +44,9 @@ CREATE TABLE chunks(
   begin_byte INTEGER NOT NULL,
   end_byte INTEGER NOT NULL);
 CREATE INDEX chunks_by_doc ON chunks(doc_id, seq);
+-- the full-text index of chunks.text; written beside every insert and delete of chunks (no
+-- triggers: with an untrusted schema SQLite refuses virtual tables in triggers)
 CREATE VIRTUAL TABLE chunks_fts USING fts5(text, content='chunks', content_rowid='id', tokenize='porter unicode61');
-CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
-  INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
-END;
-CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
-  INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
-END;
 )sql";
 
 uint64_t fnv1a(std::string_view s, uint64_t h = 1469598103934665603ull) {
@@ -178,19 +174,28 @@ bool indexable(const fs::path& p) {
 // The file's text, or why it is not indexed.
 std::string read_text(const std::string& f, std::string& content) {
   std::error_code ec;
-  const auto size = fs::file_size(f, ec);
-  if (ec) return "cannot read: " + ec.message();
-  if (int64_t(size) > kMaxFileBytes) return "larger than " + std::to_string(kMaxFileBytes >> 20) + " MiB";
+  if (!fs::is_regular_file(f, ec)) return "not a regular file";
   std::ifstream in(f, std::ios::binary);
   if (!in) return "cannot open";
-  std::ostringstream ss;
-  ss << in.rdbuf();
+  // at most one byte more than the limit, whatever the size said a moment ago
+  content.assign(std::size_t(std::min<uintmax_t>(fs::file_size(f, ec), uintmax_t(kMaxFileBytes) + 1)), '\0');
+  if (ec) return "cannot read: " + ec.message();
+  in.read(content.data(), std::streamsize(content.size()));
+  content.resize(std::size_t(in.gcount()));
   if (in.bad()) return "read error";
-  content = ss.str();
+  if (int64_t(content.size()) > kMaxFileBytes) return "larger than " + std::to_string(kMaxFileBytes >> 20) + " MiB";
   if (content.find('\0') != std::string::npos) return "binary (a NUL byte)";
   if (const auto bad = utf8::first_invalid(content); bad != std::string::npos)
     return "not UTF-8 text (invalid byte at offset " + std::to_string(bad) + ")";
   return {};
+}
+
+// A file's name as stored: absolute, symbolic links resolved (a file reached twice is one document).
+std::string stored_path(const fs::path& p) {
+  std::error_code ec;
+  fs::path c = fs::weakly_canonical(p, ec);
+  if (ec) c = fs::absolute(p, ec).lexically_normal();
+  return c.string();
 }
 
 }  // namespace
@@ -229,25 +234,27 @@ std::unique_ptr<store> store::open(const std::string& path, bool create) {
   sqlite3_extended_result_codes(p->db, 1);
   sqlite3_busy_timeout(p->db, 10000);  // a writer in another process holds the lock briefly
   sqlite3* db = p->db;
+  // A database file may come from anywhere: no schema-defined functions or views run with
+  // privileges, and no direct writes to the file's internal structures.
+  sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, nullptr);
+  sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, nullptr);
+  auto table_count = [&](const char* sql) {
+    stmt q(db, path, sql);
+    return q.step() ? q.i64(0) : 0;
+  };
   // A file that is not SQLite fails here with "file is not a database".
-  bool has_meta = false;
-  {
-    stmt q(db, path, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'");
-    if (q.step()) has_meta = q.i64(0) > 0;
-  }
-  if (!has_meta) {
-    int64_t n_tables = 0;
-    {
-      stmt q(db, path, "SELECT count(*) FROM sqlite_master");
-      if (q.step()) n_tables = q.i64(0);
-    }
-    if (n_tables > 0 || !create)
-      throw error(errc::bad_format, "'" + path + "' is a SQLite database but not a qllm retrieval database");
+  if (table_count("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'") == 0) {
+    if (!create) throw error(errc::bad_format, "'" + path + "' is a SQLite database but not a qllm retrieval database");
     exec(db, path, "PRAGMA journal_mode=WAL");
+    // another process may be creating it too: decide under the write lock
     transaction t(db, path);
-    exec(db, path, kSchema);
-    stmt(db, path, "INSERT INTO meta(key, value) VALUES ('format', ?1)").bind(1, std::to_string(kFormat)).run();
-    stmt(db, path, "INSERT INTO meta(key, value) VALUES ('created_by', ?1)").bind(1, std::string("qllm ") + version_string).run();
+    if (table_count("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'") == 0) {
+      if (table_count("SELECT count(*) FROM sqlite_master") > 0)
+        throw error(errc::bad_format, "'" + path + "' is a SQLite database but not a qllm retrieval database");
+      exec(db, path, kSchema);
+      stmt(db, path, "INSERT INTO meta(key, value) VALUES ('format', ?1)").bind(1, std::to_string(kFormat)).run();
+      stmt(db, path, "INSERT INTO meta(key, value) VALUES ('created_by', ?1)").bind(1, std::string("qllm ") + version_string).run();
+    }
     t.commit();
   }
   std::string format;
@@ -258,7 +265,13 @@ std::unique_ptr<store> store::open(const std::string& path, bool create) {
   if (format != std::to_string(kFormat))
     throw error(errc::bad_format, "retrieval database '" + path + "' has store format '" + format +
                                       "'; this qllm reads format " + std::to_string(kFormat));
-  // the tables this code uses must be there (a damaged or foreign file fails here, clearly)
+  // every table and index of the schema must be there
+  for (const char* name : {"documents", "chunks", "chunks_fts", "chunks_by_doc"}) {
+    stmt q(db, path, "SELECT count(*) FROM sqlite_master WHERE name = ?1");
+    q.bind(1, std::string_view(name));
+    if (!q.step() || q.i64(0) == 0)
+      throw error(errc::bad_format, "retrieval database '" + path + "' is damaged: '" + name + "' is missing");
+  }
   stmt(db, path, "SELECT id, path, hash, settings, n_chunks FROM documents LIMIT 0").run();
   stmt(db, path, "SELECT id, doc_id, seq, text, n_tokens, begin_byte, end_byte FROM chunks LIMIT 0").run();
   return std::unique_ptr<store>(new store(std::move(p)));
@@ -269,22 +282,22 @@ index_report store::index(std::span<const std::string> paths, const tokenizer& t
   // validate the settings before any change
   (void)split(tok, "", cp);
   std::vector<std::string> files;
+  index_report r;
   for (const std::string& a : paths) {
     std::error_code ec;
     const auto st = fs::status(a, ec);
     if (ec || !fs::exists(st)) throw error(errc::invalid_argument, "'" + a + "' does not exist");
-    if (fs::is_directory(st)) {
-      std::vector<std::string> found;
-      for (auto it = fs::recursive_directory_iterator(a, fs::directory_options::skip_permission_denied, ec);
-           !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-        if (it->is_regular_file(ec) && indexable(it->path())) found.push_back(fs::absolute(it->path()).lexically_normal().string());
-      }
-      if (ec) throw error(errc::io, "cannot list '" + a + "': " + ec.message());
-      std::sort(found.begin(), found.end());
-      files.insert(files.end(), found.begin(), found.end());
-    } else {
-      files.push_back(fs::absolute(a).lexically_normal().string());
+    if (!fs::is_directory(st)) {
+      files.push_back(stored_path(a));
+      continue;
     }
+    // a folder that changes while it is listed: what could be listed is indexed, the rest reported
+    auto it = fs::recursive_directory_iterator(a, fs::directory_options::skip_permission_denied, ec);
+    for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      std::error_code e2;
+      if (it->is_regular_file(e2) && indexable(it->path())) files.push_back(stored_path(it->path()));
+    }
+    if (ec) r.skipped.push_back(a + ": could not list all of it (" + ec.message() + ")");
   }
   std::sort(files.begin(), files.end());
   files.erase(std::unique(files.begin(), files.end()), files.end());
@@ -294,53 +307,79 @@ index_report store::index(std::span<const std::string> paths, const tokenizer& t
   std::lock_guard<std::mutex> lock(impl_->mu);
   sqlite3* db = impl_->db;
   const std::string& dbp = impl_->path;
-  index_report r;
+  struct old_doc {
+    int64_t id = -1, n_chunks = 0;
+    std::string hash, settings;
+  };
+  auto lookup = [&](const std::string& f) {
+    old_doc d;
+    stmt q(db, dbp, "SELECT id, hash, settings, n_chunks FROM documents WHERE path = ?1");
+    q.bind(1, f);
+    if (q.step()) d = {q.i64(0), q.i64(3), q.text(1), q.text(2)};
+    return d;
+  };
+  auto remove_doc = [&](int64_t id) {
+    stmt(db, dbp, "INSERT INTO chunks_fts(chunks_fts, rowid, text) SELECT 'delete', id, text FROM chunks WHERE doc_id = ?1")
+        .bind(1, id)
+        .run();
+    stmt(db, dbp, "DELETE FROM chunks WHERE doc_id = ?1").bind(1, id).run();
+    stmt(db, dbp, "DELETE FROM documents WHERE id = ?1").bind(1, id).run();
+  };
   std::size_t done = 0;
   for (const std::string& f : files) {
     std::string content;
     if (std::string why = read_text(f, content); !why.empty()) {
       r.skipped.push_back(f + ": " + why);
       ++r.files_skipped;
+      // what the store holds of it is no longer its content: never answer from a stale version
+      if (lookup(f).id >= 0) {
+        transaction t(db, dbp);
+        const old_doc d = lookup(f);
+        if (d.id >= 0) {
+          remove_doc(d.id);
+          t.commit();
+          ++r.files_removed;
+          r.chunks_removed += d.n_chunks;
+          r.removed.push_back(f + " (now skipped: " + why + ")");
+        }
+      }
       if (progress) progress(++done, files.size(), f);
       continue;
     }
     const std::string hash = content_hash(content);
-    int64_t old_id = -1, old_chunks = 0;
-    std::string old_hash, old_settings;
-    {
-      stmt q(db, dbp, "SELECT id, hash, settings, n_chunks FROM documents WHERE path = ?1");
-      q.bind(1, f);
-      if (q.step()) {
-        old_id = q.i64(0);
-        old_hash = q.text(1);
-        old_settings = q.text(2);
-        old_chunks = q.i64(3);
-      }
-    }
-    if (old_id >= 0 && old_hash == hash && old_settings == settings) {
+    const old_doc before = lookup(f);
+    if (before.id >= 0 && before.hash == hash && before.settings == settings) {
       ++r.files_unchanged;
     } else {
       const std::vector<chunk> chunks = split(tok, content, cp);  // before the write transaction
       transaction t(db, dbp);
-      if (old_id >= 0) {
-        stmt(db, dbp, "DELETE FROM chunks WHERE doc_id = ?1").bind(1, old_id).run();
-        stmt(db, dbp, "DELETE FROM documents WHERE id = ?1").bind(1, old_id).run();
+      // another process may have indexed it meanwhile: decide again under the write lock
+      const old_doc d = lookup(f);
+      if (d.id >= 0 && d.hash == hash && d.settings == settings) {
+        ++r.files_unchanged;
+        if (progress) progress(++done, files.size(), f);
+        continue;  // rolls back the empty transaction
       }
+      if (d.id >= 0) remove_doc(d.id);
       stmt ins_doc(db, dbp, "INSERT INTO documents(path, hash, settings, n_chunks, indexed_at) VALUES (?1, ?2, ?3, ?4, ?5)");
       ins_doc.bind(1, f).bind(2, hash).bind(3, settings).bind(4, int64_t(chunks.size())).bind(5, int64_t(std::time(nullptr)));
       ins_doc.run();
       const int64_t doc_id = sqlite3_last_insert_rowid(db);
       stmt ins(db, dbp, "INSERT INTO chunks(doc_id, seq, text, n_tokens, begin_byte, end_byte) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+      stmt fts(db, dbp, "INSERT INTO chunks_fts(rowid, text) VALUES (?1, ?2)");
       for (std::size_t i = 0; i < chunks.size(); ++i) {
         const chunk& c = chunks[i];
         ins.reset();
         ins.bind(1, doc_id).bind(2, int64_t(i)).bind(3, c.text).bind(4, c.n_tokens).bind(5, c.begin).bind(6, c.end);
         ins.run();
+        fts.reset();
+        fts.bind(1, sqlite3_last_insert_rowid(db)).bind(2, c.text);
+        fts.run();
       }
       t.commit();
-      if (old_id >= 0) {
+      if (d.id >= 0) {
         ++r.files_changed;
-        r.chunks_removed += old_chunks;
+        r.chunks_removed += d.n_chunks;
       } else {
         ++r.files_added;
       }
@@ -364,8 +403,7 @@ index_report store::index(std::span<const std::string> paths, const tokenizer& t
   }
   for (const auto& [id, p] : docs) {
     transaction t(db, dbp);
-    stmt(db, dbp, "DELETE FROM chunks WHERE doc_id = ?1").bind(1, id).run();
-    stmt(db, dbp, "DELETE FROM documents WHERE id = ?1").bind(1, id).run();
+    remove_doc(id);
     t.commit();
     ++r.files_removed;
     r.removed.push_back(p);

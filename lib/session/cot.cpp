@@ -1,4 +1,5 @@
 // Chain-of-thought by prompt chaining: a reasoning generation, then an answer-extraction one.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -20,10 +21,32 @@ bool ends_with_space(std::string_view s) {
   return !s.empty() && (s.back() == ' ' || s.back() == '\n' || s.back() == '\t' || s.back() == '\r');
 }
 
-generate_params answer_stage(const generate_params& gp, const cot_params& cp) {
+// Stage 1's budget: what the window leaves after its prompt and the answer stage.
+generate_params reasoning_stage(const session& s, const std::vector<int32_t>& prompt, const generate_params& gp,
+                                const cot_params& cp, int64_t n_ctx) {
+  const int64_t room = n_ctx - int64_t(prompt.size()) - cot_answer_reserve(s.tok(), cp);
+  if (room < 1)
+    throw error(errc::context_overflow,
+                "chain of thought: the prompt has " + std::to_string(prompt.size()) + " tokens; with the answer stage (" +
+                    std::to_string(cot_answer_reserve(s.tok(), cp)) + " tokens) that is " + std::to_string(1 - room) +
+                    " tokens more than the window of " + std::to_string(n_ctx) + " leaves for any reasoning");
+  generate_params r = gp;
+  r.max_tokens = gp.max_tokens < 0 ? room : std::min(gp.max_tokens, room);
+  return r;
+}
+
+// Stage 2 on `seq`: answer_tokens, or what is left of the window if re-tokenising the reasoning
+// took more than the reserve's margin.
+generation_result answer_stage(session& s, std::vector<int32_t> seq, const generate_params& gp, const cot_params& cp,
+                               bool plain, const token_callback& on_answer) {
+  const int64_t n_ctx = s.ctx().n_ctx();
   generate_params a = gp;
-  a.max_tokens = cp.answer_tokens;
-  return a;
+  a.max_tokens = std::min<int64_t>(cp.answer_tokens, n_ctx - int64_t(seq.size()));
+  if (a.max_tokens < 1)
+    throw error(errc::context_overflow, "chain of thought: the reasoning fills the window of " + std::to_string(n_ctx) +
+                                            " tokens; no room is left for the answer");
+  if (plain) a.stop.push_back("\n");  // the answer is the rest of the cue's line
+  return s.generate(std::move(seq), a, on_answer);
 }
 
 }  // namespace
@@ -35,8 +58,9 @@ cot_result generate_cot(session& s, std::string_view prompt, const generate_para
   if (!text.empty() && !ends_with_space(text)) text += ' ';
   text += cp.reasoning_cue;
   cot_result r;
-  r.reasoning = s.generate(std::string_view(text), gp, on_reasoning);
-  if (r.reasoning.finish == finish_reason::cancelled) {
+  const auto stage1 = s.tokenize(text, s.tok().add_bos());
+  r.reasoning = s.generate(stage1, reasoning_stage(s, stage1, gp, cp, s.ctx().n_ctx()), on_reasoning);
+  if (r.reasoning.finish == finish_reason::cancelled || s.cancel_requested()) {
     r.answer.finish = finish_reason::cancelled;
     return r;
   }
@@ -44,9 +68,7 @@ cot_result generate_cot(session& s, std::string_view prompt, const generate_para
   text += r.reasoning.text;
   text += '\n';
   text += cp.answer_cue;
-  generate_params a = answer_stage(gp, cp);
-  a.stop.push_back("\n");  // the answer is the rest of the cue's line
-  r.answer = s.generate(std::string_view(text), a, on_answer);
+  r.answer = answer_stage(s, s.tokenize(text, s.tok().add_bos()), gp, cp, true, on_answer);
   return r;
 }
 
@@ -59,14 +81,15 @@ cot_result chat_cot(session& s, std::span<const chat_message> dialog, const gene
   last += ends_with_space(last) ? "" : "\n\n";
   last += cp.reasoning_cue;
   cot_result r;
-  r.reasoning = s.generate(chat_tokens(s.tok(), d), gp, on_reasoning);
-  if (r.reasoning.finish == finish_reason::cancelled) {
+  const auto stage1 = chat_tokens(s.tok(), d);
+  r.reasoning = s.generate(stage1, reasoning_stage(s, stage1, gp, cp, s.ctx().n_ctx()), on_reasoning);
+  if (r.reasoning.finish == finish_reason::cancelled || s.cancel_requested()) {
     r.answer.finish = finish_reason::cancelled;
     return r;
   }
   d.push_back({"assistant", r.reasoning.text});
   d.push_back({"user", cp.answer_request});
-  r.answer = s.generate(chat_tokens(s.tok(), d), answer_stage(gp, cp), on_answer);
+  r.answer = answer_stage(s, chat_tokens(s.tok(), d), gp, cp, false, on_answer);
   return r;
 }
 
