@@ -102,7 +102,9 @@ std::vector<std::string> unique_phrases(const std::string& corpus, int n, uint32
     int distinct = 0;  // a phrase of common words is not something to search for
     for (const auto& w : words(phrase)) distinct += w.size() >= 4 && rag::fts_query(w) != "";
     if (distinct < 3) continue;
-    const std::string sp = " " + squash(phrase) + " ";
+    std::string sp = " ";  // (appended piecewise: gcc 12 warns falsely on " " + s + " " here)
+    sp += squash(phrase);
+    sp += ' ';
     if (flat.find(sp) != flat.rfind(sp)) continue;
     out.push_back(phrase);
   }
