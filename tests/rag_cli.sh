@@ -1,7 +1,7 @@
 #!/bin/sh
 # qllm rag end to end on Debian's license texts with the shipped model: index (and again:
-# unchanged), search, ask with its budget report and sources, --cot; the C example's answers
-# equal the tool's; a damaged or missing database is a one-line error, not a crash.
+# unchanged), search, ask with its budget report and sources, --cot (in rag ask, run and chat);
+# the C example's answers equal the tool's; a damaged or missing database is a one-line error.
 #   rag_cli.sh QLLM RAG_COT_EXAMPLE SOURCE_ROOT
 set -eu
 run=${QLLM_RUNNER:-}
@@ -61,6 +61,13 @@ PY
 $run "$qllm" run -m "$model" --temp 0 -n 24 --cot --cot-answer-tokens 8 -q -p "And Moses said," >"$dir/run.txt" 2>"$dir/run.err"
 grep -q '^\[reasoning\]' "$dir/run.err"
 [ "$(wc -l <"$dir/run.txt")" -eq 1 ]
+
+# and in chat: the answer on stdout, the reasoning on stderr
+printf 'Who led the people out of Egypt?\n' |
+  $run "$qllm" chat -m "$model" --temp 0 -n 16 --cot --cot-answer-tokens 8 -q >"$dir/chat.txt" 2>"$dir/chat.err"
+grep -q '^\[reasoning\]' "$dir/chat.err"
+grep -q '^\[end of reasoning\]' "$dir/chat.err"
+[ "$(wc -l <"$dir/chat.txt")" -eq 1 ]
 
 # bad databases: one line, exit 1
 if $run "$qllm" rag ask --db "$dir/none.db" -m "$model" "$q" 2>"$dir/e1"; then exit 1; fi
