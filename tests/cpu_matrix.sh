@@ -111,7 +111,11 @@ for cpu in "${cpus[@]}"; do
     if [ -z "$want" ] || [ "$got" = "$want" ]; then ok "$cpu: qllm info chooses $got"; else bad "$cpu: qllm info chooses '$got', expected $want"; fi
   fi
   for s in kernels model session capi; do
-    if as_cpu "$cpu" "$b/tests/test_$s" >"$dir/suite.txt" 2>&1; then
+    # the C ABI's retrieval and chain-of-thought cases hold no ISA-dependent code (their model
+    # calls are the session's, checked here) and take minutes emulated: the native suites run them
+    filter=()
+    [ "$s" = capi ] && filter=(--test-case-exclude='*retrieval*,*chain of thought through*')
+    if as_cpu "$cpu" "$b/tests/test_$s" "${filter[@]}" >"$dir/suite.txt" 2>&1; then
       ok "$cpu: test_$s ($(grep -o 'assertions: *[0-9]*' "$dir/suite.txt" | tr -s ' '))"
     else
       bad "$cpu: test_$s"
