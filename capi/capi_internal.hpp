@@ -75,6 +75,7 @@ inline qllm_status from_errc(qllm::errc c) {
     case qllm::errc::context_overflow: return QLLM_ERR_CONTEXT_OVERFLOW;
     case qllm::errc::internal: return QLLM_ERR_INTERNAL;
     case qllm::errc::cancelled: return QLLM_ERR_CANCELLED;
+    case qllm::errc::busy: return QLLM_ERR_INTERNAL;  // only the engine raises it; not in the C ABI
   }
   return QLLM_ERR_INTERNAL;
 }

@@ -14,6 +14,7 @@ enum class errc : int {
   context_overflow = 6,
   internal = 7,
   cancelled = 8,  // a cancel request stopped the call (session::cancel)
+  busy = 9,       // a bounded queue is full or shutting down: try again later (engine::submit)
 };
 
 class error : public std::runtime_error {

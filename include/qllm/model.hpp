@@ -140,4 +140,52 @@ class context {
   std::unique_ptr<context_impl> impl_;
 };
 
+// Many sequences sharing one model in shared forward passes: continuous batching. Each sequence
+// has its own KV cache of n_ctx positions; one eval() runs the new tokens of several sequences
+// together, so every weight matrix streams from memory once per pass for all of them (a GEMM
+// with one row per token) while attention runs per sequence over its own cache. A sequence's
+// logits are bit-identical to those of a context that ran the same tokens alone, whatever the
+// other sequences in the pass. One thread at a time.
+class batch_context {
+ public:
+  // p.n_ctx: each sequence's window (0 = the model's training context); p.n_batch: tokens per
+  // forward pass, all sequences together. The KV caches of n_seq (1 .. 1024) sequences are
+  // allocated (untouched pages cost no memory until used). Errors as context's.
+  batch_context(std::shared_ptr<const model> m, const context_params& p, int n_seq);
+  ~batch_context();
+  batch_context(const batch_context&) = delete;
+  batch_context& operator=(const batch_context&) = delete;
+
+  struct entry {
+    int32_t seq = 0;                   // 0 .. n_seq - 1; at most one entry per sequence per eval
+    std::span<const int32_t> tokens;   // appended at n_past(seq)
+    bool logits = true;                // compute the logits of its last token
+  };
+  // Runs the entries' tokens in passes of at most n_batch tokens (an entry may straddle two).
+  // Checks every entry before changing any state: errc::invalid_argument (no entries, a sequence
+  // out of range or repeated, no tokens, a token outside the vocabulary), errc::context_overflow
+  // (a sequence's window full). The abort flag is checked before each pass; when set, every
+  // sequence is as before the call and errc::cancelled is thrown.
+  void eval(std::span<const entry> entries);
+  // Logits ([n_vocab]) of entry i's last token in the last eval; valid until the next eval.
+  // errc::invalid_argument when that entry did not ask for them.
+  std::span<const float> logits(std::size_t i) const;
+
+  int n_seq() const noexcept;
+  int64_t n_ctx() const noexcept;
+  int64_t n_batch() const noexcept;
+  int64_t n_past(int32_t seq) const;
+  void clear(int32_t seq);                    // forget the sequence (n_past = 0)
+  void truncate(int32_t seq, int64_t n);      // keep its first n tokens
+  void shift(int32_t seq, int64_t n_keep, int64_t n_discard);  // context::shift for one sequence
+  void set_abort_flag(const std::atomic<bool>* flag) noexcept;
+  const model& get_model() const noexcept;
+
+ private:
+  void check_seq(int32_t seq, const char* what) const;
+  std::unique_ptr<context_impl> impl_;
+  std::vector<int64_t> logit_row_;  // per entry of the last eval: its row of logits, or -1
+  std::vector<char> seen_;
+};
+
 }  // namespace qllm

@@ -50,6 +50,13 @@ struct prompt_fit {
   int64_t drop_end = 0;
 };
 
+// Fits `tokens` into a window of n_ctx with room for n_reserve more: nothing changes when they
+// fit; otherwise the error policy throws errc::context_overflow saying how many tokens too many,
+// and the others drop tokens (keep_head_and_tail keeps the first n_keep) and report what.
+// errc::invalid_argument when n_reserve does not leave room for a prompt.
+prompt_fit fit_prompt(std::vector<int32_t>& tokens, int64_t n_ctx, int64_t n_reserve, context_policy policy,
+                      int64_t n_keep);
+
 struct generate_params {
   // < 0: until EOS, a stop string or a full context. The prompt is fitted to leave room for
   // max_tokens (at most n_ctx / 2 when context shift is on: later tokens come from shifts).

@@ -16,15 +16,30 @@
 
 namespace qllm {
 
+// One sequence's share of a forward pass: rows row0 .. row0+m-1 of the pass are its tokens at
+// positions past[seq] .. past[seq]+m-1; `logits`: the pass computes its last row's logits.
+struct segment {
+  int32_t seq = 0;
+  int64_t row0 = 0, m = 0;
+  bool logits = true;
+};
+
 class context_impl {
  public:
-  context_impl(std::shared_ptr<const model> mp, const context_params& p);
+  context_impl(std::shared_ptr<const model> mp, const context_params& p, int n_seq = 1);
   std::span<const float> eval(std::span<const int32_t> tokens, bool all_logits);
-  void forward(const int32_t* tokens, int64_t m, float* logits, bool all_logits);
-  void shift(int64_t n_keep, int64_t n_discard);
+  // One pass over the segments' m <= n_batch rows (tokens in row order). Logits go to out_logits,
+  // one row per segment with `logits` set, in segment order, or (all_logits, one segment) one row
+  // per token.
+  void forward(const int32_t* tokens, std::span<const segment> segs, int64_t m, float* out_logits,
+               bool all_logits);
+  void shift(int32_t seq, int64_t n_keep, int64_t n_discard);
   std::vector<float> embed(std::span<const int32_t> tokens);
   void check_tokens(std::span<const int32_t> tokens) const;
   void allocate_buffers();  // RoPE tables, activations, scratch (throws std::bad_alloc)
+  void* seq_kv(int32_t seq) const noexcept {
+    return static_cast<uint8_t*>(kv.get()) + std::size_t(seq) * seq_kv_bytes;
+  }
   std::vector<double>* embed_acc = nullptr;  // set by embed(): sum of final hidden states
 
   std::shared_ptr<const model> owner;
@@ -34,21 +49,26 @@ class context_impl {
   int64_t n_ctx, n_batch;
   int nt;
   bool kv_f16;
-  int64_t n_past = 0;
+  int n_seq;
+  std::vector<int64_t> past;  // tokens in each sequence's cache
+  std::size_t seq_kv_bytes = 0;
   const std::atomic<bool>* abort = nullptr;  // checked between chunks of n_batch tokens
 
   struct free_deleter {
     void operator()(void* p) const noexcept { std::free(p); }
   };
-  // [n_layer][2: k, v][n_head_kv][n_ctx][head_dim], f16 or f32: head-major, so the rows one
-  // attention item reads are contiguous (row-major [n_ctx][KV] strided them by KV and missed the
-  // TLB on every row)
+  // Per sequence: [n_layer][2: k, v][n_head_kv][n_ctx][head_dim], f16 or f32: head-major, so the
+  // rows one attention item reads are contiguous (row-major [n_ctx][KV] strided them by KV and
+  // missed the TLB on every row)
   std::unique_ptr<void, free_deleter> kv;
   std::vector<float> rope_cos, rope_sin;   // [n_ctx][head_dim]
   std::vector<float> x, xb, q, k, v, att;  // [M][E] (k, v: [M][KV])
   std::vector<float> hb, hb2;              // [M][F]
   std::vector<float> attn_scratch;         // ops::attention_scratch_floats(nt, n_ctx)
-  std::vector<float> logits, all;          // [V], [tokens][V]
+  std::vector<float> logits, all;          // [n_seq][V], [tokens][V]
+  std::vector<ops::attention_args> attn_args;  // [n_seq]
+  std::vector<int32_t> pass_tokens;            // [M]: a batch's pass, gathered
+  std::vector<segment> segs;                   // [n_seq]
   ops::act_q8 aq_embd, aq_ff;              // quantized activations, [M][E/32], [M][F/32]
 };
 
@@ -56,7 +76,7 @@ namespace {
 std::size_t kv_elt(bool f16) { return f16 ? 2 : 4; }
 }  // namespace
 
-context_impl::context_impl(std::shared_ptr<const model> mp, const context_params& p)
+context_impl::context_impl(std::shared_ptr<const model> mp, const context_params& p, int n_seq_)
     : owner(std::move(mp)),
       w(owner->impl()),
       c(w.cfg),
@@ -64,7 +84,10 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
       n_ctx(p.n_ctx > 0 ? p.n_ctx : c.n_ctx_train),
       n_batch(p.n_batch),
       nt(p.n_threads > 0 ? p.n_threads : ops::default_threads()),
-      kv_f16(p.kv == kv_type::f16) {
+      kv_f16(p.kv == kv_type::f16),
+      n_seq(n_seq_) {
+  if (n_seq < 1 || n_seq > 1024)
+    throw error(errc::invalid_argument, "batch: n_seq " + std::to_string(n_seq) + " out of range [1, 1024]");
   if (p.n_ctx < 0 || n_ctx > (int64_t(1) << 24))
     throw error(errc::invalid_argument, "context: n_ctx " + std::to_string(p.n_ctx) + " out of range");
   if (p.n_threads < 0 || p.n_threads > max_threads())
@@ -77,23 +100,28 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
     throw error(errc::invalid_argument, "context: unknown kv type");
   n_batch = std::min(n_batch, n_ctx);
   const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, M = n_batch, hd = c.head_dim();
-  const std::size_t kv_bytes = std::size_t(c.n_layer) * 2 * std::size_t(n_ctx) * std::size_t(KV) * kv_elt(kv_f16);
+  seq_kv_bytes = (std::size_t(c.n_layer) * 2 * std::size_t(n_ctx) * std::size_t(KV) * kv_elt(kv_f16) + 63) / 64 * 64;
+  const std::size_t kv_bytes = seq_kv_bytes * std::size_t(n_seq);
   // Everything this context will hold, checked against what the process can have before any of
   // it is allocated: a window that cannot fit is an error with the numbers, not a crash or swap.
   const std::size_t rope_bytes = 2 * std::size_t(n_ctx * hd) * sizeof(float);
   const std::size_t scratch_bytes =
       sizeof(float) * (std::size_t(M) * std::size_t(4 * E + 2 * KV + 2 * F) +
-                       ops::attention_scratch_floats(nt, n_ctx) + std::size_t(c.n_vocab));
+                       ops::attention_scratch_floats(nt, n_ctx) + std::size_t(c.n_vocab) * std::size_t(n_seq));
+  if (double(c.n_layer) * 2 * double(n_ctx) * double(KV) * 4 * double(n_seq) > 0x1p60)
+    throw error(errc::out_of_memory, "context: a KV cache of " + std::to_string(n_seq) + " x " +
+                                         std::to_string(n_ctx) + " positions of this model cannot be addressed");
   const uint64_t need = uint64_t(kv_bytes) + rope_bytes + scratch_bytes;
   if (const uint64_t have = memory_available_bytes(); have > 0 && need > have)
     throw error(errc::out_of_memory,
                 "context: n_ctx " + std::to_string(n_ctx) + " needs " + format_bytes(need) + " (KV cache " +
-                    format_bytes(kv_bytes) + ": " + std::to_string(c.n_layer) + " layers x 2 x " +
+                    format_bytes(kv_bytes) + ": " + (n_seq > 1 ? std::to_string(n_seq) + " sequences x " : std::string()) +
+                    std::to_string(c.n_layer) + " layers x 2 x " +
                     std::to_string(n_ctx) + " positions x " + std::to_string(KV) + " x " +
                     std::to_string(kv_elt(kv_f16)) + " bytes), but this process can have " +
                     format_bytes(have) + " (physical memory, cgroup limit). Lower n_ctx" +
                     (kv_f16 ? "" : " or use an f16 KV cache"));
-  void* mem = std::aligned_alloc(64, (kv_bytes + 63) / 64 * 64);  // untouched pages cost no RSS
+  void* mem = std::aligned_alloc(64, kv_bytes);  // untouched pages cost no RSS
   if (!mem)
     throw error(errc::out_of_memory, "context: cannot allocate the KV cache (" + format_bytes(kv_bytes) +
                                          " for n_ctx " + std::to_string(n_ctx) + ")");
@@ -123,15 +151,18 @@ void context_impl::allocate_buffers() {
   hb.resize(std::size_t(M * F));
   hb2.resize(std::size_t(M * F));
   attn_scratch.resize(ops::attention_scratch_floats(nt, n_ctx));
-  logits.resize(std::size_t(c.n_vocab));
+  logits.resize(std::size_t(c.n_vocab) * std::size_t(n_seq));
+  past.assign(std::size_t(n_seq), 0);
+  attn_args.reserve(std::size_t(n_seq));
+  segs.reserve(std::size_t(n_seq));
+  pass_tokens.resize(std::size_t(M));
   if (E % qk == 0) aq_embd = ops::act_q8(M, E, w.k_quants);
   if (F % qk == 0) aq_ff = ops::act_q8(M, F, w.k_quants);
 }
 
-// One pass over m <= n_batch tokens at positions n_past .. n_past+m-1.
-void context_impl::forward(const int32_t* tokens, int64_t m, float* out_logits, bool all_logits) {
+void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, int64_t m, float* out_logits,
+                           bool all_logits) {
   const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, hd = c.head_dim();
-  const int64_t pos0 = n_past;
   // y[m][rows] = W x, quantizing x once for all matrices that share it.
   auto quantize = [&](const float* in, ops::act_q8& aq) {
     ops::quantize_activations(kt, in, m, aq, nt);
@@ -145,10 +176,8 @@ void context_impl::forward(const int32_t* tokens, int64_t m, float* out_logits, 
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const layer_weights& L = w.layers[std::size_t(l)];
-    uint8_t* kv_layer = static_cast<uint8_t*>(kv.get()) +
-                        std::size_t(l) * 2 * std::size_t(n_ctx * KV) * kv_elt(kv_f16);
-    void* k_cache = kv_layer;
-    void* v_cache = kv_layer + std::size_t(n_ctx * KV) * kv_elt(kv_f16);
+    const std::size_t layer_off = std::size_t(l) * 2 * std::size_t(n_ctx * KV) * kv_elt(kv_f16);
+    const std::size_t v_off = std::size_t(n_ctx * KV) * kv_elt(kv_f16);
 
     // attention block: xb = norm(x); q, k, v = xb Wq, xb Wk, xb Wv; rope(q, k)
     ops::rmsnorm_rows(kt, xb.data(), x.data(), L.attn_norm, m, E, c.rms_eps, nt);
@@ -156,29 +185,37 @@ void context_impl::forward(const int32_t* tokens, int64_t m, float* out_logits, 
     mm(L.wq, xb.data(), aq_embd, q.data());
     mm(L.wk, xb.data(), aq_embd, k.data());
     mm(L.wv, xb.data(), aq_embd, v.data());
-    ops::rope_rows(kt, q.data(), m, E, c.n_head, hd, rope_cos.data(), rope_sin.data(), pos0, nt);
-    ops::rope_rows(kt, k.data(), m, KV, c.n_head_kv, hd, rope_cos.data(), rope_sin.data(), pos0, nt);
-    // append k, v to the cache at positions pos0 .. pos0+m-1
-    const int64_t n_kv_head = c.n_head_kv;
-    for (int64_t t = 0; t < m; ++t) {
-      for (int64_t h = 0; h < n_kv_head; ++h) {
-        const std::size_t dst = std::size_t((h * n_ctx + pos0 + t) * hd), src = std::size_t(t * KV + h * hd);
-        if (kv_f16) {
-          auto* kc = static_cast<uint16_t*>(k_cache) + dst;
-          auto* vc = static_cast<uint16_t*>(v_cache) + dst;
-          for (int64_t i = 0; i < hd; ++i) {
-            kc[i] = fp32_to_fp16(k[src + std::size_t(i)]);
-            vc[i] = fp32_to_fp16(v[src + std::size_t(i)]);
+    attn_args.clear();
+    for (const segment& s : sg) {
+      const int64_t pos0 = past[std::size_t(s.seq)], r0 = s.row0;
+      ops::rope_rows(kt, &q[std::size_t(r0 * E)], s.m, E, c.n_head, hd, rope_cos.data(), rope_sin.data(), pos0, nt);
+      ops::rope_rows(kt, &k[std::size_t(r0 * KV)], s.m, KV, c.n_head_kv, hd, rope_cos.data(), rope_sin.data(), pos0,
+                     nt);
+      uint8_t* kv_layer = static_cast<uint8_t*>(seq_kv(s.seq)) + layer_off;
+      void* k_cache = kv_layer;
+      void* v_cache = kv_layer + v_off;
+      // append k, v to the sequence's cache at positions pos0 .. pos0+m-1
+      for (int64_t t = 0; t < s.m; ++t) {
+        for (int64_t h = 0; h < c.n_head_kv; ++h) {
+          const std::size_t dst = std::size_t((h * n_ctx + pos0 + t) * hd), src = std::size_t((r0 + t) * KV + h * hd);
+          if (kv_f16) {
+            auto* kc = static_cast<uint16_t*>(k_cache) + dst;
+            auto* vc = static_cast<uint16_t*>(v_cache) + dst;
+            for (int64_t i = 0; i < hd; ++i) {
+              kc[i] = fp32_to_fp16(k[src + std::size_t(i)]);
+              vc[i] = fp32_to_fp16(v[src + std::size_t(i)]);
+            }
+          } else {
+            std::memcpy(static_cast<float*>(k_cache) + dst, &k[src], std::size_t(hd) * 4);
+            std::memcpy(static_cast<float*>(v_cache) + dst, &v[src], std::size_t(hd) * 4);
           }
-        } else {
-          std::memcpy(static_cast<float*>(k_cache) + dst, &k[src], std::size_t(hd) * 4);
-          std::memcpy(static_cast<float*>(v_cache) + dst, &v[src], std::size_t(hd) * 4);
         }
       }
+      attn_args.push_back(ops::attention_args{&q[std::size_t(r0 * E)], k_cache, v_cache, kv_f16, hd, n_ctx * hd,
+                                              pos0, s.m, c.n_head, c.n_head_kv, hd, &att[std::size_t(r0 * E)],
+                                              attn_scratch.data(), n_ctx});
     }
-    const ops::attention_args aa{q.data(), k_cache, v_cache, kv_f16, hd, n_ctx * hd, pos0, m,
-                                 c.n_head, c.n_head_kv, hd, att.data(), attn_scratch.data(), n_ctx};
-    ops::attention(kt, aa, nt);
+    ops::attention(kt, std::span<const ops::attention_args>(attn_args), nt);
     if (quantized(L.wo)) quantize(att.data(), aq_embd);
     mm(L.wo, att.data(), aq_embd, xb.data());
     ops::add_inplace(kt, x.data(), xb.data(), m * E, nt);
@@ -198,15 +235,30 @@ void context_impl::forward(const int32_t* tokens, int64_t m, float* out_logits, 
     ops::rmsnorm_rows(kt, xb.data(), x.data(), w.output_norm, m, E, c.rms_eps, nt);
     for (int64_t t = 0; t < m; ++t)
       for (int64_t i = 0; i < E; ++i) (*embed_acc)[std::size_t(i)] += xb[std::size_t(t * E + i)];
-    n_past += m;
-    return;
+  } else {
+    // final norm and logits: every token (all_logits) or the last of each segment that asks
+    int64_t rows = 0;
+    const float* in = x.data();
+    if (all_logits) {
+      rows = m;
+    } else if (sg.size() == 1) {
+      rows = sg[0].logits ? 1 : 0;
+      in = &x[std::size_t((sg[0].row0 + sg[0].m - 1) * E)];
+    } else {
+      for (const segment& s : sg) {  // gather the rows into att (free until the next layer)
+        if (!s.logits) continue;
+        std::memcpy(&att[std::size_t(rows * E)], &x[std::size_t((s.row0 + s.m - 1) * E)], std::size_t(E) * 4);
+        ++rows;
+      }
+      in = att.data();
+    }
+    if (rows > 0) {
+      ops::rmsnorm_rows(kt, xb.data(), in, w.output_norm, rows, E, c.rms_eps, nt);
+      if (quantized(w.output)) ops::quantize_activations(kt, xb.data(), rows, aq_embd, nt);
+      ops::matmul(kt, w.output, xb.data(), &aq_embd, rows, out_logits, c.n_vocab, nt);
+    }
   }
-  // final norm and logits: every token or only the last
-  const int64_t first = all_logits ? 0 : m - 1, rows = m - first;
-  ops::rmsnorm_rows(kt, xb.data(), &x[std::size_t(first * E)], w.output_norm, rows, E, c.rms_eps, nt);
-  if (quantized(w.output)) ops::quantize_activations(kt, xb.data(), rows, aq_embd, nt);
-  ops::matmul(kt, w.output, xb.data(), &aq_embd, rows, out_logits, c.n_vocab, nt);
-  n_past += m;
+  for (const segment& s : sg) past[std::size_t(s.seq)] += s.m;
 }
 
 void context_impl::check_tokens(std::span<const int32_t> tokens) const {
@@ -226,11 +278,14 @@ std::vector<float> context_impl::embed(std::span<const int32_t> tokens) {
   if (n > n_ctx)
     throw error(errc::context_overflow, "embed: " + std::to_string(n) + " tokens do not fit the context of " +
                                             std::to_string(n_ctx));
-  n_past = 0;
+  past[0] = 0;
   std::vector<double> acc(static_cast<std::size_t>(E), 0.0);
   embed_acc = &acc;
   try {
-    for (int64_t i = 0; i < n; i += n_batch) forward(tokens.data() + i, std::min(n_batch, n - i), logits.data(), false);
+    for (int64_t i = 0; i < n; i += n_batch) {
+      const segment sg{0, 0, std::min(n_batch, n - i), false};
+      forward(tokens.data() + i, std::span<const segment>(&sg, 1), sg.m, logits.data(), false);
+    }
   } catch (...) {
     embed_acc = nullptr;
     throw;
@@ -250,6 +305,7 @@ std::vector<float> context_impl::embed(std::span<const int32_t> tokens) {
 std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool all_logits) {
   check_tokens(tokens);
   const int64_t n = int64_t(tokens.size());
+  int64_t& n_past = past[0];
   if (n_past + n > n_ctx)
     throw error(errc::context_overflow, "eval: " + std::to_string(n) + " tokens after " +
                                             std::to_string(n_past) + " do not fit the context of " +
@@ -264,16 +320,18 @@ std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool 
     }
     const int64_t m = std::min(n_batch, n - i);
     float* out = all_logits ? &all[std::size_t(i * c.n_vocab)] : logits.data();
-    forward(tokens.data() + i, m, out, all_logits);
+    const segment sg{0, 0, m, true};
+    forward(tokens.data() + i, std::span<const segment>(&sg, 1), m, out, all_logits);
   }
   if (all_logits) return {all.data(), std::size_t(n * c.n_vocab)};
-  return {logits.data(), logits.size()};
+  return {logits.data(), std::size_t(c.n_vocab)};
 }
 
 // Positions [n_keep + n_discard, n_past) move down by n_discard. V rows are copied; K rows were
 // stored rotated for their old position p, and R(p - d) = R(-d) R(p), so one rotation by -d
 // (the same rope kernel, a table for position -d) puts them where a fresh evaluation would.
-void context_impl::shift(int64_t n_keep, int64_t n_discard) {
+void context_impl::shift(int32_t seq, int64_t n_keep, int64_t n_discard) {
+  int64_t& n_past = past[std::size_t(seq)];
   if (n_keep < 0 || n_discard < 0 || n_keep + n_discard > n_past)
     throw error(errc::invalid_argument, "context shift: keep " + std::to_string(n_keep) + " and discard " +
                                             std::to_string(n_discard) + " of " + std::to_string(n_past) + " tokens");
@@ -289,7 +347,7 @@ void context_impl::shift(int64_t n_keep, int64_t n_discard) {
 #pragma omp parallel for schedule(static) num_threads(nt) firstprivate(row) if (units > 1)
   for (int64_t u = 0; u < units; ++u) {
     const int64_t l = u / c.n_head_kv, h = u % c.n_head_kv;
-    uint8_t* k_head = static_cast<uint8_t*>(kv.get()) + std::size_t(l) * 2 * half + std::size_t(h) * head_bytes;
+    uint8_t* k_head = static_cast<uint8_t*>(seq_kv(seq)) + std::size_t(l) * 2 * half + std::size_t(h) * head_bytes;
     uint8_t* v_head = k_head + half;
     // V rows of a head are contiguous: one move
     std::memmove(v_head + std::size_t(n_keep) * row_bytes, v_head + std::size_t(first) * row_bytes,
@@ -320,18 +378,124 @@ context::~context() = default;
 std::span<const float> context::eval(std::span<const int32_t> tokens, bool all_logits) {
   return impl_->eval(tokens, all_logits);
 }
-int64_t context::n_past() const noexcept { return impl_->n_past; }
+int64_t context::n_past() const noexcept { return impl_->past[0]; }
 int64_t context::n_ctx() const noexcept { return impl_->n_ctx; }
-void context::clear() noexcept { impl_->n_past = 0; }
+void context::clear() noexcept { impl_->past[0] = 0; }
 void context::truncate(int64_t n) {
-  if (n < 0 || n > impl_->n_past)
-    throw error(errc::invalid_argument, "context: cannot truncate " + std::to_string(impl_->n_past) +
+  if (n < 0 || n > impl_->past[0])
+    throw error(errc::invalid_argument, "context: cannot truncate " + std::to_string(impl_->past[0]) +
                                             " tokens to " + std::to_string(n));
-  impl_->n_past = n;
+  impl_->past[0] = n;
 }
-void context::shift(int64_t n_keep, int64_t n_discard) { impl_->shift(n_keep, n_discard); }
+void context::shift(int64_t n_keep, int64_t n_discard) { impl_->shift(0, n_keep, n_discard); }
 void context::set_abort_flag(const std::atomic<bool>* flag) noexcept { impl_->abort = flag; }
 std::vector<float> context::embed(std::span<const int32_t> tokens) { return impl_->embed(tokens); }
 const model& context::get_model() const noexcept { return *impl_->owner; }
+
+// ---- batch_context: many sequences in shared forward passes ----
+
+batch_context::batch_context(std::shared_ptr<const model> m, const context_params& p, int n_seq)
+    : impl_(std::make_unique<context_impl>(std::move(m), p, n_seq)) {}
+batch_context::~batch_context() = default;
+
+void batch_context::check_seq(int32_t seq, const char* what) const {
+  if (seq < 0 || seq >= impl_->n_seq)
+    throw error(errc::invalid_argument, std::string(what) + ": sequence " + std::to_string(seq) +
+                                            " out of range [0, " + std::to_string(impl_->n_seq) + ")");
+}
+
+void batch_context::eval(std::span<const entry> entries) {
+  context_impl& ci = *impl_;
+  if (entries.empty()) throw error(errc::invalid_argument, "batch eval: no entries");
+  if (entries.size() > std::size_t(ci.n_seq))
+    throw error(errc::invalid_argument, "batch eval: " + std::to_string(entries.size()) + " entries for " +
+                                            std::to_string(ci.n_seq) + " sequences (one entry per sequence)");
+  // Everything checked before any state changes.
+  seen_.assign(std::size_t(ci.n_seq), 0);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const entry& e = entries[i];
+    check_seq(e.seq, "batch eval");
+    if (seen_[std::size_t(e.seq)]++)
+      throw error(errc::invalid_argument, "batch eval: sequence " + std::to_string(e.seq) + " appears twice");
+    try {
+      ci.check_tokens(e.tokens);
+    } catch (const error& x) {
+      throw error(x.code(), "sequence " + std::to_string(e.seq) + ": " + x.what());
+    }
+    const int64_t n = int64_t(e.tokens.size()), past = ci.past[std::size_t(e.seq)];
+    if (past + n > ci.n_ctx)
+      throw error(errc::context_overflow, "batch eval: sequence " + std::to_string(e.seq) + ": " +
+                                              std::to_string(n) + " tokens after " + std::to_string(past) +
+                                              " do not fit the context of " + std::to_string(ci.n_ctx));
+  }
+  logit_row_.assign(entries.size(), -1);
+  int64_t n_rows = 0;
+  for (std::size_t i = 0; i < entries.size(); ++i)
+    if (entries[i].logits) logit_row_[i] = n_rows++;
+  const std::vector<int64_t> start = ci.past;
+  // Passes of at most n_batch tokens, filled with the entries in order (an entry may straddle two).
+  std::size_t e = 0;
+  int64_t off = 0;  // tokens of entries[e] already run
+  int64_t rows_done = 0;
+  while (e < entries.size()) {
+    if (ci.abort && ci.abort->load(std::memory_order_relaxed)) {
+      ci.past = start;  // as before the call
+      throw error(errc::cancelled, "batch eval: cancelled");
+    }
+    ci.segs.clear();
+    int64_t m = 0;
+    const int64_t rows0 = rows_done;
+    while (e < entries.size() && m < ci.n_batch) {
+      const entry& en = entries[e];
+      const int64_t n = int64_t(en.tokens.size());
+      const int64_t take = std::min(n - off, ci.n_batch - m);
+      std::memcpy(&ci.pass_tokens[std::size_t(m)], en.tokens.data() + off, std::size_t(take) * sizeof(int32_t));
+      const bool last = off + take == n;
+      ci.segs.push_back(segment{en.seq, m, take, last && en.logits});
+      if (last && en.logits) ++rows_done;
+      m += take;
+      off += take;
+      if (last) {
+        ++e;
+        off = 0;
+      }
+    }
+    ci.forward(ci.pass_tokens.data(), std::span<const segment>(ci.segs), m,
+               &ci.logits[std::size_t(rows0 * ci.c.n_vocab)], false);
+  }
+}
+
+std::span<const float> batch_context::logits(std::size_t i) const {
+  if (i >= logit_row_.size() || logit_row_[i] < 0)
+    throw error(errc::invalid_argument, "batch: entry " + std::to_string(i) + " of the last eval has no logits");
+  const std::size_t V = std::size_t(impl_->c.n_vocab);
+  return {&impl_->logits[std::size_t(logit_row_[i]) * V], V};
+}
+
+int batch_context::n_seq() const noexcept { return impl_->n_seq; }
+int64_t batch_context::n_ctx() const noexcept { return impl_->n_ctx; }
+int64_t batch_context::n_batch() const noexcept { return impl_->n_batch; }
+int64_t batch_context::n_past(int32_t seq) const {
+  check_seq(seq, "batch");
+  return impl_->past[std::size_t(seq)];
+}
+void batch_context::clear(int32_t seq) {
+  check_seq(seq, "batch clear");
+  impl_->past[std::size_t(seq)] = 0;
+}
+void batch_context::truncate(int32_t seq, int64_t n) {
+  check_seq(seq, "batch truncate");
+  int64_t& past = impl_->past[std::size_t(seq)];
+  if (n < 0 || n > past)
+    throw error(errc::invalid_argument, "batch: cannot truncate sequence " + std::to_string(seq) + " of " +
+                                            std::to_string(past) + " tokens to " + std::to_string(n));
+  past = n;
+}
+void batch_context::shift(int32_t seq, int64_t n_keep, int64_t n_discard) {
+  check_seq(seq, "batch shift");
+  impl_->shift(seq, n_keep, n_discard);
+}
+void batch_context::set_abort_flag(const std::atomic<bool>* flag) noexcept { impl_->abort = flag; }
+const model& batch_context::get_model() const noexcept { return *impl_->owner; }
 
 }  // namespace qllm

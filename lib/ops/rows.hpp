@@ -1,6 +1,7 @@
 // Per-token operations over [m][n] activations, split over OpenMP threads by token.
 #pragma once
 #include <cstdint>
+#include <span>
 
 #include "kernels/kernel_table.hpp"
 
@@ -38,6 +39,10 @@ struct attention_args {
   int64_t n_ctx;
 };
 void attention(const kernels::kernel_table& kt, const attention_args& a, int n_threads);
+// Several sequences' attention (each over its own cache) in one parallel region; the args share
+// one scratch (attention_scratch_floats(n_threads, n_ctx), n_ctx the largest). Results are those
+// of one call per sequence, bit for bit.
+void attention(const kernels::kernel_table& kt, std::span<const attention_args> seqs, int n_threads);
 // Query tokens of one head handled together, so each block of cache rows is read from memory once
 // per group instead of once per token.
 inline constexpr int64_t attention_query_block = 8;

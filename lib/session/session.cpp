@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "qllm/error.hpp"
+#include "session/stop_text.hpp"
 
 namespace qllm {
 
@@ -79,17 +80,17 @@ void session::set_sampling(const sampler_params& p) {
   p_.sampling = p;
 }
 
-prompt_fit session::fit(std::vector<int32_t>& tokens, int64_t n_reserve) const {
+prompt_fit fit_prompt(std::vector<int32_t>& tokens, int64_t n_ctx, int64_t n_reserve, context_policy policy,
+                      int64_t n_keep) {
   prompt_fit f;
   const int64_t n = int64_t(tokens.size());
   f.n_tokens = n;
-  const int64_t n_ctx = ctx_.n_ctx();
   if (n_reserve < 0 || n_reserve >= n_ctx)
     throw error(errc::invalid_argument, "room for " + std::to_string(n_reserve) + " new tokens does not fit n_ctx " +
                                             std::to_string(n_ctx));
   const int64_t budget = n_ctx - n_reserve;
   if (n <= budget) return f;
-  switch (p_.policy) {
+  switch (policy) {
     case context_policy::error:
       throw error(errc::context_overflow,
                   "the prompt has " + std::to_string(n) + " tokens; with " + std::to_string(n_reserve) +
@@ -97,7 +98,7 @@ prompt_fit session::fit(std::vector<int32_t>& tokens, int64_t n_reserve) const {
                       " (" + std::to_string(n - budget) +
                       " too many). Shorten it, raise n_ctx, or choose a context policy (keep-head-and-tail, keep-tail)");
     case context_policy::keep_head_and_tail: {
-      const int64_t head = std::min(p_.n_keep, budget - 1);  // at least one recent token stays
+      const int64_t head = std::min(std::max<int64_t>(0, n_keep), budget - 1);  // at least one recent token stays
       f.drop_begin = head;
       f.drop_end = n - (budget - head);
       break;
@@ -106,10 +107,16 @@ prompt_fit session::fit(std::vector<int32_t>& tokens, int64_t n_reserve) const {
       f.drop_begin = 0;
       f.drop_end = n - budget;
       break;
+    default:
+      throw error(errc::invalid_argument, "unknown context policy");
   }
   f.n_dropped = f.drop_end - f.drop_begin;
   tokens.erase(tokens.begin() + f.drop_begin, tokens.begin() + f.drop_end);
   return f;
+}
+
+prompt_fit session::fit(std::vector<int32_t>& tokens, int64_t n_reserve) const {
+  return fit_prompt(tokens, ctx_.n_ctx(), n_reserve, p_.policy, p_.n_keep);
 }
 
 void session::check_ids(std::span<const int32_t> tokens) const {
@@ -255,9 +262,8 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     return r;
   }
 
-  std::optional<stream_decoder> dec;
-  if (tk) dec.emplace(*tk, false);
-  std::string held;  // decoded text not yet emitted: it may be the start of a stop string
+  detail::stop_text st(tk, gp.stop);
+  std::string out;
   bool stop = false;
   auto emit = [&](std::string_view text, int32_t token) {
     r.text += text;
@@ -265,34 +271,6 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
       r.finish = finish_reason::cancelled;
       stop = true;
     }
-  };
-  auto first_stop = [&] {  // where the earliest stop string starts in held, or npos
-    std::size_t cut = std::string::npos;
-    for (const auto& s : gp.stop) cut = std::min(cut, held.find(s));
-    return cut;
-  };
-  // Emits what cannot begin a stop string; true when a stop string was found.
-  auto release = [&](int32_t token) -> bool {
-    const std::size_t cut = first_stop();
-    if (cut != std::string::npos) {
-      held.resize(cut);
-      emit(held, token);
-      held.clear();
-      return true;
-    }
-    std::size_t keep = 0;  // longest suffix of held that is a proper prefix of a stop string
-    for (const auto& s : gp.stop) {
-      for (std::size_t k = std::min(held.size(), s.size() - 1); k > keep; --k) {
-        if (held.compare(held.size() - k, k, s, 0, k) == 0) {
-          keep = k;
-          break;
-        }
-      }
-    }
-    const std::string out = held.substr(0, held.size() - keep);
-    held.erase(0, held.size() - keep);
-    emit(out, token);
-    return false;
   };
 
   const auto t0 = clock::now();
@@ -311,8 +289,8 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
       break;
     }
     r.tokens.push_back(id);
-    if (dec) held += dec->push(id);
-    const bool hit = release(id);
+    const bool hit = st.push(id, out);
+    emit(out, id);
     if (stop) break;  // the callback cancelled (before any stop string it would have seen)
     if (hit) {
       r.finish = finish_reason::stop_string;
@@ -339,16 +317,14 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   r.timings.generation_seconds = seconds_since(t0);
   if (r.finish != finish_reason::cancelled) {  // what was held back, then the end marker
     if (r.finish != finish_reason::stop_string) {
-      if (dec) held += dec->flush();  // may add U+FFFD, which a stop string could contain
-      if (const std::size_t cut = first_stop(); cut != std::string::npos) {
-        held.resize(cut);
-        r.finish = finish_reason::stop_string;
-      }
+      bool hit = false;
+      out = st.finish(hit);
+      if (hit) r.finish = finish_reason::stop_string;
     } else {
-      held.clear();
+      out.clear();
     }
     const finish_reason f = r.finish;
-    emit(held, -1);
+    emit(out, -1);
     r.finish = f;  // a callback returning false at the end cancels nothing
   }
   return r;

@@ -1,0 +1,401 @@
+// Multi-sequence batches and the continuous-batching engine on small random-weight models:
+// batched logits equal solo logits bit for bit, and a request's output does not depend on what
+// else runs.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "qllm/engine.hpp"
+#include "qllm/error.hpp"
+#include "qllm/random_model.hpp"
+#include "qllm/session.hpp"
+#include "test_util.hpp"
+
+using namespace qllm;
+
+namespace {
+
+struct temp_model {
+  std::string path;
+  std::shared_ptr<const model> m;
+  temp_model(const std::string& tag, random_model_spec spec) {
+    path = "/tmp/qllm_test_batch_" + std::to_string(getpid()) + "_" + tag + ".gguf";
+    write_random_model(path, spec);
+    m = model::load(path);
+  }
+  ~temp_model() { std::remove(path.c_str()); }
+};
+
+const temp_model& small_gqa() {  // dim 256, 4 layers, 8 query heads over 2 KV heads
+  static temp_model t("small", random_model_preset("small"));
+  return t;
+}
+
+const temp_model& tiny() {
+  static temp_model t("tiny", random_model_spec{});
+  return t;
+}
+
+std::vector<int32_t> tokens(int n, int32_t salt, int32_t n_vocab) {
+  std::vector<int32_t> t{1};
+  for (int i = 1; i < n; ++i) t.push_back(int32_t(3 + (i * 37 + salt * 101) % (n_vocab - 3)));
+  return t;
+}
+
+// What one request gives, and its streamed text.
+struct outcome {
+  engine_result r;
+  std::string streamed;
+  int ends = 0;  // on_token calls with -1
+  int done = 0;  // on_done calls
+};
+
+// Submits every request, then waits for all of them.
+std::vector<outcome> run_all(engine& e, std::vector<engine_request> reqs) {
+  std::vector<outcome> out(reqs.size());
+  std::mutex mu;
+  std::condition_variable cv;
+  std::size_t finished = 0;
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].on_token = [&out, i](std::string_view text, int32_t tok) {
+      out[i].streamed += text;
+      out[i].ends += tok < 0;
+      return true;
+    };
+    reqs[i].on_done = [&, i](const engine_result& r) {
+      std::lock_guard<std::mutex> lk(mu);
+      out[i].r = r;
+      ++out[i].done;
+      ++finished;
+      cv.notify_all();
+    };
+    e.submit(std::move(reqs[i]));
+  }
+  std::unique_lock<std::mutex> lk(mu);
+  cv.wait(lk, [&] { return finished == out.size(); });
+  return out;
+}
+
+engine_request greedy_request(std::vector<int32_t> prompt, int64_t max_tokens) {
+  engine_request r;
+  r.prompt = std::move(prompt);
+  r.sampling.temperature = 0;
+  r.gen.max_tokens = max_tokens;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("batch_context: each sequence's logits equal a solo context's, bit for bit") {
+  for (const kv_type kv : {kv_type::f16, kv_type::f32}) {
+    for (const temp_model* tm : {&tiny(), &small_gqa()}) {
+      CAPTURE(int(kv));
+      const int64_t V = tm->m->config().n_vocab;
+      context_params cp;
+      cp.n_ctx = 96;
+      cp.n_batch = 13;  // entries straddle passes
+      cp.kv = kv;
+      const int n_seq = 5;
+      batch_context b(tm->m, cp, n_seq);
+      context_params solo_p = cp;
+      solo_p.n_batch = 512;
+      std::vector<std::unique_ptr<context>> solo;
+      for (int s = 0; s < n_seq; ++s) solo.push_back(std::make_unique<context>(tm->m, solo_p));
+      // prompts of different lengths, then decode steps in which sequences come and go
+      std::vector<std::vector<int32_t>> seqs;
+      for (int s = 0; s < n_seq; ++s) seqs.push_back(tokens(3 + 7 * s, s, int32_t(V)));
+      std::vector<batch_context::entry> first;
+      for (int s = 0; s < n_seq; ++s) first.push_back({s, seqs[std::size_t(s)], s != 2});
+      b.eval(first);
+      for (int s = 0; s < n_seq; ++s) {
+        const auto want = solo[std::size_t(s)]->eval(seqs[std::size_t(s)]);
+        CHECK(b.n_past(s) == int64_t(seqs[std::size_t(s)].size()));
+        if (s == 2) {
+          CHECK_THROWS_AS(b.logits(std::size_t(s)), error);
+          continue;
+        }
+        const auto got = b.logits(std::size_t(s));
+        REQUIRE(got.size() == std::size_t(V));
+        CHECK(test::count_bit_differences(got.data(), want.data(), got.size()) == 0);
+      }
+      for (int step = 0; step < 12; ++step) {
+        std::vector<batch_context::entry> es;
+        std::vector<int32_t> next(n_seq);
+        std::vector<int> who;
+        for (int s = n_seq - 1; s >= 0; --s) {  // order differs from sequence order
+          if ((step + s) % 3 == 0) continue;    // not every sequence every step
+          next[std::size_t(s)] = int32_t(5 + (step * 13 + s * 7) % (V - 5));
+          es.push_back({s, std::span<const int32_t>(&next[std::size_t(s)], 1), true});
+          who.push_back(s);
+        }
+        if (step == 5) {  // a prompt chunk among the decoding tokens
+          seqs[2] = tokens(9, 77, int32_t(V));
+          b.clear(2);
+          solo[2]->clear();
+        }
+        b.eval(es);
+        for (std::size_t i = 0; i < es.size(); ++i) {
+          const int s = who[i];
+          const auto want = solo[std::size_t(s)]->eval(std::span<const int32_t>(&next[std::size_t(s)], 1));
+          CHECK(test::count_bit_differences(b.logits(i).data(), want.data(), want.size()) == 0);
+          CHECK(b.n_past(s) == solo[std::size_t(s)]->n_past());
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("batch_context: bad entries change nothing; cancel restores every sequence") {
+  const auto& m = tiny().m;
+  context_params cp;
+  cp.n_ctx = 32;
+  cp.n_batch = 8;
+  batch_context b(m, cp, 3);
+  const auto t = tokens(10, 1, 512);
+  b.eval(std::vector<batch_context::entry>{{0, t, true}, {1, t, true}});
+  auto past = [&] { return std::vector<int64_t>{b.n_past(0), b.n_past(1), b.n_past(2)}; };
+  const auto before = past();
+  const std::vector<int32_t> bad{1, 600};
+  const std::vector<int32_t> none;
+  const std::vector<int32_t> many(30, 5);
+  CHECK_THROWS_WITH_AS(b.eval(std::vector<batch_context::entry>{{0, t, true}, {3, t, true}}),
+                       doctest::Contains("sequence 3 out of range"), error);
+  CHECK_THROWS_WITH_AS(b.eval(std::vector<batch_context::entry>{{1, t, true}, {1, t, true}}),
+                       doctest::Contains("appears twice"), error);
+  CHECK_THROWS_WITH_AS(b.eval(std::vector<batch_context::entry>{{2, t, true}, {0, bad, true}}),
+                       doctest::Contains("outside the vocabulary"), error);
+  CHECK_THROWS_AS(b.eval(std::vector<batch_context::entry>{{2, none, true}}), error);
+  CHECK_THROWS_AS(b.eval(std::vector<batch_context::entry>{}), error);
+  try {
+    b.eval(std::vector<batch_context::entry>{{2, t, true}, {0, many, true}});
+    FAIL("no overflow");
+  } catch (const error& e) {
+    CHECK(e.code() == errc::context_overflow);
+  }
+  CHECK(past() == before);
+  std::atomic<bool> stop{true};
+  b.set_abort_flag(&stop);
+  try {
+    b.eval(std::vector<batch_context::entry>{{2, t, true}, {0, t, true}});
+    FAIL("not cancelled");
+  } catch (const error& e) {
+    CHECK(e.code() == errc::cancelled);
+  }
+  CHECK(past() == before);
+  stop = false;
+  b.eval(std::vector<batch_context::entry>{{2, t, true}});
+  CHECK(b.n_past(2) == 10);
+  CHECK_THROWS_AS(b.truncate(2, 11), error);
+  CHECK_THROWS_AS(b.n_past(-1), error);
+  CHECK_THROWS_AS(batch_context(m, cp, 0), error);
+  CHECK_THROWS_AS(batch_context(m, cp, 100000), error);
+}
+
+TEST_CASE("engine: greedy and seeded answers are the same alone, batched with 7 others, and as a session's") {
+  const auto& m = small_gqa().m;
+  const int32_t V = int32_t(m->config().n_vocab);
+  engine_params ep;
+  ep.ctx.n_ctx = 160;
+  ep.ctx.n_batch = 64;
+  ep.n_slots = 8;
+  ep.prompt_chunk = 5;  // prompts interleave with decoding in small chunks
+  std::vector<engine_request> reqs;
+  for (int i = 0; i < 8; ++i) {
+    engine_request r = greedy_request(tokens(4 + 9 * i, i, V), 20 + 3 * i);
+    if (i % 2) {  // seeded sampling with penalties
+      r.sampling.temperature = 0.9f;
+      r.sampling.seed = 1000 + uint64_t(i);
+      r.sampling.repeat_penalty = 1.2f;
+      r.sampling.frequency_penalty = 0.1f;
+    }
+    reqs.push_back(r);
+  }
+  std::vector<outcome> alone;
+  {
+    engine_params one = ep;
+    one.n_slots = 1;
+    engine e(m, one);
+    for (const auto& r : reqs) alone.push_back(run_all(e, {r})[0]);
+  }
+  engine e(m, ep);
+  const auto together = run_all(e, reqs);
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    CAPTURE(i);
+    CHECK(together[i].done == 1);
+    CHECK(together[i].ends == 1);
+    CHECK(together[i].r.error.empty());
+    CHECK(together[i].r.gen.tokens == alone[i].r.gen.tokens);
+    CHECK(together[i].r.gen.text == alone[i].r.gen.text);
+    CHECK(together[i].streamed == together[i].r.gen.text);
+    CHECK(together[i].r.gen.finish == alone[i].r.gen.finish);
+    CHECK(together[i].r.gen.timings.n_generated == int64_t(together[i].r.gen.tokens.size()) +
+                                                       (together[i].r.gen.finish == finish_reason::eos));
+    // a fresh session with the same settings picks the same tokens
+    session_params sp;
+    sp.ctx.n_ctx = ep.ctx.n_ctx;
+    sp.sampling = reqs[i].sampling;
+    sp.context_shift = false;
+    session s(m, sp);
+    const auto g = s.generate(reqs[i].prompt, reqs[i].gen);
+    CHECK(g.tokens == together[i].r.gen.tokens);
+    CHECK(g.text == together[i].r.gen.text);
+  }
+  const auto st = e.get_stats();
+  CHECK(st.active == 0);
+  CHECK(st.waiting == 0);
+  CHECK(st.finished == 8);
+  CHECK(st.steps > 0);
+}
+
+TEST_CASE("engine: stop strings, limits, full windows, cancels and a bounded queue") {
+  const auto& m = tiny().m;
+  const int32_t V = int32_t(m->config().n_vocab);
+  engine_params ep;
+  ep.ctx.n_ctx = 48;
+  ep.ctx.n_batch = 16;
+  ep.n_slots = 2;
+  ep.max_waiting = 1;
+  engine e(m, ep);
+
+  SUBCASE("a stop string cuts the text where a session cuts it") {
+    auto base = run_all(e, {greedy_request(tokens(5, 3, V), 30)})[0];
+    REQUIRE(base.r.gen.text.size() > 6);
+    const std::size_t at = test::ascii_run(base.r.gen.text, 2, 2);
+    REQUIRE(at != std::string::npos);
+    auto r = greedy_request(tokens(5, 3, V), 30);
+    r.gen.stop = {base.r.gen.text.substr(at, 2)};
+    const auto got = run_all(e, {r})[0];
+    CHECK(got.r.gen.finish == finish_reason::stop_string);
+    CHECK(got.r.gen.text == base.r.gen.text.substr(0, base.r.gen.text.find(r.gen.stop[0])));
+    CHECK(got.streamed == got.r.gen.text);
+  }
+  SUBCASE("the window fills: context_full; max_tokens beyond it: the prompt does not fit") {
+    auto r = greedy_request(tokens(40, 1, V), -1);
+    r.gen.stop_at_eos = false;
+    const auto got = run_all(e, {r})[0];
+    CHECK(got.r.gen.finish == finish_reason::context_full);
+    CHECK(got.r.gen.timings.n_generated == 48 - 40 + 1);
+    try {
+      e.submit(greedy_request(tokens(40, 1, V), 20));
+      FAIL("no overflow");
+    } catch (const error& ex) {
+      CHECK(ex.code() == errc::context_overflow);
+      CHECK(std::string(ex.what()).find("the prompt has 40 tokens; with 20 to generate the window of 48 holds 28 (12 too many)") == 0);
+    }
+    auto keep = greedy_request(tokens(40, 1, V), 20);
+    keep.policy = context_policy::keep_tail;
+    const auto kept = run_all(e, {keep})[0];
+    CHECK(kept.r.gen.fit.n_dropped == 12);
+    CHECK(kept.r.gen.timings.n_generated == 20);
+  }
+  SUBCASE("bad requests are refused before anything is queued") {
+    CHECK_THROWS_AS(e.submit(greedy_request({}, 5)), error);
+    CHECK_THROWS_AS(e.submit(greedy_request({1, V}, 5)), error);
+    auto r = greedy_request(tokens(5, 1, V), 5);
+    r.sampling.top_p = 2;
+    CHECK_THROWS_AS(e.submit(r), error);
+    r = greedy_request(tokens(5, 1, V), 5);
+    r.gen.stop = {std::string("\xff")};
+    CHECK_THROWS_AS(e.submit(r), error);
+    CHECK_THROWS_AS(e.submit(greedy_request(tokens(5, 1, V), 48)), error);
+    CHECK(e.get_stats().submitted == 0);
+  }
+  SUBCASE("cancel by id and by callback; a full queue answers busy") {
+    std::mutex mu;
+    std::condition_variable cv;
+    int done = 0;
+    std::vector<engine_result> results(4);
+    std::atomic<bool> release{false};
+    auto make = [&](int i) {
+      auto r = greedy_request(tokens(5, i, V), -1);
+      r.gen.stop_at_eos = false;
+      r.on_token = [&, i](std::string_view, int32_t) {
+        if (i == 1) return false;  // cancels itself at its first token
+        while (i == 0 && !release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        return true;
+      };
+      r.on_done = [&, i](const engine_result& res) {
+        std::lock_guard<std::mutex> lk(mu);
+        results[std::size_t(i)] = res;
+        ++done;
+        cv.notify_all();
+      };
+      return r;
+    };
+    const auto a = e.submit(make(0));  // blocks the engine in its callback
+    e.submit(make(1));
+    e.submit(make(2));  // waits: one queued beyond the slots
+    try {
+      e.submit(make(3));
+      FAIL("queue not bounded");
+    } catch (const error& ex) {
+      CHECK(ex.code() == errc::busy);
+    }
+    e.cancel(a.id);
+    release = true;
+    {
+      std::unique_lock<std::mutex> lk(mu);
+      cv.wait(lk, [&] { return done >= 2; });
+    }
+    CHECK(results[0].gen.finish == finish_reason::cancelled);
+    CHECK(results[1].gen.finish == finish_reason::cancelled);
+    CHECK(results[1].gen.tokens.size() == 1);
+    // request 2 runs until its window is full
+    {
+      std::unique_lock<std::mutex> lk(mu);
+      cv.wait(lk, [&] { return done == 3; });
+    }
+    CHECK(results[2].gen.finish == finish_reason::context_full);
+    CHECK(e.get_stats().active == 0);
+  }
+}
+
+TEST_CASE("engine: shutdown lets running requests finish; destruction cancels what waits") {
+  const auto& m = tiny().m;
+  const int32_t V = int32_t(m->config().n_vocab);
+  engine_params ep;
+  ep.ctx.n_ctx = 64;
+  ep.ctx.n_batch = 16;
+  ep.n_slots = 1;
+  std::atomic<int> done{0};
+  std::vector<finish_reason> why(3);
+  {
+    engine e(m, ep);
+    for (int i = 0; i < 3; ++i) {
+      auto r = greedy_request(tokens(5, i, V), 10);
+      r.gen.stop_at_eos = false;
+      r.on_done = [&, i](const engine_result& res) {
+        why[std::size_t(i)] = res.gen.finish;
+        ++done;
+      };
+      e.submit(std::move(r));
+    }
+    e.shutdown(std::chrono::seconds(60));
+    CHECK(done == 3);
+    for (auto f : why) CHECK(f == finish_reason::max_tokens);
+    CHECK_THROWS_AS(e.submit(greedy_request(tokens(5, 1, V), 5)), error);
+  }
+  done = 0;
+  {
+    engine e(m, ep);
+    for (int i = 0; i < 3; ++i) {
+      auto r = greedy_request(tokens(5, i, V), -1);
+      r.gen.stop_at_eos = false;
+      r.on_done = [&, i](const engine_result& res) {
+        why[std::size_t(i)] = res.gen.finish;
+        ++done;
+      };
+      e.submit(std::move(r));
+    }
+  }  // destroyed while they run and wait
+  CHECK(done == 3);
+  CHECK(why[2] == finish_reason::cancelled);
+}
