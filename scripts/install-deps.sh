@@ -3,7 +3,7 @@
 # Extra packages may be named as arguments (CI adds the cross compiler and qemu).
 set -euo pipefail
 pkgs=(g++ gcc meson ninja-build pkg-config cmake libxsimd-dev libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev doctest-dev
-      libbenchmark-dev libsimde-dev python3 binutils abigail-tools "$@")
+      libbenchmark-dev libsimde-dev libcpp-httplib-dev python3 binutils abigail-tools "$@")
 # the Rust example needs cargo; a rustup toolchain already on PATH is fine too
 command -v cargo >/dev/null || pkgs+=(cargo)
 missing=()

@@ -15,5 +15,6 @@ int cmd_embed(int argc, char** argv);
 int cmd_convert(int argc, char** argv);
 int cmd_quantize(int argc, char** argv);
 int cmd_rag(int argc, char** argv);
+int cmd_serve(int argc, char** argv);
 
 }  // namespace qllm::cli

@@ -22,6 +22,7 @@ void usage(std::FILE* out) {
       "  embed       sentence embedding of a text (mean-pooled, L2-normalised)\n"
       "  bench       prompt and generation speed of a model (like llama-bench)\n"
       "  rag         index documents into a SQLite store (rag index) and answer from them (rag ask)\n"
+      "  serve       OpenAI-compatible HTTP server with continuous batching\n"
       "'qllm <command> --help' lists a command's options.\n",
       out);
 }
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(cmd, "perplexity")) return qllm::cli::cmd_perplexity(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "embed")) return qllm::cli::cmd_embed(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "rag")) return qllm::cli::cmd_rag(argc - 1, argv + 1);
+    if (!std::strcmp(cmd, "serve")) return qllm::cli::cmd_serve(argc - 1, argv + 1);
     if (!std::strcmp(cmd, "-h") || !std::strcmp(cmd, "--help") || !std::strcmp(cmd, "help")) {
       usage(stdout);
       return 0;

@@ -1,0 +1,950 @@
+// qllm serve: HTTP (cpp-httplib) and JSON (nlohmann) over qllm::engine.
+//
+// Each HTTP request runs on one of httplib's pool threads. A completion is submitted to the
+// engine, whose thread pushes the generated text into the request's channel; the HTTP thread
+// waits on that channel (non-streamed) or writes it out as server-sent events (streamed), and
+// cancels the engine request when the client goes away or the request's time is up.
+#include "serve/server.hpp"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <ctime>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "qllm/engine.hpp"
+#include "qllm/error.hpp"
+#include "qllm/model.hpp"
+#include "qllm/session.hpp"
+#include "qllm/tokenizer.hpp"
+#include "qllm/version.hpp"
+
+namespace qllm::serve {
+
+using json = nlohmann::json;
+using clock = std::chrono::steady_clock;
+
+namespace {
+
+// ---- the connection of the current request ----
+// httplib does not hand handlers their socket, so it is found once per request: the socket
+// among this process's descriptors whose peer is the request's remote address and port (and
+// whose local port is the server's).
+int find_socket(const httplib::Request& req) {
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return -1;
+  int found = -1;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == ::dirfd(d)) continue;
+    struct stat st;
+    if (::fstat(int(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage peer{}, self{};
+    socklen_t pl = sizeof(peer), sl = sizeof(self);
+    if (::getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
+    if (::getsockname(int(fd), reinterpret_cast<sockaddr*>(&self), &sl) != 0) continue;
+    char host[INET6_ADDRSTRLEN] = {0};
+    int pport = -1, sport = -1;
+    if (peer.ss_family == AF_INET) {
+      const auto* a4 = reinterpret_cast<const sockaddr_in*>(&peer);
+      ::inet_ntop(AF_INET, &a4->sin_addr, host, sizeof(host));
+      pport = ntohs(a4->sin_port);
+      sport = ntohs(reinterpret_cast<const sockaddr_in*>(&self)->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+      ::inet_ntop(AF_INET6, &a6->sin6_addr, host, sizeof(host));
+      pport = ntohs(a6->sin6_port);
+      sport = ntohs(reinterpret_cast<const sockaddr_in6*>(&self)->sin6_port);
+    } else {
+      continue;
+    }
+    if (pport == req.remote_port && sport == req.local_port && req.remote_addr == host) {
+      found = int(fd);
+      break;
+    }
+  }
+  ::closedir(d);
+  return found;
+}
+
+// True when the client on socket fd has closed its connection (or reset it).
+bool client_gone(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  if (::poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
+  char c;
+  const ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0;  // orderly shutdown; > 0 is a pipelined request, < 0 nothing to read
+}
+
+// ---- metrics ----
+
+class histogram {
+ public:
+  explicit histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+  void observe(double v) {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::size_t i = 0;
+    while (i < bounds_.size() && v > bounds_[i]) ++i;
+    ++counts_[i];
+    sum_ += v;
+    ++n_;
+  }
+  void write(std::ostringstream& o, const char* name, const char* help) const {
+    std::lock_guard<std::mutex> lk(mu_);
+    o << "# HELP " << name << ' ' << help << "\n# TYPE " << name << " histogram\n";
+    uint64_t cum = 0;
+    for (std::size_t i = 0; i < bounds_.size(); ++i) {
+      cum += counts_[i];
+      o << name << "_bucket{le=\"" << bounds_[i] << "\"} " << cum << '\n';
+    }
+    o << name << "_bucket{le=\"+Inf\"} " << n_ << '\n' << name << "_sum " << sum_ << '\n' << name << "_count " << n_ << '\n';
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;
+  double sum_ = 0;
+  uint64_t n_ = 0;
+};
+
+struct metrics {
+  std::mutex mu;
+  std::map<int, uint64_t> by_status;
+  histogram ttft{{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};
+  histogram itl{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
+  histogram duration{{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}};
+  void count(int status) {
+    std::lock_guard<std::mutex> lk(mu);
+    ++by_status[status];
+  }
+};
+
+// ---- errors ----
+
+// An HTTP error answered as OpenAI's error object.
+struct http_error {
+  int status;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string code;
+  std::string param;
+};
+
+json error_body(const http_error& e) {
+  json err = {{"message", e.message}, {"type", e.type}, {"param", nullptr}, {"code", nullptr}};
+  if (!e.param.empty()) err["param"] = e.param;
+  if (!e.code.empty()) err["code"] = e.code;
+  return json{{"error", err}};
+}
+
+[[noreturn]] void bad_request(std::string msg, std::string param = {}) {
+  throw http_error{400, std::move(msg), "invalid_request_error", "", std::move(param)};
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+// ---- request parsing ----
+
+// Fields of the OpenAI requests this server reads; others in `ignorable` are accepted when they
+// ask for nothing (null, false, the default); any other field is an error, never silently dropped.
+const char* kind_name(const json& v) { return v.type_name(); }
+
+double get_number(const json& body, const char* key, double lo, double hi, double def) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return def;
+  if (!it->is_number()) bad_request(std::string("'") + key + "' must be a number, not " + kind_name(*it), key);
+  const double v = it->get<double>();
+  if (!(v >= lo && v <= hi))
+    bad_request(std::string("'") + key + "' must be in [" + json(lo).dump() + ", " + json(hi).dump() + "]", key);
+  return v;
+}
+
+int64_t get_int(const json& body, const char* key, int64_t lo, int64_t hi, int64_t def) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return def;
+  if (!it->is_number_integer() && !(it->is_number_float() && std::floor(it->get<double>()) == it->get<double>()))
+    bad_request(std::string("'") + key + "' must be an integer, not " + kind_name(*it), key);
+  const double d = it->get<double>();
+  if (!(d >= double(lo) && d <= double(hi)))
+    bad_request(std::string("'") + key + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]", key);
+  return it->is_number_integer() ? it->get<int64_t>() : int64_t(d);
+}
+
+bool get_bool(const json& body, const char* key, bool def) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return def;
+  if (!it->is_boolean()) bad_request(std::string("'") + key + "' must be a boolean, not " + kind_name(*it), key);
+  return it->get<bool>();
+}
+
+std::string get_string(const json& body, const char* key, const std::string& def) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return def;
+  if (!it->is_string()) bad_request(std::string("'") + key + "' must be a string, not " + kind_name(*it), key);
+  return it->get<std::string>();
+}
+
+void check_fields(const json& body, std::initializer_list<const char*> known) {
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    const std::string& k = it.key();
+    bool ok = false;
+    for (const char* n : known) ok = ok || k == n;
+    if (ok) continue;
+    const json& v = it.value();
+    // accepted when they ask for nothing this server would have to do
+    if ((k == "user" && (v.is_string() || v.is_null())) || (k == "stream_options" && (v.is_object() || v.is_null())) ||
+        (k == "logprobs" && (v.is_null() || v == false)) || (k == "top_logprobs" && (v.is_null() || v == 0)) ||
+        (k == "echo" && (v.is_null() || v == false)) || (k == "suffix" && (v.is_null() || v == "")) ||
+        (k == "best_of" && (v.is_null() || v == 1)) ||
+        (k == "response_format" && (v.is_null() || (v.is_object() && v.value("type", "") == "text"))))
+      continue;
+    if (k == "logprobs" || k == "top_logprobs" || k == "echo" || k == "suffix" || k == "best_of" ||
+        k == "response_format" || k == "tools" || k == "tool_choice" || k == "functions")
+      bad_request("'" + k + "' is not supported by this server", k);
+    bad_request("unknown field '" + k + "'", k);
+  }
+}
+
+struct gen_settings {
+  engine_request req;
+  bool stream = false;
+  bool include_usage = false;
+};
+
+// Sampling, limits, stop strings, logit bias and the context policy, from either endpoint.
+void parse_common(const json& body, const model& m, gen_settings& g, int64_t default_max_tokens) {
+  const int64_t n = get_int(body, "n", 1, 1 << 20, 1);
+  if (n != 1) bad_request("'n' must be 1 (one choice per request)", "n");
+  g.stream = get_bool(body, "stream", false);
+  if (auto it = body.find("stream_options"); it != body.end() && it->is_object())
+    g.include_usage = it->value("include_usage", false) == true;
+  engine_request& r = g.req;
+  sampler_params& s = r.sampling;
+  // OpenAI's defaults: temperature 1, top_p 1, nothing else filters
+  s.temperature = float(get_number(body, "temperature", 0, 2, 1));
+  s.top_p = float(get_number(body, "top_p", 0, 1, 1));
+  if (s.top_p <= 0) s.top_p = 1e-6f;  // top_p 0 keeps the best token only
+  s.top_k = int32_t(get_int(body, "top_k", 0, 1 << 30, 0));
+  s.min_p = float(get_number(body, "min_p", 0, 0.999999, 0));
+  s.presence_penalty = float(get_number(body, "presence_penalty", -2, 2, 0));
+  s.frequency_penalty = float(get_number(body, "frequency_penalty", -2, 2, 0));
+  s.repeat_penalty = float(get_number(body, "repeat_penalty", 0.01, 10, 1));
+  s.penalty_last_n = int32_t(get_int(body, "penalty_last_n", 0, 1 << 20, 64));
+  if (auto it = body.find("seed"); it != body.end() && !it->is_null()) {
+    if (!it->is_number_integer()) bad_request("'seed' must be an integer", "seed");
+    s.seed = it->is_number_unsigned() ? it->get<uint64_t>() : uint64_t(it->get<int64_t>());
+  } else {
+    s.seed = std::random_device{}() * 0x100000001ull;
+  }
+  if (auto it = body.find("logit_bias"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) bad_request("'logit_bias' must be an object of token id: bias", "logit_bias");
+    if (it->size() > 1024) bad_request("'logit_bias' has more than 1024 entries", "logit_bias");
+    for (auto e = it->begin(); e != it->end(); ++e) {
+      const std::string& key = e.key();
+      char* end = nullptr;
+      errno = 0;
+      const long id = std::strtol(key.c_str(), &end, 10);
+      if (key.empty() || *end != '\0' || errno != 0 || id < 0 || id >= m.config().n_vocab)
+        bad_request("'logit_bias' key '" + key + "' is not a token id of this model", "logit_bias");
+      if (!e.value().is_number()) bad_request("'logit_bias' values must be numbers", "logit_bias");
+      const double b = e.value().get<double>();
+      if (!(b >= -100 && b <= 100)) bad_request("'logit_bias' values must be in [-100, 100]", "logit_bias");
+      // -100 bans the token, as OpenAI documents
+      s.logit_bias.emplace_back(int32_t(id), b <= -100 ? -INFINITY : float(b));
+    }
+  }
+  const int64_t mt_default = default_max_tokens;
+  r.gen.max_tokens = get_int(body, "max_tokens", 1, int64_t(1) << 30, mt_default);
+  if (auto it = body.find("max_completion_tokens"); it != body.end() && !it->is_null())
+    r.gen.max_tokens = get_int(body, "max_completion_tokens", 1, int64_t(1) << 30, mt_default);
+  if (auto it = body.find("stop"); it != body.end() && !it->is_null()) {
+    if (it->is_string()) {
+      r.gen.stop.push_back(it->get<std::string>());
+    } else if (it->is_array()) {
+      if (it->size() > 4) bad_request("'stop' has more than 4 strings", "stop");
+      for (const auto& x : *it) {
+        if (!x.is_string()) bad_request("'stop' must be a string or an array of strings", "stop");
+        r.gen.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      bad_request("'stop' must be a string or an array of strings", "stop");
+    }
+    for (const auto& x : r.gen.stop)
+      if (x.empty()) bad_request("'stop' strings must not be empty", "stop");
+  }
+  const std::string policy = get_string(body, "context_policy", "error");
+  try {
+    r.policy = parse_context_policy(policy);
+  } catch (const error& e) {
+    bad_request(e.what(), "context_policy");
+  }
+  r.n_keep = get_int(body, "n_keep", 0, int64_t(1) << 30, 1);
+}
+
+json fit_report(const prompt_fit& f, context_policy p) {
+  return json{{"context_policy", to_string(p)},
+              {"prompt_tokens_given", f.n_tokens},
+              {"dropped_tokens", f.n_dropped},
+              {"dropped_range", json::array({f.drop_begin, f.drop_end})}};
+}
+
+const char* finish_name(finish_reason f) {
+  switch (f) {
+    case finish_reason::eos:
+    case finish_reason::stop_string: return "stop";
+    case finish_reason::max_tokens:
+    case finish_reason::context_full: return "length";
+    case finish_reason::cancelled: return "cancelled";
+  }
+  return "stop";
+}
+
+// Base64 of little-endian float32 values (OpenAI's encoding_format "base64").
+std::string base64_floats(const std::vector<float>& v) {
+  static const char* tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string bytes(v.size() * 4, '\0');
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &v[i], 4);
+    for (int b = 0; b < 4; ++b) bytes[i * 4 + std::size_t(b)] = char((u >> (8 * b)) & 0xff);
+  }
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (std::size_t i = 0; i < bytes.size(); i += 3) {
+    const uint32_t a = uint8_t(bytes[i]), b = i + 1 < bytes.size() ? uint8_t(bytes[i + 1]) : 0,
+                   c = i + 2 < bytes.size() ? uint8_t(bytes[i + 2]) : 0;
+    const uint32_t t = (a << 16) | (b << 8) | c;
+    out += tbl[(t >> 18) & 63];
+    out += tbl[(t >> 12) & 63];
+    out += i + 1 < bytes.size() ? tbl[(t >> 6) & 63] : '=';
+    out += i + 2 < bytes.size() ? tbl[t & 63] : '=';
+  }
+  return out;
+}
+
+// What the engine's thread hands the HTTP thread of one request.
+struct channel {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::string> pieces;  // streamed text not yet written
+  bool done = false;
+  engine_result result;
+  clock::time_point last_token;
+  bool any_token = false;
+};
+
+class server {
+ public:
+  explicit server(const options& o) : o_(o) {}
+  int run();
+
+ private:
+  void route();
+  bool authorized(const httplib::Request& req) const;
+  void completion(const httplib::Request& req, httplib::Response& res, bool chat);
+  void embeddings(const httplib::Request& req, httplib::Response& res);
+  void answer(httplib::Response& res, int status, const json& body);
+  void fail(httplib::Response& res, const http_error& e);
+  std::string metrics_text();
+
+  options o_;
+  std::shared_ptr<const model> model_;
+  const tokenizer* tok_ = nullptr;
+  std::unique_ptr<engine> engine_;
+  std::unique_ptr<context> embed_ctx_;
+  std::mutex embed_mu_;
+  std::string key_;
+  std::string name_;
+  httplib::Server http_;
+  metrics met_;
+  std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> next_id_{1};
+  std::atomic<uint64_t> prompt_tokens_{0}, generated_tokens_{0};
+  std::atomic<int64_t> in_flight_{0};
+  std::time_t started_ = std::time(nullptr);
+};
+
+void server::answer(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+  met_.count(status);
+}
+
+void server::fail(httplib::Response& res, const http_error& e) {
+  if (e.status == 429 || e.status == 503) res.set_header("Retry-After", "1");
+  answer(res, e.status, error_body(e));
+}
+
+// Constant-time comparison of the presented bearer token with the key: the time depends on the
+// key's length only.
+bool server::authorized(const httplib::Request& req) const {
+  if (key_.empty()) return true;
+  const std::string h = req.get_header_value("Authorization");
+  const std::string prefix = "Bearer ";
+  if (h.size() < prefix.size() || h.compare(0, prefix.size(), prefix) != 0) return false;
+  const std::string_view given(h.data() + prefix.size(), h.size() - prefix.size());
+  unsigned diff = given.size() == key_.size() ? 0u : 1u;
+  for (std::size_t i = 0; i < key_.size(); ++i) {
+    const unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
+    diff |= unsigned(g ^ static_cast<unsigned char>(key_[i]));
+  }
+  return diff == 0;
+}
+
+void server::completion(const httplib::Request& req, httplib::Response& res, bool chat) {
+  const auto t_start = clock::now();
+  json body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded()) bad_request("the body is not valid JSON");
+  if (!body.is_object()) bad_request("the body must be a JSON object");
+  gen_settings g;
+  std::vector<int32_t> prompt;
+  if (chat) {
+    check_fields(body, {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+                        "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty", "penalty_last_n", "seed",
+                        "stop", "logit_bias", "n", "stream", "context_policy", "n_keep"});
+    parse_common(body, *model_, g, -1);
+    auto it = body.find("messages");
+    if (it == body.end() || !it->is_array() || it->empty())
+      bad_request("'messages' must be a non-empty array", "messages");
+    std::vector<chat_message> dialog;
+    for (const auto& msg : *it) {
+      if (!msg.is_object()) bad_request("each message must be an object with 'role' and 'content'", "messages");
+      const auto role = msg.find("role");
+      const auto content = msg.find("content");
+      if (role == msg.end() || !role->is_string()) bad_request("a message has no 'role' string", "messages");
+      if (content == msg.end()) bad_request("a message has no 'content'", "messages");
+      std::string text;
+      if (content->is_string()) {
+        text = content->get<std::string>();
+      } else if (content->is_array()) {  // content parts: text only
+        for (const auto& part : *content) {
+          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+            bad_request("only text content parts are supported", "messages");
+          text += part["text"].get<std::string>();
+        }
+      } else {
+        bad_request("'content' must be a string", "messages");
+      }
+      dialog.push_back({role->get<std::string>(), std::move(text)});
+    }
+    if (!dialog.empty() && dialog.front().role == "system") g.req.n_keep = std::max<int64_t>(g.req.n_keep, 1);
+    try {
+      prompt = chat_tokens(*tok_, dialog);
+      if (!dialog.empty() && dialog.front().role == "system" && !body.contains("n_keep"))
+        g.req.n_keep = chat_system_tokens(*tok_, dialog.front().content);
+    } catch (const error& e) {
+      bad_request(e.what(), "messages");
+    }
+  } else {
+    check_fields(body, {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
+                        "frequency_penalty", "repeat_penalty", "penalty_last_n", "seed", "stop", "logit_bias", "n",
+                        "stream", "context_policy", "n_keep"});
+    parse_common(body, *model_, g, 16);
+    auto it = body.find("prompt");
+    if (it == body.end()) bad_request("'prompt' is required", "prompt");
+    std::string text;
+    if (it->is_string()) {
+      text = it->get<std::string>();
+    } else if (it->is_array() && it->size() == 1 && (*it)[0].is_string()) {
+      text = (*it)[0].get<std::string>();
+    } else if (it->is_array() && !it->empty() && (*it)[0].is_number_integer()) {
+      for (const auto& x : *it) {  // token ids
+        if (!x.is_number_integer()) bad_request("'prompt' token arrays must hold integers only", "prompt");
+        const int64_t id = x.get<int64_t>();
+        if (id < 0 || id >= model_->config().n_vocab)
+          bad_request("'prompt' token " + std::to_string(id) + " is outside the vocabulary", "prompt");
+        prompt.push_back(int32_t(id));
+      }
+    } else {
+      bad_request("'prompt' must be a string (or an array of one string, or of token ids)", "prompt");
+    }
+    if (prompt.empty()) {
+      try {
+        prompt = tok_->encode(text, tok_->add_bos());
+      } catch (const error& e) {
+        bad_request(e.what(), "prompt");
+      }
+    }
+  }
+  if (auto it = body.find("model"); it != body.end() && !it->is_null() && !it->is_string())
+    bad_request("'model' must be a string", "model");
+  const int64_t limit = o_.max_prompt_tokens > 0 ? o_.max_prompt_tokens : engine_->n_ctx();
+  if (int64_t(prompt.size()) > limit && g.req.policy == context_policy::error)
+    throw http_error{400,
+                     "the prompt has " + std::to_string(prompt.size()) + " tokens, " +
+                         std::to_string(int64_t(prompt.size()) - limit) + " too many for this server's limit of " +
+                         std::to_string(limit),
+                     "invalid_request_error", "context_length_exceeded", chat ? "messages" : "prompt"};
+  if (g.req.gen.max_tokens >= engine_->n_ctx())
+    bad_request("'max_tokens' " + std::to_string(g.req.gen.max_tokens) + " leaves no room for a prompt in the window of " +
+                    std::to_string(engine_->n_ctx()) + " tokens",
+                "max_tokens");
+
+  const int sock = find_socket(req);
+  auto ch = std::make_shared<channel>();
+  const bool strip_space = chat;  // the answer's first piece carries the template's space
+  auto first_piece = std::make_shared<bool>(true);
+  metrics* met = &met_;
+  g.req.on_token = [ch, strip_space, first_piece, met](std::string_view text, int32_t tok) {
+    const auto now = clock::now();
+    std::string piece(text);
+    if (strip_space && *first_piece && !piece.empty()) {
+      if (piece[0] == ' ') piece.erase(0, 1);
+      *first_piece = false;
+    }
+    std::lock_guard<std::mutex> lk(ch->mu);
+    if (tok >= 0) {
+      if (ch->any_token) met->itl.observe(std::chrono::duration<double>(now - ch->last_token).count());
+      ch->any_token = true;
+      ch->last_token = now;
+    }
+    if (!piece.empty()) ch->pieces.push_back(std::move(piece));
+    ch->cv.notify_all();
+    return true;
+  };
+  g.req.on_done = [ch](const engine_result& r) {
+    std::lock_guard<std::mutex> lk(ch->mu);
+    ch->result = r;
+    ch->done = true;
+    ch->cv.notify_all();
+  };
+  const context_policy policy = g.req.policy;
+  const int64_t n_prompt_given = int64_t(prompt.size());
+  g.req.prompt = std::move(prompt);
+  engine::submitted sub;
+  try {
+    sub = engine_->submit(std::move(g.req));
+  } catch (const error& e) {
+    switch (e.code()) {
+      case errc::context_overflow:
+        throw http_error{400, e.what(), "invalid_request_error", "context_length_exceeded", chat ? "messages" : "prompt"};
+      case errc::busy:
+        if (draining_) throw http_error{503, e.what(), "server_error", "shutting_down", ""};
+        throw http_error{429, std::string(e.what()) + "; retry later", "rate_limit_error", "overloaded", ""};
+      case errc::invalid_argument:
+      case errc::unsupported: bad_request(e.what());
+      default: throw;
+    }
+  }
+  const int64_t n_prompt = n_prompt_given - sub.fit.n_dropped;
+  const uint64_t id = sub.id;
+  const std::string rid = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
+  const std::time_t created = std::time(nullptr);
+  const json qllm_ext = fit_report(sub.fit, policy);
+  const auto deadline = t_start + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(o_.request_timeout));
+  engine* eng = engine_.get();
+  auto usage = [n_prompt](const engine_result& r) {
+    const int64_t c = int64_t(r.gen.tokens.size());
+    return json{{"prompt_tokens", n_prompt}, {"completion_tokens", c}, {"total_tokens", n_prompt + c}};
+  };
+  auto on_finished = [this, t_start](const engine_result& r) {
+    prompt_tokens_ += uint64_t(std::max<int64_t>(0, r.gen.timings.n_prompt));
+    generated_tokens_ += uint64_t(r.gen.tokens.size());
+    if (r.first_token_seconds > 0) met_.ttft.observe(r.first_token_seconds);
+    met_.duration.observe(std::chrono::duration<double>(clock::now() - t_start).count());
+  };
+
+  if (!g.stream) {
+    engine_result r;
+    bool timed_out = false, gone = false;
+    {
+      std::unique_lock<std::mutex> lk(ch->mu);
+      while (!ch->done) {
+        ch->cv.wait_for(lk, std::chrono::milliseconds(100));
+        if (ch->done) break;
+        if (!gone && !timed_out) {
+          lk.unlock();
+          if (client_gone(sock)) gone = true;
+          else if (clock::now() > deadline) timed_out = true;
+          if (gone || timed_out) eng->cancel(id);
+          lk.lock();
+        }
+      }
+      r = ch->result;
+    }
+    on_finished(r);
+    if (gone) {
+      met_.count(499);  // the client closed the connection; nothing reaches it
+      res.status = 499;
+      res.set_content("{}", "application/json");
+      return;
+    }
+    if (timed_out) throw http_error{504, "the request took longer than the server's limit", "server_error", "timeout", ""};
+    if (!r.error.empty()) throw http_error{500, r.error, "server_error", "", ""};
+    std::string text = r.gen.text;
+    if (chat && !text.empty() && text[0] == ' ') text.erase(0, 1);
+    json choice = {{"index", 0}, {"finish_reason", finish_name(r.gen.finish)}};
+    if (chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", text}};
+    } else {
+      choice["text"] = text;
+      choice["logprobs"] = nullptr;
+    }
+    answer(res, 200,
+           json{{"id", rid}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
+                {"model", name_}, {"choices", json::array({choice})}, {"usage", usage(r)}, {"qllm", qllm_ext}});
+    return;
+  }
+
+  // streamed: server-sent events, written by httplib's thread as the engine produces them
+  met_.count(200);
+  res.status = 200;
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");  // nginx: pass events through at once
+  const std::string object = chat ? "chat.completion.chunk" : "text_completion";
+  const std::string name = name_;
+  const bool include_usage = g.include_usage;
+  auto state = std::make_shared<int>(0);  // 0: nothing sent, 1: role sent, 2: finished
+  auto chunk = [rid, object, created, name, chat](const std::string& text, const json& finish) {
+    json choice = {{"index", 0}, {"finish_reason", finish}};
+    if (chat)
+      choice["delta"] = text.empty() && finish.is_null() ? json{{"role", "assistant"}, {"content", ""}}
+                                                          : (finish.is_null() ? json{{"content", text}} : json::object());
+    else {
+      choice["text"] = text;
+      choice["logprobs"] = nullptr;
+    }
+    return json{{"id", rid}, {"object", object}, {"created", created}, {"model", name}, {"choices", json::array({choice})}};
+  };
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [ch, state, chunk, deadline, eng, id, chat, qllm_ext, include_usage, usage, on_finished, sock](
+          std::size_t, httplib::DataSink& sink) {
+        auto send = [&](const json& j) {
+          const std::string ev = "data: " + dump(j) + "\n\n";
+          return sink.write(ev.data(), ev.size());
+        };
+        if (*state == 0) {
+          json first = chunk("", nullptr);
+          first["qllm"] = qllm_ext;
+          if (!chat) first["choices"][0]["text"] = "";
+          *state = 1;
+          if (!send(first)) {
+            eng->cancel(id);
+            return false;
+          }
+        }
+        std::deque<std::string> pieces;
+        bool done = false;
+        engine_result r;
+        {
+          std::unique_lock<std::mutex> lk(ch->mu);
+          if (ch->pieces.empty() && !ch->done) ch->cv.wait_for(lk, std::chrono::milliseconds(100));
+          pieces.swap(ch->pieces);
+          done = ch->done;
+          if (done) r = ch->result;
+        }
+        for (const auto& p : pieces) {
+          if (!send(chunk(p, nullptr))) {
+            eng->cancel(id);
+            return false;
+          }
+        }
+        if (!done) {
+          if (client_gone(sock) || clock::now() > deadline) {
+            eng->cancel(id);
+            return false;
+          }
+          return true;
+        }
+        on_finished(r);
+        *state = 2;
+        if (!r.error.empty()) {
+          send(json{{"error", {{"message", r.error}, {"type", "server_error"}}}});
+        } else {
+          json last = chunk("", finish_name(r.gen.finish));
+          if (chat) last["choices"][0]["delta"] = json::object();
+          last["usage"] = usage(r);
+          if (!send(last)) return false;
+          if (include_usage) {
+            json u = chunk("", nullptr);
+            u["choices"] = json::array();
+            u["usage"] = usage(r);
+            if (!send(u)) return false;
+          }
+        }
+        static const char kDone[] = "data: [DONE]\n\n";
+        if (!sink.write(kDone, sizeof(kDone) - 1)) return false;
+        sink.done();
+        return true;
+      },
+      [ch, eng, id](bool success) {
+        if (!success) eng->cancel(id);  // the client went away before the end
+      });
+}
+
+void server::embeddings(const httplib::Request& req, httplib::Response& res) {
+  json body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded()) bad_request("the body is not valid JSON");
+  if (!body.is_object()) bad_request("the body must be a JSON object");
+  check_fields(body, {"model", "input", "encoding_format", "dimensions"});
+  const std::string fmt = get_string(body, "encoding_format", "float");
+  if (fmt != "float" && fmt != "base64") bad_request("'encoding_format' must be \"float\" or \"base64\"", "encoding_format");
+  if (body.contains("dimensions") && !body["dimensions"].is_null() &&
+      get_int(body, "dimensions", 1, 1 << 30, 0) != model_->config().n_embd)
+    bad_request("'dimensions' must be " + std::to_string(model_->config().n_embd) + " for this model", "dimensions");
+  auto it = body.find("input");
+  if (it == body.end()) bad_request("'input' is required", "input");
+  std::vector<std::string> inputs;
+  if (it->is_string()) {
+    inputs.push_back(it->get<std::string>());
+  } else if (it->is_array() && !it->empty() && it->size() <= 256) {
+    for (const auto& x : *it) {
+      if (!x.is_string()) bad_request("'input' must be a string or an array of strings", "input");
+      inputs.push_back(x.get<std::string>());
+    }
+  } else {
+    bad_request("'input' must be a string or an array of 1 to 256 strings", "input");
+  }
+  json data = json::array();
+  int64_t total = 0;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    std::vector<int32_t> toks;
+    try {
+      toks = tok_->encode(inputs[i], tok_->add_bos());
+    } catch (const error& e) {
+      bad_request(e.what(), "input");
+    }
+    if (int64_t(toks.size()) > embed_ctx_->n_ctx())
+      throw http_error{400,
+                       "input " + std::to_string(i) + " has " + std::to_string(toks.size()) + " tokens, " +
+                           std::to_string(int64_t(toks.size()) - embed_ctx_->n_ctx()) + " too many for the window of " +
+                           std::to_string(embed_ctx_->n_ctx()),
+                       "invalid_request_error", "context_length_exceeded", "input"};
+    total += int64_t(toks.size());
+    std::vector<float> e;
+    {
+      std::lock_guard<std::mutex> lk(embed_mu_);
+      e = embed_ctx_->embed(toks);
+    }
+    json item = {{"object", "embedding"}, {"index", i}};
+    if (fmt == "base64")
+      item["embedding"] = base64_floats(e);
+    else
+      item["embedding"] = e;
+    data.push_back(std::move(item));
+  }
+  prompt_tokens_ += uint64_t(total);
+  answer(res, 200,
+         json{{"object", "list"}, {"data", data}, {"model", name_},
+              {"usage", {{"prompt_tokens", total}, {"total_tokens", total}}}});
+}
+
+std::string server::metrics_text() {
+  std::ostringstream o;
+  const auto st = engine_->get_stats();
+  o << "# HELP qllm_requests_total HTTP requests answered, by status code.\n# TYPE qllm_requests_total counter\n";
+  {
+    std::lock_guard<std::mutex> lk(met_.mu);
+    if (met_.by_status.empty()) o << "qllm_requests_total{status=\"200\"} 0\n";
+    for (const auto& [status, n] : met_.by_status) o << "qllm_requests_total{status=\"" << status << "\"} " << n << '\n';
+  }
+  o << "# HELP qllm_prompt_tokens_total Prompt tokens evaluated (cached prefixes not counted).\n"
+       "# TYPE qllm_prompt_tokens_total counter\nqllm_prompt_tokens_total "
+    << prompt_tokens_.load() << '\n';
+  o << "# HELP qllm_generated_tokens_total Tokens generated.\n# TYPE qllm_generated_tokens_total counter\n"
+       "qllm_generated_tokens_total "
+    << generated_tokens_.load() << '\n';
+  o << "# HELP qllm_queue_depth Requests waiting for a slot.\n# TYPE qllm_queue_depth gauge\nqllm_queue_depth "
+    << st.waiting << '\n';
+  o << "# HELP qllm_active_slots Slots generating.\n# TYPE qllm_active_slots gauge\nqllm_active_slots " << st.active
+    << '\n';
+  o << "# HELP qllm_slots Slots (requests decoded together).\n# TYPE qllm_slots gauge\nqllm_slots "
+    << engine_->n_slots() << '\n';
+  o << "# HELP qllm_forward_passes_total Forward passes of the batch.\n# TYPE qllm_forward_passes_total counter\n"
+       "qllm_forward_passes_total "
+    << st.steps << '\n';
+  met_.ttft.write(o, "qllm_time_to_first_token_seconds", "Seconds from a request's arrival to its first token.");
+  met_.itl.write(o, "qllm_inter_token_seconds", "Seconds between consecutive tokens of a request.");
+  met_.duration.write(o, "qllm_request_seconds", "Seconds from a completion request's arrival to its end.");
+  return o.str();
+}
+
+void server::route() {
+  auto guarded = [this](auto&& fn) {
+    return [this, fn](const httplib::Request& req, httplib::Response& res) {
+      try {
+        if (!authorized(req))
+          throw http_error{401, "a valid API key is required (Authorization: Bearer KEY)", "authentication_error",
+                           "invalid_api_key", ""};
+        fn(req, res);
+      } catch (const http_error& e) {
+        fail(res, e);
+      } catch (const error& e) {
+        fail(res, http_error{e.code() == errc::invalid_argument ? 400 : 500, e.what(),
+                             e.code() == errc::invalid_argument ? "invalid_request_error" : "server_error", "", ""});
+      } catch (const std::bad_alloc&) {
+        fail(res, http_error{500, "out of memory", "server_error", "", ""});
+      } catch (const std::exception& e) {
+        fail(res, http_error{500, e.what(), "server_error", "", ""});
+      }
+    };
+  };
+  http_.Post("/v1/completions", guarded([this](const httplib::Request& q, httplib::Response& r) { completion(q, r, false); }));
+  http_.Post("/v1/chat/completions",
+             guarded([this](const httplib::Request& q, httplib::Response& r) { completion(q, r, true); }));
+  http_.Post("/v1/embeddings", guarded([this](const httplib::Request& q, httplib::Response& r) { embeddings(q, r); }));
+  http_.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& r) {
+              answer(r, 200,
+                     json{{"object", "list"},
+                          {"data", json::array({json{{"id", name_},
+                                                     {"object", "model"},
+                                                     {"created", started_},
+                                                     {"owned_by", "qllm"},
+                                                     {"qllm", {{"weights", model_->weight_mix()},
+                                                               {"n_ctx_per_slot", engine_->n_ctx()},
+                                                               {"slots", engine_->n_slots()},
+                                                               {"isa", model_->isa()}}}}})}});
+            }));
+  http_.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
+    if (draining_) {
+      r.set_header("Retry-After", "1");
+      answer(r, 503, json{{"status", "shutting down"}});
+    } else {
+      const auto st = engine_->get_stats();
+      answer(r, 200, json{{"status", "ok"}, {"active_slots", st.active}, {"queue_depth", st.waiting}});
+    }
+  });
+  http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
+    r.status = 200;
+    r.set_content(metrics_text(), "text/plain; version=0.0.4");
+  });
+  http_.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;  // a handler's own answer
+    std::string msg;
+    switch (res.status) {
+      case 404: msg = "no such endpoint: " + req.method + " " + req.path; break;
+      case 413: msg = "the request body is larger than the server's limit of " + std::to_string(o_.max_body) + " bytes"; break;
+      case 405: msg = "method not allowed"; break;
+      default: msg = "HTTP " + std::to_string(res.status); break;
+    }
+    const int status = res.status;
+    answer(res, status, error_body(http_error{status, msg, "invalid_request_error", "", ""}));
+  });
+  http_.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+    answer(res, 500, error_body(http_error{500, "internal error", "server_error", "", ""}));
+  });
+}
+
+int server::run() {
+  // SIGTERM and SIGINT go to one waiting thread: blocked here, before any thread starts
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is an error return, not a signal
+
+  if (!o_.api_key_file.empty()) {
+    std::ifstream f(o_.api_key_file);
+    if (!f) throw error(errc::io, "cannot read the API key file " + o_.api_key_file);
+    std::getline(f, key_);
+    while (!key_.empty() && (key_.back() == '\r' || key_.back() == ' ' || key_.back() == '\t')) key_.pop_back();
+    if (key_.empty()) throw error(errc::invalid_argument, "the API key file " + o_.api_key_file + " holds no key");
+  }
+  model_options mo;
+  mo.n_threads = o_.n_threads;
+  mo.isa = o_.isa;
+  model_ = model::load(o_.model_path, mo);
+  tok_ = model_->get_tokenizer();
+  if (!tok_) throw error(errc::unsupported, "the model file has no vocabulary: qllm serve needs one");
+  name_ = o_.model_name;
+  if (name_.empty()) {
+    name_ = std::filesystem::path(o_.model_path).filename().string();
+    if (name_.size() > 5 && name_.compare(name_.size() - 5, 5, ".gguf") == 0) name_.resize(name_.size() - 5);
+  }
+  engine_params ep;
+  ep.ctx.n_ctx = o_.n_ctx;
+  ep.ctx.n_batch = std::max<int64_t>(o_.n_batch, o_.parallel);
+  ep.ctx.n_threads = o_.n_threads;
+  ep.n_slots = o_.parallel;
+  ep.max_waiting = o_.max_queue;
+  ep.prompt_chunk = o_.prompt_chunk;
+  engine_ = std::make_unique<engine>(model_, ep);
+  context_params ecp;
+  ecp.n_ctx = engine_->n_ctx();
+  ecp.n_batch = std::min<int64_t>(o_.n_batch, ecp.n_ctx);
+  ecp.n_threads = o_.n_threads;
+  embed_ctx_ = std::make_unique<context>(model_, ecp);
+
+  const int threads = o_.http_threads > 0 ? o_.http_threads : int(std::min<int64_t>(1024, o_.parallel + o_.max_queue + 8));
+  http_.new_task_queue = [threads] { return new httplib::ThreadPool(std::size_t(threads)); };
+  http_.set_payload_max_length(std::size_t(o_.max_body));
+  http_.set_read_timeout(o_.read_timeout, 0);
+  http_.set_write_timeout(o_.read_timeout, 0);
+  http_.set_keep_alive_timeout(5);
+  route();
+  int port = o_.port;
+  if (port == 0) {
+    port = http_.bind_to_any_port(o_.host);
+    if (port < 0) throw error(errc::io, "cannot listen on " + o_.host + " (any port)");
+  } else if (!http_.bind_to_port(o_.host, port)) {
+    throw error(errc::io, "cannot listen on " + o_.host + ":" + std::to_string(port) + " (in use, or not an address here)");
+  }
+  const bool v6 = o_.host.find(':') != std::string::npos;
+  std::fprintf(stderr, "qllm serve: listening on http://%s%s%s:%d (model %s, %d slots)\n", v6 ? "[" : "",
+               o_.host.c_str(), v6 ? "]" : "", port, name_.c_str(), engine_->n_slots());
+  std::fflush(stderr);
+
+  std::thread waiter([this, sigs] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    if (sig == 0) return;  // woken by the server stopping on its own
+    std::fprintf(stderr, "qllm serve: %s: draining (grace %.0f s)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                 o_.shutdown_grace);
+    std::fflush(stderr);
+    draining_ = true;
+    http_.stop();  // no new connections; requests in progress go on
+    engine_->shutdown(std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(o_.shutdown_grace)));
+  });
+  const bool ok = http_.listen_after_bind();
+  if (waiter.joinable()) {
+    if (!draining_) pthread_kill(waiter.native_handle(), SIGTERM);  // listening failed: wake the waiter
+    waiter.join();
+  }
+  engine_.reset();  // cancels what is left, joins its thread
+  std::fprintf(stderr, "qllm serve: stopped\n");
+  return ok || draining_ ? 0 : 1;
+}
+
+}  // namespace
+
+int run(const options& o) {
+  server s(o);
+  return s.run();
+}
+
+}  // namespace qllm::serve
