@@ -169,7 +169,8 @@ code=$(curl -s -N -o "$dir/stream" -w '%{http_code}' -H 'Content-Type: applicati
 
 # replica 1 stops (SIGTERM: exit 0 within 30 s); nginx sends everything to replica 2
 kill -TERM "$pid1"
-( sleep 30; kill -KILL "$pid1" 2>/dev/null ) >/dev/null 2>&1 &
+# a watchdog: SIGKILL after 30 s (killed itself, it takes its sleep along)
+( sleep 30 & s=$!; trap 'kill "$s"; exit 0' TERM; wait "$s"; kill -KILL "$pid1" 2>/dev/null ) >/dev/null 2>&1 &
 watchdog=$!
 rc=0
 wait "$pid1" || rc=$?

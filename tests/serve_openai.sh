@@ -142,7 +142,8 @@ cpid=$!
 i=0
 while [ $i -lt 100 ] && ! grep -q '^data: ' "$dir/last" 2>/dev/null; do sleep 0.05; i=$((i + 1)); done
 kill -TERM "$pid"
-( sleep 30; kill -KILL "$pid" 2>/dev/null ) >/dev/null 2>&1 &
+# a watchdog: SIGKILL after 30 s (killed itself, it takes its sleep along)
+( sleep 30 & s=$!; trap 'kill "$s"; exit 0' TERM; wait "$s"; kill -KILL "$pid" 2>/dev/null ) >/dev/null 2>&1 &
 watchdog=$!
 rc=0
 wait "$pid" || rc=$?

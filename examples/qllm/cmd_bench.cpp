@@ -1,5 +1,7 @@
 // qllm bench: prompt processing (pp) and generation (tg) speed, like llama-bench.
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -11,6 +13,7 @@
 #include "kernels/kernel_table.hpp"
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
+#include "qllm/engine.hpp"
 #include "qllm/model.hpp"
 
 namespace qllm::cli {
@@ -30,6 +33,81 @@ stats summarize(const std::vector<double>& v) {
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+// Continuous batching: `n` requests submitted at once to an engine of n slots, each a random
+// prompt of n_prompt tokens and n_gen generated tokens (greedy, EOS ignored). Per run: aggregate
+// generated tok/s over the wall time from submit to the last token (prompts included), each
+// stream's decode rate, and every request's time to first token.
+int bench_parallel(const std::shared_ptr<const model>& m, const std::vector<int64_t>& parallel, int64_t nt,
+                   int64_t n_prompt, int64_t n_gen, int64_t reps, bool warmup, kv_type kv) {
+  const model_config& c = m->config();
+  if (n_prompt < 1 || n_gen < 1) throw error(errc::invalid_argument, "--parallel needs -p and -n of at least 1");
+  std::printf("continuous batching: prompt %lld tokens, %lld generated per request, %lld run(s) each\n",
+              (long long)n_prompt, (long long)n_gen, (long long)reps);
+  std::printf("| streams | aggregate t/s | x 1 stream | per-stream decode t/s | TTFT p50 s | TTFT p99 s | GB/s |\n");
+  std::printf("|--------:|--------------:|-----------:|----------------------:|-----------:|-----------:|-----:|\n");
+  uint32_t seed = 7;
+  auto token = [&] { return int32_t((seed = seed * 1664525u + 1013904223u) >> 8) % int32_t(c.n_vocab); };
+  double base = 0;
+  const double gb = double(m->weight_bytes()) / 1e9;
+  for (int64_t n : parallel) {
+    engine_params ep;
+    ep.ctx.n_ctx = n_prompt + n_gen + 8;
+    ep.ctx.n_batch = std::max<int64_t>(512, n);
+    ep.ctx.n_threads = int(nt);
+    ep.ctx.kv = kv;
+    ep.n_slots = int(n);
+    ep.max_waiting = n;
+    engine e(m, ep);
+    std::vector<double> aggregate, decode, ttft;
+    double steps_per_s = 0;
+    for (int64_t r = warmup ? -1 : 0; r < reps; ++r) {
+      std::mutex mu;
+      std::condition_variable cv;
+      int64_t done = 0;
+      std::vector<engine_result> res(static_cast<std::size_t>(n));
+      const uint64_t steps0 = e.get_stats().steps;
+      const double t0 = now();
+      for (int64_t i = 0; i < n; ++i) {
+        engine_request q;
+        q.prompt.resize(static_cast<std::size_t>(n_prompt));
+        for (auto& t : q.prompt) t = token();
+        q.sampling.temperature = 0;
+        q.gen.max_tokens = n_gen;
+        q.gen.stop_at_eos = false;
+        q.on_done = [&, i](const engine_result& er) {
+          std::lock_guard<std::mutex> lk(mu);
+          res[static_cast<std::size_t>(i)] = er;
+          ++done;
+          cv.notify_all();
+        };
+        e.submit(std::move(q));
+      }
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv.wait(lk, [&] { return done == n; });
+      }
+      const double wall = now() - t0;
+      if (r < 0) continue;
+      aggregate.push_back(double(n * n_gen) / wall);
+      for (const auto& er : res) {
+        if (!er.error.empty()) throw error(errc::internal, "bench request failed: " + er.error);
+        decode.push_back(er.gen.timings.generation_tokens_per_second());
+        ttft.push_back(er.first_token_seconds);
+      }
+      steps_per_s += double(e.get_stats().steps - steps0) / wall / double(reps);
+    }
+    std::sort(ttft.begin(), ttft.end());
+    auto pct = [&](double q) { return ttft[std::min(ttft.size() - 1, std::size_t(q * double(ttft.size() - 1) + 0.5))]; };
+    const stats a = summarize(aggregate), d = summarize(decode);
+    if (base == 0) base = a.mean / double(n);  // the 1-stream (or first) rate per stream
+    std::printf("| %7lld | %7.2f ± %4.2f | %10.2f | %13.2f ± %5.2f | %10.3f | %10.3f | %4.1f |\n", (long long)n, a.mean,
+                a.sd, a.mean / base, d.mean, d.sd, pct(0.5), pct(0.99), steps_per_s * gb);
+    std::fflush(stdout);
+  }
+  std::printf("peak RSS: %.2f GB\n", double(peak_rss_bytes()) / 1e9);
+  return 0;
+}
+
 }  // namespace
 
 const char* const kHelp =
@@ -43,6 +121,9 @@ const char* const kHelp =
     "  -d, --depth N           tokens already in the KV cache before each test (default 0)\n"
     "  --kv f16|f32            KV cache type (default f16)\n"
     "  --no-warmup             skip the warm-up run\n"
+    "  --parallel LIST         continuous batching instead: N concurrent requests (e.g. 1,2,4,8,16),\n"
+    "                          each a prompt of the first -p length and the first -n generated tokens;\n"
+    "                          aggregate and per-stream tok/s, time to first token p50/p99\n"
     "  -h, --help              this text\n";
 
 int cmd_bench(int argc, char** argv) {
@@ -51,6 +132,7 @@ int cmd_bench(int argc, char** argv) {
   int64_t reps = 3, depth = 0;
   bool warmup = true;
   kv_type kv = kv_type::f16;
+  std::vector<int64_t> parallel;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-m" || a == "--model") path = next_value(argc, argv, i);
@@ -60,6 +142,7 @@ int cmd_bench(int argc, char** argv) {
     else if (a == "-r" || a == "--repetitions") reps = parse_int(a, next_value(argc, argv, i), 1, 1000);
     else if (a == "-d" || a == "--depth") depth = parse_int(a, next_value(argc, argv, i), 0, 1 << 20);
     else if (a == "--no-warmup") warmup = false;
+    else if (a == "--parallel") parallel = parse_int_list(a, next_value(argc, argv, i), 1, 256);
     else if (is_help(a)) return print_help(kHelp);
     else if (a == "--kv") {
       const std::string v = next_value(argc, argv, i);
@@ -83,6 +166,7 @@ int cmd_bench(int argc, char** argv) {
   std::printf("load: %.2f s (parse %.2f, allocate %.2f, repack %.2f)\n", m->load_seconds(), st[0],
               st[1], st[2]);
   if (m->cache_status() != "off") std::printf("cache: %s\n", m->cache_status().c_str());
+  if (!parallel.empty()) return bench_parallel(m, parallel, threads.front(), pp.front(), tg.front(), reps, warmup, kv);
   std::printf("| threads | test         |           t/s |   GB/s |\n");
   std::printf("|--------:|--------------|--------------:|-------:|\n");
   uint32_t seed = 1;
