@@ -45,13 +45,13 @@ extern "C" {
 
 /* ---- version ---- */
 #define QLLM_VERSION_MAJOR 0
-#define QLLM_VERSION_MINOR 5
+#define QLLM_VERSION_MINOR 6
 #define QLLM_VERSION_PATCH 0
 #define QLLM_VERSION_NUMBER (QLLM_VERSION_MAJOR * 10000 + QLLM_VERSION_MINOR * 100 + QLLM_VERSION_PATCH)
 
 /* The library's QLLM_VERSION_NUMBER (may be newer than the header's). Thread-safe. */
 QLLM_API uint32_t qllm_version(void);
-/* "0.5.0": static storage. Thread-safe. */
+/* "0.6.0": static storage. Thread-safe. */
 QLLM_API const char* qllm_version_string(void);
 
 /* ---- status ---- */
@@ -403,6 +403,59 @@ QLLM_API qllm_status qllm_rag_ask(qllm_rag* rag, qllm_session* session, const ch
  * "reason"}]}; "" when the session's last generation was not a qllm_rag_ask. *len may be NULL.
  * Session thread rule. */
 QLLM_API qllm_status qllm_session_rag_report(const qllm_session* session, const char** json, size_t* len);
+
+/* ---- many sequences in shared forward passes (since 0.6) ---- */
+/* A batch holds n_seq sequences, each with its own KV cache, and evaluates them together: one
+ * forward pass runs the new tokens of several sequences, so the weights stream from memory once
+ * per pass for all of them (continuous batching: a server decodes one token of every user per
+ * pass). A sequence's logits are bit-identical to those of a session that evaluated the same
+ * tokens alone, whatever else shares the pass. Sampling is the caller's (e.g. one qllm_session
+ * per user is not needed: argmax, or your own sampler over the logits). One thread at a time per
+ * batch; batches on one model may run on different threads. */
+typedef struct qllm_batch qllm_batch;
+
+typedef struct qllm_batch_params {
+  uint32_t struct_size;
+  int32_t n_seq;      /* sequences, 1 .. 1024 (default 4) */
+  int32_t n_ctx;      /* window of each sequence; 0 = the model's training context (default) */
+  int32_t n_batch;    /* tokens per forward pass, all sequences together (default 512) */
+  int32_t n_threads;  /* 0 = all cores (default) */
+  int32_t kv_type;    /* QLLM_KV_F16 (default) or QLLM_KV_F32 */
+} qllm_batch_params;
+
+/* One sequence's new tokens for qllm_batch_eval. An array element: its layout is fixed and it
+ * has no struct_size. */
+typedef struct qllm_batch_entry {
+  int32_t seq;            /* 0 .. n_seq - 1; at most one entry per sequence per call */
+  int32_t want_logits;    /* nonzero: keep the logits of its last token (qllm_batch_logits) */
+  const int32_t* tokens;  /* appended after the sequence's tokens so far */
+  size_t n_tokens;        /* >= 1 */
+} qllm_batch_entry;
+
+/* As qllm_model_params_init. Thread-safe. */
+QLLM_API qllm_status qllm_batch_params_init(qllm_batch_params* p, size_t struct_size);
+/* A new batch on model (which it keeps alive); params may be NULL. The KV caches of all n_seq
+ * sequences are reserved (pages untouched until used cost no memory); a size that cannot fit
+ * this process is OUT_OF_MEMORY with the numbers. Errors: INVALID_ARGUMENT (a field out of
+ * range, named). Thread-safe. */
+QLLM_API qllm_status qllm_batch_create(const qllm_model* model, const qllm_batch_params* params, qllm_batch** out);
+/* NULL: no-op. Not while another call on the batch runs. */
+QLLM_API void qllm_batch_free(qllm_batch* batch);
+/* Appends each entry's tokens to its sequence and evaluates them, in forward passes of at most
+ * n_batch tokens that the sequences share (an entry may straddle two passes). Every entry is
+ * checked before anything changes: INVALID_ARGUMENT (no entries, a sequence out of range or
+ * repeated, no tokens, an id outside the vocabulary), CONTEXT_OVERFLOW (a sequence's window is
+ * full: the message names it; truncate it or start it again). Batch thread rule. */
+QLLM_API qllm_status qllm_batch_eval(qllm_batch* batch, const qllm_batch_entry* entries, size_t n_entries);
+/* Logits of entry `entry`'s last token in the last qllm_batch_eval (which asked for them):
+ * *logits points to n_vocab floats owned by the batch, valid until its next eval. Batch thread
+ * rule. */
+QLLM_API qllm_status qllm_batch_logits(const qllm_batch* batch, size_t entry, const float** logits, size_t* n_vocab);
+/* The number of tokens in sequence seq's cache. Batch thread rule. */
+QLLM_API qllm_status qllm_batch_n_past(const qllm_batch* batch, int32_t seq, int64_t* n_past);
+/* Keeps the first n tokens of sequence seq (0 <= n <= its n_past; 0 starts it again, e.g. for
+ * the next user of that slot). Batch thread rule. */
+QLLM_API qllm_status qllm_batch_truncate(qllm_batch* batch, int32_t seq, int64_t n);
 
 #ifdef __cplusplus
 }

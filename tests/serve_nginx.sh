@@ -9,7 +9,10 @@ set -eu
 run=${QLLM_RUNNER:-}
 qllm="$1"; src="$2"
 model="$src/models/tiny-kjv.q8_0.gguf"
-nginx=$(command -v nginx 2>/dev/null || true)
+# Debian's nginx as scripts/install-deps.sh unpacks it, else an installed one
+nginx=
+[ -x "$src/.cache/nginx/usr/sbin/nginx" ] && nginx="$src/.cache/nginx/usr/sbin/nginx"
+[ -n "$nginx" ] || nginx=$(command -v nginx 2>/dev/null || true)
 [ -n "$nginx" ] || { [ -x /usr/sbin/nginx ] && nginx=/usr/sbin/nginx; } || true
 [ -n "$nginx" ] || { echo "nginx is not installed: skipped"; exit 77; }
 command -v curl >/dev/null 2>&1 || { echo "curl is not installed: skipped"; exit 77; }

@@ -150,6 +150,9 @@ wait "$pid" || rc=$?
 pid=
 kill "$watchdog" 2>/dev/null || true
 [ "$rc" -eq 0 ] || fail "the server exited with status $rc after SIGTERM (137: still running after 30 s)"
-wait "$cpid" || fail "the stream running at SIGTERM failed"
+crc=0
+wait "$cpid" || crc=$?
+events=$(grep -c '^data: ' "$dir/last" || true)
+[ "$crc" -eq 0 ] || fail "the stream running at SIGTERM was cut (curl exit $crc after $events events)"
 [ "$(grep -v '^$' "$dir/last" | tail -n 1)" = "data: [DONE]" ] || fail "the stream running at SIGTERM did not end with data: [DONE]"
 echo "serve openai: ok"

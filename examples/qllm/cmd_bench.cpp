@@ -36,19 +36,19 @@ double now() {
 // Continuous batching: `n` requests submitted at once to an engine of n slots, each a random
 // prompt of n_prompt tokens and n_gen generated tokens (greedy, EOS ignored). Per run: aggregate
 // generated tok/s over the wall time from submit to the last token (prompts included), each
-// stream's decode rate, and every request's time to first token.
+// stream's decode rate, the decode rate of all streams together once every prompt is done, and
+// every request's time to first token.
 int bench_parallel(const std::shared_ptr<const model>& m, const std::vector<int64_t>& parallel, int64_t nt,
                    int64_t n_prompt, int64_t n_gen, int64_t reps, bool warmup, kv_type kv) {
   const model_config& c = m->config();
   if (n_prompt < 1 || n_gen < 1) throw error(errc::invalid_argument, "--parallel needs -p and -n of at least 1");
   std::printf("continuous batching: prompt %lld tokens, %lld generated per request, %lld run(s) each\n",
               (long long)n_prompt, (long long)n_gen, (long long)reps);
-  std::printf("| streams | aggregate t/s | x 1 stream | per-stream decode t/s | TTFT p50 s | TTFT p99 s | GB/s |\n");
-  std::printf("|--------:|--------------:|-----------:|----------------------:|-----------:|-----------:|-----:|\n");
+  std::printf("| streams | aggregate t/s | x 1 stream | decode t/s, all streams | x 1 stream | per-stream decode t/s | TTFT p50 s | TTFT p99 s |\n");
+  std::printf("|--------:|--------------:|-----------:|------------------------:|-----------:|----------------------:|-----------:|-----------:|\n");
   uint32_t seed = 7;
   auto token = [&] { return int32_t((seed = seed * 1664525u + 1013904223u) >> 8) % int32_t(c.n_vocab); };
-  double base = 0;
-  const double gb = double(m->weight_bytes()) / 1e9;
+  double base = 0, dbase = 0;
   for (int64_t n : parallel) {
     engine_params ep;
     ep.ctx.n_ctx = n_prompt + n_gen + 8;
@@ -58,14 +58,12 @@ int bench_parallel(const std::shared_ptr<const model>& m, const std::vector<int6
     ep.n_slots = int(n);
     ep.max_waiting = n;
     engine e(m, ep);
-    std::vector<double> aggregate, decode, ttft;
-    double steps_per_s = 0;
+    std::vector<double> aggregate, decode, decode_all, ttft;
     for (int64_t r = warmup ? -1 : 0; r < reps; ++r) {
       std::mutex mu;
       std::condition_variable cv;
       int64_t done = 0;
       std::vector<engine_result> res(static_cast<std::size_t>(n));
-      const uint64_t steps0 = e.get_stats().steps;
       const double t0 = now();
       for (int64_t i = 0; i < n; ++i) {
         engine_request q;
@@ -89,19 +87,32 @@ int bench_parallel(const std::shared_ptr<const model>& m, const std::vector<int6
       const double wall = now() - t0;
       if (r < 0) continue;
       aggregate.push_back(double(n * n_gen) / wall);
+      // decode, all streams: tokens after each stream's first, over the time from the last first
+      // token to the end (every stream decoding: prompts are done)
+      double last_first = 0, after = 0;
       for (const auto& er : res) {
         if (!er.error.empty()) throw error(errc::internal, "bench request failed: " + er.error);
         decode.push_back(er.gen.timings.generation_tokens_per_second());
         ttft.push_back(er.first_token_seconds);
+        last_first = std::max(last_first, er.first_token_seconds);
       }
-      steps_per_s += double(e.get_stats().steps - steps0) / wall / double(reps);
+      for (const auto& er : res) {
+        const double end = er.first_token_seconds + er.gen.timings.generation_seconds;
+        const double span = er.gen.timings.generation_seconds;
+        // the share of this stream's decode tokens produced after last_first
+        if (end > last_first && span > 0)
+          after += double(er.gen.timings.n_generated - 1) * std::min(1.0, (end - last_first) / span);
+      }
+      if (wall > last_first) decode_all.push_back(after / (wall - last_first));
     }
     std::sort(ttft.begin(), ttft.end());
     auto pct = [&](double q) { return ttft[std::min(ttft.size() - 1, std::size_t(q * double(ttft.size() - 1) + 0.5))]; };
-    const stats a = summarize(aggregate), d = summarize(decode);
+    const stats a = summarize(aggregate), d = summarize(decode), da = summarize(decode_all);
     if (base == 0) base = a.mean / double(n);  // the 1-stream (or first) rate per stream
-    std::printf("| %7lld | %7.2f ± %4.2f | %10.2f | %13.2f ± %5.2f | %10.3f | %10.3f | %4.1f |\n", (long long)n, a.mean,
-                a.sd, a.mean / base, d.mean, d.sd, pct(0.5), pct(0.99), steps_per_s * gb);
+    if (dbase == 0) dbase = da.mean / double(n);
+    std::printf("| %7lld | %7.2f ± %4.2f | %10.2f | %15.2f ± %5.2f | %10.2f | %13.2f ± %5.2f | %10.3f | %10.3f |\n",
+                (long long)n, a.mean, a.sd, a.mean / base, da.mean, da.sd, da.mean / dbase, d.mean, d.sd, pct(0.5),
+                pct(0.99));
     std::fflush(stdout);
   }
   std::printf("peak RSS: %.2f GB\n", double(peak_rss_bytes()) / 1e9);

@@ -116,6 +116,7 @@ class engine {
   uint64_t next_id_ = 1;
   bool stop_ = false, draining_ = false;
   int active_ = 0;
+  int finishing_ = 0;  // requests whose on_done is running
   stats st_;
   std::thread thread_;
 };

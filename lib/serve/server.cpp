@@ -366,6 +366,16 @@ struct channel {
   bool any_token = false;
 };
 
+// Counts a request as in flight from its start until its response is written (streams: until
+// httplib releases the content provider).
+struct in_flight_guard {
+  std::atomic<int64_t>& n;
+  explicit in_flight_guard(std::atomic<int64_t>& c) : n(c) { ++n; }
+  ~in_flight_guard() { --n; }
+  in_flight_guard(const in_flight_guard&) = delete;
+  in_flight_guard& operator=(const in_flight_guard&) = delete;
+};
+
 class server {
  public:
   explicit server(const options& o) : o_(o) {}
@@ -426,6 +436,8 @@ bool server::authorized(const httplib::Request& req) const {
 
 void server::completion(const httplib::Request& req, httplib::Response& res, bool chat) {
   const auto t_start = clock::now();
+  auto flight = std::make_shared<in_flight_guard>(in_flight_);
+  if (draining_) throw http_error{503, "the server is shutting down", "server_error", "shutting_down", ""};
   json body = json::parse(req.body, nullptr, false);
   if (body.is_discarded()) bad_request("the body is not valid JSON");
   if (!body.is_object()) bad_request("the body must be a JSON object");
@@ -701,12 +713,14 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
         sink.done();
         return true;
       },
-      [ch, eng, id](bool success) {
+      [ch, eng, id, flight](bool success) {
         if (!success) eng->cancel(id);  // the client went away before the end
       });
 }
 
 void server::embeddings(const httplib::Request& req, httplib::Response& res) {
+  in_flight_guard flight(in_flight_);
+  if (draining_) throw http_error{503, "the server is shutting down", "server_error", "shutting_down", ""};
   json body = json::parse(req.body, nullptr, false);
   if (body.is_discarded()) bad_request("the body is not valid JSON");
   if (!body.is_object()) bad_request("the body must be a JSON object");
@@ -926,9 +940,14 @@ int server::run() {
     std::fprintf(stderr, "qllm serve: %s: draining (grace %.0f s)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                  o_.shutdown_grace);
     std::fflush(stderr);
+    // New requests are answered 503 (and /health says so, for load balancers) while the running
+    // ones finish, up to the grace period; then their last events are written, and only then does
+    // the listener close (httplib stops writing streams once it is stopped).
     draining_ = true;
-    http_.stop();  // no new connections; requests in progress go on
     engine_->shutdown(std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(o_.shutdown_grace)));
+    const auto until = clock::now() + std::chrono::seconds(5);
+    while (in_flight_.load() > 0 && clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    http_.stop();
   });
   const bool ok = http_.listen_after_bind();
   if (waiter.joinable()) {

@@ -131,10 +131,10 @@ void engine::shutdown(std::chrono::steady_clock::duration deadline) {
   const auto until = clock::now() + deadline;
   std::unique_lock<std::mutex> lk(mu_);
   draining_ = true;
-  if (!idle_cv_.wait_until(lk, until, [&] { return active_ == 0 && waiting_.empty(); })) {
+  if (!idle_cv_.wait_until(lk, until, [&] { return active_ == 0 && finishing_ == 0 && waiting_.empty(); })) {
     for (auto& [id, flag] : cancel_flags_) flag->store(true);
     cv_.notify_all();
-    idle_cv_.wait(lk, [&] { return active_ == 0 && waiting_.empty(); });
+    idle_cv_.wait(lk, [&] { return active_ == 0 && finishing_ == 0 && waiting_.empty(); });
   }
 }
 
@@ -169,6 +169,16 @@ void engine::finish(slot& s, const std::string& err) {
       }
     }
   }
+  // counted as ended before on_done runs, so a caller woken by it sees the stats it expects;
+  // shutdown() still waits for the callback (finishing_)
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    cancel_flags_.erase(s.p->id);
+    --active_;
+    ++finishing_;
+    ++st_.finished;
+    st_.generated_tokens += uint64_t(r.gen.timings.n_generated);
+  }
   if (s.p->req.on_done) {
     try {
       s.p->req.on_done(r);
@@ -177,10 +187,7 @@ void engine::finish(slot& s, const std::string& err) {
   }
   {
     std::lock_guard<std::mutex> lk(mu_);
-    cancel_flags_.erase(s.p->id);
-    --active_;
-    ++st_.finished;
-    st_.generated_tokens += uint64_t(r.gen.timings.n_generated);
+    --finishing_;
   }
   s.busy = false;
   s.p.reset();

@@ -16,6 +16,8 @@ static_assert(sizeof(qllm_cot_params) == 48, "qllm_cot_params layout changed");
 static_assert(sizeof(qllm_rag_index_params) == 12, "qllm_rag_index_params layout changed");
 static_assert(sizeof(qllm_rag_index_result) == 40, "qllm_rag_index_result layout changed");
 static_assert(sizeof(qllm_rag_ask_params) == 32, "qllm_rag_ask_params layout changed");
+static_assert(sizeof(qllm_batch_params) == 24, "qllm_batch_params layout changed");
+static_assert(sizeof(qllm_batch_entry) == 24, "qllm_batch_entry must stay two int32, a pointer and a size");
 static_assert(offsetof(qllm_session_params, seed) == 64, "qllm_session_params layout changed");
 static_assert(offsetof(qllm_model_info, load_seconds) == 120, "qllm_model_info layout changed");
 static_assert(offsetof(qllm_model_info, weight_mix) == 128, "qllm_model_info layout changed");

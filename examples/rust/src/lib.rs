@@ -78,7 +78,7 @@ fn bytes_to_string(v: Vec<c_char>) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| invalid("library returned invalid UTF-8"))
 }
 
-/// The library's version, e.g. "0.5.0".
+/// The library's version, e.g. "0.6.0".
 pub fn version() -> String {
     cstr(unsafe { ffi::qllm_version_string() })
 }
