@@ -302,8 +302,10 @@ void parse_common(const json& body, const model& m, gen_settings& g, int64_t def
     } else {
       bad_request("'stop' must be a string or an array of strings", "stop");
     }
-    for (const auto& x : r.gen.stop)
+    for (const auto& x : r.gen.stop) {
       if (x.empty()) bad_request("'stop' strings must not be empty", "stop");
+      if (x.size() > 1024) bad_request("'stop' strings must be at most 1024 bytes", "stop");
+    }
   }
   const std::string policy = get_string(body, "context_policy", "error");
   try {
@@ -413,6 +415,12 @@ void server::answer(httplib::Response& res, int status, const json& body) {
   met_.count(status);
 }
 
+// /health and /metrics: not counted in qllm_requests_total (load balancers and scrapers poll them)
+void answer_uncounted(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+}
+
 void server::fail(httplib::Response& res, const http_error& e) {
   if (e.status == 429 || e.status == 503) res.set_header("Retry-After", "1");
   answer(res, e.status, error_body(e));
@@ -513,8 +521,10 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
   }
   if (auto it = body.find("model"); it != body.end() && !it->is_null() && !it->is_string())
     bad_request("'model' must be a string", "model");
-  const int64_t limit = o_.max_prompt_tokens > 0 ? o_.max_prompt_tokens : engine_->n_ctx();
-  if (int64_t(prompt.size()) > limit && g.req.policy == context_policy::error)
+  // an operator's limit (--max-prompt-tokens); the window itself is the engine's fit, whose
+  // message is qllm run's
+  const int64_t limit = o_.max_prompt_tokens;
+  if (limit > 0 && int64_t(prompt.size()) > limit)
     throw http_error{400,
                      "the prompt has " + std::to_string(prompt.size()) + " tokens, " +
                          std::to_string(int64_t(prompt.size()) - limit) + " too many for this server's limit of " +
@@ -759,6 +769,11 @@ void server::embeddings(const httplib::Request& req, httplib::Response& res) {
                            std::to_string(embed_ctx_->n_ctx()),
                        "invalid_request_error", "context_length_exceeded", "input"};
     total += int64_t(toks.size());
+    if (total > embed_ctx_->n_ctx())
+      throw http_error{400,
+                       "the inputs have more than " + std::to_string(embed_ctx_->n_ctx()) +
+                           " tokens in all (one window per request): send them in several requests",
+                       "invalid_request_error", "context_length_exceeded", "input"};
     std::vector<float> e;
     {
       std::lock_guard<std::mutex> lk(embed_mu_);
@@ -780,7 +795,7 @@ void server::embeddings(const httplib::Request& req, httplib::Response& res) {
 std::string server::metrics_text() {
   std::ostringstream o;
   const auto st = engine_->get_stats();
-  o << "# HELP qllm_requests_total HTTP requests answered, by status code.\n# TYPE qllm_requests_total counter\n";
+  o << "# HELP qllm_requests_total HTTP requests to /v1 answered, by status code (499: the client left first).\n# TYPE qllm_requests_total counter\n";
   {
     std::lock_guard<std::mutex> lk(met_.mu);
     if (met_.by_status.empty()) o << "qllm_requests_total{status=\"200\"} 0\n";
@@ -846,10 +861,10 @@ void server::route() {
   http_.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
     if (draining_) {
       r.set_header("Retry-After", "1");
-      answer(r, 503, json{{"status", "shutting down"}});
+      answer_uncounted(r, 503, json{{"status", "shutting down"}});
     } else {
       const auto st = engine_->get_stats();
-      answer(r, 200, json{{"status", "ok"}, {"active_slots", st.active}, {"queue_depth", st.waiting}});
+      answer_uncounted(r, 200, json{{"status", "ok"}, {"active_slots", st.active}, {"queue_depth", st.waiting}});
     }
   });
   http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
