@@ -67,8 +67,9 @@ port_of() {
 }
 start_replica 1
 start_replica 2
-port1=$(port_of 1) || fail "replica 1 did not start"
-port2=$(port_of 2) || fail "replica 2 did not start"
+# (how a replica that did not start ended goes into the message; its stderr follows on exit)
+if ! port1=$(port_of 1); then rc=0; wait "$pid1" || rc=$?; fail "replica 1 did not start (exit status $rc)"; fi
+if ! port2=$(port_of 2); then rc=0; wait "$pid2" || rc=$?; fail "replica 2 did not start (exit status $rc)"; fi
 echo "replicas on ports $port1 and $port2"
 
 # a free port for nginx

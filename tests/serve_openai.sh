@@ -46,7 +46,7 @@ i=0
 while [ $i -lt 600 ]; do
   line=$(grep '^qllm serve: listening on http://' "$dir/server.err" || true)
   [ -n "$line" ] && break
-  kill -0 "$pid" 2>/dev/null || fail "the server exited before listening"
+  kill -0 "$pid" 2>/dev/null || { rc=0; wait "$pid" || rc=$?; fail "the server exited before listening (exit status $rc)"; }
   sleep 0.1
   i=$((i + 1))
 done
