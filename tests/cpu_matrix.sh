@@ -6,7 +6,7 @@
 #   Nehalem: no AVX at all                  -> scalar
 #   aarch64:max (Armv8.x+ with dotprod)     -> neon_dotprod
 #   aarch64:cortex-a53 (Armv8.0, no dotprod) -> neon
-# For each: `qllm info` (the table), the kernel, model, session and C ABI suites, and greedy
+# For each: `qllm info` (the table), the kernel, model, session, batch and C ABI suites, and greedy
 # `qllm run` on generated Q4_0, Q8_0 and F16 models with 1, 2 and 3 threads. Every run's text must
 # equal the native 1-thread run's byte for byte (the tables are bit-identical to the scalar
 # reference, and threads split rows, never a reduction). Natively, every runnable table forced
@@ -110,11 +110,14 @@ for cpu in "${cpus[@]}"; do
     got=$(sed -n 's/^kernels: *\([a-z0-9_]*\).*/\1/p' "$dir/info.txt")
     if [ -z "$want" ] || [ "$got" = "$want" ]; then ok "$cpu: qllm info chooses $got"; else bad "$cpu: qllm info chooses '$got', expected $want"; fi
   fi
-  for s in kernels model session capi; do
+  for s in kernels model session batch capi; do
     # the C ABI's retrieval and chain-of-thought cases hold no ISA-dependent code (their model
-    # calls are the session's, checked here) and take minutes emulated: the native suites run them
+    # calls are the session's, checked here) and take minutes emulated: the native suites run them;
+    # of the batch suite, the batched-equals-solo logits (every kernel table's GEMM tiles at
+    # several row counts), not the engine's scheduling
     filter=()
     [ "$s" = capi ] && filter=(--test-case-exclude='*retrieval*,*chain of thought through*')
+    [ "$s" = batch ] && filter=(--test-case='batch_context*')
     if as_cpu "$cpu" "$b/tests/test_$s" "${filter[@]}" >"$dir/suite.txt" 2>&1; then
       ok "$cpu: test_$s ($(grep -o 'assertions: *[0-9]*' "$dir/suite.txt" | tr -s ' '))"
     else
