@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -193,6 +194,13 @@ TEST_CASE("batch_context: bad entries change nothing; cancel restores every sequ
   stop = false;
   b.eval(std::vector<batch_context::entry>{{2, t, true}});
   CHECK(b.n_past(2) == 10);
+  CHECK_NOTHROW(b.logits(0));
+  CHECK_THROWS_AS(b.eval(std::vector<batch_context::entry>{{0, bad, true}}), error);
+  CHECK_THROWS_AS(b.logits(0), error);  // a failed eval leaves no stale logits
+  // a size no buffer can have is refused before it is used as a count
+  CHECK_THROWS_AS(b.eval(std::vector<batch_context::entry>{{0, std::span<const int32_t>(t.data(), SIZE_MAX / 8), true}}),
+                  error);
+  CHECK(past() == std::vector<int64_t>{10, 10, 10});
   CHECK_THROWS_AS(b.truncate(2, 11), error);
   CHECK_THROWS_AS(b.n_past(-1), error);
   CHECK_THROWS_AS(batch_context(m, cp, 0), error);
@@ -355,6 +363,37 @@ TEST_CASE("engine: stop strings, limits, full windows, cancels and a bounded que
     }
     CHECK(results[2].gen.finish == finish_reason::context_full);
     CHECK(e.get_stats().active == 0);
+  }
+  SUBCASE("a queued request cancelled before it has a slot leaves the queue at once") {
+    std::atomic<bool> release{false};
+    std::atomic<int> done{0};
+    std::vector<finish_reason> why(4, finish_reason::eos);
+    auto make = [&](int i) {
+      auto r = greedy_request(tokens(5, i, V), 8);
+      r.gen.stop_at_eos = false;
+      r.on_token = [&, i](std::string_view, int32_t) {
+        while (i < 2 && !release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        return true;
+      };
+      r.on_done = [&, i](const engine_result& res) {
+        why[std::size_t(i)] = res.gen.finish;
+        ++done;
+      };
+      return r;
+    };
+    e.submit(make(0));
+    e.submit(make(1));  // two slots, both blocked in their callbacks
+    const auto queued = e.submit(make(2));
+    CHECK_THROWS_AS(e.submit(make(3)), error);  // the queue (1) is full
+    e.cancel(queued.id);
+    // the engine thread is blocked in a callback: the queue is emptied by the next step at the
+    // latest; release, then the cancelled request must end without having run
+    release = true;
+    for (int i = 0; i < 5000 && done < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    CHECK(done == 3);
+    CHECK(why[2] == finish_reason::cancelled);
+    CHECK(why[0] == finish_reason::max_tokens);
+    CHECK(e.get_stats().waiting == 0);
   }
 }
 

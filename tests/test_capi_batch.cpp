@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -102,6 +103,11 @@ TEST_CASE("C ABI batch: four sequences decoded together give each session's gree
   CHECK(qllm_batch_eval(b, &null_tokens, 1) == QLLM_ERR_INVALID_ARGUMENT);
   CHECK(qllm_batch_eval(b, nullptr, 1) == QLLM_ERR_INVALID_ARGUMENT);
   CHECK(qllm_batch_eval(nullptr, es.data(), 1) == QLLM_ERR_INVALID_ARGUMENT);
+  qllm_batch_entry huge = {0, 1, next.data(), SIZE_MAX};  // never read: refused by its size
+  CHECK(qllm_batch_eval(b, &huge, 1) == QLLM_ERR_CONTEXT_OVERFLOW);
+  const float* stale = nullptr;
+  size_t stale_n = 0;
+  CHECK(qllm_batch_logits(b, 0, &stale, &stale_n) == QLLM_ERR_INVALID_ARGUMENT);  // no logits after a failure
   std::vector<int32_t> many(200, 5);
   qllm_batch_entry overflow = {3, 1, many.data(), many.size()};
   CHECK(qllm_batch_eval(b, &overflow, 1) == QLLM_ERR_CONTEXT_OVERFLOW);

@@ -262,6 +262,9 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
 }
 
 void context_impl::check_tokens(std::span<const int32_t> tokens) const {
+  if (tokens.size() > std::size_t(n_ctx))  // more than any window: before the size is used as a count
+    throw error(errc::context_overflow, "eval: " + std::to_string(tokens.size()) + " tokens do not fit the context of " +
+                                            std::to_string(n_ctx));
   const int64_t n = int64_t(tokens.size());
   if (n == 0) throw error(errc::invalid_argument, "eval: no tokens");
   for (int64_t i = 0; i < n; ++i) {
@@ -410,6 +413,7 @@ void batch_context::eval(std::span<const entry> entries) {
   if (entries.size() > std::size_t(ci.n_seq))
     throw error(errc::invalid_argument, "batch eval: " + std::to_string(entries.size()) + " entries for " +
                                             std::to_string(ci.n_seq) + " sequences (one entry per sequence)");
+  logit_row_.clear();  // a failed eval leaves no logits behind
   // Everything checked before any state changes.
   seen_.assign(std::size_t(ci.n_seq), 0);
   for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -417,12 +421,18 @@ void batch_context::eval(std::span<const entry> entries) {
     check_seq(e.seq, "batch eval");
     if (seen_[std::size_t(e.seq)]++)
       throw error(errc::invalid_argument, "batch eval: sequence " + std::to_string(e.seq) + " appears twice");
+    const int64_t past = ci.past[std::size_t(e.seq)];
+    if (e.tokens.size() > std::size_t(ci.n_ctx - past))  // before any arithmetic on the size
+      throw error(errc::context_overflow, "batch eval: sequence " + std::to_string(e.seq) + ": " +
+                                              std::to_string(e.tokens.size()) + " tokens after " +
+                                              std::to_string(past) + " do not fit the context of " +
+                                              std::to_string(ci.n_ctx));
     try {
       ci.check_tokens(e.tokens);
     } catch (const error& x) {
       throw error(x.code(), "sequence " + std::to_string(e.seq) + ": " + x.what());
     }
-    const int64_t n = int64_t(e.tokens.size()), past = ci.past[std::size_t(e.seq)];
+    const int64_t n = int64_t(e.tokens.size());
     if (past + n > ci.n_ctx)
       throw error(errc::context_overflow, "batch eval: sequence " + std::to_string(e.seq) + ": " +
                                               std::to_string(n) + " tokens after " + std::to_string(past) +

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <ctime>
 #include <chrono>
@@ -229,7 +230,8 @@ void check_fields(const json& body, std::initializer_list<const char*> known) {
         (k == "logprobs" && (v.is_null() || v == false)) || (k == "top_logprobs" && (v.is_null() || v == 0)) ||
         (k == "echo" && (v.is_null() || v == false)) || (k == "suffix" && (v.is_null() || v == "")) ||
         (k == "best_of" && (v.is_null() || v == 1)) ||
-        (k == "response_format" && (v.is_null() || (v.is_object() && v.value("type", "") == "text"))))
+        (k == "response_format" &&
+         (v.is_null() || (v.is_object() && v.contains("type") && v["type"].is_string() && v["type"] == "text"))))
       continue;
     if (k == "logprobs" || k == "top_logprobs" || k == "echo" || k == "suffix" || k == "best_of" ||
         k == "response_format" || k == "tools" || k == "tool_choice" || k == "functions")
@@ -249,8 +251,12 @@ void parse_common(const json& body, const model& m, gen_settings& g, int64_t def
   const int64_t n = get_int(body, "n", 1, 1 << 20, 1);
   if (n != 1) bad_request("'n' must be 1 (one choice per request)", "n");
   g.stream = get_bool(body, "stream", false);
-  if (auto it = body.find("stream_options"); it != body.end() && it->is_object())
-    g.include_usage = it->value("include_usage", false) == true;
+  if (auto it = body.find("stream_options"); it != body.end() && it->is_object()) {
+    auto u = it->find("include_usage");
+    if (u != it->end() && !u->is_null() && !u->is_boolean())
+      bad_request("'stream_options.include_usage' must be a boolean", "stream_options");
+    g.include_usage = u != it->end() && u->is_boolean() && u->get<bool>();
+  }
   engine_request& r = g.req;
   sampler_params& s = r.sampling;
   // OpenAI's defaults: temperature 1, top_p 1, nothing else filters
@@ -431,8 +437,10 @@ void server::fail(httplib::Response& res, const http_error& e) {
 bool server::authorized(const httplib::Request& req) const {
   if (key_.empty()) return true;
   const std::string h = req.get_header_value("Authorization");
-  const std::string prefix = "Bearer ";
-  if (h.size() < prefix.size() || h.compare(0, prefix.size(), prefix) != 0) return false;
+  const std::string prefix = "bearer ";  // the scheme is case-insensitive (RFC 7235)
+  if (h.size() < prefix.size()) return false;
+  for (std::size_t i = 0; i < prefix.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(h[i])) != prefix[i]) return false;
   const std::string_view given(h.data() + prefix.size(), h.size() - prefix.size());
   unsigned diff = given.size() == key_.size() ? 0u : 1u;
   for (std::size_t i = 0; i < key_.size(); ++i) {
@@ -471,7 +479,8 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
         text = content->get<std::string>();
       } else if (content->is_array()) {  // content parts: text only
         for (const auto& part : *content) {
-          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+          if (!part.is_object() || !part.contains("type") || !part["type"].is_string() || part["type"] != "text" ||
+              !part.contains("text") || !part["text"].is_string())
             bad_request("only text content parts are supported", "messages");
           text += part["text"].get<std::string>();
         }
@@ -626,6 +635,8 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
     }
     if (timed_out) throw http_error{504, "the request took longer than the server's limit", "server_error", "timeout", ""};
     if (!r.error.empty()) throw http_error{500, r.error, "server_error", "", ""};
+    if (r.gen.finish == finish_reason::cancelled)  // only a shutdown cancels what the caller did not
+      throw http_error{503, "the server is shutting down; the request was stopped", "server_error", "shutting_down", ""};
     std::string text = r.gen.text;
     if (chat && !text.empty() && text[0] == ' ') text.erase(0, 1);
     json choice = {{"index", 0}, {"finish_reason", finish_name(r.gen.finish)}};
@@ -650,6 +661,7 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
   const std::string name = name_;
   const bool include_usage = g.include_usage;
   auto state = std::make_shared<int>(0);  // 0: nothing sent, 1: role sent, 2: finished
+  auto late = std::make_shared<bool>(false);  // past --timeout: cancelled, the stream to be ended
   auto chunk = [rid, object, created, name, chat](const std::string& text, const json& finish) {
     json choice = {{"index", 0}, {"finish_reason", finish}};
     if (chat)
@@ -663,7 +675,7 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
   };
   res.set_chunked_content_provider(
       "text/event-stream",
-      [ch, state, chunk, deadline, eng, id, chat, qllm_ext, include_usage, usage, on_finished, sock](
+      [ch, state, late, chunk, deadline, eng, id, chat, qllm_ext, include_usage, usage, on_finished, sock](
           std::size_t, httplib::DataSink& sink) {
         auto send = [&](const json& j) {
           const std::string ev = "data: " + dump(j) + "\n\n";
@@ -696,16 +708,23 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
           }
         }
         if (!done) {
-          if (client_gone(sock) || clock::now() > deadline) {
+          if (client_gone(sock)) {
             eng->cancel(id);
             return false;
+          }
+          if (!*late && clock::now() > deadline) {  // stop it, then end the stream properly
+            *late = true;
+            eng->cancel(id);
           }
           return true;
         }
         on_finished(r);
         *state = 2;
-        if (!r.error.empty()) {
-          send(json{{"error", {{"message", r.error}, {"type", "server_error"}}}});
+        if (!r.error.empty() || r.gen.finish == finish_reason::cancelled) {
+          const std::string msg = !r.error.empty() ? r.error
+                                  : *late         ? "the request took longer than the server's limit"
+                                                  : "the server is shutting down; the request was stopped";
+          if (!send(json{{"error", {{"message", msg}, {"type", "server_error"}}}})) return false;
         } else {
           json last = chunk("", finish_name(r.gen.finish));
           if (chat) last["choices"][0]["delta"] = json::object();
@@ -832,6 +851,9 @@ void server::route() {
         fn(req, res);
       } catch (const http_error& e) {
         fail(res, e);
+      } catch (const json::exception& e) {  // a field of the wrong type read by the JSON library
+        fail(res, http_error{400, std::string("a field has the wrong type: ") + e.what(), "invalid_request_error", "",
+                             ""});
       } catch (const error& e) {
         fail(res, http_error{e.code() == errc::invalid_argument ? 400 : 500, e.what(),
                              e.code() == errc::invalid_argument ? "invalid_request_error" : "server_error", "", ""});
@@ -902,6 +924,7 @@ int server::run() {
     if (!f) throw error(errc::io, "cannot read the API key file " + o_.api_key_file);
     std::getline(f, key_);
     while (!key_.empty() && (key_.back() == '\r' || key_.back() == ' ' || key_.back() == '\t')) key_.pop_back();
+    while (!key_.empty() && (key_.front() == ' ' || key_.front() == '\t')) key_.erase(0, 1);
     if (key_.empty()) throw error(errc::invalid_argument, "the API key file " + o_.api_key_file + " holds no key");
   }
   model_options mo;
@@ -948,11 +971,13 @@ int server::run() {
                o_.host.c_str(), v6 ? "]" : "", port, name_.c_str(), engine_->n_slots());
   std::fflush(stderr);
 
-  std::thread waiter([this, sigs] {
+  std::atomic<bool> listen_done{false}, signalled{false};
+  std::thread waiter([this, sigs, &listen_done, &signalled] {
     int sig = 0;
     sigwait(&sigs, &sig);
-    if (sig == 0) return;  // woken by the server stopping on its own
-    std::fprintf(stderr, "qllm serve: %s: draining (grace %.0f s)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+    if (listen_done) return;  // woken because listening ended on its own
+    signalled = true;
+    std::fprintf(stderr, "qllm serve: %s: draining (grace %g s)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                  o_.shutdown_grace);
     std::fflush(stderr);
     // New requests are answered 503 (and /health says so, for load balancers) while the running
@@ -960,18 +985,31 @@ int server::run() {
     // the listener close (httplib stops writing streams once it is stopped).
     draining_ = true;
     engine_->shutdown(std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(o_.shutdown_grace)));
-    const auto until = clock::now() + std::chrono::seconds(5);
+    auto until = clock::now() + std::chrono::seconds(5);
     while (in_flight_.load() > 0 && clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     http_.stop();
+    // httplib joins its connection threads; a client that keeps a connection open without
+    // finishing its request (a slow or stalled sender) must not hold the exit beyond this
+    until = clock::now() + std::chrono::seconds(5);
+    while (!listen_done && clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!listen_done) {
+      std::fprintf(stderr, "qllm serve: connections still open 5 s after the drain: exiting\n");
+      std::fflush(stderr);
+      std::_Exit(0);
+    }
   });
   const bool ok = http_.listen_after_bind();
-  if (waiter.joinable()) {
-    if (!draining_) pthread_kill(waiter.native_handle(), SIGTERM);  // listening failed: wake the waiter
-    waiter.join();
-  }
+  listen_done = true;
+  if (!signalled) pthread_kill(waiter.native_handle(), SIGTERM);  // wake the waiter: it returns
+  waiter.join();
   engine_.reset();  // cancels what is left, joins its thread
+  if (!signalled) {
+    std::fprintf(stderr, "qllm serve: stopped listening on its own (accept failed)\n");
+    return 1;
+  }
   std::fprintf(stderr, "qllm serve: stopped\n");
-  return ok || draining_ ? 0 : 1;
+  (void)ok;
+  return 0;
 }
 
 }  // namespace

@@ -123,8 +123,11 @@ engine::submitted engine::submit(engine_request r) {
 }
 
 void engine::cancel(uint64_t id) noexcept {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (auto it = cancel_flags_.find(id); it != cancel_flags_.end()) it->second->store(true);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (auto it = cancel_flags_.find(id); it != cancel_flags_.end()) it->second->store(true);
+  }
+  cv_.notify_all();  // a queued request leaves the queue now, not when a slot frees
 }
 
 void engine::shutdown(std::chrono::steady_clock::duration deadline) {
@@ -232,6 +235,34 @@ void engine::run() {
         }
         idle_cv_.notify_all();
         return;
+      }
+      // queued requests cancelled before they got a slot end now (their place in the queue and
+      // their callers' threads are freed)
+      for (auto it = waiting_.begin(); it != waiting_.end();) {
+        if (!(*it)->cancel->load(std::memory_order_relaxed)) {
+          ++it;
+          continue;
+        }
+        auto p = std::move(*it);
+        it = waiting_.erase(it);
+        cancel_flags_.erase(p->id);
+        ++st_.finished;
+        ++finishing_;
+        lk.unlock();
+        engine_result r;
+        r.gen.finish = finish_reason::cancelled;
+        r.gen.fit = p->fit;
+        r.queue_seconds = seconds(p->submitted, clock::now());
+        if (p->req.on_done) {
+          try {
+            p->req.on_done(r);
+          } catch (...) {
+          }
+        }
+        lk.lock();
+        --finishing_;
+        it = waiting_.begin();  // the queue may have changed while unlocked
+        idle_cv_.notify_all();
       }
       // admit waiting requests into free slots: the free slot whose cached sequence shares the
       // longest prefix with the prompt (a chat re-sends its whole dialog)

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""qllm serve when things go wrong: a queued request whose client leaves frees its place at once;
+a stream past --timeout ends with an error event and [DONE]; fields of the wrong type deep in a
+request are 400s; SIGTERM answers queued requests 503 once the grace is over; a stalled
+connection does not hold the exit.
+
+    serve_faults.py QLLM MODEL
+"""
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+qllm, model = sys.argv[1], sys.argv[2]
+runner = os.environ.get("QLLM_RUNNER", "").split()
+tmp = tempfile.TemporaryDirectory()
+checks = 0
+
+
+def fail(msg):
+    print("serve_faults: FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    global checks
+    if not cond:
+        fail(msg)
+    checks += 1
+
+
+class Server:
+    def __init__(self, *args):
+        self.err = os.path.join(tmp.name, "s%d.err" % time.time_ns())
+        self.p = subprocess.Popen(runner + [qllm, "serve", "-m", model, "--port", "0"] + list(args),
+                                  stdout=subprocess.DEVNULL, stderr=open(self.err, "w"))
+        for _ in range(600):
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(self.err).read())
+            if m:
+                self.port = int(m.group(1))
+                return
+            if self.p.poll() is not None:
+                fail("the server exited: " + open(self.err).read())
+            time.sleep(0.1)
+        fail("the server did not start")
+
+    def post(self, path, body, timeout=60):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, data
+
+    def metric(self, name):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+        c.close()
+        m = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
+        return m.group(1) if m else None
+
+    def raw(self, body):  # a request on a raw socket, answer not read
+        s = socket.create_connection(("127.0.0.1", self.port))
+        data = json.dumps(body).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(data) + data)
+        return s
+
+    def stop(self, timeout=60):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            return None
+
+
+LONG = {"prompt": "In the beginning", "max_tokens": 100000, "temperature": 0, "logit_bias": {"2": -100}}
+
+# 1. a queued request whose client leaves frees its place in the queue at once
+s = Server("--parallel", "1", "--max-queue", "1", "-c", "8192", "-t", "1")
+try:
+    a = s.raw(dict(LONG, stream=True, max_tokens=7000))
+    time.sleep(0.3)
+    b = s.raw({"prompt": "And", "max_tokens": 5})
+    time.sleep(0.3)
+    check(s.metric("qllm_queue_depth") == "1", "the second request is not queued")
+    b.close()
+    time.sleep(0.5)
+    check(s.metric("qllm_queue_depth") == "0", "a queued request whose client left still holds the queue")
+    a.close()
+    t0 = time.time()
+    while s.metric("qllm_active_slots") != "0" and time.time() - t0 < 10:
+        time.sleep(0.05)
+    check(s.metric("qllm_active_slots") == "0", "the abandoned stream still holds its slot")
+    # fields of the wrong type inside objects: 400, not 500
+    for body in ({"prompt": "a", "stream_options": {"include_usage": "yes"}},
+                 {"prompt": "a", "response_format": {"type": 5}}):
+        st, data = s.post("/v1/completions", body)
+        check(st == 400 and b'"error"' in data, "wrong nested type: HTTP %d %r" % (st, data[:120]))
+    st, data = s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": 1, "text": "hi"}]}]})
+    check(st == 400, "wrong content part type: HTTP %d" % st)
+finally:
+    rc = s.stop()
+check(rc == 0, "exit status %r after SIGTERM" % rc)
+
+# 2. a stream past --timeout ends properly: an error event, then [DONE], then the last chunk
+s = Server("--parallel", "1", "--timeout", "0.5", "-c", "8192", "-t", "1")
+try:
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+    c.request("POST", "/v1/completions", json.dumps(dict(LONG, stream=True, max_tokens=7000)),
+              {"Content-Type": "application/json"})
+    r = c.getresponse()
+    body = r.read().decode()  # http.client raises IncompleteRead on a broken chunked body
+    events = [l[6:] for l in body.split("\n") if l.startswith("data: ")]
+    check(events and events[-1] == "[DONE]", "a timed-out stream does not end with [DONE]")
+    check("longer than the server's limit" in events[-2], "no error event before [DONE]: %r" % events[-2][:200])
+    st, data = s.post("/v1/completions", dict(LONG, max_tokens=7000))
+    check(st == 504, "a non-streamed request past --timeout: HTTP %d" % st)
+finally:
+    rc = s.stop()
+check(rc == 0, "exit status %r after SIGTERM" % rc)
+
+# 3. SIGTERM with a short grace: the running request is stopped, queued ones get 503 (not 200
+# with empty text), and a stalled connection (headers never finished) does not hold the exit
+s = Server("--parallel", "1", "--shutdown-grace", "0.3", "-c", "8192", "-t", "1", "--read-timeout", "60")
+import threading
+results = []
+def one():
+    try:
+        results.append(s.post("/v1/completions", dict(LONG, max_tokens=7000), timeout=60))
+    except Exception as e:  # noqa: BLE001
+        results.append((None, repr(e).encode()))
+ts = [threading.Thread(target=one) for _ in range(3)]
+for t in ts:
+    t.start()
+time.sleep(0.5)
+stall = socket.create_connection(("127.0.0.1", s.port))
+stall.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # never finished
+time.sleep(0.2)
+t0 = time.time()
+s.p.send_signal(signal.SIGTERM)
+for t in ts:
+    t.join()
+rc = s.stop(timeout=30)
+secs = time.time() - t0
+stall.close()
+check(rc == 0, "exit status %r after SIGTERM with a stalled connection" % rc)
+check(secs < 20, "exit took %.1f s after SIGTERM" % secs)
+codes = sorted(r[0] for r in results)
+check(codes == [503, 503, 503], "after the grace the requests should be 503s: %r" % codes)
+print("serve_faults: %d checks passed (SIGTERM to exit with a stalled connection: %.1f s)" % (checks, secs))
