@@ -11,7 +11,7 @@
 namespace qllm::cli {
 
 namespace {
-const char* kServeHelp =
+[[maybe_unused]] const char* kServeHelp =
     "usage: qllm serve [-m MODEL] [options]\n"
     "An OpenAI-compatible HTTP server: POST /v1/completions, /v1/chat/completions (stream: true\n"
     "for server-sent events), /v1/embeddings; GET /v1/models, /health, /metrics (Prometheus).\n"
