@@ -86,7 +86,8 @@ class Server:
 
 LONG = {"prompt": "In the beginning", "max_tokens": 100000, "temperature": 0, "logit_bias": {"2": -100}}
 
-# 1. a queued request whose client leaves frees its place in the queue at once
+# 1. a full queue is 429 with Retry-After at once; a queued request whose client leaves frees its
+# place in the queue at once
 s = Server("--parallel", "1", "--max-queue", "1", "-c", "8192", "-t", "1")
 try:
     a = s.raw(dict(LONG, stream=True, max_tokens=7000))
@@ -94,6 +95,14 @@ try:
     b = s.raw({"prompt": "And", "max_tokens": 5})
     time.sleep(0.3)
     check(s.metric("qllm_queue_depth") == "1", "the second request is not queued")
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+    t0 = time.time()
+    c.request("POST", "/v1/completions", json.dumps({"prompt": "And", "max_tokens": 2}), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    check(r.status == 429 and r.getheader("Retry-After") == "1" and time.time() - t0 < 5,
+          "a full queue: HTTP %d, Retry-After %r" % (r.status, r.getheader("Retry-After")))
+    c.close()
     b.close()
     time.sleep(0.5)
     check(s.metric("qllm_queue_depth") == "0", "a queued request whose client left still holds the queue")
@@ -109,6 +118,28 @@ try:
         check(st == 400 and b'"error"' in data, "wrong nested type: HTTP %d %r" % (st, data[:120]))
     st, data = s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": 1, "text": "hi"}]}]})
     check(st == 400, "wrong content part type: HTTP %d" % st)
+finally:
+    rc = s.stop()
+check(rc == 0, "exit status %r after SIGTERM" % rc)
+
+# 1b. limits: a body over --max-body is 413; a
+# prompt over the window is 400 with qllm run's message, and with "context_policy" it is trimmed
+# and the response says what was dropped
+s = Server("--parallel", "1", "-c", "64", "--max-body", "4096", "-t", "1")
+try:
+    st, data = s.post("/v1/completions", {"prompt": "x" * 5000})
+    check(st == 413 and b'"error"' in data, "a body over --max-body: HTTP %d" % st)
+    long_prompt = "And the LORD said unto Moses, " * 8
+    st, data = s.post("/v1/completions", {"prompt": long_prompt, "max_tokens": 16})
+    msg = json.loads(data)["error"]["message"] if st == 400 else ""
+    check(st == 400 and re.match(r"the prompt has \d+ tokens; with 16 to generate the window of 64 holds 48 "
+                                 r"\(\d+ too many\)", msg), "a prompt over the window: HTTP %d %r" % (st, msg))
+    st, data = s.post("/v1/completions", {"prompt": long_prompt, "max_tokens": 16, "temperature": 0,
+                                          "context_policy": "keep-head-and-tail", "n_keep": 4})
+    j = json.loads(data) if st == 200 else {}
+    check(st == 200 and j["qllm"]["dropped_tokens"] > 0 and j["qllm"]["dropped_range"][0] == 4
+          and j["usage"]["prompt_tokens"] == 48 and j["qllm"]["context_policy"] == "keep-head-and-tail",
+          "keep-head-and-tail: HTTP %d %r" % (st, j.get("qllm")))
 finally:
     rc = s.stop()
 check(rc == 0, "exit status %r after SIGTERM" % rc)
