@@ -3,7 +3,7 @@
 # kernels on every ISA this build has, model, tokenizer, sessions, CLI, C ABI, Python and Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install-deps.sh
+./scripts/install-deps.sh --tests
 werror=()
 [ "${QLLM_WERROR:-0}" = 1 ] && werror=(--werror)
 if [ ! -f build/build.ninja ]; then
