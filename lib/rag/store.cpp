@@ -11,7 +11,9 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "qllm/error.hpp"
@@ -232,7 +234,9 @@ std::unique_ptr<store> store::open(const std::string& path, bool create) {
     throw error(errc::io, "retrieval database '" + path + "': cannot open: " + msg);
   }
   sqlite3_extended_result_codes(p->db, 1);
-  sqlite3_busy_timeout(p->db, 10000);  // a writer in another process holds the lock briefly
+  // another indexer holds the write lock while it chunks and stores one file: seconds on a slow or
+  // emulated CPU, so wait long before answering "database is locked"
+  sqlite3_busy_timeout(p->db, 60000);
   sqlite3* db = p->db;
   // A database file may come from anywhere: no schema-defined functions or views run with
   // privileges, and no direct writes to the file's internal structures.
@@ -242,20 +246,33 @@ std::unique_ptr<store> store::open(const std::string& path, bool create) {
     stmt q(db, path, sql);
     return q.step() ? q.i64(0) : 0;
   };
-  // A file that is not SQLite fails here with "file is not a database".
-  if (table_count("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'") == 0) {
-    if (!create) throw error(errc::bad_format, "'" + path + "' is a SQLite database but not a qllm retrieval database");
-    exec(db, path, "PRAGMA journal_mode=WAL");
-    // another process may be creating it too: decide under the write lock
-    transaction t(db, path);
-    if (table_count("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'") == 0) {
-      if (table_count("SELECT count(*) FROM sqlite_master") > 0)
-        throw error(errc::bad_format, "'" + path + "' is a SQLite database but not a qllm retrieval database");
-      exec(db, path, kSchema);
-      stmt(db, path, "INSERT INTO meta(key, value) VALUES ('format', ?1)").bind(1, std::to_string(kFormat)).run();
-      stmt(db, path, "INSERT INTO meta(key, value) VALUES ('created_by', ?1)").bind(1, std::string("qllm ") + version_string).run();
+  // Two processes creating one database race for the switch to WAL, which SQLite answers "database
+  // is locked" at once rather than through the busy handler (a lock upgrade that could deadlock):
+  // the creation is retried for up to the busy timeout.
+  for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);;) {
+    try {
+      // A file that is not SQLite fails here with "file is not a database".
+      if (table_count("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'") == 0) {
+        if (!create) throw error(errc::bad_format, "'" + path + "' is a SQLite database but not a qllm retrieval database");
+        exec(db, path, "PRAGMA journal_mode=WAL");
+        // another process may be creating it too: decide under the write lock
+        transaction t(db, path);
+        if (table_count("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'") == 0) {
+          if (table_count("SELECT count(*) FROM sqlite_master") > 0)
+            throw error(errc::bad_format, "'" + path + "' is a SQLite database but not a qllm retrieval database");
+          exec(db, path, kSchema);
+          stmt(db, path, "INSERT INTO meta(key, value) VALUES ('format', ?1)").bind(1, std::to_string(kFormat)).run();
+          stmt(db, path, "INSERT INTO meta(key, value) VALUES ('created_by', ?1)").bind(1, std::string("qllm ") + version_string).run();
+        }
+        t.commit();
+      }
+      break;
+    } catch (const error& e) {
+      if (std::string_view(e.what()).find("database is locked") == std::string_view::npos ||
+          std::chrono::steady_clock::now() > until)
+        throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    t.commit();
   }
   std::string format;
   {
