@@ -2,7 +2,6 @@
 // read bandwidth (GEMV, M = 1) and practical int8 peak (GEMM, M = 512), both measured in the same
 // run so that a noisy shared machine still gives meaningful ratios.
 #include <benchmark/benchmark.h>
-#include <sys/mman.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -19,6 +18,7 @@
 
 #include "omp_compat.hpp"
 #include "ops/matmul.hpp"
+#include "perf/read_bandwidth.hpp"
 #include "convert/encode.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/reference.hpp"
@@ -29,82 +29,6 @@ namespace {
 
 std::map<int, double> g_bw;    // best read bandwidth GB/s by thread count
 std::map<int, double> g_peak;  // int8 GOP/s by thread count
-
-// The best read bandwidth this machine gives, measured the way ../shared/tools/membw does: 2 GiB
-// of anonymous memory (far beyond any cache) on transparent huge pages, every page touched before
-// timing, each thread summing its own contiguous slice with four independent accumulators, best
-// of 10 passes. A weaker probe (4 KiB pages, one accumulator, few passes) reads low and would make
-// the kernels look closer to the roofline than they are.
-struct bw_buffer {
-  uint64_t* p = nullptr;
-  std::size_t n = 0;
-  bw_buffer() {
-    const std::size_t bytes = std::size_t(2) << 30;
-    void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) {
-      std::perror("bench_kernels: mmap");
-      std::exit(1);
-    }
-    madvise(m, bytes, MADV_HUGEPAGE);
-    p = static_cast<uint64_t*>(m);
-    n = bytes / sizeof(uint64_t);
-#pragma omp parallel for schedule(static)
-    for (std::size_t i = 0; i < n; ++i) p[i] = i;
-  }
-};
-
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) uint64_t sum_slice_avx2(const uint64_t* p, std::size_t n) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-  for (std::size_t i = 0; i < n; i += 16) {
-    a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
-    a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
-    a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
-    a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
-  }
-  alignas(32) uint64_t t[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(t), _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
-  return t[0] + t[1] + t[2] + t[3];
-}
-#endif
-
-uint64_t sum_slice(const uint64_t* p, std::size_t n) {  // n a multiple of 16
-#if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx2")) return sum_slice_avx2(p, n);
-#endif
-  uint64_t a[16] = {};
-  for (std::size_t i = 0; i < n; i += 16)
-    for (int j = 0; j < 16; ++j) a[j] += p[i + std::size_t(j)];
-  uint64_t t = 0;
-  for (uint64_t v : a) t += v;
-  return t;
-}
-
-double measure_bandwidth(int nt) {
-  static bw_buffer buf;
-  const std::size_t n = buf.n;
-  const uint64_t expect = uint64_t(n / 2) * (n - 1);
-  double best = 0;
-  for (int rep = 0; rep < 10; ++rep) {
-    uint64_t total = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(nt) reduction(+ : total)
-    {
-      const std::size_t parts = std::size_t(omp_get_num_threads()), id = std::size_t(omp_get_thread_num());
-      const std::size_t chunk = n / parts & ~std::size_t(15);
-      const std::size_t lo = id * chunk, len = id + 1 == parts ? n - lo : chunk;
-      total += sum_slice(buf.p + lo, len & ~std::size_t(15));
-      for (std::size_t i = lo + (len & ~std::size_t(15)); i < lo + len; ++i) total += buf.p[i];
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (total != expect) {
-      std::fprintf(stderr, "bench_kernels: bandwidth probe summed wrong\n");
-      std::exit(1);
-    }
-    best = std::max(best, double(n * sizeof(uint64_t)) / s / 1e9);
-  }
-  return best;
-}
 
 #if defined(__x86_64__)
 // Register-only loop of the GEMM's int8 instructions (maddubs + 16-bit adds, one madd per eight):
@@ -223,8 +147,11 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   const bool quick = std::getenv("QLLM_BENCH_QUICK") != nullptr;
   const std::vector<int> threads = bench_threads();
-  for (int nt : threads) {
-    g_bw[nt] = measure_bandwidth(nt);
+  // the roofline: perf::best_read_bandwidth, the probe `qllm bench` prints as well (2 GiB, best of 10)
+  const std::vector<double> bw = perf::best_read_bandwidth(threads, std::size_t(2) << 30, 10);
+  for (std::size_t i = 0; i < threads.size(); ++i) {
+    const int nt = threads[i];
+    g_bw[nt] = bw[i];
     g_peak[nt] = measure_int8_peak(nt);
     std::printf("machine, %d thread(s): read bandwidth %.1f GB/s (huge pages, best of 10), int8 peak %.0f GOP/s\n",
                 nt, g_bw[nt], g_peak[nt]);
@@ -234,8 +161,9 @@ int main(int argc, char** argv) {
   // Q4_0 4.5; Q5_K 5.625; Q6_K 6.5625; Q8_0 8.5)
   for (ggml_type type : {ggml_type::q4_0, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k, ggml_type::q8_0}) {
     for (shape s : shapes) {
-      for (int64_t m : {int64_t(1), int64_t(512)}) {
-        if (quick && m == 512 && s.n != 4096) continue;
+      // M = 64: a short prompt (or a batch of decoding streams); M = 512: a long prompt
+      for (int64_t m : {int64_t(1), int64_t(64), int64_t(512)}) {
+        if (quick && m > 1 && s.n != 4096) continue;
         for (int nt : threads) {
           const std::string name = std::string(gguf::type_name(type)) + "/" +
                                    std::to_string(s.n) + "x" + std::to_string(s.k) + "/M" +
@@ -243,7 +171,7 @@ int main(int argc, char** argv) {
           auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_matmul, type, s, m, nt);
           b->Unit(benchmark::kMillisecond)->UseRealTime();
           if (m == 512) b->Iterations(quick ? 1 : 2);
-          else b->MinTime(quick ? 0.2 : 1.0);
+          else b->MinTime(quick ? 0.2 : m > 1 ? 0.5 : 1.0);
         }
       }
     }

@@ -15,12 +15,20 @@ done
 OMP_NUM_THREADS=3000 $run "$qllm" info | grep -q 'OMP_NUM_THREADS=3000, capped at the maximum'
 OMP_NUM_THREADS=abc $run "$qllm" info | grep -q '^threads: .*CPUs of the affinity mask'
 $run "$qllm" gen-random --shape tiny --type q8_0 --seed 3 --out "$dir/tiny.gguf"
-out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1,2 -p 16 -n 8 -r 2)
+# the bandwidth probe brackets the tests (64 MiB here, its smallest buffer) and every tg row
+# carries its fraction of it
+out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1,2 -p 16 -n 8 -r 2 --membw 0.0625)
 echo "$out"
-echo "$out" | grep -q '| *2 | pp16 '
-echo "$out" | grep -q '| *1 | tg8 '
+echo "$out" | grep -q '^read bandwidth (best of 10 passes over 0.06 GiB, huge pages): 1 thread [0-9.]* GB/s, 2 threads [0-9.]* GB/s$'
+echo "$out" | grep -q '| *2 | pp16 .*|  *|  *|$'
+echo "$out" | grep -q '| *1 | tg8  .*| *[0-9.][0-9.]* | *[0-9]\.[0-9][0-9] |$'
 echo "$out" | grep -q 'peak RSS'
-$run "$qllm" bench -m "$dir/tiny.gguf" -t 1 -p 0 -n 4 -d 20 -r 1 --no-warmup --kv f32 | grep -q 'tg4@d20'
+echo "$out" | grep -q '^read bandwidth after the tests .*2 threads [0-9.]* GB/s$'
+out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1 -p 0 -n 4 -d 20 -r 1 --no-warmup --kv f32 --membw 0)
+echo "$out" | grep -q 'tg4@d20'
+if echo "$out" | grep -q 'bandwidth\|of bw'; then exit 1; fi
+if $run "$qllm" bench -m "$dir/tiny.gguf" --membw -1 2>"$dir/err"; then exit 1; fi
+grep -q -- '--membw' "$dir/err"
 if $run "$qllm" bench -m "$dir/missing.gguf" 2>"$dir/err"; then exit 1; fi
 [ "$(wc -l <"$dir/err")" -eq 1 ]
 if $run "$qllm" bench -m "$dir/tiny.gguf" -t zero 2>"$dir/err"; then exit 1; fi
@@ -153,5 +161,5 @@ for cmd in run tokenize; do
   [ "$(wc -l <"$dir/err")" -eq 1 ]
   grep -q 'no vocabulary' "$dir/err"
 done
-$run "$qllm" bench -m "$dir/novocab.gguf" -t 1 -p 8 -n 4 -r 1 | grep -q 'tg4'
+$run "$qllm" bench -m "$dir/novocab.gguf" -t 1 -p 8 -n 4 -r 1 --membw 0 | grep -q 'tg4'
 echo "cli model smoke: ok"

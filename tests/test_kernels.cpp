@@ -226,7 +226,7 @@ TEST_CASE("quantize_row_q8_0: non-finite blocks become NaN scale, zero quants, o
 TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for bit") {
   const int64_t ns[] = {1, 7, 8, 9, 17, 40};
   const int64_t ks[] = {32, 96, 288, 512};
-  const int64_t ms[] = {1, 2, 7, 64};
+  const int64_t ms[] = {1, 2, 7, 11, 64};  // 11 and 64: the prompt path (tiles of 4, a remainder)
   for (auto* t : tables_under_test()) {
     const std::string table = t->name;
     CAPTURE(table);

@@ -62,9 +62,25 @@ int print_help(const char* text) {
 }
 
 int64_t peak_rss_bytes() {
+  // VmHWM, which reset_peak_rss() can lower; ru_maxrss where /proc is not there
+  if (FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    long long kb = -1;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "VmHWM: %lld kB", &kb) == 1) break;
+    std::fclose(f);
+    if (kb >= 0) return int64_t(kb) * 1024;
+  }
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return int64_t(u.ru_maxrss) * 1024;
+}
+
+bool reset_peak_rss() {
+  FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (!f) return false;
+  const bool ok = std::fputs("5", f) >= 0;
+  return std::fclose(f) == 0 && ok;
 }
 
 void print_progress(std::size_t done, std::size_t total, uint64_t bytes_done, uint64_t bytes_total, double seconds) {

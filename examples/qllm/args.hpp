@@ -29,8 +29,10 @@ struct default_model {
 default_model find_default_model();
 // `path`, or the default model when it is empty; throws naming the places looked if there is none.
 std::string model_or_default(const std::string& path, const char* usage);
-// Peak resident set size of this process, bytes.
+// Peak resident set size of this process, bytes (since the last successful reset_peak_rss()).
 int64_t peak_rss_bytes();
+// Sets the peak back to the current resident size (Linux: /proc/self/clear_refs); false if not.
+bool reset_peak_rss();
 // One progress line on stderr ("[3/39 tensors] 1.2 GiB of 13.5 GiB, 195 MB/s, ETA 61 s"),
 // rewritten in place; a newline when done == total.
 void print_progress(std::size_t done, std::size_t total, uint64_t bytes_done, uint64_t bytes_total, double seconds);

@@ -15,10 +15,21 @@
 #include "qllm/gguf.hpp"
 #include "qllm/engine.hpp"
 #include "qllm/model.hpp"
+#include "qllm/resources.hpp"
+#include "perf/read_bandwidth.hpp"
 
 namespace qllm::cli {
 
 namespace {
+void print_bandwidth(const char* what, const std::vector<int>& threads, const std::vector<double>& bw,
+                     std::size_t bytes) {
+  std::printf("%s (best of 10 passes over %.2f GiB, huge pages):", what, double(bytes) / double(1 << 30));
+  for (std::size_t i = 0; i < threads.size(); ++i)
+    std::printf("%s %d thread%s %.1f GB/s", i ? "," : "", threads[i], threads[i] == 1 ? "" : "s", bw[i]);
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
 struct stats {
   double mean = 0, sd = 0;
 };
@@ -132,6 +143,9 @@ const char* const kHelp =
     "  -d, --depth N           tokens already in the KV cache before each test (default 0)\n"
     "  --kv f16|f32            KV cache type (default f16)\n"
     "  --no-warmup             skip the warm-up run\n"
+    "  --membw GIB             before the tests, measure the best memory read bandwidth with each\n"
+    "                          thread count over GIB GiB (default 2; 0: skip) and print every tg\n"
+    "                          rate as a fraction of it; measured again after the tests\n"
     "  --parallel LIST         continuous batching instead: N concurrent requests (e.g. 1,2,4,8,16),\n"
     "                          each a prompt of the first -p length and the first -n generated tokens;\n"
     "                          aggregate and per-stream tok/s, time to first token p50/p99\n"
@@ -144,6 +158,7 @@ int cmd_bench(int argc, char** argv) {
   bool warmup = true;
   kv_type kv = kv_type::f16;
   std::vector<int64_t> parallel;
+  double membw_gib = 2;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-m" || a == "--model") path = next_value(argc, argv, i);
@@ -153,6 +168,7 @@ int cmd_bench(int argc, char** argv) {
     else if (a == "-r" || a == "--repetitions") reps = parse_int(a, next_value(argc, argv, i), 1, 1000);
     else if (a == "-d" || a == "--depth") depth = parse_int(a, next_value(argc, argv, i), 0, 1 << 20);
     else if (a == "--no-warmup") warmup = false;
+    else if (a == "--membw") membw_gib = parse_float(a, next_value(argc, argv, i), 0, 64);
     else if (a == "--parallel") parallel = parse_int_list(a, next_value(argc, argv, i), 1, 256);
     else if (is_help(a)) return print_help(kHelp);
     else if (a == "--kv") {
@@ -167,7 +183,7 @@ int cmd_bench(int argc, char** argv) {
   path = model_or_default(path, "qllm bench [-m FILE] [-t 2] [-p 64,512] [-n 32,128] [-r 3] [-d DEPTH] [--kv f16|f32] "
                                 "[--no-warmup]");
 
-  const auto m = model::load(path);
+  auto m = model::load(path);
   const model_config& c = m->config();
   const double gb = double(m->weight_bytes()) / 1e9;
   const auto st = m->load_stage_seconds();
@@ -177,12 +193,30 @@ int cmd_bench(int argc, char** argv) {
   std::printf("load: %.2f s (parse %.2f, allocate %.2f, repack %.2f)\n", m->load_seconds(), st[0],
               st[1], st[2]);
   if (m->cache_status() != "off") std::printf("cache: %s\n", m->cache_status().c_str());
+  // The roofline, measured once the model is loaded (a bad file fails first); the probe's buffer
+  // is gone again when the tests run, and the peak RSS printed at the end is the model's and the
+  // tests', where the kernel lets the peak be reset.
+  std::vector<int> bw_threads;
+  for (int64_t nt : threads) bw_threads.push_back(nt > 0 ? std::min(int(nt), max_threads()) : default_threads());
+  std::vector<double> bw;
+  std::size_t bw_bytes = 0;
+  bool rss_reset = true;
+  if (membw_gib > 0 && parallel.empty()) {
+    // at most a quarter of the memory this process may have: the probe must not push out the
+    // model's pages, nor be refused on a small box
+    bw_bytes = std::size_t(std::min<double>(membw_gib * double(1 << 30), double(memory_available_bytes() / 4)));
+    bw = perf::best_read_bandwidth(bw_threads, bw_bytes, 10);
+    print_bandwidth("read bandwidth", bw_threads, bw, bw_bytes);
+    rss_reset = reset_peak_rss();
+  }
+
   if (!parallel.empty()) return bench_parallel(m, parallel, threads.front(), pp.front(), tg.front(), reps, warmup, kv);
-  std::printf("| threads | test         |           t/s |   GB/s |\n");
-  std::printf("|--------:|--------------|--------------:|-------:|\n");
+  std::printf("| threads | test         |           t/s |   GB/s |%s\n", bw.empty() ? "" : " of bw |");
+  std::printf("|--------:|--------------|--------------:|-------:|%s\n", bw.empty() ? "" : "------:|");
   uint32_t seed = 1;
   auto token = [&] { return int32_t((seed = seed * 1664525u + 1013904223u) >> 8) % int32_t(c.n_vocab); };
-  for (int64_t nt : threads) {
+  for (std::size_t ti = 0; ti < threads.size(); ++ti) {
+    const int64_t nt = threads[ti];
     const auto run = [&](int64_t n, bool prompt) {
       context_params cp;
       cp.n_ctx = depth + n + 1;
@@ -210,9 +244,11 @@ int cmd_bench(int argc, char** argv) {
       char test[48];
       std::snprintf(test, sizeof test, depth ? "%s%lld@d%lld" : "%s%lld", prompt ? "pp" : "tg",
                     (long long)n, (long long)depth);
-      char gbs[32] = "";
+      char gbs[32] = "", frac[32] = "";
       if (!prompt) std::snprintf(gbs, sizeof gbs, "%6.1f", s.mean * gb);
-      std::printf("| %7lld | %-12s | %7.2f ± %4.2f | %6s |\n", (long long)(nt ? nt : 0), test, s.mean, s.sd, gbs);
+      if (!bw.empty())  // GB/s streamed over the measured bandwidth of this thread count
+        std::snprintf(frac, sizeof frac, prompt || !(bw[ti] > 0) ? "       |" : " %5.2f |", s.mean * gb / bw[ti]);
+      std::printf("| %7lld | %-12s | %7.2f ± %4.2f | %6s |%s\n", (long long)(nt ? nt : 0), test, s.mean, s.sd, gbs, frac);
       std::fflush(stdout);
     };
     for (int64_t n : pp)
@@ -220,7 +256,13 @@ int cmd_bench(int argc, char** argv) {
     for (int64_t n : tg)
       if (n > 0) run(n, false);
   }
-  std::printf("peak RSS: %.2f GB\n", double(peak_rss_bytes()) / 1e9);
+  std::printf("peak RSS: %.2f GB%s\n", double(peak_rss_bytes()) / 1e9,
+              rss_reset ? "" : " (includes the bandwidth probe: this kernel cannot reset the peak)");
+  if (!bw.empty()) {  // the bracket: a shared machine's bandwidth moves during a run
+    m.reset();
+    print_bandwidth("read bandwidth after the tests", bw_threads,
+                    perf::best_read_bandwidth(bw_threads, bw_bytes, 10), bw_bytes);
+  }
   return 0;
 }
 
