@@ -26,7 +26,7 @@ echo "$out" | grep -q 'peak RSS'
 echo "$out" | grep -q '^read bandwidth after the tests .*2 threads [0-9.]* GB/s$'
 out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1 -p 0 -n 4 -d 20 -r 1 --no-warmup --kv f32 --membw 0)
 echo "$out" | grep -q 'tg4@d20'
-if echo "$out" | grep -q 'bandwidth\|of bw'; then exit 1; fi
+if echo "$out" | grep -q -e 'bandwidth' -e 'of bw'; then exit 1; fi
 if $run "$qllm" bench -m "$dir/tiny.gguf" --membw -1 2>"$dir/err"; then exit 1; fi
 grep -q -- '--membw' "$dir/err"
 if $run "$qllm" bench -m "$dir/missing.gguf" 2>"$dir/err"; then exit 1; fi

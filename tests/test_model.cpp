@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -775,12 +776,35 @@ TEST_CASE("repacked-weight cache: written once, mapped after, bit-identical, sta
     }
     const auto files = files_in(o.cache_dir);
     REQUIRE(files.size() == 1);  // no temporary file left behind
+    // readable by its owner only, like the private model it may come from
+    namespace fs = std::filesystem;
+    CHECK((fs::status(files[0]).permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write));
     // a cache file others may write is not run
     std::filesystem::permissions(files[0], std::filesystem::perms::others_write, std::filesystem::perm_options::add);
     const auto m = model::load(path, o);
     CHECK(m->cache_status().find("(" + files[0] + " belongs to another user or is writable by others)") !=
           std::string::npos);
     CHECK(test::count_bit_differences(logits_of(m, toks).data(), ref.data(), ref.size()) == 0);
+  }
+  {  // a cache over the file size limit is not written (writing it would raise SIGXFSZ and end
+     // the process); the model loads all the same
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+    o.cache_dir = dir / "fsize";
+    std::shared_ptr<const model> m;
+    {
+      struct restore {  // the limit goes back even if the load throws, before anything is written
+        rlimit r;
+        ~restore() { ::setrlimit(RLIMIT_FSIZE, &r); }
+      } guard{old};
+      rlimit small = old;
+      small.rlim_cur = 8192;
+      if (::setrlimit(RLIMIT_FSIZE, &small) == 0) m = model::load(path, o);
+    }
+    REQUIRE(m);
+    CHECK(m->cache_status().rfind("not written: the file size limit (ulimit -f) is 8 KiB, the cache needs ", 0) == 0);
+    CHECK(files_in(o.cache_dir).empty());
+    CHECK(model::load(path, o)->cache_status().rfind("wrote ", 0) == 0);  // the limit lifted: written
   }
   // a cache directory that cannot be made: the load works and says why nothing was written
   o.cache_dir = path + "/sub";

@@ -20,6 +20,7 @@
 #include "qllm/quantize.hpp"
 #include "qllm/resources.hpp"
 #include "qllm/reference.hpp"
+#include "qllm/version.hpp"
 
 namespace qllm {
 
@@ -281,7 +282,7 @@ class loader {
 // What a cache file made from this load must match. Source: the mapped file (device, inode, size,
 // modification and change times, from the descriptor that was mapped, not the path, which may
 // name another file by now), its tensor table and the first and last 256 bytes of every tensor.
-// Plan: each matrix's target type in arena order, whether the embeddings are in the cache, the
+// Plan: the qllm version, each matrix's target type in arena order, whether the embeddings are in the cache, the
 // panel layouts and byte order.
 weight_cache::digest cache_digest(const gguf::file& f, const loader& ld,
                                   const std::vector<const gguf::tensor_info*>& mats, bool embd_in_cache) {
@@ -299,6 +300,7 @@ weight_cache::digest cache_digest(const gguf::file& f, const loader& ld,
   }
   weight_cache::hasher plan;
   plan.u64(weight_cache::layout_version);
+  plan.str(QLLM_CXX_VERSION_STRING);  // another qllm release repacks afresh, whatever it changed
   plan.u64(sizeof(void*) * 256 + (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__));
   plan.u64(sizeof(kernels::block_q4_0x8) + (sizeof(kernels::block_q8_0x8) << 16) +
            (sizeof(kernels::block_q4_kx8) << 32) + (sizeof(kernels::block_q5_kx8) << 48));
@@ -350,7 +352,11 @@ void write_cache(model_impl& m, const std::string& path, const weight_cache::dig
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   m.cache_status = "wrote " + path + num + m.cache_status;
 } catch (...) {  // std::bad_alloc: the model itself is complete
-  m.cache_status = "not written: out of memory";
+  try {
+    m.cache_status = "not written: out of memory";
+  } catch (...) {
+    m.cache_status.clear();  // never allocates
+  }
 }
 
 }  // namespace

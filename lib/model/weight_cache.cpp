@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -121,11 +123,11 @@ void remove_stale(const std::string& dir, const std::string& keep, uint64_t sour
   if (name.size() <= tail) return;
   const std::string pre = name.substr(0, name.size() - tail);
   const std::string source_hex = name.substr(pre.size(), 8);
-  DIR* d = ::opendir(dir.c_str());
+  const std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);  // closed on bad_alloc too
   if (!d) return;
   const auto now = std::chrono::system_clock::now().time_since_epoch();
   const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now).count();
-  while (const dirent* e = ::readdir(d)) {
+  while (const dirent* e = ::readdir(d.get())) {
     const std::string n = e->d_name;
     if (n == name || n.compare(0, pre.size(), pre) != 0) continue;
     const std::string full = dir + "/" + n;
@@ -138,7 +140,6 @@ void remove_stale(const std::string& dir, const std::string& keep, uint64_t sour
             : cache && n.compare(pre.size(), 8, source_hex) != 0 && uint64_t(mtime_ns) <= source_ctime_ns)
       ::unlink(full.c_str());
   }
-  ::closedir(d);
 }
 
 }  // namespace
@@ -225,6 +226,14 @@ bool write(const std::string& path, const digest& d, uint64_t source_ctime_ns, c
           format_bytes(h.file_bytes);
     return false;
   }
+  // A file over the size limit (ulimit -f) would not fail with an error: the write raises SIGXFSZ,
+  // which ends the process. Checked first instead.
+  struct rlimit fsz {};
+  if (::getrlimit(RLIMIT_FSIZE, &fsz) == 0 && fsz.rlim_cur != RLIM_INFINITY && fsz.rlim_cur < h.file_bytes) {
+    why = "the file size limit (ulimit -f) is " + format_bytes(uint64_t(fsz.rlim_cur)) + ", the cache needs " +
+          format_bytes(h.file_bytes);
+    return false;
+  }
   // a name no other writer (thread, process, container) can have; removed on every failure
   std::string tmp = path + ".tmp.XXXXXX";
   struct tmp_guard {
@@ -241,7 +250,9 @@ bool write(const std::string& path, const digest& d, uint64_t source_ctime_ns, c
   }
   cleanup.name = &tmp;
   int err = 0;
-  bool ok = ::fchmod(g.fd, 0644) == 0 || (err = errno, false);
+  // owner only: no other user's process would map it (open() refuses their files), and the
+  // weights of a private model must not become readable to others through their cache
+  bool ok = ::fchmod(g.fd, 0600) == 0 || (err = errno, false);
   std::vector<uint8_t> head(page, 0);
   std::memcpy(head.data(), &h, sizeof h);
   ok = ok && write_all(g.fd, head.data(), page, err) && write_all(g.fd, arena, arena_bytes, err);

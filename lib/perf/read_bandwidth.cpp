@@ -55,11 +55,12 @@ struct mapping {
 }  // namespace
 
 std::vector<double> best_read_bandwidth(std::span<const int> threads, std::size_t bytes, int passes) {
-  if (passes < 1) throw error(errc::invalid_argument, "read bandwidth: passes must be >= 1");
+  if (passes < 1 || threads.empty())
+    throw error(errc::invalid_argument, "read bandwidth: no thread count, or passes < 1");
   for (int t : threads)
     if (t < 1 || t > 1024)
       throw error(errc::invalid_argument, "read bandwidth: thread count " + std::to_string(t) + " is not 1..1024");
-  bytes = std::max<std::size_t>(bytes, std::size_t(64) << 20) / 128 * 128;
+  bytes = std::max(bytes, min_probe_bytes) / 128 * 128;
   mapping m;
   m.bytes = bytes;
   m.p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

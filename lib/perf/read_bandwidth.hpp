@@ -12,9 +12,10 @@
 namespace qllm::perf {
 
 // GB/s (1e9 bytes per second) for each thread count in `threads`, over one buffer of `bytes`
-// (rounded down to 128-byte lines; at least 64 MiB), best of `passes` (>= 1) each. Throws
+// (rounded down to 128-byte lines; at least min_probe_bytes), best of `passes` (>= 1) each. Throws
 // qllm::error (errc::out_of_memory) when the buffer cannot be mapped, errc::invalid_argument for
-// a thread count outside 1..1024 or fewer than one pass.
+// an empty list, a thread count outside 1..1024 or fewer than one pass.
+inline constexpr std::size_t min_probe_bytes = std::size_t(64) << 20;
 std::vector<double> best_read_bandwidth(std::span<const int> threads, std::size_t bytes, int passes);
 
 }  // namespace qllm::perf
