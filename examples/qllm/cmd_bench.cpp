@@ -200,22 +200,28 @@ int cmd_bench(int argc, char** argv) {
   std::vector<int> bw_threads;
   for (int64_t nt : threads) bw_threads.push_back(nt > 0 ? std::min(int(nt), max_threads()) : default_threads());
   std::vector<double> bw;
-  std::size_t bw_bytes = 0;
   bool rss_reset = true;
   int64_t load_peak = 0;  // the load's peak, before the probe's buffer
-  if (membw_gib > 0 && parallel.empty()) {
-    // at most a quarter of the memory this process may have: the probe must not push out the
-    // model's pages, nor be refused on a small box
-    bw_bytes = std::size_t(std::min<double>(membw_gib * double(1 << 30), double(memory_available_bytes() / 8)));
-    load_peak = peak_rss_bytes();
+  // at most an eighth of the memory this process may have (the model is loaded), at least the
+  // probe's smallest buffer
+  const std::size_t bw_bytes = std::max(
+      perf::min_probe_bytes,
+      std::size_t(std::min<double>(membw_gib * double(1 << 30), double(memory_available_bytes() / 8))));
+  // empty, with a note, when it cannot be measured (e.g. no room for the buffer): no column then
+  const auto probe = [&](const char* what) -> std::vector<double> {
     try {
-      bw = perf::best_read_bandwidth(bw_threads, bw_bytes, 10);
-      print_bandwidth("read bandwidth", bw_threads, bw, std::max(bw_bytes, perf::min_probe_bytes));
-      rss_reset = reset_peak_rss();
-    } catch (const error& e) {  // e.g. no room for the buffer: the tests run without the column
-      std::printf("read bandwidth not measured: %s\n", e.what());
-      bw.clear();
+      std::vector<double> v = perf::best_read_bandwidth(bw_threads, bw_bytes, 10);
+      print_bandwidth(what, bw_threads, v, bw_bytes);
+      return v;
+    } catch (const error& e) {
+      std::printf("%s not measured: %s\n", what, e.what());
+      return {};
     }
+  };
+  if (membw_gib > 0 && parallel.empty()) {
+    load_peak = peak_rss_bytes();
+    bw = probe("read bandwidth");
+    if (!bw.empty()) rss_reset = reset_peak_rss();
   }
 
   if (!parallel.empty()) return bench_parallel(m, parallel, threads.front(), pp.front(), tg.front(), reps, warmup, kv);
@@ -268,12 +274,7 @@ int cmd_bench(int argc, char** argv) {
               rss_reset ? "" : " (includes the bandwidth probe: this kernel cannot reset the peak)");
   if (!bw.empty()) {  // the bracket: a shared machine's bandwidth moves during a run
     m.reset();
-    try {
-      print_bandwidth("read bandwidth after the tests", bw_threads,
-                      perf::best_read_bandwidth(bw_threads, bw_bytes, 10), std::max(bw_bytes, perf::min_probe_bytes));
-    } catch (const error& e) {
-      std::printf("read bandwidth after the tests not measured: %s\n", e.what());
-    }
+    probe("read bandwidth after the tests");
   }
   return 0;
 }

@@ -282,8 +282,8 @@ class loader {
 // What a cache file made from this load must match. Source: the mapped file (device, inode, size,
 // modification and change times, from the descriptor that was mapped, not the path, which may
 // name another file by now), its tensor table and the first and last 256 bytes of every tensor.
-// Plan: the qllm version, each matrix's target type in arena order, whether the embeddings are in the cache, the
-// panel layouts and byte order.
+// Plan: the qllm version, each matrix's target type in arena order, whether the embeddings are in
+// the cache, the panel layouts and byte order.
 weight_cache::digest cache_digest(const gguf::file& f, const loader& ld,
                                   const std::vector<const gguf::tensor_info*>& mats, bool embd_in_cache) {
   weight_cache::hasher src;
