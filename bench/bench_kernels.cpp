@@ -20,7 +20,9 @@
 #include "ops/matmul.hpp"
 #include "perf/read_bandwidth.hpp"
 #include "convert/encode.hpp"
+#include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
+#include "qllm/resources.hpp"
 #include "qllm/reference.hpp"
 
 using namespace qllm;
@@ -113,7 +115,8 @@ void bm_matmul(benchmark::State& st, ggml_type type, shape s, int64_t m, int nt)
   if (m == 1) {
     const double gbs = double(f.w[0]->bytes()) * double(st.iterations());
     st.counters["GB/s"] = benchmark::Counter(gbs / 1e9, benchmark::Counter::kIsRate);
-    st.counters["bw_frac"] = benchmark::Counter(gbs / 1e9 / g_bw[nt], benchmark::Counter::kIsRate);
+    if (const auto bw = g_bw.find(nt); bw != g_bw.end() && bw->second > 0)
+      st.counters["bw_frac"] = benchmark::Counter(gbs / 1e9 / bw->second, benchmark::Counter::kIsRate);
   } else {
     const double ops = 2.0 * double(s.n) * double(s.k) * double(m) * double(st.iterations());
     st.counters["GOP/s"] = benchmark::Counter(ops / 1e9, benchmark::Counter::kIsRate);
@@ -147,14 +150,27 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   const bool quick = std::getenv("QLLM_BENCH_QUICK") != nullptr;
   const std::vector<int> threads = bench_threads();
-  // the roofline: perf::best_read_bandwidth, the probe `qllm bench` prints as well (2 GiB, best of 10)
-  const std::vector<double> bw = perf::best_read_bandwidth(threads, std::size_t(2) << 30, 10);
+  // the roofline: perf::best_read_bandwidth, the probe `qllm bench` prints as well (2 GiB, best of
+  // 10; at most an eighth of the memory this process may have). Where it cannot run (no room for
+  // its buffer), the GEMVs report GB/s without bw_frac.
+  const std::size_t bw_bytes = std::max<std::size_t>(
+      perf::min_probe_bytes, std::min<uint64_t>(uint64_t(2) << 30, memory_available_bytes() / 8));
+  std::vector<double> bw;
+  try {
+    bw = perf::best_read_bandwidth(threads, bw_bytes, 10);
+  } catch (const qllm::error& e) {
+    std::printf("read bandwidth not measured: %s\n", e.what());
+  }
   for (std::size_t i = 0; i < threads.size(); ++i) {
     const int nt = threads[i];
-    g_bw[nt] = bw[i];
     g_peak[nt] = measure_int8_peak(nt);
-    std::printf("machine, %d thread(s): read bandwidth %.1f GB/s (huge pages, best of 10), int8 peak %.0f GOP/s\n",
-                nt, g_bw[nt], g_peak[nt]);
+    if (!bw.empty()) {
+      g_bw[nt] = bw[i];
+      std::printf("machine, %d thread(s): read bandwidth %.1f GB/s (huge pages, best of 10, %zu MiB), "
+                  "int8 peak %.0f GOP/s\n", nt, g_bw[nt], bw_bytes >> 20, g_peak[nt]);
+    } else {
+      std::printf("machine, %d thread(s): int8 peak %.0f GOP/s\n", nt, g_peak[nt]);
+    }
   }
   const shape shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {32000, 4096}};
   // the k-quants beside Q4_0 / Q8_0 on the same shapes (Q4_K: 4.625 bits per weight as repacked,

@@ -33,6 +33,11 @@ if $run "$qllm" bench -m "$dir/missing.gguf" 2>"$dir/err"; then exit 1; fi
 [ "$(wc -l <"$dir/err")" -eq 1 ]
 if $run "$qllm" bench -m "$dir/tiny.gguf" -t zero 2>"$dir/err"; then exit 1; fi
 grep -q -- '-t' "$dir/err"
+# more threads than the machine allows (64, or 4 per CPU): refused before the model is read
+if [ "$(nproc --all)" -lt 256 ]; then
+  if $run "$qllm" bench -m "$dir/missing.gguf" -t 1024 2>"$dir/err"; then exit 1; fi
+  grep -q -- 'the most this machine allows' "$dir/err"
+fi
 head -c 100 "$dir/tiny.gguf" >"$dir/cut.gguf"
 if $run "$qllm" bench -m "$dir/cut.gguf" 2>"$dir/err"; then exit 1; fi
 grep -q 'gguf' "$dir/err"

@@ -2,8 +2,10 @@
 # Allocation failure is an error, not a crash: under an address-space limit (ulimit -v) a model
 # whose file cannot be mapped, and a session whose KV cache cannot be allocated, fail with one
 # line (CLI) or QLLM_ERR_OUT_OF_MEMORY (C ABI), and the same commands work without the limit.
+# With a third argument (bench_kernels): its 2 GiB bandwidth probe cannot be mapped, and the
+# kernels are still measured, in GB/s without the fraction of a bandwidth it could not measure.
 set -eu
-qllm="$1"; complete="$2"
+qllm="$1"; complete="$2"; bench="${3:-}"
 if [ -n "${QLLM_RUNNER:-}" ]; then echo "not under an emulator: skipped"; exit 77; fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -41,4 +43,14 @@ for m in ctx sparse; do
   cat "$dir/err"
   grep -q "QLLM_ERR_OUT_OF_MEMORY" "$dir/err"
 done
+
+if [ -n "$bench" ]; then
+  (ulimit -v $limit; QLLM_BENCH_QUICK=1 QLLM_BENCH_THREADS=1 "$bench" \
+     --benchmark_filter='^q4_0/4096x4096/M1/t1/' --benchmark_min_time=0.01) >"$dir/out" 2>&1 ||
+    { cat "$dir/out"; echo "bench_kernels failed under ulimit -v $limit"; exit 1; }
+  cat "$dir/out"
+  grep -q "read bandwidth not measured" "$dir/out"
+  grep -q "q4_0/4096x4096/M1/t1.*GB/s=" "$dir/out"
+  if grep -q "bw_frac" "$dir/out"; then echo "bw_frac without a bandwidth"; exit 1; fi
+fi
 echo "memory limits: ok"

@@ -181,6 +181,11 @@ int cmd_bench(int argc, char** argv) {
       throw error(errc::invalid_argument, "unknown option '" + a + "'");
     }
   }
+  // before the model is loaded and the bandwidth probed: the context would refuse it after both
+  for (int64_t nt : threads)
+    if (nt > max_threads())
+      throw error(errc::invalid_argument, "-t: " + std::to_string(nt) + " threads is more than " +
+                                              std::to_string(max_threads()) + ", the most this machine allows");
   path = model_or_default(path, "qllm bench [-m FILE] [-t 2] [-p 64,512] [-n 32,128] [-r 3] [-d DEPTH] [--kv f16|f32] "
                                 "[--no-warmup]");
 
