@@ -729,13 +729,18 @@ TEST_CASE("repacked-weight cache: written once, mapped after, bit-identical, sta
       CHECK(third->cache_status().find("in place of an unusable one (" + cfile + " has ") != std::string::npos);
       CHECK(test::count_bit_differences(logits_of(third, toks).data(), ref.data(), ref.size()) == 0);
       CHECK(model::load(path, o)->cache_status() == "mapped " + cfile);
-      // a damaged header (one byte written in place: the mapped pages of `third` stay valid)
+      // a damaged header (one byte of the source digest inverted in place: the mapped pages of
+      // `third` stay valid; a fixed value written there would leave the header intact whenever
+      // the digest already held it)
       {
         std::FILE* f = std::fopen(cfile.c_str(), "r+b");
         REQUIRE(f);
-        std::fseek(f, 20, SEEK_SET);
-        std::fputc('x', f);
-        std::fclose(f);
+        REQUIRE(std::fseek(f, 20, SEEK_SET) == 0);
+        const int byte = std::fgetc(f);
+        REQUIRE(byte != EOF);
+        REQUIRE(std::fseek(f, 20, SEEK_SET) == 0);
+        REQUIRE(std::fputc(byte ^ 0xff, f) != EOF);
+        REQUIRE(std::fclose(f) == 0);
       }
       CHECK(model::load(path, o)->cache_status().find("(" + cfile + " is not a qllm cache file (bad header))") !=
             std::string::npos);
