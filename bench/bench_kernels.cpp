@@ -22,7 +22,6 @@
 #include "convert/encode.hpp"
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
-#include "qllm/resources.hpp"
 #include "qllm/reference.hpp"
 
 using namespace qllm;
@@ -153,8 +152,7 @@ int main(int argc, char** argv) {
   // the roofline: perf::best_read_bandwidth, the probe `qllm bench` prints as well (2 GiB, best of
   // 10; at most an eighth of the memory this process may have). Where it cannot run (no room for
   // its buffer), the GEMVs report GB/s without bw_frac.
-  const std::size_t bw_bytes = std::max<std::size_t>(
-      perf::min_probe_bytes, std::min<uint64_t>(uint64_t(2) << 30, memory_available_bytes() / 8));
+  const std::size_t bw_bytes = perf::probe_bytes(std::size_t(2) << 30);
   std::vector<double> bw;
   try {
     bw = perf::best_read_bandwidth(threads, bw_bytes, 10);

@@ -1,13 +1,15 @@
 // Default thread counts under cgroup CPU quotas and the memory limits of cgroups (v1 and v2, on
-// fake cgroup trees), the thread bound, byte formatting.
+// fake cgroup trees), the thread bound, byte formatting, the bandwidth probe's buffer size.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "perf/read_bandwidth.hpp"
 #include "qllm/resources.hpp"
 
 using namespace qllm;
@@ -129,4 +131,12 @@ TEST_CASE("memory available and byte formatting") {
   CHECK(format_bytes(uint64_t(3) << 29) == "1.5 GiB");
   CHECK(format_bytes(uint64_t(512) << 20) == "512.0 MiB");
   CHECK(format_bytes(1000) == "1 KiB");
+}
+
+TEST_CASE("the bandwidth probe's buffer: at most an eighth of the memory, at least the smallest probe") {
+  const uint64_t eighth = memory_available_bytes() / 8;
+  CHECK(perf::probe_bytes(0) == perf::min_probe_bytes);
+  CHECK(perf::probe_bytes(std::size_t(-1)) == std::max<uint64_t>(perf::min_probe_bytes, eighth));
+  const std::size_t want = std::size_t(96) << 20;  // between the floor and an eighth of >= 768 MiB
+  if (eighth >= want) CHECK(perf::probe_bytes(want) == want);
 }

@@ -207,11 +207,7 @@ int cmd_bench(int argc, char** argv) {
   std::vector<double> bw;
   bool rss_reset = true;
   int64_t load_peak = 0;  // the load's peak, before the probe's buffer
-  // at most an eighth of the memory this process may have (the model is loaded), at least the
-  // probe's smallest buffer
-  const std::size_t bw_bytes = std::max(
-      perf::min_probe_bytes,
-      std::size_t(std::min<double>(membw_gib * double(1 << 30), double(memory_available_bytes() / 8))));
+  const std::size_t bw_bytes = perf::probe_bytes(std::size_t(membw_gib * double(1 << 30)));
   // empty, with a note, when it cannot be measured (e.g. no room for the buffer): no column then
   const auto probe = [&](const char* what) -> std::vector<double> {
     try {

@@ -12,6 +12,7 @@
 
 #include "omp_compat.hpp"
 #include "qllm/error.hpp"
+#include "qllm/resources.hpp"
 
 namespace qllm::perf {
 namespace {
@@ -53,6 +54,10 @@ struct mapping {
 };
 
 }  // namespace
+
+std::size_t probe_bytes(std::size_t request) noexcept {
+  return std::max<std::size_t>(min_probe_bytes, std::min<uint64_t>(request, memory_available_bytes() / 8));
+}
 
 std::vector<double> best_read_bandwidth(std::span<const int> threads, std::size_t bytes, int passes) {
   if (passes < 1 || threads.empty())

@@ -18,4 +18,9 @@ namespace qllm::perf {
 inline constexpr std::size_t min_probe_bytes = std::size_t(64) << 20;
 std::vector<double> best_read_bandwidth(std::span<const int> threads, std::size_t bytes, int passes);
 
+// The probe buffer for a wish of `request` bytes: at most an eighth of the memory this process may
+// have (qllm::memory_available_bytes, so that the probe beside a loaded model is not what runs the
+// machine out of memory), at least min_probe_bytes.
+std::size_t probe_bytes(std::size_t request) noexcept;
+
 }  // namespace qllm::perf
