@@ -70,15 +70,18 @@ struct shape {
   int64_t n, k;
 };
 
-// Several copies of the matrix, cycled through, so that a GEMV streams from memory, not L3.
+// Several copies of the matrix, cycled through, so that a GEMV streams from memory, not L3; or,
+// `resident`, one small copy read again and again from the caches: the loop's own speed, the
+// rate the bus would have to beat before it is the limit.
 struct fixture {
   std::vector<std::unique_ptr<ops::packed_weights>> w;
 };
 
 // Weight matrices are made once per (type, shape) and reused by every benchmark of that shape.
-fixture& weights(ggml_type type, shape s) {
+fixture& weights(ggml_type type, shape s, bool resident) {
   static std::map<std::string, fixture> cache;
-  const std::string key = std::to_string(int(type)) + ":" + std::to_string(s.n) + "x" + std::to_string(s.k);
+  const std::string key = std::to_string(int(type)) + ":" + std::to_string(s.n) + "x" + std::to_string(s.k) +
+                          (resident ? ":resident" : "");
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   cache.clear();  // keep one shape resident
@@ -91,22 +94,24 @@ fixture& weights(ggml_type type, shape s) {
     for (auto& v : row) v = float(int32_t(seed = seed * 1664525u + 1013904223u)) * 4.6e-10f;
     encode_row(type, row.data(), s.k, raw.data() + std::size_t(r) * rb);
   }
-  const std::size_t copies = std::max<std::size_t>(2, (std::size_t(768) << 20) / raw.size() + 1);
+  const std::size_t copies =
+      resident ? 1 : std::max<std::size_t>(2, (std::size_t(768) << 20) / raw.size() + 1);
   for (std::size_t c = 0; c < copies; ++c)
     f.w.push_back(std::make_unique<ops::packed_weights>(type, raw.data(), s.n, s.k, 2));
   return f;
 }
 
-void bm_matmul(benchmark::State& st, ggml_type type, shape s, int64_t m, int nt) {
+void bm_matmul(benchmark::State& st, ggml_type type, shape s, int64_t m, int nt, bool resident) {
   const auto& kt = kernels::active();
-  fixture& f = weights(type, s);
+  fixture& f = weights(type, s, resident);
   std::vector<float> x(static_cast<size_t>(m * s.k));
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 61) - 30) * 0.03f;
   ops::act_q8 xq(m, s.k, ops::packed_weights::k_quant(type));
   std::vector<float> y(static_cast<size_t>(m * s.n));
   std::size_t c = 0;
+  if (resident) ops::quantize_activations(kt, x.data(), m, xq, nt);  // the loop alone
   for (auto _ : st) {
-    ops::quantize_activations(kt, x.data(), m, xq, nt);
+    if (!resident) ops::quantize_activations(kt, x.data(), m, xq, nt);
     ops::matmul(kt, *f.w[c], x.data(), &xq, m, y.data(), s.n, nt);
     c = (c + 1) % f.w.size();
     benchmark::ClobberMemory();
@@ -114,7 +119,7 @@ void bm_matmul(benchmark::State& st, ggml_type type, shape s, int64_t m, int nt)
   if (m == 1) {
     const double gbs = double(f.w[0]->bytes()) * double(st.iterations());
     st.counters["GB/s"] = benchmark::Counter(gbs / 1e9, benchmark::Counter::kIsRate);
-    if (const auto bw = g_bw.find(nt); bw != g_bw.end() && bw->second > 0)
+    if (const auto bw = g_bw.find(nt); !resident && bw != g_bw.end() && bw->second > 0)
       st.counters["bw_frac"] = benchmark::Counter(gbs / 1e9 / bw->second, benchmark::Counter::kIsRate);
   } else {
     const double ops = 2.0 * double(s.n) * double(s.k) * double(m) * double(st.iterations());
@@ -182,13 +187,18 @@ int main(int argc, char** argv) {
           const std::string name = std::string(gguf::type_name(type)) + "/" +
                                    std::to_string(s.n) + "x" + std::to_string(s.k) + "/M" +
                                    std::to_string(m) + "/t" + std::to_string(nt);
-          auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_matmul, type, s, m, nt);
+          auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_matmul, type, s, m, nt, false);
           b->Unit(benchmark::kMillisecond)->UseRealTime();
           if (m == 512) b->Iterations(quick ? 1 : 2);
           else b->MinTime(quick ? 0.2 : m > 1 ? 0.5 : 1.0);
         }
       }
     }
+    // the GEMV loop of one core from the caches (256 rows: 0.6-1.1 MiB, L2 or L3; activations
+    // quantized once, outside the timing): GB/s without bw_frac
+    const std::string name = std::string(gguf::type_name(type)) + "/256x4096/M1/t1/resident";
+    auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_matmul, type, shape{256, 4096}, int64_t(1), 1, true);
+    b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(quick ? 0.2 : 1.0);
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
