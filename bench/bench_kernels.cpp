@@ -33,32 +33,39 @@ std::map<int, double> g_peak;  // int8 GOP/s by thread count
 
 #if defined(__x86_64__)
 // Register-only loop of the GEMM's int8 instructions (maddubs + 16-bit adds, one madd per eight):
-// 2 ops (multiply + add) per int8 product.
+// 2 ops (multiply + add) per int8 product. Four tokens with distinct activations and two weight
+// registers made opaque after every use (and the sums with them, so the products are added as
+// they come), so the compiler can neither share products between tokens nor hoist them out of
+// the loop: it executes the 32 maddubs per iteration that it counts.
 __attribute__((target("avx2,fma"))) double measure_int8_peak(int nt) {
-  const int64_t iters = 50'000'000;
+  const int64_t iters = 25'000'000;
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();
     int sink = 0;
 #pragma omp parallel num_threads(nt) reduction(+ : sink)
     {
-      __m256i w[8], acc[4];
-      for (int j = 0; j < 8; ++j) w[j] = _mm256_set1_epi8(char(j + omp_get_thread_num()));
-      for (int j = 0; j < 4; ++j) acc[j] = _mm256_setzero_si256();
-      const __m256i x = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
-      for (int64_t i = 0; i < iters / nt; ++i) {
-        for (int t = 0; t < 4; ++t) {  // 4 tokens x 8 maddubs, as the 4-token tile
-          __m256i s = _mm256_maddubs_epi16(w[0], x);
-          for (int j = 1; j < 8; ++j) s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[j], x));
-          acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s, ones));
-        }
-        for (auto& v : w) __asm__ volatile("" : "+x"(v));  // keep every product in the loop
+      __m256i w0 = _mm256_set1_epi8(char(1 + omp_get_thread_num())), w1 = _mm256_set1_epi8(2);
+      __m256i x[4], s[4], acc[4];
+      for (int t = 0; t < 4; ++t) {
+        x[t] = _mm256_set1_epi8(char(3 + t));
+        acc[t] = _mm256_setzero_si256();
       }
-      for (int j = 0; j < 4; ++j) sink += _mm256_extract_epi32(acc[j], 0);
+      const __m256i ones = _mm256_set1_epi16(1);
+      for (int64_t i = 0; i < iters / nt; ++i) {
+        for (int t = 0; t < 4; ++t) s[t] = _mm256_setzero_si256();
+        for (int h = 0; h < 4; ++h) {  // 4 x (4 tokens x 2 maddubs)
+          for (int t = 0; t < 4; ++t)
+            s[t] = _mm256_add_epi16(s[t], _mm256_add_epi16(_mm256_maddubs_epi16(w0, x[t]), _mm256_maddubs_epi16(w1, x[t])));
+          __asm__ volatile("" : "+x"(w0), "+x"(w1), "+x"(s[0]), "+x"(s[1]), "+x"(s[2]), "+x"(s[3]));
+        }
+        for (int t = 0; t < 4; ++t) acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s[t], ones));
+      }
+      for (int t = 0; t < 4; ++t) sink += _mm256_extract_epi32(acc[t], 0);
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     benchmark::DoNotOptimize(sink);
-    best = std::max(best, double(iters) * 4 * 8 * 32 * 2 / s / 1e9);
+    best = std::max(best, double(iters / nt * nt) * 4 * 8 * 32 * 2 / s / 1e9);
   }
   return best;
 }
