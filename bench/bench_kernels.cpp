@@ -149,6 +149,11 @@ std::vector<int> bench_threads() {
       std::fprintf(stderr, "bench_kernels: QLLM_BENCH_THREADS '%s': thread counts must be 1..1024\n", s.c_str());
       std::exit(2);
     }
+    if (t > omp_get_thread_limit()) {  // each result would be labelled with more threads than it had
+      std::fprintf(stderr, "bench_kernels: %d threads, but a parallel region here gets at most %d (OMP_THREAD_LIMIT)\n", t,
+                   omp_get_thread_limit());
+      std::exit(2);
+    }
     v.push_back(t);
     i = j + 1;
   }

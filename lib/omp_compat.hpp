@@ -7,4 +7,5 @@
 inline int omp_get_max_threads() noexcept { return 1; }
 inline int omp_get_thread_num() noexcept { return 0; }
 inline int omp_get_num_threads() noexcept { return 1; }
+inline int omp_get_thread_limit() noexcept { return 1; }
 #endif

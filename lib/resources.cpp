@@ -197,7 +197,8 @@ bool omp_num_threads_set() noexcept {
 
 int default_threads() noexcept {
   static const int n = [] {
-    const int omp = std::min(std::max(1, omp_get_max_threads()), max_threads());
+    // OMP_THREAD_LIMIT caps every parallel region's team, whatever num_threads asks for
+    const int omp = std::min({std::max(1, omp_get_max_threads()), std::max(1, omp_get_thread_limit()), max_threads()});
     if (omp_num_threads_set()) return omp;  // an explicit choice is kept (within the bound)
     std::string text;
     if (!read_text("/proc/self/cgroup", text)) return omp;

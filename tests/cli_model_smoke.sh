@@ -14,6 +14,13 @@ done
 # OMP_NUM_THREADS never takes the default past the bound, and junk in it is not a choice
 OMP_NUM_THREADS=3000 $run "$qllm" info | grep -q 'OMP_NUM_THREADS=3000, capped at the maximum'
 OMP_NUM_THREADS=abc $run "$qllm" info | grep -q '^threads: .*CPUs of the affinity mask'
+# OMP_THREAD_LIMIT caps every parallel region: the default follows it, and qllm bench refuses a
+# thread count it would label wrongly (before the model is read)
+if [ "$(nproc)" -ge 2 ]; then
+  OMP_THREAD_LIMIT=1 $run "$qllm" info | grep -q '^threads: *1 (.*capped by OMP_THREAD_LIMIT=1'
+fi
+if OMP_THREAD_LIMIT=1 $run "$qllm" bench -m "$dir/missing.gguf" -t 1,2 2>"$dir/err"; then exit 1; fi
+grep -q -- '-t: 2 threads, but a parallel region here gets at most 1' "$dir/err"
 $run "$qllm" gen-random --shape tiny --type q8_0 --seed 3 --out "$dir/tiny.gguf"
 # the bandwidth probe brackets the tests (64 MiB here, its smallest buffer) and every tg row
 # carries its fraction of it

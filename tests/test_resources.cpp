@@ -9,6 +9,7 @@
 #include <fstream>
 #include <string>
 
+#include "omp_compat.hpp"
 #include "perf/read_bandwidth.hpp"
 #include "qllm/resources.hpp"
 
@@ -100,8 +101,9 @@ TEST_CASE("default and maximum thread counts") {
   CHECK(default_threads() >= 1);
   CHECK(max_threads() >= 64);
   CHECK(default_threads() <= max_threads());
+  CHECK(default_threads() <= omp_get_thread_limit());  // no parallel region gets more
   if (const char* env = std::getenv("OMP_NUM_THREADS"); env && std::atoi(env) > 0)
-    CHECK(default_threads() == std::atoi(env));
+    CHECK(default_threads() == std::min({std::atoi(env), omp_get_thread_limit(), max_threads()}));
 }
 
 TEST_CASE("cgroup memory limits: v2 memory.max and v1 memory.limit_in_bytes, smallest wins") {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "omp_compat.hpp"
 #include "args.hpp"
 #include "commands.hpp"
 #include "kernels/kernel_table.hpp"
@@ -182,10 +183,14 @@ int cmd_bench(int argc, char** argv) {
     }
   }
   // before the model is loaded and the bandwidth probed: the context would refuse it after both
-  for (int64_t nt : threads)
+  for (int64_t nt : threads) {
     if (nt > max_threads())
       throw error(errc::invalid_argument, "-t: " + std::to_string(nt) + " threads is more than " +
                                               std::to_string(max_threads()) + ", the most this machine allows");
+    if (nt > omp_get_thread_limit())  // the runs would have fewer threads than their label says
+      throw error(errc::invalid_argument, "-t: " + std::to_string(nt) + " threads, but a parallel region here gets at most " +
+                                              std::to_string(omp_get_thread_limit()) + " (OMP_THREAD_LIMIT, or a build without OpenMP)");
+  }
   path = model_or_default(path, "qllm bench [-m FILE] [-t 2] [-p 64,512] [-n 32,128] [-r 3] [-d DEPTH] [--kv f16|f32] "
                                 "[--no-warmup]");
 

@@ -46,11 +46,12 @@ int cmd_info(int argc, char** argv) {
   std::printf("  runnable:  %s\n", runnable.c_str());
   std::printf("  compiled:  %s\n", compiled.c_str());
   std::string why = "CPUs of the affinity mask: " + std::to_string(omp_get_max_threads());
-  if (omp_num_threads_set()) {
-    why = std::string("OMP_NUM_THREADS=") + std::getenv("OMP_NUM_THREADS");
-    if (default_threads() < omp_get_max_threads()) why += ", capped at the maximum";
-  } else if (default_threads() < omp_get_max_threads()) {
-    why += ", capped by the cgroup CPU quota";
+  if (omp_num_threads_set()) why = std::string("OMP_NUM_THREADS=") + std::getenv("OMP_NUM_THREADS");
+  if (default_threads() < omp_get_max_threads()) {
+    if (omp_get_thread_limit() == default_threads() && std::getenv("OMP_THREAD_LIMIT"))
+      why += std::string(", capped by OMP_THREAD_LIMIT=") + std::getenv("OMP_THREAD_LIMIT");
+    else
+      why += omp_num_threads_set() ? ", capped at the maximum" : ", capped by the cgroup CPU quota";
   }
   const default_model d = find_default_model();
   if (d.path.empty()) std::printf("default model: none found (looked at %s)\n", d.looked.c_str());

@@ -14,7 +14,8 @@ int cgroup_cpu_limit(const std::string& proc_self_cgroup, const std::string& mou
 
 // The default thread count: OMP_NUM_THREADS when it holds a positive number, else the CPUs of
 // the affinity mask capped by the cgroup CPU quota (a container given --cpus=2 on a 64-core host
-// gets 2); never above max_threads(). Computed once.
+// gets 2); never above OMP_THREAD_LIMIT (no parallel region gets more) or max_threads().
+// Computed once.
 int default_threads() noexcept;
 // Whether OMP_NUM_THREADS holds a number libgomp takes (a positive integer first).
 bool omp_num_threads_set() noexcept;
