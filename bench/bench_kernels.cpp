@@ -32,45 +32,64 @@ std::map<int, double> g_bw;    // best read bandwidth GB/s by thread count
 std::map<int, double> g_peak;  // int8 GOP/s by thread count
 
 #if defined(__x86_64__)
-// Register-only loop of the GEMM's int8 instructions (maddubs + 16-bit adds, one madd per eight):
-// 2 ops (multiply + add) per int8 product. Four tokens with distinct activations and two weight
-// registers made opaque after every use (and the sums with them, so the products are added as
-// they come), so the compiler can neither share products between tokens nor hoist them out of
-// the loop: it executes the 32 maddubs per iteration that it counts.
-__attribute__((target("avx2,fma"))) double measure_int8_peak(int nt) {
+// Register-only loops of the GEMMs' int8 instructions, 2 ops (multiply + add) per int8 product.
+// The peak (sign_step false): unsigned x signed maddubs + 16-bit adds, one madd per eight, the
+// Q4_0 / k-quant step. sign_step: the signed x signed step of the Q8_0 GEMM, |w| (shared by the
+// tokens) x sign(x, w), then madd and a 32-bit add per maddubs. Four tokens with distinct
+// activations and two weight registers made opaque after every step (the sums with them, so
+// products are added as they come): the compiler can neither share products between tokens nor
+// hoist them, and each iteration executes the 32 maddubs it counts. Every thread counts its own
+// iterations (a team smaller than asked is counted as it ran).
+template <bool sign_step>
+__attribute__((target("avx2,fma"))) double measure_int8_loop(int nt) {
   const int64_t iters = 25'000'000;
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();
     int sink = 0;
-#pragma omp parallel num_threads(nt) reduction(+ : sink)
+    int64_t done = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : sink, done)
     {
-      __m256i w0 = _mm256_set1_epi8(char(1 + omp_get_thread_num())), w1 = _mm256_set1_epi8(2);
+      __m256i w0 = _mm256_set1_epi8(char(1 + omp_get_thread_num())), w1 = _mm256_set1_epi8(-2);
       __m256i x[4], s[4], acc[4];
       for (int t = 0; t < 4; ++t) {
         x[t] = _mm256_set1_epi8(char(3 + t));
         acc[t] = _mm256_setzero_si256();
       }
       const __m256i ones = _mm256_set1_epi16(1);
-      for (int64_t i = 0; i < iters / nt; ++i) {
+      const int64_t n = iters / omp_get_num_threads();
+      for (int64_t i = 0; i < n; ++i) {
         for (int t = 0; t < 4; ++t) s[t] = _mm256_setzero_si256();
         for (int h = 0; h < 4; ++h) {  // 4 x (4 tokens x 2 maddubs)
-          for (int t = 0; t < 4; ++t)
-            s[t] = _mm256_add_epi16(s[t], _mm256_add_epi16(_mm256_maddubs_epi16(w0, x[t]), _mm256_maddubs_epi16(w1, x[t])));
+          if constexpr (sign_step) {
+            const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+            for (int t = 0; t < 4; ++t)
+              s[t] = _mm256_add_epi32(s[t], _mm256_add_epi32(
+                  _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(x[t], w0)), ones),
+                  _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(x[t], w1)), ones)));
+          } else {
+            for (int t = 0; t < 4; ++t)
+              s[t] = _mm256_add_epi16(s[t], _mm256_add_epi16(_mm256_maddubs_epi16(w0, x[t]), _mm256_maddubs_epi16(w1, x[t])));
+          }
           __asm__ volatile("" : "+x"(w0), "+x"(w1), "+x"(s[0]), "+x"(s[1]), "+x"(s[2]), "+x"(s[3]));
         }
-        for (int t = 0; t < 4; ++t) acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s[t], ones));
+        for (int t = 0; t < 4; ++t)
+          acc[t] = _mm256_add_epi32(acc[t], sign_step ? s[t] : _mm256_madd_epi16(s[t], ones));
       }
       for (int t = 0; t < 4; ++t) sink += _mm256_extract_epi32(acc[t], 0);
+      done += n;
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     benchmark::DoNotOptimize(sink);
-    best = std::max(best, double(iters / nt * nt) * 4 * 8 * 32 * 2 / s / 1e9);
+    best = std::max(best, double(done) * 4 * 8 * 32 * 2 / s / 1e9);
   }
   return best;
 }
+double measure_int8_peak(int nt) { return measure_int8_loop<false>(nt); }
+double measure_q8_sign_step(int nt) { return measure_int8_loop<true>(nt); }
 #else
 double measure_int8_peak(int) { return 0.0; }  // no peak loop for this arch yet: peak_frac reads inf
+double measure_q8_sign_step(int) { return 0.0; }
 #endif
 
 struct shape {
@@ -179,12 +198,13 @@ int main(int argc, char** argv) {
   for (std::size_t i = 0; i < threads.size(); ++i) {
     const int nt = threads[i];
     g_peak[nt] = measure_int8_peak(nt);
+    const double q8_step = measure_q8_sign_step(nt);
     if (!bw.empty()) {
       g_bw[nt] = bw[i];
       std::printf("machine, %d thread(s): read bandwidth %.1f GB/s (huge pages, best of 10, %zu MiB), "
-                  "int8 peak %.0f GOP/s\n", nt, g_bw[nt], bw_bytes >> 20, g_peak[nt]);
+                  "int8 peak %.0f GOP/s (Q8_0 signed step %.0f)\n", nt, g_bw[nt], bw_bytes >> 20, g_peak[nt], q8_step);
     } else {
-      std::printf("machine, %d thread(s): int8 peak %.0f GOP/s\n", nt, g_peak[nt]);
+      std::printf("machine, %d thread(s): int8 peak %.0f GOP/s (Q8_0 signed step %.0f)\n", nt, g_peak[nt], q8_step);
     }
   }
   const shape shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {32000, 4096}};
