@@ -12,59 +12,20 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import serve_util  # noqa: E402
+from serve_util import Checks  # noqa: E402
+
 qllm, model = sys.argv[1], sys.argv[2]
-runner = os.environ.get("QLLM_RUNNER", "").split()
-tmp = tempfile.TemporaryDirectory()
-checks = 0
+check = Checks("serve_faults")
 
 
-def fail(msg):
-    print("serve_faults: FAIL: " + msg, file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    global checks
-    if not cond:
-        fail(msg)
-    checks += 1
-
-
-class Server:
+class Server(serve_util.Server):
     def __init__(self, *args):
-        self.err = os.path.join(tmp.name, "s%d.err" % time.time_ns())
-        self.p = subprocess.Popen(runner + [qllm, "serve", "-m", model, "--port", "0"] + list(args),
-                                  stdout=subprocess.DEVNULL, stderr=open(self.err, "w"))
-        for _ in range(600):
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(self.err).read())
-            if m:
-                self.port = int(m.group(1))
-                return
-            if self.p.poll() is not None:
-                fail("the server exited: " + open(self.err).read())
-            time.sleep(0.1)
-        fail("the server did not start")
-
-    def post(self, path, body, timeout=60):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        r = c.getresponse()
-        data = r.read()
-        c.close()
-        return r.status, data
-
-    def metric(self, name):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-        c.close()
-        m = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
-        return m.group(1) if m else None
+        super().__init__(check, qllm, model, *args)
 
     def raw(self, body):  # a request on a raw socket, answer not read
         s = socket.create_connection(("127.0.0.1", self.port))
@@ -72,16 +33,6 @@ class Server:
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(data) + data)
         return s
-
-    def stop(self, timeout=60):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            return self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-            return None
 
 
 LONG = {"prompt": "In the beginning", "max_tokens": 100000, "temperature": 0, "logit_bias": {"2": -100}}
@@ -189,4 +140,4 @@ check(rc == 0, "exit status %r after SIGTERM with a stalled connection" % rc)
 check(secs < 20, "exit took %.1f s after SIGTERM" % secs)
 codes = sorted(r[0] for r in results)
 check(codes == [503, 503, 503], "after the grace the requests should be 503s: %r" % codes)
-print("serve_faults: %d checks passed (SIGTERM to exit with a stalled connection: %.1f s)" % (checks, secs))
+print("serve_faults: %d checks passed (SIGTERM to exit with a stalled connection: %.1f s)" % (check.n, secs))

@@ -1,59 +1,12 @@
 #include "serve/http_util.hpp"
 
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
 
 namespace qllm::serve {
-
-// ---- the connection of the current request ----
-// httplib does not hand handlers their socket, so it is found once per request: the socket
-// among this process's descriptors whose peer is the request's remote address and port (and
-// whose local port is the server's).
-int find_socket(const httplib::Request& req) {
-  DIR* d = ::opendir("/proc/self/fd");
-  if (!d) return -1;
-  int found = -1;
-  while (dirent* e = ::readdir(d)) {
-    char* end = nullptr;
-    const long fd = std::strtol(e->d_name, &end, 10);
-    if (end == e->d_name || *end != '\0' || fd == ::dirfd(d)) continue;
-    struct stat st;
-    if (::fstat(int(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage peer{}, self{};
-    socklen_t pl = sizeof(peer), sl = sizeof(self);
-    if (::getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
-    if (::getsockname(int(fd), reinterpret_cast<sockaddr*>(&self), &sl) != 0) continue;
-    char host[INET6_ADDRSTRLEN] = {0};
-    int pport = -1, sport = -1;
-    if (peer.ss_family == AF_INET) {
-      const auto* a4 = reinterpret_cast<const sockaddr_in*>(&peer);
-      ::inet_ntop(AF_INET, &a4->sin_addr, host, sizeof(host));
-      pport = ntohs(a4->sin_port);
-      sport = ntohs(reinterpret_cast<const sockaddr_in*>(&self)->sin_port);
-    } else if (peer.ss_family == AF_INET6) {
-      const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
-      ::inet_ntop(AF_INET6, &a6->sin6_addr, host, sizeof(host));
-      pport = ntohs(a6->sin6_port);
-      sport = ntohs(reinterpret_cast<const sockaddr_in6*>(&self)->sin6_port);
-    } else {
-      continue;
-    }
-    if (pport == req.remote_port && sport == req.local_port && req.remote_addr == host) {
-      found = int(fd);
-      break;
-    }
-  }
-  ::closedir(d);
-  return found;
-}
 
 bool client_gone(int fd) {
   if (fd < 0) return false;

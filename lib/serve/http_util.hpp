@@ -1,5 +1,5 @@
-// The HTTP side of qllm serve that is not an endpoint: the request's connection (to notice a
-// client that left), Prometheus histograms, OpenAI-style errors, base64 embeddings.
+// The HTTP side of qllm serve that is not an endpoint: noticing a client that left, Prometheus
+// histograms, OpenAI-style errors, base64 embeddings.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -15,8 +15,6 @@ namespace qllm::serve {
 
 using json = nlohmann::json;
 
-// The socket of `req`'s connection (httplib does not hand it to handlers), or -1.
-int find_socket(const httplib::Request& req);
 // True when the client on socket fd has closed its connection (or reset it).
 bool client_gone(int fd);
 

@@ -1,5 +1,6 @@
 #include "serve/request.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -104,11 +105,13 @@ void parse_common(const json& body, const model& m, gen_settings& g, int64_t def
     if (it->size() > 1024) bad_request("'logit_bias' has more than 1024 entries", "logit_bias");
     for (auto e = it->begin(); e != it->end(); ++e) {
       const std::string& key = e.key();
-      char* end = nullptr;
-      errno = 0;
-      const long id = std::strtol(key.c_str(), &end, 10);
-      if (key.empty() || *end != '\0' || errno != 0 || id < 0 || id >= m.config().n_vocab)
-        bad_request("'logit_bias' key '" + key + "' is not a token id of this model", "logit_bias");
+      // canonical decimal ids only: "+5", " 5", "05" or "5 " name no token
+      const bool canonical = !key.empty() && key.size() <= 10 && (key == "0" || key[0] != '0') &&
+                             std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+      const int64_t id = canonical ? std::stoll(key) : -1;
+      if (!canonical || id >= m.config().n_vocab)
+        bad_request("'logit_bias' key '" + key + "' is not a token id of this model (a decimal number without sign, "
+                    "spaces or leading zeros)", "logit_bias");
       if (!e.value().is_number()) bad_request("'logit_bias' values must be numbers", "logit_bias");
       const double b = e.value().get<double>();
       if (!(b >= -100 && b <= 100)) bad_request("'logit_bias' values must be in [-100, 100]", "logit_bias");

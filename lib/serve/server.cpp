@@ -6,6 +6,7 @@
 // cancels the engine request when the client goes away or the request's time is up.
 #include "serve/server.hpp"
 
+#include "serve/connection.hpp"
 #include "serve/http_util.hpp"
 #include "serve/request.hpp"
 
@@ -68,6 +69,8 @@ struct channel {
   engine_result result;
   clock::time_point last_token;
   bool any_token = false;
+  bool abandoned = false;  // a stream whose client left: the result, when it comes, is counted as 499
+  bool accounted = false;  // the request's tokens and status are in the metrics (exactly once)
 };
 
 // Counts a request as in flight from its start until its response is written (streams: until
@@ -88,8 +91,8 @@ class server {
  private:
   void route();
   bool authorized(const httplib::Request& req) const;
-  void completion(const httplib::Request& req, httplib::Response& res, bool chat);
-  void embeddings(const httplib::Request& req, httplib::Response& res);
+  void completion(const std::string& req_body, httplib::Response& res, bool chat);
+  void embeddings(const std::string& req_body, httplib::Response& res);
   void answer(httplib::Response& res, int status, const json& body);
   void fail(httplib::Response& res, const http_error& e);
   std::string metrics_text();
@@ -102,7 +105,7 @@ class server {
   std::mutex embed_mu_;
   std::string key_;
   std::string name_;
-  httplib::Server http_;
+  guarded_server http_{o_.max_body};
   metrics met_;
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> next_id_{1};
@@ -146,11 +149,11 @@ bool server::authorized(const httplib::Request& req) const {
   return diff == 0;
 }
 
-void server::completion(const httplib::Request& req, httplib::Response& res, bool chat) {
+void server::completion(const std::string& req_body, httplib::Response& res, bool chat) {
   const auto t_start = clock::now();
   auto flight = std::make_shared<in_flight_guard>(in_flight_);
   if (draining_) throw http_error{503, "the server is shutting down", "server_error", "shutting_down", ""};
-  json body = json::parse(req.body, nullptr, false);
+  json body = json::parse(req_body, nullptr, false);
   if (body.is_discarded()) bad_request("the body is not valid JSON");
   if (!body.is_object()) bad_request("the body must be a JSON object");
   gen_settings g;
@@ -240,7 +243,7 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
                     std::to_string(engine_->n_ctx()) + " tokens",
                 "max_tokens");
 
-  const int sock = find_socket(req);
+  const int sock = current_conn() ? current_conn()->socket() : -1;
   auto ch = std::make_shared<channel>();
   const bool strip_space = chat;  // the answer's first piece carries the template's space
   auto first_piece = std::make_shared<bool>(true);
@@ -262,11 +265,28 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
     ch->cv.notify_all();
     return true;
   };
-  g.req.on_done = [ch](const engine_result& r) {
-    std::lock_guard<std::mutex> lk(ch->mu);
-    ch->result = r;
-    ch->done = true;
-    ch->cv.notify_all();
+  auto on_finished = [this, t_start](const engine_result& r) {
+    prompt_tokens_ += uint64_t(std::max<int64_t>(0, r.gen.timings.n_prompt));
+    generated_tokens_ += uint64_t(r.gen.tokens.size());
+    if (r.first_token_seconds > 0) met_.ttft.observe(r.first_token_seconds);
+    met_.duration.observe(std::chrono::duration<double>(clock::now() - t_start).count());
+  };
+  // a stream whose client left before its end: its tokens count, and it counts as 499
+  auto on_abandoned = [this, on_finished](const engine_result& r) {
+    on_finished(r);
+    met_.count(499);
+  };
+  g.req.on_done = [ch, on_abandoned](const engine_result& r) {
+    bool account = false;
+    {
+      std::lock_guard<std::mutex> lk(ch->mu);
+      ch->result = r;
+      ch->done = true;
+      account = ch->abandoned && !ch->accounted;
+      if (account) ch->accounted = true;
+      ch->cv.notify_all();
+    }
+    if (account) on_abandoned(r);
   };
   const context_policy policy = g.req.policy;
   const int64_t n_prompt_given = int64_t(prompt.size());
@@ -296,12 +316,6 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
   auto usage = [n_prompt](const engine_result& r) {
     const int64_t c = int64_t(r.gen.tokens.size());
     return json{{"prompt_tokens", n_prompt}, {"completion_tokens", c}, {"total_tokens", n_prompt + c}};
-  };
-  auto on_finished = [this, t_start](const engine_result& r) {
-    prompt_tokens_ += uint64_t(std::max<int64_t>(0, r.gen.timings.n_prompt));
-    generated_tokens_ += uint64_t(r.gen.tokens.size());
-    if (r.first_token_seconds > 0) met_.ttft.observe(r.first_token_seconds);
-    met_.duration.observe(std::chrono::duration<double>(clock::now() - t_start).count());
   };
 
   if (!g.stream) {
@@ -348,8 +362,8 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
     return;
   }
 
-  // streamed: server-sent events, written by httplib's thread as the engine produces them
-  met_.count(200);
+  // streamed: server-sent events, written by httplib's thread as the engine produces them; counted
+  // when it ends (200, or 499 when the client leaves first)
   res.status = 200;
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");  // nginx: pass events through at once
@@ -371,7 +385,7 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
   };
   res.set_chunked_content_provider(
       "text/event-stream",
-      [ch, state, late, chunk, deadline, eng, id, chat, qllm_ext, include_usage, usage, on_finished, sock](
+      [this, ch, state, late, chunk, deadline, eng, id, chat, qllm_ext, include_usage, usage, on_finished, sock](
           std::size_t, httplib::DataSink& sink) {
         auto send = [&](const json& j) {
           const std::string ev = "data: " + dump(j) + "\n\n";
@@ -414,7 +428,16 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
           }
           return true;
         }
-        on_finished(r);
+        bool account;
+        {
+          std::lock_guard<std::mutex> lk(ch->mu);
+          account = !ch->accounted;
+          ch->accounted = true;
+        }
+        if (account) {
+          on_finished(r);
+          met_.count(200);
+        }
         *state = 2;
         if (!r.error.empty() || r.gen.finish == finish_reason::cancelled) {
           const std::string msg = !r.error.empty() ? r.error
@@ -424,9 +447,8 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
         } else {
           json last = chunk("", finish_name(r.gen.finish));
           if (chat) last["choices"][0]["delta"] = json::object();
-          last["usage"] = usage(r);
           if (!send(last)) return false;
-          if (include_usage) {
+          if (include_usage) {  // as OpenAI: one last chunk with no choices, only when asked for
             json u = chunk("", nullptr);
             u["choices"] = json::array();
             u["usage"] = usage(r);
@@ -438,15 +460,29 @@ void server::completion(const httplib::Request& req, httplib::Response& res, boo
         sink.done();
         return true;
       },
-      [ch, eng, id, flight](bool success) {
-        if (!success) eng->cancel(id);  // the client went away before the end
+      [ch, eng, id, flight, on_abandoned](bool success) {
+        if (success) return;
+        // the client went away before the end: what was generated is counted once the engine
+        // hands back the result (now, if it already has)
+        bool account = false;
+        engine_result r;
+        {
+          std::lock_guard<std::mutex> lk(ch->mu);
+          ch->abandoned = true;
+          if (ch->done && !ch->accounted) {
+            ch->accounted = account = true;
+            r = ch->result;
+          }
+        }
+        if (account) on_abandoned(r);
+        eng->cancel(id);
       });
 }
 
-void server::embeddings(const httplib::Request& req, httplib::Response& res) {
+void server::embeddings(const std::string& req_body, httplib::Response& res) {
   in_flight_guard flight(in_flight_);
   if (draining_) throw http_error{503, "the server is shutting down", "server_error", "shutting_down", ""};
-  json body = json::parse(req.body, nullptr, false);
+  json body = json::parse(req_body, nullptr, false);
   if (body.is_discarded()) bad_request("the body is not valid JSON");
   if (!body.is_object()) bad_request("the body must be a JSON object");
   check_fields(body, {"model", "input", "encoding_format", "dimensions"});
@@ -538,13 +574,23 @@ std::string server::metrics_text() {
 }
 
 void server::route() {
-  auto guarded = [this](auto&& fn) {
-    return [this, fn](const httplib::Request& req, httplib::Response& res) {
+  // fn(req, body, res); `reader` is null for requests without a body (GET)
+  auto run_guarded = [this](auto& fn, const httplib::Request& req, httplib::Response& res,
+                            const httplib::ContentReader* reader) {
       try {
-        if (!authorized(req))
+        if (!authorized(req)) {
+          // the body is not read: the connection cannot go on after the answer
+          if (reader && current_conn()) current_conn()->close_after_response();
           throw http_error{401, "a valid API key is required (Authorization: Bearer KEY)", "authentication_error",
                            "invalid_api_key", ""};
-        fn(req, res);
+        }
+        std::string body;
+        if (reader) {
+          std::string msg;
+          if (const int st = read_body(req, *reader, o_.max_body, body, msg); st != 0)
+            throw http_error{st, msg, "invalid_request_error", "", ""};
+        }
+        fn(req, body, res);
       } catch (const http_error& e) {
         fail(res, e);
       } catch (const json::exception& e) {  // a field of the wrong type read by the JSON library
@@ -558,13 +604,23 @@ void server::route() {
       } catch (const std::exception& e) {
         fail(res, http_error{500, e.what(), "server_error", "", ""});
       }
+  };
+  // POST endpoints read their bodies themselves (bounded by --max-body, chunked or not)
+  auto post = [this, run_guarded](auto&& fn) {
+    return [run_guarded, fn](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& rd) {
+      run_guarded(fn, req, res, &rd);
     };
   };
-  http_.Post("/v1/completions", guarded([this](const httplib::Request& q, httplib::Response& r) { completion(q, r, false); }));
+  auto get = [run_guarded](auto&& fn) {
+    return [run_guarded, fn](const httplib::Request& req, httplib::Response& res) { run_guarded(fn, req, res, nullptr); };
+  };
+  http_.Post("/v1/completions",
+             post([this](const httplib::Request&, const std::string& b, httplib::Response& r) { completion(b, r, false); }));
   http_.Post("/v1/chat/completions",
-             guarded([this](const httplib::Request& q, httplib::Response& r) { completion(q, r, true); }));
-  http_.Post("/v1/embeddings", guarded([this](const httplib::Request& q, httplib::Response& r) { embeddings(q, r); }));
-  http_.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& r) {
+             post([this](const httplib::Request&, const std::string& b, httplib::Response& r) { completion(b, r, true); }));
+  http_.Post("/v1/embeddings",
+             post([this](const httplib::Request&, const std::string& b, httplib::Response& r) { embeddings(b, r); }));
+  http_.Get("/v1/models", get([this](const httplib::Request&, const std::string&, httplib::Response& r) {
               answer(r, 200,
                      json{{"object", "list"},
                           {"data", json::array({json{{"id", name_},
@@ -598,8 +654,35 @@ void server::route() {
       case 405: msg = "method not allowed"; break;
       default: msg = "HTTP " + std::to_string(res.status); break;
     }
+    // what httplib met while reading the request, as the connection saw it
+    if (conn_stream* c = current_conn(); c && res.status == 400) {
+      c->close_after_response();
+      if (c->over_budget() && !c->in_body()) {
+        res.status = 431;
+        msg = "the request line and headers are larger than the server's limit of " + std::to_string(head_limit) + " bytes";
+      } else if (c->starved() && !c->in_body()) {
+        msg = "the request's headers ended early (the connection closed or the read timed out)";
+      } else {
+        msg = "the request is not valid HTTP/1.1";
+      }
+    }
     const int status = res.status;
     answer(res, status, error_body(http_error{status, msg, "invalid_request_error", "", ""}));
+  });
+  // framing is checked once the head is read, before any of the body
+  http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    const framing_verdict v = check_framing(req, o_.max_body);
+    if (v.status == 0) return httplib::Server::HandlerResponse::Unhandled;
+    fail(res, http_error{v.status, v.message, "invalid_request_error", "", ""});
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  // a connection whose framing can no longer be trusted (or whose request was not read whole)
+  // says so, and is closed after the response
+  http_.set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
+    if (conn_stream* c = current_conn(); c && c->closing()) {
+      res.headers.erase("Keep-Alive");
+      res.set_header("Connection", "close");
+    }
   });
   http_.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     answer(res, 500, error_body(http_error{500, "internal error", "server_error", "", ""}));
@@ -651,9 +734,7 @@ int server::run() {
   const int threads = o_.http_threads > 0 ? o_.http_threads : int(std::min<int64_t>(1024, o_.parallel + o_.max_queue + 8));
   http_.new_task_queue = [threads] { return new httplib::ThreadPool(std::size_t(threads)); };
   http_.set_payload_max_length(std::size_t(o_.max_body));
-  http_.set_read_timeout(o_.read_timeout, 0);
-  http_.set_write_timeout(o_.read_timeout, 0);
-  http_.set_keep_alive_timeout(5);
+  http_.set_timeouts(o_.read_timeout, o_.read_timeout, 5);
   route();
   int port = o_.port;
   if (port == 0) {

@@ -1,0 +1,252 @@
+#include "serve/connection.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cctype>
+#include <chrono>
+#include <cstring>
+
+namespace qllm::serve {
+
+namespace {
+
+thread_local conn_stream* tl_current = nullptr;
+
+// Bytes a request may read beyond its head: the body for a Content-Length, and for a chunked body
+// its data (at most max_body, counted by read_body) plus the chunk framing. A chunk of one byte
+// costs six bytes on the wire; more overhead than that is not a client worth waiting for.
+int64_t chunked_budget(int64_t max_body) { return 8 * max_body + head_limit; }
+
+bool wait_fd(int fd, short events, int timeout_ms) {
+  pollfd p{fd, events, 0};
+  for (;;) {
+    const int r = ::poll(&p, 1, timeout_ms);
+    if (r < 0 && errno == EINTR) continue;
+    return r > 0;
+  }
+}
+
+void ip_and_port(const sockaddr_storage& a, std::string& ip, int& port) {
+  char host[INET6_ADDRSTRLEN] = {0};
+  if (a.ss_family == AF_INET) {
+    const auto* a4 = reinterpret_cast<const sockaddr_in*>(&a);
+    ::inet_ntop(AF_INET, &a4->sin_addr, host, sizeof(host));
+    port = ntohs(a4->sin_port);
+  } else if (a.ss_family == AF_INET6) {
+    const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&a);
+    ::inet_ntop(AF_INET6, &a6->sin6_addr, host, sizeof(host));
+    port = ntohs(a6->sin6_port);
+  }
+  ip = host;
+}
+
+std::string trim(const std::string& s) {
+  std::size_t a = 0, b = s.size();
+  while (a < b && (s[a] == ' ' || s[a] == '\t')) ++a;
+  while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t')) --b;
+  return s.substr(a, b - a);
+}
+
+bool iequals(const std::string& a, const char* b) {
+  const std::size_t n = std::strlen(b);
+  if (a.size() != n) return false;
+  for (std::size_t i = 0; i < n; ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != b[i]) return false;
+  return true;
+}
+
+}  // namespace
+
+conn_stream* current_conn() { return tl_current; }
+
+conn_stream::conn_stream(int fd, int read_timeout_s, int write_timeout_s)
+    : fd_(fd), read_timeout_s_(read_timeout_s), write_timeout_s_(write_timeout_s), buf_(16 * 1024) {}
+
+bool conn_stream::is_readable() const { return buffered() || wait_fd(fd_, POLLIN, read_timeout_s_ * 1000); }
+
+bool conn_stream::is_writable() const {
+  if (!wait_fd(fd_, POLLOUT, write_timeout_s_ * 1000)) return false;
+  // alive: nothing to read, or something other than the end of the connection
+  if (!wait_fd(fd_, POLLIN, 0)) return true;
+  char c;
+  return ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+ssize_t conn_stream::read(char* ptr, std::size_t size) {
+  if (size == 0) return 0;
+  if (budget_ <= 0) {
+    over_ = true;
+    return -1;
+  }
+  size = std::min<std::size_t>(size, std::size_t(budget_));
+  if (off_ == len_) {
+    if (!is_readable()) {
+      starved_ = true;
+      return -1;
+    }
+    ssize_t n;
+    do n = ::recv(fd_, buf_.data(), buf_.size(), 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+      starved_ = true;
+      return n;
+    }
+    off_ = 0;
+    len_ = std::size_t(n);
+  }
+  const std::size_t n = std::min(size, len_ - off_);
+  std::memcpy(ptr, buf_.data() + off_, n);
+  off_ += n;
+  budget_ -= int64_t(n);
+  return ssize_t(n);
+}
+
+ssize_t conn_stream::write(const char* ptr, std::size_t size) {
+  if (!is_writable()) return -1;
+  ssize_t n;
+  do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
+void conn_stream::get_remote_ip_and_port(std::string& ip, int& port) const {
+  sockaddr_storage a{};
+  socklen_t l = sizeof(a);
+  port = -1;
+  if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&a), &l) == 0) ip_and_port(a, ip, port);
+}
+
+void conn_stream::get_local_ip_and_port(std::string& ip, int& port) const {
+  sockaddr_storage a{};
+  socklen_t l = sizeof(a);
+  port = -1;
+  if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &l) == 0) ip_and_port(a, ip, port);
+}
+
+void conn_stream::begin_request() {
+  budget_ = head_limit;
+  over_ = in_body_ = starved_ = false;
+}
+
+void conn_stream::begin_body(int64_t bytes) {
+  budget_ = bytes;
+  in_body_ = true;
+}
+
+bool guarded_server::process_and_close_socket(int sock) {
+  conn_stream s(sock, read_s_, write_s_);
+  tl_current = &s;
+  bool ok = true;
+  for (std::size_t count = keep_alive_max_count_; count > 0 && svr_sock_ != INVALID_SOCKET; --count) {
+    if (!s.buffered()) {  // the next request: wait for it while the server runs
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(keep_alive_s_);
+      bool ready = false;
+      while (!ready && svr_sock_ != INVALID_SOCKET && std::chrono::steady_clock::now() < until) {
+        pollfd p{sock, POLLIN, 0};
+        const int r = ::poll(&p, 1, 10);
+        if (r < 0 && errno != EINTR) break;
+        ready = r > 0;
+      }
+      if (!ready) break;
+    }
+    s.begin_request();
+    bool closed = false;
+    ok = process_request(s, count == 1, closed, nullptr);
+    if (!ok || closed || s.closing()) break;
+  }
+  tl_current = nullptr;
+  if (s.closing()) {
+    // A response sent before its request was read whole (413, 400, 401): closing now, with
+    // the body still arriving, would reset the connection and could destroy the response in the
+    // client's buffers before it reads it. So stop writing, and read and discard what comes for a
+    // short while (a lingering close, bounded in time; memory: one buffer).
+    ::shutdown(sock, SHUT_WR);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    char sink[16 * 1024];
+    while (std::chrono::steady_clock::now() < until) {
+      if (!wait_fd(sock, POLLIN, 100)) continue;
+      const ssize_t n = ::recv(sock, sink, sizeof(sink), 0);
+      if (n == 0 || (n < 0 && errno != EINTR)) break;
+    }
+  }
+  ::shutdown(sock, SHUT_RDWR);
+  ::close(sock);
+  return ok;
+}
+
+framing_verdict check_framing(const httplib::Request& req, int64_t max_body) {
+  conn_stream* conn = current_conn();
+  auto refuse = [conn](int status, std::string msg) {
+    if (conn) conn->close_after_response();  // the body's end is unknown: nothing after it is trusted
+    return framing_verdict{status, std::move(msg)};
+  };
+  const std::size_t n_te = req.get_header_value_count("Transfer-Encoding");
+  const std::size_t n_cl = req.get_header_value_count("Content-Length");
+  int64_t budget = 0;
+  if (n_te > 0) {
+    if (n_cl > 0) return refuse(400, "the request has both Content-Length and Transfer-Encoding");
+    const std::string te = trim(req.get_header_value("Transfer-Encoding"));
+    if (n_te > 1 || !iequals(te, "chunked"))
+      return refuse(501, "Transfer-Encoding '" + te + "' is not supported (only chunked)");
+    budget = chunked_budget(max_body);
+  } else if (n_cl > 0) {
+    const std::string cl = trim(req.get_header_value("Content-Length"));
+    for (std::size_t i = 1; i < n_cl; ++i)
+      if (trim(req.get_header_value("Content-Length", i)) != cl)
+        return refuse(400, "the request has several different Content-Length headers");
+    const bool digits = !cl.empty() && cl.size() <= 18 &&
+                        std::all_of(cl.begin(), cl.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    if (!digits) return refuse(400, "Content-Length '" + cl.substr(0, 40) + "' is not a length in bytes");
+    const int64_t len = std::stoll(cl);
+    if (len > max_body)
+      return refuse(413, "the request body (Content-Length " + cl + ") is larger than the server's limit of " +
+                             std::to_string(max_body) + " bytes");
+    budget = len;
+  } else if (req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
+    // HTTP/1.1: such a request has no body, but httplib would read one until the connection ends
+    return refuse(411, "a " + req.method + " request needs a Content-Length or Transfer-Encoding: chunked");
+  }
+  if (req.method != "POST" && req.method != "PUT" && req.method != "PATCH" && req.method != "DELETE" && budget > 0 &&
+      conn)
+    conn->close_after_response();  // a body httplib does not read: the connection cannot go on
+  if (conn) conn->begin_body(budget);
+  return {};
+}
+
+int read_body(const httplib::Request& req, const httplib::ContentReader& reader, int64_t max_body, std::string& body,
+              std::string& message) {
+  body.clear();
+  bool over = false;
+  const bool ok = reader([&](const char* d, std::size_t n) {
+    if (int64_t(body.size() + n) > max_body) {
+      over = true;
+      return false;
+    }
+    body.append(d, n);
+    return true;
+  });
+  if (ok) return 0;
+  conn_stream* conn = current_conn();
+  if (conn) conn->close_after_response();  // what is left of the body is never read
+  if (over || (conn && conn->over_budget())) {
+    message = "the request body is larger than the server's limit of " + std::to_string(max_body) + " bytes";
+    return 413;
+  }
+  const bool timed_out = conn && conn->starved();
+  if (req.has_header("Content-Length")) {
+    message = "the request body ended before its Content-Length of " + req.get_header_value("Content-Length") +
+              " bytes (" + std::to_string(body.size()) + " received" + (timed_out ? " when the read timed out)" : ")");
+  } else {
+    message = "the chunked request body is malformed or ended early (" + std::to_string(body.size()) +
+              " bytes received" + (timed_out ? " when the read timed out)" : ")");
+  }
+  return 400;
+}
+
+}  // namespace qllm::serve
