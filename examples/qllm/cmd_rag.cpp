@@ -157,6 +157,7 @@ int rag_ask(int argc, char** argv) {
   auto st = rag::store::open(db, false);  // before the model: a bad database fails fast
   auto m = load_text_model(o.model, usage);
   session s(m, o.sp);
+  warn_window(*m, o.sp.ctx.n_ctx);
   ap.cot = o.cot;
   ap.cot_p = o.cot_p;
   // the report comes before the answer, so the user sees first what was left out

@@ -61,6 +61,7 @@ int cmd_run(int argc, char** argv) {
   }
   auto m = load_text_model(o.model, usage);
   session s(m, o.sp);
+  warn_window(*m, o.sp.ctx.n_ctx);
   const auto tokens = s.tokenize(o.prompt, s.tok().add_bos());
   warn_fit(s, tokens, o.gp);
   if (o.cot) {  // stdout gets the answer only; the reasoning goes to stderr
@@ -110,6 +111,7 @@ int cmd_chat(int argc, char** argv) {
   // keep the system block when old turns are dropped, unless --keep says otherwise
   if (!system.empty() && !o.keep_set) o.sp.n_keep = chat_system_tokens(*m->get_tokenizer(), system);
   session s(m, o.sp);
+  warn_window(*m, o.sp.ctx.n_ctx);
   g_session.store(&s);
   struct session_guard {
     ~session_guard() { g_session.store(nullptr); }

@@ -101,6 +101,15 @@ std::shared_ptr<const model> load_text_model(const std::string& path, const char
   return m;
 }
 
+void warn_window(const model& m, int64_t n_ctx) {
+  const model_config& c = m.config();
+  if (c.n_ctx_train > 0 && n_ctx > c.n_ctx_train)
+    std::fprintf(stderr,
+                 "qllm: warning: the window of %lld tokens is longer than the model's training context of %lld; "
+                 "past position %lld its output may degrade (memory for the window is committed as it fills)\n",
+                 (long long)n_ctx, (long long)c.n_ctx_train, (long long)c.n_ctx_train);
+}
+
 std::string mib(int64_t bytes) {
   char b[32];
   std::snprintf(b, sizeof b, "%.0f MiB", double(bytes) / (1 << 20));

@@ -35,6 +35,9 @@ extern const char* kTextFlags;
 bool parse_text_flag(text_options& o, int argc, char** argv, int& i);
 // `path` or the default model, with a vocabulary; prints the weight cache's status.
 std::shared_ptr<const model> load_text_model(const std::string& path, const char* usage);
+// One line on stderr when a window (-c) is longer than the model's training context: allowed (RoPE
+// scaling is the user's choice), but positions past it are ones the model never saw.
+void warn_window(const model& m, int64_t n_ctx);
 std::string mib(int64_t bytes);
 // The report line after a generation, on stderr.
 void print_report(const generation_result& r);

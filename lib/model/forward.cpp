@@ -1,11 +1,15 @@
 // The Llama-2 forward pass over a batch of tokens, and the context that owns the KV cache.
 //
 // Shapes: M tokens per pass, E = n_embd, KV = kv_dim, F = n_ff, V = n_vocab.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
+
+#include <sys/mman.h>
 
 #include "model/model_impl.hpp"
 #include "ops/matmul.hpp"
@@ -37,6 +41,7 @@ class context_impl {
   std::vector<float> embed(std::span<const int32_t> tokens);
   void check_tokens(std::span<const int32_t> tokens) const;
   void allocate_buffers();  // RoPE tables, activations, scratch (throws std::bad_alloc)
+  void rope_fill(int64_t n_pos);  // RoPE table rows [rope_filled, n_pos), if not yet there
   void* seq_kv(int32_t seq) const noexcept {
     return static_cast<uint8_t*>(kv.get()) + std::size_t(seq) * seq_kv_bytes;
   }
@@ -54,17 +59,45 @@ class context_impl {
   std::size_t seq_kv_bytes = 0;
   const std::atomic<bool>* abort = nullptr;  // checked between chunks of n_batch tokens
 
-  struct free_deleter {
-    void operator()(void* p) const noexcept { std::free(p); }
+  // Anonymous pages mapped straight from the kernel: memory is committed as positions are used,
+  // never up front (malloc could touch it all: MALLOC_PERTURB_, or a calloc that clears).
+  class lazy_block {
+   public:
+    lazy_block() = default;
+    explicit lazy_block(std::size_t bytes) : n_(std::max<std::size_t>(bytes, 1)) {
+      p_ = ::mmap(nullptr, n_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p_ == MAP_FAILED) {
+        p_ = nullptr;
+        throw std::bad_alloc();
+      }
+    }
+    lazy_block(lazy_block&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(o.n_) {}
+    lazy_block& operator=(lazy_block&& o) noexcept {
+      std::swap(p_, o.p_);
+      std::swap(n_, o.n_);
+      return *this;
+    }
+    ~lazy_block() {
+      if (p_) ::munmap(p_, n_);
+    }
+    void* get() const noexcept { return p_; }
+    float* floats() const noexcept { return static_cast<float*>(p_); }
+
+   private:
+    void* p_ = nullptr;
+    std::size_t n_ = 0;
   };
   // Per sequence: [n_layer][2: k, v][n_head_kv][n_ctx][head_dim], f16 or f32: head-major, so the
   // rows one attention item reads are contiguous (row-major [n_ctx][KV] strided them by KV and
   // missed the TLB on every row)
-  std::unique_ptr<void, free_deleter> kv;
-  std::vector<float> rope_cos, rope_sin;   // [n_ctx][head_dim]
+  lazy_block kv;
+  // Sized by n_ctx but committed as they are used: the allocation is not touched up front (a
+  // window of millions of positions costs address space, not memory or time, until it fills)
+  lazy_block rope_cos, rope_sin;  // [n_ctx][head_dim] floats, rows < rope_filled set
+  int64_t rope_filled = 0;
   std::vector<float> x, xb, q, k, v, att;  // [M][E] (k, v: [M][KV])
   std::vector<float> hb, hb2;              // [M][F]
-  std::vector<float> attn_scratch;         // ops::attention_scratch_floats(nt, n_ctx)
+  lazy_block attn_scratch;  // ops::attention_scratch_floats(nt, n_ctx) floats, written before read
   std::vector<float> logits, all;          // [n_seq][V], [tokens][V]
   std::vector<ops::attention_args> attn_args;  // [n_seq]
   std::vector<int32_t> pass_tokens;            // [M]: a batch's pass, gathered
@@ -121,11 +154,12 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
                     std::to_string(kv_elt(kv_f16)) + " bytes), but this process can have " +
                     format_bytes(have) + " (physical memory, cgroup limit). Lower n_ctx" +
                     (kv_f16 ? "" : " or use an f16 KV cache"));
-  void* mem = std::aligned_alloc(64, kv_bytes);  // untouched pages cost no RSS
-  if (!mem)
+  try {
+    kv = lazy_block(kv_bytes);  // untouched pages cost no RSS
+  } catch (const std::bad_alloc&) {
     throw error(errc::out_of_memory, "context: cannot allocate the KV cache (" + format_bytes(kv_bytes) +
                                          " for n_ctx " + std::to_string(n_ctx) + ")");
-  kv.reset(mem);
+  }
   try {
     allocate_buffers();
   } catch (const std::bad_alloc&) {
@@ -137,11 +171,9 @@ context_impl::context_impl(std::shared_ptr<const model> mp, const context_params
 
 void context_impl::allocate_buffers() {
   const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, M = n_batch, hd = c.head_dim();
-  rope_cos.resize(std::size_t(n_ctx * hd));
-  rope_sin.resize(std::size_t(n_ctx * hd));
-  for (int64_t pos = 0; pos < n_ctx; ++pos)
-    ref::rope_table(&rope_cos[std::size_t(pos * hd)], &rope_sin[std::size_t(pos * hd)], hd, c.n_rot,
-                    double(pos) * double(c.rope_freq_scale), double(c.rope_freq_base));
+  rope_cos = lazy_block(std::size_t(n_ctx * hd) * sizeof(float));
+  rope_sin = lazy_block(std::size_t(n_ctx * hd) * sizeof(float));
+  rope_filled = 0;
   x.resize(std::size_t(M * E));
   xb.resize(std::size_t(M * E));
   q.resize(std::size_t(M * E));
@@ -150,7 +182,7 @@ void context_impl::allocate_buffers() {
   v.resize(std::size_t(M * KV));
   hb.resize(std::size_t(M * F));
   hb2.resize(std::size_t(M * F));
-  attn_scratch.resize(ops::attention_scratch_floats(nt, n_ctx));
+  attn_scratch = lazy_block(ops::attention_scratch_floats(nt, n_ctx) * sizeof(float));
   logits.resize(std::size_t(c.n_vocab) * std::size_t(n_seq));
   past.assign(std::size_t(n_seq), 0);
   attn_args.reserve(std::size_t(n_seq));
@@ -158,6 +190,13 @@ void context_impl::allocate_buffers() {
   pass_tokens.resize(std::size_t(M));
   if (E % qk == 0) aq_embd = ops::act_q8(M, E, w.k_quants);
   if (F % qk == 0) aq_ff = ops::act_q8(M, F, w.k_quants);
+}
+
+void context_impl::rope_fill(int64_t n_pos) {
+  const int64_t hd = c.head_dim();
+  for (; rope_filled < n_pos; ++rope_filled)
+    ref::rope_table(rope_cos.floats() + rope_filled * hd, rope_sin.floats() + rope_filled * hd, hd, c.n_rot,
+                    double(rope_filled) * double(c.rope_freq_scale), double(c.rope_freq_base));
 }
 
 void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, int64_t m, float* out_logits,
@@ -173,6 +212,9 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
   auto quantized = [](const ops::packed_weights& W) { return ops::packed_weights::repacked(W.type()); };
 
   for (int64_t t = 0; t < m; ++t) w.embed(tokens[t], &x[std::size_t(t * E)]);
+  int64_t n_pos = 0;  // the positions this pass rotates: their table rows, once each
+  for (const segment& s : sg) n_pos = std::max(n_pos, past[std::size_t(s.seq)] + s.m);
+  rope_fill(n_pos);
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const layer_weights& L = w.layers[std::size_t(l)];
@@ -188,8 +230,8 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
     attn_args.clear();
     for (const segment& s : sg) {
       const int64_t pos0 = past[std::size_t(s.seq)], r0 = s.row0;
-      ops::rope_rows(kt, &q[std::size_t(r0 * E)], s.m, E, c.n_head, hd, rope_cos.data(), rope_sin.data(), pos0, nt);
-      ops::rope_rows(kt, &k[std::size_t(r0 * KV)], s.m, KV, c.n_head_kv, hd, rope_cos.data(), rope_sin.data(), pos0,
+      ops::rope_rows(kt, &q[std::size_t(r0 * E)], s.m, E, c.n_head, hd, rope_cos.floats(), rope_sin.floats(), pos0, nt);
+      ops::rope_rows(kt, &k[std::size_t(r0 * KV)], s.m, KV, c.n_head_kv, hd, rope_cos.floats(), rope_sin.floats(), pos0,
                      nt);
       uint8_t* kv_layer = static_cast<uint8_t*>(seq_kv(s.seq)) + layer_off;
       void* k_cache = kv_layer;
@@ -213,7 +255,7 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
       }
       attn_args.push_back(ops::attention_args{&q[std::size_t(r0 * E)], k_cache, v_cache, kv_f16, hd, n_ctx * hd,
                                               pos0, s.m, c.n_head, c.n_head_kv, hd, &att[std::size_t(r0 * E)],
-                                              attn_scratch.data(), n_ctx});
+                                              attn_scratch.floats(), n_ctx});
     }
     ops::attention(kt, std::span<const ops::attention_args>(attn_args), nt);
     if (quantized(L.wo)) quantize(att.data(), aq_embd);

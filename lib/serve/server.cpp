@@ -717,6 +717,11 @@ int server::run() {
     name_ = std::filesystem::path(o_.model_path).filename().string();
     if (name_.size() > 5 && name_.compare(name_.size() - 5, 5, ".gguf") == 0) name_.resize(name_.size() - 5);
   }
+  if (const int64_t train = model_->config().n_ctx_train; train > 0 && o_.n_ctx > train)
+    std::fprintf(stderr,
+                 "qllm serve: warning: the window of %lld tokens per slot is longer than the model's training context "
+                 "of %lld; past position %lld its output may degrade (memory for the window is committed as it fills)\n",
+                 (long long)o_.n_ctx, (long long)train, (long long)train);
   engine_params ep;
   ep.ctx.n_ctx = o_.n_ctx;
   ep.ctx.n_batch = std::max<int64_t>(o_.n_batch, o_.parallel);
