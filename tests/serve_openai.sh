@@ -11,8 +11,12 @@ qllm="$1"; src="$2"
 model="$src/models/tiny-kjv.q8_0.gguf"
 name=tiny-kjv.q8_0
 command -v node >/dev/null 2>&1 || { echo "node is not installed: skipped"; exit 77; }
-[ -d "$src/tests/serve/node_modules/openai" ] ||
-  { echo "no $src/tests/serve/node_modules/openai (npm ci --prefix tests/serve): skipped"; exit 77; }
+if [ ! -d "$src/tests/serve/node_modules/openai" ]; then
+  why="no tests/serve/node_modules/openai (npm ci --prefix tests/serve)"
+  [ -f "$src/.cache/npm-unavailable" ] && why="$why: $(tr '\n' ' ' <"$src/.cache/npm-unavailable")"
+  echo "$why: skipped"
+  exit 77
+fi
 command -v curl >/dev/null 2>&1 || { echo "curl is not installed: skipped"; exit 77; }
 
 dir=$(mktemp -d)
