@@ -112,7 +112,9 @@ try:
               "a chunked body of %d bytes in chunks of %d: HTTP %r %s %s" % (total, size, st, message(data), err))
         check(secs < 5, "the 413 for a chunked body of %d bytes took %.1f s" % (total, secs))
     grew = s.rss_kib("VmHWM") - hwm0
-    check(grew < 16 * 1024, "peak RSS grew by %d KiB over chunked bodies of up to %d MiB (limit %d KiB)"
+    # (sanitizers keep freed memory resident; a server holding the body would still pass 62 MiB)
+    bound = 40 * 1024 if os.environ.get("QLLM_SANITIZED") == "1" else 16 * 1024
+    check(grew < bound, "peak RSS grew by %d KiB over chunked bodies of up to %d MiB (limit %d KiB)"
           % (grew, 1000 * LIMIT >> 20, LIMIT >> 10))
     print("serve_hostile: chunked 10x and 1000x the limit: 413, peak RSS +%d KiB" % grew)
     # a chunked body under the limit is served
