@@ -4,6 +4,7 @@
 # Without --tests: what the library and the qllm tool need to build (the demo). Extra packages
 # may be named as arguments (CI adds the cross compiler and qemu). --tests adds what the test
 # suites use: doctest, Google Benchmark, cmake (doctest's lookup), abigail-tools, cargo, curl,
+# Debian's Python with venv, setuptools, wheel, pytest and NumPy (the Python package's tests),
 # Node.js with npm and the `openai` client package (pinned in tests/serve/package-lock.json,
 # installed into tests/serve/node_modules), and nginx, whose Debian package is unpacked into
 # .cache/nginx rather than installed (no web server service appears). A failure to fetch the npm
@@ -15,7 +16,8 @@ if [ "${1:-}" = --tests ]; then tests=1; shift; fi
 pkgs=(g++ gcc meson ninja-build pkg-config libxsimd-dev libsentencepiece-dev nlohmann-json3-dev libsqlite3-dev
       libsimde-dev libcpp-httplib-dev "$@")
 if [ $tests = 1 ]; then
-  pkgs+=(cmake doctest-dev libbenchmark-dev python3 binutils abigail-tools curl)
+  pkgs+=(cmake doctest-dev libbenchmark-dev python3 binutils abigail-tools curl
+         python3-venv python3-setuptools python3-wheel python3-pytest python3-numpy)
   # the Rust example needs cargo; a rustup toolchain already on PATH is fine too
   command -v cargo >/dev/null || pkgs+=(cargo)
   command -v node >/dev/null || pkgs+=(nodejs)

@@ -1,4 +1,5 @@
-"""Answers a question from documents, then with chain of thought, through the ctypes binding.
+"""Answers a question from documents, then with chain of thought, through the qllm Python package
+(pip install ./python).
 
     python3 rag_cot.py MODEL DB QUESTION [DOCS...]
 

@@ -1,14 +1,18 @@
-"""qllm from Python through ctypes: no compiled extension, nothing from pip.
+"""qllm from Python: quantized Llama models on CPUs, through qllm's C ABI (ctypes; no compiled
+extension module).
 
-    from qllm import Model
-    with Model("model.gguf") as m:
-        s = m.session(temperature=0)
+    import qllm
+    with qllm.Model("model.gguf") as m, m.session(temperature=0) as s:
         for piece in s.stream("Once upon a time", max_tokens=32):
             print(piece, end="", flush=True)
 
-The shared library is found through $QLLM_LIBRARY, then the system's loader (libqllm.so.0).
+The shared library is found through $QLLM_LIBRARY, then the copy bundled in this package (a
+wheel built with the library), then the system's loader (libqllm.so.0, e.g. an installed qllm).
 Errors raise QllmError with the C status (e.g. "QLLM_ERR_CONTEXT_OVERFLOW") and message.
+Handles (Model, Session, Rag) are context managers that free their C handle on exit.
 """
+from __future__ import annotations
+
 import ctypes
 import json
 import ctypes.util
@@ -16,10 +20,17 @@ import os
 import queue
 import sys
 import threading
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+
 from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p, c_double, c_float, c_int32, c_int64,
                     c_size_t, c_uint32, c_uint64, c_void_p)
 
 ABI_MAJOR = 0
+__version__ = "0.6.0"
+__all__ = ["Model", "Session", "Rag", "QllmError", "version", "chat_format"]
+
+Message = Union[dict, Sequence[str]]  # {"role": ..., "content": ...} or (role, content)
+Prompt = Union[str, bytes, Sequence[int]]  # text, or the whole sequence as token ids
 
 # status codes (capi/qllm.h)
 OK = 0
@@ -102,9 +113,22 @@ class _RagAskParams(Structure):
                 ("cot_params", POINTER(_CotParams))]
 
 
+def _library_path():
+    if os.environ.get("QLLM_LIBRARY"):
+        return os.environ["QLLM_LIBRARY"]
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", "libqllm.so.0")
+    if os.path.exists(bundled):
+        return bundled
+    return ctypes.util.find_library("qllm") or "libqllm.so.0"
+
+
 def _load_library():
-    path = os.environ.get("QLLM_LIBRARY") or ctypes.util.find_library("qllm") or "libqllm.so.0"
-    lib = ctypes.CDLL(path)
+    path = _library_path()
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise ImportError(f"qllm: cannot load the qllm library ({path}): {e}. Install qllm (libqllm.so.0), "
+                          "set QLLM_LIBRARY to its path, or install a wheel that bundles it") from e
     sig = {
         "qllm_version": (c_uint32, []),
         "qllm_version_string": (c_char_p, []),
@@ -168,7 +192,8 @@ def _load_library():
 _lib = _load_library()
 
 
-def version():
+def version() -> str:
+    """The library's version, "MAJOR.MINOR.PATCH"."""
     return _lib.qllm_version_string().decode()
 
 
@@ -220,7 +245,7 @@ def _messages(messages):
     return arr, keep
 
 
-def chat_format(messages):
+def chat_format(messages: Sequence[Message]) -> str:
     """The Llama-2-chat text of a dialog, <s> and </s> written out."""
     arr, _keep = _messages(messages)
     buf, n = _sized(lambda b, cap, n: _lib.qllm_chat_format(arr, len(messages), b, cap, n), c_char)
@@ -235,7 +260,8 @@ class _Handle:
     def _release(self):  # subclasses stop what still uses the handle first
         pass
 
-    def close(self):
+    def close(self) -> None:
+        """Frees the C handle (once; later calls do nothing)."""
         self._release()
         if getattr(self, "_h", None) and _lib is not None:
             getattr(_lib, self._free_name)(self._h)
@@ -247,7 +273,7 @@ class _Handle:
         except Exception:  # interpreter shutdown: the library may be gone already
             pass
 
-    def __enter__(self):
+    def __enter__(self):  # -> the handle itself
         return self
 
     def __exit__(self, *exc):
@@ -265,7 +291,8 @@ class Model(_Handle):
     _what = "model"
     _free_name = "qllm_model_free"
 
-    def __init__(self, path, *, n_threads=0, isa=None, quantize_float_weights=False):
+    def __init__(self, path: Union[str, os.PathLike], *, n_threads: int = 0, isa: str | None = None,
+                 quantize_float_weights: bool = False) -> None:
         p = _ModelParams()
         _check(_lib.qllm_model_params_init(byref(p), ctypes.sizeof(p)))
         p.n_threads = n_threads
@@ -276,7 +303,7 @@ class Model(_Handle):
         self._h = h
 
     @property
-    def info(self):
+    def info(self) -> dict[str, Any]:
         i = _ModelInfo()
         i.struct_size = ctypes.sizeof(i)
         _check(_lib.qllm_model_get_info(self.handle, byref(i)))
@@ -286,35 +313,36 @@ class Model(_Handle):
         d["weight_mix"] = i.weight_mix.decode()
         return d
 
-    def tokenize(self, text, add_bos=True):
+    def tokenize(self, text: str | bytes, add_bos: bool = True) -> list[int]:
         b = _utf8(text)
         buf, n = _sized(lambda out, cap, n: _lib.qllm_tokenize(self.handle, b, len(b), int(add_bos), out, cap, n),
                         c_int32)
         return list(buf[:n])
 
-    def count_tokens(self, text, add_bos=True):
+    def count_tokens(self, text: str | bytes, add_bos: bool = True) -> int:
         b = _utf8(text)
         n = c_size_t()
         _check(_lib.qllm_count_tokens(self.handle, b, len(b), int(add_bos), byref(n)))
         return n.value
 
-    def detokenize(self, tokens):
+    def detokenize(self, tokens: Iterable[int]) -> str:
         arr, count = _ids(tokens)
         buf, n = _sized(lambda out, cap, n: _lib.qllm_detokenize(self.handle, arr, count, out, cap, n), c_char)
         return bytes(buf[:n]).decode("utf-8")
 
-    def token_piece(self, token):
+    def token_piece(self, token: int) -> str:
         buf, n = _sized(lambda out, cap, n: _lib.qllm_token_piece(self.handle, token, out, cap, n), c_char)
         return bytes(buf[:n]).decode("utf-8")
 
-    def chat_tokens(self, messages):
+    def chat_tokens(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of a Llama-2-chat dialog: [("system", ...), ("user", ...), ...] or dicts."""
         arr, _keep = _messages(messages)
         buf, n = _sized(lambda out, cap, n: _lib.qllm_chat_apply(self.handle, arr, len(messages), out, cap, n),
                         c_int32)
         return list(buf[:n])
 
-    def session(self, **params):
+    def session(self, **params: Any) -> Session:
+        """A new Session on this model (see Session for the parameters)."""
         return Session(self, **params)
 
 
@@ -328,7 +356,7 @@ class Session(_Handle):
     _what = "session"
     _free_name = "qllm_session_free"
 
-    def __init__(self, model, **params):
+    def __init__(self, model: Model, **params: Any) -> None:
         p = self._params(params)
         self.model = model  # keeps the Python object alive as long as the session
         h = c_void_p()
@@ -356,7 +384,7 @@ class Session(_Handle):
                 raise TypeError(f"unknown session parameter {key!r}")
         return p
 
-    def set_sampling(self, **params):
+    def set_sampling(self, **params: Any) -> None:
         """New sampling settings (temperature, top_k, top_p, min_p, penalties, seed) from the next
         token on; unspecified ones take their defaults."""
         _check(self._call(_lib.qllm_session_set_sampling, byref(self._params(params))))
@@ -377,10 +405,11 @@ class Session(_Handle):
         finally:
             self._lock.release()
 
-    def reset(self):
+    def reset(self) -> None:
+        """Empties the sequence (the KV cache)."""
         _check(self._call(_lib.qllm_session_reset))
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Stops a generate() or eval() that another thread is running on this session (its
         prompt too): generate() then ends with finish_reason "cancelled", eval() raises
         QLLM_ERR_CANCELLED. No effect when nothing runs. Thread-safe (needs no session lock)."""
@@ -388,32 +417,40 @@ class Session(_Handle):
         if h:
             _check(_lib.qllm_session_cancel(h))
 
-    def eval(self, tokens):
+    def eval(self, tokens: Iterable[int]) -> None:
         """Appends tokens to the sequence and evaluates them."""
         arr, n = _ids(tokens)
         _check(self._call(_lib.qllm_session_eval, arr, n))
 
-    def logits(self):
+    def logits(self) -> list[float]:
+        """The last evaluated token's logits (n_vocab floats)."""
         ptr = POINTER(c_float)()
         n = c_size_t()
         _check(self._call(_lib.qllm_session_logits, byref(ptr), byref(n)))
         return ptr[:n.value]
 
-    def sample(self):
+    def sample(self) -> int:
+        """A token sampled from the last logits with the session's sampling settings."""
         t = c_int32()
         _check(self._call(_lib.qllm_session_sample, byref(t)))
         return t.value
 
     @property
-    def history(self):
+    def history(self) -> list[int]:
+        """The token ids of the sequence."""
         buf, n = _sized(lambda out, cap, n: self._call(_lib.qllm_session_history, out, cap, n), c_int32)
         return list(buf[:n])
 
-    def embed(self, text):
-        """Mean-pooled final hidden state of text, L2-normalised (replaces the sequence)."""
+    def embed(self, text: str | bytes) -> Any:
+        """Mean-pooled final hidden state of text, L2-normalised (replaces the sequence): a NumPy
+        float32 array when NumPy can be imported, a list of floats otherwise."""
         b = _utf8(text)
         buf, n = _sized(lambda out, cap, n: self._call(_lib.qllm_embed, b, len(b), out, cap, n), c_float)
-        return list(buf[:n])
+        try:
+            import numpy
+        except ImportError:
+            return list(buf[:n])
+        return numpy.array(buf[:n], dtype=numpy.float32)
 
     @staticmethod
     def _callback(on_text, pending):
@@ -485,8 +522,10 @@ class Session(_Handle):
         cp.reasoning_callback = keep[0]
         return cp, keep
 
-    def generate_cot(self, prompt, *, max_tokens=256, answer_tokens=64, reasoning_cue=None, answer_cue=None,
-                     on_reasoning=None, on_answer=None):
+    def generate_cot(self, prompt: str | bytes, *, max_tokens: int = 256, answer_tokens: int = 64,
+                     reasoning_cue: str | None = None, answer_cue: str | None = None,
+                     on_reasoning: Callable[[str], Any] | None = None,
+                     on_answer: Callable[[str], Any] | None = None) -> dict[str, str]:
         """Chain of thought on plain text: returns {"reasoning": ..., "answer": ...}. The model
         reasons after prompt + " Let's think step by step." (max_tokens, fewer if the window needs
         room for the answer stage), then a short answer stage (answer_tokens) continues
@@ -499,8 +538,10 @@ class Session(_Handle):
         answer = self._generation(call, max_tokens, (), True, self._text_cb(on_answer))
         return {"reasoning": self._text(_lib.qllm_session_reasoning), "answer": answer}
 
-    def chat_cot(self, messages, *, max_tokens=256, answer_tokens=64, reasoning_cue=None, answer_request=None,
-                 on_reasoning=None, on_answer=None):
+    def chat_cot(self, messages: Sequence[Message], *, max_tokens: int = 256, answer_tokens: int = 64,
+                 reasoning_cue: str | None = None, answer_request: str | None = None,
+                 on_reasoning: Callable[[str], Any] | None = None,
+                 on_answer: Callable[[str], Any] | None = None) -> dict[str, str]:
         """Chain of thought in a Llama-2-chat dialog: {"reasoning": ..., "answer": ...}."""
         def call(gp, res, pending):
             cp, _keep = self._cot_params(answer_tokens, reasoning_cue, None, answer_request, on_reasoning, pending)
@@ -521,12 +562,31 @@ class Session(_Handle):
             return False
         return call
 
-    def generate(self, prompt, *, max_tokens=256, stop=(), stop_at_eos=True):
+    def generate(self, prompt: Prompt, *, max_tokens: int = 256, stop: str | Sequence[str] = (),
+                 stop_at_eos: bool = True) -> str:
         """The whole generated text; prompt is text or token ids (the whole sequence).
         Statistics of the run: self.last_result (finish_reason, n_dropped, tokens/s, ...)."""
         return self._run(prompt, max_tokens, stop, stop_at_eos, None)
 
-    def stream(self, prompt, *, max_tokens=256, stop=(), stop_at_eos=True):
+    def chat(self, messages: Sequence[Message], *, max_tokens: int = 256, stop: str | Sequence[str] = ()) -> str:
+        """The assistant's answer to a dialog, formatted with the chat template ([("system", ...),
+        ("user", ...), ("assistant", ...), ..., ("user", ...)] or dicts with role and content).
+        The session's sequence becomes the dialog and the answer."""
+        return self.generate(self.model.chat_tokens(messages), max_tokens=max_tokens, stop=stop).lstrip(" ")
+
+    def chat_stream(self, messages: Sequence[Message], *, max_tokens: int = 256,
+                    stop: str | Sequence[str] = ()) -> Iterator[str]:
+        """chat() as a generator of text pieces (see stream())."""
+        first = True
+        for piece in self.stream(self.model.chat_tokens(messages), max_tokens=max_tokens, stop=stop):
+            if first:
+                piece = piece.lstrip(" ")
+                first = not piece
+            if piece:
+                yield piece
+
+    def stream(self, prompt: Prompt, *, max_tokens: int = 256, stop: str | Sequence[str] = (),
+               stop_at_eos: bool = True) -> Iterator[str]:
         """A generator of text pieces as they are produced. Closing it early cancels the run;
         while it runs, other calls on this session raise "busy" and close() waits for it."""
         if self._worker is not None:
@@ -576,12 +636,13 @@ class Rag(_Handle):
     _what = "rag"
     _free_name = "qllm_rag_free"
 
-    def __init__(self, path, *, create=False):
+    def __init__(self, path: Union[str, os.PathLike], *, create: bool = False) -> None:
         h = c_void_p()
         _check(_lib.qllm_rag_open(_utf8(os.fspath(path)), int(bool(create)), byref(h)))
         self._h = h
 
-    def index(self, model, paths, *, chunk_tokens=192, overlap_tokens=32):
+    def index(self, model: Model, paths: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]], *,
+              chunk_tokens: int = 192, overlap_tokens: int = 32) -> dict[str, int]:
         """Indexes files and directories (*.txt, *.md, *.markdown); unchanged files are skipped.
         Returns the counts: files_added, files_changed, files_unchanged, files_removed, ..."""
         if isinstance(paths, (str, bytes, os.PathLike)):
@@ -596,8 +657,9 @@ class Rag(_Handle):
         _check(_lib.qllm_rag_index(self.handle, model.handle, arr, len(encoded), byref(p), byref(res)))
         return {name: getattr(res, name) for name, _ in _RagIndexResult._fields_ if name != "struct_size"}
 
-    def ask(self, session, question, *, top_k=8, system=None, cot=False, max_tokens=256, answer_tokens=64,
-            on_text=None, on_reasoning=None):
+    def ask(self, session: Session, question: str, *, top_k: int = 8, system: str | None = None, cot: bool = False,
+            max_tokens: int = 256, answer_tokens: int = 64, on_text: Callable[[str], Any] | None = None,
+            on_reasoning: Callable[[str], Any] | None = None) -> dict[str, Any]:
         """Retrieves, fits whole chunks into the session's window (lowest-ranked dropped first),
         and answers. Returns {"answer", "reasoning" ("" without cot), "report"}: the report lists
         the chunks given ("used": n, rank, chunk_id, path, seq, tokens, score) and the ones left

@@ -1,6 +1,8 @@
-"""Tests of the ctypes binding. Needs QLLM_TEST_MODEL (a GGUF with a vocabulary) and
-QLLM_TEST_EXPECTED (a file with `qllm run`'s greedy completion of PROMPT, MAX_TOKENS tokens,
-prompt echo removed); tests/bindings/run_python.sh prepares both."""
+"""Tests of the qllm Python package (run with pytest against the installed package). Needs
+QLLM_TEST_MODEL (a GGUF with a vocabulary) and QLLM_TEST_EXPECTED (a file with `qllm run`'s greedy
+completion of PROMPT, MAX_TOKENS tokens, prompt echo removed); tests/bindings/run_python.sh
+prepares both, installs the package into a new virtual environment (QLLM_TEST_VENV) and runs this
+file from outside the source tree."""
 import math
 import os
 import re
@@ -242,12 +244,46 @@ class SessionTest(unittest.TestCase):
 
     def test_embeddings(self):
         s = self.model.session(n_ctx=256)
-        a = s.embed("the cat sat")
+        a = [float(x) for x in s.embed("the cat sat")]
         self.assertEqual(len(a), 64)
         self.assertAlmostEqual(math.sqrt(sum(x * x for x in a)), 1.0, places=5)
-        self.assertEqual(s.embed("the cat sat"), a)
-        b = s.embed("completely different words here")
+        self.assertEqual([float(x) for x in s.embed("the cat sat")], a)
+        b = [float(x) for x in s.embed("completely different words here")]
         self.assertLess(sum(x * y for x, y in zip(a, b)), 0.9999)
+
+    def test_embedding_types(self):
+        # a NumPy float32 array when NumPy is there, a list of floats when it is not
+        s = self.model.session(n_ctx=256)
+        try:
+            import numpy
+        except ImportError:
+            numpy = None
+        e = s.embed("the cat sat")
+        if numpy is not None:
+            self.assertIsInstance(e, numpy.ndarray)
+            self.assertEqual((e.dtype, e.shape), (numpy.float32, (64,)))
+        saved = sys.modules.get("numpy")
+        sys.modules["numpy"] = None  # import numpy now raises ImportError
+        try:
+            plain = s.embed("the cat sat")
+        finally:
+            if saved is None:
+                del sys.modules["numpy"]
+            else:
+                sys.modules["numpy"] = saved
+        self.assertIsInstance(plain, list)
+        self.assertEqual(plain, [float(x) for x in e])
+
+    def test_chat_equals_the_template_run(self):
+        dialog = [("system", "Be brief."), ("user", "Tell me a story.")]
+        s = self.model.session(temperature=0, n_ctx=256)
+        answer = s.chat(dialog, max_tokens=12)
+        ids = self.model.chat_tokens(dialog)
+        t = self.model.session(temperature=0, n_ctx=256)
+        self.assertEqual(answer, t.generate(ids, max_tokens=12).lstrip(" "))
+        u = self.model.session(temperature=0, n_ctx=256)
+        self.assertEqual("".join(u.chat_stream(dialog, max_tokens=12)), answer)
+        self.assertEqual(s.last_result["n_generated"], 12)
 
     def test_sessions_on_threads_share_the_model(self):
         out = [None] * 3
@@ -357,8 +393,10 @@ class RagTest(unittest.TestCase):
 
     def test_example_script(self):
         db = os.path.join(self.tmp.name, "example.db")
-        here = os.path.dirname(os.path.abspath(__file__))
-        r = subprocess.run([sys.executable, "-B", os.path.join(here, "rag_cot.py"), SHIPPED, db,
+        # the example in examples/python, run with the installed package
+        example = os.environ.get("QLLM_EXAMPLE_RAG_COT") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "python", "rag_cot.py")
+        r = subprocess.run([sys.executable, "-B", example, SHIPPED, db,
                             "Who may grant a patent license?", self.docs], capture_output=True, text=True,
                            check=True)
         lines = r.stdout.splitlines()
@@ -371,3 +409,33 @@ class RagTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PackageTest(unittest.TestCase):
+    """The package as installed: not the checkout, typed, the library it found."""
+
+    def test_installed_not_the_checkout(self):
+        venv = os.environ.get("QLLM_TEST_VENV")
+        if not venv:
+            self.skipTest("QLLM_TEST_VENV is not set")
+        self.assertTrue(os.path.realpath(qllm.__file__).startswith(os.path.realpath(venv)), qllm.__file__)
+        here = os.path.dirname(os.path.abspath(qllm.__file__))
+        self.assertTrue(os.path.exists(os.path.join(here, "py.typed")))
+        # the wheel carries the library it was built with, and that is the one loaded
+        self.assertEqual(qllm._library_path(), os.path.join(here, "_lib", "libqllm.so.0"))
+
+    def test_errors_carry_the_status(self):
+        with self.assertRaises(qllm.QllmError) as cm:
+            qllm.Model("/nonexistent/model.gguf")
+        self.assertTrue(cm.exception.name.startswith("QLLM_ERR_"), cm.exception.name)
+        self.assertIsInstance(cm.exception.status, int)
+        self.assertIn("/nonexistent/model.gguf", cm.exception.message)
+
+    def test_context_managers_free(self):
+        with qllm.Model(MODEL) as m:
+            with m.session(n_ctx=64) as s:
+                s.eval(m.tokenize("Once"))
+            with self.assertRaises(qllm.QllmError):
+                s.eval([1])  # closed
+        with self.assertRaises(qllm.QllmError):
+            m.tokenize("x")
