@@ -147,6 +147,51 @@ try:
                                       + b"Content-Length: 2\r\n\r\n{}")
     check(st == 431 and "headers are larger" in message(data), "a 80 KB head: HTTP %r %s %s" % (st, message(data), err))
 
+    # what follows a refused request on its connection is never parsed as a request: the
+    # connection closes (request smuggling); bodies for no endpoint, compressed or multipart bodies
+    # are refused before they are read
+    smug = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    cases = [(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nRange: bytes=zz\r\nContent-Length: %d\r\n\r\n" % len(smug)
+              + smug, 416),
+             (b"POST /v1/completions?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smug)
+              + smug, 414),
+             (b"DELETE /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+              % (len(smug), smug), 405),
+             (b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smug) + smug, 404),
+             (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(smug) + smug, 415),
+             (HEAD + b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(smug) + smug, 415),
+             # chunk data not followed by CRLF: httplib's reader took that for the end of the body
+             (HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}JUNK\r\n" + smug, 400),
+             (HEAD + b"Transfer-Encoding: chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n" + smug, 400),
+             (HEAD + b"Transfer-Encoding: chunked%20\r\n\r\n2\r\n{}\r\n0\r\n\r\n" + smug, 501)]
+    for raw, want in cases:
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        c.sendall(raw)
+        f = c.makefile("rb")
+        statuses = []
+        try:
+            while len(statuses) < 3:
+                r, data = read_response(f)
+                statuses.append(r.status)
+        except Exception:  # noqa: BLE001  (the connection closed: nothing more)
+            pass
+        c.close()
+        check(statuses == [want], "%r...: responses %r, want only %d" % (raw[:60], statuses, want))
+    # Expect: 100-continue over the limit: the 413 instead of "100 Continue", before any body
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    c.sendall(HEAD + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (LIMIT * 100))
+    first = c.recv(64)
+    c.close()
+    check(first.startswith(b"HTTP/1.1 413"), "Expect: 100-continue over the limit: %r" % first)
+    # a client that shuts down its sending side after the request still gets the answer
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    c.shutdown(socket.SHUT_WR)
+    r, data = read_response(c.makefile("rb"))
+    c.close()
+    check(r.status == 200 and b'"ok"' in data, "a half-closed client: HTTP %r" % r.status)
+
     # 3. pipelining: two requests in one write are both answered, in order, on the connection
     b1 = json.dumps({"prompt": "In the beginning", "max_tokens": 2, "temperature": 0}).encode()
     b2 = json.dumps({"prompt": "And the LORD said", "max_tokens": 3, "temperature": 0}).encode()
@@ -209,6 +254,28 @@ try:
           "\n".join(l for l in s.metrics().split("\n") if l.startswith("qllm_requests_total")))
     gen = int(float(s.metric("qllm_generated_tokens_total"))) - gen0
     check(gen >= 5, "an abandoned stream's tokens are not counted (%d)" % gen)
+finally:
+    rc = s.stop()
+check(rc == 0, "exit status %r after SIGTERM" % rc)
+
+# a refused request whose client then stays silent does not hold a connection thread (the
+# lingering close ends after 200 ms of silence)
+s = Server(check, qllm, model, "-c", "64", "-t", "1", "--http-threads", "2")
+try:
+    idle = []
+    for _ in range(2):
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        c.sendall(HEAD + b"\r\n")  # 411, then nothing
+        idle.append(c)
+    time.sleep(0.5)
+    t0 = time.time()
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    c.request("GET", "/health")
+    st = c.getresponse().status
+    secs = time.time() - t0
+    check(st == 200 and secs < 1.0, "/health behind two refused, silent clients: HTTP %d in %.2f s" % (st, secs))
+    for c in idle:
+        c.close()
 finally:
     rc = s.stop()
 check(rc == 0, "exit status %r after SIGTERM" % rc)

@@ -71,11 +71,13 @@ conn_stream::conn_stream(int fd, int read_timeout_s, int write_timeout_s)
 bool conn_stream::is_readable() const { return buffered() || wait_fd(fd_, POLLIN, read_timeout_s_ * 1000); }
 
 bool conn_stream::is_writable() const {
-  if (!wait_fd(fd_, POLLOUT, write_timeout_s_ * 1000)) return false;
-  // alive: nothing to read, or something other than the end of the connection
-  if (!wait_fd(fd_, POLLIN, 0)) return true;
-  char c;
-  return ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  // A client that shut down only its sending side (after its request) still reads the answer:
+  // only an error or a connection closed both ways ends the writing.
+  pollfd p{fd_, POLLOUT, 0};
+  int r;
+  do r = ::poll(&p, 1, write_timeout_s_ * 1000);
+  while (r < 0 && errno == EINTR);
+  return r > 0 && (p.revents & POLLOUT) && !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
 }
 
 ssize_t conn_stream::read(char* ptr, std::size_t size) {
@@ -85,6 +87,13 @@ ssize_t conn_stream::read(char* ptr, std::size_t size) {
     return -1;
   }
   size = std::min<std::size_t>(size, std::size_t(budget_));
+  if (!inject_.empty()) {
+    const std::size_t n = std::min(size, inject_.size());
+    std::memcpy(ptr, inject_.data(), n);
+    inject_.erase(0, n);
+    budget_ -= int64_t(n);
+    return ssize_t(n);
+  }
   if (off_ == len_) {
     if (!is_readable()) {
       starved_ = true;
@@ -131,7 +140,76 @@ void conn_stream::get_local_ip_and_port(std::string& ip, int& port) const {
 
 void conn_stream::begin_request() {
   budget_ = head_limit;
-  over_ = in_body_ = starved_ = false;
+  over_ = in_body_ = starved_ = has_decoded_ = false;
+  owed_ = true;
+  inject_.clear();
+  decoded_.clear();
+}
+
+void conn_stream::hand_decoded_body(std::string body) {
+  decoded_ = std::move(body);
+  has_decoded_ = true;
+  owed_ = false;
+  inject_ = "0\r\n\r\n";
+  begin_body(int64_t(inject_.size()));
+}
+
+bool conn_stream::read_line(std::string& line, std::size_t max) {
+  line.clear();
+  char c;
+  while (line.size() < max) {
+    if (read(&c, 1) != 1) return false;
+    line += c;
+    if (c == '\n') return line.size() >= 2 && line[line.size() - 2] == '\r';
+  }
+  return false;
+}
+
+int conn_stream::read_chunked(int64_t max_body, std::string& body, std::string& message) {
+  body.clear();
+  std::string line;
+  auto malformed = [&](const std::string& what) {
+    message = "the chunked request body is malformed: " + what + " (" + std::to_string(body.size()) +
+              " bytes of data read" + (starved_ ? ", then the connection closed or the read timed out)" : ")");
+    return over_ ? 413 : 400;
+  };
+  for (;;) {
+    if (!read_line(line, 4096)) return malformed("a chunk-size line that does not end in CRLF within 4 KiB");
+    std::size_t i = 0;
+    uint64_t size = 0;
+    while (i < line.size() && std::isxdigit(static_cast<unsigned char>(line[i]))) {
+      if (i >= 15) return malformed("a chunk size of more than 15 hex digits");
+      size = size * 16 + uint64_t(std::isdigit(static_cast<unsigned char>(line[i])) ? line[i] - '0'
+                                                                                     : (line[i] | 0x20) - 'a' + 10);
+      ++i;
+    }
+    if (i == 0) return malformed("a chunk-size line that does not start with a hex size");
+    if (line[i] != ';' && line[i] != '\r') return malformed("a chunk-size line with something after the size");
+    if (size == 0) break;
+    if (int64_t(body.size() + size) > max_body) {
+      message = "the request body is larger than the server's limit of " + std::to_string(max_body) + " bytes";
+      return 413;
+    }
+    const std::size_t at = body.size();
+    body.resize(at + std::size_t(size));
+    for (std::size_t got = 0; got < size;) {
+      const ssize_t n = read(body.data() + at + got, std::size_t(size) - got);
+      if (n <= 0) {
+        body.resize(at + got);
+        return malformed("a chunk shorter than its size");
+      }
+      got += std::size_t(n);
+    }
+    char crlf[2];
+    if (read(crlf, 1) != 1 || read(crlf + 1, 1) != 1 || crlf[0] != '\r' || crlf[1] != '\n')
+      return malformed("a chunk's data not followed by CRLF");
+  }
+  // trailers (ignored), up to the empty line
+  for (int n = 0;; ++n) {
+    if (n > 64 || !read_line(line, 4096)) return malformed("trailers that do not end in an empty line");
+    if (line == "\r\n") break;
+  }
+  return 0;
 }
 
 void conn_stream::begin_body(int64_t bytes) {
@@ -158,19 +236,20 @@ bool guarded_server::process_and_close_socket(int sock) {
     s.begin_request();
     bool closed = false;
     ok = process_request(s, count == 1, closed, nullptr);
-    if (!ok || closed || s.closing()) break;
+    // a request whose body was not read whole leaves bytes no one can frame: never parse them
+    if (!ok || closed || s.closing() || s.body_owed()) break;
   }
   tl_current = nullptr;
-  if (s.closing()) {
-    // A response sent before its request was read whole (413, 400, 401): closing now, with
-    // the body still arriving, would reset the connection and could destroy the response in the
-    // client's buffers before it reads it. So stop writing, and read and discard what comes for a
-    // short while (a lingering close, bounded in time; memory: one buffer).
+  if (s.body_owed()) {
+    // A response sent before its request was read whole (413, 401, 404): closing now, with the
+    // body still arriving, would reset the connection and could destroy the response in the
+    // client's buffers before it reads it. So stop writing, and read and discard what still
+    // comes, while it comes (a lingering close: at most 2 s, ended by 200 ms of silence;
+    // memory: one buffer).
     ::shutdown(sock, SHUT_WR);
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
     char sink[16 * 1024];
-    while (std::chrono::steady_clock::now() < until) {
-      if (!wait_fd(sock, POLLIN, 100)) continue;
+    while (std::chrono::steady_clock::now() < until && wait_fd(sock, POLLIN, 200)) {
       const ssize_t n = ::recv(sock, sink, sizeof(sink), 0);
       if (n == 0 || (n < 0 && errno != EINTR)) break;
     }
@@ -180,21 +259,22 @@ bool guarded_server::process_and_close_socket(int sock) {
   return ok;
 }
 
-framing_verdict check_framing(const httplib::Request& req, int64_t max_body) {
+framing_verdict check_head(const httplib::Request& req, int route, int64_t max_body) {
   conn_stream* conn = current_conn();
   auto refuse = [conn](int status, std::string msg) {
     if (conn) conn->close_after_response();  // the body's end is unknown: nothing after it is trusted
     return framing_verdict{status, std::move(msg)};
   };
+  if (route == 404) return refuse(404, "no such endpoint: " + req.method + " " + req.path);
+  if (route == 405) return refuse(405, "method " + req.method + " not allowed on " + req.path);
   const std::size_t n_te = req.get_header_value_count("Transfer-Encoding");
   const std::size_t n_cl = req.get_header_value_count("Content-Length");
-  int64_t budget = 0;
   if (n_te > 0) {
     if (n_cl > 0) return refuse(400, "the request has both Content-Length and Transfer-Encoding");
-    const std::string te = trim(req.get_header_value("Transfer-Encoding"));
+    // exactly what httplib takes for chunked: anything else it would read until the connection ends
+    const std::string te = req.get_header_value("Transfer-Encoding");
     if (n_te > 1 || !iequals(te, "chunked"))
-      return refuse(501, "Transfer-Encoding '" + te + "' is not supported (only chunked)");
-    budget = chunked_budget(max_body);
+      return refuse(501, "Transfer-Encoding '" + te.substr(0, 40) + "' is not supported (only chunked)");
   } else if (n_cl > 0) {
     const std::string cl = trim(req.get_header_value("Content-Length"));
     for (std::size_t i = 1; i < n_cl; ++i)
@@ -203,24 +283,69 @@ framing_verdict check_framing(const httplib::Request& req, int64_t max_body) {
     const bool digits = !cl.empty() && cl.size() <= 18 &&
                         std::all_of(cl.begin(), cl.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
     if (!digits) return refuse(400, "Content-Length '" + cl.substr(0, 40) + "' is not a length in bytes");
-    const int64_t len = std::stoll(cl);
-    if (len > max_body)
+    if (std::stoll(cl) > max_body)
       return refuse(413, "the request body (Content-Length " + cl + ") is larger than the server's limit of " +
                              std::to_string(max_body) + " bytes");
-    budget = len;
   } else if (req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
     // HTTP/1.1: such a request has no body, but httplib would read one until the connection ends
     return refuse(411, "a " + req.method + " request needs a Content-Length or Transfer-Encoding: chunked");
   }
-  if (req.method != "POST" && req.method != "PUT" && req.method != "PATCH" && req.method != "DELETE" && budget > 0 &&
-      conn)
-    conn->close_after_response();  // a body httplib does not read: the connection cannot go on
-  if (conn) conn->begin_body(budget);
+  if (req.has_header("Content-Encoding") && !iequals(trim(req.get_header_value("Content-Encoding")), "identity"))
+    return refuse(415, "Content-Encoding '" + req.get_header_value("Content-Encoding").substr(0, 40) +
+                           "' is not supported (send the body uncompressed)");
+  const std::string type = req.get_header_value("Content-Type");
+  if (type.rfind("multipart/", 0) == 0 || type.rfind("application/x-www-form-urlencoded", 0) == 0)
+    return refuse(415, "Content-Type '" + type.substr(0, 60) + "' is not supported (send application/json)");
   return {};
+}
+
+framing_verdict check_framing(const httplib::Request& req, int route, int64_t max_body) {
+  framing_verdict v = check_head(req, route, max_body);
+  conn_stream* conn = current_conn();
+  if (v.status != 0 || !conn) return v;
+  const bool has_body_method = req.method == "POST" || req.method == "PUT" || req.method == "PATCH";
+  if (req.has_header("Transfer-Encoding")) {
+    if (!has_body_method) {
+      conn->close_after_response();  // a body httplib does not read: the connection cannot go on
+      return v;
+    }
+    conn->begin_body(chunked_budget(max_body));
+    std::string body;
+    const int st = conn->read_chunked(max_body, body, v.message);
+    if (st != 0) {
+      conn->close_after_response();
+      v.status = st;
+      return v;
+    }
+    conn->hand_decoded_body(std::move(body));
+    return v;
+  }
+  const int64_t len = req.has_header("Content-Length") ? std::stoll(trim(req.get_header_value("Content-Length"))) : 0;
+  conn->begin_body(len);
+  if (len == 0)
+    conn->body_done();
+  else if (!has_body_method)
+    conn->close_after_response();  // a body httplib does not read: the connection cannot go on
+  return v;
 }
 
 int read_body(const httplib::Request& req, const httplib::ContentReader& reader, int64_t max_body, std::string& body,
               std::string& message) {
+  conn_stream* conn = current_conn();
+  if (conn && conn->has_decoded_body()) {  // chunked: decoded strictly by check_framing
+    std::string rest;
+    if (!reader([&](const char* d, std::size_t n) {
+          rest.append(d, n);
+          return rest.size() < 16;
+        }) ||
+        !rest.empty()) {
+      conn->close_after_response();
+      message = "the chunked request body could not be read";
+      return 400;
+    }
+    body = conn->take_decoded_body();
+    return 0;
+  }
   body.clear();
   bool over = false;
   const bool ok = reader([&](const char* d, std::size_t n) {
@@ -231,8 +356,10 @@ int read_body(const httplib::Request& req, const httplib::ContentReader& reader,
     body.append(d, n);
     return true;
   });
-  if (ok) return 0;
-  conn_stream* conn = current_conn();
+  if (ok) {
+    if (conn) conn->body_done();
+    return 0;
+  }
   if (conn) conn->close_after_response();  // what is left of the body is never read
   if (over || (conn && conn->over_budget())) {
     message = "the request body is larger than the server's limit of " + std::to_string(max_body) + " bytes";

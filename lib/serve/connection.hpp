@@ -34,6 +34,24 @@ class conn_stream final : public httplib::Stream {
   void begin_request();
   // The head has been parsed: the body may read `bytes` more (what the framing allows).
   void begin_body(int64_t bytes);
+  // Reads a chunked body strictly (hex sizes, CRLF after every chunk's data, the last chunk,
+  // trailers), at most max_body bytes of data. Returns 0, or 413 / 400 with `message` set.
+  // Afterwards httplib's own chunked reader is handed an empty body ("0\r\n\r\n"), so that
+  // nothing of the next request can ever be taken for this one's.
+  int read_chunked(int64_t max_body, std::string& body, std::string& message);
+  // Keeps a body read_chunked decoded for read_body, and hands httplib's chunked reader an
+  // empty body in its place.
+  void hand_decoded_body(std::string body);
+  // A body read_chunked decoded, handed to read_body once.
+  bool has_decoded_body() const { return has_decoded_; }
+  std::string take_decoded_body() {
+    has_decoded_ = false;
+    return std::move(decoded_);
+  }
+  // Body bytes of this request that may still be on the connection, unread: until the body has
+  // been read whole (or the request declared none), the connection cannot carry another request.
+  bool body_owed() const { return owed_; }
+  void body_done() { owed_ = false; }
   bool buffered() const { return off_ < len_; }
   // The budget ran out (the head or the body was larger than allowed).
   bool over_budget() const { return over_; }
@@ -50,7 +68,11 @@ class conn_stream final : public httplib::Stream {
   std::vector<char> buf_;
   std::size_t off_ = 0, len_ = 0;
   int64_t budget_ = head_limit;
-  bool over_ = false, in_body_ = false, starved_ = false, close_ = false;
+  bool over_ = false, in_body_ = false, starved_ = false, close_ = false, owed_ = true;
+  std::string inject_;  // served before the socket's bytes (the empty chunked body for httplib)
+  std::string decoded_;
+  bool has_decoded_ = false;
+  bool read_line(std::string& line, std::size_t max);
 };
 
 // The stream of the request this thread is handling (its handler, error handler and streamed
@@ -75,16 +97,20 @@ class guarded_server : public httplib::Server {
   int read_s_ = 30, write_s_ = 30, keep_alive_s_ = 5;
 };
 
-// A framing error found in the head: status and message; status 0 means the framing is sound and
-// the body budget has been given to the connection.
+// A refusal found in the head: status and message; status 0 means the request may go on.
 struct framing_verdict {
   int status = 0;
   std::string message;
 };
-// Checks Content-Length and Transfer-Encoding of a request before any of its body is read:
-// malformed or conflicting lengths are 400, a transfer coding other than chunked 501, a body with
-// no length 411, a length over max_body 413 (all at once, without reading the body).
-framing_verdict check_framing(const httplib::Request& req, int64_t max_body);
+// Checks a request's head before any of its body is read (also for Expect: 100-continue, before
+// the client sends it): `route` (0, 404 or 405 for the method and path); Content-Length and
+// Transfer-Encoding: malformed or conflicting lengths are 400, a transfer coding other than
+// exactly "chunked" 501, a POST with neither 411, a length over max_body 413; a Content-Encoding
+// other than identity, or a multipart or form body, 415.
+framing_verdict check_head(const httplib::Request& req, int route, int64_t max_body);
+// check_head, then the body's budget for the connection; a chunked body is read and decoded here
+// (read_chunked), since httplib's reader is not strict about its framing.
+framing_verdict check_framing(const httplib::Request& req, int route, int64_t max_body);
 
 // Reads a request's body through httplib's reader, at most max_body bytes. Returns 0 and fills
 // `body`, or an HTTP status (413 over the limit, 400 cut short or malformed) with `message` set;

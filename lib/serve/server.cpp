@@ -670,16 +670,36 @@ void server::route() {
     answer(res, status, error_body(http_error{status, msg, "invalid_request_error", "", ""}));
   });
   // framing is checked once the head is read, before any of the body
-  http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    const framing_verdict v = check_framing(req, o_.max_body);
+  // (and the endpoint is known: no body is read for a request no endpoint takes)
+  auto route_status = [](const httplib::Request& r) {
+    static const std::pair<const char*, const char*> routes[] = {
+        {"POST", "/v1/completions"}, {"POST", "/v1/chat/completions"}, {"POST", "/v1/embeddings"},
+        {"GET", "/v1/models"},       {"GET", "/health"},               {"GET", "/metrics"}};
+    bool known = false;
+    for (const auto& [method, path] : routes) {
+      if (r.path != path) continue;
+      known = true;
+      if (r.method == method || (r.method == "HEAD" && std::string_view(method) == "GET")) return 0;
+    }
+    return known ? 405 : 404;
+  };
+  http_.set_pre_routing_handler([this, route_status](const httplib::Request& req, httplib::Response& res) {
+    const framing_verdict v = check_framing(req, route_status(req), o_.max_body);
     if (v.status == 0) return httplib::Server::HandlerResponse::Unhandled;
     fail(res, http_error{v.status, v.message, "invalid_request_error", "", ""});
     return httplib::Server::HandlerResponse::Handled;
   });
+  // Expect: 100-continue: refused before the client sends its body
+  http_.set_expect_100_continue_handler([this, route_status](const httplib::Request& req, httplib::Response& res) {
+    const framing_verdict v = check_head(req, route_status(req), o_.max_body);
+    if (v.status == 0) return 100;
+    fail(res, http_error{v.status, v.message, "invalid_request_error", "", ""});
+    return v.status;
+  });
   // a connection whose framing can no longer be trusted (or whose request was not read whole)
   // says so, and is closed after the response
   http_.set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
-    if (conn_stream* c = current_conn(); c && c->closing()) {
+    if (conn_stream* c = current_conn(); c && (c->closing() || c->body_owed())) {
       res.headers.erase("Keep-Alive");
       res.set_header("Connection", "close");
     }
@@ -740,6 +760,7 @@ int server::run() {
   http_.new_task_queue = [threads] { return new httplib::ThreadPool(std::size_t(threads)); };
   http_.set_payload_max_length(std::size_t(o_.max_body));
   http_.set_timeouts(o_.read_timeout, o_.read_timeout, 5);
+  http_.set_keep_alive_max_count(1000);  // requests per connection (pipelined or not)
   route();
   int port = o_.port;
   if (port == 0) {
