@@ -329,6 +329,38 @@ framing_verdict check_framing(const httplib::Request& req, int route, int64_t ma
   return v;
 }
 
+void guarded_server::install_framing_hooks(std::vector<std::pair<std::string, std::string>> routes,
+                                           std::function<void(httplib::Response&, const framing_verdict&)> refuse) {
+  auto route_status = [routes = std::move(routes)](const httplib::Request& r) {
+    bool known = false;
+    for (const auto& [method, path] : routes) {
+      if (r.path != path) continue;
+      known = true;
+      if (r.method == method || (r.method == "HEAD" && method == "GET")) return 0;
+    }
+    return known ? 405 : 404;
+  };
+  const int64_t max_body = max_body_;
+  set_pre_routing_handler([route_status, refuse, max_body](const httplib::Request& req, httplib::Response& res) {
+    const framing_verdict v = check_framing(req, route_status(req), max_body);
+    if (v.status == 0) return HandlerResponse::Unhandled;
+    refuse(res, v);
+    return HandlerResponse::Handled;
+  });
+  set_expect_100_continue_handler([route_status, refuse, max_body](const httplib::Request& req, httplib::Response& res) {
+    const framing_verdict v = check_head(req, route_status(req), max_body);
+    if (v.status == 0) return 100;
+    refuse(res, v);
+    return v.status;
+  });
+  set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
+    if (conn_stream* c = current_conn(); c && (c->closing() || c->body_owed())) {
+      res.headers.erase("Keep-Alive");
+      res.set_header("Connection", "close");
+    }
+  });
+}
+
 int read_body(const httplib::Request& req, const httplib::ContentReader& reader, int64_t max_body, std::string& body,
               std::string& message) {
   conn_stream* conn = current_conn();

@@ -8,7 +8,9 @@
 // head (request line and headers) and the body each have a budget, and a read past it fails.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <httplib.h>
@@ -79,10 +81,18 @@ class conn_stream final : public httplib::Stream {
 // content provider all run on the connection's thread), or nullptr outside one.
 conn_stream* current_conn();
 
+struct framing_verdict;
+
 // httplib::Server whose connections are conn_streams. The request's framing is checked once the
 // head is read (see check_framing); endpoints read their bodies with read_body.
 class guarded_server : public httplib::Server {
  public:
+  // Checks each request's head and framing before its body (pre-routing; and for Expect:
+  // 100-continue before the client sends it) against `routes` ({method, path}; 404/405 for
+  // others), answering refusals through `refuse`; a response whose request was not read whole
+  // says Connection: close (post-routing).
+  void install_framing_hooks(std::vector<std::pair<std::string, std::string>> routes,
+                             std::function<void(httplib::Response&, const framing_verdict&)> refuse);
   explicit guarded_server(int64_t max_body) : max_body_(max_body) {}
   int64_t max_body() const { return max_body_; }
   void set_timeouts(int read_s, int write_s, int keep_alive_s) {

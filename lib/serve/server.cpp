@@ -669,41 +669,13 @@ void server::route() {
     const int status = res.status;
     answer(res, status, error_body(http_error{status, msg, "invalid_request_error", "", ""}));
   });
-  // framing is checked once the head is read, before any of the body
-  // (and the endpoint is known: no body is read for a request no endpoint takes)
-  auto route_status = [](const httplib::Request& r) {
-    static const std::pair<const char*, const char*> routes[] = {
-        {"POST", "/v1/completions"}, {"POST", "/v1/chat/completions"}, {"POST", "/v1/embeddings"},
-        {"GET", "/v1/models"},       {"GET", "/health"},               {"GET", "/metrics"}};
-    bool known = false;
-    for (const auto& [method, path] : routes) {
-      if (r.path != path) continue;
-      known = true;
-      if (r.method == method || (r.method == "HEAD" && std::string_view(method) == "GET")) return 0;
-    }
-    return known ? 405 : 404;
-  };
-  http_.set_pre_routing_handler([this, route_status](const httplib::Request& req, httplib::Response& res) {
-    const framing_verdict v = check_framing(req, route_status(req), o_.max_body);
-    if (v.status == 0) return httplib::Server::HandlerResponse::Unhandled;
-    fail(res, http_error{v.status, v.message, "invalid_request_error", "", ""});
-    return httplib::Server::HandlerResponse::Handled;
-  });
-  // Expect: 100-continue: refused before the client sends its body
-  http_.set_expect_100_continue_handler([this, route_status](const httplib::Request& req, httplib::Response& res) {
-    const framing_verdict v = check_head(req, route_status(req), o_.max_body);
-    if (v.status == 0) return 100;
-    fail(res, http_error{v.status, v.message, "invalid_request_error", "", ""});
-    return v.status;
-  });
-  // a connection whose framing can no longer be trusted (or whose request was not read whole)
-  // says so, and is closed after the response
-  http_.set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
-    if (conn_stream* c = current_conn(); c && (c->closing() || c->body_owed())) {
-      res.headers.erase("Keep-Alive");
-      res.set_header("Connection", "close");
-    }
-  });
+  // framing checked before any body is read, for the endpoints above only
+  http_.install_framing_hooks({{"POST", "/v1/completions"}, {"POST", "/v1/chat/completions"},
+                               {"POST", "/v1/embeddings"}, {"GET", "/v1/models"}, {"GET", "/health"},
+                               {"GET", "/metrics"}},
+                              [this](httplib::Response& res, const framing_verdict& v) {
+                                fail(res, http_error{v.status, v.message, "invalid_request_error", "", ""});
+                              });
   http_.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     answer(res, 500, error_body(http_error{500, "internal error", "server_error", "", ""}));
   });
