@@ -1,13 +1,66 @@
 #!/bin/sh
-# The Rust crate (examples/rust) built offline and tested on a generated model against this
-# build's libqllm.so; its greedy text must equal `qllm run`'s.
+# The Rust crates (rust/qllm-sys, rust/qllm) and examples/rust, offline, against this build's
+# libqllm.so:
+#  1. each crate's tests and doc examples (cargo test), with QLLM_LIB_DIR naming the build;
+#  2. the example programs: streamed greedy text equal to `qllm run`'s, retrieval with a report;
+#  3. the README's Rust section as written, in a copy of the checkout whose build/ is this build
+#     (the crate finds it there: no variable set);
+#  4. the other ways build.rs finds the library: pkg-config (meson's uninstalled qllm.pc), and
+#     none at all, which must fail the build saying what to do.
+#   run_rust.sh QLLM_TOOL BUILD_DIR SOURCE_DIR TARGET_DIR
 set -eu
-qllm=$(readlink -f "$1"); libdir=$(readlink -f "$2"); src="$3"; target="$4"
+qllm=$(readlink -f "$1"); libdir=$(readlink -f "$2"); src=$(readlink -f "$3"); target="$4"
 . "$(dirname "$0")/prepare.sh"
+unset QLLM_LIB_DIR PKG_CONFIG_PATH
+export CARGO_TARGET_DIR="$target"
+for crate in qllm-sys qllm; do
+  (cd "$src/rust/$crate" && QLLM_LIB_DIR="$libdir" LD_LIBRARY_PATH="$libdir" QLLM_TEST_MODEL="$dir/m.gguf" \
+     QLLM_TEST_EXPECTED="$dir/expected.txt" cargo test --offline --quiet 2>&1)
+done
 cd "$src/examples/rust"
-export QLLM_LIB_DIR="$libdir" LD_LIBRARY_PATH="$libdir" CARGO_TARGET_DIR="$target"
-export QLLM_TEST_MODEL="$dir/m.gguf" QLLM_TEST_EXPECTED="$dir/expected.txt"
-cargo test --offline --quiet 2>&1
-cargo run --offline --quiet --example complete -- "$dir/m.gguf" "$prompt" 24 >"$dir/ex.txt"
+QLLM_LIB_DIR="$libdir" cargo run --offline --quiet --bin complete -- "$dir/m.gguf" "$prompt" 24 >"$dir/ex.txt"
 printf '%s\n' "$(cat "$dir/expected.txt")" | cmp - "$dir/ex.txt"
-echo "rust binding: ok"
+mkdir "$dir/docs"
+printf 'Staff get twenty days of leave each year.\n' >"$dir/docs/leave.txt"
+printf 'The ark was made of gopher wood.\n' >"$dir/docs/ark.md"
+QLLM_LIB_DIR="$libdir" cargo run --offline --quiet --bin rag -- "$src/models/tiny-kjv.q8_0.gguf" "$dir/db.sqlite" \
+  "How many days of leave?" "$dir/docs" >"$dir/rag.txt" 2>"$dir/rag.err"
+grep -q '^indexed: 2 added' "$dir/rag.err" && grep -q '"used":\[{' "$dir/rag.err" && grep -q 'leave.txt' "$dir/rag.err" \
+  || { cat "$dir/rag.err"; exit 1; }
+[ "$(wc -c <"$dir/rag.txt")" -gt 20 ]
+echo "rust examples: ok"
+
+# 3. the README, in a copy of the checkout's rust/ and models/ beside this build (meson's
+#    LD_LIBRARY_PATH unset: `cargo run` must find the library by itself)
+unset CARGO_TARGET_DIR LD_LIBRARY_PATH
+co="$dir/checkout"
+mkdir "$co"
+(cd "$src" && tar cf - --exclude=Cargo.lock --exclude=target rust) | (cd "$co" && tar xf -)
+ln -s "$src/models" "$co/models"
+ln -s "$libdir" "$co/build"
+python3 - "$src/README.md" "$dir/readme" <<'PY'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+sec = re.search(r"\n### Rust: crates `qllm-sys` and `qllm`\n(.*?)\n## ", text, re.S).group(1)
+blocks = re.findall(r"\n\n((?:    [^\n]*\n)+)", sec)
+assert len(blocks) == 2, blocks
+setup, main = ["".join(l[4:] + "\n" for l in b.splitlines()) for b in blocks]
+assert "Then replace `src/main.rs` with" in sec and "\n\nand `cargo run` " in sec, sec
+open(sys.argv[2] + ".sh", "w").write(setup)
+open(sys.argv[2] + ".rs", "w").write(main)
+PY
+(cd "$co" && sh -e "$dir/readme.sh" >/dev/null 2>&1 && cp "$dir/readme.rs" hello/src/main.rs \
+   && cd hello && cargo run --quiet >"$dir/readme.txt" 2>"$dir/readme.err") || { cat "$dir/readme.err"; exit 1; }
+[ "$(wc -c <"$dir/readme.txt")" -gt 40 ] && echo "README's Rust program: $(head -c 100 "$dir/readme.txt")"
+
+# 4. pkg-config finds the library (meson's uninstalled qllm.pc) when there is no build/ ...
+rm "$co/build"
+(cd "$co/hello" && PKG_CONFIG_PATH="$libdir/meson-uninstalled" cargo build --quiet 2>&1)
+(cd "$co/hello" && LD_LIBRARY_PATH="$libdir" target/debug/hello) >"$dir/pc.txt"
+cmp "$dir/readme.txt" "$dir/pc.txt"
+# ... and without any of the three the build stops and says what to do
+if (cd "$co/hello" && cargo build --quiet >"$dir/none.txt" 2>&1); then
+  echo "built without a library"; exit 1
+fi
+grep -q 'libqllm not found. Set QLLM_LIB_DIR' "$dir/none.txt" || { cat "$dir/none.txt"; exit 1; }
+echo "rust crates: ok"

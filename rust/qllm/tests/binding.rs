@@ -1,0 +1,362 @@
+//! The crate against a generated model: QLLM_TEST_MODEL, and QLLM_TEST_EXPECTED with the
+//! C++ path's greedy completion (tests/bindings/run_rust.sh prepares both).
+use std::sync::Arc;
+
+const PROMPT: &str = "Once upon a time";
+const MAX_TOKENS: i32 = 24;
+
+fn model() -> qllm::Model {
+    qllm::Model::load(&std::env::var("QLLM_TEST_MODEL").expect("QLLM_TEST_MODEL")).expect("load")
+}
+
+fn expected() -> String {
+    std::fs::read_to_string(std::env::var("QLLM_TEST_EXPECTED").expect("QLLM_TEST_EXPECTED")).unwrap()
+}
+
+fn greedy() -> qllm::SessionParams {
+    qllm::SessionParams { temperature: 0.0, n_ctx: 256, ..Default::default() }
+}
+
+fn opts(max_tokens: i32) -> qllm::GenerateOptions {
+    qllm::GenerateOptions { max_tokens, stop_at_eos: false, ..Default::default() }
+}
+
+#[test]
+fn version_and_info() {
+    assert!(qllm::version().starts_with("0."));
+    let info = model().info().unwrap();
+    assert_eq!(info.n_embd, 64);
+    assert_eq!(info.n_vocab, 512);
+    assert!(info.has_vocabulary);
+    assert_eq!(info.weight_type_name, "q4_0");
+    assert!(info.weight_mix.starts_with("Q4_0: "), "{}", info.weight_mix);
+    assert!(!info.isa.is_empty());
+}
+
+#[test]
+fn tokenize_round_trip() {
+    let m = model();
+    let ids = m.tokenize("the quick brown fox", true).unwrap();
+    assert_eq!(ids[0], 1);
+    assert_eq!(m.count_tokens("the quick brown fox", true).unwrap(), ids.len());
+    assert_eq!(m.detokenize(&ids).unwrap(), "the quick brown fox");
+    assert_eq!(m.token_piece(2).unwrap(), "</s>");
+    let long = "abc ".repeat(300);
+    assert_eq!(m.detokenize(&m.tokenize(&long, true).unwrap()).unwrap(), long);
+}
+
+#[test]
+fn errors_carry_status_and_message() {
+    let e = qllm::Model::load("/nonexistent/model.gguf").err().unwrap();
+    assert_eq!(e.name, "QLLM_ERR_IO");
+    assert_eq!(e.kind(), qllm::ErrorKind::Io);
+    assert!(e.to_string().starts_with("QLLM_ERR_IO: "), "{}", e);
+    assert!(e.message.contains("/nonexistent/model.gguf"));
+    let m = model();
+    let e = m.detokenize(&[1, 1_000_000]).unwrap_err();
+    assert_eq!(e.name, "QLLM_ERR_INVALID_ARGUMENT");
+    let e = m.session(&qllm::SessionParams { top_p: Some(3.0), ..Default::default() }).err().unwrap();
+    assert!(e.message.contains("top_p"));
+    let e = m.chat_tokens(&[("assistant", "x")]).unwrap_err();
+    assert_eq!(e.name, "QLLM_ERR_INVALID_ARGUMENT");
+}
+
+#[test]
+fn greedy_text_equals_the_cpp_path_and_streams() {
+    let m = model();
+    let mut s = m.session(&greedy()).unwrap();
+    let mut streamed = String::new();
+    let mut pieces = 0;
+    let g = s.generate(PROMPT, &opts(MAX_TOKENS), |p| {
+        streamed.push_str(p);
+        pieces += 1;
+        true
+    }).unwrap();
+    assert_eq!(g.text, expected());
+    assert_eq!(streamed, g.text);
+    // one call per piece of text (a token that completes no character yet gives none)
+    assert!(pieces >= MAX_TOKENS / 2 && pieces <= MAX_TOKENS + 1, "{} pieces", pieces);
+    assert_eq!(g.finish, qllm::Finish::MaxTokens);
+    assert_eq!(g.raw.n_generated, MAX_TOKENS);
+    assert_eq!(g.raw.n_prompt_tokens as usize, m.tokenize(PROMPT, true).unwrap().len());
+}
+
+#[test]
+fn cancel_and_stop_strings() {
+    let m = model();
+    let mut s = m.session(&greedy()).unwrap();
+    let mut n = 0;
+    let mut seen = String::new();
+    let g = s.generate(PROMPT, &opts(100), |p| {
+        seen.push_str(p);
+        n += 1;
+        n < 3
+    }).unwrap();
+    assert_eq!(g.finish, qllm::Finish::Cancelled);
+    assert_eq!(n, 3);
+    assert!(g.raw.n_generated >= 3 && g.raw.n_generated < 10, "{}", g.raw.n_generated);
+    assert!(expected().starts_with(&seen), "{:?}", seen);
+    let want = expected();
+    let at = (3..want.len() - 3).find(|&i| want.is_char_boundary(i) && want[i..].chars().take(3).all(|c| c.is_ascii())).unwrap();
+    let stop = want[at..at + 3].to_string();
+    let o = qllm::GenerateOptions { stop: vec![stop.clone()], ..opts(MAX_TOKENS) };
+    let g = s.generate(PROMPT, &o, |_| true).unwrap();
+    assert_eq!(g.finish, qllm::Finish::StopString);
+    assert_eq!(g.text, want[..want.find(&stop).unwrap()]);
+}
+
+#[test]
+fn a_panicking_callback_cancels_and_resumes_the_panic() {
+    let m = model();
+    let mut s = m.session(&greedy()).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = s.generate(PROMPT, &opts(50), |_| panic!("from the callback"));
+    }));
+    assert!(r.is_err());
+    // the session is still usable
+    assert_eq!(s.generate(PROMPT, &opts(MAX_TOKENS), |_| true).unwrap().text, expected());
+}
+
+#[test]
+fn set_sampling_switches_to_greedy() {
+    let m = model();
+    let mut s = m.session(&qllm::SessionParams { temperature: 1.5, n_ctx: 256, ..Default::default() }).unwrap();
+    s.set_sampling(&greedy()).unwrap();
+    assert_eq!(s.generate(PROMPT, &opts(MAX_TOKENS), |_| true).unwrap().text, expected());
+    let e = s.set_sampling(&qllm::SessionParams { min_p: Some(2.0), ..greedy() }).unwrap_err();
+    assert!(e.message.contains("min_p"));
+}
+
+#[test]
+fn eval_logits_sample_history() {
+    let m = model();
+    let mut s = m.session(&greedy()).unwrap();
+    let ids = m.tokenize(PROMPT, true).unwrap();
+    s.eval(&ids).unwrap();
+    let logits = s.logits().unwrap().to_vec();
+    assert_eq!(logits.len(), 512);
+    let mut best = 0usize;
+    for i in 1..logits.len() {
+        if logits[i] > logits[best] {
+            best = i;
+        }
+    }
+    assert_eq!(s.sample().unwrap(), best as i32);
+    s.eval(&[best as i32]).unwrap();
+    let mut want = ids.clone();
+    want.push(best as i32);
+    assert_eq!(s.history().unwrap(), want);
+}
+
+#[test]
+fn context_policy_and_chat() {
+    let m = model();
+    let long = "word ".repeat(200);
+    let mut s = m.session(&qllm::SessionParams { n_ctx: 64, ..greedy() }).unwrap();
+    let e = s.generate(&long, &opts(8), |_| true).unwrap_err();
+    assert_eq!(e.name, "QLLM_ERR_CONTEXT_OVERFLOW");
+    let p = qllm::SessionParams {
+        n_ctx: 64,
+        context_policy: qllm::ContextPolicy::KeepHeadAndTail,
+        n_keep: Some(4),
+        ..greedy()
+    };
+    let mut s = m.session(&p).unwrap();
+    let g = s.generate(&long, &opts(8), |_| true).unwrap();
+    assert_eq!(g.raw.n_dropped, g.raw.n_sequence_tokens - (64 - 8));
+    assert_eq!(g.raw.drop_begin, 4);
+    let ids = m.chat_tokens(&[("system", "Be brief."), ("user", "Hi")]).unwrap();
+    assert_eq!(ids[0], 1);
+    let mut s = m.session(&greedy()).unwrap();
+    let g = s.generate_tokens(&ids, &opts(4), |_| true).unwrap();
+    assert_eq!(g.raw.n_prompt_tokens as usize, ids.len());
+}
+
+#[test]
+fn embeddings_are_unit_vectors() {
+    let m = model();
+    let mut s = m.session(&greedy()).unwrap();
+    let a = s.embed("the cat sat").unwrap();
+    assert_eq!(a.len(), 64);
+    let norm: f64 = a.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    assert_eq!(s.embed("the cat sat").unwrap(), a);
+}
+
+#[test]
+fn one_model_many_threads() {
+    let m = Arc::new(model());
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || {
+                let mut s = m.session(&qllm::SessionParams { n_threads: 1, ..greedy() }).unwrap();
+                s.generate(PROMPT, &opts(MAX_TOKENS), |_| true).unwrap().text
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), expected());
+    }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("qllm-rs-{}-{}", std::process::id(), name));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn handles_are_send_and_sync_as_documented() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<qllm::Model>();
+    send_sync::<qllm::Rag>();
+    send::<qllm::Session>();
+}
+
+#[test]
+fn stream_yields_the_same_text_and_finishes() {
+    let m = model();
+    let mut s = m.session(&greedy()).unwrap();
+    let mut stream = s.stream(PROMPT, &opts(MAX_TOKENS));
+    let mut text = String::new();
+    let mut n = 0;
+    for p in &mut stream {
+        let p = p.unwrap();
+        assert!(!p.is_empty());
+        text.push_str(&p);
+        n += 1;
+    }
+    let g = stream.finish().unwrap();
+    assert_eq!(text, expected());
+    assert_eq!(g.text, text);
+    assert_eq!(g.finish, qllm::Finish::MaxTokens);
+    assert_eq!(g.raw.n_generated, MAX_TOKENS);
+    assert!(n >= 2 && n <= MAX_TOKENS + 1, "{} pieces", n);
+    // the session has its handle back
+    assert_eq!(s.output().unwrap(), expected());
+    let ids = m.tokenize(PROMPT, true).unwrap();
+    let mut st = s.stream_tokens(&ids, &opts(MAX_TOKENS));
+    let joined: String = (&mut st).map(|p| p.unwrap()).collect();
+    assert_eq!(joined, expected());
+    let r = st.finish().unwrap().raw;
+    assert_eq!((r.n_prompt_tokens + r.n_reused_tokens) as usize, ids.len());
+}
+
+#[test]
+fn dropping_a_stream_cancels_it_and_returns_the_session() {
+    let m = model();
+    let mut s = m.session(&greedy()).unwrap();
+    {
+        let mut st = s.stream(PROMPT, &opts(-1));
+        assert!(st.next().unwrap().is_ok());
+    }
+    // still usable, and reproduces the greedy text
+    let g = s.generate(PROMPT, &opts(MAX_TOKENS), |_| true).unwrap();
+    assert_eq!(g.text, expected());
+    // finish() right away reads everything
+    let g = s.stream(PROMPT, &opts(MAX_TOKENS)).finish().unwrap();
+    assert_eq!(g.text, expected());
+}
+
+#[test]
+fn a_failing_stream_ends_with_the_error() {
+    let m = model();
+    let mut s = m.session(&qllm::SessionParams { n_ctx: 32, ..greedy() }).unwrap();
+    let long = "word ".repeat(100);
+    let items: Vec<_> = s.stream(&long, &opts(8)).collect();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].as_ref().unwrap_err().kind(), qllm::ErrorKind::ContextOverflow);
+    let e = s.stream(&long, &opts(8)).finish().unwrap_err();
+    assert!(e.message.contains("32"), "{}", e.message);
+}
+
+#[test]
+fn a_leaked_stream_leaves_a_session_that_answers_errors() {
+    let m = model();
+    let mut s = m.session(&greedy()).unwrap();
+    std::mem::forget(s.stream(PROMPT, &opts(MAX_TOKENS)));
+    let e = s.generate(PROMPT, &opts(4), |_| true).unwrap_err();
+    assert_eq!(e.kind(), qllm::ErrorKind::InvalidArgument);
+    assert!(s.history().is_err());
+}
+
+#[test]
+fn chat_applies_the_template_and_outlives_the_model_handle() {
+    let m = model();
+    let dialog = [("system", "Be brief."), ("user", "Hi")];
+    let ids = m.chat_tokens(&dialog).unwrap();
+    let mut a = m.session(&greedy()).unwrap();
+    let want = a.generate_tokens(&ids, &opts(6), |_| true).unwrap().text;
+    let mut b = m.session(&greedy()).unwrap();
+    drop(m); // the session keeps the model
+    let g = b.chat(&dialog, &opts(6), |_| true).unwrap();
+    assert_eq!(g.text, want);
+    assert_eq!(g.raw.n_prompt_tokens as usize, ids.len());
+    assert_eq!(qllm::chat_format(&[("user", "Hi")]).unwrap(), "<s>[INST] Hi [/INST]");
+    let e = b.chat(&[("assistant", "x")], &opts(2), |_| true).unwrap_err();
+    assert_eq!(e.kind(), qllm::ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn retrieval_indexes_asks_and_reports() {
+    let m = model();
+    let dir = scratch("rag");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("a.txt"), "The ark was made of gopher wood. It had three decks.\n".repeat(20)).unwrap();
+    std::fs::write(docs.join("b.md"), "# Leave\nStaff get twenty days of leave each year.\n".repeat(20)).unwrap();
+    std::fs::write(docs.join("c.bin"), [0u8, 159, 146, 150]).unwrap();
+    let rag = qllm::Rag::open(dir.join("db.sqlite"), true).unwrap();
+    let small = qllm::IndexParams { chunk_tokens: Some(48), overlap_tokens: Some(8) };
+    let r = rag.index(&m, &[&docs], &small).unwrap();
+    assert_eq!(r.files_added, 2, "{:?}", r);
+    assert!(r.chunks_added >= 4, "{:?}", r);
+    let again = rag.index(&m, &[&docs], &small).unwrap();
+    assert_eq!(again.files_unchanged, 2, "{:?}", again);
+    assert_eq!(again.chunks_added, 0);
+    let e = rag.index(&m, &[dir.join("missing")], &small).unwrap_err();
+    assert_eq!(e.kind(), qllm::ErrorKind::InvalidArgument);
+    let mut s = m.session(&qllm::SessionParams { n_ctx: 1024, ..greedy() }).unwrap();
+    let mut streamed = String::new();
+    let g = rag
+        .ask(&mut s, "How many days of leave?", &qllm::AskParams { top_k: Some(3), ..Default::default() }, &opts(8), |p| {
+            streamed.push_str(p);
+            true
+        })
+        .unwrap();
+    assert_eq!(g.text, streamed);
+    assert_eq!(g.raw.n_generated, 8);
+    let report = s.rag_report().unwrap();
+    assert!(report.contains("\"used\"") && report.contains("\"dropped\""), "{}", report);
+    assert!(report.contains("b.md"), "{}", report);
+    let e = qllm::Rag::open(dir.join("none.sqlite"), false).unwrap_err();
+    assert_eq!(e.kind(), qllm::ErrorKind::Io);
+    std::fs::write(dir.join("junk.sqlite"), b"not a database at all, but long enough to look like one...").unwrap();
+    assert_eq!(qllm::Rag::open(dir.join("junk.sqlite"), false).unwrap_err().kind(), qllm::ErrorKind::BadFormat);
+    drop(rag);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn models_and_rag_handles_cross_threads() {
+    let m = model();
+    let dir = scratch("threads");
+    std::fs::write(dir.join("a.txt"), "Noah built an ark of gopher wood.\n".repeat(10)).unwrap();
+    let rag = Arc::new(qllm::Rag::open(dir.join("db.sqlite"), true).unwrap());
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let (m, rag, p) = (m.clone(), Arc::clone(&rag), dir.join("a.txt"));
+            std::thread::spawn(move || rag.index(&m, &[p], &Default::default()).unwrap())
+        })
+        .collect();
+    let rs: Vec<qllm::IndexResult> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(rs.iter().map(|r| r.files_added).sum::<i32>(), 1, "{:?}", rs);
+    // a session moved to another thread
+    let mut s = m.session(&greedy()).unwrap();
+    let text = std::thread::spawn(move || s.generate(PROMPT, &opts(MAX_TOKENS), |_| true).unwrap().text).join().unwrap();
+    assert_eq!(text, expected());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
