@@ -432,6 +432,19 @@ TEST_CASE("rag: the budget keeps the best whole chunks and never overflows the w
   CHECK_THROWS_AS(rag::build_prompt(tok(), "  ", ranked, {"", 512, 0}), error);
 }
 
+TEST_CASE("rag: a file name that is not UTF-8 is shown with U+FFFD, the prompt stays valid") {
+  rag::hit h;
+  h.chunk_id = 1;
+  h.path = "/docs/bad\xff\xfename.txt";
+  h.text = "Staff get twenty days of leave each year.";
+  h.n_tokens = int64_t(tok().encode(h.text, false).size());
+  const rag::prompt p = rag::build_prompt(tok(), "How many days of leave?", std::span(&h, 1), {"", 512, 16});
+  REQUIRE(p.used.size() == 1);
+  const std::string& user = p.dialog.back().content;
+  CHECK(user.find("(bad\xef\xbf\xbd\xef\xbf\xbdname.txt#0)") != std::string::npos);
+  CHECK(utf8::first_invalid(user) == std::string_view::npos);
+}
+
 TEST_CASE("chain of thought: the answer stage continues the reasoning, which stays out of the answer") {
   session_params sp;
   sp.ctx.n_threads = 1;

@@ -7,6 +7,7 @@
 
 #include "qllm/error.hpp"
 #include "qllm/rag.hpp"
+#include "qllm/tokenizer.hpp"
 
 namespace qllm::rag {
 namespace {
@@ -28,9 +29,13 @@ const std::set<std::string>& stopwords() {
   return s;
 }
 
+// The file's name and chunk number. File names are bytes: one that is not UTF-8 is shown with
+// U+FFFD in place of the bad bytes (the prompt must be valid UTF-8).
 std::string label(const hit& h) {
   const auto slash = h.path.find_last_of('/');
-  return (slash == std::string::npos ? h.path : h.path.substr(slash + 1)) + "#" + std::to_string(h.seq);
+  std::string out;
+  utf8::append_sanitized(out, slash == std::string::npos ? std::string_view(h.path) : std::string_view(h.path).substr(slash + 1));
+  return out + "#" + std::to_string(h.seq);
 }
 
 std::string user_message(std::string_view question, std::span<const hit> chunks, bool none_fit) {
