@@ -212,8 +212,9 @@ int main(int argc, char** argv) {
   // Q4_0 4.5; Q5_K 5.625; Q6_K 6.5625; Q8_0 8.5)
   for (ggml_type type : {ggml_type::q4_0, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k, ggml_type::q8_0}) {
     for (shape s : shapes) {
-      // M = 64: a short prompt (or a batch of decoding streams); M = 512: a long prompt
-      for (int64_t m : {int64_t(1), int64_t(64), int64_t(512)}) {
+      // M = 8: one step of 8 decoding streams (continuous batching); M = 64: a short prompt;
+      // M = 512: a long prompt
+      for (int64_t m : {int64_t(1), int64_t(8), int64_t(64), int64_t(512)}) {
         if (quick && m > 1 && s.n != 4096) continue;
         for (int nt : threads) {
           const std::string name = std::string(gguf::type_name(type)) + "/" +
