@@ -11,11 +11,12 @@
 set -eu
 qllm=$(readlink -f "$1"); libdir=$(readlink -f "$2"); src=$(readlink -f "$3"); target="$4"
 . "$(dirname "$0")/prepare.sh"
+"$qllm" gen-random --shape tiny --type q4_0 --seed 12 --no-vocab --out "$dir/nv.gguf" >/dev/null
 unset QLLM_LIB_DIR PKG_CONFIG_PATH
 export CARGO_TARGET_DIR="$target"
 for crate in qllm-sys qllm; do
-  (cd "$src/rust/$crate" && QLLM_LIB_DIR="$libdir" LD_LIBRARY_PATH="$libdir" QLLM_TEST_MODEL="$dir/m.gguf" \
-     QLLM_TEST_EXPECTED="$dir/expected.txt" cargo test --offline --quiet 2>&1)
+  (cd "$src/rust/$crate" && RUSTFLAGS="-D warnings" QLLM_LIB_DIR="$libdir" LD_LIBRARY_PATH="$libdir" QLLM_TEST_MODEL="$dir/m.gguf" \
+     QLLM_TEST_EXPECTED="$dir/expected.txt" QLLM_TEST_NOVOCAB_MODEL="$dir/nv.gguf" cargo test --offline --quiet 2>&1)
 done
 cd "$src/examples/rust"
 QLLM_LIB_DIR="$libdir" cargo run --offline --quiet --bin complete -- "$dir/m.gguf" "$prompt" 24 >"$dir/ex.txt"
@@ -25,6 +26,10 @@ printf 'Staff get twenty days of leave each year.\n' >"$dir/docs/leave.txt"
 printf 'The ark was made of gopher wood.\n' >"$dir/docs/ark.md"
 QLLM_LIB_DIR="$libdir" cargo run --offline --quiet --bin rag -- "$src/models/tiny-kjv.q8_0.gguf" "$dir/db.sqlite" \
   "How many days of leave?" "$dir/docs" >"$dir/rag.txt" 2>"$dir/rag.err"
+# a closed stdout ends it cleanly (no panic)
+QLLM_LIB_DIR="$libdir" cargo run --offline --quiet --bin rag -- "$src/models/tiny-kjv.q8_0.gguf" "$dir/db.sqlite" \
+  "How many days of leave?" 2>"$dir/rag-pipe.err" | head -c 5 >/dev/null
+! grep -q panicked "$dir/rag-pipe.err" || { cat "$dir/rag-pipe.err"; exit 1; }
 grep -q '^indexed: 2 added' "$dir/rag.err" && grep -q '"used":\[{' "$dir/rag.err" && grep -q 'leave.txt' "$dir/rag.err" \
   || { cat "$dir/rag.err"; exit 1; }
 [ "$(wc -c <"$dir/rag.txt")" -gt 20 ]
@@ -53,14 +58,29 @@ PY
    && cd hello && cargo run --quiet >"$dir/readme.txt" 2>"$dir/readme.err") || { cat "$dir/readme.err"; exit 1; }
 [ "$(wc -c <"$dir/readme.txt")" -gt 40 ] && echo "README's Rust program: $(head -c 100 "$dir/readme.txt")"
 
-# 4. pkg-config finds the library (meson's uninstalled qllm.pc) when there is no build/ ...
+# 4. pkg-config finds the library (meson's uninstalled qllm.pc) when there is no build/, and
+#    `cargo run` runs the program without help; a second build compiles nothing ...
 rm "$co/build"
-(cd "$co/hello" && PKG_CONFIG_PATH="$libdir/meson-uninstalled" cargo build --quiet 2>&1)
-(cd "$co/hello" && LD_LIBRARY_PATH="$libdir" target/debug/hello) >"$dir/pc.txt"
+export PKG_CONFIG_PATH="$libdir/meson-uninstalled"
+(cd "$co/hello" && cargo run --quiet >"$dir/pc.txt" 2>"$dir/pc.err") || { cat "$dir/pc.err"; exit 1; }
 cmp "$dir/readme.txt" "$dir/pc.txt"
-# ... and without any of the three the build stops and says what to do
-if (cd "$co/hello" && cargo build --quiet >"$dir/none.txt" 2>&1); then
-  echo "built without a library"; exit 1
-fi
-grep -q 'libqllm not found. Set QLLM_LIB_DIR' "$dir/none.txt" || { cat "$dir/none.txt"; exit 1; }
+(cd "$co/hello" && cargo build -v >"$dir/again.txt" 2>&1)
+if grep -E 'Compiling|Running .*build-script' "$dir/again.txt"; then echo "a second build rebuilt"; exit 1; fi
+unset PKG_CONFIG_PATH
+# ... a pkg-config qllm of another version is not taken, and the error says so ...
+mkdir "$dir/pc-old"
+printf 'Name: qllm\nDescription: old\nVersion: 0.5.1\nLibs: -L%s -lqllm\n' "$libdir" >"$dir/pc-old/qllm.pc"
+fails() {  # fails MESSAGE [VAR=VALUE...]: a build in hello/ fails, saying MESSAGE
+  msg=$1; shift
+  if (cd "$co/hello" && env "$@" cargo build --quiet >"$dir/fail.txt" 2>&1); then
+    echo "built, expected: $msg"; exit 1
+  fi
+  grep -qF "$msg" "$dir/fail.txt" || { cat "$dir/fail.txt"; exit 1; }
+}
+fails 'libqllm not found (pkg-config found qllm 0.5.1; this crate needs 0.x, at least 0.6.0)' \
+  PKG_CONFIG_PATH="$dir/pc-old"
+# ... a relative QLLM_LIB_DIR is refused, naming it; and with none of the three the build stops
+# and says what to do
+fails 'QLLM_LIB_DIR must be an absolute path (it is "../build")' QLLM_LIB_DIR=../build
+fails 'libqllm not found. Set QLLM_LIB_DIR' 
 echo "rust crates: ok"

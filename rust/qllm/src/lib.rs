@@ -43,6 +43,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -133,8 +134,14 @@ fn c_path(p: &Path) -> Result<CString> {
 /// Runs `f(buf, capacity, n_out)` with the buffer convention: size, allocate, fill.
 fn sized<T: Copy + Default>(mut f: impl FnMut(*mut T, usize, *mut usize) -> ffi::qllm_status, extra: usize)
                             -> Result<Vec<T>> {
+    sized_from(64, &mut f, extra)
+}
+
+/// As `sized`, starting with room for `initial` elements (a good guess saves a second call).
+fn sized_from<T: Copy + Default>(initial: usize, f: &mut dyn FnMut(*mut T, usize, *mut usize) -> ffi::qllm_status,
+                                 extra: usize) -> Result<Vec<T>> {
     let mut n = 0usize;
-    let mut buf: Vec<T> = vec![T::default(); 64];
+    let mut buf: Vec<T> = vec![T::default(); initial.max(1)];
     loop {
         let st = f(buf.as_mut_ptr(), buf.len(), &mut n);
         if st == BUFFER_TOO_SMALL && n + extra > buf.len() {
@@ -310,7 +317,9 @@ impl Model {
     }
 
     pub fn detokenize(&self, ids: &[i32]) -> Result<String> {
-        bytes_to_string(sized(|buf, cap, n| unsafe { ffi::qllm_detokenize(self.ptr, ids.as_ptr(), ids.len(), buf, cap, n) }, 1)?)
+        bytes_to_string(sized_from(ids.len() * 8 + 16, &mut |buf, cap, n| unsafe {
+            ffi::qllm_detokenize(self.ptr, ids.as_ptr(), ids.len(), buf, cap, n)
+        }, 1)?)
     }
 
     /// The piece of one token as stored in the vocabulary ("▁Hello", "<0x0A>", "</s>").
@@ -328,19 +337,21 @@ impl Model {
         let p = params.to_ffi()?;
         let mut out = ptr::null_mut();
         check(unsafe { ffi::qllm_session_create(self.ptr, &p, &mut out) })?;
-        Ok(Session { ptr: out, model: self.clone() })
+        Ok(Session { ptr: out, handle: Arc::new(SessionHandle(out)), model: self.clone() })
     }
 }
 
 fn tokenize(model: *const ffi::qllm_model, text: &str, add_bos: bool) -> Result<Vec<i32>> {
-    sized(|buf, cap, n| unsafe {
+    // a token is at least one byte of text: one call
+    sized_from(text.len() + 2, &mut |buf, cap, n| unsafe {
         ffi::qllm_tokenize(model, text.as_ptr() as *const c_char, text.len(), add_bos as i32, buf, cap, n)
     }, 0)
 }
 
 fn chat_tokens(model: *const ffi::qllm_model, messages: &[Message]) -> Result<Vec<i32>> {
     let d = dialog(messages)?;
-    sized(|buf, cap, n| unsafe { ffi::qllm_chat_apply(model, d.msgs.as_ptr(), d.msgs.len(), buf, cap, n) }, 0)
+    let bytes: usize = messages.iter().map(|(r, c)| r.len() + c.len() + 32).sum();
+    sized_from(bytes, &mut |buf, cap, n| unsafe { ffi::qllm_chat_apply(model, d.msgs.as_ptr(), d.msgs.len(), buf, cap, n) }, 0)
 }
 
 /// A dialog as Llama-2-chat text with `<s>` and `</s>` written out (for display; needs no model).
@@ -507,18 +518,48 @@ pub struct Generation {
     pub raw: ffi::qllm_generate_result,
 }
 
+struct SessionHandle(*mut ffi::qllm_session);
+
+// Shared only with a `Canceller` and a `Stream`'s helper thread: the first calls nothing but
+// qllm_session_cancel (thread-safe), the second is the session's only user while it runs.
+unsafe impl Send for SessionHandle {}
+unsafe impl Sync for SessionHandle {}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        unsafe { ffi::qllm_session_free(self.0) }
+    }
+}
+
 /// KV cache and sampler of one sequence: `Send` (move it to another thread) but not `Sync`.
 /// It keeps its model alive.
 pub struct Session {
+    // the handle for this session's calls: NULL while a `Stream` has it (every call is then an
+    // error, never a second user); `handle` owns it
     ptr: *mut ffi::qllm_session,
+    handle: Arc<SessionHandle>,
     model: Model,
 }
 
 unsafe impl Send for Session {}
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        unsafe { ffi::qllm_session_free(self.ptr) }
+/// Stops the call running on a session from another thread (see [`Session::canceller`]).
+#[derive(Clone)]
+pub struct Canceller(Arc<SessionHandle>);
+
+impl Canceller {
+    /// Stops the generation or eval running on the session at its next check (before each
+    /// chunk of prompt tokens and each generated token): generation ends with
+    /// `Finish::Cancelled` and the tokens so far, an eval with `ErrorKind::Cancelled`. A call
+    /// clears the request when it starts, so a cancel while nothing runs does nothing.
+    pub fn cancel(&self) {
+        unsafe { ffi::qllm_session_cancel(self.0 .0) };
+    }
+}
+
+impl fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Canceller").finish()
     }
 }
 
@@ -531,6 +572,7 @@ impl fmt::Debug for Session {
 struct CallbackState<'a> {
     f: &'a mut dyn FnMut(&str) -> bool,
     panic: Option<Box<dyn std::any::Any + Send>>,
+    stop: Option<&'a AtomicBool>,
 }
 
 fn piece<'a>(text: *const c_char, len: usize) -> &'a str {
@@ -541,13 +583,10 @@ fn piece<'a>(text: *const c_char, len: usize) -> &'a str {
 
 unsafe extern "C" fn trampoline(text: *const c_char, len: usize, _token: i32, user_data: *mut c_void) -> i32 {
     let state = &mut *(user_data as *mut CallbackState);
-    if state.panic.is_some() {
+    if state.panic.is_some() || state.stop.map_or(false, |s| s.load(Ordering::Relaxed)) {
         return 1;
     }
     let p = piece(text, len);
-    if p.is_empty() {
-        return 0;
-    }
     // a panic must not unwind through C: catch it, cancel, and resume it after the C call
     match catch_unwind(AssertUnwindSafe(|| (state.f)(p))) {
         Ok(go_on) => (!go_on) as i32,
@@ -593,9 +632,16 @@ fn new_result() -> ffi::qllm_generate_result {
 fn run_generation(session: *mut ffi::qllm_session, opts: &GenerateOptions, mut on_text: impl FnMut(&str) -> bool,
                   call: impl FnOnce(&ffi::qllm_generate_params, &mut ffi::qllm_generate_result) -> ffi::qllm_status)
                   -> Result<Generation> {
+    run_generation_until(session, opts, None, &mut on_text, call)
+}
+
+fn run_generation_until(session: *mut ffi::qllm_session, opts: &GenerateOptions, stop: Option<&AtomicBool>,
+                        on_text: &mut dyn FnMut(&str) -> bool,
+                        call: impl FnOnce(&ffi::qllm_generate_params, &mut ffi::qllm_generate_result) -> ffi::qllm_status)
+                        -> Result<Generation> {
     let stops: Vec<CString> = opts.stop.iter().map(|s| c_string(s)).collect::<Result<_>>()?;
     let stop_ptrs: Vec<*const c_char> = stops.iter().map(|s| s.as_ptr()).collect();
-    let mut state = CallbackState { f: &mut on_text, panic: None };
+    let mut state = CallbackState { f: on_text, panic: None, stop };
     let mut gp = generate_params(opts, &stop_ptrs)?;
     gp.callback = Some(trampoline);
     gp.user_data = &mut state as *mut CallbackState as *mut c_void;
@@ -609,9 +655,9 @@ fn run_generation(session: *mut ffi::qllm_session, opts: &GenerateOptions, mut o
     Ok(Generation { text, finish: finish_of(r.finish_reason), raw: r })
 }
 
-fn generate_raw(session: *mut ffi::qllm_session, prompt: Prompt, opts: &GenerateOptions,
-                on_text: impl FnMut(&str) -> bool) -> Result<Generation> {
-    run_generation(session, opts, on_text, |gp, r| match prompt {
+fn generate_raw(session: *mut ffi::qllm_session, prompt: Prompt, opts: &GenerateOptions, stop: Option<&AtomicBool>,
+                mut on_text: impl FnMut(&str) -> bool) -> Result<Generation> {
+    run_generation_until(session, opts, stop, &mut on_text, |gp, r| match prompt {
         Prompt::Text(t) => unsafe { ffi::qllm_generate(session, t.as_ptr() as *const c_char, t.len(), gp, r) },
         Prompt::Tokens(ids) => unsafe { ffi::qllm_generate_tokens(session, ids.as_ptr(), ids.len(), gp, r) },
     })
@@ -663,18 +709,20 @@ impl Session {
     }
 
     /// Generates after `prompt` (the whole text the model sees; the part already in the cache is
-    /// reused), calling `on_text` with each piece; return false from it to stop
+    /// reused), calling `on_text` once per sampled token with its text, then once more with what
+    /// was held back; a piece is empty while a character or a possible stop string is held back
+    /// (and always, on a model without a vocabulary). Return false from it to stop
     /// (`Finish::Cancelled`). A panic in `on_text` cancels the generation and goes on unwinding
     /// after it.
     pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions, on_text: impl FnMut(&str) -> bool)
                     -> Result<Generation> {
-        generate_raw(self.ptr, Prompt::Text(prompt), opts, on_text)
+        generate_raw(self.ptr, Prompt::Text(prompt), opts, None, on_text)
     }
 
     /// The same for a token sequence (e.g. from `Model::chat_tokens`).
     pub fn generate_tokens(&mut self, tokens: &[i32], opts: &GenerateOptions, on_text: impl FnMut(&str) -> bool)
                            -> Result<Generation> {
-        generate_raw(self.ptr, Prompt::Tokens(tokens), opts, on_text)
+        generate_raw(self.ptr, Prompt::Tokens(tokens), opts, None, on_text)
     }
 
     /// Answers a Llama-2-chat dialog of (role, content) pairs that ends with a "user" turn.
@@ -716,6 +764,24 @@ impl Session {
         Stream::start(self, OwnedPrompt::Tokens(tokens.to_vec()), opts.clone())
     }
 
+    /// A handle that stops this session's running call from another thread (or a signal
+    /// handler's thread); it keeps the session's memory alive, never its use.
+    ///
+    /// ```no_run
+    /// # let model = qllm::Model::load("models/tiny-kjv.q8_0.gguf")?;
+    /// let mut s = model.session(&Default::default())?;
+    /// let c = s.canceller();
+    /// std::thread::spawn(move || {
+    ///     std::thread::sleep(std::time::Duration::from_secs(5));
+    ///     c.cancel();
+    /// });
+    /// let g = s.generate("In the beginning", &qllm::GenerateOptions { max_tokens: -1, ..Default::default() }, |_| true)?;
+    /// # Ok::<(), qllm::Error>(())
+    /// ```
+    pub fn canceller(&self) -> Canceller {
+        Canceller(Arc::clone(&self.handle))
+    }
+
     /// The text of the last generation (stop string excluded).
     pub fn output(&self) -> Result<String> {
         session_text(|t, l| unsafe { ffi::qllm_session_output(self.ptr, t, l) })
@@ -738,9 +804,6 @@ enum OwnedPrompt {
     Tokens(Vec<i32>),
 }
 
-struct SendPtr(*mut ffi::qllm_session);
-// the helper thread is the only user of the session while it runs (see Stream)
-unsafe impl Send for SendPtr {}
 
 /// Pieces of a generation running on a helper thread, from [`Session::stream`].
 ///
@@ -750,6 +813,7 @@ unsafe impl Send for SendPtr {}
 pub struct Stream<'a> {
     session: &'a mut Session,
     handle: *mut ffi::qllm_session,
+    stop: Arc<AtomicBool>,
     rx: Option<mpsc::Receiver<String>>,
     worker: Option<JoinHandle<Result<Generation>>>,
     result: Option<Result<Generation>>,
@@ -762,21 +826,25 @@ impl<'a> Stream<'a> {
         // hold NULL, which every call answers with an error, and never a second user
         let handle = std::mem::replace(&mut session.ptr, ptr::null_mut());
         let (tx, rx) = mpsc::sync_channel::<String>(16);
-        let sp = SendPtr(handle);
+        // the thread holds the session's memory too: a leaked stream never frees it under it
+        let owner = Arc::clone(&session.handle);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
         let worker = std::thread::Builder::new().name("qllm-stream".into()).spawn(move || {
-            let sp = sp;
-            let on_text = |p: &str| tx.send(p.to_owned()).is_ok();
+            let h = owner.0;
+            // empty pieces are not sent, but every token checks the flag
+            let on_text = |p: &str| p.is_empty() || tx.send(p.to_owned()).is_ok();
             match &prompt {
-                OwnedPrompt::Text(t) => generate_raw(sp.0, Prompt::Text(t), &opts, on_text),
-                OwnedPrompt::Tokens(ids) => generate_raw(sp.0, Prompt::Tokens(ids), &opts, on_text),
+                OwnedPrompt::Text(t) => generate_raw(h, Prompt::Text(t), &opts, Some(&*flag), on_text),
+                OwnedPrompt::Tokens(ids) => generate_raw(h, Prompt::Tokens(ids), &opts, Some(&*flag), on_text),
             }
         });
         match worker {
-            Ok(w) => Stream { session, handle, rx: Some(rx), worker: Some(w), result: None, error_yielded: false },
+            Ok(w) => Stream { session, handle, stop, rx: Some(rx), worker: Some(w), result: None, error_yielded: false },
             Err(e) => {
                 session.ptr = handle;
                 let err = Error { status: 7, name: "QLLM_ERR_INTERNAL".into(), message: format!("cannot start a thread: {}", e) };
-                Stream { session, handle: ptr::null_mut(), rx: None, worker: None, result: Some(Err(err)), error_yielded: false }
+                Stream { session, handle: ptr::null_mut(), stop, rx: None, worker: None, result: Some(Err(err)), error_yielded: false }
             }
         }
     }
@@ -826,9 +894,14 @@ impl Iterator for Stream<'_> {
 
 impl Drop for Stream<'_> {
     fn drop(&mut self) {
-        if self.worker.is_some() {
-            // thread-safe and a no-op when the call has already returned
-            unsafe { ffi::qllm_session_cancel(self.handle) };
+        if let Some(w) = &self.worker {
+            // the flag stops it at its next token; the cancel, repeated until the thread ends,
+            // stops a prompt being evaluated (a call clears a cancel that came before it began)
+            self.stop.store(true, Ordering::Relaxed);
+            while !w.is_finished() {
+                unsafe { ffi::qllm_session_cancel(self.handle) };
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             self.join();
         }
     }

@@ -17,11 +17,12 @@ fn run(args: &[String]) -> Result<(), qllm::Error> {
     }
     let mut session = model.session(&qllm::SessionParams { temperature: 0.0, n_ctx: 2048, ..Default::default() })?;
     let opts = qllm::GenerateOptions { max_tokens: 128, ..Default::default() };
+    let mut out = std::io::stdout();
+    // a closed stdout stops the generation (the callback returns false)
     rag.ask(&mut session, &args[3], &Default::default(), &opts, |piece| {
-        print!("{}", piece);
-        std::io::stdout().flush().is_ok()
+        out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok()
     })?;
-    println!();
+    let _ = writeln!(out);
     eprintln!("report: {}", session.rag_report()?);
     Ok(())
 }
