@@ -49,6 +49,19 @@ for isa in $($run "$qllm" info | sed -n 's/^ *runnable: *//p'); do
 done
 [ "$tables" -ge 2 ]  # every CPU runs scalar and at least one SIMD table
 
+# speculative decoding by prompt lookup: a prompt that repeats a passage's beginning; the text is
+# byte for byte the plain greedy text, with drafts taken and some accepted, on 1 and 2 threads
+quote="In the beginning God created the heaven and the earth. And the earth was without form, and void; and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.
+
+In the beginning God created the heaven and the earth. And the earth was"
+$run "$qllm" run -p "$quote" -n 48 --temp 0 -t 1 -q >"$dir/spec-off.txt"
+for n in 1 2; do
+  $run "$qllm" run -p "$quote" -n 48 --temp 0 -t $n --spec lookup --draft-tokens 6 >"$dir/spec.txt" 2>"$dir/spec.err"
+  cmp "$dir/spec-off.txt" "$dir/spec.txt"
+  grep -Eo 'lookup: [1-9][0-9]* of [0-9]+ drafts accepted in [0-9]+ passes' "$dir/spec.err" \
+    || { cat "$dir/spec.err"; exit 1; }
+done
+
 # perplexity: F32 and Q4_0 converted from the shipped checkpoint here. Not in sanitizer or
 # emulated builds (QLLM_QUICK=1): three passes over the held-out text take minutes there, and the
 # values are those of the native build (the CPU matrix compares emulated text with native text)

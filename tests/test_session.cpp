@@ -673,3 +673,118 @@ TEST_CASE("cancel stops a long prompt between chunks and leaves the cache as bef
   t2.join();
   CHECK(s.history() == before);
 }
+
+TEST_CASE("speculation by prompt lookup: the same tokens, stream, cache and finish as plain greedy decoding") {
+  int64_t drafted = 0, accepted = 0, passes = 0;
+  int cases = 0;
+  for (int64_t n_ctx : {int64_t(128), int64_t(24)}) {
+    for (int32_t salt : {0, 1, 2, 5}) {
+      for (int64_t max_tokens : {int64_t(7), int64_t(60)}) {
+        for (int32_t k : {1, 3, 8}) {
+          for (bool penalties : {false, true}) {
+            CAPTURE(n_ctx);
+            CAPTURE(salt);
+            CAPTURE(max_tokens);
+            CAPTURE(k);
+            CAPTURE(penalties);
+            session_params p = greedy(n_ctx);
+            p.policy = context_policy::keep_head_and_tail;  // the small window drops and shifts
+            if (penalties) {
+              p.sampling.repeat_penalty = 1.2f;
+              p.sampling.penalty_last_n = 6;
+            }
+            // a prompt that repeats itself, so that drafts exist
+            auto prompt = some_tokens(8, salt);
+            const auto again = prompt;
+            prompt.insert(prompt.end(), again.begin() + 1, again.end());
+            session plain(tiny().m, p), spec(tiny().m, p);
+            generate_params gp;
+            gp.max_tokens = max_tokens;
+            gp.stop_at_eos = salt != 5;
+            std::vector<std::pair<std::string, int32_t>> s1, s2;
+            const auto r1 = plain.generate(prompt, gp, [&](std::string_view t, int32_t id) {
+              s1.emplace_back(t, id);
+              return true;
+            });
+            gp.draft_tokens = k;
+            const auto r2 = spec.generate(prompt, gp, [&](std::string_view t, int32_t id) {
+              s2.emplace_back(t, id);
+              return true;
+            });
+            CHECK(r2.tokens == r1.tokens);
+            CHECK(r2.text == r1.text);
+            CHECK(s2 == s1);
+            CHECK(r2.finish == r1.finish);
+            CHECK(r2.n_shifts == r1.n_shifts);
+            CHECK(spec.history() == plain.history());
+            CHECK(spec.ctx().n_past() == int64_t(spec.history().size()));
+            CHECK(r1.spec.passes == 0);
+            CHECK(r2.spec.accepted <= r2.spec.drafted);
+            // the cache is left as plain decoding leaves it: what follows is the same too
+            gp.max_tokens = 5;
+            CHECK(spec.generate(spec.history(), gp).tokens == plain.generate(plain.history(), gp).tokens);
+            drafted += r2.spec.drafted;
+            accepted += r2.spec.accepted;
+            passes += r2.spec.passes;
+            ++cases;
+          }
+        }
+      }
+    }
+  }
+  MESSAGE(cases << " cases: " << passes << " passes with drafts, " << drafted << " drafted, " << accepted
+                << " accepted");
+  CHECK(accepted > 0);             // drafts were taken ...
+  CHECK(drafted - accepted > 0);   // ... and rejected
+}
+
+TEST_CASE("speculation: stop strings, a cancelling callback and sampling behave as without it") {
+  session_params p = greedy(128);
+  auto prompt = some_tokens(10, 3);
+  const auto again = prompt;
+  prompt.insert(prompt.end(), again.begin() + 1, again.end());
+  generate_params gp;
+  gp.max_tokens = 50;
+  gp.stop_at_eos = false;
+  // the callback stops after 9 tokens, in the middle of accepted drafts or not
+  for (int stop_after : {1, 4, 9}) {
+    session a(tiny().m, p), b(tiny().m, p);
+    int n = 0;
+    gp.draft_tokens = 0;
+    const auto r1 = a.generate(prompt, gp, [&](std::string_view, int32_t) { return ++n < stop_after; });
+    n = 0;
+    gp.draft_tokens = 6;
+    const auto r2 = b.generate(prompt, gp, [&](std::string_view, int32_t) { return ++n < stop_after; });
+    CHECK(r1.finish == finish_reason::cancelled);
+    CHECK(r2.tokens == r1.tokens);
+    CHECK(b.history() == a.history());
+    CHECK(b.ctx().n_past() == int64_t(b.history().size()));
+  }
+  // a stop string made of generated text
+  {
+    session a(tiny().m, p);
+    gp.draft_tokens = 0;
+    const auto full = a.generate(prompt, gp);
+    REQUIRE(full.text.size() > 12);
+    std::size_t at = full.text.size() / 2;
+    while (at + 4 < full.text.size() && utf8::first_invalid(full.text.substr(at, 4)) != std::string::npos) ++at;
+    REQUIRE(at + 4 < full.text.size());
+    gp.stop = {full.text.substr(at, 4)};
+    session c(tiny().m, p), d(tiny().m, p);
+    const auto r1 = c.generate(prompt, gp);
+    gp.draft_tokens = 5;
+    const auto r2 = d.generate(prompt, gp);
+    CHECK(r1.finish == finish_reason::stop_string);
+    CHECK(r2.text == r1.text);
+    CHECK(r2.tokens == r1.tokens);
+    CHECK(d.history() == c.history());
+    gp.stop.clear();
+  }
+  // sampling: no speculation (the output distribution is the target's by construction)
+  p.sampling.temperature = 0.8f;
+  session s(tiny().m, p);
+  gp.draft_tokens = 4;
+  CHECK(s.generate(prompt, gp).spec.passes == 0);
+  gp.draft_tokens = -1;
+  CHECK_THROWS_AS(s.generate(prompt, gp), error);
+}

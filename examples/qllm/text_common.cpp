@@ -44,6 +44,10 @@ const char* kTextFlags =
     "                              keep-head-and-tail, keep-tail\n"
     "      --keep N                tokens at the start kept by keep-head-and-tail and shifts\n"
     "      --no-context-shift      stop when the window is full instead of shifting\n"
+    "      --spec lookup|off       speculative decoding by prompt lookup: drafts copied from the\n"
+    "                              prompt and the text so far, checked several per forward pass;\n"
+    "                              the same output, greedy sampling only (default off)\n"
+    "      --draft-tokens N        most draft tokens per pass with --spec lookup (default 8)\n"
     "      --cot                   chain of thought: reason step by step (on stderr), then answer\n"
     "      --cot-answer-tokens N   max tokens of the answer after the reasoning (default 64)\n"
     "  -q, --quiet                 no report line\n"
@@ -85,6 +89,15 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
     o.keep_set = true;
   }
   else if (a == "--no-context-shift") o.sp.context_shift = false;
+  else if (a == "--spec") {
+    const std::string v = val();
+    if (v != "lookup" && v != "off") throw error(errc::invalid_argument, "--spec: '" + v + "' is not lookup or off");
+    o.spec = v == "lookup";
+    o.gp.draft_tokens = o.spec ? o.draft_tokens : 0;
+  } else if (a == "--draft-tokens") {
+    o.draft_tokens = int32_t(parse_int(a, val(), 1, 64));
+    if (o.spec) o.gp.draft_tokens = o.draft_tokens;
+  }
   else if (a == "--cot") o.cot = true;
   else if (a == "--cot-answer-tokens") o.cot_p.answer_tokens = parse_int(a, val(), 1, int64_t(1) << 20);
   else if (a == "-q" || a == "--quiet") o.quiet = true;
@@ -127,6 +140,9 @@ void print_report(const generation_result& r) {
     std::fprintf(stderr, " (tokens %lld-%lld of %lld)", (long long)r.fit.drop_begin, (long long)r.fit.drop_end - 1,
                  (long long)r.fit.n_tokens);
   if (r.n_shifts) std::fprintf(stderr, " | context shifts: %lld (%lld tokens)", (long long)r.n_shifts, (long long)r.n_shift_dropped);
+  if (r.spec.drafted)
+    std::fprintf(stderr, " | lookup: %lld of %lld drafts accepted in %lld passes", (long long)r.spec.accepted,
+                 (long long)r.spec.drafted, (long long)r.spec.passes);
   std::fprintf(stderr, " | stop: %s | peak RSS: %s]\n", to_string(r.finish), mib(peak_rss_bytes()).c_str());
 }
 

@@ -27,6 +27,8 @@ struct text_options {
   bool keep_set = false;
   bool cot = false;  // chain of thought: reason, then extract the answer
   cot_params cot_p;
+  bool spec = false;          // --spec lookup
+  int32_t draft_tokens = 8;   // --draft-tokens
 };
 
 extern const char* kTextFlags;

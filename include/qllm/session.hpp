@@ -63,6 +63,19 @@ struct generate_params {
   int64_t max_tokens = 256;
   std::vector<std::string> stop;  // matched across token boundaries; never emitted
   bool stop_at_eos = true;
+  // Speculative decoding by prompt lookup: up to this many draft tokens, taken from where the
+  // sequence's last 2-4 tokens occurred before (in the prompt or the text so far), are checked
+  // in the same forward pass as the sampled token, and every one the model would have chosen
+  // itself is kept. The output is the same token for token; only greedy sampling (temperature
+  // <= 0 or top_k 1) speculates, other settings decode one token per pass. 0: off.
+  int32_t draft_tokens = 0;
+};
+
+// What speculation did in one generation (all 0 when it was off).
+struct speculation_stats {
+  int64_t passes = 0;    // forward passes that carried drafts
+  int64_t drafted = 0;   // draft tokens evaluated
+  int64_t accepted = 0;  // of those, the ones generation kept
 };
 
 struct generation_timings {
@@ -84,6 +97,7 @@ struct generation_result {
   int64_t n_shifts = 0;          // context shifts during generation
   int64_t n_shift_dropped = 0;   // tokens they dropped
   generation_timings timings;
+  speculation_stats spec;
 };
 
 // Streaming: called once per sampled token with the text that became complete (may be empty

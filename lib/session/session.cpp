@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "qllm/error.hpp"
+#include "session/lookup.hpp"
 #include "session/stop_text.hpp"
 
 namespace qllm {
@@ -273,6 +274,25 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     }
   };
 
+  // Speculation (greedy only): `ahead` holds draft tokens evaluated after history_ whose logits
+  // rows follow `logits` in `rows`; a sampled token equal to ahead[0] takes its row without a
+  // pass. Whenever the loop stops or a draft is rejected, the cache is cut back to history_, so
+  // it always ends as plain decoding leaves it.
+  if (gp.draft_tokens < 0) throw error(errc::invalid_argument, "generate: draft_tokens < 0");
+  const bool greedy = p_.sampling.temperature <= 0.0f || p_.sampling.top_k == 1;
+  detail::draft_controller drafts(greedy ? std::min<int32_t>(gp.draft_tokens, 64) : 0);
+  std::vector<int32_t> ahead, pass;
+  std::span<const float> rows;
+  std::size_t row = 0, n_vocab = std::size_t(model_->config().n_vocab);
+  std::size_t drafted = 0, accepted = 0;
+  const auto drop_ahead = [&] {
+    if (!ahead.empty()) {
+      ctx_.truncate(int64_t(history_.size()));
+      drafts.verified(int(drafted), int(accepted));
+      ahead.clear();
+    }
+  };
+
   const auto t0 = clock::now();
   r.finish = finish_reason::max_tokens;
   while (gp.max_tokens < 0 || r.timings.n_generated < gp.max_tokens) {
@@ -297,6 +317,17 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
       break;
     }
     if (gp.max_tokens >= 0 && r.timings.n_generated >= gp.max_tokens) break;
+    if (!ahead.empty() && ahead.front() == id) {  // a draft the model chose: its row is computed
+      ++accepted;
+      ++r.spec.accepted;
+      history_.push_back(id);
+      ahead.erase(ahead.begin());
+      ++row;
+      logits = rows.subspan(row * n_vocab, n_vocab);
+      if (ahead.empty()) drafts.verified(int(drafted), int(accepted));
+      continue;
+    }
+    drop_ahead();
     if (ctx_.n_past() >= n_ctx) {
       if (!p_.context_shift) {
         r.finish = finish_reason::context_full;
@@ -305,15 +336,36 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
       r.n_shift_dropped += shift_for(1);
       ++r.n_shifts;
     }
+    // drafts fit the window after id and never run past max_tokens
+    int64_t k = drafts.next();
+    k = std::min<int64_t>(k, n_ctx - ctx_.n_past() - 1);
+    if (gp.max_tokens >= 0) k = std::min<int64_t>(k, gp.max_tokens - r.timings.n_generated - 1);
+    pass.assign(1, id);
+    if (k > 0) {
+      std::vector<int32_t> seq_now(history_);
+      seq_now.push_back(id);
+      const auto d = detail::lookup_draft(seq_now, 2, 4, int(k));
+      pass.insert(pass.end(), d.begin(), d.end());
+    }
     try {
-      logits = ctx_.eval(std::span<const int32_t>(&id, 1));
+      rows = ctx_.eval(pass, pass.size() > 1);
     } catch (const error& e) {  // a cancel that came after the check above
       if (e.code() != errc::cancelled) throw;
       r.finish = finish_reason::cancelled;
       break;
     }
     history_.push_back(id);
+    row = 0;
+    logits = rows.subspan(0, n_vocab);
+    if (pass.size() > 1) {
+      ahead.assign(pass.begin() + 1, pass.end());
+      drafted = ahead.size();
+      accepted = 0;
+      ++r.spec.passes;
+      r.spec.drafted += int64_t(drafted);
+    }
   }
+  drop_ahead();
   r.timings.generation_seconds = seconds_since(t0);
   if (r.finish != finish_reason::cancelled) {  // what was held back, then the end marker
     if (r.finish != finish_reason::stop_string) {
