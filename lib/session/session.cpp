@@ -341,10 +341,10 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     k = std::min<int64_t>(k, n_ctx - ctx_.n_past() - 1);
     if (gp.max_tokens >= 0) k = std::min<int64_t>(k, gp.max_tokens - r.timings.n_generated - 1);
     pass.assign(1, id);
-    if (k > 0) {
-      std::vector<int32_t> seq_now(history_);
-      seq_now.push_back(id);
-      const auto d = detail::lookup_draft(seq_now, 2, 4, int(k));
+    if (k > 0) {  // looked up in history_ + id, without copying the history every token
+      history_.push_back(id);
+      const auto d = detail::lookup_draft(history_, 2, 4, int(k));
+      history_.pop_back();
       pass.insert(pass.end(), d.begin(), d.end());
     }
     try {
