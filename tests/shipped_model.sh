@@ -61,6 +61,22 @@ for n in 1 2; do
   grep -Eo 'lookup: [1-9][0-9]* of [0-9]+ drafts accepted in [0-9]+ passes' "$dir/spec.err" \
     || { cat "$dir/spec.err"; exit 1; }
 done
+# a draft model: the shipped model drafting for itself keeps every draft, and the text is the same
+$run "$qllm" run -p "$quote" -n 48 --temp 0 -t 2 --spec draft --draft "$models/tiny-kjv.q8_0.gguf" \
+  >"$dir/draft.txt" 2>"$dir/draft.err"
+cmp "$dir/spec-off.txt" "$dir/draft.txt"
+grep -Eo 'draft: ([1-9][0-9]*) of \1 drafts accepted in [0-9]+ passes' "$dir/draft.err" || { cat "$dir/draft.err"; exit 1; }
+# sampled: a lookup draft is kept when the sampled token is the draft, so the same seed gives the
+# same text
+$run "$qllm" run -p "$quote" -n 48 --temp 0.9 -s 11 -t 2 -q >"$dir/sampled-off.txt"
+$run "$qllm" run -p "$quote" -n 48 --temp 0.9 -s 11 -t 2 -q --spec lookup >"$dir/sampled-lookup.txt"
+cmp "$dir/sampled-off.txt" "$dir/sampled-lookup.txt"
+# refusals: no draft model, a draft model with another vocabulary
+if $run "$qllm" run -p "$quote" -n 4 --spec draft 2>"$dir/err.txt"; then exit 1; fi
+grep -q -- "--spec draft needs --draft MODEL" "$dir/err.txt"
+$run "$qllm" gen-random --out "$dir/other-vocab.gguf" >/dev/null
+if $run "$qllm" run -p "$quote" -n 4 --spec draft --draft "$dir/other-vocab.gguf" 2>"$dir/err.txt"; then exit 1; fi
+grep -q "draft model: its vocabulary differs from the model's: 512 tokens, not 4096" "$dir/err.txt"
 
 # perplexity: F32 and Q4_0 converted from the shipped checkpoint here. Not in sanitizer or
 # emulated builds (QLLM_QUICK=1): three passes over the held-out text take minutes there, and the

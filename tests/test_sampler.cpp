@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "qllm/error.hpp"
@@ -160,6 +161,58 @@ TEST_CASE("the same seed gives the same tokens, another seed other tokens") {
   a.reset();
   b.reset();
   CHECK(a.sample(l) == b.sample(l));
+}
+
+TEST_CASE("sample_draft: the token is distributed as p whatever the draft's q (chi-square, 4 dof)") {
+  // p over 5 tokens; drafts x ~ q for q equal to p, near p, disjoint from p's best tokens, and a
+  // point mass (a lookup draft); every token returned must still be distributed as p
+  const std::vector<double> p = {0.4, 0.25, 0.2, 0.1, 0.05};
+  std::vector<float> l;
+  for (double v : p) l.push_back(float(std::log(v)));
+  const std::vector<std::vector<double>> qs = {
+      p, {0.3, 0.3, 0.2, 0.15, 0.05}, {0.0, 0.0, 0.1, 0.3, 0.6}, {0.0, 0.0, 0.0, 1.0, 0.0}, {1.0, 0.0, 0.0, 0.0, 0.0}};
+  std::mt19937_64 draft_rng(3);
+  for (std::size_t qi = 0; qi < qs.size(); ++qi) {
+    CAPTURE(qi);
+    std::vector<std::pair<int32_t, float>> q;
+    for (int32_t t = 0; t < 5; ++t)
+      if (qs[qi][std::size_t(t)] > 0) q.emplace_back(t, float(qs[qi][std::size_t(t)]));
+    std::discrete_distribution<int32_t> pick(qs[qi].begin(), qs[qi].end());
+    sampler s(plain());
+    const int n = 20000;
+    std::vector<int> c(5, 0);
+    int kept = 0;
+    for (int i = 0; i < n; ++i) {
+      const int32_t x = pick(draft_rng);
+      const int32_t t = s.sample_draft(l, x, q);
+      ++c[std::size_t(t)];
+      kept += t == x;
+    }
+    const double x2 = chi_square(c, p, n);
+    MESSAGE("q " << qi << ": counts " << c[0] << " " << c[1] << " " << c[2] << " " << c[3] << " " << c[4]
+                 << ", drafts kept " << kept << ", chi2 " << x2);
+    CHECK(x2 < 18.47);  // p = 0.001 critical value for 4 dof
+    // the expected share of kept drafts: sum over t of min(p(t), q(t))
+    double overlap = 0;
+    for (std::size_t t = 0; t < 5; ++t) overlap += std::min(p[t], qs[qi][t]);
+    CHECK(std::abs(double(kept) / n - overlap) < 0.02);
+  }
+  // the test's power: the naive rule (keep every draft p allows, as here where p(x) > 0 for every
+  // x) returns q's distribution, which it rejects
+  std::vector<int> naive(5, 0);
+  std::discrete_distribution<int32_t> pick(qs[2].begin(), qs[2].end());
+  for (int i = 0; i < 20000; ++i) ++naive[std::size_t(pick(draft_rng))];
+  CHECK(chi_square(naive, p, 20000) > 18.47);
+  // errors: a draft its distribution does not name, a token outside the vocabulary
+  sampler e(plain());
+  const std::vector<std::pair<int32_t, float>> q0 = {{1, 1.0f}};
+  CHECK_THROWS_AS(e.sample_draft(l, 0, q0), error);
+  const std::vector<std::pair<int32_t, float>> q9 = {{9, 1.0f}};
+  CHECK_THROWS_AS(e.sample_draft(l, 9, q9), error);
+  // greedy: p is one token; a draft that is not it is replaced by it
+  sampler g(plain(0.0f));
+  CHECK(g.sample_draft(l, 3, std::vector<std::pair<int32_t, float>>{{3, 1.0f}}) == 0);
+  CHECK(g.sample_draft(l, 0, std::vector<std::pair<int32_t, float>>{{0, 0.5f}, {3, 0.5f}}) == 0);
 }
 
 TEST_CASE("bad logits and bad parameters are errors") {

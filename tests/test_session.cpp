@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -35,6 +36,20 @@ struct temp_model {
 
 const temp_model& tiny() {
   static temp_model t("tiny", random_model_spec{});
+  return t;
+}
+
+// Draft models for tiny(): the same weights in Q8_0 (a near distribution) and other weights.
+const temp_model& tiny_near() {
+  random_model_spec s;
+  s.type = ggml_type::q8_0;
+  static temp_model t("tiny_near", s);
+  return t;
+}
+const temp_model& tiny_other() {
+  random_model_spec s;
+  s.seed = 7;
+  static temp_model t("tiny_other", s);
   return t;
 }
 
@@ -674,7 +689,24 @@ TEST_CASE("cancel stops a long prompt between chunks and leaves the cache as bef
   CHECK(s.history() == before);
 }
 
-TEST_CASE("speculation by prompt lookup: the same tokens, stream, cache and finish as plain greedy decoding") {
+TEST_CASE("speculation: the same tokens, stream, cache and finish as plain decoding, greedy and lookup-sampled") {
+  // sources: prompt lookup (greedy, then sampled: a lookup draft is kept when the sampled token is
+  // the draft, so the same seed gives the same tokens), draft models (greedy) whose weights are
+  // the model's in Q8_0, the model itself, and other weights
+  struct source {
+    const char* name;
+    speculation spec;
+    const temp_model* draft;
+    bool sampled;
+  };
+  const source sources[] = {{"lookup", speculation::lookup, nullptr, false},
+                            {"lookup sampled", speculation::lookup, nullptr, true},
+                            {"draft near", speculation::draft_model, &tiny_near(), false},
+                            {"draft same", speculation::draft_model, &tiny(), false},
+                            {"draft other", speculation::draft_model, &tiny_other(), false}};
+  for (const source& src : sources) {
+  const std::string src_name = src.name;
+  CAPTURE(src_name);
   int64_t drafted = 0, accepted = 0, passes = 0;
   int cases = 0;
   for (int64_t n_ctx : {int64_t(128), int64_t(24)}) {
@@ -693,14 +725,20 @@ TEST_CASE("speculation by prompt lookup: the same tokens, stream, cache and fini
               p.sampling.repeat_penalty = 1.2f;
               p.sampling.penalty_last_n = 6;
             }
+            if (src.sampled) {
+              p.sampling.temperature = 1.0f;
+              p.sampling.seed = uint64_t(salt * 131 + k);
+            }
             // a prompt that repeats itself, so that drafts exist
             auto prompt = some_tokens(8, salt);
             const auto again = prompt;
             prompt.insert(prompt.end(), again.begin() + 1, again.end());
             session plain(tiny().m, p), spec(tiny().m, p);
+            if (src.draft) spec.set_draft(src.draft->m);
             generate_params gp;
             gp.max_tokens = max_tokens;
             gp.stop_at_eos = salt != 5;
+            gp.spec = src.spec;
             std::vector<std::pair<std::string, int32_t>> s1, s2;
             const auto r1 = plain.generate(prompt, gp, [&](std::string_view t, int32_t id) {
               s1.emplace_back(t, id);
@@ -722,7 +760,10 @@ TEST_CASE("speculation by prompt lookup: the same tokens, stream, cache and fini
             CHECK(r2.spec.accepted <= r2.spec.drafted);
             // the cache is left as plain decoding leaves it: what follows is the same too
             gp.max_tokens = 5;
-            CHECK(spec.generate(spec.history(), gp).tokens == plain.generate(plain.history(), gp).tokens);
+            const auto next = spec.generate(spec.history(), gp).tokens;
+            gp.draft_tokens = 0;
+            CHECK(next == plain.generate(plain.history(), gp).tokens);
+            if (src.draft == &tiny() && n_ctx == 128) CHECK(r2.spec.accepted == r2.spec.drafted);
             drafted += r2.spec.drafted;
             accepted += r2.spec.accepted;
             passes += r2.spec.passes;
@@ -732,10 +773,112 @@ TEST_CASE("speculation by prompt lookup: the same tokens, stream, cache and fini
       }
     }
   }
-  MESSAGE(cases << " cases: " << passes << " passes with drafts, " << drafted << " drafted, " << accepted
-                << " accepted");
-  CHECK(accepted > 0);             // drafts were taken ...
-  CHECK(drafted - accepted > 0);   // ... and rejected
+  MESSAGE(src_name << ": " << cases << " cases: " << passes << " passes with drafts, " << drafted << " drafted, "
+                   << accepted << " accepted");
+  if (src.draft == &tiny()) {  // the model drafting for itself: rejected only after shifts
+    CHECK(double(accepted) > 0.7 * double(drafted));
+  } else {
+    if (src.draft != &tiny_other()) CHECK(accepted > 0);  // drafts were taken ...
+    CHECK(drafted - accepted > 0);                        // ... and rejected
+  }
+  }
+}
+
+TEST_CASE("speculation with sampling: a draft model's text is distributed exactly as the model's (chi-square)") {
+  // top-k 3 at temperature 1: four tokens from the model's own distribution, 81 possible texts,
+  // whose probabilities are computed here from the model's logits; texts sampled with a draft model
+  // (two drafts after the first token: the second and third tokens come from the verification
+  // rule, the fourth from the row after the drafts or a new pass) must follow them. Plain sampling
+  // is the control of the harness.
+  session_params p;
+  p.ctx.n_ctx = 64;
+  p.sampling.temperature = 1.0f;
+  p.sampling.top_k = 3;
+  p.sampling.top_p = 1.0f;
+  p.sampling.min_p = 0.0f;
+  const auto prompt = some_tokens(6, 4);
+  std::map<std::vector<int32_t>, double> expected;
+  {
+    session e(tiny().m, p);
+    sampler smp(p.sampling);
+    const auto dist = [&](const std::vector<int32_t>& seq) {
+      (void)smp.sample(e.evaluate(seq));
+      const auto c = smp.last_candidates();
+      return std::vector<std::pair<int32_t, float>>(c.begin(), c.end());
+    };
+    for (const auto& [a, pa] : dist(prompt)) {
+      auto s1 = prompt;
+      s1.push_back(a);
+      for (const auto& [b, pb] : dist(s1)) {
+        auto s2 = s1;
+        s2.push_back(b);
+        for (const auto& [c, pc] : dist(s2)) {
+          auto s3 = s2;
+          s3.push_back(c);
+          for (const auto& [d, pd] : dist(s3)) expected[{a, b, c, d}] = double(pa) * pb * pc * pd;
+        }
+      }
+    }
+  }
+  REQUIRE(expected.size() == 81);
+  const int n = 4000;
+  for (const temp_model* draft : {static_cast<const temp_model*>(nullptr), &tiny_near(), &tiny_other()}) {
+    CAPTURE(draft ? draft->path : std::string("plain"));
+    session s(tiny().m, p);
+    generate_params gp;
+    gp.max_tokens = 4;
+    gp.stop_at_eos = false;
+    if (draft) {
+      s.set_draft(draft->m);
+      gp.spec = speculation::draft_model;
+      gp.draft_tokens = 2;
+    }
+    std::map<std::vector<int32_t>, int> seen;
+    int64_t drafted = 0, accepted = 0;
+    for (int i = 0; i < n; ++i) {
+      sampler_params sp = p.sampling;
+      sp.seed = uint64_t(1000 + i);
+      s.set_sampling(sp);
+      const auto r = s.generate(prompt, gp);
+      REQUIRE(r.tokens.size() == 4);
+      ++seen[r.tokens];
+      drafted += r.spec.drafted;
+      accepted += r.spec.accepted;
+    }
+    // Pearson chi-square, texts expected fewer than 5 times pooled
+    double x2 = 0, pool_e = 0, pool_o = 0;
+    int cells = 0;
+    for (const auto& [t, pr] : expected) {
+      const double e = pr * n;
+      const double o = seen.count(t) ? seen[t] : 0;
+      if (e < 5) {
+        pool_e += e;
+        pool_o += o;
+        continue;
+      }
+      x2 += (o - e) * (o - e) / e;
+      ++cells;
+    }
+    if (pool_e > 0) {
+      x2 += (pool_o - pool_e) * (pool_o - pool_e) / pool_e;
+      ++cells;
+    }
+    int unexpected = 0;
+    for (const auto& [t, c] : seen) unexpected += expected.count(t) ? 0 : c;
+    const int df = cells - 1;
+    // p = 0.001 critical value by Wilson-Hilferty (z = 3.09)
+    const double crit = df * std::pow(1 - 2.0 / (9 * df) + 3.09 * std::sqrt(2.0 / (9 * df)), 3);
+    MESSAGE((draft ? draft->path : std::string("plain")) << ": " << drafted << " drafted, " << accepted
+                                                          << " kept; chi2 " << x2 << " for " << df
+                                                          << " dof (critical " << crit << ")");
+    CHECK(unexpected == 0);
+    CHECK(x2 < crit);
+    if (draft) {
+      CHECK(drafted >= 2 * n);  // two after the first token, one more after a rejection
+      if (draft == &tiny_near()) CHECK(accepted > drafted / 4);
+      CHECK(accepted < drafted);
+    }
+  }
 }
 
 TEST_CASE("speculation: stop strings, a cancelling callback and sampling behave as without it") {
@@ -747,13 +890,18 @@ TEST_CASE("speculation: stop strings, a cancelling callback and sampling behave 
   gp.max_tokens = 50;
   gp.stop_at_eos = false;
   // the callback stops after 9 tokens, in the middle of accepted drafts or not
-  for (int stop_after : {1, 4, 9}) {
+  for (int stop_after : {1, 4, 9})
+  for (speculation sp : {speculation::lookup, speculation::draft_model}) {
+    CAPTURE(stop_after);
+    CAPTURE(to_string(sp));
     session a(tiny().m, p), b(tiny().m, p);
+    b.set_draft(tiny_near().m);
     int n = 0;
     gp.draft_tokens = 0;
     const auto r1 = a.generate(prompt, gp, [&](std::string_view, int32_t) { return ++n < stop_after; });
     n = 0;
     gp.draft_tokens = 6;
+    gp.spec = sp;
     const auto r2 = b.generate(prompt, gp, [&](std::string_view, int32_t) { return ++n < stop_after; });
     CHECK(r1.finish == finish_reason::cancelled);
     CHECK(r2.tokens == r1.tokens);
@@ -770,21 +918,43 @@ TEST_CASE("speculation: stop strings, a cancelling callback and sampling behave 
     while (at + 4 < full.text.size() && utf8::first_invalid(full.text.substr(at, 4)) != std::string::npos) ++at;
     REQUIRE(at + 4 < full.text.size());
     gp.stop = {full.text.substr(at, 4)};
-    session c(tiny().m, p), d(tiny().m, p);
-    const auto r1 = c.generate(prompt, gp);
-    gp.draft_tokens = 5;
-    const auto r2 = d.generate(prompt, gp);
-    CHECK(r1.finish == finish_reason::stop_string);
-    CHECK(r2.text == r1.text);
-    CHECK(r2.tokens == r1.tokens);
-    CHECK(d.history() == c.history());
+    for (speculation sp : {speculation::lookup, speculation::draft_model}) {
+      session c(tiny().m, p), d(tiny().m, p);
+      d.set_draft(tiny_near().m);
+      gp.draft_tokens = 0;
+      const auto r1 = c.generate(prompt, gp);
+      gp.draft_tokens = 5;
+      gp.spec = sp;
+      const auto r2 = d.generate(prompt, gp);
+      CHECK(r1.finish == finish_reason::stop_string);
+      CHECK(r2.text == r1.text);
+      CHECK(r2.tokens == r1.tokens);
+      CHECK(d.history() == c.history());
+    }
     gp.stop.clear();
+    gp.spec = speculation::lookup;
   }
-  // sampling: no speculation (the output distribution is the target's by construction)
-  p.sampling.temperature = 0.8f;
+  gp.draft_tokens = 0;
   session s(tiny().m, p);
-  gp.draft_tokens = 4;
-  CHECK(s.generate(prompt, gp).spec.passes == 0);
   gp.draft_tokens = -1;
   CHECK_THROWS_AS(s.generate(prompt, gp), error);
+  // a draft model is required for speculation::draft_model, and must share the vocabulary
+  gp.draft_tokens = 4;
+  gp.spec = speculation::draft_model;
+  CHECK_THROWS_WITH_AS(s.generate(prompt, gp), doctest::Contains("has none (set_draft)"), error);
+  gp.draft_tokens = 0;
+  CHECK_NOTHROW(s.generate(prompt, gp));  // off: no draft model needed
+  random_model_spec other_vocab;
+  other_vocab.n_vocab = 600;
+  const temp_model wider("wider", other_vocab);
+  CHECK_THROWS_WITH_AS(s.set_draft(wider.m), doctest::Contains("600 tokens, not 512"), error);
+  random_model_spec no_vocab;
+  no_vocab.vocabulary = false;
+  const temp_model bare("bare", no_vocab);
+  CHECK_THROWS_WITH_AS(s.set_draft(bare.m), doctest::Contains("it has no vocabulary"), error);
+  CHECK(s.draft_model() == nullptr);
+  s.set_draft(tiny_other().m);
+  CHECK(s.draft_model() == tiny_other().m.get());
+  s.set_draft(nullptr);
+  CHECK(s.draft_model() == nullptr);
 }

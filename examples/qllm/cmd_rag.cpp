@@ -156,7 +156,8 @@ int rag_ask(int argc, char** argv) {
   if (db.empty() || !have) throw error(errc::invalid_argument, std::string("need --db FILE and a question; usage: ") + usage);
   auto st = rag::store::open(db, false);  // before the model: a bad database fails fast
   auto m = load_text_model(o.model, usage);
-  session s(m, o.sp);
+  auto sp_ = make_session(m, o);
+  session& s = *sp_;
   warn_window(*m, o.sp.ctx.n_ctx);
   ap.cot = o.cot;
   ap.cot_p = o.cot_p;

@@ -60,7 +60,8 @@ int cmd_run(int argc, char** argv) {
     o.prompt = read_file("-");
   }
   auto m = load_text_model(o.model, usage);
-  session s(m, o.sp);
+  auto sp_ = make_session(m, o);
+  session& s = *sp_;
   warn_window(*m, o.sp.ctx.n_ctx);
   const auto tokens = s.tokenize(o.prompt, s.tok().add_bos());
   warn_fit(s, tokens, o.gp);
@@ -110,7 +111,8 @@ int cmd_chat(int argc, char** argv) {
   auto m = load_text_model(o.model, usage);
   // keep the system block when old turns are dropped, unless --keep says otherwise
   if (!system.empty() && !o.keep_set) o.sp.n_keep = chat_system_tokens(*m->get_tokenizer(), system);
-  session s(m, o.sp);
+  auto sp_ = make_session(m, o);
+  session& s = *sp_;
   warn_window(*m, o.sp.ctx.n_ctx);
   g_session.store(&s);
   struct session_guard {

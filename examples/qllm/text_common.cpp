@@ -44,10 +44,12 @@ const char* kTextFlags =
     "                              keep-head-and-tail, keep-tail\n"
     "      --keep N                tokens at the start kept by keep-head-and-tail and shifts\n"
     "      --no-context-shift      stop when the window is full instead of shifting\n"
-    "      --spec lookup|off       speculative decoding by prompt lookup: drafts copied from the\n"
-    "                              prompt and the text so far, checked several per forward pass;\n"
-    "                              the same output, greedy sampling only (default off)\n"
-    "      --draft-tokens N        most draft tokens per pass with --spec lookup (default 8)\n"
+    "      --spec lookup|draft|off speculative decoding: draft tokens checked several per forward\n"
+    "                              pass, copied from the prompt and the text so far (lookup) or\n"
+    "                              written by a small model (draft); greedy output is the same,\n"
+    "                              sampled output has the same distribution (default off)\n"
+    "      --draft MODEL           the draft model for --spec draft (same vocabulary)\n"
+    "      --draft-tokens N        most draft tokens per pass (default 8)\n"
     "      --cot                   chain of thought: reason step by step (on stderr), then answer\n"
     "      --cot-answer-tokens N   max tokens of the answer after the reasoning (default 64)\n"
     "  -q, --quiet                 no report line\n"
@@ -91,13 +93,15 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
   else if (a == "--no-context-shift") o.sp.context_shift = false;
   else if (a == "--spec") {
     const std::string v = val();
-    if (v != "lookup" && v != "off") throw error(errc::invalid_argument, "--spec: '" + v + "' is not lookup or off");
-    o.spec = v == "lookup";
-    o.gp.draft_tokens = o.spec ? o.draft_tokens : 0;
+    if (v != "lookup" && v != "draft" && v != "off")
+      throw error(errc::invalid_argument, "--spec: '" + v + "' is not lookup, draft or off");
+    o.spec = v;
+    o.gp.draft_tokens = v == "off" ? 0 : o.draft_tokens;
+    o.gp.spec = v == "draft" ? speculation::draft_model : speculation::lookup;
   } else if (a == "--draft-tokens") {
     o.draft_tokens = int32_t(parse_int(a, val(), 1, 64));
-    if (o.spec) o.gp.draft_tokens = o.draft_tokens;
-  }
+    if (o.spec != "off") o.gp.draft_tokens = o.draft_tokens;
+  } else if (a == "--draft") o.draft = val();
   else if (a == "--cot") o.cot = true;
   else if (a == "--cot-answer-tokens") o.cot_p.answer_tokens = parse_int(a, val(), 1, int64_t(1) << 20);
   else if (a == "-q" || a == "--quiet") o.quiet = true;
@@ -112,6 +116,14 @@ std::shared_ptr<const model> load_text_model(const std::string& path, const char
   if (!m->get_tokenizer())
     throw error(errc::unsupported, "'" + file + "' has no vocabulary (tokenizer.ggml.*); text commands need one");
   return m;
+}
+
+std::unique_ptr<session> make_session(std::shared_ptr<const model> m, const text_options& o) {
+  if (o.spec == "draft" && o.draft.empty()) throw error(errc::invalid_argument, "--spec draft needs --draft MODEL");
+  if (o.spec != "draft" && !o.draft.empty()) throw error(errc::invalid_argument, "--draft is for --spec draft");
+  auto s = std::make_unique<session>(std::move(m), o.sp);
+  if (!o.draft.empty()) s->set_draft(model::load(o.draft));
+  return s;
 }
 
 void warn_window(const model& m, int64_t n_ctx) {
@@ -141,8 +153,8 @@ void print_report(const generation_result& r) {
                  (long long)r.fit.n_tokens);
   if (r.n_shifts) std::fprintf(stderr, " | context shifts: %lld (%lld tokens)", (long long)r.n_shifts, (long long)r.n_shift_dropped);
   if (r.spec.drafted)
-    std::fprintf(stderr, " | lookup: %lld of %lld drafts accepted in %lld passes", (long long)r.spec.accepted,
-                 (long long)r.spec.drafted, (long long)r.spec.passes);
+    std::fprintf(stderr, " | %s: %lld of %lld drafts accepted in %lld passes", to_string(r.spec.source),
+                 (long long)r.spec.accepted, (long long)r.spec.drafted, (long long)r.spec.passes);
   std::fprintf(stderr, " | stop: %s | peak RSS: %s]\n", to_string(r.finish), mib(peak_rss_bytes()).c_str());
 }
 

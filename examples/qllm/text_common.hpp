@@ -27,8 +27,9 @@ struct text_options {
   bool keep_set = false;
   bool cot = false;  // chain of thought: reason, then extract the answer
   cot_params cot_p;
-  bool spec = false;          // --spec lookup
+  std::string spec = "off";   // --spec lookup|draft|off
   int32_t draft_tokens = 8;   // --draft-tokens
+  std::string draft;          // --draft MODEL
 };
 
 extern const char* kTextFlags;
@@ -37,6 +38,8 @@ extern const char* kTextFlags;
 bool parse_text_flag(text_options& o, int argc, char** argv, int& i);
 // `path` or the default model, with a vocabulary; prints the weight cache's status.
 std::shared_ptr<const model> load_text_model(const std::string& path, const char* usage);
+// A session over `m` with the options' parameters and, for --spec draft, the draft model loaded.
+std::unique_ptr<session> make_session(std::shared_ptr<const model> m, const text_options& o);
 // One line on stderr when a window (-c) is longer than the model's training context: allowed (RoPE
 // scaling is the user's choice), but positions past it are ones the model never saw.
 void warn_window(const model& m, int64_t n_ctx);

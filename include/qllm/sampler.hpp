@@ -32,6 +32,14 @@ class sampler {
   // Picks a token from logits[n_vocab] and records it for the penalties.
   // Throws errc::invalid_argument for empty logits, NaN or +inf, or all -inf.
   int32_t sample(std::span<const float> logits);
+  // Speculative sampling's acceptance rule: `x` is a draft token drawn from the distribution `q`
+  // ((token, q) pairs summing to 1, e.g. a draft model's last_candidates()), and p is the
+  // distribution sample() would draw from for `logits`. Keeps x with probability
+  // min(1, p(x) / q(x)); otherwise draws from max(0, p - q) renormalised. The token returned is
+  // distributed exactly as sample()'s, whatever q is; it is recorded for the penalties.
+  // last_candidates() is p afterwards. Errors as sample(), and errc::invalid_argument when q
+  // does not give x a probability above 0.
+  int32_t sample_draft(std::span<const float> logits, int32_t x, std::span<const std::pair<int32_t, float>> q);
   // Records a token that was not sampled (e.g. the prompt) for the penalties.
   void accept(int32_t token);
   void reset();  // forget the history and reseed
@@ -52,6 +60,11 @@ class sampler {
   std::vector<std::pair<int32_t, float>> cand_;
   std::vector<std::pair<int32_t, float>> kept_;
   std::vector<uint32_t> counts_;
+  std::vector<float> q_;  // sample_draft: q by token, zero outside the draft's support
+
+  void distribution(std::span<const float> logits);  // fills kept_ (every step but the draw)
+  double uniform();                                  // [0, 1), 53 bits of the engine
+  int32_t draw(std::span<const std::pair<int32_t, float>> dist, double total);
 };
 
 }  // namespace qllm

@@ -49,7 +49,7 @@ void sampler::accept(int32_t token) {
   }
 }
 
-int32_t sampler::sample(std::span<const float> logits) {
+void sampler::distribution(std::span<const float> logits) {
   const std::size_t n = logits.size();
   if (n == 0) bad("no logits");
   bool any = false;
@@ -88,13 +88,12 @@ int32_t sampler::sample(std::span<const float> logits) {
   }
 
   kept_.clear();
-  int32_t token = 0;
   if (p_.temperature <= 0.0f || p_.top_k == 1) {
+    int32_t token = 0;
     for (std::size_t i = 1; i < n; ++i)
       if (adjusted_[i] > adjusted_[std::size_t(token)]) token = int32_t(i);
     kept_.emplace_back(token, 1.0f);
-    accept(token);
-    return token;
+    return;
   }
 
   cand_.resize(n);
@@ -136,15 +135,62 @@ int32_t sampler::sample(std::span<const float> logits) {
     total += w;
   }
   for (auto& c : kept_) c.second = float(double(c.second) / total);
-  const double u = double(rng_() >> 11) * (1.0 / 9007199254740992.0);  // [0, 1), 53 bits
+}
+
+double sampler::uniform() { return double(rng_() >> 11) * (1.0 / 9007199254740992.0); }
+
+int32_t sampler::draw(std::span<const std::pair<int32_t, float>> dist, double total) {
+  const double u = uniform() * total;
   double cum = 0;
-  token = kept_.back().first;
-  for (const auto& c : kept_) {
+  int32_t token = dist.back().first;
+  for (const auto& c : dist) {
     cum += c.second;
     if (u < cum) {
       token = c.first;
       break;
     }
+  }
+  return token;
+}
+
+int32_t sampler::sample(std::span<const float> logits) {
+  distribution(logits);
+  // greedy draws nothing from the random stream
+  const int32_t token = kept_.size() == 1 && (p_.temperature <= 0.0f || p_.top_k == 1) ? kept_[0].first : draw(kept_, 1.0);
+  accept(token);
+  return token;
+}
+
+int32_t sampler::sample_draft(std::span<const float> logits, int32_t x, std::span<const std::pair<int32_t, float>> q) {
+  distribution(logits);
+  const std::size_t n = logits.size();
+  double qx = 0;
+  for (const auto& [t, v] : q) {
+    if (t < 0 || std::size_t(t) >= n) bad("draft distribution names token " + std::to_string(t) + " outside the vocabulary");
+    if (t == x) qx = v;
+  }
+  if (!(qx > 0)) bad("the draft token has no probability in its distribution");
+  double px = 0;
+  for (const auto& [t, v] : kept_)
+    if (t == x) px = v;
+  int32_t token = x;
+  // keep x with probability min(1, p(x) / q(x)) (no draw when p(x) >= q(x))
+  if (px < qx && !(uniform() * qx < px)) {
+    // rejected: draw from max(0, p - q), which is zero outside p's support and at x
+    q_.resize(n, 0.0f);
+    for (const auto& [t, v] : q) q_[std::size_t(t)] = v;
+    cand_.clear();
+    double total = 0;
+    for (const auto& [t, v] : kept_) {
+      const float r = v - q_[std::size_t(t)];
+      if (r > 0) {
+        cand_.emplace_back(t, r);
+        total += r;
+      }
+    }
+    for (const auto& [t, v] : q) q_[std::size_t(t)] = 0.0f;
+    // p - q can be positive nowhere only when p == q up to rounding, where x was kept above
+    token = cand_.empty() ? draw(kept_, 1.0) : draw(cand_, total);
   }
   accept(token);
   return token;

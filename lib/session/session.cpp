@@ -30,6 +30,14 @@ const char* to_string(finish_reason r) noexcept {
   return "?";
 }
 
+const char* to_string(speculation s) noexcept {
+  switch (s) {
+    case speculation::lookup: return "lookup";
+    case speculation::draft_model: return "draft";
+  }
+  return "?";
+}
+
 context_policy parse_context_policy(std::string_view s) {
   std::string n(s);
   std::replace(n.begin(), n.end(), '_', '-');
@@ -56,6 +64,68 @@ session::session(std::shared_ptr<const model> m, const session_params& p)
 
 session::~session() = default;
 
+void session::set_draft(std::shared_ptr<const model> draft) {
+  if (!draft) {
+    draft_ctx_.reset();
+    draft_smp_.reset();
+    draft_model_.reset();
+    draft_history_.clear();
+    return;
+  }
+  const auto differ = [](const std::string& what) {
+    throw error(errc::invalid_argument, "draft model: its vocabulary differs from the model's: " + what);
+  };
+  if (draft->config().n_vocab != model_->config().n_vocab)
+    differ(std::to_string(draft->config().n_vocab) + " tokens, not " + std::to_string(model_->config().n_vocab));
+  const tokenizer *a = model_->get_tokenizer(), *b = draft->get_tokenizer();
+  if (!a != !b) differ(a ? "it has no vocabulary" : "the model has no vocabulary");
+  if (a) {
+    if (a->bos() != b->bos() || a->eos() != b->eos() || a->unk() != b->unk()) differ("other special token ids");
+    for (int32_t i = 0; i < a->n_vocab(); ++i)
+      if (a->piece(i) != b->piece(i)) differ("token " + std::to_string(i) + " is '" + b->piece(i) + "', not '" + a->piece(i) + "'");
+  }
+  auto ctx = std::make_unique<context>(draft, p_.ctx);
+  ctx->set_abort_flag(&cancel_);
+  sampler_params sp = p_.sampling;
+  sp.seed ^= 0x9e3779b97f4a7c15ull;  // its own random stream (set_sampling does the same)
+  draft_smp_ = std::make_unique<sampler>(sp);
+  draft_ctx_ = std::move(ctx);
+  draft_model_ = std::move(draft);
+  draft_history_.clear();
+}
+
+std::vector<int32_t> session::draft_from_model(int k, std::vector<std::vector<std::pair<int32_t, float>>>* q) {
+  // the draft cache keeps what it shares with history_ and evaluates the rest (at least the last
+  // token, whose logits start the draft)
+  const std::vector<int32_t>& seq = history_;
+  std::size_t c = 0;
+  while (c < draft_history_.size() && c < seq.size() && draft_history_[c] == seq[c]) ++c;
+  c = std::min(c, seq.size() - 1);
+  draft_ctx_->truncate(int64_t(c));
+  draft_history_.resize(c);
+  std::span<const float> logits = draft_ctx_->eval(std::span(seq).subspan(c));
+  draft_history_.insert(draft_history_.end(), seq.begin() + std::ptrdiff_t(c), seq.end());
+  const tokenizer* tk = model_->get_tokenizer();
+  const std::size_t window = std::size_t(std::max(0, p_.sampling.penalty_last_n));
+  std::vector<int32_t> d;
+  for (int i = 0; i < k; ++i) {
+    draft_smp_->clear_history();  // the same penalty window as the model's for this position
+    for (std::size_t j = draft_history_.size() - std::min(window, draft_history_.size()); j < draft_history_.size(); ++j)
+      draft_smp_->accept(draft_history_[j]);
+    const int32_t x = draft_smp_->sample(logits);
+    if (tk && x == tk->eos()) break;  // a draft past the end is never used
+    d.push_back(x);
+    if (q) {
+      const auto cand = draft_smp_->last_candidates();
+      q->emplace_back(cand.begin(), cand.end());
+    }
+    if (i + 1 == k) break;
+    logits = draft_ctx_->eval(std::span(&x, 1));
+    draft_history_.push_back(x);
+  }
+  return d;
+}
+
 const tokenizer& session::tok() const {
   const tokenizer* t = model_->get_tokenizer();
   if (!t) throw error(errc::unsupported, "the model file has no vocabulary (tokenizer.ggml.*): only token ids work");
@@ -66,6 +136,11 @@ void session::reset() {
   ctx_.clear();
   smp_.reset();
   history_.clear();
+  if (draft_ctx_) {
+    draft_ctx_->clear();
+    draft_smp_->reset();
+    draft_history_.clear();
+  }
 }
 
 std::vector<float> session::embed(const std::vector<int32_t>& tokens) {
@@ -79,6 +154,11 @@ void session::set_sampling(const sampler_params& p) {
   sampler s(p);  // validates before anything changes
   smp_ = std::move(s);
   p_.sampling = p;
+  if (draft_smp_) {
+    sampler_params sp = p;
+    sp.seed ^= 0x9e3779b97f4a7c15ull;
+    *draft_smp_ = sampler(sp);
+  }
 }
 
 prompt_fit fit_prompt(std::vector<int32_t>& tokens, int64_t n_ctx, int64_t n_reserve, context_policy policy,
@@ -216,11 +296,15 @@ std::span<const float> session::append(std::span<const int32_t> tokens) {
   return evaluate_uncleared(std::move(seq), nullptr);
 }
 
-int32_t session::sample(std::span<const float> logits) {
+void session::load_window() {
   // the penalty window is the end of the sequence in the cache
   smp_.clear_history();
   const std::size_t n = std::min(history_.size(), std::size_t(std::max(0, p_.sampling.penalty_last_n)));
   for (std::size_t i = history_.size() - n; i < history_.size(); ++i) smp_.accept(history_[i]);
+}
+
+int32_t session::sample(std::span<const float> logits) {
+  load_window();
   return smp_.sample(logits);
 }
 
@@ -250,8 +334,13 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     if (s.empty()) throw error(errc::invalid_argument, "generate: empty stop string");
     if (utf8::first_invalid(s) != std::string::npos) throw error(errc::invalid_argument, "generate: stop string is not valid UTF-8");
   }
+  if (gp.draft_tokens < 0) throw error(errc::invalid_argument, "generate: draft_tokens < 0");
+  if (uint32_t(gp.spec) > 1) throw error(errc::invalid_argument, "generate: unknown speculation source");
+  if (gp.spec == speculation::draft_model && gp.draft_tokens > 0 && !draft_model_)
+    throw error(errc::invalid_argument, "generate: speculation from a draft model, and the session has none (set_draft)");
   cancel_.store(false, std::memory_order_relaxed);
   generation_result r;
+  r.spec.source = gp.spec;
   const int64_t n_ctx = ctx_.n_ctx();
   const int64_t reserve = reserve_for(gp);
   std::span<const float> logits;
@@ -274,13 +363,15 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     }
   };
 
-  // Speculation (greedy only): `ahead` holds draft tokens evaluated after history_ whose logits
-  // rows follow `logits` in `rows`; a sampled token equal to ahead[0] takes its row without a
-  // pass. Whenever the loop stops or a draft is rejected, the cache is cut back to history_, so
-  // it always ends as plain decoding leaves it.
-  if (gp.draft_tokens < 0) throw error(errc::invalid_argument, "generate: draft_tokens < 0");
+  // Speculation: `ahead` holds draft tokens evaluated after history_ whose logits rows follow
+  // `logits` in `rows`; a sampled token equal to ahead[0] takes its row without a pass. A draft
+  // model's drafts under random sampling are kept by sampler::sample_draft with the distribution
+  // each was drawn from (`ahead_q`). Whenever the loop stops or a draft is rejected, the cache is
+  // cut back to history_, so it always ends as plain decoding leaves it.
   const bool greedy = p_.sampling.temperature <= 0.0f || p_.sampling.top_k == 1;
-  detail::draft_controller drafts(greedy ? std::min<int32_t>(gp.draft_tokens, 64) : 0);
+  const bool from_model = gp.spec == speculation::draft_model && gp.draft_tokens > 0;
+  std::vector<std::vector<std::pair<int32_t, float>>> ahead_q;
+  detail::draft_controller drafts(std::min<int32_t>(gp.draft_tokens, 64));
   std::vector<int32_t> ahead, pass;
   std::span<const float> rows;
   std::size_t row = 0, n_vocab = std::size_t(model_->config().n_vocab);
@@ -290,6 +381,7 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
       ctx_.truncate(int64_t(history_.size()));
       drafts.verified(int(drafted), int(accepted));
       ahead.clear();
+      ahead_q.clear();
     }
   };
 
@@ -302,7 +394,13 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     }
     // The penalty window is the end of the sequence in the cache, not what earlier calls fed
     // the sampler (a chat re-sends the whole dialog every turn).
-    const int32_t id = sample(logits);
+    int32_t id;
+    if (!ahead_q.empty()) {  // a draft model's token, drawn from ahead_q[0]
+      load_window();
+      id = smp_.sample_draft(logits, ahead.front(), ahead_q.front());
+    } else {
+      id = sample(logits);
+    }
     ++r.timings.n_generated;
     if (gp.stop_at_eos && tk && id == tk->eos()) {
       r.finish = finish_reason::eos;
@@ -322,6 +420,7 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
       ++r.spec.accepted;
       history_.push_back(id);
       ahead.erase(ahead.begin());
+      if (!ahead_q.empty()) ahead_q.erase(ahead_q.begin());
       ++row;
       logits = rows.subspan(row * n_vocab, n_vocab);
       if (ahead.empty()) drafts.verified(int(drafted), int(accepted));
@@ -341,13 +440,19 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     k = std::min<int64_t>(k, n_ctx - ctx_.n_past() - 1);
     if (gp.max_tokens >= 0) k = std::min<int64_t>(k, gp.max_tokens - r.timings.n_generated - 1);
     pass.assign(1, id);
-    if (k > 0) {  // looked up in history_ + id, without copying the history every token
-      history_.push_back(id);
-      const auto d = detail::lookup_draft(history_, 2, 4, int(k));
-      history_.pop_back();
-      pass.insert(pass.end(), d.begin(), d.end());
-    }
     try {
+      if (k > 0) {  // drafted after history_ + id, without copying the history every token
+        history_.push_back(id);
+        std::vector<int32_t> d;
+        try {
+          d = from_model ? draft_from_model(int(k), greedy ? nullptr : &ahead_q) : detail::lookup_draft(history_, 2, 4, int(k));
+        } catch (...) {
+          history_.pop_back();
+          throw;
+        }
+        history_.pop_back();
+        pass.insert(pass.end(), d.begin(), d.end());
+      }
       rows = ctx_.eval(pass, pass.size() > 1);
     } catch (const error& e) {  // a cancel that came after the check above
       if (e.code() != errc::cancelled) throw;
