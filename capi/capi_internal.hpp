@@ -142,7 +142,7 @@ inline bool field_boundary<qllm_generate_params>(std::size_t s) {
   using T = qllm_generate_params;
   return s == QLLM_END(T, struct_size) || s == QLLM_END(T, max_tokens) || s == QLLM_END(T, stop_at_eos) ||
          s == QLLM_END(T, stop) || s == QLLM_END(T, n_stop) || s == QLLM_END(T, callback) ||
-         s == QLLM_END(T, user_data);
+         s == QLLM_END(T, user_data) || s == QLLM_END(T, draft_tokens) || s == QLLM_END(T, speculation);
 }
 #undef QLLM_END
 
@@ -293,7 +293,12 @@ inline qllm::generate_params generate_of(const qllm_generate_params* params, qll
   const qllm_generate_params p = read_struct(params, generate_defaults(), "qllm_generate_params");
   if (p.max_tokens < -1) raise(QLLM_ERR_INVALID_ARGUMENT, "max_tokens must be >= -1");
   if (p.n_stop && !p.stop) raise(QLLM_ERR_INVALID_ARGUMENT, "stop is NULL with n_stop > 0");
+  if (p.draft_tokens < 0 || p.draft_tokens > 64) raise(QLLM_ERR_INVALID_ARGUMENT, "draft_tokens must be in [0, 64]");
+  if (p.speculation != QLLM_SPEC_LOOKUP && p.speculation != QLLM_SPEC_DRAFT_MODEL)
+    raise(QLLM_ERR_INVALID_ARGUMENT, "speculation " + std::to_string(p.speculation) + " is not a QLLM_SPEC_* value");
   qllm::generate_params gp;
+  gp.draft_tokens = p.draft_tokens;
+  gp.spec = qllm::speculation(p.speculation);
   gp.max_tokens = p.max_tokens;
   gp.stop_at_eos = p.stop_at_eos != 0;
   for (std::size_t i = 0; i < p.n_stop; ++i) {
@@ -328,6 +333,9 @@ inline void put_result(qllm_generate_result* result, const qllm::generation_resu
   out.generation_seconds = r.timings.generation_seconds;
   out.prompt_tokens_per_second = r.timings.prompt_tokens_per_second();
   out.generation_tokens_per_second = r.timings.generation_tokens_per_second();
+  out.n_draft_passes = int32_t(r.spec.passes);
+  out.n_drafted = int32_t(r.spec.drafted);
+  out.n_draft_accepted = int32_t(r.spec.accepted);
   write_struct(result, out, "qllm_generate_result");
 }
 

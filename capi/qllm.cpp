@@ -185,6 +185,13 @@ QLLM_API qllm_status qllm_session_set_sampling(qllm_session* session, const qllm
   });
 }
 
+QLLM_EXPORT qllm_status qllm_session_set_draft(qllm_session* session, const qllm_model* draft) {
+  return guarded("qllm_session_set_draft", [&] {
+    need(session, "session");
+    session->s.set_draft(draft ? draft->m : nullptr);
+  });
+}
+
 QLLM_API void qllm_session_free(qllm_session* session) { delete session; }
 
 QLLM_API qllm_status qllm_session_reset(qllm_session* session) {

@@ -45,13 +45,13 @@ extern "C" {
 
 /* ---- version ---- */
 #define QLLM_VERSION_MAJOR 0
-#define QLLM_VERSION_MINOR 6
+#define QLLM_VERSION_MINOR 7
 #define QLLM_VERSION_PATCH 0
 #define QLLM_VERSION_NUMBER (QLLM_VERSION_MAJOR * 10000 + QLLM_VERSION_MINOR * 100 + QLLM_VERSION_PATCH)
 
 /* The library's QLLM_VERSION_NUMBER (may be newer than the header's). Thread-safe. */
 QLLM_API uint32_t qllm_version(void);
-/* "0.6.0": static storage. Thread-safe. */
+/* "0.7.0": static storage. Thread-safe. */
 QLLM_API const char* qllm_version_string(void);
 
 /* ---- status ---- */
@@ -254,7 +254,19 @@ typedef struct qllm_generate_params {
   size_t n_stop;
   qllm_stream_callback callback;      /* may be NULL */
   void* user_data;
+  /* Since 0.7: speculative decoding. Up to draft_tokens draft tokens (0 = off, the default; at
+   * most 64) are checked in the forward pass of each sampled token; the ones the model keeps cost
+   * no pass of their own. speculation (QLLM_SPEC_*) says where drafts come from. Greedy output is
+   * the same token for token; sampled output keeps each draft by speculative sampling's rule, so
+   * every token is distributed exactly as without speculation (lookup with the same seed: the same
+   * tokens). */
+  int32_t draft_tokens;
+  int32_t speculation;
 } qllm_generate_params;
+
+/* Since 0.7. Draft sources: lookup copies the tokens that followed the sequence's last 2-4 tokens
+ * where they occurred before (prompt or output); draft model needs qllm_session_set_draft. */
+enum { QLLM_SPEC_LOOKUP = 0, QLLM_SPEC_DRAFT_MODEL = 1 };
 
 typedef struct qllm_generate_result {
   uint32_t struct_size;
@@ -272,6 +284,10 @@ typedef struct qllm_generate_result {
   double generation_seconds;
   double prompt_tokens_per_second;
   double generation_tokens_per_second;
+  /* Since 0.7: what speculation did (0 when it was off) */
+  int32_t n_draft_passes;       /* forward passes that carried drafts */
+  int32_t n_drafted;            /* draft tokens evaluated */
+  int32_t n_draft_accepted;     /* of those, the ones generation kept */
 } qllm_generate_result;
 
 /* As qllm_model_params_init. Thread-safe. */
@@ -290,6 +306,13 @@ QLLM_API qllm_status qllm_generate(qllm_session* session, const char* prompt, si
  * ids, there is no EOS stop, and stop strings are UNSUPPORTED. Session thread rule. */
 QLLM_API qllm_status qllm_generate_tokens(qllm_session* session, const int32_t* tokens, size_t n_tokens,
                                           const qllm_generate_params* params, qllm_generate_result* result);
+/* Since 0.7. The draft model of QLLM_SPEC_DRAFT_MODEL: a smaller model with the same vocabulary
+ * (the same pieces and special ids), which the session keeps alive and runs in a cache of its own
+ * (the session's window and threads). NULL removes it. Errors: INVALID_ARGUMENT naming the first
+ * difference of the vocabularies (the session keeps its previous draft model), OUT_OF_MEMORY.
+ * Session thread rule. */
+QLLM_API qllm_status qllm_session_set_draft(qllm_session* session, const qllm_model* draft);
+
 /* The text of the last generation (stop string excluded), NUL-terminated, owned by the session,
  * valid until its next call; *len may be NULL. Session thread rule. */
 QLLM_API qllm_status qllm_session_output(const qllm_session* session, const char** text, size_t* len);

@@ -34,6 +34,19 @@ echo "$out" | grep -q '^read bandwidth after the tests .*2 threads [0-9.]* GB/s$
 out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1 -p 0 -n 4 -d 20 -r 1 --no-warmup --kv f32 --membw 0)
 echo "$out" | grep -q 'tg4@d20'
 if echo "$out" | grep -q -e 'bandwidth' -e 'of bw'; then exit 1; fi
+# speculation: plain and speculative runs of a task file, the same text, drafts counted
+printf 'a b c d e f a b c d e f a b c' >"$dir/task.txt"
+out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1 -n 48 -r 1 --spec lookup --prompt-file "$dir/task.txt" --draft-tokens 4)
+echo "$out"
+echo "$out" | grep -Eq '^\| *1 \| task.txt \| .* \| *[0-9]+ / [1-9][0-9]* *\| *[0-9.]+ \| yes \|$'
+out=$($run "$qllm" bench -m "$dir/tiny.gguf" -t 1 -n 12 -r 1 --spec draft --draft "$dir/tiny.gguf" --prompt-file "$dir/task.txt")
+echo "$out" | grep -Eq '^\| *1 \| task.txt \| .* \| *([1-9][0-9]*) / \1 *\| *[0-9.]+ \| yes \|$'
+for bad in "--prompt-file $dir/task.txt" "--spec lookup" "--spec draft --prompt-file $dir/task.txt" \
+           "--spec lookup --draft $dir/tiny.gguf --prompt-file $dir/task.txt" "--spec other"; do
+  # shellcheck disable=SC2086
+  if $run "$qllm" bench -m "$dir/tiny.gguf" -n 4 $bad 2>"$dir/err"; then echo "accepted: $bad"; exit 1; fi
+  [ "$(wc -l <"$dir/err")" -eq 1 ]
+done
 if $run "$qllm" bench -m "$dir/tiny.gguf" --membw -1 2>"$dir/err"; then exit 1; fi
 grep -q -- '--membw' "$dir/err"
 if $run "$qllm" bench -m "$dir/missing.gguf" 2>"$dir/err"; then exit 1; fi

@@ -545,6 +545,98 @@ TEST_CASE("generation: greedy text equals the C++ session, streamed, with the re
   qllm_session_free(s);
 }
 
+TEST_CASE("speculation (0.7): lookup and a draft model give the plain greedy text; 0.6 callers see no new field") {
+  model_handle h;
+  // a prompt that repeats itself, so that lookup drafts exist
+  const std::string prompt = "Once upon a time there was a cat. Once upon a time there was a cat. Once upon a time";
+  qllm_generate_params gp;
+  REQUIRE(qllm_generate_params_init(&gp, sizeof gp) == QLLM_OK);
+  CHECK(gp.draft_tokens == 0);
+  CHECK(gp.speculation == QLLM_SPEC_LOOKUP);
+  gp.max_tokens = 40;
+  gp.stop_at_eos = 0;
+  const auto text_of = [&](qllm_session* s, const qllm_generate_params& p, qllm_generate_result& r) {
+    r = qllm_generate_result{};
+    r.struct_size = sizeof r;
+    REQUIRE(qllm_generate(s, prompt.data(), prompt.size(), &p, &r) == QLLM_OK);
+    const char* out = nullptr;
+    size_t len = 0;
+    REQUIRE(qllm_session_output(s, &out, &len) == QLLM_OK);
+    return std::string(out, len);
+  };
+  qllm_generate_result r{};
+  qllm_session* plain = new_session(h.m);
+  const std::string want = text_of(plain, gp, r);
+  CHECK(r.n_drafted == 0);
+  CHECK(r.n_draft_passes == 0);
+
+  qllm_session* s = new_session(h.m);
+  gp.draft_tokens = 6;
+  CHECK(text_of(s, gp, r) == want);
+  CHECK(r.n_draft_passes > 0);
+  CHECK(r.n_draft_accepted <= r.n_drafted);
+  // the model drafting for itself: every draft is kept
+  qllm_model* draft = nullptr;
+  REQUIRE(qllm_model_load(model_path().c_str(), nullptr, &draft) == QLLM_OK);
+  gp.speculation = QLLM_SPEC_DRAFT_MODEL;
+  CHECK(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_ERR_INVALID_ARGUMENT);  // none set
+  CHECK(last_error().find("set_draft") != std::string::npos);
+  REQUIRE(qllm_session_set_draft(s, draft) == QLLM_OK);
+  qllm_model_free(draft);  // the session keeps it alive
+  qllm_session_reset(s);
+  CHECK(text_of(s, gp, r) == want);
+  CHECK(r.n_drafted > 0);
+  CHECK(r.n_draft_accepted == r.n_drafted);
+  // bad values
+  gp.draft_tokens = 65;
+  CHECK(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_ERR_INVALID_ARGUMENT);
+  gp.draft_tokens = -1;
+  CHECK(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_ERR_INVALID_ARGUMENT);
+  gp.draft_tokens = 4;
+  gp.speculation = 7;
+  CHECK(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(last_error().find("speculation 7") != std::string::npos);
+  CHECK(qllm_session_set_draft(nullptr, nullptr) == QLLM_ERR_INVALID_ARGUMENT);
+  // a draft model with another vocabulary is refused and the session keeps its draft model
+  {
+    const std::string other = "/tmp/qllm_test_capi_vocab_" + std::to_string(getpid()) + ".gguf";
+    qllm::random_model_spec spec;
+    spec.n_vocab = 700;
+    qllm::write_random_model(other, spec);
+    qllm_model* wrong = nullptr;
+    REQUIRE(qllm_model_load(other.c_str(), nullptr, &wrong) == QLLM_OK);
+    std::remove(other.c_str());
+    CHECK(qllm_session_set_draft(s, wrong) == QLLM_ERR_INVALID_ARGUMENT);
+    CHECK(last_error().find("700 tokens, not 512") != std::string::npos);
+    qllm_model_free(wrong);
+    gp.speculation = QLLM_SPEC_DRAFT_MODEL;
+    CHECK(text_of(s, gp, r) == want);
+    CHECK(r.n_drafted > 0);
+  }
+  REQUIRE(qllm_session_set_draft(s, nullptr) == QLLM_OK);  // removed: draft-model speculation is an error
+  CHECK(qllm_generate(s, prompt.data(), prompt.size(), &gp, &r) == QLLM_ERR_INVALID_ARGUMENT);
+  // a 0.6 caller: params end at user_data, the result at generation_tokens_per_second
+  qllm_generate_params old;
+  REQUIRE(qllm_generate_params_init(&old, offsetof(qllm_generate_params, draft_tokens)) == QLLM_OK);
+  old.max_tokens = 40;
+  old.stop_at_eos = 0;
+  struct {
+    qllm_generate_result r;
+    unsigned char guard[16];
+  } small;
+  std::memset(&small, 0xAB, sizeof small);
+  small.r.struct_size = offsetof(qllm_generate_result, n_draft_passes);
+  REQUIRE(qllm_generate(s, prompt.data(), prompt.size(), &old, &small.r) == QLLM_OK);
+  const auto* bytes = reinterpret_cast<const unsigned char*>(&small.r);
+  for (std::size_t i = offsetof(qllm_generate_result, n_draft_passes); i < sizeof small; ++i) CHECK(bytes[i] == 0xAB);
+  CHECK(small.r.n_generated == 40);
+  // a size that ends inside draft_tokens is refused
+  old.struct_size = offsetof(qllm_generate_params, draft_tokens) + 2;
+  CHECK(qllm_generate(s, prompt.data(), prompt.size(), &old, &r) == QLLM_ERR_INVALID_ARGUMENT);
+  qllm_session_free(s);
+  qllm_session_free(plain);
+}
+
 TEST_CASE("context policy through the C ABI: overflow error, reported drops") {
   model_handle h;
   std::string longp;

@@ -17,6 +17,8 @@
 #include "qllm/engine.hpp"
 #include "qllm/model.hpp"
 #include "qllm/resources.hpp"
+#include "qllm/session.hpp"
+#include "text_common.hpp"
 #include "perf/read_bandwidth.hpp"
 
 namespace qllm::cli {
@@ -131,6 +133,74 @@ int bench_parallel(const std::shared_ptr<const model>& m, const std::vector<int6
   return 0;
 }
 
+// Speculative decoding against plain decoding on task prompts: greedy generation of n_gen tokens
+// after each prompt file, plain and speculative runs alternating (a shared machine's speed moves),
+// the same text checked, acceptance and tokens per pass of the weights reported.
+int bench_spec(const std::shared_ptr<const model>& m, const std::vector<std::string>& tasks, const std::string& spec,
+               const std::string& draft_path, int32_t draft_tokens, const std::vector<int64_t>& threads,
+               int64_t n_gen, int64_t reps, bool warmup, kv_type kv) {
+  if (tasks.empty()) throw error(errc::invalid_argument, "--spec needs at least one task: --prompt-file FILE");
+  if (spec == "draft" && draft_path.empty()) throw error(errc::invalid_argument, "--spec draft needs --draft MODEL");
+  if (spec != "draft" && !draft_path.empty()) throw error(errc::invalid_argument, "--draft is for --spec draft");
+  if (n_gen < 1) throw error(errc::invalid_argument, "--spec needs -n of at least 1");
+  std::shared_ptr<const model> draft;
+  if (!draft_path.empty()) {
+    draft = model::load(draft_path);
+    std::printf("draft model: %s, %.3f GB per token\n", draft_path.c_str(), double(draft->weight_bytes()) / 1e9);
+  }
+  std::printf("speculation %s, at most %d drafts per pass, greedy, %lld tokens, %lld run(s) each\n", spec.c_str(),
+              draft_tokens, (long long)n_gen, (long long)reps);
+  std::printf("| threads | task | plain t/s | %s t/s | speed-up | drafts kept | tokens per pass | same text |\n", spec.c_str());
+  std::printf("|--------:|------|----------:|----------:|---------:|------------:|----------------:|-----------|\n");
+  bool all_same = true;
+  for (int64_t nt : threads) {
+    for (const auto& path : tasks) {
+      const std::string prompt = read_file(path);
+      session_params sp;
+      sp.ctx.n_threads = int(nt);
+      sp.ctx.kv = kv;
+      sp.sampling.temperature = 0;
+      session plain(m, sp), fast(m, sp);
+      if (draft) fast.set_draft(draft);
+      generate_params gp;
+      gp.max_tokens = n_gen;
+      gp.stop_at_eos = false;
+      generate_params gs = gp;
+      gs.draft_tokens = draft_tokens;
+      gs.spec = spec == "draft" ? speculation::draft_model : speculation::lookup;
+      const auto tokens = plain.tokenize(prompt, plain.tok().add_bos());
+      std::vector<double> r_plain, r_spec;
+      int64_t drafted = 0, kept = 0, generated = 0;
+      bool same = true;
+      for (int64_t r = warmup ? -1 : 0; r < reps; ++r) {
+        plain.reset();  // the prompt is evaluated each run (not timed in the rate)
+        fast.reset();
+        const auto a = plain.generate(tokens, gp);
+        const auto b = fast.generate(tokens, gs);
+        same = same && a.tokens == b.tokens;
+        if (r < 0) continue;
+        r_plain.push_back(a.timings.generation_tokens_per_second());
+        r_spec.push_back(b.timings.generation_tokens_per_second());
+        drafted += b.spec.drafted;
+        kept += b.spec.accepted;
+        generated += b.timings.n_generated;
+      }
+      all_same = all_same && same;
+      const stats a = summarize(r_plain), b = summarize(r_spec);
+      // passes of the weights while generating: one per token, less the drafts kept
+      const double per_pass = generated > kept ? double(generated) / double(generated - kept) : 0;
+      std::string name = path.substr(path.find_last_of('/') + 1);
+      std::printf("| %7lld | %s | %6.2f ± %4.2f | %6.2f ± %4.2f | %8.2f | %5lld / %-5lld | %15.2f | %s |\n",
+                  (long long)(nt ? nt : default_threads()), name.c_str(), a.mean, a.sd, b.mean, b.sd, b.mean / a.mean,
+                  (long long)kept, (long long)drafted, per_pass, same ? "yes" : "NO");
+      std::fflush(stdout);
+    }
+  }
+  std::printf("peak RSS: %.2f GB\n", double(peak_rss_bytes()) / 1e9);
+  if (!all_same) throw error(errc::internal, "speculative and plain greedy text differ");
+  return 0;
+}
+
 }  // namespace
 
 const char* const kHelp =
@@ -151,6 +221,12 @@ const char* const kHelp =
     "  --parallel LIST         continuous batching instead: N concurrent requests (e.g. 1,2,4,8,16),\n"
     "                          each a prompt of the first -p length and the first -n generated tokens;\n"
     "                          aggregate and per-stream tok/s, time to first token p50/p99\n"
+    "  --spec lookup|draft     speculative decoding instead: greedy generation of the first -n\n"
+    "                          tokens after each --prompt-file, plain and speculative runs\n"
+    "                          alternating; speed-up, drafts kept, tokens per pass of the weights\n"
+    "  --prompt-file FILE      a task for --spec (repeatable; named by the file name)\n"
+    "  --draft MODEL           the draft model for --spec draft\n"
+    "  --draft-tokens N        most drafts per pass with --spec (default 8)\n"
     "  -h, --help              this text\n";
 
 int cmd_bench(int argc, char** argv) {
@@ -161,6 +237,9 @@ int cmd_bench(int argc, char** argv) {
   kv_type kv = kv_type::f16;
   std::vector<int64_t> parallel;
   double membw_gib = 2;
+  std::string spec, draft;
+  std::vector<std::string> tasks;
+  int32_t draft_tokens = 8;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-m" || a == "--model") path = next_value(argc, argv, i);
@@ -172,6 +251,12 @@ int cmd_bench(int argc, char** argv) {
     else if (a == "--no-warmup") warmup = false;
     else if (a == "--membw") membw_gib = parse_float(a, next_value(argc, argv, i), 0, 64);
     else if (a == "--parallel") parallel = parse_int_list(a, next_value(argc, argv, i), 1, 256);
+    else if (a == "--spec") {
+      spec = next_value(argc, argv, i);
+      if (spec != "lookup" && spec != "draft") throw error(errc::invalid_argument, "--spec: '" + spec + "' is not lookup or draft");
+    } else if (a == "--prompt-file") tasks.push_back(next_value(argc, argv, i));
+    else if (a == "--draft") draft = next_value(argc, argv, i);
+    else if (a == "--draft-tokens") draft_tokens = int32_t(parse_int(a, next_value(argc, argv, i), 1, 64));
     else if (is_help(a)) return print_help(kHelp);
     else if (a == "--kv") {
       const std::string v = next_value(argc, argv, i);
@@ -182,6 +267,9 @@ int cmd_bench(int argc, char** argv) {
       throw error(errc::invalid_argument, "unknown option '" + a + "'");
     }
   }
+  if (spec.empty() && (!tasks.empty() || !draft.empty()))
+    throw error(errc::invalid_argument, "--prompt-file and --draft are for --spec");
+  if (!spec.empty() && !parallel.empty()) throw error(errc::invalid_argument, "--spec and --parallel are separate benchmarks");
   // before the model is loaded and the bandwidth probed: the context would refuse it after both
   for (int64_t nt : threads) {
     if (nt > max_threads())
@@ -224,12 +312,16 @@ int cmd_bench(int argc, char** argv) {
       return {};
     }
   };
-  if (membw_gib > 0 && parallel.empty()) {
+  if (membw_gib > 0 && parallel.empty() && spec.empty()) {
     load_peak = peak_rss_bytes();
     bw = probe("read bandwidth");
     if (!bw.empty()) rss_reset = reset_peak_rss();
   }
 
+  if (!spec.empty()) {
+    if (!m->get_tokenizer()) throw error(errc::unsupported, "--spec needs a model with a vocabulary");
+    return bench_spec(m, tasks, spec, draft, draft_tokens, threads, tg.front(), reps, warmup, kv);
+  }
   if (!parallel.empty()) return bench_parallel(m, parallel, threads.front(), pp.front(), tg.front(), reps, warmup, kv);
   std::printf("| threads | test         |           t/s |   GB/s |%s\n", bw.empty() ? "" : " of bw |");
   std::printf("|--------:|--------------|--------------:|-------:|%s\n", bw.empty() ? "" : "------:|");

@@ -26,7 +26,7 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p, c_do
                     c_size_t, c_uint32, c_uint64, c_void_p)
 
 ABI_MAJOR = 0
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 __all__ = ["Model", "Session", "Rag", "QllmError", "version", "chat_format"]
 
 Message = Union[dict, Sequence[str]]  # {"role": ..., "content": ...} or (role, content)
@@ -81,7 +81,7 @@ _StreamCallback = CFUNCTYPE(c_int32, POINTER(c_char), c_size_t, c_int32, c_void_
 class _GenerateParams(Structure):
     _fields_ = [("struct_size", c_uint32), ("max_tokens", c_int32), ("stop_at_eos", c_int32),
                 ("stop", POINTER(c_char_p)), ("n_stop", c_size_t), ("callback", _StreamCallback),
-                ("user_data", c_void_p)]
+                ("user_data", c_void_p), ("draft_tokens", c_int32), ("speculation", c_int32)]
 
 
 class _GenerateResult(Structure):
@@ -89,7 +89,8 @@ class _GenerateResult(Structure):
                 ("n_reused_tokens", c_int32), ("n_generated", c_int32), ("n_sequence_tokens", c_int32),
                 ("n_dropped", c_int32), ("drop_begin", c_int32), ("drop_end", c_int32), ("n_shifts", c_int32),
                 ("n_shift_dropped", c_int32), ("prompt_seconds", c_double), ("generation_seconds", c_double),
-                ("prompt_tokens_per_second", c_double), ("generation_tokens_per_second", c_double)]
+                ("prompt_tokens_per_second", c_double), ("generation_tokens_per_second", c_double),
+                ("n_draft_passes", c_int32), ("n_drafted", c_int32), ("n_draft_accepted", c_int32)]
 
 
 class _CotParams(Structure):
@@ -152,6 +153,7 @@ def _load_library():
         "qllm_session_reset": (c_int32, [c_void_p]),
         "qllm_session_cancel": (c_int32, [c_void_p]),
         "qllm_session_set_sampling": (c_int32, [c_void_p, POINTER(_SessionParams)]),
+        "qllm_session_set_draft": (c_int32, [c_void_p, c_void_p]),
         "qllm_session_eval": (c_int32, [c_void_p, POINTER(c_int32), c_size_t]),
         "qllm_session_logits": (c_int32, [c_void_p, POINTER(POINTER(c_float)), POINTER(c_size_t)]),
         "qllm_session_sample": (c_int32, [c_void_p, POINTER(c_int32)]),
@@ -366,6 +368,8 @@ class Session(_Handle):
         self._lock = threading.Lock()  # one call at a time: the C session is single-threaded
         self._worker = None  # a stream()'s generation thread
         self._cancel = None
+        self._spec = (0, 0)  # (draft_tokens, QLLM_SPEC_*) for every generation
+        self.draft = None  # the draft model, kept alive with the session
 
     @staticmethod
     def _params(params):
@@ -477,6 +481,7 @@ class Session(_Handle):
         _check(_lib.qllm_generate_params_init(byref(gp), ctypes.sizeof(gp)))
         gp.max_tokens = _int32("max_tokens", max_tokens)
         gp.stop_at_eos = int(bool(stop_at_eos))
+        gp.draft_tokens, gp.speculation = self._spec
         stops = [_utf8(s) for s in stop]
         stop_arr = (c_char_p * max(1, len(stops)))(*stops)
         gp.stop = stop_arr
@@ -561,6 +566,23 @@ class Session(_Handle):
             f(b.decode("utf-8"))
             return False
         return call
+
+    def set_speculation(self, spec: str | None, *, draft_tokens: int = 8, draft: Model | None = None) -> None:
+        """Speculative decoding for this session's generations from now on: spec "lookup" (drafts
+        copied from the prompt and the text so far), "draft" (drafts written by `draft`, a smaller
+        model with the same vocabulary) or None (off). Up to draft_tokens (1..64) drafts are checked
+        per forward pass; greedy text is the same, sampled text has the same distribution.
+        last_result counts n_drafted and n_draft_accepted."""
+        if spec not in (None, "lookup", "draft"):
+            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", f"spec {spec!r} is not 'lookup', 'draft' or None")
+        if (spec == "draft") != (draft is not None):
+            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "a draft model goes with spec 'draft', and only with it")
+        n = _int32("draft_tokens", draft_tokens)
+        if spec is not None and not 1 <= n <= 64:
+            raise QllmError(1, "QLLM_ERR_INVALID_ARGUMENT", "draft_tokens must be in [1, 64]")
+        _check(self._call(_lib.qllm_session_set_draft, draft.handle if draft is not None else None))
+        self.draft = draft
+        self._spec = (0, 0) if spec is None else (n, 1 if spec == "draft" else 0)
 
     def generate(self, prompt: Prompt, *, max_tokens: int = 256, stop: str | Sequence[str] = (),
                  stop_at_eos: bool = True) -> str:

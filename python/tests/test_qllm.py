@@ -99,6 +99,32 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(r["finish_reason"], "max-tokens")
         self.assertEqual(r["n_prompt_tokens"], len(self.model.tokenize(PROMPT)))
 
+    def test_speculation_gives_the_same_text(self):
+        plain = self.model.session(temperature=0, n_ctx=256)
+        # a prompt that repeats, so that lookup finds drafts
+        prompt = "A cat sat on a mat. A cat sat on a mat. A cat"
+        want = plain.generate(prompt, max_tokens=MAX_TOKENS, stop_at_eos=False)
+        s = self.model.session(temperature=0, n_ctx=256)
+        s.set_speculation("lookup", draft_tokens=4)
+        self.assertEqual(s.generate(prompt, max_tokens=MAX_TOKENS, stop_at_eos=False), want)
+        self.assertGreater(s.last_result["n_drafted"], 0)
+        # the model drafting for itself keeps every draft, streamed too
+        s.set_speculation("draft", draft=qllm.Model(MODEL))
+        s.reset()
+        self.assertEqual("".join(s.stream(prompt, max_tokens=MAX_TOKENS, stop_at_eos=False)), want)
+        r = s.last_result
+        self.assertGreater(r["n_drafted"], 0)
+        self.assertEqual(r["n_draft_accepted"], r["n_drafted"])
+        s.set_speculation(None)
+        self.assertIsNone(s.draft)
+        self.assertEqual(s.generate(prompt, max_tokens=MAX_TOKENS, stop_at_eos=False), want)
+        self.assertEqual(s.last_result["n_drafted"], 0)
+        for bad in (lambda: s.set_speculation("draft"), lambda: s.set_speculation("lookup", draft_tokens=0),
+                    lambda: s.set_speculation("other")):
+            with self.assertRaises(qllm.QllmError) as e:
+                bad()
+            self.assertEqual(e.exception.name, "QLLM_ERR_INVALID_ARGUMENT")
+
     def test_stream_yields_the_same_text(self):
         s = self.model.session(temperature=0, n_ctx=256)
         pieces = list(s.stream(PROMPT, max_tokens=MAX_TOKENS, stop_at_eos=False))

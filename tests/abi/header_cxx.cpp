@@ -9,8 +9,10 @@
 static_assert(sizeof(qllm_model_params) == 24, "qllm_model_params layout changed");
 static_assert(sizeof(qllm_model_info) == 224, "qllm_model_info layout changed");
 static_assert(sizeof(qllm_session_params) == 72, "qllm_session_params layout changed");
-static_assert(sizeof(qllm_generate_params) == 48, "qllm_generate_params layout changed");
-static_assert(sizeof(qllm_generate_result) == 80, "qllm_generate_result layout changed");
+static_assert(sizeof(qllm_generate_params) == 56, "qllm_generate_params layout changed");
+static_assert(offsetof(qllm_generate_params, draft_tokens) == 48, "qllm_generate_params: 0.7 fields appended after 0.6's 48 bytes");
+static_assert(sizeof(qllm_generate_result) == 96, "qllm_generate_result layout changed");
+static_assert(offsetof(qllm_generate_result, n_draft_passes) == 80, "qllm_generate_result: 0.7 fields appended after 0.6's 80 bytes");
 static_assert(sizeof(qllm_chat_message) == 16, "qllm_chat_message must stay two pointers");
 static_assert(sizeof(qllm_cot_params) == 48, "qllm_cot_params layout changed");
 static_assert(sizeof(qllm_rag_index_params) == 12, "qllm_rag_index_params layout changed");

@@ -3,9 +3,9 @@
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, deref_nullptr, clippy::all)]
 
 pub const QLLM_VERSION_MAJOR: u32 = 0;
-pub const QLLM_VERSION_MINOR: u32 = 6;
+pub const QLLM_VERSION_MINOR: u32 = 7;
 pub const QLLM_VERSION_PATCH: u32 = 0;
-pub const QLLM_VERSION_NUMBER: u32 = 600;
+pub const QLLM_VERSION_NUMBER: u32 = 700;
 pub type __int32_t = ::std::os::raw::c_int;
 pub type __uint32_t = ::std::os::raw::c_uint;
 pub type __int64_t = ::std::os::raw::c_long;
@@ -1052,12 +1052,14 @@ pub struct qllm_generate_params {
     pub n_stop: usize,
     pub callback: qllm_stream_callback,
     pub user_data: *mut ::std::os::raw::c_void,
+    pub draft_tokens: i32,
+    pub speculation: i32,
 }
 #[test]
 fn bindgen_test_layout_qllm_generate_params() {
     assert_eq!(
         ::std::mem::size_of::<qllm_generate_params>(),
-        48usize,
+        56usize,
         concat!("Size of: ", stringify!(qllm_generate_params))
     );
     assert_eq!(
@@ -1184,6 +1186,40 @@ fn bindgen_test_layout_qllm_generate_params() {
         );
     }
     test_field_user_data();
+    fn test_field_draft_tokens() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<qllm_generate_params>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).draft_tokens) as usize - ptr as usize
+            },
+            48usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(qllm_generate_params),
+                "::",
+                stringify!(draft_tokens)
+            )
+        );
+    }
+    test_field_draft_tokens();
+    fn test_field_speculation() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<qllm_generate_params>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).speculation) as usize - ptr as usize
+            },
+            52usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(qllm_generate_params),
+                "::",
+                stringify!(speculation)
+            )
+        );
+    }
+    test_field_speculation();
 }
 impl Default for qllm_generate_params {
     fn default() -> Self {
@@ -1194,6 +1230,9 @@ impl Default for qllm_generate_params {
         }
     }
 }
+pub const QLLM_SPEC_LOOKUP: _bindgen_ty_5 = 0;
+pub const QLLM_SPEC_DRAFT_MODEL: _bindgen_ty_5 = 1;
+pub type _bindgen_ty_5 = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct qllm_generate_result {
@@ -1212,12 +1251,15 @@ pub struct qllm_generate_result {
     pub generation_seconds: f64,
     pub prompt_tokens_per_second: f64,
     pub generation_tokens_per_second: f64,
+    pub n_draft_passes: i32,
+    pub n_drafted: i32,
+    pub n_draft_accepted: i32,
 }
 #[test]
 fn bindgen_test_layout_qllm_generate_result() {
     assert_eq!(
         ::std::mem::size_of::<qllm_generate_result>(),
-        80usize,
+        96usize,
         concat!("Size of: ", stringify!(qllm_generate_result))
     );
     assert_eq!(
@@ -1480,6 +1522,57 @@ fn bindgen_test_layout_qllm_generate_result() {
         );
     }
     test_field_generation_tokens_per_second();
+    fn test_field_n_draft_passes() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<qllm_generate_result>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).n_draft_passes) as usize - ptr as usize
+            },
+            80usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(qllm_generate_result),
+                "::",
+                stringify!(n_draft_passes)
+            )
+        );
+    }
+    test_field_n_draft_passes();
+    fn test_field_n_drafted() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<qllm_generate_result>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).n_drafted) as usize - ptr as usize
+            },
+            84usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(qllm_generate_result),
+                "::",
+                stringify!(n_drafted)
+            )
+        );
+    }
+    test_field_n_drafted();
+    fn test_field_n_draft_accepted() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<qllm_generate_result>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).n_draft_accepted) as usize - ptr as usize
+            },
+            88usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(qllm_generate_result),
+                "::",
+                stringify!(n_draft_accepted)
+            )
+        );
+    }
+    test_field_n_draft_accepted();
 }
 extern "C" {
     pub fn qllm_generate_params_init(
@@ -1503,6 +1596,12 @@ extern "C" {
         n_tokens: usize,
         params: *const qllm_generate_params,
         result: *mut qllm_generate_result,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_session_set_draft(
+        session: *mut qllm_session,
+        draft: *const qllm_model,
     ) -> qllm_status;
 }
 extern "C" {

@@ -171,7 +171,7 @@ fn session_text(f: impl FnOnce(*mut *const c_char, *mut usize) -> ffi::qllm_stat
     Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
-/// The library's version, e.g. "0.6.0".
+/// The library's version, e.g. "0.7.0".
 ///
 /// ```
 /// assert!(qllm::version().starts_with("0."));
@@ -488,12 +488,27 @@ pub struct GenerateOptions {
     /// Strings that end the generation (not emitted).
     pub stop: Vec<String>,
     pub stop_at_eos: bool,
+    /// Speculative decoding (library 0.7): greedy text stays the same, sampled text keeps its
+    /// distribution; the drafts kept are in `raw.n_draft_accepted`.
+    pub speculation: Speculation,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 256, stop: Vec::new(), stop_at_eos: true }
+        GenerateOptions { max_tokens: 256, stop: Vec::new(), stop_at_eos: true, speculation: Speculation::Off }
     }
+}
+
+/// Where speculative decoding's draft tokens come from, and at most how many (1..=64) are checked
+/// per forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Speculation {
+    #[default]
+    Off,
+    /// Copied from where the sequence's last 2-4 tokens occurred before (prompt or output).
+    Lookup(i32),
+    /// Written by the session's draft model ([`Session::set_draft`]).
+    DraftModel(i32),
 }
 
 /// Why a generation ended.
@@ -621,6 +636,13 @@ fn generate_params(opts: &GenerateOptions, stop_ptrs: &[*const c_char]) -> Resul
     gp.stop_at_eos = opts.stop_at_eos as i32;
     gp.stop = if stop_ptrs.is_empty() { ptr::null() } else { stop_ptrs.as_ptr() };
     gp.n_stop = stop_ptrs.len();
+    let (n, source) = match opts.speculation {
+        Speculation::Off => (0, ffi::QLLM_SPEC_LOOKUP),
+        Speculation::Lookup(n) => (n, ffi::QLLM_SPEC_LOOKUP),
+        Speculation::DraftModel(n) => (n, ffi::QLLM_SPEC_DRAFT_MODEL),
+    };
+    gp.draft_tokens = n;
+    gp.speculation = source as i32;
     Ok(gp)
 }
 
@@ -664,6 +686,14 @@ fn generate_raw(session: *mut ffi::qllm_session, prompt: Prompt, opts: &Generate
 }
 
 impl Session {
+    /// The draft model of [`Speculation::DraftModel`]: a smaller model with the same vocabulary,
+    /// which the session keeps alive; `None` removes it. A vocabulary that differs is an error
+    /// naming the first difference.
+    pub fn set_draft(&mut self, draft: Option<&Model>) -> Result<()> {
+        let d = draft.map_or(ptr::null(), |m| m.ptr as *const ffi::qllm_model);
+        check(unsafe { ffi::qllm_session_set_draft(self.ptr, d) })
+    }
+
     /// Forgets the sequence and reseeds the sampler.
     pub fn reset(&mut self) -> Result<()> {
         check(unsafe { ffi::qllm_session_reset(self.ptr) })

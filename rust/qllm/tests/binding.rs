@@ -62,6 +62,29 @@ fn errors_carry_status_and_message() {
 }
 
 #[test]
+fn speculation_gives_the_same_text() {
+    let m = model();
+    let prompt = "A cat sat on a mat. A cat sat on a mat. A cat";
+    let want = m.session(&greedy()).unwrap().generate(prompt, &opts(MAX_TOKENS), |_| true).unwrap().text;
+    let mut s = m.session(&greedy()).unwrap();
+    let lookup = qllm::GenerateOptions { speculation: qllm::Speculation::Lookup(4), ..opts(MAX_TOKENS) };
+    let g = s.generate(prompt, &lookup, |_| true).unwrap();
+    assert_eq!(g.text, want);
+    assert!(g.raw.n_drafted > 0);
+    // the model drafting for itself keeps every draft
+    let draft = qllm::GenerateOptions { speculation: qllm::Speculation::DraftModel(6), ..opts(MAX_TOKENS) };
+    assert_eq!(s.generate(prompt, &draft, |_| true).unwrap_err().name, "QLLM_ERR_INVALID_ARGUMENT");
+    s.set_draft(Some(&model())).unwrap();
+    s.reset().unwrap();
+    let g = s.generate(prompt, &draft, |_| true).unwrap();
+    assert_eq!(g.text, want);
+    assert!(g.raw.n_drafted > 0);
+    assert_eq!(g.raw.n_draft_accepted, g.raw.n_drafted);
+    s.set_draft(None).unwrap();
+    assert!(s.generate(prompt, &draft, |_| true).is_err());
+}
+
+#[test]
 fn greedy_text_equals_the_cpp_path_and_streams() {
     let m = model();
     let mut s = m.session(&greedy()).unwrap();
