@@ -126,6 +126,38 @@ u = whole["usage"]
 assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"], u
 PY
 
+# speculation by prompt lookup per request: the same greedy text as without, streamed or not, the
+# drafts counted in usage.completion_tokens_details (OpenAI's fields for predicted tokens)
+quote='In the beginning God created the heaven and the earth. And the earth was without form, and void. In the beginning God created the heaven and the earth. And the earth was'
+for spec in off lookup; do
+  expect 200 "completion, speculation $spec" -H "$auth" -H "$json" \
+    -d "{\"prompt\":\"$quote\",\"max_tokens\":40,\"temperature\":0,\"speculation\":\"$spec\",\"draft_tokens\":6}" \
+    "$base/v1/completions"
+  cp "$dir/body" "$dir/spec-$spec.json"
+done
+curl -s -N -o "$dir/spec-stream" -H "$auth" -H "$json" \
+  -d "{\"prompt\":\"$quote\",\"max_tokens\":40,\"temperature\":0,\"speculation\":\"lookup\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}" \
+  "$base/v1/completions"
+python3 - "$dir/spec-off.json" "$dir/spec-lookup.json" "$dir/spec-stream" <<'PY' || fail "speculation changed the text or was not reported"
+import json, sys
+off, on = (json.load(open(p, encoding="utf-8")) for p in sys.argv[1:3])
+assert on["choices"][0]["text"] == off["choices"][0]["text"], (on, off)
+assert "completion_tokens_details" not in off["usage"], off["usage"]
+d = on["usage"]["completion_tokens_details"]
+assert d["accepted_prediction_tokens"] + d["rejected_prediction_tokens"] > 0, d
+events = [json.loads(l[6:]) for l in open(sys.argv[3], encoding="utf-8").read().split("\n")
+          if l.startswith("data: {")]
+assert "".join(e["choices"][0].get("text") or "" for e in events if e.get("choices")) == off["choices"][0]["text"]
+assert "completion_tokens_details" in events[-1]["usage"], events[-1]
+print("speculation:", d)
+PY
+expect 400 "speculation by a draft model" -H "$auth" -H "$json" \
+  -d '{"prompt":"In the beginning","max_tokens":4,"speculation":"draft"}' "$base/v1/completions"
+grep -q 'no draft model' "$dir/body" || fail "speculation draft: $(cat "$dir/body")"
+expect 400 "draft_tokens 0" -H "$auth" -H "$json" \
+  -d '{"prompt":"In the beginning","max_tokens":4,"speculation":"lookup","draft_tokens":0}' "$base/v1/completions"
+expect_error_body "draft_tokens 0"
+
 # /metrics: the request counter; once every response is complete, no slot is busy
 expect 200 "/metrics" "$base/metrics"
 grep -q '^qllm_requests_total{status="200"} [1-9]' "$dir/body" || { cat "$dir/body"; fail "/metrics: no qllm_requests_total{status=\"200\"}"; }

@@ -154,6 +154,44 @@ TEST_CASE("batch_context: each sequence's logits equal a solo context's, bit for
   }
 }
 
+TEST_CASE("batch_context: all_logits entries give every token's logits, equal to a solo context's") {
+  const auto& m = small_gqa().m;
+  const int64_t V = m->config().n_vocab;
+  context_params cp;
+  cp.n_ctx = 96;
+  cp.n_batch = 13;  // entries straddle passes
+  batch_context b(m, cp, 4);
+  context_params solo_p = cp;
+  solo_p.n_batch = 512;
+  std::vector<std::vector<int32_t>> seqs;
+  std::vector<batch_context::entry> es;
+  for (int s = 0; s < 4; ++s) seqs.push_back(tokens(5 + 4 * s, s + 9, int32_t(V)));
+  for (int s = 0; s < 4; ++s) {
+    batch_context::entry e{s, seqs[std::size_t(s)], s != 3};
+    e.all_logits = s % 2 == 1;  // 1 and 3: every row; 0 and 2: the last; 3 asks for no last row but all
+    es.push_back(e);
+  }
+  b.eval(es);
+  for (int s = 0; s < 4; ++s) {
+    CAPTURE(s);
+    context solo(m, solo_p);
+    const auto all = solo.eval(seqs[std::size_t(s)], true);
+    const std::size_t n = seqs[std::size_t(s)].size();
+    if (s % 2 == 1) {
+      for (std::size_t j = 0; j < n; ++j)
+        CHECK(test::count_bit_differences(b.logits(std::size_t(s), j).data(), all.data() + j * std::size_t(V),
+                                          std::size_t(V)) == 0);
+      CHECK_THROWS_AS(b.logits(std::size_t(s), n), error);
+      CHECK(test::count_bit_differences(b.logits(std::size_t(s)).data(), all.data() + (n - 1) * std::size_t(V),
+                                        std::size_t(V)) == 0);
+    } else {
+      CHECK(test::count_bit_differences(b.logits(std::size_t(s)).data(), all.data() + (n - 1) * std::size_t(V),
+                                        std::size_t(V)) == 0);
+      CHECK_THROWS_AS(b.logits(std::size_t(s), 0), error);
+    }
+  }
+}
+
 TEST_CASE("batch_context: bad entries change nothing; cancel restores every sequence") {
   const auto& m = tiny().m;
   context_params cp;
@@ -261,6 +299,75 @@ TEST_CASE("engine: greedy and seeded answers are the same alone, batched with 7 
   CHECK(st.waiting == 0);
   CHECK(st.finished == 8);
   CHECK(st.steps > 0);
+}
+
+TEST_CASE("engine: speculation by lookup gives every request the tokens it gets without, alone or batched") {
+  const auto& m = tiny().m;
+  const int32_t V = int32_t(m->config().n_vocab);
+  engine_params ep;
+  ep.ctx.n_ctx = 256;
+  ep.ctx.n_batch = 24;  // drafts compete with prompt chunks for the step
+  ep.n_slots = 6;
+  ep.prompt_chunk = 7;
+  std::vector<engine_request> plain;
+  for (int i = 0; i < 6; ++i) {
+    auto prompt = tokens(6 + 5 * i, i + 20, V);  // a prompt that repeats itself: drafts exist
+    const auto again = prompt;
+    prompt.insert(prompt.end(), again.begin() + 1, again.end());
+    engine_request r = greedy_request(prompt, 120 + 9 * i);
+    if (i % 3 == 1) {
+      r.sampling.temperature = 0.8f;
+      r.sampling.seed = 77 + uint64_t(i);
+      r.sampling.repeat_penalty = 1.1f;
+    }
+    if (i == 5) r.gen.stop = {"e"};
+    plain.push_back(r);
+  }
+  auto spec = plain;
+  for (auto& r : spec) r.gen.draft_tokens = 4 + int32_t(r.prompt.size() % 5);
+  engine e(m, ep);
+  const auto want = run_all(e, plain);
+  const auto got = run_all(e, spec);
+  std::vector<outcome> alone;
+  {
+    engine_params one = ep;
+    one.n_slots = 1;
+    engine e1(m, one);
+    for (const auto& r : spec) alone.push_back(run_all(e1, {r})[0]);
+  }
+  int64_t drafted = 0, accepted = 0;
+  for (std::size_t i = 0; i < spec.size(); ++i) {
+    CAPTURE(i);
+    CHECK(got[i].r.error.empty());
+    CHECK(got[i].r.gen.tokens == want[i].r.gen.tokens);
+    CHECK(got[i].r.gen.text == want[i].r.gen.text);
+    CHECK(got[i].streamed == want[i].streamed);
+    CHECK(got[i].r.gen.finish == want[i].r.gen.finish);
+    CHECK(alone[i].r.gen.tokens == got[i].r.gen.tokens);
+    CHECK(want[i].r.gen.spec.drafted == 0);
+    CHECK(got[i].r.gen.spec.accepted <= got[i].r.gen.spec.drafted);
+    drafted += got[i].r.gen.spec.drafted;
+    accepted += got[i].r.gen.spec.accepted;
+  }
+  MESSAGE("engine lookup: " << accepted << " of " << drafted << " drafts kept");
+  CHECK(accepted > 0);
+  CHECK(drafted > accepted);
+  // the caches were cut back to what each request kept: a request continuing one reuses it and
+  // decodes as a fresh engine does
+  auto next = greedy_request(want[0].r.gen.tokens, 10);
+  next.prompt.insert(next.prompt.begin(), plain[0].prompt.begin(), plain[0].prompt.end());
+  engine fresh(m, ep);
+  const auto a = run_all(e, {next});
+  const auto b = run_all(fresh, {next});
+  CHECK(a[0].r.gen.tokens == b[0].r.gen.tokens);
+  CHECK(a[0].r.gen.timings.n_reused > 0);
+  // a draft model is not the engine's
+  auto bad = spec[0];
+  bad.gen.spec = speculation::draft_model;
+  CHECK_THROWS_AS(e.submit(bad), error);
+  bad.gen.spec = speculation::lookup;
+  bad.gen.draft_tokens = -1;
+  CHECK_THROWS_AS(e.submit(bad), error);
 }
 
 TEST_CASE("engine: stop strings, limits, full windows, cancels and a bounded queue") {

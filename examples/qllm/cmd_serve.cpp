@@ -28,6 +28,9 @@ namespace {
     "      --api-key-file F    require 'Authorization: Bearer KEY' on /v1 (first line of F)\n"
     "      --max-queue N       requests waiting for a slot before 429 (default 64)\n"
     "      --prompt-chunk N    prompt tokens per step while others decode (default 64)\n"
+    "      --spec lookup|off   speculative decoding by prompt lookup for requests that do not set\n"
+    "                          \"speculation\" (default off); the same text, fewer passes\n"
+    "      --draft-tokens N    most drafts per pass (default 8; a request's \"draft_tokens\")\n"
     "      --max-body BYTES    request body limit (default 1048576; larger: 413)\n"
     "      --max-prompt-tokens N  prompt limit (default: the window)\n"
     "      --timeout S         seconds a request may take (default 600)\n"
@@ -44,6 +47,8 @@ int cmd_serve(int argc, char** argv) {
 #else
   serve::options o;
   std::string model;
+  bool spec = false;
+  int32_t draft_tokens = 8;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (is_help(a)) return print_help(kServeHelp);
@@ -59,6 +64,11 @@ int cmd_serve(int argc, char** argv) {
     else if (a == "--api-key-file") o.api_key_file = next_value(argc, argv, i);
     else if (a == "--max-queue") o.max_queue = parse_int(a, next_value(argc, argv, i), 0, 100000);
     else if (a == "--prompt-chunk") o.prompt_chunk = parse_int(a, next_value(argc, argv, i), 1, 1 << 16);
+    else if (a == "--spec") {
+      const std::string v = next_value(argc, argv, i);
+      if (v != "lookup" && v != "off") throw error(errc::invalid_argument, "--spec: '" + v + "' is not lookup or off (the server has no draft model)");
+      spec = v == "lookup";
+    } else if (a == "--draft-tokens") draft_tokens = int32_t(parse_int(a, next_value(argc, argv, i), 1, 64));
     else if (a == "--max-body") o.max_body = parse_int(a, next_value(argc, argv, i), 1024, int64_t(1) << 30);
     else if (a == "--max-prompt-tokens") o.max_prompt_tokens = parse_int(a, next_value(argc, argv, i), 0, int64_t(1) << 24);
     else if (a == "--timeout") o.request_timeout = parse_float(a, next_value(argc, argv, i), 0.001, 1e7);
@@ -67,6 +77,7 @@ int cmd_serve(int argc, char** argv) {
     else if (a == "--http-threads") o.http_threads = int(parse_int(a, next_value(argc, argv, i), 1, 4096));
     else throw error(errc::invalid_argument, "unknown option '" + a + "' (try 'qllm serve --help')");
   }
+  o.draft_tokens = spec ? draft_tokens : 0;
   o.model_path = model_or_default(model, "qllm serve [-m MODEL] [options]");
   return serve::run(o);
 #endif

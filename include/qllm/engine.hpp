@@ -105,6 +105,9 @@ class engine {
   void run();
   void step(std::vector<slot*>& active);
   void finish(slot& s, const std::string& err);
+  // Samples the request's next token from `logits` and handles it (stream, stops, limits); the
+  // token, or -1 when the request finished.
+  int32_t sample_from(slot& s, std::span<const float> logits, const tokenizer* tk, int64_t n_ctx);
   std::shared_ptr<const model> model_;
   engine_params p_;
   std::unique_ptr<batch_context> batch_;

@@ -160,6 +160,7 @@ class batch_context {
     int32_t seq = 0;                   // 0 .. n_seq - 1; at most one entry per sequence per eval
     std::span<const int32_t> tokens;   // appended at n_past(seq)
     bool logits = true;                // compute the logits of its last token
+    bool all_logits = false;           // compute the logits of every token (speculation's drafts)
   };
   // Runs the entries' tokens in passes of at most n_batch tokens (an entry may straddle two).
   // Checks every entry before changing any state: errc::invalid_argument (no entries, a sequence
@@ -170,6 +171,9 @@ class batch_context {
   // Logits ([n_vocab]) of entry i's last token in the last eval; valid until the next eval.
   // errc::invalid_argument when that entry did not ask for them.
   std::span<const float> logits(std::size_t i) const;
+  // Logits of token j of entry i: any token of an all_logits entry, the last of one that asked for
+  // logits; errc::invalid_argument otherwise.
+  std::span<const float> logits(std::size_t i, std::size_t j) const;
 
   int n_seq() const noexcept;
   int64_t n_ctx() const noexcept;
@@ -184,7 +188,9 @@ class batch_context {
  private:
   void check_seq(int32_t seq, const char* what) const;
   std::unique_ptr<context_impl> impl_;
-  std::vector<int64_t> logit_row_;  // per entry of the last eval: its row of logits, or -1
+  std::vector<int64_t> logit_row_;  // per entry of the last eval: its first row of logits, or -1
+  std::vector<int64_t> logit_rows_;  // per entry: how many rows (0, 1 or its tokens)
+  std::vector<int64_t> logit_tokens_;  // per entry: its tokens (the rows are of the last ones)
   std::vector<char> seen_;
 };
 

@@ -25,7 +25,7 @@ namespace qllm {
 struct segment {
   int32_t seq = 0;
   int64_t row0 = 0, m = 0;
-  bool logits = true;
+  int64_t n_logits = 1;  // logits rows for the segment's last n_logits tokens (0 .. m)
 };
 
 class context_impl {
@@ -284,13 +284,14 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
     if (all_logits) {
       rows = m;
     } else if (sg.size() == 1) {
-      rows = sg[0].logits ? 1 : 0;
-      in = &x[std::size_t((sg[0].row0 + sg[0].m - 1) * E)];
+      rows = sg[0].n_logits;
+      in = &x[std::size_t((sg[0].row0 + sg[0].m - rows) * E)];
     } else {
       for (const segment& s : sg) {  // gather the rows into att (free until the next layer)
-        if (!s.logits) continue;
-        std::memcpy(&att[std::size_t(rows * E)], &x[std::size_t((s.row0 + s.m - 1) * E)], std::size_t(E) * 4);
-        ++rows;
+        if (s.n_logits == 0) continue;
+        std::memcpy(&att[std::size_t(rows * E)], &x[std::size_t((s.row0 + s.m - s.n_logits) * E)],
+                    std::size_t(s.n_logits * E) * 4);
+        rows += s.n_logits;
       }
       in = att.data();
     }
@@ -328,7 +329,7 @@ std::vector<float> context_impl::embed(std::span<const int32_t> tokens) {
   embed_acc = &acc;
   try {
     for (int64_t i = 0; i < n; i += n_batch) {
-      const segment sg{0, 0, std::min(n_batch, n - i), false};
+      const segment sg{0, 0, std::min(n_batch, n - i), 0};
       forward(tokens.data() + i, std::span<const segment>(&sg, 1), sg.m, logits.data(), false);
     }
   } catch (...) {
@@ -365,7 +366,7 @@ std::span<const float> context_impl::eval(std::span<const int32_t> tokens, bool 
     }
     const int64_t m = std::min(n_batch, n - i);
     float* out = all_logits ? &all[std::size_t(i * c.n_vocab)] : logits.data();
-    const segment sg{0, 0, m, true};
+    const segment sg{0, 0, m, 1};
     forward(tokens.data() + i, std::span<const segment>(&sg, 1), m, out, all_logits);
   }
   if (all_logits) return {all.data(), std::size_t(n * c.n_vocab)};
@@ -481,9 +482,18 @@ void batch_context::eval(std::span<const entry> entries) {
                                               " do not fit the context of " + std::to_string(ci.n_ctx));
   }
   logit_row_.assign(entries.size(), -1);
+  logit_rows_.assign(entries.size(), 0);
+  logit_tokens_.assign(entries.size(), 0);
   int64_t n_rows = 0;
-  for (std::size_t i = 0; i < entries.size(); ++i)
-    if (entries[i].logits) logit_row_[i] = n_rows++;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const int64_t rows = entries[i].all_logits ? int64_t(entries[i].tokens.size()) : entries[i].logits ? 1 : 0;
+    if (rows) logit_row_[i] = n_rows;
+    logit_rows_[i] = rows;
+    logit_tokens_[i] = int64_t(entries[i].tokens.size());
+    n_rows += rows;
+  }
+  const std::size_t V = std::size_t(ci.c.n_vocab);
+  if (std::size_t(n_rows) * V > ci.logits.size()) ci.logits.resize(std::size_t(n_rows) * V);  // drafts: grows once
   const std::vector<int64_t> start = ci.past;
   // Passes of at most n_batch tokens, filled with the entries in order (an entry may straddle two).
   std::size_t e = 0;
@@ -503,8 +513,9 @@ void batch_context::eval(std::span<const entry> entries) {
       const int64_t take = std::min(n - off, ci.n_batch - m);
       std::memcpy(&ci.pass_tokens[std::size_t(m)], en.tokens.data() + off, std::size_t(take) * sizeof(int32_t));
       const bool last = off + take == n;
-      ci.segs.push_back(segment{en.seq, m, take, last && en.logits});
-      if (last && en.logits) ++rows_done;
+      const int64_t rows = en.all_logits ? take : (last && en.logits ? 1 : 0);
+      ci.segs.push_back(segment{en.seq, m, take, rows});
+      rows_done += rows;
       m += take;
       off += take;
       if (last) {
@@ -520,8 +531,18 @@ void batch_context::eval(std::span<const entry> entries) {
 std::span<const float> batch_context::logits(std::size_t i) const {
   if (i >= logit_row_.size() || logit_row_[i] < 0)
     throw error(errc::invalid_argument, "batch: entry " + std::to_string(i) + " of the last eval has no logits");
+  return logits(i, std::size_t(logit_tokens_[i] - 1));
+}
+
+std::span<const float> batch_context::logits(std::size_t i, std::size_t j) const {
+  // rows hold the entry's last logit_rows_[i] tokens
+  if (i >= logit_row_.size() || logit_row_[i] < 0 || j >= std::size_t(logit_tokens_[i]) ||
+      j < std::size_t(logit_tokens_[i] - logit_rows_[i]))
+    throw error(errc::invalid_argument, "batch: entry " + std::to_string(i) + " of the last eval has no logits for token " +
+                                            std::to_string(j));
   const std::size_t V = std::size_t(impl_->c.n_vocab);
-  return {&impl_->logits[std::size_t(logit_row_[i]) * V], V};
+  const std::size_t row = std::size_t(logit_row_[i]) + j - std::size_t(logit_tokens_[i] - logit_rows_[i]);
+  return {&impl_->logits[row * V], V};
 }
 
 int batch_context::n_seq() const noexcept { return impl_->n_seq; }

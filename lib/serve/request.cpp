@@ -72,7 +72,8 @@ void check_fields(const json& body, std::initializer_list<const char*> known) {
 }
 
 
-void parse_common(const json& body, const model& m, gen_settings& g, int64_t default_max_tokens) {
+void parse_common(const json& body, const model& m, gen_settings& g, int64_t default_max_tokens,
+                  int32_t default_draft_tokens) {
   const int64_t n = get_int(body, "n", 1, 1 << 20, 1);
   if (n != 1) bad_request("'n' must be 1 (one choice per request)", "n");
   g.stream = get_bool(body, "stream", false);
@@ -147,6 +148,13 @@ void parse_common(const json& body, const model& m, gen_settings& g, int64_t def
     bad_request(e.what(), "context_policy");
   }
   r.n_keep = get_int(body, "n_keep", 0, int64_t(1) << 30, 1);
+  // speculation by prompt lookup (qllm's own fields): "speculation": "lookup" | "off", and
+  // "draft_tokens"; a request that names neither gets the server's setting
+  const std::string spec = get_string(body, "speculation", default_draft_tokens > 0 ? "lookup" : "off");
+  if (spec != "lookup" && spec != "off")
+    bad_request("'speculation' must be \"lookup\" or \"off\" (this server has no draft model)", "speculation");
+  const int64_t k = get_int(body, "draft_tokens", 1, 64, default_draft_tokens > 0 ? default_draft_tokens : 8);
+  r.gen.draft_tokens = spec == "lookup" ? int32_t(k) : 0;
 }
 
 json fit_report(const prompt_fit& f, context_policy p) {

@@ -27,7 +27,9 @@ struct gen_settings {
 };
 
 // Sampling, limits, stop strings, logit bias and the context policy, from either endpoint.
-void parse_common(const json& body, const model& m, gen_settings& g, int64_t default_max_tokens);
+// default_draft_tokens: the server's speculation by prompt lookup for requests that do not say.
+void parse_common(const json& body, const model& m, gen_settings& g, int64_t default_max_tokens,
+                  int32_t default_draft_tokens = 0);
 // The response's "qllm" object: what the context policy did to the prompt.
 json fit_report(const prompt_fit& f, context_policy p);
 // OpenAI's finish_reason for ours.

@@ -161,8 +161,8 @@ void server::completion(const std::string& req_body, httplib::Response& res, boo
   if (chat) {
     check_fields(body, {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                         "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty", "penalty_last_n", "seed",
-                        "stop", "logit_bias", "n", "stream", "context_policy", "n_keep"});
-    parse_common(body, *model_, g, -1);
+                        "stop", "logit_bias", "n", "stream", "context_policy", "n_keep", "speculation", "draft_tokens"});
+    parse_common(body, *model_, g, -1, o_.draft_tokens);
     auto it = body.find("messages");
     if (it == body.end() || !it->is_array() || it->empty())
       bad_request("'messages' must be a non-empty array", "messages");
@@ -199,8 +199,8 @@ void server::completion(const std::string& req_body, httplib::Response& res, boo
   } else {
     check_fields(body, {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
                         "frequency_penalty", "repeat_penalty", "penalty_last_n", "seed", "stop", "logit_bias", "n",
-                        "stream", "context_policy", "n_keep"});
-    parse_common(body, *model_, g, 16);
+                        "stream", "context_policy", "n_keep", "speculation", "draft_tokens"});
+    parse_common(body, *model_, g, 16, o_.draft_tokens);
     auto it = body.find("prompt");
     if (it == body.end()) bad_request("'prompt' is required", "prompt");
     std::string text;
@@ -313,9 +313,14 @@ void server::completion(const std::string& req_body, httplib::Response& res, boo
   const json qllm_ext = fit_report(sub.fit, policy);
   const auto deadline = t_start + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(o_.request_timeout));
   engine* eng = engine_.get();
-  auto usage = [n_prompt](const engine_result& r) {
+  const bool speculating = g.req.gen.draft_tokens > 0;
+  auto usage = [n_prompt, speculating](const engine_result& r) {
     const int64_t c = int64_t(r.gen.tokens.size());
-    return json{{"prompt_tokens", n_prompt}, {"completion_tokens", c}, {"total_tokens", n_prompt + c}};
+    json u{{"prompt_tokens", n_prompt}, {"completion_tokens", c}, {"total_tokens", n_prompt + c}};
+    if (speculating)  // OpenAI's fields for predicted tokens: the drafts kept and rejected
+      u["completion_tokens_details"] = {{"accepted_prediction_tokens", r.gen.spec.accepted},
+                                        {"rejected_prediction_tokens", r.gen.spec.drafted - r.gen.spec.accepted}};
+    return u;
   };
 
   if (!g.stream) {

@@ -19,6 +19,7 @@ struct options {
   std::string api_key_file;      // non-empty: every /v1 request needs "Authorization: Bearer KEY"
   int64_t max_queue = 64;        // requests waiting beyond the slots; more: 429
   int64_t prompt_chunk = 64;     // prompt tokens per step while others decode
+  int32_t draft_tokens = 0;      // speculation by prompt lookup for requests that do not say (0: off)
   int64_t max_body = 1 << 20;    // request body bytes; more: 413
   int64_t max_prompt_tokens = 0; // 0: the window
   double request_timeout = 600;  // seconds a request may take in all (then cancelled: 504 or stream end)

@@ -5,6 +5,7 @@
 
 #include "qllm/error.hpp"
 #include "qllm/tokenizer.hpp"
+#include "session/lookup.hpp"
 #include "session/stop_text.hpp"
 
 namespace qllm {
@@ -35,6 +36,10 @@ struct engine::slot {
   bool decoding = false;  // prompt done; `last` is the token to run next
   int32_t last = 0;
   uint64_t order = 0;     // admission order: older prompts get the step's budget first
+  // speculation by prompt lookup: `pass` is this step's tokens of a decoding request (`last`,
+  // then its drafts)
+  std::unique_ptr<detail::draft_controller> drafts;
+  std::vector<int32_t> pass;
   engine_result r;
   clock::time_point t_admit, t_prompt, t_gen;
   std::string out;
@@ -93,6 +98,9 @@ engine::submitted engine::submit(engine_request r) {
   if (r.n_keep < 0) throw error(errc::invalid_argument, "n_keep must be >= 0");
   sampler check(r.sampling);  // validates the settings
   (void)check;
+  if (r.gen.draft_tokens < 0) throw error(errc::invalid_argument, "draft_tokens must be >= 0");
+  if (r.gen.draft_tokens > 0 && r.gen.spec != speculation::lookup)
+    throw error(errc::unsupported, "the engine speculates by prompt lookup only (no draft model)");
   const int64_t n_ctx = batch_->n_ctx();
   const int64_t reserve = r.gen.max_tokens < 0 ? 1 : std::max<int64_t>(1, r.gen.max_tokens);
   if (reserve >= n_ctx)
@@ -309,6 +317,7 @@ void engine::run() {
       try {
         s->smp = std::make_unique<sampler>(s->p->req.sampling);
         s->st = std::make_unique<detail::stop_text>(model_->get_tokenizer(), s->p->req.gen.stop);
+        s->drafts = std::make_unique<detail::draft_controller>(std::min<int32_t>(s->p->req.gen.draft_tokens, 64));
       } catch (const std::exception& e) {
         finish(*s, e.what());
       }
@@ -338,11 +347,28 @@ void engine::step(std::vector<slot*>& active) {
   int64_t n_decoding = 0;
   for (slot* s : active) n_decoding += s->decoding;
   int64_t budget = batch_->n_batch() - n_decoding;
+  const int64_t n_ctx = batch_->n_ctx();
   for (slot* s : active) {
     if (s->decoding) {
-      entries.push_back({s->seq, std::span<const int32_t>(&s->last, 1), true});
+      // drafts after `last` from the request's own sequence: they fit its window, never run past
+      // max_tokens and share the step's budget with prompt chunks (decoding requests first)
+      s->pass.assign(1, s->last);
+      const generate_params& g = s->p->req.gen;
+      int64_t k = s->drafts->next();
+      k = std::min<int64_t>({k, n_ctx - int64_t(s->history.size()) - 1, budget});
+      if (g.max_tokens >= 0) k = std::min<int64_t>(k, g.max_tokens - s->r.gen.timings.n_generated - 1);
+      if (k > 0) {
+        s->history.push_back(s->last);
+        const auto d = detail::lookup_draft(s->history, 2, 4, int(k));
+        s->history.pop_back();
+        s->pass.insert(s->pass.end(), d.begin(), d.end());
+        budget -= int64_t(d.size());
+      }
+      batch_context::entry en{s->seq, std::span<const int32_t>(s->pass), true};
+      en.all_logits = s->pass.size() > 1;
+      entries.push_back(en);
       who.push_back(s);
-      chunk.push_back(1);
+      chunk.push_back(int64_t(s->pass.size()));
       continue;
     }
     const int64_t left = int64_t(s->prompt->size()) - s->n_done;
@@ -373,13 +399,12 @@ void engine::step(std::vector<slot*>& active) {
     ++st_.steps;
   }
   const tokenizer* tk = model_->get_tokenizer();
-  const int64_t n_ctx = batch_->n_ctx();
   for (std::size_t i = 0; i < entries.size(); ++i) {
     slot& s = *who[i];
     engine_result& r = s.r;
     const auto toks = entries[i].tokens;
-    s.history.insert(s.history.end(), toks.begin(), toks.end());
     if (!s.decoding) {
+      s.history.insert(s.history.end(), toks.begin(), toks.end());
       s.n_done += chunk[i];
       {
         std::lock_guard<std::mutex> lk(mu_);
@@ -391,52 +416,82 @@ void engine::step(std::vector<slot*>& active) {
       r.gen.timings.prompt_seconds = seconds(s.t_prompt, now);
       s.decoding = true;
       s.t_gen = now;
+      sample_from(s, batch_->logits(i), tk, n_ctx);
+      continue;
     }
-    try {
-      // the penalty window is the end of the sequence in the cache, as in session::sample
-      s.smp->clear_history();
-      const int32_t last_n = std::max(0, s.p->req.sampling.penalty_last_n);
-      const std::size_t n = std::min(s.history.size(), std::size_t(last_n));
-      for (std::size_t j = s.history.size() - n; j < s.history.size(); ++j) s.smp->accept(s.history[j]);
-      const int32_t id = s.smp->sample(batch_->logits(i));
-      ++r.gen.timings.n_generated;
-      if (r.gen.timings.n_generated == 1) r.first_token_seconds = seconds(s.p->submitted, clock::now());
-      const generate_params& gp = s.p->req.gen;
-      if (gp.stop_at_eos && tk && id == tk->eos()) {
-        r.gen.finish = finish_reason::eos;
-        finish(s, "");
-        continue;
-      }
-      r.gen.tokens.push_back(id);
-      const bool hit = s.st->push(id, s.out);
-      r.gen.text += s.out;
-      bool go_on = true;
-      if (s.p->req.on_token) {
-        try {
-          go_on = s.p->req.on_token(s.out, id);
-        } catch (...) {
-          go_on = false;
-        }
-      }
-      if (!go_on) {
-        r.gen.finish = finish_reason::cancelled;
-        finish(s, "");
-      } else if (hit) {
-        r.gen.finish = finish_reason::stop_string;
-        finish(s, "");
-      } else if (gp.max_tokens >= 0 && r.gen.timings.n_generated >= gp.max_tokens) {
-        r.gen.finish = finish_reason::max_tokens;
-        finish(s, "");
-      } else if (int64_t(s.history.size()) >= n_ctx) {
-        r.gen.finish = finish_reason::context_full;
-        finish(s, "");
-      } else {
-        s.last = id;
-      }
-    } catch (const std::exception& e) {
-      finish(s, std::string("sampling failed: ") + e.what());
+    // a decoding request: `last` and its drafts ran; each draft the sampled token equals is kept
+    // with the next row of logits, the rest are cut from the cache
+    // (the counts go into the result before a token can finish the request and hand it over)
+    s.history.push_back(toks[0]);
+    const std::size_t n_drafts = toks.size() - 1;
+    if (n_drafts) {
+      ++r.gen.spec.passes;
+      r.gen.spec.drafted += int64_t(n_drafts);
+    }
+    std::size_t kept = 0;
+    for (;;) {
+      const auto logits = n_drafts ? batch_->logits(i, kept) : batch_->logits(i);
+      const int32_t id = sample_from(s, logits, tk, n_ctx);
+      if (id < 0 || kept == n_drafts || toks[1 + kept] != id) break;  // finished, or no draft left to keep
+      s.history.push_back(id);
+      ++kept;
+      ++r.gen.spec.accepted;
+    }
+    if (n_drafts) {
+      batch_->truncate(s.seq, int64_t(s.history.size()));  // also after the request ended: reuse
+      s.drafts->verified(int(n_drafts), int(kept));
     }
   }
+}
+
+int32_t engine::sample_from(slot& s, std::span<const float> logits, const tokenizer* tk, int64_t n_ctx) {
+  engine_result& r = s.r;
+  try {
+    // the penalty window is the end of the sequence in the cache, as in session::sample
+    s.smp->clear_history();
+    const int32_t last_n = std::max(0, s.p->req.sampling.penalty_last_n);
+    const std::size_t n = std::min(s.history.size(), std::size_t(last_n));
+    for (std::size_t j = s.history.size() - n; j < s.history.size(); ++j) s.smp->accept(s.history[j]);
+    const int32_t id = s.smp->sample(logits);
+    ++r.gen.timings.n_generated;
+    if (r.gen.timings.n_generated == 1) r.first_token_seconds = seconds(s.p->submitted, clock::now());
+    const generate_params& gp = s.p->req.gen;
+    if (gp.stop_at_eos && tk && id == tk->eos()) {
+      r.gen.finish = finish_reason::eos;
+      finish(s, "");
+      return -1;
+    }
+    r.gen.tokens.push_back(id);
+    const bool hit = s.st->push(id, s.out);
+    r.gen.text += s.out;
+    bool go_on = true;
+    if (s.p->req.on_token) {
+      try {
+        go_on = s.p->req.on_token(s.out, id);
+      } catch (...) {
+        go_on = false;
+      }
+    }
+    if (!go_on) {
+      r.gen.finish = finish_reason::cancelled;
+      finish(s, "");
+    } else if (hit) {
+      r.gen.finish = finish_reason::stop_string;
+      finish(s, "");
+    } else if (gp.max_tokens >= 0 && r.gen.timings.n_generated >= gp.max_tokens) {
+      r.gen.finish = finish_reason::max_tokens;
+      finish(s, "");
+    } else if (int64_t(s.history.size()) >= n_ctx) {
+      r.gen.finish = finish_reason::context_full;
+      finish(s, "");
+    } else {
+      s.last = id;
+      return id;
+    }
+  } catch (const std::exception& e) {
+    finish(s, std::string("sampling failed: ") + e.what());
+  }
+  return -1;
 }
 
 }  // namespace qllm
