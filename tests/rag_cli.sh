@@ -29,6 +29,11 @@ grep -q '^  used    \[1\] rank 1, chunk [0-9]* (' "$dir/ask.err"
 grep -q 'reserved for the answer <= window 512' "$dir/ask.err"
 grep -q '^sources:' "$dir/ask.txt"
 grep -q '^  \[1\] chunk [0-9]*: .*docs/.*\.txt#[0-9]*$' "$dir/ask.txt"
+# speculation by prompt lookup is rag ask's default: --spec off gives the same answer without it
+grep -q ' | lookup: [0-9]* of [0-9]* drafts accepted in [0-9]* passes' "$dir/ask.err"
+$run "$qllm" rag ask --db "$dir/r.db" -m "$model" --temp 0 -n 48 -k 4 --spec off "$q" >"$dir/ask-off.txt" 2>"$dir/ask-off.err"
+cmp "$dir/ask.txt" "$dir/ask-off.txt"
+if grep -q 'drafts accepted' "$dir/ask-off.err"; then exit 1; fi
 $run "$qllm" rag ask --db "$dir/r.db" -m "$model" --temp 0 -n 48 -k 4 --cot --cot-answer-tokens 24 -q "$q" \
   >"$dir/cot.txt" 2>"$dir/cot.err"
 grep -q '^\[reasoning\]' "$dir/cot.err"

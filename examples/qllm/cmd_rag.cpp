@@ -122,6 +122,11 @@ int rag_ask(int argc, char** argv) {
   bool have = false, show_prompt = false;
   // the answer never shifts the passages out of the window: it stops when the window is full
   o.sp.context_shift = false;
+  // answers copy from their passages (and small models from themselves): speculation by prompt
+  // lookup is on unless --spec says otherwise (docs/performance.md has what it gained)
+  o.spec = "lookup";
+  o.gp.draft_tokens = o.draft_tokens;
+  o.gp.spec = speculation::lookup;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     // before the shared flags: --top-k there is the sampler's
@@ -146,7 +151,8 @@ int rag_ask(int argc, char** argv) {
                   "  --show-prompt               print the prompt given to the model on stderr\n"
                   "  -p TEXT | -f FILE           the question (or as the last argument)\n"
                   "(-n defaults to 128 here, all of it kept free in the window, and the answer stops when the\n"
-                  "window is full rather than shift the passages out. Chunk sizes were counted with the\n"
+                  "window is full rather than shift the passages out. --spec defaults to lookup here: the same\n"
+                  "answer, drafts copied from the passages and the answer so far. Chunk sizes were counted with the\n"
                   "tokenizer given to rag index: index with the model you ask with.)\n%s",
                   usage, kTextFlags);
       return 0;
