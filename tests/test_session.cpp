@@ -953,6 +953,27 @@ TEST_CASE("speculation: stop strings, a cancelling callback and sampling behave 
   const temp_model bare("bare", no_vocab);
   CHECK_THROWS_WITH_AS(s.set_draft(bare.m), doctest::Contains("it has no vocabulary"), error);
   CHECK(s.draft_model() == nullptr);
+  // a draft model trained on a shorter context runs in the session's window
+  {
+    random_model_spec long_spec, short_spec;
+    long_spec.n_ctx = 400;
+    short_spec.n_ctx = 32;
+    const temp_model long_ctx("long_ctx", long_spec), short_ctx("short_ctx", short_spec);
+    session_params lp;
+    lp.ctx.n_ctx = 0;  // the model's training context: 400
+    lp.sampling.temperature = 0;
+    session a(long_ctx.m, lp), b(long_ctx.m, lp);
+    b.set_draft(short_ctx.m);
+    generate_params g;
+    g.max_tokens = 40;
+    g.stop_at_eos = false;
+    const auto want = a.generate(some_tokens(120, 2), g);
+    g.draft_tokens = 4;
+    g.spec = speculation::draft_model;
+    const auto got = b.generate(some_tokens(120, 2), g);
+    CHECK(got.tokens == want.tokens);
+    CHECK(got.spec.drafted > 0);
+  }
   s.set_draft(tiny_other().m);
   CHECK(s.draft_model() == tiny_other().m.get());
   s.set_draft(nullptr);

@@ -84,7 +84,9 @@ void session::set_draft(std::shared_ptr<const model> draft) {
     for (int32_t i = 0; i < a->n_vocab(); ++i)
       if (a->piece(i) != b->piece(i)) differ("token " + std::to_string(i) + " is '" + b->piece(i) + "', not '" + a->piece(i) + "'");
   }
-  auto ctx = std::make_unique<context>(draft, p_.ctx);
+  context_params dp = p_.ctx;
+  dp.n_ctx = ctx_.n_ctx();  // the session's window, not the draft model's training context
+  auto ctx = std::make_unique<context>(draft, dp);
   ctx->set_abort_flag(&cancel_);
   sampler_params sp = p_.sampling;
   sp.seed ^= 0x9e3779b97f4a7c15ull;  // its own random stream (set_sampling does the same)
