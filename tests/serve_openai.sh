@@ -154,9 +154,13 @@ PY
 expect 400 "speculation by a draft model" -H "$auth" -H "$json" \
   -d '{"prompt":"In the beginning","max_tokens":4,"speculation":"draft"}' "$base/v1/completions"
 grep -q 'no draft model' "$dir/body" || fail "speculation draft: $(cat "$dir/body")"
-expect 400 "draft_tokens 0" -H "$auth" -H "$json" \
+expect 400 "lookup with draft_tokens 0" -H "$auth" -H "$json" \
   -d '{"prompt":"In the beginning","max_tokens":4,"speculation":"lookup","draft_tokens":0}' "$base/v1/completions"
-expect_error_body "draft_tokens 0"
+expect_error_body "lookup with draft_tokens 0"
+# draft_tokens alone asks for lookup
+expect 200 "draft_tokens alone" -H "$auth" -H "$json" \
+  -d "{\"prompt\":\"$quote\",\"max_tokens\":40,\"temperature\":0,\"draft_tokens\":6}" "$base/v1/completions"
+grep -q 'accepted_prediction_tokens' "$dir/body" || fail "draft_tokens alone: no speculation: $(cat "$dir/body")"
 
 # /metrics: the request counter; once every response is complete, no slot is busy
 expect 200 "/metrics" "$base/metrics"

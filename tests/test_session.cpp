@@ -974,6 +974,50 @@ TEST_CASE("speculation: stop strings, a cancelling callback and sampling behave 
     CHECK(got.tokens == want.tokens);
     CHECK(got.spec.drafted > 0);
   }
+  // a draft model whose logits are not finite (an output matrix of 1e38) drafts nothing, and the
+  // generation goes on with the model's own tokens
+  {
+    random_model_spec fs;
+    fs.type = ggml_type::f32;
+    fs.seed = 3;
+    const std::string path = "/tmp/qllm_test_session_" + std::to_string(getpid()) + "_nan.gguf";
+    write_random_model(path, fs);
+    std::vector<uint8_t> bytes;
+    {
+      std::FILE* in = std::fopen(path.c_str(), "rb");
+      REQUIRE(in);
+      int c;
+      while ((c = std::fgetc(in)) != EOF) bytes.push_back(uint8_t(c));
+      std::fclose(in);
+    }
+    {
+      const auto f = gguf::file::from_memory(bytes.data(), bytes.size());
+      const auto* t = f.find_tensor("output.weight");
+      REQUIRE(t);
+      REQUIRE(t->type == ggml_type::f32);
+      float* w = reinterpret_cast<float*>(bytes.data() + (f.tensor_data(*t) - bytes.data()));
+      for (uint64_t i = 0; i < t->bytes / 4; ++i) w[i] = i % 2 ? 1e38f : -1e38f;
+    }
+    {
+      std::FILE* out = std::fopen(path.c_str(), "wb");
+      REQUIRE(out);
+      REQUIRE(std::fwrite(bytes.data(), 1, bytes.size(), out) == bytes.size());
+      std::fclose(out);
+    }
+    const auto bad_draft = model::load(path);
+    std::remove(path.c_str());
+    session a(tiny().m, p), b(tiny().m, p);
+    b.set_draft(bad_draft);
+    generate_params g;
+    g.max_tokens = 30;
+    g.stop_at_eos = false;
+    const auto want = a.generate(prompt, g);
+    g.draft_tokens = 4;
+    g.spec = speculation::draft_model;
+    const auto got = b.generate(prompt, g);
+    CHECK(got.tokens == want.tokens);
+    CHECK(got.spec.drafted == 0);
+  }
   s.set_draft(tiny_other().m);
   CHECK(s.draft_model() == tiny_other().m.get());
   s.set_draft(nullptr);

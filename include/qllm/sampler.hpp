@@ -37,8 +37,8 @@ class sampler {
   // distribution sample() would draw from for `logits`. Keeps x with probability
   // min(1, p(x) / q(x)); otherwise draws from max(0, p - q) renormalised. The token returned is
   // distributed exactly as sample()'s, whatever q is; it is recorded for the penalties.
-  // last_candidates() is p afterwards. Errors as sample(), and errc::invalid_argument when q
-  // does not give x a probability above 0.
+  // last_candidates() is p afterwards. A draft q gives no probability is rejected. Errors as
+  // sample(), and errc::invalid_argument for a token of q outside the vocabulary.
   int32_t sample_draft(std::span<const float> logits, int32_t x, std::span<const std::pair<int32_t, float>> q);
   // Records a token that was not sampled (e.g. the prompt) for the penalties.
   void accept(int32_t token);

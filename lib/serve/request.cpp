@@ -150,11 +150,14 @@ void parse_common(const json& body, const model& m, gen_settings& g, int64_t def
   r.n_keep = get_int(body, "n_keep", 0, int64_t(1) << 30, 1);
   // speculation by prompt lookup (qllm's own fields): "speculation": "lookup" | "off", and
   // "draft_tokens"; a request that names neither gets the server's setting
-  const std::string spec = get_string(body, "speculation", default_draft_tokens > 0 ? "lookup" : "off");
+  // "draft_tokens" alone: N > 0 asks for lookup, 0 turns it off
+  const int64_t k = get_int(body, "draft_tokens", 0, 64, -1);
+  const std::string spec =
+      get_string(body, "speculation", k > 0 ? "lookup" : k == 0 ? "off" : default_draft_tokens > 0 ? "lookup" : "off");
   if (spec != "lookup" && spec != "off")
     bad_request("'speculation' must be \"lookup\" or \"off\" (this server has no draft model)", "speculation");
-  const int64_t k = get_int(body, "draft_tokens", 1, 64, default_draft_tokens > 0 ? default_draft_tokens : 8);
-  r.gen.draft_tokens = spec == "lookup" ? int32_t(k) : 0;
+  if (spec == "lookup" && k == 0) bad_request("'draft_tokens' must be in [1, 64] with speculation lookup", "draft_tokens");
+  r.gen.draft_tokens = spec != "lookup" ? 0 : k > 0 ? int32_t(k) : default_draft_tokens > 0 ? default_draft_tokens : 8;
 }
 
 json fit_report(const prompt_fit& f, context_policy p) {

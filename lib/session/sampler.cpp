@@ -142,7 +142,13 @@ double sampler::uniform() { return double(rng_() >> 11) * (1.0 / 900719925474099
 int32_t sampler::draw(std::span<const std::pair<int32_t, float>> dist, double total) {
   const double u = uniform() * total;
   double cum = 0;
+  // u past the rounded sum: the last token with a weight (not one that underflowed to 0)
   int32_t token = dist.back().first;
+  for (auto it = dist.rbegin(); it != dist.rend(); ++it)
+    if (it->second > 0) {
+      token = it->first;
+      break;
+    }
   for (const auto& c : dist) {
     cum += c.second;
     if (u < cum) {
@@ -169,13 +175,13 @@ int32_t sampler::sample_draft(std::span<const float> logits, int32_t x, std::spa
     if (t < 0 || std::size_t(t) >= n) bad("draft distribution names token " + std::to_string(t) + " outside the vocabulary");
     if (t == x) qx = v;
   }
-  if (!(qx > 0)) bad("the draft token has no probability in its distribution");
   double px = 0;
   for (const auto& [t, v] : kept_)
     if (t == x) px = v;
   int32_t token = x;
-  // keep x with probability min(1, p(x) / q(x)) (no draw when p(x) >= q(x))
-  if (px < qx && !(uniform() * qx < px)) {
+  // keep x with probability min(1, p(x) / q(x)) (no draw when p(x) >= q(x)); a draft q gives no
+  // probability (drawn by a rounding fallback) is rejected
+  if (!(qx > 0) || (px < qx && !(uniform() * qx < px))) {
     // rejected: draw from max(0, p - q), which is zero outside p's support and at x
     q_.resize(n, 0.0f);
     for (const auto& [t, v] : q) q_[std::size_t(t)] = v;

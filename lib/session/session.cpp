@@ -99,6 +99,7 @@ void session::set_draft(std::shared_ptr<const model> draft) {
 std::vector<int32_t> session::draft_from_model(int k, std::vector<std::vector<std::pair<int32_t, float>>>* q) {
   // the draft cache keeps what it shares with history_ and evaluates the rest (at least the last
   // token, whose logits start the draft)
+  if (!draft_ctx_) return {};  // removed during the call (a callback breaking the thread rule)
   const std::vector<int32_t>& seq = history_;
   std::size_t c = 0;
   while (c < draft_history_.size() && c < seq.size() && draft_history_[c] == seq[c]) ++c;
@@ -114,7 +115,14 @@ std::vector<int32_t> session::draft_from_model(int k, std::vector<std::vector<st
     draft_smp_->clear_history();  // the same penalty window as the model's for this position
     for (std::size_t j = draft_history_.size() - std::min(window, draft_history_.size()); j < draft_history_.size(); ++j)
       draft_smp_->accept(draft_history_[j]);
-    const int32_t x = draft_smp_->sample(logits);
+    int32_t x;
+    try {
+      x = draft_smp_->sample(logits);
+    } catch (const error& e) {
+      // a draft model whose logits are not finite drafts nothing; the model's own tokens go on
+      if (e.code() != errc::invalid_argument) throw;
+      break;
+    }
     if (tk && x == tk->eos()) break;  // a draft past the end is never used
     d.push_back(x);
     if (q) {
