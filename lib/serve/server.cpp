@@ -1,43 +1,24 @@
-// qllm serve: HTTP (cpp-httplib) and JSON (nlohmann) over qllm::engine.
+// qllm serve: HTTP (cpp-httplib) and JSON (nlohmann) over qllm::engine: setup, routing, shutdown,
+// authentication, /v1/embeddings, /v1/models, /health and /metrics. The completion endpoints are in
+// completion.cpp.
 //
-// Each HTTP request runs on one of httplib's pool threads. A completion is submitted to the
-// engine, whose thread pushes the generated text into the request's channel; the HTTP thread
-// waits on that channel (non-streamed) or writes it out as server-sent events (streamed), and
-// cancels the engine request when the client goes away or the request's time is up.
+// Each HTTP request runs on one of httplib's pool threads.
 #include "serve/server.hpp"
 
-#include "serve/connection.hpp"
-#include "serve/http_util.hpp"
-#include "serve/request.hpp"
+#include "serve/server_impl.hpp"
 
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <cerrno>
-#include <ctime>
 #include <chrono>
-#include <cmath>
-#include <condition_variable>
 #include <cstdio>
-#include <cstring>
-#include <deque>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -51,68 +32,9 @@
 #include "qllm/model.hpp"
 #include "qllm/session.hpp"
 #include "qllm/tokenizer.hpp"
-#include "qllm/version.hpp"
 
 namespace qllm::serve {
-
-using json = nlohmann::json;
-using clock = std::chrono::steady_clock;
-
-namespace {
-
-// What the engine's thread hands the HTTP thread of one request.
-struct channel {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<std::string> pieces;  // streamed text not yet written
-  bool done = false;
-  engine_result result;
-  clock::time_point last_token;
-  bool any_token = false;
-  bool abandoned = false;  // a stream whose client left: the result, when it comes, is counted as 499
-  bool accounted = false;  // the request's tokens and status are in the metrics (exactly once)
-};
-
-// Counts a request as in flight from its start until its response is written (streams: until
-// httplib releases the content provider).
-struct in_flight_guard {
-  std::atomic<int64_t>& n;
-  explicit in_flight_guard(std::atomic<int64_t>& c) : n(c) { ++n; }
-  ~in_flight_guard() { --n; }
-  in_flight_guard(const in_flight_guard&) = delete;
-  in_flight_guard& operator=(const in_flight_guard&) = delete;
-};
-
-class server {
- public:
-  explicit server(const options& o) : o_(o) {}
-  int run();
-
- private:
-  void route();
-  bool authorized(const httplib::Request& req) const;
-  void completion(const std::string& req_body, httplib::Response& res, bool chat);
-  void embeddings(const std::string& req_body, httplib::Response& res);
-  void answer(httplib::Response& res, int status, const json& body);
-  void fail(httplib::Response& res, const http_error& e);
-  std::string metrics_text();
-
-  options o_;
-  std::shared_ptr<const model> model_;
-  const tokenizer* tok_ = nullptr;
-  std::unique_ptr<engine> engine_;
-  std::unique_ptr<context> embed_ctx_;
-  std::mutex embed_mu_;
-  std::string key_;
-  std::string name_;
-  guarded_server http_{o_.max_body};
-  metrics met_;
-  std::atomic<bool> draining_{false};
-  std::atomic<uint64_t> next_id_{1};
-  std::atomic<uint64_t> prompt_tokens_{0}, generated_tokens_{0};
-  std::atomic<int64_t> in_flight_{0};
-  std::time_t started_ = std::time(nullptr);
-};
+namespace detail {
 
 void server::answer(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -121,7 +43,7 @@ void server::answer(httplib::Response& res, int status, const json& body) {
 }
 
 // /health and /metrics: not counted in qllm_requests_total (load balancers and scrapers poll them)
-void answer_uncounted(httplib::Response& res, int status, const json& body) {
+static void answer_uncounted(httplib::Response& res, int status, const json& body) {
   res.status = status;
   res.set_content(dump(body), "application/json");
 }
@@ -147,341 +69,6 @@ bool server::authorized(const httplib::Request& req) const {
     diff |= unsigned(g ^ static_cast<unsigned char>(key_[i]));
   }
   return diff == 0;
-}
-
-void server::completion(const std::string& req_body, httplib::Response& res, bool chat) {
-  const auto t_start = clock::now();
-  auto flight = std::make_shared<in_flight_guard>(in_flight_);
-  if (draining_) throw http_error{503, "the server is shutting down", "server_error", "shutting_down", ""};
-  json body = json::parse(req_body, nullptr, false);
-  if (body.is_discarded()) bad_request("the body is not valid JSON");
-  if (!body.is_object()) bad_request("the body must be a JSON object");
-  gen_settings g;
-  std::vector<int32_t> prompt;
-  if (chat) {
-    check_fields(body, {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
-                        "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty", "penalty_last_n", "seed",
-                        "stop", "logit_bias", "n", "stream", "context_policy", "n_keep", "speculation", "draft_tokens"});
-    parse_common(body, *model_, g, -1, o_.draft_tokens);
-    auto it = body.find("messages");
-    if (it == body.end() || !it->is_array() || it->empty())
-      bad_request("'messages' must be a non-empty array", "messages");
-    std::vector<chat_message> dialog;
-    for (const auto& msg : *it) {
-      if (!msg.is_object()) bad_request("each message must be an object with 'role' and 'content'", "messages");
-      const auto role = msg.find("role");
-      const auto content = msg.find("content");
-      if (role == msg.end() || !role->is_string()) bad_request("a message has no 'role' string", "messages");
-      if (content == msg.end()) bad_request("a message has no 'content'", "messages");
-      std::string text;
-      if (content->is_string()) {
-        text = content->get<std::string>();
-      } else if (content->is_array()) {  // content parts: text only
-        for (const auto& part : *content) {
-          if (!part.is_object() || !part.contains("type") || !part["type"].is_string() || part["type"] != "text" ||
-              !part.contains("text") || !part["text"].is_string())
-            bad_request("only text content parts are supported", "messages");
-          text += part["text"].get<std::string>();
-        }
-      } else {
-        bad_request("'content' must be a string", "messages");
-      }
-      dialog.push_back({role->get<std::string>(), std::move(text)});
-    }
-    if (!dialog.empty() && dialog.front().role == "system") g.req.n_keep = std::max<int64_t>(g.req.n_keep, 1);
-    try {
-      prompt = chat_tokens(*tok_, dialog);
-      if (!dialog.empty() && dialog.front().role == "system" && !body.contains("n_keep"))
-        g.req.n_keep = chat_system_tokens(*tok_, dialog.front().content);
-    } catch (const error& e) {
-      bad_request(e.what(), "messages");
-    }
-  } else {
-    check_fields(body, {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
-                        "frequency_penalty", "repeat_penalty", "penalty_last_n", "seed", "stop", "logit_bias", "n",
-                        "stream", "context_policy", "n_keep", "speculation", "draft_tokens"});
-    parse_common(body, *model_, g, 16, o_.draft_tokens);
-    auto it = body.find("prompt");
-    if (it == body.end()) bad_request("'prompt' is required", "prompt");
-    std::string text;
-    if (it->is_string()) {
-      text = it->get<std::string>();
-    } else if (it->is_array() && it->size() == 1 && (*it)[0].is_string()) {
-      text = (*it)[0].get<std::string>();
-    } else if (it->is_array() && !it->empty() && (*it)[0].is_number_integer()) {
-      for (const auto& x : *it) {  // token ids
-        if (!x.is_number_integer()) bad_request("'prompt' token arrays must hold integers only", "prompt");
-        const int64_t id = x.get<int64_t>();
-        if (id < 0 || id >= model_->config().n_vocab)
-          bad_request("'prompt' token " + std::to_string(id) + " is outside the vocabulary", "prompt");
-        prompt.push_back(int32_t(id));
-      }
-    } else {
-      bad_request("'prompt' must be a string (or an array of one string, or of token ids)", "prompt");
-    }
-    if (prompt.empty()) {
-      try {
-        prompt = tok_->encode(text, tok_->add_bos());
-      } catch (const error& e) {
-        bad_request(e.what(), "prompt");
-      }
-    }
-  }
-  if (auto it = body.find("model"); it != body.end() && !it->is_null() && !it->is_string())
-    bad_request("'model' must be a string", "model");
-  // an operator's limit (--max-prompt-tokens); the window itself is the engine's fit, whose
-  // message is qllm run's
-  const int64_t limit = o_.max_prompt_tokens;
-  if (limit > 0 && int64_t(prompt.size()) > limit)
-    throw http_error{400,
-                     "the prompt has " + std::to_string(prompt.size()) + " tokens, " +
-                         std::to_string(int64_t(prompt.size()) - limit) + " too many for this server's limit of " +
-                         std::to_string(limit),
-                     "invalid_request_error", "context_length_exceeded", chat ? "messages" : "prompt"};
-  if (g.req.gen.max_tokens >= engine_->n_ctx())
-    bad_request("'max_tokens' " + std::to_string(g.req.gen.max_tokens) + " leaves no room for a prompt in the window of " +
-                    std::to_string(engine_->n_ctx()) + " tokens",
-                "max_tokens");
-
-  const int sock = current_conn() ? current_conn()->socket() : -1;
-  auto ch = std::make_shared<channel>();
-  const bool strip_space = chat;  // the answer's first piece carries the template's space
-  auto first_piece = std::make_shared<bool>(true);
-  metrics* met = &met_;
-  g.req.on_token = [ch, strip_space, first_piece, met](std::string_view text, int32_t tok) {
-    const auto now = clock::now();
-    std::string piece(text);
-    if (strip_space && *first_piece && !piece.empty()) {
-      if (piece[0] == ' ') piece.erase(0, 1);
-      *first_piece = false;
-    }
-    std::lock_guard<std::mutex> lk(ch->mu);
-    if (tok >= 0) {
-      if (ch->any_token) met->itl.observe(std::chrono::duration<double>(now - ch->last_token).count());
-      ch->any_token = true;
-      ch->last_token = now;
-    }
-    if (!piece.empty()) ch->pieces.push_back(std::move(piece));
-    ch->cv.notify_all();
-    return true;
-  };
-  auto on_finished = [this, t_start](const engine_result& r) {
-    prompt_tokens_ += uint64_t(std::max<int64_t>(0, r.gen.timings.n_prompt));
-    generated_tokens_ += uint64_t(r.gen.tokens.size());
-    if (r.first_token_seconds > 0) met_.ttft.observe(r.first_token_seconds);
-    met_.duration.observe(std::chrono::duration<double>(clock::now() - t_start).count());
-  };
-  // a stream whose client left before its end: its tokens count, and it counts as 499
-  auto on_abandoned = [this, on_finished](const engine_result& r) {
-    on_finished(r);
-    met_.count(499);
-  };
-  g.req.on_done = [ch, on_abandoned](const engine_result& r) {
-    bool account = false;
-    {
-      std::lock_guard<std::mutex> lk(ch->mu);
-      ch->result = r;
-      ch->done = true;
-      account = ch->abandoned && !ch->accounted;
-      if (account) ch->accounted = true;
-      ch->cv.notify_all();
-    }
-    if (account) on_abandoned(r);
-  };
-  const context_policy policy = g.req.policy;
-  const int64_t n_prompt_given = int64_t(prompt.size());
-  g.req.prompt = std::move(prompt);
-  engine::submitted sub;
-  try {
-    sub = engine_->submit(std::move(g.req));
-  } catch (const error& e) {
-    switch (e.code()) {
-      case errc::context_overflow:
-        throw http_error{400, e.what(), "invalid_request_error", "context_length_exceeded", chat ? "messages" : "prompt"};
-      case errc::busy:
-        if (draining_) throw http_error{503, e.what(), "server_error", "shutting_down", ""};
-        throw http_error{429, std::string(e.what()) + "; retry later", "rate_limit_error", "overloaded", ""};
-      case errc::invalid_argument:
-      case errc::unsupported: bad_request(e.what());
-      default: throw;
-    }
-  }
-  const int64_t n_prompt = n_prompt_given - sub.fit.n_dropped;
-  const uint64_t id = sub.id;
-  const std::string rid = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
-  const std::time_t created = std::time(nullptr);
-  const json qllm_ext = fit_report(sub.fit, policy);
-  const auto deadline = t_start + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(o_.request_timeout));
-  engine* eng = engine_.get();
-  const bool speculating = g.req.gen.draft_tokens > 0;
-  auto usage = [n_prompt, speculating](const engine_result& r) {
-    const int64_t c = int64_t(r.gen.tokens.size());
-    json u{{"prompt_tokens", n_prompt}, {"completion_tokens", c}, {"total_tokens", n_prompt + c}};
-    if (speculating)  // OpenAI's fields for predicted tokens: the drafts kept and rejected
-      u["completion_tokens_details"] = {{"accepted_prediction_tokens", r.gen.spec.accepted},
-                                        {"rejected_prediction_tokens", r.gen.spec.drafted - r.gen.spec.accepted}};
-    return u;
-  };
-
-  if (!g.stream) {
-    engine_result r;
-    bool timed_out = false, gone = false;
-    {
-      std::unique_lock<std::mutex> lk(ch->mu);
-      while (!ch->done) {
-        ch->cv.wait_for(lk, std::chrono::milliseconds(100));
-        if (ch->done) break;
-        if (!gone && !timed_out) {
-          lk.unlock();
-          if (client_gone(sock)) gone = true;
-          else if (clock::now() > deadline) timed_out = true;
-          if (gone || timed_out) eng->cancel(id);
-          lk.lock();
-        }
-      }
-      r = ch->result;
-    }
-    on_finished(r);
-    if (gone) {
-      met_.count(499);  // the client closed the connection; nothing reaches it
-      res.status = 499;
-      res.set_content("{}", "application/json");
-      return;
-    }
-    if (timed_out) throw http_error{504, "the request took longer than the server's limit", "server_error", "timeout", ""};
-    if (!r.error.empty()) throw http_error{500, r.error, "server_error", "", ""};
-    if (r.gen.finish == finish_reason::cancelled)  // only a shutdown cancels what the caller did not
-      throw http_error{503, "the server is shutting down; the request was stopped", "server_error", "shutting_down", ""};
-    std::string text = r.gen.text;
-    if (chat && !text.empty() && text[0] == ' ') text.erase(0, 1);
-    json choice = {{"index", 0}, {"finish_reason", finish_name(r.gen.finish)}};
-    if (chat) {
-      choice["message"] = {{"role", "assistant"}, {"content", text}};
-    } else {
-      choice["text"] = text;
-      choice["logprobs"] = nullptr;
-    }
-    answer(res, 200,
-           json{{"id", rid}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
-                {"model", name_}, {"choices", json::array({choice})}, {"usage", usage(r)}, {"qllm", qllm_ext}});
-    return;
-  }
-
-  // streamed: server-sent events, written by httplib's thread as the engine produces them; counted
-  // when it ends (200, or 499 when the client leaves first)
-  res.status = 200;
-  res.set_header("Cache-Control", "no-cache");
-  res.set_header("X-Accel-Buffering", "no");  // nginx: pass events through at once
-  const std::string object = chat ? "chat.completion.chunk" : "text_completion";
-  const std::string name = name_;
-  const bool include_usage = g.include_usage;
-  auto state = std::make_shared<int>(0);  // 0: nothing sent, 1: role sent, 2: finished
-  auto late = std::make_shared<bool>(false);  // past --timeout: cancelled, the stream to be ended
-  auto chunk = [rid, object, created, name, chat](const std::string& text, const json& finish) {
-    json choice = {{"index", 0}, {"finish_reason", finish}};
-    if (chat)
-      choice["delta"] = text.empty() && finish.is_null() ? json{{"role", "assistant"}, {"content", ""}}
-                                                          : (finish.is_null() ? json{{"content", text}} : json::object());
-    else {
-      choice["text"] = text;
-      choice["logprobs"] = nullptr;
-    }
-    return json{{"id", rid}, {"object", object}, {"created", created}, {"model", name}, {"choices", json::array({choice})}};
-  };
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [this, ch, state, late, chunk, deadline, eng, id, chat, qllm_ext, include_usage, usage, on_finished, sock](
-          std::size_t, httplib::DataSink& sink) {
-        auto send = [&](const json& j) {
-          const std::string ev = "data: " + dump(j) + "\n\n";
-          return sink.write(ev.data(), ev.size());
-        };
-        if (*state == 0) {
-          json first = chunk("", nullptr);
-          first["qllm"] = qllm_ext;
-          if (!chat) first["choices"][0]["text"] = "";
-          *state = 1;
-          if (!send(first)) {
-            eng->cancel(id);
-            return false;
-          }
-        }
-        std::deque<std::string> pieces;
-        bool done = false;
-        engine_result r;
-        {
-          std::unique_lock<std::mutex> lk(ch->mu);
-          if (ch->pieces.empty() && !ch->done) ch->cv.wait_for(lk, std::chrono::milliseconds(100));
-          pieces.swap(ch->pieces);
-          done = ch->done;
-          if (done) r = ch->result;
-        }
-        for (const auto& p : pieces) {
-          if (!send(chunk(p, nullptr))) {
-            eng->cancel(id);
-            return false;
-          }
-        }
-        if (!done) {
-          if (client_gone(sock)) {
-            eng->cancel(id);
-            return false;
-          }
-          if (!*late && clock::now() > deadline) {  // stop it, then end the stream properly
-            *late = true;
-            eng->cancel(id);
-          }
-          return true;
-        }
-        bool account;
-        {
-          std::lock_guard<std::mutex> lk(ch->mu);
-          account = !ch->accounted;
-          ch->accounted = true;
-        }
-        if (account) {
-          on_finished(r);
-          met_.count(200);
-        }
-        *state = 2;
-        if (!r.error.empty() || r.gen.finish == finish_reason::cancelled) {
-          const std::string msg = !r.error.empty() ? r.error
-                                  : *late         ? "the request took longer than the server's limit"
-                                                  : "the server is shutting down; the request was stopped";
-          if (!send(json{{"error", {{"message", msg}, {"type", "server_error"}}}})) return false;
-        } else {
-          json last = chunk("", finish_name(r.gen.finish));
-          if (chat) last["choices"][0]["delta"] = json::object();
-          if (!send(last)) return false;
-          if (include_usage) {  // as OpenAI: one last chunk with no choices, only when asked for
-            json u = chunk("", nullptr);
-            u["choices"] = json::array();
-            u["usage"] = usage(r);
-            if (!send(u)) return false;
-          }
-        }
-        static const char kDone[] = "data: [DONE]\n\n";
-        if (!sink.write(kDone, sizeof(kDone) - 1)) return false;
-        sink.done();
-        return true;
-      },
-      [ch, eng, id, flight, on_abandoned](bool success) {
-        if (success) return;
-        // the client went away before the end: what was generated is counted once the engine
-        // hands back the result (now, if it already has)
-        bool account = false;
-        engine_result r;
-        {
-          std::lock_guard<std::mutex> lk(ch->mu);
-          ch->abandoned = true;
-          if (ch->done && !ch->accounted) {
-            ch->accounted = account = true;
-            r = ch->result;
-          }
-        }
-        if (account) on_abandoned(r);
-        eng->cancel(id);
-      });
 }
 
 void server::embeddings(const std::string& req_body, httplib::Response& res) {
@@ -792,10 +379,10 @@ int server::run() {
   return 0;
 }
 
-}  // namespace
+}  // namespace detail
 
 int run(const options& o) {
-  server s(o);
+  detail::server s(o);
   return s.run();
 }
 
