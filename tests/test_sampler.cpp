@@ -138,6 +138,19 @@ TEST_CASE("repetition, frequency and presence penalties change the logits as doc
   w.accept(0);
   w.accept(2);
   CHECK(w.sample(l) == 0);
+  // set_window: the window is the sequence's end, whatever was accepted before
+  p.penalty_last_n = 3;
+  sampler sw(p);
+  for (int32_t t : {7, 8, 9, 10}) sw.accept(t);
+  const std::vector<int32_t> seq = {0, 1, 2, 0, 4};
+  sw.set_window(seq);
+  CHECK(std::vector<int32_t>(sw.window().begin(), sw.window().end()) == std::vector<int32_t>{2, 0, 4});
+  CHECK(sw.sample(l) == 1);  // 0 is in the window: 3 / 2 = 1.5 < 2
+  sw.set_window(std::span<const int32_t>(seq.data(), 2));  // shorter than the window
+  CHECK(std::vector<int32_t>(sw.window().begin(), sw.window().end()) == std::vector<int32_t>{0, 1});
+  sw.set_window({});
+  CHECK(sw.window().empty());
+  CHECK(sw.sample(l) == 0);
 }
 
 TEST_CASE("the same seed gives the same tokens, another seed other tokens") {

@@ -44,6 +44,9 @@ class sampler {
   void accept(int32_t token);
   void reset();  // forget the history and reseed
   void clear_history();  // forget the penalty window only (the random stream goes on)
+  // The penalty window becomes the end of `seq` (its last penalty_last_n tokens), as if only they
+  // had been accepted; the random stream goes on.
+  void set_window(std::span<const int32_t> seq);
 
   // The probabilities the last sample drew from: (token, p) pairs after every filter, p summing
   // to 1, highest first (greedy: one pair). For tests and diagnostics.

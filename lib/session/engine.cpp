@@ -448,10 +448,7 @@ int32_t engine::sample_from(slot& s, std::span<const float> logits, const tokeni
   engine_result& r = s.r;
   try {
     // the penalty window is the end of the sequence in the cache, as in session::sample
-    s.smp->clear_history();
-    const int32_t last_n = std::max(0, s.p->req.sampling.penalty_last_n);
-    const std::size_t n = std::min(s.history.size(), std::size_t(last_n));
-    for (std::size_t j = s.history.size() - n; j < s.history.size(); ++j) s.smp->accept(s.history[j]);
+    s.smp->set_window(s.history);
     const int32_t id = s.smp->sample(logits);
     ++r.gen.timings.n_generated;
     if (r.gen.timings.n_generated == 1) r.first_token_seconds = seconds(s.p->submitted, clock::now());

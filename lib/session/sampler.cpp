@@ -39,6 +39,12 @@ void sampler::clear_history() {
   history_pos_ = 0;
 }
 
+void sampler::set_window(std::span<const int32_t> seq) {
+  clear_history();
+  const std::size_t n = std::min(seq.size(), std::size_t(p_.penalty_last_n));
+  for (std::size_t i = seq.size() - n; i < seq.size(); ++i) accept(seq[i]);
+}
+
 void sampler::accept(int32_t token) {
   if (p_.penalty_last_n == 0) return;
   if (history_.size() < std::size_t(p_.penalty_last_n)) {

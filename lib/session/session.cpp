@@ -64,6 +64,12 @@ session::session(std::shared_ptr<const model> m, const session_params& p)
 
 session::~session() = default;
 
+// The draft model's sampler: the session's settings with a random stream of its own.
+static sampler_params draft_sampling(sampler_params p) {
+  p.seed ^= 0x9e3779b97f4a7c15ull;
+  return p;
+}
+
 void session::set_draft(std::shared_ptr<const model> draft) {
   if (!draft) {
     draft_ctx_.reset();
@@ -88,9 +94,7 @@ void session::set_draft(std::shared_ptr<const model> draft) {
   dp.n_ctx = ctx_.n_ctx();  // the session's window, not the draft model's training context
   auto ctx = std::make_unique<context>(draft, dp);
   ctx->set_abort_flag(&cancel_);
-  sampler_params sp = p_.sampling;
-  sp.seed ^= 0x9e3779b97f4a7c15ull;  // its own random stream (set_sampling does the same)
-  draft_smp_ = std::make_unique<sampler>(sp);
+  draft_smp_ = std::make_unique<sampler>(draft_sampling(p_.sampling));
   draft_ctx_ = std::move(ctx);
   draft_model_ = std::move(draft);
   draft_history_.clear();
@@ -109,12 +113,9 @@ std::vector<int32_t> session::draft_from_model(int k, std::vector<std::vector<st
   std::span<const float> logits = draft_ctx_->eval(std::span(seq).subspan(c));
   draft_history_.insert(draft_history_.end(), seq.begin() + std::ptrdiff_t(c), seq.end());
   const tokenizer* tk = model_->get_tokenizer();
-  const std::size_t window = std::size_t(std::max(0, p_.sampling.penalty_last_n));
   std::vector<int32_t> d;
   for (int i = 0; i < k; ++i) {
-    draft_smp_->clear_history();  // the same penalty window as the model's for this position
-    for (std::size_t j = draft_history_.size() - std::min(window, draft_history_.size()); j < draft_history_.size(); ++j)
-      draft_smp_->accept(draft_history_[j]);
+    draft_smp_->set_window(draft_history_);  // the same penalty window as the model's for this position
     int32_t x;
     try {
       x = draft_smp_->sample(logits);
@@ -164,11 +165,7 @@ void session::set_sampling(const sampler_params& p) {
   sampler s(p);  // validates before anything changes
   smp_ = std::move(s);
   p_.sampling = p;
-  if (draft_smp_) {
-    sampler_params sp = p;
-    sp.seed ^= 0x9e3779b97f4a7c15ull;
-    *draft_smp_ = sampler(sp);
-  }
+  if (draft_smp_) *draft_smp_ = sampler(draft_sampling(p));
 }
 
 prompt_fit fit_prompt(std::vector<int32_t>& tokens, int64_t n_ctx, int64_t n_reserve, context_policy policy,
@@ -307,10 +304,7 @@ std::span<const float> session::append(std::span<const int32_t> tokens) {
 }
 
 void session::load_window() {
-  // the penalty window is the end of the sequence in the cache
-  smp_.clear_history();
-  const std::size_t n = std::min(history_.size(), std::size_t(std::max(0, p_.sampling.penalty_last_n)));
-  for (std::size_t i = history_.size() - n; i < history_.size(); ++i) smp_.accept(history_[i]);
+  smp_.set_window(history_);  // the penalty window is the end of the sequence in the cache
 }
 
 int32_t session::sample(std::span<const float> logits) {
