@@ -103,11 +103,10 @@ int main(int argc, char** argv) {
     w.set_u32("llama.rope.dimension_count", uint32_t(b.head_dim));
     w.set_f32("llama.attention.layer_norm_rms_epsilon", float(eps));
 
-    // `make` fills the padded f32 matrix [rows_out][row_out] from the source (or leaves zeros).
-    const auto add = [&](const std::string& name, ggml_type type, int64_t row_out, int64_t rows_out, auto make) {
-      const std::vector<int64_t> ne = rows_out > 1 || name.find("norm") == std::string::npos
-                                          ? std::vector<int64_t>{row_out, rows_out}
-                                          : std::vector<int64_t>{row_out};
+    // `make` fills the padded f32 tensor of shape ne ({row} for a vector, {row, rows} for a matrix)
+    // from the source (or leaves zeros).
+    const auto add = [&](const std::string& name, ggml_type type, std::vector<int64_t> ne, auto make) {
+      const int64_t row_out = ne[0], rows_out = ne.size() > 1 ? ne[1] : 1;
       w.add_tensor_fn(name, type, ne, [=, &in](uint8_t* dst, std::size_t) {
         std::vector<float> out(std::size_t(row_out * rows_out), 0.0f);
         make(in, out);
@@ -132,48 +131,48 @@ int main(int argc, char** argv) {
       };
     };
     const auto same = [](int64_t r) { return std::vector<int64_t>{r}; };
-    add("token_embd.weight", wtype, b.embd, n_vocab, corner("token_embd.weight", 1.0f, same, b.embd));
-    add("output_norm.weight", ggml_type::f32, b.embd, 1, corner("output_norm.weight", norm_scale, same, b.embd));
+    add("token_embd.weight", wtype, {b.embd, n_vocab}, corner("token_embd.weight", 1.0f, same, b.embd));
+    add("output_norm.weight", ggml_type::f32, {b.embd}, corner("output_norm.weight", norm_scale, same, b.embd));
     if (in.find_tensor("output.weight"))
-      add("output.weight", wtype, b.embd, n_vocab, corner("output.weight", 1.0f, same, b.embd));
+      add("output.weight", wtype, {b.embd, n_vocab}, corner("output.weight", 1.0f, same, b.embd));
     const int64_t group = s.heads / s.heads_kv;
     for (int64_t l = 0; l < b.layers; ++l) {
       const std::string p = "blk." + std::to_string(l) + ".";
       const auto zero = [](const qllm::gguf::file&, std::vector<float>&) {};
       const auto ones = [](const qllm::gguf::file&, std::vector<float>& o) { std::fill(o.begin(), o.end(), 1.0f); };
       if (l >= s.layers) {
-        add(p + "attn_norm.weight", ggml_type::f32, b.embd, 1, ones);
-        add(p + "ffn_norm.weight", ggml_type::f32, b.embd, 1, ones);
+        add(p + "attn_norm.weight", ggml_type::f32, {b.embd}, ones);
+        add(p + "ffn_norm.weight", ggml_type::f32, {b.embd}, ones);
         for (const char* m : {"attn_q", "attn_k", "attn_v", "attn_output"})
-          add(p + m + ".weight", wtype, b.embd, b.embd, zero);
-        add(p + "ffn_gate.weight", wtype, b.embd, b.ff, zero);
-        add(p + "ffn_up.weight", wtype, b.embd, b.ff, zero);
-        add(p + "ffn_down.weight", wtype, b.ff, b.embd, zero);
+          add(p + m + ".weight", wtype, {b.embd, b.embd}, zero);
+        add(p + "ffn_gate.weight", wtype, {b.embd, b.ff}, zero);
+        add(p + "ffn_up.weight", wtype, {b.embd, b.ff}, zero);
+        add(p + "ffn_down.weight", wtype, {b.ff, b.embd}, zero);
         continue;
       }
-      add(p + "attn_norm.weight", ggml_type::f32, b.embd, 1, corner(p + "attn_norm.weight", norm_scale, same, b.embd));
-      add(p + "ffn_norm.weight", ggml_type::f32, b.embd, 1, corner(p + "ffn_norm.weight", norm_scale, same, b.embd));
+      add(p + "attn_norm.weight", ggml_type::f32, {b.embd}, corner(p + "attn_norm.weight", norm_scale, same, b.embd));
+      add(p + "ffn_norm.weight", ggml_type::f32, {b.embd}, corner(p + "ffn_norm.weight", norm_scale, same, b.embd));
       const auto q_rows = [=](int64_t r) { return std::vector<int64_t>{head_row(r / hd, r % hd)}; };
       const auto kv_rows = [=](int64_t r) {  // kv head g -> every query head of its group
         std::vector<int64_t> o;
         for (int64_t h = (r / hd) * group; h < (r / hd + 1) * group; ++h) o.push_back(head_row(h, r % hd));
         return o;
       };
-      add(p + "attn_q.weight", wtype, b.embd, b.embd, corner(p + "attn_q.weight", q_scale, q_rows, b.embd));
-      add(p + "attn_k.weight", wtype, b.embd, b.embd, corner(p + "attn_k.weight", 1.0f, kv_rows, b.embd));
-      add(p + "attn_v.weight", wtype, b.embd, b.embd, corner(p + "attn_v.weight", 1.0f, kv_rows, b.embd));
+      add(p + "attn_q.weight", wtype, {b.embd, b.embd}, corner(p + "attn_q.weight", q_scale, q_rows, b.embd));
+      add(p + "attn_k.weight", wtype, {b.embd, b.embd}, corner(p + "attn_k.weight", 1.0f, kv_rows, b.embd));
+      add(p + "attn_v.weight", wtype, {b.embd, b.embd}, corner(p + "attn_v.weight", 1.0f, kv_rows, b.embd));
       {  // attn_output: its input columns are the heads' value dimensions
         const auto& t = src(p + "attn_output.weight");
-        add(p + "attn_output.weight", wtype, b.embd, b.embd, [=, &t](const qllm::gguf::file& f, std::vector<float>& out) {
+        add(p + "attn_output.weight", wtype, {b.embd, b.embd}, [=, &t](const qllm::gguf::file& f, std::vector<float>& out) {
           const auto x = read_f32(f, t);
           for (int64_t r = 0; r < s.embd; ++r)
             for (int64_t c = 0; c < s.embd; ++c)
               out[std::size_t(r * b.embd + head_row(c / hd, c % hd))] = x[std::size_t(r * s.embd + c)];
         });
       }
-      add(p + "ffn_gate.weight", wtype, b.embd, b.ff, corner(p + "ffn_gate.weight", 1.0f, same, b.embd));
-      add(p + "ffn_up.weight", wtype, b.embd, b.ff, corner(p + "ffn_up.weight", 1.0f, same, b.embd));
-      add(p + "ffn_down.weight", wtype, b.ff, b.embd, corner(p + "ffn_down.weight", 1.0f, same, b.ff));
+      add(p + "ffn_gate.weight", wtype, {b.embd, b.ff}, corner(p + "ffn_gate.weight", 1.0f, same, b.embd));
+      add(p + "ffn_up.weight", wtype, {b.embd, b.ff}, corner(p + "ffn_up.weight", 1.0f, same, b.embd));
+      add(p + "ffn_down.weight", wtype, {b.ff, b.embd}, corner(p + "ffn_down.weight", 1.0f, same, b.ff));
     }
     w.write(argv[2]);
   } catch (const std::exception& e) {
