@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "qllm/model.hpp"
+#include "qllm/grammar.hpp"
 #include "qllm/sampler.hpp"
 #include "qllm/tokenizer.hpp"
 
@@ -78,6 +79,14 @@ struct generate_params {
   // one certain token, for which that rule is: keep it when the token sampled is the draft.
   int32_t draft_tokens = 0;
   speculation spec = speculation::lookup;
+  // Constrained decoding: the generated text is a string of this grammar's language (or a prefix
+  // of one, when max_tokens, a stop string, a cancel or a full window ends it first). Tokens the
+  // grammar does not allow are masked before sampling, so the distribution is the model's
+  // renormalised over the allowed tokens; EOS is allowed only where the grammar may end, and the
+  // generation ends there when the model picks it (finish_reason::eos), or when nothing else fits.
+  // The grammar sees the generated text only, not the prompt. Works with speculation (drafts the
+  // grammar forbids are rejected).
+  std::shared_ptr<const grammar> constraint;
 };
 
 // What speculation did in one generation (all 0 when it was off).

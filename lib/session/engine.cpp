@@ -31,6 +31,8 @@ struct engine::slot {
   std::unique_ptr<pending> p;
   std::unique_ptr<sampler> smp;
   std::unique_ptr<detail::stop_text> st;
+  std::unique_ptr<grammar_matcher> gm;  // the request's grammar (generate_params::constraint)
+  std::vector<float> masked;            // a logits row with the grammar's mask
   std::vector<int32_t>* prompt = nullptr;
   int64_t n_done = 0;     // prompt tokens in the cache
   bool decoding = false;  // prompt done; `last` is the token to run next
@@ -204,6 +206,7 @@ void engine::finish(slot& s, const std::string& err) {
   s.p.reset();
   s.smp.reset();
   s.st.reset();
+  s.gm.reset();
   s.r = engine_result{};
   idle_cv_.notify_all();
 }
@@ -318,6 +321,11 @@ void engine::run() {
         s->smp = std::make_unique<sampler>(s->p->req.sampling);
         s->st = std::make_unique<detail::stop_text>(model_->get_tokenizer(), s->p->req.gen.stop);
         s->drafts = std::make_unique<detail::draft_controller>(std::min<int32_t>(s->p->req.gen.draft_tokens, 64));
+        if (s->p->req.gen.constraint) {
+          const tokenizer* tk = model_->get_tokenizer();
+          if (!tk) throw error(errc::unsupported, "a grammar needs a vocabulary, and the model file has none");
+          s->gm = std::make_unique<grammar_matcher>(s->p->req.gen.constraint, *tk);
+        }
       } catch (const std::exception& e) {
         finish(*s, e.what());
       }
@@ -449,11 +457,17 @@ int32_t engine::sample_from(slot& s, std::span<const float> logits, const tokeni
   try {
     // the penalty window is the end of the sequence in the cache, as in session::sample
     s.smp->set_window(s.history);
+    if (s.gm) {  // the grammar's mask on a copy of the row, as in session::generate
+      s.masked.assign(logits.begin(), logits.end());
+      s.gm->mask(s.masked);
+      logits = s.masked;
+    }
     const int32_t id = s.smp->sample(logits);
+    if (s.gm) s.gm->accept(id);
     ++r.gen.timings.n_generated;
     if (r.gen.timings.n_generated == 1) r.first_token_seconds = seconds(s.p->submitted, clock::now());
     const generate_params& gp = s.p->req.gen;
-    if (gp.stop_at_eos && tk && id == tk->eos()) {
+    if ((gp.stop_at_eos || s.gm) && tk && id == tk->eos()) {
       r.gen.finish = finish_reason::eos;
       finish(s, "");
       return -1;

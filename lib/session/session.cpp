@@ -359,6 +359,16 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   detail::stop_text st(tk, gp.stop);
   std::string out;
   bool stop = false;
+  // the grammar's mask on a copy of each row the sampler reads
+  std::optional<grammar_matcher> gm;
+  if (gp.constraint) gm.emplace(gp.constraint, tok());
+  std::vector<float> masked;
+  const auto constrained = [&](std::span<const float> row) -> std::span<const float> {
+    if (!gm) return row;
+    masked.assign(row.begin(), row.end());
+    gm->mask(masked);
+    return masked;
+  };
   auto emit = [&](std::string_view text, int32_t token) {
     r.text += text;
     if (cb && !cb(text, token)) {
@@ -401,12 +411,13 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     int32_t id;
     if (!ahead_q.empty()) {  // a draft model's token, drawn from ahead_q[0]
       load_window();
-      id = smp_.sample_draft(logits, ahead.front(), ahead_q.front());
+      id = smp_.sample_draft(constrained(logits), ahead.front(), ahead_q.front());
     } else {
-      id = sample(logits);
+      id = sample(constrained(logits));
     }
     ++r.timings.n_generated;
-    if (gp.stop_at_eos && tk && id == tk->eos()) {
+    if (gm) gm->accept(id);
+    if (tk && id == tk->eos() && (gp.stop_at_eos || gm)) {
       r.finish = finish_reason::eos;
       break;
     }

@@ -1,0 +1,456 @@
+// Grammars: the GBNF parser and its errors, the matcher over text, and the token mask's exactness
+// against a brute-force oracle (every string of the language up to a length, listed by an
+// independent recogniser written in this file: std::regex or a hand-written check).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <random>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <condition_variable>
+#include <mutex>
+
+#include <nlohmann/json.hpp>
+
+#include "qllm/engine.hpp"
+#include "qllm/error.hpp"
+#include "qllm/grammar.hpp"
+#include "qllm/session.hpp"
+#include "qllm/tokenizer.hpp"
+
+using namespace qllm;
+
+namespace {
+
+std::string error_of(std::string_view gbnf) {
+  try {
+    (void)grammar::from_gbnf(gbnf);
+  } catch (const error& e) {
+    CHECK(e.code() == errc::invalid_argument);
+    return e.what();
+  }
+  return "";
+}
+
+// A small vocabulary: single characters, pieces spanning several, one with a space, every byte as
+// a byte token, and the control tokens.
+std::shared_ptr<const tokenizer> small_vocab() {
+  vocabulary v;
+  auto add = [&](std::string p, token_type t) {
+    v.pieces.push_back(std::move(p));
+    v.types.push_back(t);
+    v.scores.push_back(-float(v.pieces.size()));
+  };
+  add("<unk>", token_type::unknown);
+  add("<s>", token_type::control);
+  add("</s>", token_type::control);
+  for (const char* p : {"a", "b", "c", "d", "x", "(", ")", "\"", "\\", "0", "1", "-", "\xC3\xA9" /* é */,
+                        "\xE2\x82\xAC" /* € */, "\xF0\x9F\x98\x80" /* 😀 */, "ab", "bc", "(x", "x)", "))", "\"a",
+                        "\xC3\xA9\"", "a\xC3\xA9", "--", "12", "01-", "\xE2\x96\x81" "a" /* ▁a: " a" */, "cd", "\"\""})
+    add(p, token_type::normal);
+  for (int b = 0; b < 256; ++b) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+    add(buf, token_type::byte);
+  }
+  return tokenizer::from_vocabulary(std::move(v));
+}
+
+// Every string over `alphabet` (code points as UTF-8) of at most n characters that `in_language`
+// accepts, sorted.
+std::vector<std::string> language(const std::vector<std::string>& alphabet, int n,
+                                  const std::function<bool(const std::string&)>& in_language) {
+  std::vector<std::string> all, level{""};
+  for (int len = 0; len <= n; ++len) {
+    for (const auto& s : level)
+      if (in_language(s)) all.push_back(s);
+    if (len == n) break;
+    std::vector<std::string> next;
+    for (const auto& s : level)
+      for (const auto& c : alphabet) next.push_back(s + c);
+    level.swap(next);
+  }
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
+bool some_starts_with(const std::vector<std::string>& lang, const std::string& prefix) {
+  auto it = std::lower_bound(lang.begin(), lang.end(), prefix);
+  return it != lang.end() && it->compare(0, prefix.size(), prefix) == 0;
+}
+
+struct oracle_case {
+  const char* name;
+  const char* gbnf;
+  std::vector<std::string> alphabet;
+  int max_len;         // strings of the language listed up to this many characters
+  // walks stop once the text has this many bytes; the longest text checked plus a token plus the
+  // shortest completion must fit max_len characters
+  int max_prefix;
+  std::function<bool(const std::string&)> in_language;
+};
+
+std::function<bool(const std::string&)> regex_of(const char* re) {
+  auto r = std::make_shared<std::regex>(re, std::regex::ECMAScript);
+  return [r](const std::string& s) { return std::regex_match(s, *r); };
+}
+
+// balanced parentheses around x's: item* with item ::= "(" item* ")" | "x"
+bool balanced(const std::string& s) {
+  int depth = 0;
+  for (char c : s) {
+    if (c == '(') ++depth;
+    else if (c == ')') {
+      if (--depth < 0) return false;
+    } else if (c != 'x') {
+      return false;
+    }
+  }
+  return depth == 0;
+}
+
+}  // namespace
+
+TEST_CASE("GBNF: what parses, and errors that say where and what") {
+  CHECK(grammar::from_gbnf("root ::= \"a\"")->n_rules() == 1);
+  // comments, rules over several lines, alternatives on the next line, escapes
+  const auto g = grammar::from_gbnf(R"(# a comment
+root ::= greeting ( " " name )?   # trailing comment
+greeting ::= "hi"
+  | "hello"
+name ::= [A-Z] [a-z\u00e9]{1,10} "\x21"? "\n"
+)");
+  CHECK(g->n_rules() >= 3);
+  CHECK(error_of("root ::= \"a").find("not closed") != std::string::npos);
+  CHECK(error_of("root ::= [a-").find("line 1") != std::string::npos);
+  CHECK(error_of("root ::= \"\\q\"").find("unknown escape \\q") != std::string::npos);
+  CHECK(error_of("root ::= x").find("rule 'x' is used but never defined") != std::string::npos);
+  CHECK(error_of("x ::= \"a\"").find("no rule named 'root'") != std::string::npos);
+  CHECK(error_of("root ::= \"a\"\nroot ::= \"b\"").find("line 2, column 1: rule 'root' is defined twice") !=
+        std::string::npos);
+  CHECK(error_of("root ::= root \"a\" | \"b\"").find("left-recursive") != std::string::npos);
+  CHECK(error_of("root ::= a | \"y\"\na ::= b? root \"x\"\nb ::= \"b\"").find("left-recursive") != std::string::npos);
+  CHECK(error_of("root ::= \"a\" root").find("derives no finite string") != std::string::npos);
+  CHECK(error_of("root ::= \"a\"{3,2}").find("maximum is below its minimum") != std::string::npos);
+  CHECK(error_of("root ::= \"a\"{99999}").find("repetition count above") != std::string::npos);
+  CHECK(error_of("root ::= [z-a]").find("ends before it starts") != std::string::npos);
+  CHECK(error_of("root ::= (\"a\"").find("expected )") != std::string::npos);
+  CHECK(error_of("root ::= \"\\uD800\"").find("not a Unicode scalar value") != std::string::npos);
+  CHECK(error_of("root ::= \"\xFF\"").find("not valid UTF-8") != std::string::npos);
+  CHECK(error_of("root ::= " + std::string(300, '(')).find("nested too deeply") != std::string::npos);
+  CHECK(error_of("root ::= [a]{5000}{5000}").find("too large") != std::string::npos);
+  // an unproductive alternative is dropped, not an error, when another remains
+  const auto dropped = grammar::from_gbnf("root ::= \"a\" | loop\nloop ::= \"b\" loop");
+  const auto tok = small_vocab();
+  grammar_matcher m(dropped, *tok);
+  CHECK(m.accept_text("a"));
+  CHECK(m.can_end());
+  m.reset();
+  CHECK_FALSE(m.accept_text("b"));
+}
+
+TEST_CASE("matcher: text in and out of the language, UTF-8 split anywhere, EOS only at the end") {
+  const auto tok = small_vocab();
+  const auto g = grammar::from_gbnf(R"(root ::= "\"" ( [^"\\] | "\\" ["\\n] )* "\"")");
+  grammar_matcher m(g, *tok);
+  CHECK_FALSE(m.can_end());
+  CHECK(m.accept_text("\"a\xC3"));  // half of é
+  CHECK_FALSE(m.can_end());
+  CHECK(m.accept_text("\xA9\\n\xF0\x9F"));
+  CHECK_FALSE(m.accept_text("\xF0"));  // not a continuation byte
+  CHECK(m.accept_text("\x98\x80\""));
+  CHECK(m.can_end());
+  CHECK(m.must_end());
+  CHECK_FALSE(m.accept_text("a"));
+  m.reset();
+  CHECK_FALSE(m.accept_text("\"\xED\xA0\x80"));  // a surrogate
+  CHECK_FALSE(m.accept_text("\"\xC0\x80"));      // overlong
+  CHECK_FALSE(m.accept_text("\"\\q"));
+  // tokens
+  m.reset();
+  std::vector<bool> ok;
+  m.allowed(ok);
+  const int32_t quote_a = [&] {
+    for (int32_t i = 0; i < tok->n_vocab(); ++i)
+      if (tok->token_text(i) == "\"a") return i;
+    return -1;
+  }();
+  REQUIRE(quote_a >= 0);
+  CHECK(ok[std::size_t(quote_a)]);
+  CHECK_FALSE(ok[std::size_t(tok->eos())]);
+  CHECK_FALSE(ok[std::size_t(tok->bos())]);
+  m.accept(quote_a);
+  CHECK_THROWS_AS(m.accept(tok->eos()), error);
+  CHECK_THROWS_AS(m.accept(tok->bos()), error);
+  CHECK_THROWS_AS(m.accept(-1), error);
+  std::vector<float> logits(std::size_t(tok->n_vocab()), 0.0f);
+  CHECK_THROWS_AS(m.mask(std::span<float>(logits.data(), 3)), error);
+  m.mask(logits);
+  CHECK(logits[std::size_t(tok->eos())] == -INFINITY);
+  CHECK(logits[std::size_t(quote_a)] == -INFINITY);  // "a"a: nothing after the closing quote
+  CHECK(logits[std::size_t(tok->token_text(3) == "a" ? 3 : -1)] == 0.0f);  // "aa
+  CHECK(m.accept_text("\""));
+  m.allowed(ok);
+  CHECK(ok[std::size_t(tok->eos())]);
+  CHECK(std::count(ok.begin(), ok.end(), true) == 1);  // only EOS
+  m.accept(tok->eos());
+  m.allowed(ok);
+  CHECK(std::count(ok.begin(), ok.end(), true) == 0);
+}
+
+TEST_CASE("the mask is exact: a token is allowed iff some string of the language starts with the text and it") {
+  const auto tok = small_vocab();
+  const std::vector<oracle_case> cases = {
+      {"classes and bounded repetition", "root ::= \"a\" [bc]* (\"d\" | \"\\u00e9\"){1,2}",
+       {"a", "b", "c", "d", "\xC3\xA9"}, 7, 2, regex_of("a[bc]*(d|\xC3\xA9){1,2}")},
+      {"nesting", "root ::= item*\nitem ::= \"(\" item* \")\" | \"x\"", {"(", ")", "x"}, 12, 3, balanced},
+      // every character the grammar admits is in the alphabet, so the listed language is exact
+      {"a string with multi-byte characters and escapes",
+       R"g(root ::= "\"" ( [a\u00e9\u20ac\U0001F600] | "\\" ["\\] )* "\"")g",
+       {"\"", "\\", "a", "\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80"}, 6, 2,
+       regex_of(R"re("(a|\xC3\xA9|\xE2\x82\xAC|\xF0\x9F\x98\x80|\\["\\])*")re")},
+      {"nullable rules", "root ::= (\"a\" b?)+\nb ::= \"b\"? \"c\"?", {"a", "b", "c"}, 8, 4, regex_of("(ab?c?)+")},
+      {"counts", "root ::= [01]{2,4} (\"-\" [01]{1,2})?", {"0", "1", "-"}, 9, 3, regex_of("[01]{2,4}(-[01]{1,2})?")},
+  };
+  std::mt19937 rng(7);
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    const auto lang = language(c.alphabet, c.max_len, c.in_language);
+    REQUIRE(!lang.empty());
+    grammar_matcher m(grammar::from_gbnf(c.gbnf), *tok);
+    int checked = 0;
+    for (int walk = 0; walk < 40; ++walk) {
+      m.reset();
+      std::string text;
+      for (;;) {
+        std::vector<bool> ok;
+        m.allowed(ok);
+        std::vector<int32_t> allowed_tokens;
+        for (int32_t t = 0; t < tok->n_vocab(); ++t) {
+          const bool expect = t == tok->eos() ? std::binary_search(lang.begin(), lang.end(), text)
+                              : tok->vocab().types[std::size_t(t)] == token_type::control ||
+                                      tok->vocab().types[std::size_t(t)] == token_type::unknown
+                                  ? false
+                                  : some_starts_with(lang, text + tok->token_text(t));
+          CAPTURE(text);
+          CAPTURE(t);
+          CHECK(bool(ok[std::size_t(t)]) == expect);
+          ++checked;
+          if (expect && t != tok->eos()) allowed_tokens.push_back(t);
+        }
+        CHECK(m.can_end() == std::binary_search(lang.begin(), lang.end(), text));
+        if (allowed_tokens.empty() || int(text.size()) >= c.max_prefix) break;
+        const int32_t t = allowed_tokens[rng() % allowed_tokens.size()];
+        m.accept(t);
+        text += tok->token_text(t);
+      }
+    }
+    CHECK(checked > 1000);
+  }
+}
+
+TEST_CASE("json_object: accepts JSON objects and nothing else") {
+  const auto tok = small_vocab();
+  grammar_matcher m(grammar::json_object(), *tok);
+  for (const char* ok : {"{}", "{\"a\": 1}", "{\"a\":[1,-2.5e+3,true,null,{\"b\":\"\\u00e9\\n\"}]}",
+                         "{\n  \"k\": \"v\"\n}", "{\"\xF0\x9F\x98\x80\": 0}"}) {
+    CAPTURE(ok);
+    m.reset();
+    CHECK(m.accept_text(ok));
+    CHECK(m.can_end());
+  }
+  for (const char* bad : {"[]", "{\"a\" 1}", "{\"a\":01}", "{\"a\":tru}", "{'a':1}", "{\"a\":1,}", "{\"a\":\"\x01\"}",
+                          "{\"a\":\"\\x\"}", " {}", "{}}"}) {
+    CAPTURE(bad);
+    m.reset();
+    const bool prefix_ok = m.accept_text(bad);
+    CHECK_FALSE((prefix_ok && m.can_end()));
+  }
+  CHECK(grammar::json_object_gbnf().find("root") != std::string_view::npos);
+}
+
+namespace {
+
+std::shared_ptr<const model> shipped() {
+  static auto m = model::load(std::string(QLLM_MODELS_DIR) + "/tiny-kjv.q8_0.gguf");
+  return m;
+}
+
+// A generation's text is in the grammar's language when it ended at EOS, a prefix of a string of
+// it otherwise.
+void check_follows(const std::shared_ptr<const grammar>& g, const generation_result& r) {
+  grammar_matcher m(g, *shipped()->get_tokenizer());
+  CAPTURE(r.text);
+  CHECK(m.accept_text(r.text));
+  if (r.finish == finish_reason::eos) CHECK(m.can_end());
+}
+
+}  // namespace
+
+TEST_CASE("generation with json_object: sampled answers parse as JSON objects (nlohmann as the judge)") {
+  const auto g = grammar::json_object();
+  session_params sp;
+  sp.ctx.n_ctx = 512;
+  sp.sampling.temperature = 1.0f;
+  session s(shipped(), sp);
+  generate_params gp;
+  gp.max_tokens = 160;
+  gp.constraint = g;
+  int complete = 0;
+  const int seeds = QLLM_TEST_QUICK ? 4 : 24;
+  for (int seed = 1; seed <= seeds; ++seed) {
+    CAPTURE(seed);
+    sp.sampling.seed = uint64_t(seed);
+    s.set_sampling(sp.sampling);
+    s.reset();
+    const auto r = s.generate("And God said,", gp);
+    check_follows(g, r);
+    if (r.finish == finish_reason::eos) {
+      ++complete;
+      const auto j = nlohmann::json::parse(r.text, nullptr, false);
+      CHECK_FALSE(j.is_discarded());
+      CHECK(j.is_object());
+    } else {
+      CHECK(r.finish == finish_reason::max_tokens);
+    }
+  }
+  MESSAGE(complete << " of " << seeds << " answers complete within " << gp.max_tokens << " tokens");
+  CHECK(complete > 0);
+}
+
+TEST_CASE("generation with a grammar: speculation and the batching engine give the same tokens") {
+  const auto g = grammar::from_gbnf(R"(root ::= "The " word (", " word){2,5} "." 
+word ::= [a-z]{2,8})");
+  session_params sp;
+  sp.ctx.n_ctx = 256;
+  sp.sampling.temperature = 0;
+  generate_params gp;
+  gp.max_tokens = 60;
+  gp.constraint = g;
+  const std::vector<std::string> prompts = {"In the beginning", "And the LORD said unto Moses,", "Blessed are"};
+  std::vector<generation_result> plain;
+  for (const auto& p : prompts) {
+    session s(shipped(), sp);
+    plain.push_back(s.generate(p, gp));
+    check_follows(g, plain.back());
+    CHECK(plain.back().finish == finish_reason::eos);
+    CHECK(plain.back().text.substr(0, 4) == "The ");
+  }
+  // prompt lookup and a draft model (the model itself), greedy: the same tokens
+  for (const speculation spec : {speculation::lookup, speculation::draft_model}) {
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      session s(shipped(), sp);
+      if (spec == speculation::draft_model) s.set_draft(shipped());
+      generate_params sg = gp;
+      sg.draft_tokens = 4;
+      sg.spec = spec;
+      const auto r = s.generate(prompts[i], sg);
+      CHECK(r.tokens == plain[i].tokens);
+      CHECK(r.finish == plain[i].finish);
+      if (spec == speculation::draft_model) CHECK(r.spec.accepted > 0);
+    }
+  }
+  // the engine, all three at once and with speculation by lookup
+  engine_params ep;
+  ep.ctx.n_ctx = 256;
+  ep.n_slots = 3;
+  engine e(shipped(), ep);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<engine_result> out(prompts.size());
+  std::size_t done = 0;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    engine_request rq;
+    rq.prompt = shipped()->get_tokenizer()->encode(prompts[i], true);
+    rq.sampling = sp.sampling;
+    rq.gen = gp;
+    rq.gen.draft_tokens = i == 1 ? 4 : 0;
+    rq.on_done = [&, i](const engine_result& r) {
+      std::lock_guard<std::mutex> lk(mu);
+      out[i] = r;
+      ++done;
+      cv.notify_all();
+    };
+    e.submit(std::move(rq));
+  }
+  std::unique_lock<std::mutex> lk(mu);
+  cv.wait(lk, [&] { return done == prompts.size(); });
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    CAPTURE(i);
+    CHECK(out[i].error.empty());
+    CHECK(out[i].gen.tokens == plain[i].tokens);
+    CHECK(out[i].gen.text == plain[i].text);
+  }
+}
+
+TEST_CASE("generation with a grammar: sampling keeps the model's distribution over the allowed tokens") {
+  // the first token under a grammar of two words is drawn from the model's probabilities
+  // renormalised over the tokens the grammar allows (" light" can start with " ", " l", " light",
+  // ...): chi-square over those tokens
+  const auto* tk = shipped()->get_tokenizer();
+  const std::vector<int32_t> prompt = tk->encode("And God said, Let there be", true);
+  context_params cp;
+  cp.n_ctx = 64;
+  context ctx(shipped(), cp);
+  const auto row = ctx.eval(prompt);
+  const std::vector<float> logits(row.begin(), row.end());
+  const auto g = grammar::from_gbnf(R"(root ::= " light" | " water" | " life")");
+  grammar_matcher m(g, *tk);
+  std::vector<bool> ok;
+  m.allowed(ok);
+  std::vector<int32_t> allowed;
+  double z = 0;
+  for (int32_t t = 0; t < tk->n_vocab(); ++t)
+    if (ok[std::size_t(t)]) {
+      allowed.push_back(t);
+      z += std::exp(double(logits[std::size_t(t)]));
+    }
+  REQUIRE(allowed.size() >= 3);
+  session_params sp;
+  sp.ctx.n_ctx = 64;
+  sp.sampling.temperature = 1.0f;
+  sp.sampling.top_k = 0;
+  sp.sampling.top_p = 1.0f;
+  sp.sampling.min_p = 0.0f;
+  session s(shipped(), sp);
+  generate_params gp;
+  gp.max_tokens = 1;
+  gp.constraint = g;
+  const int n = QLLM_TEST_QUICK ? 400 : 3000;
+  std::map<int32_t, int> seen;
+  for (int i = 0; i < n; ++i) {
+    const auto r = s.generate(prompt, gp);
+    REQUIRE(r.tokens.size() == 1);
+    REQUIRE(ok[std::size_t(r.tokens[0])]);
+    ++seen[r.tokens[0]];
+  }
+  // categories expected at least 5 times; the rest pooled into one
+  double chi2 = 0, rest_e = 0, rest_o = 0;
+  int dof = -1;
+  for (int32_t t : allowed) {
+    const double e = n * std::exp(double(logits[std::size_t(t)])) / z;
+    const double o = seen.count(t) ? seen[t] : 0;
+    if (e >= 5) {
+      chi2 += (o - e) * (o - e) / e;
+      ++dof;
+    } else {
+      rest_e += e;
+      rest_o += o;
+    }
+  }
+  if (rest_e >= 5) {
+    chi2 += (rest_o - rest_e) * (rest_o - rest_e) / rest_e;
+    ++dof;
+  }
+  REQUIRE(dof >= 1);
+  MESSAGE("chi-square " << chi2 << " with " << dof << " degrees of freedom over " << allowed.size() << " allowed tokens");
+  // p = 0.001 critical values for 1..12 degrees of freedom
+  const double crit[] = {0, 10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88, 29.59, 31.26, 32.91};
+  REQUIRE(dof <= 12);
+  CHECK(chi2 < crit[dof]);
+}
