@@ -27,6 +27,7 @@ namespace grammar_detail {
 struct compiled;
 struct token_trie;
 struct parse_state;
+struct mask_cache;
 }  // namespace grammar_detail
 
 class grammar {
@@ -86,6 +87,7 @@ class grammar_matcher {
   std::shared_ptr<const grammar_detail::token_trie> trie_;
   std::unique_ptr<grammar_detail::parse_state> st_;
   std::vector<grammar_detail::parse_state> levels_;  // the mask's walk: one state per depth
+  std::unique_ptr<grammar_detail::mask_cache> cache_;
   std::vector<bool> mask_;
   bool ended_ = false;  // EOS accepted
 };

@@ -41,6 +41,8 @@ struct token_trie {
   std::size_t depth = 0;                            // the longest token text
   int32_t n_vocab = 0;
   int32_t eos = -1;
+  std::vector<std::string> texts;  // what the trie was built from (to tell vocabularies apart)
+  std::vector<token_type> types;
 };
 
 }  // namespace grammar_detail
@@ -53,6 +55,8 @@ std::shared_ptr<const token_trie> build_trie(const tokenizer& tok) {
   auto t = std::make_shared<token_trie>();
   t->n_vocab = tok.n_vocab();
   t->eos = tok.eos();
+  t->types = tok.vocab().types;
+  for (int32_t id = 0; id < tok.n_vocab(); ++id) t->texts.push_back(tok.token_text(id));
   // build with maps, then lay out breadth first in flat arrays
   struct tmp {
     std::map<uint8_t, uint32_t> kids;
@@ -94,20 +98,30 @@ std::shared_ptr<const token_trie> build_trie(const tokenizer& tok) {
   return t;
 }
 
-// One trie per tokenizer, built on first use and kept while the tokenizer lives.
+// The tries of the last few vocabularies, found by content: a freed tokenizer's address may be
+// reused by another, so the texts and types are compared, not the address.
 std::shared_ptr<const token_trie> trie_for(const tokenizer& tok) {
   static std::mutex mu;
-  static std::map<const tokenizer*, std::weak_ptr<const token_trie>> cache;
+  static std::vector<std::shared_ptr<const token_trie>> cache;  // most recently used last
+  const auto same = [&](const token_trie& t) {
+    if (t.n_vocab != tok.n_vocab() || t.eos != tok.eos()) return false;
+    for (int32_t id = 0; id < t.n_vocab; ++id)
+      if (t.types[std::size_t(id)] != tok.vocab().types[std::size_t(id)] ||
+          t.texts[std::size_t(id)] != tok.token_text(id))
+        return false;
+    return true;
+  };
   std::lock_guard<std::mutex> lk(mu);
-  auto& w = cache[&tok];
-  auto t = w.lock();
-  // a tokenizer freed and another allocated at the same address: the vocabulary size tells
-  // most apart, and a rebuild is cheap next to a wrong mask
-  if (!t || t->n_vocab != tok.n_vocab() || t->eos != tok.eos()) {
-    t = build_trie(tok);
-    w = t;
-  }
-  for (auto it = cache.begin(); it != cache.end();) it = it->second.expired() ? cache.erase(it) : std::next(it);
+  for (auto it = cache.begin(); it != cache.end(); ++it)
+    if (same(**it)) {
+      auto t = *it;
+      cache.erase(it);
+      cache.push_back(t);
+      return t;
+    }
+  auto t = build_trie(tok);
+  cache.push_back(t);
+  if (cache.size() > 4) cache.erase(cache.begin());
   return t;
 }
 
@@ -145,6 +159,17 @@ struct parse_state {
     off.pop_back();
     data.resize(off.back());
   }
+  bool operator==(const parse_state& o) const {
+    return rem == o.rem && value == o.value && lo == o.lo && hi == o.hi && off == o.off && data == o.data;
+  }
+  uint64_t hash() const {
+    uint64_t h = 1469598103934665603ull;
+    const auto mix = [&](uint64_t x) { h = (h ^ x) * 1099511628211ull; };
+    for (uint32_t x : data) mix(x);
+    for (uint32_t x : off) mix(x);
+    mix(uint64_t(rem) << 48 ^ value), mix(uint64_t(lo) << 32 | hi);
+    return h;
+  }
   // drops repeated stacks (an ambiguous grammar reaching one place twice)
   void dedupe(std::vector<uint32_t>& idx) {
     const std::size_t n = size();
@@ -167,6 +192,32 @@ struct parse_state {
     }
     data.swap(d2);
     off.swap(o2);
+  }
+};
+
+// Masks already computed in this generation, by parse state: JSON's strings, numbers and
+// whitespace come back to the same state again and again.
+struct mask_cache {
+  static constexpr std::size_t kEntries = 64;
+  std::vector<uint64_t> hashes;
+  std::vector<parse_state> states;
+  std::vector<std::vector<bool>> masks;
+  std::size_t next = 0;  // the entry replaced next, once full
+
+  const std::vector<bool>* find(const parse_state& s, uint64_t h) const {
+    for (std::size_t i = 0; i < hashes.size(); ++i)
+      if (hashes[i] == h && states[i] == s) return &masks[i];
+    return nullptr;
+  }
+  void put(const parse_state& s, uint64_t h, const std::vector<bool>& m) {
+    if (hashes.size() < kEntries) {
+      hashes.push_back(h);
+      states.push_back(s);
+      masks.push_back(m);
+      return;
+    }
+    hashes[next] = h, states[next] = s, masks[next] = m;
+    next = (next + 1) % kEntries;
   }
 };
 
@@ -282,7 +333,7 @@ thread_local scratch t_scratch;
 }  // namespace
 
 grammar_matcher::grammar_matcher(std::shared_ptr<const grammar> g, const tokenizer& tok)
-    : g_(std::move(g)), tok_(&tok), st_(std::make_unique<parse_state>()) {
+    : g_(std::move(g)), tok_(&tok), st_(std::make_unique<parse_state>()), cache_(std::make_unique<mask_cache>()) {
   if (!g_) throw error(errc::invalid_argument, "grammar_matcher: no grammar");
   trie_ = trie_for(tok);
   reset();
@@ -344,8 +395,16 @@ void grammar_matcher::accept(int32_t id) {
 void grammar_matcher::allowed(std::vector<bool>& out) {
   const compiled& c = *g_->c_;
   const token_trie& t = *trie_;
+  if (ended_) {
+    out.assign(std::size_t(t.n_vocab), false);
+    return;
+  }
+  const uint64_t h = st_->hash();
+  if (const auto* m = cache_->find(*st_, h)) {
+    out = *m;
+    return;
+  }
   out.assign(std::size_t(t.n_vocab), false);
-  if (ended_) return;
   if (levels_.size() < t.depth + 1) levels_.resize(t.depth + 1);
   levels_[0] = *st_;
   // depth first over the trie, iteratively: (node, next edge) per level
@@ -365,6 +424,7 @@ void grammar_matcher::allowed(std::vector<bool>& out) {
     if (cn.n_children) walk.push_back({child, 0});
   }
   if (can_end() && tok_->valid(t.eos)) out[std::size_t(t.eos)] = true;
+  cache_->put(*st_, h, out);
 }
 
 void grammar_matcher::mask(std::span<float> logits) {

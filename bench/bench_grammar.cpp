@@ -1,0 +1,96 @@
+// The cost of grammar-constrained decoding on the Llama-2 vocabulary (32,000 pieces): compiling a
+// grammar, and the mask + accept of every token of a JSON answer (items = tokens). Compare the
+// time per token with a decode step of the model (docs/performance.md).
+#include <benchmark/benchmark.h>
+
+#include <string>
+#include <vector>
+
+#include "llama2_vocab.hpp"
+#include "qllm/grammar.hpp"
+#include "qllm/tokenizer.hpp"
+
+using namespace qllm;
+
+namespace {
+
+const tokenizer& llama2() {
+  static const auto t = test::llama2_tokenizer(QLLM_TEST_DATA);
+  return *t;
+}
+
+// An answer as a model would write it: nested objects, an array, numbers, escapes, non-ASCII.
+const char* kAnswer = R"({
+  "title": "Die Bibel \u00fcbersetzt, 1534",
+  "authors": [{"name": "Martin Luther", "born": 1483, "died": 1546}, {"name": "Philipp Melanchthon", "born": 1497}],
+  "pages": 1862,
+  "price": -12.5e-1,
+  "tags": ["history", "religion", "Reformation", "typography"],
+  "available": true,
+  "note": "printed in Wittenberg by Hans Lufft; the \"Lutherbibel\" \u2014 first complete edition",
+  "ratings": {"average": 4.75, "count": 2893, "sources": ["library", "reviews"]},
+  "isbn": null
+})";
+
+// The answer's tokens as the model would emit them (sentencepiece's dummy-prefix space dropped).
+std::vector<std::string> answer_pieces() {
+  const auto ids = llama2().encode(kAnswer, false);
+  std::vector<std::string> out;
+  for (int32_t id : ids) out.push_back(llama2().token_text(id));
+  if (!out.empty() && !out[0].empty() && out[0][0] == ' ') out[0].erase(0, 1);
+  return out;
+}
+
+void BM_compile_json_object(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(grammar::from_gbnf(grammar::json_object_gbnf()));
+}
+BENCHMARK(BM_compile_json_object)->Unit(benchmark::kMicrosecond);
+
+void BM_trie_and_matcher(benchmark::State& state) {  // the first matcher of a vocabulary builds its trie
+  const auto g = grammar::json_object();
+  for (auto _ : state) {
+    grammar_matcher m(g, llama2());
+    benchmark::DoNotOptimize(m);
+  }
+}
+BENCHMARK(BM_trie_and_matcher)->Unit(benchmark::kMicrosecond);
+
+// mask + accept for every token of the answer, a new matcher each time (a generation: its masks
+// cached by parse state as it goes)
+void BM_mask_json_answer(benchmark::State& state) {
+  const auto pieces = answer_pieces();
+  std::vector<float> logits(std::size_t(llama2().n_vocab()));
+  for (auto _ : state) {
+    grammar_matcher m(grammar::json_object(), llama2());
+    for (const auto& p : pieces) {
+      std::fill(logits.begin(), logits.end(), 0.0f);
+      m.mask(logits);
+      if (!m.accept_text(p)) state.SkipWithError("the answer does not follow the grammar");
+    }
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(pieces.size()));
+  state.counters["tokens"] = double(pieces.size());
+}
+BENCHMARK(BM_mask_json_answer)->Unit(benchmark::kMillisecond);
+
+// the widest mask: inside a JSON string, where almost every token may come next (a new matcher
+// each time: not cached)
+void BM_mask_inside_string(benchmark::State& state) {
+  std::vector<float> logits(std::size_t(llama2().n_vocab()));
+  for (auto _ : state) {
+    state.PauseTiming();
+    grammar_matcher m(grammar::json_object(), llama2());
+    if (!m.accept_text("{\"note\": \"in the")) state.SkipWithError("prefix");
+    state.ResumeTiming();
+    std::fill(logits.begin(), logits.end(), 0.0f);
+    m.mask(logits);
+  }
+  int allowed = 0;
+  for (float x : logits) allowed += x == 0.0f;
+  state.counters["allowed"] = allowed;
+}
+BENCHMARK(BM_mask_inside_string)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
