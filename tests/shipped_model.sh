@@ -78,6 +78,27 @@ $run "$qllm" gen-random --out "$dir/other-vocab.gguf" >/dev/null
 if $run "$qllm" run -p "$quote" -n 4 --spec draft --draft "$dir/other-vocab.gguf" 2>"$dir/err.txt"; then exit 1; fi
 grep -q "draft model: its vocabulary differs from the model's: 512 tokens, not 4096" "$dir/err.txt"
 
+# grammars: a GBNF file fixes the answer's form (the prompt is echoed before it); --json answers
+# that end parse as JSON objects (python's json as the judge); a bad grammar names line and column
+printf 'root ::= " The answer is " ("yes" | "no") "."\n' >"$dir/yn.gbnf"
+for seed in 1 2 3; do
+  $run "$qllm" run -p "And God said," --grammar-file "$dir/yn.gbnf" --temp 1 -s $seed -q >"$dir/yn.txt"
+  grep -Eqx 'And God said, The answer is (yes|no)\.' "$dir/yn.txt" || { cat "$dir/yn.txt"; exit 1; }
+done
+ended=0
+for seed in 1 2 3 4 5 6; do
+  $run "$qllm" run -p "And God said," --json -n 200 --temp 0.7 -s $seed >"$dir/json.txt" 2>"$dir/json.err"
+  if grep -q 'stop: eos' "$dir/json.err"; then
+    python3 -c 'import json,sys; t=open(sys.argv[1]).read()[len("And God said,"):]; assert isinstance(json.loads(t), dict), t' "$dir/json.txt"
+    ended=$((ended + 1))
+  fi
+done
+[ "$ended" -ge 1 ]  # seed 2 ends within 200 tokens
+printf 'root ::= "a" x\n' >"$dir/bad.gbnf"
+if $run "$qllm" run -p "x" --grammar-file "$dir/bad.gbnf" 2>"$dir/err.txt"; then exit 1; fi
+grep -q "bad.gbnf: grammar: line 1, column 14: rule 'x' is used but never defined" "$dir/err.txt"
+echo "grammars: --grammar-file and --json answers follow them"
+
 # perplexity: F32 and Q4_0 converted from the shipped checkpoint here. Not in sanitizer or
 # emulated builds (QLLM_QUICK=1): three passes over the held-out text take minutes there, and the
 # values are those of the native build (the CPU matrix compares emulated text with native text)

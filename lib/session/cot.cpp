@@ -32,6 +32,7 @@ generate_params reasoning_stage(const session& s, const std::vector<int32_t>& pr
                     " tokens more than the window of " + std::to_string(n_ctx) + " leaves for any reasoning");
   generate_params r = gp;
   r.max_tokens = gp.max_tokens < 0 ? room : std::min(gp.max_tokens, room);
+  r.constraint.reset();  // a grammar is the answer's; the reasoning is free text
   return r;
 }
 
@@ -45,7 +46,7 @@ generation_result answer_stage(session& s, std::vector<int32_t> seq, const gener
   if (a.max_tokens < 1)
     throw error(errc::context_overflow, "chain of thought: the reasoning fills the window of " + std::to_string(n_ctx) +
                                             " tokens; no room is left for the answer");
-  if (plain) a.stop.push_back("\n");  // the answer is the rest of the cue's line
+  if (plain && !gp.constraint) a.stop.push_back("\n");  // the answer is the rest of the cue's line (a grammar ends it itself)
   return s.generate(std::move(seq), a, on_answer);
 }
 
