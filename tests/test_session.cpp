@@ -17,6 +17,7 @@
 #include "qllm/gguf.hpp"
 #include "qllm/random_model.hpp"
 #include "qllm/session.hpp"
+#include "session/lookup.hpp"
 #include "test_util.hpp"
 
 using namespace qllm;
@@ -1022,4 +1023,46 @@ TEST_CASE("speculation: stop strings, a cancelling callback and sampling behave 
   CHECK(s.draft_model() == tiny_other().m.get());
   s.set_draft(nullptr);
   CHECK(s.draft_model() == nullptr);
+}
+
+TEST_CASE("lookup_draft: the longest recurring suffix's most recent occurrence (against a plain search)") {
+  // the plain search: for n from n_max down to n_min, the latest earlier occurrence of the last n
+  // tokens that some token follows
+  const auto reference = [](const std::vector<int32_t>& seq, int n_min, int n_max, int k) {
+    const int64_t len = int64_t(seq.size());
+    for (int64_t n = std::min<int64_t>(n_max, len - 1); n >= n_min; --n)
+      for (int64_t start = len - n - 1; start >= 0; --start)
+        if (std::equal(seq.end() - n, seq.end(), seq.begin() + start))
+          return std::vector<int32_t>(seq.begin() + start + n, seq.begin() + std::min<int64_t>(len, start + n + k));
+    return std::vector<int32_t>{};
+  };
+  std::mt19937 rng(5);
+  int found = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::vector<int32_t> seq(std::size_t(rng() % 40));
+    const int32_t alphabet = 2 + int32_t(rng() % 5);
+    for (auto& t : seq) t = int32_t(rng() % uint32_t(alphabet));
+    const int n_min = 1 + int(rng() % 3), n_max = n_min + int(rng() % 3), k = 1 + int(rng() % 6);
+    const auto want = reference(seq, n_min, n_max, k);
+    CAPTURE(i);
+    CHECK(detail::lookup_draft(seq, n_min, n_max, k) == want);
+    found += !want.empty();
+  }
+  CHECK(found > 1000);
+  // the controller: drafts rejected twice pause drafting, for longer each time
+  detail::draft_controller c(8);
+  CHECK(c.next() == 2);
+  c.verified(2, 0);
+  CHECK(c.next() == 1);
+  c.verified(1, 0);
+  int paused = 0;
+  while (c.next() == 0) ++paused;
+  CHECK(paused == 4);
+  c.verified(1, 0);
+  c.verified(1, 0);
+  paused = 0;
+  while (c.next() == 0) ++paused;
+  CHECK(paused == 8);
+  c.verified(1, 1);  // kept: the size doubles again
+  CHECK(c.next() == 2);
 }

@@ -6,19 +6,23 @@ namespace qllm::detail {
 
 std::vector<int32_t> lookup_draft(std::span<const int32_t> seq, int n_min, int n_max, int k) {
   const int64_t len = int64_t(seq.size());
-  if (k <= 0 || n_min <= 0) return {};
-  for (int n = std::min<int64_t>(n_max, len - 1); n >= n_min; --n) {
-    const auto suffix = seq.subspan(std::size_t(len - n));
-    // the most recent earlier occurrence (its end before the suffix's end), followed by at least
-    // one token
-    for (int64_t start = len - n - 1; start >= 0; --start) {
-      if (!std::equal(suffix.begin(), suffix.end(), seq.begin() + start)) continue;
-      const int64_t from = start + n, to = std::min<int64_t>(len, from + k);
-      if (from >= len) continue;
-      return {seq.begin() + from, seq.begin() + to};
+  if (k <= 0 || n_min <= 0 || n_max < n_min || len < 2) return {};
+  // One backward pass over the places an earlier occurrence can end (e, followed by seq[e]): the
+  // length of the match with the suffix there, and the most recent place for each length.
+  const int64_t cap = std::min<int64_t>(n_max, len - 1);
+  int64_t best_len = 0, best_end = -1;
+  for (int64_t e = len - 1; e >= 1; --e) {
+    int64_t m = 0;
+    while (m < cap && m < e && seq[std::size_t(e - 1 - m)] == seq[std::size_t(len - 1 - m)]) ++m;
+    if (m > best_len && m >= n_min) {
+      best_len = m;
+      best_end = e;
+      if (m == cap) break;  // the longest possible, at its most recent place
     }
   }
-  return {};
+  if (best_end < 0) return {};
+  const int64_t to = std::min<int64_t>(len, best_end + k);
+  return {seq.begin() + best_end, seq.begin() + to};
 }
 
 int draft_controller::next() noexcept {

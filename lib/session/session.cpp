@@ -269,6 +269,17 @@ int64_t session::shift_for(int64_t n_new) {
   if (need <= 0) return 0;
   const int64_t drop = std::min(n_past - keep, std::max({int64_t(1), need, (n_past - keep) / 2}));
   ctx_.shift(keep, drop);
+  if (draft_ctx_) {  // the draft model's cache shifts the same way, so it is not evaluated again
+    const std::size_t end = std::size_t(keep + drop);
+    if (draft_history_.size() >= end && std::equal(history_.begin(), history_.begin() + std::ptrdiff_t(end),
+                                                   draft_history_.begin())) {
+      draft_ctx_->shift(keep, drop);
+      draft_history_.erase(draft_history_.begin() + keep, draft_history_.begin() + keep + drop);
+    } else {
+      draft_history_.resize(std::min(draft_history_.size(), std::size_t(keep)));
+      draft_ctx_->truncate(int64_t(draft_history_.size()));
+    }
+  }
   history_.erase(history_.begin() + keep, history_.begin() + keep + drop);
   ++n_shifts_;
   n_shift_dropped_ += drop;
