@@ -4,7 +4,8 @@
 # Without --tests: what the library and the qllm tool need to build (the demo). Extra packages
 # may be named as arguments (CI adds the cross compiler and qemu). --tests adds what the test
 # suites use: doctest, Google Benchmark, cmake (doctest's lookup), abigail-tools, cargo, bindgen, curl,
-# Debian's Python with venv, setuptools, wheel, pytest and NumPy (the Python package's tests),
+# Debian's Python with venv, setuptools, wheel, pytest and NumPy (the Python package's tests) and
+# jsonschema (the independent judge of grammar-constrained JSON),
 # Node.js with npm and the `openai` client package (pinned in tests/serve/package-lock.json,
 # installed into tests/serve/node_modules), and nginx, whose Debian package is unpacked into
 # .cache/nginx rather than installed (no web server service appears). A failure to fetch the npm
@@ -17,7 +18,7 @@ pkgs=(g++ gcc meson ninja-build pkg-config libxsimd-dev libsentencepiece-dev nlo
       libsimde-dev libcpp-httplib-dev "$@")
 if [ $tests = 1 ]; then
   pkgs+=(cmake doctest-dev libbenchmark-dev python3 binutils abigail-tools curl
-         python3-venv python3-setuptools python3-wheel python3-pytest python3-numpy)
+         python3-venv python3-setuptools python3-wheel python3-pytest python3-numpy python3-jsonschema)
   # the Rust crates need cargo (a rustup toolchain already on PATH is fine too); bindgen checks
   # that rust/qllm-sys's declarations are the header's
   command -v cargo >/dev/null || pkgs+=(cargo)

@@ -454,3 +454,109 @@ TEST_CASE("generation with a grammar: sampling keeps the model's distribution ov
   REQUIRE(dof <= 12);
   CHECK(chi2 < crit[dof]);
 }
+
+namespace {
+
+bool complete(const std::shared_ptr<const grammar>& g, const std::string& text) {
+  static const auto tok = small_vocab();
+  grammar_matcher m(g, *tok);
+  return m.accept_text(text) && m.can_end();
+}
+
+std::string schema_error(const char* schema) {
+  try {
+    (void)grammar::from_json_schema(schema);
+  } catch (const error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("JSON Schema: integer bounds are exact (every integer near them, brute force)") {
+  std::mt19937 rng(3);
+  for (int i = 0; i < 60; ++i) {
+    int64_t lo = int64_t(rng() % 2400) - 1200;
+    if (i % 7 == 0) lo = 0;
+    int64_t hi = lo + int64_t(rng() % 1500);
+    if (i % 11 == 0) hi = lo;
+    const std::string schema = "{\"type\":\"integer\",\"minimum\":" + std::to_string(lo) + ",\"maximum\":" +
+                               std::to_string(hi) + "}";
+    CAPTURE(schema);
+    const auto g = grammar::from_json_schema(schema);
+    for (int64_t v = lo - 40; v <= hi + 40; ++v) {
+      CAPTURE(v);
+      CHECK(complete(g, std::to_string(v)) == (v >= lo && v <= hi));
+    }
+    CHECK_FALSE(complete(g, "-0"));
+    std::string leading_zero = std::to_string(std::max<int64_t>(1, hi));
+    leading_zero.insert(leading_zero.begin(), '0');
+    CHECK_FALSE(complete(g, leading_zero));
+  }
+  // one-sided and exclusive bounds
+  const auto above = grammar::from_json_schema(R"({"type":"integer","exclusiveMinimum":99.5})");
+  CHECK_FALSE(complete(above, "99"));
+  CHECK(complete(above, "100"));
+  CHECK(complete(above, "123456789012"));
+  const auto below = grammar::from_json_schema(R"({"type":"integer","exclusiveMaximum":-7})");
+  CHECK(complete(below, "-8"));
+  CHECK(complete(below, "-80000"));
+  CHECK_FALSE(complete(below, "-7"));
+  CHECK_FALSE(complete(below, "0"));
+}
+
+TEST_CASE("JSON Schema: objects, arrays, strings, alternatives and references") {
+  const auto g = grammar::from_json_schema(R"({
+    "type": "object",
+    "properties": {
+      "name": {"type": "string", "minLength": 2, "maxLength": 4},
+      "kind": {"enum": ["a", 1, null]},
+      "tags": {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 2},
+      "next": {"$ref": "#/$defs/node"}
+    },
+    "required": ["name", "tags"],
+    "additionalProperties": false,
+    "$defs": {"node": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}]}}
+  })");
+  CHECK(complete(g, R"({"name":"ab","tags":[true]})"));
+  CHECK(complete(g, R"({ "name": "\u00e9\n\"x", "kind": null, "tags": [false, true], "next": {"next": null} })"));
+  CHECK(complete(g, R"({"name":"abcd","kind":1,"tags":[true]})"));
+  CHECK_FALSE(complete(g, R"({"name":"a","tags":[true]})"));         // minLength
+  CHECK_FALSE(complete(g, R"({"name":"abcde","tags":[true]})"));     // maxLength
+  CHECK_FALSE(complete(g, R"({"name":"ab\ud83d\ude00","tags":[true]})"));  // surrogate escapes refused
+  CHECK_FALSE(complete(g, R"({"name":"ab","tags":[]})"));            // minItems
+  CHECK_FALSE(complete(g, R"({"name":"ab","tags":[true,true,true]})"));  // maxItems
+  CHECK_FALSE(complete(g, R"({"tags":[true]})"));                    // required
+  CHECK_FALSE(complete(g, R"({"name":"ab","tags":[true],"x":1})"));  // additionalProperties false
+  CHECK_FALSE(complete(g, R"({"name":"ab","kind":"b","tags":[true]})"));  // enum
+  const auto map = grammar::from_json_schema(R"({"type":"object","additionalProperties":{"type":"integer","maximum":3}})");
+  CHECK(complete(map, R"({"a":1,"b":-2})"));
+  CHECK_FALSE(complete(map, R"({"a":4})"));
+  const auto one = grammar::from_json_schema(R"({"oneOf":[{"type":"string"},{"type":["integer","null"]}]})");
+  CHECK(complete(one, "null"));
+  CHECK(complete(one, "\"x\""));
+  CHECK_FALSE(complete(one, "1.5"));
+}
+
+TEST_CASE("JSON Schema: what cannot be followed exactly is refused, naming the keyword and where") {
+  CHECK(schema_error(R"({"type":"string","pattern":"a+"})").find("#: 'pattern' is not supported") != std::string::npos);
+  CHECK(schema_error(R"({"type":"object","properties":{"d":{"type":"string","format":"date"}}})")
+            .find("#/properties/d: 'format' is not supported") != std::string::npos);
+  CHECK(schema_error(R"({"type":"number","minimum":1})").find("'minimum' on type number") != std::string::npos);
+  CHECK(schema_error(R"({"oneOf":[{"type":"integer"},{"type":"number"}]})").find("use anyOf") != std::string::npos);
+  CHECK(schema_error(R"({"$ref":"#/$defs/x"})").find("names no definition") != std::string::npos);
+  CHECK(schema_error(R"({"$ref":"http://x/y"})").find("only #/$defs/NAME") != std::string::npos);
+  CHECK(schema_error(R"({"allOf":[{"type":"integer"},{"minimum":1}]})").find("'allOf' of more than one") != std::string::npos);
+  CHECK(schema_error(R"({"type":"integer","minimum":5,"maximum":4})").find("no integer lies between") != std::string::npos);
+  CHECK(schema_error(R"({"type":"string","minItems":1})").find("'minItems' does not apply to type string") !=
+        std::string::npos);
+  CHECK(schema_error(R"({"type":"object","properties":{"a":{}},"required":["b"]})").find("'b' is not in 'properties'") !=
+        std::string::npos);
+  CHECK(schema_error(R"({"type":"integer","maximum":1e30})").find("beyond +-1e18") != std::string::npos);
+  CHECK(schema_error("{\"type\":").find("not valid JSON") != std::string::npos);
+  CHECK(schema_error("false").find("accepts nothing") != std::string::npos);
+  std::string deep = "{\"type\":\"integer\"}";
+  for (int i = 0; i < 100; ++i) deep = "{\"anyOf\":[" + deep + "]}";
+  CHECK(schema_error(deep.c_str()).find("nested more than 64") != std::string::npos);
+}

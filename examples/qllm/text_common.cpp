@@ -53,6 +53,7 @@ const char* kTextFlags =
     "      --grammar-file F        the answer follows the GBNF grammar in F (rule root): tokens it\n"
     "                              forbids are masked before sampling (docs/formats.md)\n"
     "      --json                  the answer is a JSON object (a built-in grammar)\n"
+    "      --json-schema F         the answer is JSON valid against the JSON Schema in F\n"
     "      --cot                   chain of thought: reason step by step (on stderr), then answer\n"
     "      --cot-answer-tokens N   max tokens of the answer after the reasoning (default 64)\n"
     "  -q, --quiet                 no report line\n"
@@ -106,7 +107,7 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
     if (o.spec != "off") o.gp.draft_tokens = o.draft_tokens;
   } else if (a == "--draft") o.draft = val();
   else if (a == "--grammar-file") {
-    if (o.gp.constraint) throw error(errc::invalid_argument, "--grammar-file: one grammar only (--json or --grammar-file)");
+    if (o.gp.constraint) throw error(errc::invalid_argument, "--grammar-file: one grammar only (--grammar-file, --json or --json-schema)");
     const std::string f = val();
     try {
       o.gp.constraint = grammar::from_gbnf(read_file(f));
@@ -114,8 +115,16 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
       throw error(e.code(), f + ": " + e.what());
     }
   } else if (a == "--json") {
-    if (o.gp.constraint) throw error(errc::invalid_argument, "--json: one grammar only (--json or --grammar-file)");
+    if (o.gp.constraint) throw error(errc::invalid_argument, "--json: one grammar only (--grammar-file, --json or --json-schema)");
     o.gp.constraint = grammar::json_object();
+  } else if (a == "--json-schema") {
+    if (o.gp.constraint) throw error(errc::invalid_argument, "--json-schema: one grammar only (--grammar-file, --json or --json-schema)");
+    const std::string f = val();
+    try {
+      o.gp.constraint = grammar::from_json_schema(read_file(f));
+    } catch (const error& e) {
+      throw error(e.code(), f + ": " + e.what());
+    }
   } else if (a == "--cot") o.cot = true;
   else if (a == "--cot-answer-tokens") o.cot_p.answer_tokens = parse_int(a, val(), 1, int64_t(1) << 20);
   else if (a == "-q" || a == "--quiet") o.quiet = true;

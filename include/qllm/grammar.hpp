@@ -41,6 +41,12 @@ class grammar {
   // Any JSON value whose top level is an object (what OpenAI's "json_object" response format
   // asks for), with optional whitespace between tokens as JSON allows.
   static std::shared_ptr<const grammar> json_object();
+  // A JSON Schema (the text of one) as a grammar whose every string validates against it; see
+  // docs/formats.md for the keywords supported. Invalid JSON: error(invalid_argument); a keyword
+  // or form the grammar could not follow exactly: error(unsupported) naming it and where it is.
+  static std::shared_ptr<const grammar> from_json_schema(std::string_view schema);
+  // The GBNF from_json_schema compiles.
+  static std::string gbnf_from_json_schema(std::string_view schema);
   // The GBNF text json_object() compiles (for users who start their own grammar from it).
   static std::string_view json_object_gbnf();
   ~grammar();

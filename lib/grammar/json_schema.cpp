@@ -1,0 +1,421 @@
+// JSON Schema → GBNF. Every string the grammar generates validates against the schema; what the
+// grammar cannot express exactly is refused with an error naming the keyword and where it is.
+//
+// Supported: type (one or a list), enum, const, object (properties, required,
+// additionalProperties false / true / a schema when there are no properties), array (items,
+// minItems, maxItems), string (minLength, maxLength), integer (minimum, maximum,
+// exclusiveMinimum, exclusiveMaximum), number, boolean, null, anyOf, oneOf (alternatives of
+// disjoint types only), allOf of one schema, $ref to #/$defs/... or #/definitions/..., and the
+// annotations (title, description, examples, default, $schema, $id, $comment, deprecated,
+// readOnly, writeOnly). A string's \u escapes exclude surrogates, so that every escape is one
+// character for minLength and maxLength. Objects' properties are written in the schema's order; properties that
+// are not listed are not generated (additionalProperties absent or true allows them, so the output
+// is still valid).
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cmath>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "qllm/error.hpp"
+#include "qllm/grammar.hpp"
+
+namespace qllm {
+
+namespace {
+
+using json = nlohmann::ordered_json;  // properties keep the schema's order
+
+constexpr int64_t kMaxBound = 1000000000000000000;  // integer bounds: |x| <= 1e18
+constexpr int64_t kMaxCount = 10000;                  // minLength, maxItems, ...
+
+// A GBNF literal for `s` (UTF-8 passed through; quotes, backslashes and controls escaped).
+std::string literal(const std::string& s) {
+  std::string o = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += char(c);
+    } else if (c < 0x20 || c == 0x7F) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\x%02X", c);
+      o += b;
+    } else {
+      o += char(c);
+    }
+  }
+  return o + "\"";
+}
+
+// Decimal digit strings of one length, a <= b: an unambiguous grammar for every string between.
+std::string digit_range(const std::string& a, const std::string& b) {
+  if (a.empty()) return "\"\"";
+  if (a == b) return literal(a);
+  if (a[0] == b[0]) return literal(a.substr(0, 1)) + " " + digit_range(a.substr(1), b.substr(1));
+  const std::size_t n = a.size() - 1;
+  const std::string any = n ? " [0-9]{" + std::to_string(n) + "}" : "";
+  std::vector<std::string> alts;
+  if (std::all_of(a.begin() + 1, a.end(), [](char c) { return c == '0'; }) &&
+      std::all_of(b.begin() + 1, b.end(), [](char c) { return c == '9'; }))
+    return std::string("[") + a[0] + "-" + b[0] + "]" + any;
+  alts.push_back(literal(a.substr(0, 1)) + " " + (n ? digit_range(a.substr(1), std::string(n, '9')) : "\"\""));
+  if (a[0] + 1 <= b[0] - 1) alts.push_back(std::string("[") + char(a[0] + 1) + "-" + char(b[0] - 1) + "]" + any);
+  alts.push_back(literal(b.substr(0, 1)) + " " + (n ? digit_range(std::string(n, '0'), b.substr(1)) : "\"\""));
+  std::string o = "(";
+  for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
+  return o + ")";
+}
+
+// Non-negative integers in [lo, hi] written without leading zeros; hi < 0: no upper bound.
+std::string uint_range(int64_t lo, int64_t hi) {
+  const std::string l = std::to_string(lo);
+  std::vector<std::string> alts;
+  const std::size_t top = hi < 0 ? l.size() : std::to_string(hi).size();
+  for (std::size_t len = l.size(); len <= top; ++len) {
+    std::string first = l;
+    if (len > l.size()) {  // 10^(len-1), the smallest without a leading zero
+      first.assign(len, '0');
+      first[0] = '1';
+    }
+    std::string last = std::string(len, '9');
+    if (hi >= 0 && len == top) last = std::to_string(hi);
+    if (len == 1 && first == "0" && last == "0") alts.push_back("\"0\"");
+    else alts.push_back(digit_range(first, last));
+  }
+  if (hi < 0) alts.push_back("[1-9] [0-9]{" + std::to_string(l.size()) + ",}");  // more digits than lo
+  std::string o = "(";
+  for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
+  return o + ")";
+}
+
+class converter {
+ public:
+  explicit converter(const json& root) : root_(root) {}
+
+  std::string run() {
+    const std::string r = rule_for(root_, "#");
+    std::string out = "root ::= " + r + "\n";
+    out += R"(ws ::= "" | " " | "\n" [ \t]{0,20}
+value ::= object | array | string | number | ("true" | "false" | "null")
+object ::= "{" ws ( string ":" ws value ws ("," ws string ":" ws value ws)* )? "}"
+array ::= "[" ws ( value ws ("," ws value ws)* )? "]"
+string ::= "\"" char* "\""
+char ::= [^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" ([0-9a-cA-CeEfF] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2}))
+number ::= integer ("." [0-9]+)? ([eE] [-+]? [0-9]+)?
+integer ::= "-"? ("0" | [1-9] [0-9]*)
+)";
+    for (const auto& [name, body] : rules_) out += name + " ::= " + body + "\n";
+    return out;
+  }
+
+ private:
+  [[noreturn]] static void refuse(const std::string& where, const std::string& what) {
+    throw error(errc::unsupported, "JSON Schema: " + where + ": " + what);
+  }
+
+  std::string new_rule(const std::string& hint, const std::string& body) {
+    std::string base;
+    for (char c : hint) base += std::isalnum(static_cast<unsigned char>(c)) ? char(std::tolower(c)) : '-';
+    while (base.find("--") != std::string::npos) base.erase(base.find("--"), 1);
+    if (base.empty() || !std::isalpha(static_cast<unsigned char>(base[0]))) base = "s" + base;
+    if (base.size() > 40) base.resize(40);
+    std::string name = base;
+    for (int i = 2; rules_.count(name) || reserved(name); ++i) name = base + "-" + std::to_string(i);
+    rules_[name] = body;
+    return name;
+  }
+  static bool reserved(const std::string& n) {
+    return n == "root" || n == "ws" || n == "value" || n == "object" || n == "array" || n == "string" ||
+           n == "char" || n == "number" || n == "integer";
+  }
+
+  static int64_t count_of(const json& s, const char* key, const std::string& where, int64_t def) {
+    if (!s.contains(key)) return def;
+    const json& v = s[key];
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxCount)
+      refuse(where, std::string("'") + key + "' must be an integer in [0, " + std::to_string(kMaxCount) + "]");
+    return v.get<int64_t>();
+  }
+
+  // "X{min,max}" as GBNF; max < 0: unbounded.
+  static std::string repeat(const std::string& x, int64_t min, int64_t max) {
+    if (max < 0) return "(" + x + "){" + std::to_string(min) + ",}";
+    return "(" + x + "){" + std::to_string(min) + "," + std::to_string(max) + "}";
+  }
+
+  // The rule (or inline expression) for the schema s at JSON pointer `where`.
+  std::string rule_for(const json& s, const std::string& where) {
+    if (++depth_ > 64) refuse(where, "nested more than 64 schemas deep");
+    struct leave {
+      int& d;
+      ~leave() { --d; }
+    } l{depth_};
+    if (s.is_boolean()) {
+      if (s.get<bool>()) return "value";
+      refuse(where, "the schema false accepts nothing");
+    }
+    if (!s.is_object()) refuse(where, "a schema must be an object or a boolean");
+    static const std::set<std::string> annotations = {"title", "description", "examples", "default", "$schema", "$id",
+                                                      "$comment", "deprecated", "readOnly", "writeOnly", "$defs",
+                                                      "definitions"};
+    static const std::set<std::string> known = {"type", "enum", "const", "properties", "required",
+                                                "additionalProperties", "items", "minItems", "maxItems", "minLength",
+                                                "maxLength", "minimum", "maximum", "exclusiveMinimum",
+                                                "exclusiveMaximum", "anyOf", "oneOf", "allOf", "$ref"};
+    for (const auto& [k, v] : s.items())
+      if (!annotations.count(k) && !known.count(k)) refuse(where, "'" + k + "' is not supported");
+    if (s.contains("$ref")) {
+      if (s.size() > 1)
+        for (const auto& [k, v] : s.items())
+          if (k != "$ref" && !annotations.count(k)) refuse(where, "'$ref' with '" + k + "' beside it is not supported");
+      return ref(s["$ref"], where);
+    }
+    if (s.contains("const")) return literal(s["const"].dump());
+    if (s.contains("enum")) {
+      const json& e = s["enum"];
+      if (!e.is_array() || e.empty()) refuse(where, "'enum' must be a non-empty array");
+      std::string o = "(";
+      for (std::size_t i = 0; i < e.size(); ++i) o += (i ? " | " : "") + literal(e[i].dump());
+      return o + ")";
+    }
+    if (s.contains("allOf")) {
+      const json& a = s["allOf"];
+      if (!a.is_array() || a.size() != 1) refuse(where, "'allOf' of more than one schema is not supported");
+      return rule_for(a[0], where + "/allOf/0");
+    }
+    for (const char* key : {"anyOf", "oneOf"}) {
+      if (!s.contains(key)) continue;
+      const json& a = s[key];
+      if (!a.is_array() || a.empty()) refuse(where, std::string("'") + key + "' must be a non-empty array");
+      if (std::string(key) == "oneOf") disjoint_types(a, where);
+      std::string o = "(";
+      for (std::size_t i = 0; i < a.size(); ++i)
+        o += (i ? " | " : "") + rule_for(a[i], where + "/" + key + "/" + std::to_string(i));
+      return new_rule(where + "-" + key, o + ")");
+    }
+    std::vector<std::string> types;
+    if (!s.contains("type")) {
+      return "value";
+    } else if (s["type"].is_string()) {
+      types.push_back(s["type"].get<std::string>());
+    } else if (s["type"].is_array() && !s["type"].empty()) {
+      for (const auto& t : s["type"]) {
+        if (!t.is_string()) refuse(where, "'type' must hold strings");
+        types.push_back(t.get<std::string>());
+      }
+    } else {
+      refuse(where, "'type' must be a string or a non-empty array of strings");
+    }
+    std::string o = "(";
+    for (std::size_t i = 0; i < types.size(); ++i) o += (i ? " | " : "") + typed(s, types[i], where);
+    return new_rule(where + "-" + (types.size() == 1 ? types[0] : "types"), o + ")");
+  }
+
+  // oneOf is exact only when no value can match two alternatives: each must name its types, and
+  // no type may appear twice (integer counts as number).
+  void disjoint_types(const json& a, const std::string& where) {
+    std::set<std::string> seen;
+    for (const auto& alt : a) {
+      if (!alt.is_object() || !alt.contains("type") || alt.contains("enum") || alt.contains("const"))
+        refuse(where, "'oneOf' whose alternatives do not each name distinct types is not supported (use anyOf)");
+      std::vector<std::string> ts;
+      if (alt["type"].is_string()) ts.push_back(alt["type"].get<std::string>());
+      else if (alt["type"].is_array())
+        for (const auto& t : alt["type"])
+          if (t.is_string()) ts.push_back(t.get<std::string>());
+      for (std::string t : ts) {
+        if (t == "integer") t = "number";
+        if (!seen.insert(t).second)
+          refuse(where, "'oneOf' with two alternatives of type " + t + " is not supported (use anyOf)");
+      }
+    }
+  }
+
+  std::string ref(const json& r, const std::string& where) {
+    if (!r.is_string()) refuse(where, "'$ref' must be a string");
+    const std::string p = r.get<std::string>();
+    std::string name;
+    const char* bases[] = {"#/$defs/", "#/definitions/"};
+    const json* defs = nullptr;
+    for (const char* b : bases) {
+      const std::string base = b;
+      if (p.compare(0, base.size(), base) == 0) {
+        name = p.substr(base.size());
+        const std::string key = base == "#/$defs/" ? "$defs" : "definitions";
+        if (root_.is_object() && root_.contains(key)) defs = &root_[key];
+      }
+    }
+    if (name.empty() || name.find('/') != std::string::npos || name.find('~') != std::string::npos)
+      refuse(where, "'$ref' \"" + p + "\" is not supported (only #/$defs/NAME and #/definitions/NAME)");
+    if (!defs || !defs->is_object() || !defs->contains(name)) refuse(where, "'$ref' \"" + p + "\" names no definition");
+    auto it = refs_.find(p);
+    if (it != refs_.end()) return it->second;
+    const std::string rule = new_rule("def-" + name, "\"\"");  // reserved first: definitions may recurse
+    refs_[p] = rule;
+    rules_[rule] = rule_for((*defs)[name], p);
+    return rule;
+  }
+
+  std::string typed(const json& s, const std::string& t, const std::string& where) {
+    auto only = [&](std::initializer_list<const char*> keys) {
+      for (const char* k : {"properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+                            "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+        if (s.contains(k) && std::find_if(keys.begin(), keys.end(), [&](const char* x) { return std::string(x) == k; }) ==
+                                 keys.end())
+          refuse(where, "'" + std::string(k) + "' does not apply to type " + t);
+    };
+    if (t == "null") {
+      only({});
+      return "\"null\"";
+    }
+    if (t == "boolean") {
+      only({});
+      return "(\"true\" | \"false\")";
+    }
+    if (t == "string") {
+      only({"minLength", "maxLength"});
+      const int64_t mn = count_of(s, "minLength", where, 0), mx = count_of(s, "maxLength", where, -1);
+      if (mx >= 0 && mx < mn) refuse(where, "'maxLength' is below 'minLength'");
+      if (mn == 0 && mx < 0) return "string";
+      return "\"\\\"\" " + repeat("char", mn, mx) + " \"\\\"\"";
+    }
+    if (t == "number") {
+      for (const char* k : {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+        if (s.contains(k)) refuse(where, "'" + std::string(k) + "' on type number is not supported (on integer it is)");
+      only({});
+      return "number";
+    }
+    if (t == "integer") {
+      only({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"});
+      return integer(s, where);
+    }
+    if (t == "array") {
+      only({"items", "minItems", "maxItems"});
+      const int64_t mn = count_of(s, "minItems", where, 0), mx = count_of(s, "maxItems", where, -1);
+      if (mx >= 0 && mx < mn) refuse(where, "'maxItems' is below 'minItems'");
+      std::string item = "value";
+      if (s.contains("items")) {
+        if (s["items"].is_array()) refuse(where, "'items' as an array (tuple) is not supported");
+        item = rule_for(s["items"], where + "/items");
+      }
+      if (mx == 0) return "\"[\" ws \"]\"";
+      const std::string more = repeat("\",\" ws " + item + " ws", std::max<int64_t>(0, mn - 1), mx < 0 ? -1 : mx - 1);
+      const std::string some = item + " ws " + more;
+      return "\"[\" ws " + (mn == 0 ? "(" + some + ")?" : some) + " \"]\"";
+    }
+    if (t == "object") {
+      only({"properties", "required", "additionalProperties"});
+      return object(s, where);
+    }
+    refuse(where, "unknown type '" + t + "'");
+  }
+
+  static int64_t bound(const json& s, const char* key, const std::string& where, bool up) {
+    const json& v = s[key];
+    if (!v.is_number()) refuse(where, "'" + std::string(key) + "' must be a number");
+    const double d = v.get<double>();
+    if (!(std::fabs(d) <= double(kMaxBound))) refuse(where, "'" + std::string(key) + "' beyond +-1e18 is not supported");
+    if (v.is_number_integer()) return v.get<int64_t>();
+    return int64_t(up ? std::ceil(d) : std::floor(d));
+  }
+
+  std::string integer(const json& s, const std::string& where) {
+    bool has_lo = false, has_hi = false;
+    int64_t lo = 0, hi = 0;
+    auto tighten_lo = [&](int64_t v) { lo = has_lo ? std::max(lo, v) : v, has_lo = true; };
+    auto tighten_hi = [&](int64_t v) { hi = has_hi ? std::min(hi, v) : v, has_hi = true; };
+    if (s.contains("minimum")) tighten_lo(bound(s, "minimum", where, true));
+    if (s.contains("exclusiveMinimum")) {
+      const json& v = s["exclusiveMinimum"];
+      if (v.is_number_integer()) tighten_lo(v.get<int64_t>() + 1);
+      else tighten_lo(bound(s, "exclusiveMinimum", where, true) + (std::floor(v.get<double>()) == v.get<double>()));
+    }
+    if (s.contains("maximum")) tighten_hi(bound(s, "maximum", where, false));
+    if (s.contains("exclusiveMaximum")) {
+      const json& v = s["exclusiveMaximum"];
+      if (v.is_number_integer()) tighten_hi(v.get<int64_t>() - 1);
+      else tighten_hi(bound(s, "exclusiveMaximum", where, false) - (std::floor(v.get<double>()) == v.get<double>()));
+    }
+    if (!has_lo && !has_hi) return "integer";
+    if (has_lo && has_hi && hi < lo) refuse(where, "no integer lies between the bounds");
+    std::vector<std::string> alts;
+    // negative values: "-" and a magnitude in [max(1, -hi), -lo]
+    if (!has_lo || lo < 0) {
+      const int64_t mag_lo = has_hi && hi < 0 ? -hi : 1;
+      const int64_t mag_hi = has_lo ? -lo : -1;
+      alts.push_back("\"-\" " + uint_range(mag_lo, mag_hi));
+    }
+    if (!has_hi || hi >= 0) alts.push_back(uint_range(has_lo ? std::max<int64_t>(0, lo) : 0, has_hi ? hi : -1));
+    std::string o = "(";
+    for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
+    return o + ")";
+  }
+
+  std::string object(const json& s, const std::string& where) {
+    const json empty = json::object();
+    const json& props = s.contains("properties") ? s["properties"] : empty;
+    if (!props.is_object()) refuse(where, "'properties' must be an object");
+    std::set<std::string> required;
+    if (s.contains("required")) {
+      if (!s["required"].is_array()) refuse(where, "'required' must be an array");
+      for (const auto& r : s["required"]) {
+        if (!r.is_string()) refuse(where, "'required' must hold strings");
+        if (!props.contains(r.get<std::string>()))
+          refuse(where, "required property '" + r.get<std::string>() + "' is not in 'properties'");
+        required.insert(r.get<std::string>());
+      }
+    }
+    const json* extra = s.contains("additionalProperties") ? &s["additionalProperties"] : nullptr;
+    if (props.empty()) {
+      if (extra && extra->is_boolean() && !extra->get<bool>()) return "\"{\" ws \"}\"";
+      if (!extra || extra->is_boolean()) return "object";
+      const std::string v = rule_for(*extra, where + "/additionalProperties");
+      const std::string kv = "string \":\" ws " + v + " ws";
+      return "\"{\" ws (" + kv + " (\",\" ws " + kv + ")*)? \"}\"";
+    }
+    if (extra && !extra->is_boolean())
+      refuse(where, "'additionalProperties' as a schema beside 'properties' is not supported");
+    // the properties in order: A_i (none written yet) and B_i (one written: a comma first)
+    std::vector<std::pair<std::string, bool>> ps;  // (key-value expression, required)
+    for (const auto& [k, v] : props.items())
+      ps.push_back({literal(json(k).dump()) + " ws \":\" ws " + rule_for(v, where + "/properties/" + k) + " ws",
+                    required.count(k) > 0});
+    const std::string id = new_rule(where + "-obj", "\"\"");
+    std::string a_next = "\"\"", b_next = "\"\"";
+    for (std::size_t i = ps.size(); i-- > 0;) {
+      const auto& [kv, req] = ps[i];
+      const std::string b = new_rule(id + "-b" + std::to_string(i),
+                                     "\",\" ws " + kv + " " + b_next + (req ? "" : " | " + b_next));
+      const std::string a = new_rule(id + "-a" + std::to_string(i), kv + " " + b_next + (req ? "" : " | " + a_next));
+      a_next = a;
+      b_next = b;
+    }
+    rules_[id] = "\"{\" ws " + a_next + " \"}\"";
+    return id;
+  }
+
+  const json& root_;
+  std::map<std::string, std::string> rules_;
+  std::map<std::string, std::string> refs_;
+  int depth_ = 0;
+};
+
+}  // namespace
+
+std::string grammar::gbnf_from_json_schema(std::string_view schema) {
+  const json parsed = json::parse(schema, nullptr, false);
+  if (parsed.is_discarded()) throw error(errc::invalid_argument, "JSON Schema: not valid JSON");
+  converter c(parsed);
+  return c.run();
+}
+
+std::shared_ptr<const grammar> grammar::from_json_schema(std::string_view schema) {
+  return from_gbnf(gbnf_from_json_schema(schema));
+}
+
+}  // namespace qllm
