@@ -151,6 +151,29 @@ assert "".join(e["choices"][0].get("text") or "" for e in events if e.get("choic
 assert "completion_tokens_details" in events[-1]["usage"], events[-1]
 print("speculation:", d)
 PY
+# structured output on /v1/completions: json_object, and qllm's "grammar" (GBNF); both at once is a 400
+expect 200 "completion, response_format json_object" -H "$auth" -H "$json" \
+  -d '{"prompt":"And God said","max_tokens":300,"temperature":0.7,"seed":2,"response_format":{"type":"json_object"}}' \
+  "$base/v1/completions"
+python3 - "$dir/body" <<'PY' || fail "json_object: $(cat "$dir/body")"
+import json, sys
+r = json.load(open(sys.argv[1], encoding="utf-8"))
+c = r["choices"][0]
+assert c["finish_reason"] == "length" or isinstance(json.loads(c["text"]), dict), c
+PY
+expect 200 "completion, grammar" -H "$auth" -H "$json" \
+  -d '{"prompt":"And God said","max_tokens":20,"temperature":1,"grammar":"root ::= \" \" (\"yes\" | \"no\")"}' \
+  "$base/v1/completions"
+python3 - "$dir/body" <<'PY' || fail "grammar: $(cat "$dir/body")"
+import json, sys
+c = json.load(open(sys.argv[1], encoding="utf-8"))["choices"][0]
+assert c["text"] in (" yes", " no") and c["finish_reason"] == "stop", c
+PY
+expect 400 "grammar with an undefined rule" -H "$auth" -H "$json" \
+  -d '{"prompt":"a","grammar":"root ::= x"}' "$base/v1/completions"
+grep -q "rule 'x' is used but never defined" "$dir/body" || fail "grammar error: $(cat "$dir/body")"
+expect 400 "grammar and response_format" -H "$auth" -H "$json" \
+  -d '{"prompt":"a","grammar":"root ::= \"a\"","response_format":{"type":"json_object"}}' "$base/v1/completions"
 expect 400 "speculation by a draft model" -H "$auth" -H "$json" \
   -d '{"prompt":"In the beginning","max_tokens":4,"speculation":"draft"}' "$base/v1/completions"
 grep -q 'no draft model' "$dir/body" || fail "speculation draft: $(cat "$dir/body")"

@@ -78,7 +78,8 @@ void server::abandoned(const engine_result& r, clock::time_point t_start) {
 std::vector<int32_t> server::chat_prompt(const json& body, gen_settings& g) {
   check_fields(body, {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                       "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty", "penalty_last_n", "seed",
-                      "stop", "logit_bias", "n", "stream", "context_policy", "n_keep", "speculation", "draft_tokens"});
+                      "stop", "logit_bias", "n", "stream", "context_policy", "n_keep", "speculation", "draft_tokens",
+                      "response_format", "grammar"});
   parse_common(body, *model_, g, -1, o_.draft_tokens);
   auto it = body.find("messages");
   if (it == body.end() || !it->is_array() || it->empty())
@@ -119,7 +120,8 @@ std::vector<int32_t> server::chat_prompt(const json& body, gen_settings& g) {
 std::vector<int32_t> server::text_prompt(const json& body, gen_settings& g) {
   check_fields(body, {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
                       "frequency_penalty", "repeat_penalty", "penalty_last_n", "seed", "stop", "logit_bias", "n",
-                      "stream", "context_policy", "n_keep", "speculation", "draft_tokens"});
+                      "stream", "context_policy", "n_keep", "speculation", "draft_tokens", "response_format",
+                      "grammar"});
   parse_common(body, *model_, g, 16, o_.draft_tokens);
   auto it = body.find("prompt");
   if (it == body.end()) bad_request("'prompt' is required", "prompt");

@@ -1,5 +1,7 @@
 #include "serve/request.hpp"
 
+#include "qllm/grammar.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -60,12 +62,10 @@ void check_fields(const json& body, std::initializer_list<const char*> known) {
     if ((k == "user" && (v.is_string() || v.is_null())) || (k == "stream_options" && (v.is_object() || v.is_null())) ||
         (k == "logprobs" && (v.is_null() || v == false)) || (k == "top_logprobs" && (v.is_null() || v == 0)) ||
         (k == "echo" && (v.is_null() || v == false)) || (k == "suffix" && (v.is_null() || v == "")) ||
-        (k == "best_of" && (v.is_null() || v == 1)) ||
-        (k == "response_format" &&
-         (v.is_null() || (v.is_object() && v.contains("type") && v["type"].is_string() && v["type"] == "text"))))
+        (k == "best_of" && (v.is_null() || v == 1)))
       continue;
-    if (k == "logprobs" || k == "top_logprobs" || k == "echo" || k == "suffix" || k == "best_of" ||
-        k == "response_format" || k == "tools" || k == "tool_choice" || k == "functions")
+    if (k == "logprobs" || k == "top_logprobs" || k == "echo" || k == "suffix" || k == "best_of" || k == "tools" ||
+        k == "tool_choice" || k == "functions")
       bad_request("'" + k + "' is not supported by this server", k);
     bad_request("unknown field '" + k + "'", k);
   }
@@ -158,6 +158,35 @@ void parse_common(const json& body, const model& m, gen_settings& g, int64_t def
     bad_request("'speculation' must be \"lookup\" or \"off\" (this server has no draft model)", "speculation");
   if (spec == "lookup" && k == 0) bad_request("'draft_tokens' must be in [1, 64] with speculation lookup", "draft_tokens");
   r.gen.draft_tokens = spec != "lookup" ? 0 : k > 0 ? int32_t(k) : default_draft_tokens > 0 ? default_draft_tokens : 8;
+  // structured output: OpenAI's response_format, or qllm's "grammar" (GBNF, as llama.cpp's server)
+  if (auto rf = body.find("response_format"); rf != body.end() && !rf->is_null()) {
+    if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string())
+      bad_request("'response_format' must be an object with a string 'type'", "response_format");
+    const std::string type = (*rf)["type"].get<std::string>();
+    if (type == "json_object") {
+      r.gen.constraint = grammar::json_object();
+    } else if (type == "json_schema") {
+      const auto js = rf->find("json_schema");
+      if (js == rf->end() || !js->is_object() || !js->contains("schema"))
+        bad_request("'response_format.json_schema.schema' is required", "response_format");
+      try {
+        r.gen.constraint = grammar::from_json_schema((*js)["schema"].dump());
+      } catch (const error& e) {
+        bad_request(e.what(), "response_format");
+      }
+    } else if (type != "text") {
+      bad_request("'response_format.type' must be \"text\", \"json_object\" or \"json_schema\"", "response_format");
+    }
+  }
+  if (auto gr = body.find("grammar"); gr != body.end() && !gr->is_null()) {
+    if (r.gen.constraint) bad_request("'grammar' and a JSON 'response_format' cannot both be given", "grammar");
+    if (!gr->is_string()) bad_request("'grammar' must be a string (GBNF)", "grammar");
+    try {
+      r.gen.constraint = grammar::from_gbnf(gr->get<std::string>());
+    } catch (const error& e) {
+      bad_request(e.what(), "grammar");
+    }
+  }
 }
 
 json fit_report(const prompt_fit& f, context_policy p) {

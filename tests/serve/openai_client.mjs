@@ -135,6 +135,53 @@ await step('chat.completions.create, streamed and not', async () => {
   check(text === msg.content, 'streamed text equals the non-streamed text', { streamed: text, whole: msg.content });
 });
 
+// structured output: a JSON Schema through response_format, the official client's shape; the
+// answer parses, has the schema's fields and types, and streams the same text
+const schemaRequest = {
+  model,
+  temperature: 0.9,
+  seed: 5,
+  max_tokens: 200,
+  messages: [{ role: 'user', content: 'Name a king of Israel and his age.' }],
+  response_format: {
+    type: 'json_schema',
+    json_schema: {
+      name: 'king',
+      strict: true,
+      schema: {
+        type: 'object',
+        properties: { name: { type: 'string', maxLength: 16 }, age: { type: 'integer', minimum: 1, maximum: 120 } },
+        required: ['name', 'age'],
+        additionalProperties: false,
+      },
+    },
+  },
+};
+await step('chat.completions.create with response_format json_schema, streamed and not', async () => {
+  const whole = await client.chat.completions.create(schemaRequest);
+  const content = whole.choices[0].message.content;
+  check(whole.choices[0].finish_reason === 'stop', 'the answer ends where the schema ends', whole.choices[0]);
+  const v = JSON.parse(content);
+  check(typeof v.name === 'string' && v.name.length <= 16, 'name is a string of at most 16 characters', v);
+  check(Number.isInteger(v.age) && v.age >= 1 && v.age <= 120, 'age is an integer in [1, 120]', v);
+  check(Object.keys(v).length === 2, 'no other fields', v);
+  const stream = await client.chat.completions.create({ ...schemaRequest, stream: true });
+  let text = '';
+  for await (const chunk of stream)
+    if (chunk.choices && chunk.choices.length && typeof chunk.choices[0].delta.content === 'string')
+      text += chunk.choices[0].delta.content;
+  check(text === content, 'the streamed answer equals the whole one', { text, content });
+  let refused = null;
+  try {
+    await client.chat.completions.create({ ...schemaRequest, response_format: { type: 'json_schema',
+      json_schema: { name: 'd', schema: { type: 'string', format: 'date' } } } });
+  } catch (e) {
+    refused = e;
+  }
+  check(refused && refused.status === 400 && /'format' is not supported/.test(refused.message),
+        'an unsupported keyword is a 400 naming it', refused && refused.message);
+});
+
 function checkEmbeddings(r, what) {
   check(r.object === 'list', `${what}: object is "list"`, r.object);
   check(Array.isArray(r.data) && r.data.length === 2, `${what}: two embeddings`, r.data && r.data.length);
