@@ -92,7 +92,6 @@ class grammar_matcher {
   const tokenizer* tok_;
   std::shared_ptr<const grammar_detail::token_trie> trie_;
   std::unique_ptr<grammar_detail::parse_state> st_;
-  std::vector<grammar_detail::parse_state> levels_;  // the mask's walk: one state per depth
   std::unique_ptr<grammar_detail::mask_cache> cache_;
   std::vector<bool> mask_;
   bool ended_ = false;  // EOS accepted

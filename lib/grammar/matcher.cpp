@@ -11,6 +11,8 @@
 // prefix shared by many tokens is matched once, and a branch is left as soon as its state is
 // empty.
 #include <algorithm>
+#include <array>
+#include <unordered_map>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -203,6 +205,31 @@ struct mask_cache {
   std::vector<parse_state> states;
   std::vector<std::vector<bool>> masks;
   std::size_t next = 0;  // the entry replaced next, once full
+
+  // Transitions by byte between interned parse states, shared by every mask of the generation:
+  // a trie walk inside a JSON string meets the same few states at every node, so each
+  // (state, byte) is computed once and then looked up.
+  static constexpr std::size_t kMaxStates = 4096;
+  std::vector<parse_state> interned;
+  std::vector<std::array<int32_t, 256>> next_state;  // -2: not computed yet, -1: no parse
+  std::unordered_map<uint64_t, std::vector<int32_t>> by_hash;
+
+  int32_t intern(const parse_state& s) {
+    const uint64_t h = s.hash();
+    auto& bucket = by_hash[h];
+    for (int32_t i : bucket)
+      if (interned[std::size_t(i)] == s) return i;
+    interned.push_back(s);
+    next_state.emplace_back();
+    next_state.back().fill(-2);
+    bucket.push_back(int32_t(interned.size() - 1));
+    return int32_t(interned.size() - 1);
+  }
+  void clear_states() {
+    interned.clear();
+    next_state.clear();
+    by_hash.clear();
+  }
 
   const std::vector<bool>* find(const parse_state& s, uint64_t h) const {
     for (std::size_t i = 0; i < hashes.size(); ++i)
@@ -405,23 +432,29 @@ void grammar_matcher::allowed(std::vector<bool>& out) {
     return;
   }
   out.assign(std::size_t(t.n_vocab), false);
-  if (levels_.size() < t.depth + 1) levels_.resize(t.depth + 1);
-  levels_[0] = *st_;
-  // depth first over the trie, iteratively: (node, next edge) per level
-  std::vector<std::pair<uint32_t, uint32_t>> walk{{0, 0}};
+  mask_cache& mc = *cache_;
+  if (mc.interned.size() > mask_cache::kMaxStates) mc.clear_states();
+  const int32_t root = mc.intern(*st_);
+  // depth first over the trie, iteratively: (node, next edge, state at the node)
+  std::vector<std::array<int32_t, 3>> walk{{0, 0, root}};
+  parse_state tmp;
   while (!walk.empty()) {
-    auto& [node, e] = walk.back();
-    const auto& nd = t.nodes[node];
-    if (e == nd.n_children) {
+    auto& [node, e, at] = walk.back();
+    const auto& nd = t.nodes[std::size_t(node)];
+    if (uint32_t(e) == nd.n_children) {
       walk.pop_back();
       continue;
     }
-    const auto [byte, child] = t.edges[nd.first_child + e++];
-    const std::size_t d = walk.size();
-    if (!advance_byte(c, levels_[d - 1], byte, levels_[d], t_scratch)) continue;
+    const auto [byte, child] = t.edges[nd.first_child + uint32_t(e++)];
+    int32_t to = mc.next_state[std::size_t(at)][byte];
+    if (to == -2) {
+      to = advance_byte(c, mc.interned[std::size_t(at)], byte, tmp, t_scratch) ? mc.intern(tmp) : -1;
+      mc.next_state[std::size_t(walk.back()[2])][byte] = to;  // (intern may have moved the arrays)
+    }
+    if (to < 0) continue;
     const auto& cn = t.nodes[child];
     for (uint32_t k = 0; k < cn.n_tokens; ++k) out[std::size_t(t.tokens[cn.first_token + k])] = true;
-    if (cn.n_children) walk.push_back({child, 0});
+    if (cn.n_children) walk.push_back({int32_t(child), 0, to});
   }
   if (can_end() && tok_->valid(t.eos)) out[std::size_t(t.eos)] = true;
   cache_->put(*st_, h, out);
