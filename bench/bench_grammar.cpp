@@ -46,6 +46,23 @@ void BM_compile_json_object(benchmark::State& state) {
 }
 BENCHMARK(BM_compile_json_object)->Unit(benchmark::kMicrosecond);
 
+// a schema with nesting, bounds, a recursive $ref and alternatives, to a compiled grammar
+void BM_compile_json_schema(benchmark::State& state) {
+  const char* schema = R"({"type":"object","properties":{
+    "name":{"type":"string","minLength":1,"maxLength":40},
+    "age":{"type":"integer","minimum":0,"maximum":150},
+    "address":{"type":"object","properties":{"city":{"type":"string"},"zip":{"type":"string","maxLength":10}},
+               "required":["city"],"additionalProperties":false},
+    "tags":{"type":"array","items":{"enum":["a","b","c","d"]},"maxItems":8},
+    "tree":{"$ref":"#/$defs/node"},
+    "value":{"anyOf":[{"type":"number"},{"type":"string","maxLength":12},{"type":"null"}]}},
+    "required":["name","age"],"additionalProperties":false,
+    "$defs":{"node":{"type":"object","properties":{"label":{"type":"string"},
+             "children":{"type":"array","items":{"$ref":"#/$defs/node"}}},"additionalProperties":false}}})";
+  for (auto _ : state) benchmark::DoNotOptimize(grammar::from_json_schema(schema));
+}
+BENCHMARK(BM_compile_json_schema)->Unit(benchmark::kMicrosecond);
+
 void BM_trie_and_matcher(benchmark::State& state) {  // the first matcher of a vocabulary builds its trie
   const auto g = grammar::json_object();
   for (auto _ : state) {
