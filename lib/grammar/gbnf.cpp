@@ -380,23 +380,50 @@ class parser {
 void check(std::vector<std::vector<seq>>& rules, const std::vector<std::string>& names, const std::vector<ranges>& sets,
            uint32_t root) {
   const std::size_t n = rules.size();
-  std::vector<bool> productive(n, false);
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (std::size_t r = 0; r < n; ++r) {
-      if (productive[r]) continue;
-      for (const auto& a : rules[r]) {
-        const bool ok = std::all_of(a.begin(), a.end(), [&](const sym& s) {
-          return s.rule ? bool(productive[s.index]) : !sets[s.index].empty();
-        });
-        if (ok) {
-          productive[r] = true;
-          changed = true;
-          break;
+  // Least fixed points by work lists, linear in the grammar's size (a pass-until-nothing-changes
+  // loop is quadratic on a chain of rules listed in reverse, which a client could send).
+  // holds(s): whether symbol s counts (productive: a terminal with characters, or a productive
+  // rule; nullable: a nullable rule); an alternative counts when all its symbols do.
+  const auto fixpoint = [&](auto terminal_counts) {
+    std::vector<bool> done(n, false);
+    std::vector<std::vector<std::pair<uint32_t, uint32_t>>> uses(n);  // rule -> (rule, alt) using it
+    std::vector<std::vector<uint32_t>> missing(n);                     // per alt: symbols not yet counted
+    std::vector<uint32_t> queue;
+    for (uint32_t r = 0; r < n; ++r) {
+      missing[r].resize(rules[r].size());
+      for (uint32_t a = 0; a < rules[r].size(); ++a) {
+        uint32_t m = 0;
+        bool dead = false;
+        for (const sym& x : rules[r][a]) {
+          if (x.rule) {
+            ++m;
+            uses[x.index].push_back({r, a});
+          } else if (!terminal_counts(x)) {
+            dead = true;
+          }
+        }
+        missing[r][a] = dead ? UINT32_MAX : m;
+        if (m == 0 && !dead && !done[r]) {
+          done[r] = true;
+          queue.push_back(r);
         }
       }
     }
-  }
+    while (!queue.empty()) {
+      const uint32_t s = queue.back();
+      queue.pop_back();
+      for (const auto& [r, a] : uses[s]) {
+        uint32_t& m = missing[r][a];
+        if (m == UINT32_MAX || m == 0) continue;
+        if (--m == 0 && !done[r]) {
+          done[r] = true;
+          queue.push_back(r);
+        }
+      }
+    }
+    return done;
+  };
+  const std::vector<bool> productive = fixpoint([&](const sym& x) { return !sets[x.index].empty(); });
   if (!productive[root])
     throw error(errc::invalid_argument, "grammar: rule '" + names[root] + "' derives no finite string");
   for (auto& alts : rules)
@@ -407,19 +434,7 @@ void check(std::vector<std::vector<seq>>& rules, const std::vector<std::string>&
                                 });
                               }),
                alts.end());
-  std::vector<bool> nullable(n, false);
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (std::size_t r = 0; r < n; ++r) {
-      if (nullable[r]) continue;
-      for (const auto& a : rules[r])
-        if (std::all_of(a.begin(), a.end(), [&](const sym& s) { return s.rule && nullable[s.index]; })) {
-          nullable[r] = true;
-          changed = true;
-          break;
-        }
-    }
-  }
+  const std::vector<bool> nullable = fixpoint([](const sym&) { return false; });
   // edges r -> s where s can be the first thing r expands to
   std::vector<std::vector<uint32_t>> first(n);
   for (std::size_t r = 0; r < n; ++r)
