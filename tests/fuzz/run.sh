@@ -10,7 +10,7 @@ build=$1
 seconds=$2
 shift 2
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(gguf model tokenizer capi safetensors)
+[ ${#targets[@]} -gt 0 ] || targets=(gguf model tokenizer capi safetensors grammar)
 if [ ! -f "$build/build.ninja" ]; then
   san="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=function -fno-sanitize-recover=undefined"
   CC=clang-14 CXX=clang++-14 meson setup "$build" -Dfuzz=true -Dopenmp=disabled -Dbench=disabled \
