@@ -578,3 +578,23 @@ TEST_CASE("JSON Schema: what cannot be followed exactly is refused, naming the k
   for (int i = 0; i < 100; ++i) deep = "{\"anyOf\":[" + deep + "]}";
   CHECK(schema_error(deep.c_str()).find("nested more than 64") != std::string::npos);
 }
+
+TEST_CASE("a grammar too ambiguous to follow is an error, not a stall") {
+  // after n a's, each level may still close with b or with c: 2^n parses of the text
+  const auto g = grammar::from_gbnf("root ::= s\ns ::= \"a\" s \"b\" | \"a\" s \"c\" | \"\"");
+  grammar_matcher m(g, *small_vocab());
+  bool refused = false;
+  try {
+    for (int i = 0; i < 64 && !refused; ++i) {
+      std::vector<bool> ok;
+      m.allowed(ok);
+      m.accept_text("a");
+    }
+  } catch (const error& e) {
+    CHECK(e.code() == errc::unsupported);
+    CHECK((std::string(e.what()).find("too ambiguous") != std::string::npos ||
+           std::string(e.what()).find("costs too much") != std::string::npos));
+    refused = true;
+  }
+  CHECK(refused);
+}

@@ -52,6 +52,11 @@ struct token_trie {
 namespace {
 
 constexpr std::size_t kMaxStacks = 4096;  // parses of one prefix (an ambiguous grammar's bound)
+// Stack entries written for one mask or one accept: an ambiguous or deeply nested grammar could
+// otherwise make one token cost seconds (the server's engine thread serves every request). The
+// widest uncached mask of a JSON answer on the Llama-2 vocabulary writes about 2 x 10^5.
+constexpr uint64_t kMaxWork = uint64_t(1) << 27;
+thread_local uint64_t t_work = 0;
 
 std::shared_ptr<const token_trie> build_trie(const tokenizer& tok) {
   auto t = std::make_shared<token_trie>();
@@ -155,6 +160,10 @@ struct parse_state {
                                          " parses of the text so far (the grammar is too ambiguous)");
     data.insert(data.end(), s, s + n);
     off.push_back(uint32_t(data.size()));
+    if ((t_work += n + 1) > kMaxWork)
+      throw error(errc::unsupported,
+                  "grammar: following it here costs too much (more than 2^27 steps for one token: an ambiguous or "
+                  "deeply nested grammar)");
   }
   void pop(std::vector<uint32_t>& into) {
     into.assign(data.begin() + off[size() - 1], data.end());
@@ -372,6 +381,7 @@ grammar_matcher& grammar_matcher::operator=(grammar_matcher&&) noexcept = defaul
 
 void grammar_matcher::reset() {
   const compiled& c = *g_->c_;
+  t_work = 0;
   st_->clear();
   std::vector<uint32_t> cur;
   for (uint32_t a : c.alts[c.root]) {
@@ -395,6 +405,7 @@ bool grammar_matcher::must_end() const noexcept {
 bool grammar_matcher::accept_text(std::string_view bytes) {
   if (ended_) return false;
   const compiled& c = *g_->c_;
+  t_work = 0;
   parse_state a = *st_, b;
   for (unsigned char ch : bytes) {
     if (!advance_byte(c, a, ch, b, t_scratch)) return false;
@@ -432,6 +443,7 @@ void grammar_matcher::allowed(std::vector<bool>& out) {
     return;
   }
   out.assign(std::size_t(t.n_vocab), false);
+  t_work = 0;
   mask_cache& mc = *cache_;
   if (mc.interned.size() > mask_cache::kMaxStates) mc.clear_states();
   const int32_t root = mc.intern(*st_);
