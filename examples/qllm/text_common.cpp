@@ -106,24 +106,18 @@ bool parse_text_flag(text_options& o, int argc, char** argv, int& i) {
     o.draft_tokens = int32_t(parse_int(a, val(), 1, 64));
     if (o.spec != "off") o.gp.draft_tokens = o.draft_tokens;
   } else if (a == "--draft") o.draft = val();
-  else if (a == "--grammar-file") {
-    if (o.gp.constraint) throw error(errc::invalid_argument, "--grammar-file: one grammar only (--grammar-file, --json or --json-schema)");
-    const std::string f = val();
-    try {
-      o.gp.constraint = grammar::from_gbnf(read_file(f));
-    } catch (const error& e) {
-      throw error(e.code(), f + ": " + e.what());
-    }
-  } else if (a == "--json") {
-    if (o.gp.constraint) throw error(errc::invalid_argument, "--json: one grammar only (--grammar-file, --json or --json-schema)");
-    o.gp.constraint = grammar::json_object();
-  } else if (a == "--json-schema") {
-    if (o.gp.constraint) throw error(errc::invalid_argument, "--json-schema: one grammar only (--grammar-file, --json or --json-schema)");
-    const std::string f = val();
-    try {
-      o.gp.constraint = grammar::from_json_schema(read_file(f));
-    } catch (const error& e) {
-      throw error(e.code(), f + ": " + e.what());
+  else if (a == "--grammar-file" || a == "--json" || a == "--json-schema") {
+    if (o.gp.constraint) throw error(errc::invalid_argument, a + ": one grammar only (--grammar-file, --json or --json-schema)");
+    if (a == "--json") {
+      o.gp.constraint = grammar::json_object();
+    } else {
+      const std::string f = val();
+      try {  // errors name the file
+        const std::string text = read_file(f);
+        o.gp.constraint = a == "--json-schema" ? grammar::from_json_schema(text) : grammar::from_gbnf(text);
+      } catch (const error& e) {
+        throw error(e.code(), f + ": " + e.what());
+      }
     }
   } else if (a == "--cot") o.cot = true;
   else if (a == "--cot-answer-tokens") o.cot_p.answer_tokens = parse_int(a, val(), 1, int64_t(1) << 20);
