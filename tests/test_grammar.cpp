@@ -144,6 +144,11 @@ name ::= [A-Z] [a-z\u00e9]{1,10} "\x21"? "\n"
   CHECK(error_of("root ::= \"\xFF\"").find("not valid UTF-8") != std::string::npos);
   CHECK(error_of("root ::= " + std::string(300, '(')).find("nested too deeply") != std::string::npos);
   CHECK(error_of("root ::= [a]{5000}{5000}").find("too large") != std::string::npos);
+  {  // many small alternatives that expand to large ones fail at the limit, before all are in memory
+    std::string many = "root ::= ";
+    for (int i = 0; i < 2000; ++i) many.append(i ? " | " : "").append("\"aaaaaaaaaa\"{10000}");
+    CHECK(error_of(many).find("too large") != std::string::npos);
+  }
   // a chain of 200,000 rules listed against their order of dependence compiles in linear time (a
   // quadratic fixed point would not end within the suite's timeout); the text must go all the way
   {
@@ -574,6 +579,29 @@ TEST_CASE("JSON Schema: what cannot be followed exactly is refused, naming the k
   CHECK(schema_error(R"({"type":"integer","maximum":1e30})").find("beyond +-1e18") != std::string::npos);
   CHECK(schema_error("{\"type\":").find("not valid JSON") != std::string::npos);
   CHECK(schema_error("false").find("accepts nothing") != std::string::npos);
+  // keywords beside const, enum or a combinator, or without a type, are enforced or refused
+  CHECK(schema_error(R"({"type":"string","const":5})").find("'const' is not of the schema's 'type'") != std::string::npos);
+  CHECK(schema_error(R"({"const":5,"minimum":6})").find("'minimum' beside 'const'") != std::string::npos);
+  CHECK(schema_error(R"({"type":"string","anyOf":[{"type":"integer"}]})").find("'type' beside 'anyOf'") !=
+        std::string::npos);
+  CHECK(schema_error(R"({"allOf":[{"type":"integer"}],"anyOf":[{"type":"string"}]})").find("beside 'allOf'") !=
+        std::string::npos);
+  CHECK(schema_error(R"({"minimum":0})").find("'minimum' without a 'type'") != std::string::npos);
+  CHECK(schema_error(R"({"minLength":1,"items":{}})").find("several types") != std::string::npos);
+  CHECK(schema_error(R"({"type":"integer","exclusiveMinimum":18446744073709551615})").find("beyond +-1e18") !=
+        std::string::npos);
+  CHECK(schema_error(R"({"type":"integer","exclusiveMaximum":-9223372036854775808})").find("beyond +-1e18") !=
+        std::string::npos);
+  const auto untyped = grammar::from_json_schema(
+      R"({"properties":{"name":{"type":"string"},"age":{"type":"integer","minimum":0}},"required":["name","age"]})");
+  CHECK_FALSE(complete(untyped, "{}"));
+  CHECK_FALSE(complete(untyped, R"({"name":1})"));
+  CHECK(complete(untyped, R"({"name":"x","age":3})"));
+  CHECK_FALSE(complete(grammar::from_json_schema(R"({"minLength":5})"), "\"a\""));
+  const auto typed_enum = grammar::from_json_schema(R"({"type":"string","enum":["a",1,"b"]})");
+  CHECK(complete(typed_enum, "\"b\""));
+  CHECK_FALSE(complete(typed_enum, "1"));
+  CHECK(schema_error(R"({"type":"integer","enum":["a"]})").find("no value of 'enum'") != std::string::npos);
   std::string deep = "{\"type\":\"integer\"}";
   for (int i = 0; i < 100; ++i) deep = "{\"anyOf\":[" + deep + "]}";
   CHECK(schema_error(deep.c_str()).find("nested more than 64") != std::string::npos);

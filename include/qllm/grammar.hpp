@@ -64,6 +64,10 @@ class grammar_matcher {
  public:
   // The tokenizer's token texts (token_text) are what the grammar sees; control, unknown and
   // unused tokens are never allowed, except EOS where the grammar may end.
+  // Every call (the constructor included) may throw error(unsupported) when following the grammar
+  // costs too much for one step (more than 4096 parses of the text, or 2^24 units of work: an
+  // ambiguous or deeply nested grammar); accept_text's bound is per call, so give long texts in
+  // pieces.
   grammar_matcher(std::shared_ptr<const grammar> g, const tokenizer& tok);
   ~grammar_matcher();
   grammar_matcher(grammar_matcher&&) noexcept;

@@ -119,11 +119,11 @@ class parser {
   }
 
   // A rule of its own for a group or a repetition, named after the rule it appears in.
-  uint32_t helper_rule(const std::string& parent, std::vector<seq> alts) {
+  uint32_t helper_rule(const std::string& parent, std::vector<seq> alts, bool counted = false) {
     const uint32_t r = new_rule(parent + "_" + std::to_string(rules_.size()));
     defined_[r] = true;
     rules_[r] = std::move(alts);
-    count(rules_[r]);
+    if (!counted) count(rules_[r]);
     return r;
   }
 
@@ -208,20 +208,26 @@ class parser {
   std::vector<seq> parse_alternatives(const std::string& rule, int depth) {
     if (depth > kMaxNesting) fail("parentheses nested too deeply");
     std::vector<seq> alts;
-    alts.push_back(parse_sequence(rule, depth));
+    // each alternative is counted as soon as it is parsed: many small alternatives that expand
+    // to large ones must fail at the limit, not after all of them are in memory
+    const auto add = [&](seq a) {
+      n_syms_ += a.size() + 1;
+      if (n_syms_ > kMaxSymbols) fail("the grammar is too large (more than 2^20 symbols once repetitions are expanded)");
+      alts.push_back(std::move(a));
+    };
+    add(parse_sequence(rule, depth));
     for (;;) {
       const std::size_t save = p_;
       skip(true);  // an alternative may start on the next line with |
       if (!at_end() && t_[p_] == '|') {
         ++p_;
         skip(true);
-        alts.push_back(parse_sequence(rule, depth));
+        add(parse_sequence(rule, depth));
       } else {
         if (depth == 0) p_ = save;
         break;
       }
     }
-    count(alts);
     return alts;
   }
 
@@ -271,7 +277,7 @@ class parser {
         skip(true);
         if (at_end() || t_[p_] != ')') fail("expected )");
         ++p_;
-        item.push_back({true, helper_rule(rule, std::move(alts))});
+        item.push_back({true, helper_rule(rule, std::move(alts), true)});
       } else if (name_char(c)) {
         const std::size_t at = p_;
         const std::string name = parse_name();

@@ -175,14 +175,45 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
           if (k != "$ref" && !annotations.count(k)) refuse(where, "'$ref' with '" + k + "' beside it is not supported");
       return ref(s["$ref"], where);
     }
-    if (s.contains("const")) return literal(s["const"].dump());
+    // const, enum and the combinators are the whole schema: another validation keyword beside
+    // them would have to hold too, and is refused rather than dropped ("type" beside const or
+    // enum is checked against the values)
+    const auto alone = [&](const char* key, bool type_ok) {
+      for (const auto& [k, v] : s.items())
+        if (k != key && !annotations.count(k) && !(type_ok && k == "type"))
+          refuse(where, "'" + k + "' beside '" + key + "' is not supported");
+    };
+    const auto of_type = [&](const json& v) {
+      if (!s.contains("type")) return true;
+      std::vector<std::string> ts;
+      if (s["type"].is_string()) ts.push_back(s["type"].get<std::string>());
+      else if (s["type"].is_array())
+        for (const auto& t : s["type"])
+          if (t.is_string()) ts.push_back(t.get<std::string>());
+      for (const auto& t : ts)
+        if ((t == "null" && v.is_null()) || (t == "boolean" && v.is_boolean()) || (t == "string" && v.is_string()) ||
+            (t == "object" && v.is_object()) || (t == "array" && v.is_array()) || (t == "number" && v.is_number()) ||
+            (t == "integer" && (v.is_number_integer() || (v.is_number_float() && std::trunc(v.get<double>()) == v.get<double>()))))
+          return true;
+      return false;
+    };
+    if (s.contains("const")) {
+      alone("const", true);
+      if (!of_type(s["const"])) refuse(where, "'const' is not of the schema's 'type'");
+      return literal(s["const"].dump());
+    }
     if (s.contains("enum")) {
+      alone("enum", true);
       const json& e = s["enum"];
       if (!e.is_array() || e.empty()) refuse(where, "'enum' must be a non-empty array");
-      std::string o = "(";
-      for (std::size_t i = 0; i < e.size(); ++i) o += (i ? " | " : "") + literal(e[i].dump());
+      std::string o;
+      for (const auto& v : e)
+        if (of_type(v)) o += (o.empty() ? "(" : " | ") + literal(v.dump());
+      if (o.empty()) refuse(where, "no value of 'enum' is of the schema's 'type'");
       return o + ")";
     }
+    for (const char* key : {"allOf", "anyOf", "oneOf"})
+      if (s.contains(key)) alone(key, false);
     if (s.contains("allOf")) {
       const json& a = s["allOf"];
       if (!a.is_array() || a.size() != 1) refuse(where, "'allOf' of more than one schema is not supported");
@@ -200,7 +231,19 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
     }
     std::vector<std::string> types;
     if (!s.contains("type")) {
-      return "value";
+      // no type: the keywords say which one they constrain (values of other types would be valid
+      // too, but are not generated); keywords of several types, or bounds, are refused
+      std::set<std::string> implied;
+      for (const auto& [k, v] : s.items()) {
+        if (k == "properties" || k == "required" || k == "additionalProperties") implied.insert("object");
+        else if (k == "items" || k == "minItems" || k == "maxItems") implied.insert("array");
+        else if (k == "minLength" || k == "maxLength") implied.insert("string");
+        else if (!annotations.count(k))
+          refuse(where, "'" + k + "' without a 'type' is not supported (say \"type\": \"integer\" or \"number\")");
+      }
+      if (implied.empty()) return "value";
+      if (implied.size() > 1) refuse(where, "keywords of several types without a 'type' are not supported");
+      types.push_back(*implied.begin());
     } else if (s["type"].is_string()) {
       types.push_back(s["type"].get<std::string>());
     } else if (s["type"].is_array() && !s["type"].empty()) {
@@ -330,17 +373,10 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
     auto tighten_lo = [&](int64_t v) { lo = has_lo ? std::max(lo, v) : v, has_lo = true; };
     auto tighten_hi = [&](int64_t v) { hi = has_hi ? std::min(hi, v) : v, has_hi = true; };
     if (s.contains("minimum")) tighten_lo(bound(s, "minimum", where, true));
-    if (s.contains("exclusiveMinimum")) {
-      const json& v = s["exclusiveMinimum"];
-      if (v.is_number_integer()) tighten_lo(v.get<int64_t>() + 1);
-      else tighten_lo(bound(s, "exclusiveMinimum", where, true) + (std::floor(v.get<double>()) == v.get<double>()));
-    }
+    // the smallest integer above x is floor(x) + 1, the largest below it ceil(x) - 1
+    if (s.contains("exclusiveMinimum")) tighten_lo(bound(s, "exclusiveMinimum", where, false) + 1);
     if (s.contains("maximum")) tighten_hi(bound(s, "maximum", where, false));
-    if (s.contains("exclusiveMaximum")) {
-      const json& v = s["exclusiveMaximum"];
-      if (v.is_number_integer()) tighten_hi(v.get<int64_t>() - 1);
-      else tighten_hi(bound(s, "exclusiveMaximum", where, false) - (std::floor(v.get<double>()) == v.get<double>()));
-    }
+    if (s.contains("exclusiveMaximum")) tighten_hi(bound(s, "exclusiveMaximum", where, true) - 1);
     if (!has_lo && !has_hi) return "integer";
     if (has_lo && has_hi && hi < lo) refuse(where, "no integer lies between the bounds");
     std::vector<std::string> alts;

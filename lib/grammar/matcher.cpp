@@ -52,11 +52,18 @@ struct token_trie {
 namespace {
 
 constexpr std::size_t kMaxStacks = 4096;  // parses of one prefix (an ambiguous grammar's bound)
-// Stack entries written for one mask or one accept: an ambiguous or deeply nested grammar could
-// otherwise make one token cost seconds (the server's engine thread serves every request). The
-// widest uncached mask of a JSON answer on the Llama-2 vocabulary writes about 2 x 10^5.
-constexpr uint64_t kMaxWork = uint64_t(1) << 27;
+// Stack entries written, copied, hashed or compared for one mask or one accept call: an
+// ambiguous or deeply nested grammar could otherwise make one token cost seconds (the server's
+// engine thread serves every request) and its states gigabytes. The widest uncached mask of a
+// JSON answer on the Llama-2 vocabulary costs about 5 x 10^5.
+constexpr uint64_t kMaxWork = uint64_t(1) << 24;
 thread_local uint64_t t_work = 0;
+void charge(uint64_t n) {
+  if ((t_work += n) > kMaxWork)
+    throw error(errc::unsupported,
+                "grammar: following it here costs too much (more than 2^24 steps for one token: an ambiguous or "
+                "deeply nested grammar)");
+}
 
 std::shared_ptr<const token_trie> build_trie(const tokenizer& tok) {
   auto t = std::make_shared<token_trie>();
@@ -158,13 +165,11 @@ struct parse_state {
     if (size() >= kMaxStacks)
       throw error(errc::unsupported, "grammar: more than " + std::to_string(kMaxStacks) +
                                          " parses of the text so far (the grammar is too ambiguous)");
+    charge(n + 1);
     data.insert(data.end(), s, s + n);
     off.push_back(uint32_t(data.size()));
-    if ((t_work += n + 1) > kMaxWork)
-      throw error(errc::unsupported,
-                  "grammar: following it here costs too much (more than 2^27 steps for one token: an ambiguous or "
-                  "deeply nested grammar)");
   }
+  std::size_t words() const { return data.size() + off.size(); }
   void pop(std::vector<uint32_t>& into) {
     into.assign(data.begin() + off[size() - 1], data.end());
     off.pop_back();
@@ -174,6 +179,7 @@ struct parse_state {
     return rem == o.rem && value == o.value && lo == o.lo && hi == o.hi && off == o.off && data == o.data;
   }
   uint64_t hash() const {
+    charge(words());
     uint64_t h = 1469598103934665603ull;
     const auto mix = [&](uint64_t x) { h = (h ^ x) * 1099511628211ull; };
     for (uint32_t x : data) mix(x);
@@ -185,6 +191,7 @@ struct parse_state {
   void dedupe(std::vector<uint32_t>& idx) {
     const std::size_t n = size();
     if (n < 2) return;
+    charge(2 * data.size());
     idx.resize(n);
     for (uint32_t i = 0; i < n; ++i) idx[i] = i;
     auto less = [&](uint32_t a, uint32_t b) {
@@ -223,11 +230,19 @@ struct mask_cache {
   std::vector<std::array<int32_t, 256>> next_state;  // -2: not computed yet, -1: no parse
   std::unordered_map<uint64_t, std::vector<int32_t>> by_hash;
 
+  std::size_t interned_words = 0;
+  static constexpr std::size_t kMaxInternedWords = std::size_t(1) << 24;  // 64 MiB
+  static constexpr std::size_t kMaxCachedWords = std::size_t(1) << 16;    // per cached mask's state
+
   int32_t intern(const parse_state& s) {
     const uint64_t h = s.hash();
     auto& bucket = by_hash[h];
-    for (int32_t i : bucket)
+    for (int32_t i : bucket) {
+      charge(s.words());
       if (interned[std::size_t(i)] == s) return i;
+    }
+    charge(s.words());
+    interned_words += s.words();
     interned.push_back(s);
     next_state.emplace_back();
     next_state.back().fill(-2);
@@ -235,6 +250,7 @@ struct mask_cache {
     return int32_t(interned.size() - 1);
   }
   void clear_states() {
+    interned_words = 0;
     interned.clear();
     next_state.clear();
     by_hash.clear();
@@ -246,6 +262,7 @@ struct mask_cache {
     return nullptr;
   }
   void put(const parse_state& s, uint64_t h, const std::vector<bool>& m) {
+    if (s.words() > kMaxCachedWords) return;  // a huge state is not kept (the cache's memory stays bounded)
     if (hashes.size() < kEntries) {
       hashes.push_back(h);
       states.push_back(s);
@@ -437,15 +454,16 @@ void grammar_matcher::allowed(std::vector<bool>& out) {
     out.assign(std::size_t(t.n_vocab), false);
     return;
   }
+  t_work = 0;
   const uint64_t h = st_->hash();
   if (const auto* m = cache_->find(*st_, h)) {
     out = *m;
     return;
   }
   out.assign(std::size_t(t.n_vocab), false);
-  t_work = 0;
   mask_cache& mc = *cache_;
-  if (mc.interned.size() > mask_cache::kMaxStates) mc.clear_states();
+  if (mc.interned.size() > mask_cache::kMaxStates || mc.interned_words > mask_cache::kMaxInternedWords)
+    mc.clear_states();
   const int32_t root = mc.intern(*st_);
   // depth first over the trie, iteratively: (node, next edge, state at the node)
   std::vector<std::array<int32_t, 3>> walk{{0, 0, root}};
