@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "qllm/error.hpp"
+#include "qllm/grammar.hpp"
 #include "qllm/model.hpp"
 #include "qllm/resources.hpp"
 #include "qllm/session.hpp"
@@ -32,6 +33,10 @@ static_assert(QLLM_VERSION_MAJOR == QLLM_CXX_VERSION_MAJOR && QLLM_VERSION_MINOR
 
 struct qllm_model {
   std::shared_ptr<const qllm::model> m;
+};
+
+struct qllm_grammar {
+  std::shared_ptr<const qllm::grammar> g;
 };
 
 struct qllm_session {
@@ -142,7 +147,8 @@ inline bool field_boundary<qllm_generate_params>(std::size_t s) {
   using T = qllm_generate_params;
   return s == QLLM_END(T, struct_size) || s == QLLM_END(T, max_tokens) || s == QLLM_END(T, stop_at_eos) ||
          s == QLLM_END(T, stop) || s == QLLM_END(T, n_stop) || s == QLLM_END(T, callback) ||
-         s == QLLM_END(T, user_data) || s == QLLM_END(T, draft_tokens) || s == QLLM_END(T, speculation);
+         s == QLLM_END(T, user_data) || s == QLLM_END(T, draft_tokens) || s == QLLM_END(T, speculation) ||
+         s == QLLM_END(T, grammar);
 }
 #undef QLLM_END
 
@@ -299,6 +305,7 @@ inline qllm::generate_params generate_of(const qllm_generate_params* params, qll
   qllm::generate_params gp;
   gp.draft_tokens = p.draft_tokens;
   gp.spec = qllm::speculation(p.speculation);
+  if (p.grammar) gp.constraint = p.grammar->g;
   gp.max_tokens = p.max_tokens;
   gp.stop_at_eos = p.stop_at_eos != 0;
   for (std::size_t i = 0; i < p.n_stop; ++i) {

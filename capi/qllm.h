@@ -45,7 +45,7 @@ extern "C" {
 
 /* ---- version ---- */
 #define QLLM_VERSION_MAJOR 0
-#define QLLM_VERSION_MINOR 7
+#define QLLM_VERSION_MINOR 8
 #define QLLM_VERSION_PATCH 0
 #define QLLM_VERSION_NUMBER (QLLM_VERSION_MAJOR * 10000 + QLLM_VERSION_MINOR * 100 + QLLM_VERSION_PATCH)
 
@@ -244,6 +244,9 @@ enum {
  * character or a possible stop string is held back) for each sampled token, then once more with
  * token -1 for what was held. Return 0 to go on, nonzero to cancel. Runs on the calling thread;
  * it must not call into the same session. */
+/* Since 0.8: a compiled grammar (see "constrained output" below). */
+typedef struct qllm_grammar qllm_grammar;
+
 typedef int32_t (*qllm_stream_callback)(const char* text, size_t len, int32_t token, void* user_data);
 
 typedef struct qllm_generate_params {
@@ -262,6 +265,11 @@ typedef struct qllm_generate_params {
    * tokens). */
   int32_t draft_tokens;
   int32_t speculation;
+  /* Since 0.8: constrained output. The generated text is a string of this grammar's language
+   * (qllm_grammar_*): tokens it does not allow are never sampled, and EOS only where the text
+   * is complete. NULL (the default): unconstrained. Not owned; it must outlive the call. With
+   * chain of thought it constrains the answer, not the reasoning. */
+  const qllm_grammar* grammar;
 } qllm_generate_params;
 
 /* Since 0.7. Draft sources: lookup copies the tokens that followed the sequence's last 2-4 tokens
@@ -362,6 +370,61 @@ QLLM_API qllm_status qllm_chat_cot(qllm_session* session, const qllm_chat_messag
  * NUL-terminated, owned by the session, valid until its next call; *len may be NULL. Session
  * thread rule. */
 QLLM_API qllm_status qllm_session_reasoning(const qllm_session* session, const char** text, size_t* len);
+
+/* ---- constrained output: grammars (since 0.8) ---- */
+/* A compiled grammar: immutable, thread-safe, shared by any number of generations and matchers
+ * at once (each keeps what it needs alive: free it whenever you like after the last call that
+ * names it). docs/formats.md lists the GBNF syntax and the JSON Schema keywords supported. */
+
+/* GBNF text (llama.cpp's grammar syntax), starting at the rule `root`. Errors: INVALID_ARGUMENT
+ * with the line and column or the rule (syntax, undefined or left-recursive rules, rules that
+ * derive no string, sizes over the limits), OUT_OF_MEMORY. Thread-safe. */
+QLLM_API qllm_status qllm_grammar_from_gbnf(const char* text, size_t len, qllm_grammar** out);
+/* A JSON Schema (its JSON text): every string of the grammar validates against it. Errors:
+ * INVALID_ARGUMENT (not JSON, not a schema), UNSUPPORTED naming a keyword or form the grammar
+ * could not follow exactly and where it is (never silently dropped). Thread-safe. */
+QLLM_API qllm_status qllm_grammar_from_json_schema(const char* schema, size_t len, qllm_grammar** out);
+/* Any JSON value whose top level is an object (OpenAI's "json_object" response format).
+ * Thread-safe. */
+QLLM_API qllm_status qllm_grammar_json_object(qllm_grammar** out);
+/* The GBNF that qllm_grammar_from_json_schema compiles for a schema, buffer convention (bytes,
+ * NUL-terminated): a starting point for a grammar of one's own. Errors as there. Thread-safe. */
+QLLM_API qllm_status qllm_grammar_gbnf_from_json_schema(const char* schema, size_t len, char* buf,
+                                                        size_t capacity, size_t* n_out);
+/* NULL: no-op. */
+QLLM_API void qllm_grammar_free(qllm_grammar* grammar);
+
+/* A matcher follows one output of a grammar token by token, for callers who sample themselves
+ * (qllm_session_eval + qllm_session_sample, qllm_batch_*): before each sampling it masks the
+ * tokens that may not come next, after it accepts the token chosen. Exact: a token is allowed iff
+ * some string of the language starts with the text so far and the token's text; EOS iff the text
+ * so far is in the language. Control and unknown tokens are never allowed. One thread at a time
+ * per matcher. Every call may fail with UNSUPPORTED when one step of the grammar costs too much
+ * (a highly ambiguous or deeply nested grammar; the message says which bound). */
+typedef struct qllm_matcher qllm_matcher;
+
+/* A matcher for model's vocabulary (the model and the grammar are kept alive). Thread-safe. */
+QLLM_API qllm_status qllm_matcher_create(const qllm_grammar* grammar, const qllm_model* model, qllm_matcher** out);
+/* NULL: no-op. */
+QLLM_API void qllm_matcher_free(qllm_matcher* matcher);
+/* Sets logits[i] to -INFINITY for every token i that may not come next. n_vocab must be the
+ * model's vocabulary size (INVALID_ARGUMENT otherwise). */
+QLLM_API qllm_status qllm_matcher_mask(qllm_matcher* matcher, float* logits, size_t n_vocab);
+/* The same on the session's logits of its last eval, in place: qllm_session_sample and
+ * qllm_session_logits then see the masked ones. Session thread rule. */
+QLLM_API qllm_status qllm_matcher_mask_session(qllm_matcher* matcher, qllm_session* session);
+/* Advances past token (EOS ends the output). A token the grammar does not allow there:
+ * INVALID_ARGUMENT, and the matcher is unchanged. */
+QLLM_API qllm_status qllm_matcher_accept(qllm_matcher* matcher, int32_t token);
+/* Advances past text (len bytes), e.g. a prefix the output must continue. Text the grammar
+ * does not allow there: INVALID_ARGUMENT, and the matcher is unchanged. */
+QLLM_API qllm_status qllm_matcher_accept_text(qllm_matcher* matcher, const char* text, size_t len);
+/* *can_end: the text so far is a complete string of the language (EOS allowed); *must_end: no
+ * longer string continues it (only EOS may come). After EOS was accepted both are 0: nothing
+ * may come. Either pointer may be NULL. */
+QLLM_API qllm_status qllm_matcher_state(const qllm_matcher* matcher, int32_t* can_end, int32_t* must_end);
+/* Back to the empty text. */
+QLLM_API qllm_status qllm_matcher_reset(qllm_matcher* matcher);
 
 /* ---- retrieval over documents (since 0.5) ---- */
 /* A retrieval database: one SQLite file with documents, their chunks and a full-text (BM25)

@@ -26,7 +26,7 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p, c_do
                     c_size_t, c_uint32, c_uint64, c_void_p)
 
 ABI_MAJOR = 0
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 __all__ = ["Model", "Session", "Rag", "QllmError", "version", "chat_format"]
 
 Message = Union[dict, Sequence[str]]  # {"role": ..., "content": ...} or (role, content)

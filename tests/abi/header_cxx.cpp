@@ -9,7 +9,8 @@
 static_assert(sizeof(qllm_model_params) == 24, "qllm_model_params layout changed");
 static_assert(sizeof(qllm_model_info) == 224, "qllm_model_info layout changed");
 static_assert(sizeof(qllm_session_params) == 72, "qllm_session_params layout changed");
-static_assert(sizeof(qllm_generate_params) == 56, "qllm_generate_params layout changed");
+static_assert(sizeof(qllm_generate_params) == 64, "qllm_generate_params layout changed");
+static_assert(offsetof(qllm_generate_params, grammar) == 56, "qllm_generate_params: 0.8 field appended after 0.7's 56 bytes");
 static_assert(offsetof(qllm_generate_params, draft_tokens) == 48, "qllm_generate_params: 0.7 fields appended after 0.6's 48 bytes");
 static_assert(sizeof(qllm_generate_result) == 96, "qllm_generate_result layout changed");
 static_assert(offsetof(qllm_generate_result, n_draft_passes) == 80, "qllm_generate_result: 0.7 fields appended after 0.6's 80 bytes");

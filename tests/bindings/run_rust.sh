@@ -77,7 +77,7 @@ fails() {  # fails MESSAGE [VAR=VALUE...]: a build in hello/ fails, saying MESSA
   fi
   grep -qF "$msg" "$dir/fail.txt" || { cat "$dir/fail.txt"; exit 1; }
 }
-fails 'libqllm not found (pkg-config found qllm 0.5.1; this crate needs 0.x, at least 0.7.0)' \
+fails 'libqllm not found (pkg-config found qllm 0.5.1; this crate needs 0.x, at least 0.8.0)' \
   PKG_CONFIG_PATH="$dir/pc-old"
 # ... a relative QLLM_LIB_DIR is refused, naming it; and with none of the three the build stops
 # and says what to do

@@ -3,9 +3,9 @@
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, deref_nullptr, clippy::all)]
 
 pub const QLLM_VERSION_MAJOR: u32 = 0;
-pub const QLLM_VERSION_MINOR: u32 = 7;
+pub const QLLM_VERSION_MINOR: u32 = 8;
 pub const QLLM_VERSION_PATCH: u32 = 0;
-pub const QLLM_VERSION_NUMBER: u32 = 700;
+pub const QLLM_VERSION_NUMBER: u32 = 800;
 pub type __int32_t = ::std::os::raw::c_int;
 pub type __uint32_t = ::std::os::raw::c_uint;
 pub type __int64_t = ::std::os::raw::c_long;
@@ -1034,6 +1034,11 @@ pub const QLLM_FINISH_MAX_TOKENS: _bindgen_ty_4 = 2;
 pub const QLLM_FINISH_CANCELLED: _bindgen_ty_4 = 3;
 pub const QLLM_FINISH_CONTEXT_FULL: _bindgen_ty_4 = 4;
 pub type _bindgen_ty_4 = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct qllm_grammar {
+    _unused: [u8; 0],
+}
 pub type qllm_stream_callback = ::std::option::Option<
     unsafe extern "C" fn(
         text: *const ::std::os::raw::c_char,
@@ -1054,12 +1059,13 @@ pub struct qllm_generate_params {
     pub user_data: *mut ::std::os::raw::c_void,
     pub draft_tokens: i32,
     pub speculation: i32,
+    pub grammar: *const qllm_grammar,
 }
 #[test]
 fn bindgen_test_layout_qllm_generate_params() {
     assert_eq!(
         ::std::mem::size_of::<qllm_generate_params>(),
-        56usize,
+        64usize,
         concat!("Size of: ", stringify!(qllm_generate_params))
     );
     assert_eq!(
@@ -1220,6 +1226,23 @@ fn bindgen_test_layout_qllm_generate_params() {
         );
     }
     test_field_speculation();
+    fn test_field_grammar() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<qllm_generate_params>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).grammar) as usize - ptr as usize
+            },
+            56usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(qllm_generate_params),
+                "::",
+                stringify!(grammar)
+            )
+        );
+    }
+    test_field_grammar();
 }
 impl Default for qllm_generate_params {
     fn default() -> Self {
@@ -1802,6 +1825,83 @@ extern "C" {
         text: *mut *const ::std::os::raw::c_char,
         len: *mut usize,
     ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_grammar_from_gbnf(
+        text: *const ::std::os::raw::c_char,
+        len: usize,
+        out: *mut *mut qllm_grammar,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_grammar_from_json_schema(
+        schema: *const ::std::os::raw::c_char,
+        len: usize,
+        out: *mut *mut qllm_grammar,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_grammar_json_object(out: *mut *mut qllm_grammar) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_grammar_gbnf_from_json_schema(
+        schema: *const ::std::os::raw::c_char,
+        len: usize,
+        buf: *mut ::std::os::raw::c_char,
+        capacity: usize,
+        n_out: *mut usize,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_grammar_free(grammar: *mut qllm_grammar);
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct qllm_matcher {
+    _unused: [u8; 0],
+}
+extern "C" {
+    pub fn qllm_matcher_create(
+        grammar: *const qllm_grammar,
+        model: *const qllm_model,
+        out: *mut *mut qllm_matcher,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_matcher_free(matcher: *mut qllm_matcher);
+}
+extern "C" {
+    pub fn qllm_matcher_mask(
+        matcher: *mut qllm_matcher,
+        logits: *mut f32,
+        n_vocab: usize,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_matcher_mask_session(
+        matcher: *mut qllm_matcher,
+        session: *mut qllm_session,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_matcher_accept(matcher: *mut qllm_matcher, token: i32) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_matcher_accept_text(
+        matcher: *mut qllm_matcher,
+        text: *const ::std::os::raw::c_char,
+        len: usize,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_matcher_state(
+        matcher: *const qllm_matcher,
+        can_end: *mut i32,
+        must_end: *mut i32,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_matcher_reset(matcher: *mut qllm_matcher) -> qllm_status;
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
