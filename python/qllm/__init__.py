@@ -27,7 +27,8 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p, c_do
 
 ABI_MAJOR = 0
 __version__ = "0.8.0"
-__all__ = ["Model", "Session", "Rag", "QllmError", "version", "chat_format"]
+__all__ = ["Model", "Session", "Rag", "Grammar", "Matcher", "QllmError", "version", "chat_format",
+           "gbnf_from_json_schema"]
 
 Message = Union[dict, Sequence[str]]  # {"role": ..., "content": ...} or (role, content)
 Prompt = Union[str, bytes, Sequence[int]]  # text, or the whole sequence as token ids
@@ -81,7 +82,8 @@ _StreamCallback = CFUNCTYPE(c_int32, POINTER(c_char), c_size_t, c_int32, c_void_
 class _GenerateParams(Structure):
     _fields_ = [("struct_size", c_uint32), ("max_tokens", c_int32), ("stop_at_eos", c_int32),
                 ("stop", POINTER(c_char_p)), ("n_stop", c_size_t), ("callback", _StreamCallback),
-                ("user_data", c_void_p), ("draft_tokens", c_int32), ("speculation", c_int32)]
+                ("user_data", c_void_p), ("draft_tokens", c_int32), ("speculation", c_int32),
+                ("grammar", c_void_p)]
 
 
 class _GenerateResult(Structure):
@@ -181,6 +183,20 @@ def _load_library():
         "qllm_rag_ask": (c_int32, [c_void_p, c_void_p, c_char_p, c_size_t, POINTER(_RagAskParams),
                                    POINTER(_GenerateParams), POINTER(_GenerateResult)]),
         "qllm_session_rag_report": (c_int32, [c_void_p, POINTER(c_char_p), POINTER(c_size_t)]),
+        # since 0.8
+        "qllm_grammar_from_gbnf": (c_int32, [c_char_p, c_size_t, POINTER(c_void_p)]),
+        "qllm_grammar_from_json_schema": (c_int32, [c_char_p, c_size_t, POINTER(c_void_p)]),
+        "qllm_grammar_json_object": (c_int32, [POINTER(c_void_p)]),
+        "qllm_grammar_gbnf_from_json_schema": (c_int32, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)]),
+        "qllm_grammar_free": (None, [c_void_p]),
+        "qllm_matcher_create": (c_int32, [c_void_p, c_void_p, POINTER(c_void_p)]),
+        "qllm_matcher_free": (None, [c_void_p]),
+        "qllm_matcher_mask": (c_int32, [c_void_p, POINTER(c_float), c_size_t]),
+        "qllm_matcher_mask_session": (c_int32, [c_void_p, c_void_p]),
+        "qllm_matcher_accept": (c_int32, [c_void_p, c_int32]),
+        "qllm_matcher_accept_text": (c_int32, [c_void_p, c_char_p, c_size_t]),
+        "qllm_matcher_state": (c_int32, [c_void_p, POINTER(c_int32), POINTER(c_int32)]),
+        "qllm_matcher_reset": (c_int32, [c_void_p]),
     }
     for name, (res, args) in sig.items():
         f = getattr(lib, name)
@@ -471,7 +487,7 @@ class Session(_Handle):
 
         return _StreamCallback(trampoline)
 
-    def _generation(self, call, max_tokens, stop, stop_at_eos, on_text, *extra):
+    def _generation(self, call, max_tokens, stop, stop_at_eos, on_text, grammar=None):
         """Runs call(handle, *extra..., gp, result) with generate params; returns the output text."""
         if stop is None:
             stop = ()
@@ -482,6 +498,10 @@ class Session(_Handle):
         gp.max_tokens = _int32("max_tokens", max_tokens)
         gp.stop_at_eos = int(bool(stop_at_eos))
         gp.draft_tokens, gp.speculation = self._spec
+        if grammar is not None:
+            if not isinstance(grammar, Grammar):
+                raise TypeError("grammar must be a qllm.Grammar")
+            gp.grammar = grammar.handle  # the caller's reference keeps it alive during the call
         stops = [_utf8(s) for s in stop]
         stop_arr = (c_char_p * max(1, len(stops)))(*stops)
         gp.stop = stop_arr
@@ -505,14 +525,14 @@ class Session(_Handle):
         _check(self._call(f, byref(out), byref(n)))
         return ctypes.string_at(out, n.value).decode("utf-8")
 
-    def _run(self, prompt, max_tokens, stop, stop_at_eos, on_text):
+    def _run(self, prompt, max_tokens, stop, stop_at_eos, on_text, grammar=None):
         def call(gp, res, _pending):
             if isinstance(prompt, (str, bytes)):
                 b = _utf8(prompt)
                 return self._call(_lib.qllm_generate, b, len(b), byref(gp), byref(res))
             arr, n = _ids(prompt)
             return self._call(_lib.qllm_generate_tokens, arr, n, byref(gp), byref(res))
-        return self._generation(call, max_tokens, stop, stop_at_eos, on_text)
+        return self._generation(call, max_tokens, stop, stop_at_eos, on_text, grammar)
 
     def _cot_params(self, answer_tokens, reasoning_cue, answer_cue, answer_request, on_reasoning, pending):
         cp = _CotParams()
@@ -530,29 +550,31 @@ class Session(_Handle):
     def generate_cot(self, prompt: str | bytes, *, max_tokens: int = 256, answer_tokens: int = 64,
                      reasoning_cue: str | None = None, answer_cue: str | None = None,
                      on_reasoning: Callable[[str], Any] | None = None,
-                     on_answer: Callable[[str], Any] | None = None) -> dict[str, str]:
+                     on_answer: Callable[[str], Any] | None = None,
+                     grammar: Grammar | None = None) -> dict[str, str]:
         """Chain of thought on plain text: returns {"reasoning": ..., "answer": ...}. The model
         reasons after prompt + " Let's think step by step." (max_tokens, fewer if the window needs
         room for the answer stage), then a short answer stage (answer_tokens) continues
         "Therefore, the answer is". on_reasoning / on_answer get the text (str) as it streams;
-        their return values are ignored."""
+        their return values are ignored. A grammar constrains the answer, not the reasoning."""
         def call(gp, res, pending):
             cp, _keep = self._cot_params(answer_tokens, reasoning_cue, answer_cue, None, on_reasoning, pending)
             b = _utf8(prompt)
             return self._call(_lib.qllm_generate_cot, b, len(b), byref(gp), byref(cp), byref(res))
-        answer = self._generation(call, max_tokens, (), True, self._text_cb(on_answer))
+        answer = self._generation(call, max_tokens, (), True, self._text_cb(on_answer), grammar)
         return {"reasoning": self._text(_lib.qllm_session_reasoning), "answer": answer}
 
     def chat_cot(self, messages: Sequence[Message], *, max_tokens: int = 256, answer_tokens: int = 64,
                  reasoning_cue: str | None = None, answer_request: str | None = None,
                  on_reasoning: Callable[[str], Any] | None = None,
-                 on_answer: Callable[[str], Any] | None = None) -> dict[str, str]:
+                 on_answer: Callable[[str], Any] | None = None,
+                 grammar: Grammar | None = None) -> dict[str, str]:
         """Chain of thought in a Llama-2-chat dialog: {"reasoning": ..., "answer": ...}."""
         def call(gp, res, pending):
             cp, _keep = self._cot_params(answer_tokens, reasoning_cue, None, answer_request, on_reasoning, pending)
             arr, keep = _messages(messages)
             return self._call(_lib.qllm_chat_cot, arr, len(messages), byref(gp), byref(cp), byref(res))
-        answer = self._generation(call, max_tokens, (), True, self._text_cb(on_answer))
+        answer = self._generation(call, max_tokens, (), True, self._text_cb(on_answer), grammar)
         return {"reasoning": self._text(_lib.qllm_session_reasoning), "answer": answer}
 
     @staticmethod
@@ -585,22 +607,27 @@ class Session(_Handle):
         self._spec = (0, 0) if spec is None else (n, 1 if spec == "draft" else 0)
 
     def generate(self, prompt: Prompt, *, max_tokens: int = 256, stop: str | Sequence[str] = (),
-                 stop_at_eos: bool = True) -> str:
+                 stop_at_eos: bool = True, grammar: Grammar | None = None) -> str:
         """The whole generated text; prompt is text or token ids (the whole sequence).
+        With a grammar the text is a string of its language (or a prefix of one when max_tokens
+        ran out: last_result["finish_reason"] says which).
         Statistics of the run: self.last_result (finish_reason, n_dropped, tokens/s, ...)."""
-        return self._run(prompt, max_tokens, stop, stop_at_eos, None)
+        return self._run(prompt, max_tokens, stop, stop_at_eos, None, grammar)
 
-    def chat(self, messages: Sequence[Message], *, max_tokens: int = 256, stop: str | Sequence[str] = ()) -> str:
+    def chat(self, messages: Sequence[Message], *, max_tokens: int = 256, stop: str | Sequence[str] = (),
+             grammar: Grammar | None = None) -> str:
         """The assistant's answer to a dialog, formatted with the chat template ([("system", ...),
         ("user", ...), ("assistant", ...), ..., ("user", ...)] or dicts with role and content).
         The session's sequence becomes the dialog and the answer."""
-        return self.generate(self.model.chat_tokens(messages), max_tokens=max_tokens, stop=stop).lstrip(" ")
+        text = self.generate(self.model.chat_tokens(messages), max_tokens=max_tokens, stop=stop, grammar=grammar)
+        return text if grammar is not None else text.lstrip(" ")  # a grammar's text is kept whole
 
     def chat_stream(self, messages: Sequence[Message], *, max_tokens: int = 256,
-                    stop: str | Sequence[str] = ()) -> Iterator[str]:
+                    stop: str | Sequence[str] = (), grammar: Grammar | None = None) -> Iterator[str]:
         """chat() as a generator of text pieces (see stream())."""
-        first = True
-        for piece in self.stream(self.model.chat_tokens(messages), max_tokens=max_tokens, stop=stop):
+        first = grammar is None
+        for piece in self.stream(self.model.chat_tokens(messages), max_tokens=max_tokens, stop=stop,
+                                 grammar=grammar):
             if first:
                 piece = piece.lstrip(" ")
                 first = not piece
@@ -608,7 +635,7 @@ class Session(_Handle):
                 yield piece
 
     def stream(self, prompt: Prompt, *, max_tokens: int = 256, stop: str | Sequence[str] = (),
-               stop_at_eos: bool = True) -> Iterator[str]:
+               stop_at_eos: bool = True, grammar: Grammar | None = None) -> Iterator[str]:
         """A generator of text pieces as they are produced. Closing it early cancels the run;
         while it runs, other calls on this session raise "busy" and close() waits for it."""
         if self._worker is not None:
@@ -624,7 +651,7 @@ class Session(_Handle):
 
         def work():
             try:
-                self._run(prompt, max_tokens, stop, stop_at_eos, on_text)
+                self._run(prompt, max_tokens, stop, stop_at_eos, on_text, grammar)
                 q.put(done)
             except BaseException as e:
                 q.put(e)
@@ -645,6 +672,100 @@ class Session(_Handle):
             if not sys.is_finalizing():  # at shutdown the worker may never get the GIL back
                 t.join()
             self._worker = self._cancel = None
+
+
+def _schema_text(schema):
+    return _utf8(schema if isinstance(schema, (str, bytes)) else json.dumps(schema))
+
+
+def gbnf_from_json_schema(schema: Union[str, bytes, dict]) -> str:
+    """The GBNF that Grammar.from_json_schema compiles for a schema (a dict or its JSON text)."""
+    b = _schema_text(schema)
+    buf, n = _sized(lambda out, cap, n: _lib.qllm_grammar_gbnf_from_json_schema(b, len(b), out, cap, n), c_char)
+    return bytes(buf[:n]).decode("utf-8")
+
+
+class Grammar(_Handle):
+    """A compiled grammar for constrained output: generate(..., grammar=g) writes only strings of
+    its language. Grammar(text) compiles GBNF (llama.cpp's syntax, rule `root`);
+    Grammar.from_json_schema(schema) a JSON Schema (dict or JSON text; keywords it cannot follow
+    exactly raise QLLM_ERR_UNSUPPORTED naming them); Grammar.json_object() any JSON object.
+    Immutable: share it between sessions and threads."""
+    _what = "grammar"
+    _free_name = "qllm_grammar_free"
+
+    def __init__(self, gbnf: Union[str, bytes], *, _handle=None) -> None:
+        if _handle is not None:
+            self._h = _handle
+            return
+        b = _utf8(gbnf)
+        h = c_void_p()
+        _check(_lib.qllm_grammar_from_gbnf(b, len(b), byref(h)))
+        self._h = h
+
+    @classmethod
+    def from_json_schema(cls, schema: Union[str, bytes, dict]) -> "Grammar":
+        b = _schema_text(schema)
+        h = c_void_p()
+        _check(_lib.qllm_grammar_from_json_schema(b, len(b), byref(h)))
+        return cls(b"", _handle=h)
+
+    @classmethod
+    def json_object(cls) -> "Grammar":
+        h = c_void_p()
+        _check(_lib.qllm_grammar_json_object(byref(h)))
+        return cls(b"", _handle=h)
+
+
+class Matcher(_Handle):
+    """Follows one output of a grammar token by token, for loops that sample themselves
+    (Session.eval / sample): mask_session(s) or mask(logits) before each sampling, accept(token)
+    after. Exact: a token is allowed iff some string of the language continues the text with it."""
+    _what = "matcher"
+    _free_name = "qllm_matcher_free"
+
+    def __init__(self, grammar: Grammar, model: Model) -> None:
+        h = c_void_p()
+        _check(_lib.qllm_matcher_create(grammar.handle, model.handle, byref(h)))
+        self._h = h
+
+    def mask(self, logits: Sequence[float]) -> list[float]:
+        """logits with every token that may not come next set to -inf (a new list)."""
+        arr = (c_float * max(1, len(logits)))(*logits)
+        _check(_lib.qllm_matcher_mask(self.handle, arr, len(logits)))
+        return arr[:len(logits)]
+
+    def mask_session(self, session: Session) -> None:
+        """Masks the session's last logits in place: its sample() then picks an allowed token."""
+        _check(session._call(lambda h: _lib.qllm_matcher_mask_session(self.handle, h)))
+
+    def accept(self, token: int) -> None:
+        """Advances past token (EOS ends the output); QLLM_ERR_INVALID_ARGUMENT if not allowed."""
+        _check(_lib.qllm_matcher_accept(self.handle, _int32("token", token)))
+
+    def accept_text(self, text: Union[str, bytes]) -> None:
+        """Advances past text; QLLM_ERR_INVALID_ARGUMENT (and no change) if not allowed."""
+        b = _utf8(text)
+        _check(_lib.qllm_matcher_accept_text(self.handle, b, len(b)))
+
+    def _state(self):
+        can, must = c_int32(), c_int32()
+        _check(_lib.qllm_matcher_state(self.handle, byref(can), byref(must)))
+        return bool(can.value), bool(must.value)
+
+    @property
+    def can_end(self) -> bool:
+        """The text so far is a complete string of the language (EOS may come)."""
+        return self._state()[0]
+
+    @property
+    def must_end(self) -> bool:
+        """Only EOS may come next."""
+        return self._state()[1]
+
+    def reset(self) -> None:
+        """Back to the empty text."""
+        _check(_lib.qllm_matcher_reset(self.handle))
 
 
 class Rag(_Handle):

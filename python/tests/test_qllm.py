@@ -3,6 +3,7 @@ QLLM_TEST_MODEL (a GGUF with a vocabulary) and QLLM_TEST_EXPECTED (a file with `
 completion of PROMPT, MAX_TOKENS tokens, prompt echo removed); tests/bindings/run_python.sh
 prepares both, installs the package into a new virtual environment (QLLM_TEST_VENV) and runs this
 file from outside the source tree."""
+import json
 import math
 import os
 import re
@@ -435,6 +436,122 @@ class RagTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+WORDS = '''root ::= "The " word (", " word){2,5} "."
+word ::= [a-z]{2,8}
+'''
+WORDS_RE = r"The [a-z]{2,8}(, [a-z]{2,8}){2,5}\."
+
+
+@unittest.skipUnless(SHIPPED, "QLLM_SHIPPED_MODEL not given")
+class GrammarTest(unittest.TestCase):
+    """Constrained output (0.8) on the shipped model: the text of the qllm tool (the C++ core)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = qllm.Model(SHIPPED)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.model.close()
+
+    def test_gbnf_greedy_equals_the_tool_and_streams_the_same(self):
+        prompt = "In the beginning"
+        g = qllm.Grammar(WORDS)
+        s = self.model.session(temperature=0, n_ctx=256)
+        text = s.generate(prompt, max_tokens=60, grammar=g)
+        self.assertEqual(s.last_result["finish_reason"], "eos")
+        self.assertRegex(text, "^" + WORDS_RE + "$")
+        s.reset()
+        self.assertEqual("".join(s.stream(prompt, max_tokens=60, grammar=g)), text)
+        if os.environ.get("QLLM_CLI"):
+            with tempfile.NamedTemporaryFile("w", suffix=".gbnf") as f:
+                f.write(WORDS)
+                f.flush()
+                out = subprocess.run([os.environ["QLLM_CLI"], "run", "-m", SHIPPED, "-p", prompt, "--temp", "0",
+                                      "-n", "60", "--grammar-file", f.name, "-q"],
+                                     capture_output=True, text=True, check=True).stdout
+            self.assertEqual(out, prompt + text + "\n")
+        # unconstrained, the same prompt writes something else
+        s.reset()
+        self.assertIsNone(re.fullmatch(WORDS_RE, s.generate(prompt, max_tokens=60)))
+
+    def test_json_schema_answers_validate(self):
+        schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                                   "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+                  "required": ["name", "age"], "additionalProperties": False}
+        g = qllm.Grammar.from_json_schema(schema)
+        complete = 0
+        for seed in range(1, 5):
+            s = self.model.session(temperature=0.8, seed=seed, n_ctx=256)
+            text = s.generate("And the LORD said unto Moses,", max_tokens=80, grammar=g)
+            if s.last_result["finish_reason"] != "eos":
+                continue
+            complete += 1
+            value = json.loads(text)
+            self.assertEqual(sorted(value), ["age", "name"])
+            self.assertIsInstance(value["age"], int)
+            self.assertTrue(0 <= value["age"] <= 150)
+            self.assertLessEqual(len(value["name"]), 12)
+        self.assertGreaterEqual(complete, 2)
+        # any JSON object
+        s = self.model.session(temperature=0, n_ctx=256)
+        text = s.chat([("user", "Describe Moses.")], max_tokens=120, grammar=qllm.Grammar.json_object())
+        if s.last_result["finish_reason"] == "eos":
+            self.assertIsInstance(json.loads(text), dict)
+        else:
+            self.assertTrue(text.lstrip().startswith("{"))
+
+    def test_errors_name_the_problem(self):
+        with self.assertRaises(qllm.QllmError) as e:
+            qllm.Grammar('root ::= ("a"')
+        self.assertEqual(e.exception.name, "QLLM_ERR_INVALID_ARGUMENT")
+        self.assertIn("line 1", e.exception.message)
+        with self.assertRaises(qllm.QllmError) as e:
+            qllm.Grammar.from_json_schema({"type": "string", "pattern": "^a+$"})
+        self.assertEqual(e.exception.name, "QLLM_ERR_UNSUPPORTED")
+        self.assertIn("pattern", e.exception.message)
+        with self.assertRaises(qllm.QllmError) as e:
+            qllm.Grammar.from_json_schema("{not json")
+        self.assertEqual(e.exception.name, "QLLM_ERR_INVALID_ARGUMENT")
+        with self.assertRaises(TypeError):
+            self.model.session().generate("a", grammar="root ::= \"a\"")
+        text = qllm.gbnf_from_json_schema({"type": "integer", "minimum": 5})
+        self.assertIn("root", text)
+        qllm.Grammar(text).close()
+
+    def test_matcher_by_hand_equals_generate(self):
+        g = qllm.Grammar(WORDS)
+        prompt = self.model.tokenize("Blessed are")
+        want = self.model.session(temperature=0.7, seed=3, n_ctx=256).generate(prompt, max_tokens=60, grammar=g)
+        m = qllm.Matcher(g, self.model)
+        g.close()  # the matcher keeps what it needs
+        s = self.model.session(temperature=0.7, seed=3, n_ctx=256)
+        s.eval(prompt)
+        out = []
+        eos = self.model.info["eos_token"]
+        for _ in range(60):
+            m.mask_session(s)
+            t = s.sample()
+            if t == eos:
+                self.assertTrue(m.can_end and m.must_end)
+                m.accept(t)
+                break
+            m.accept(t)
+            out.append(t)
+            s.eval([t])
+        self.assertEqual(self.model.detokenize(out), want)
+        m.reset()
+        self.assertFalse(m.can_end)
+        with self.assertRaises(qllm.QllmError):
+            m.accept_text("Amen")
+        m.accept_text("The ab, cd, ef.")
+        masked = m.mask([0.0] * self.model.info["n_vocab"])
+        self.assertEqual([i for i, x in enumerate(masked) if x != -math.inf], [eos])
+        with self.assertRaises(qllm.QllmError):
+            m.mask([0.0] * 3)
+        m.close()
 
 
 class PackageTest(unittest.TestCase):

@@ -480,6 +480,146 @@ impl Default for SessionParams {
     }
 }
 
+struct GrammarHandle(*mut ffi::qllm_grammar);
+
+// The C ABI documents a grammar as immutable and usable from any thread.
+unsafe impl Send for GrammarHandle {}
+unsafe impl Sync for GrammarHandle {}
+
+impl Drop for GrammarHandle {
+    fn drop(&mut self) {
+        unsafe { ffi::qllm_grammar_free(self.0) }
+    }
+}
+
+/// A compiled grammar for constrained output ([`GenerateOptions::grammar`], [`Matcher`]):
+/// immutable, `Send + Sync`; a clone is another reference to the same grammar.
+///
+/// ```
+/// let g = qllm::Grammar::from_gbnf(r#"root ::= "yes" | "no""#).unwrap();
+/// let opts = qllm::GenerateOptions { grammar: Some(g), ..Default::default() };
+/// # let _ = opts;
+/// ```
+#[derive(Clone)]
+pub struct Grammar {
+    handle: Arc<GrammarHandle>,
+}
+
+impl fmt::Debug for Grammar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grammar").field("ptr", &self.handle.0).finish()
+    }
+}
+
+impl Grammar {
+    fn wrap(f: impl FnOnce(*mut *mut ffi::qllm_grammar) -> ffi::qllm_status) -> Result<Grammar> {
+        let mut out = ptr::null_mut();
+        check(f(&mut out))?;
+        Ok(Grammar { handle: Arc::new(GrammarHandle(out)) })
+    }
+
+    /// GBNF (llama.cpp's grammar syntax) starting at the rule `root`. Errors give the line and
+    /// column, or name the rule.
+    pub fn from_gbnf(text: &str) -> Result<Grammar> {
+        Grammar::wrap(|out| unsafe { ffi::qllm_grammar_from_gbnf(text.as_ptr() as *const c_char, text.len(), out) })
+    }
+
+    /// A JSON Schema (its JSON text): every string of the grammar validates against it. A
+    /// keyword the grammar could not follow exactly is `ErrorKind::Unsupported`, named.
+    pub fn from_json_schema(schema: &str) -> Result<Grammar> {
+        Grammar::wrap(|out| unsafe {
+            ffi::qllm_grammar_from_json_schema(schema.as_ptr() as *const c_char, schema.len(), out)
+        })
+    }
+
+    /// Any JSON value whose top level is an object.
+    pub fn json_object() -> Result<Grammar> {
+        Grammar::wrap(|out| unsafe { ffi::qllm_grammar_json_object(out) })
+    }
+}
+
+/// The GBNF that [`Grammar::from_json_schema`] compiles for a schema.
+pub fn gbnf_from_json_schema(schema: &str) -> Result<String> {
+    let v = sized(|buf, cap, n| unsafe {
+        ffi::qllm_grammar_gbnf_from_json_schema(schema.as_ptr() as *const c_char, schema.len(), buf, cap, n)
+    }, 1)?;
+    bytes_to_string(v)
+}
+
+/// Follows one output of a grammar token by token, for loops that sample themselves
+/// ([`Session::eval`] and [`Session::sample`]): [`Matcher::mask_session`] (or
+/// [`Matcher::mask`]) before each sampling, [`Matcher::accept`] after. `Send`, not `Sync`.
+pub struct Matcher {
+    ptr: *mut ffi::qllm_matcher,
+}
+
+unsafe impl Send for Matcher {}
+
+impl Drop for Matcher {
+    fn drop(&mut self) {
+        unsafe { ffi::qllm_matcher_free(self.ptr) }
+    }
+}
+
+impl fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Matcher").field("ptr", &self.ptr).finish()
+    }
+}
+
+impl Matcher {
+    /// A matcher of `grammar` over `model`'s vocabulary (both kept alive by the library).
+    pub fn new(grammar: &Grammar, model: &Model) -> Result<Matcher> {
+        let mut out = ptr::null_mut();
+        check(unsafe { ffi::qllm_matcher_create(grammar.handle.0, model.ptr, &mut out) })?;
+        Ok(Matcher { ptr: out })
+    }
+
+    /// Sets the logit of every token that may not come next to -inf (`logits.len()` must be the
+    /// vocabulary's size).
+    pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
+        check(unsafe { ffi::qllm_matcher_mask(self.ptr, logits.as_mut_ptr(), logits.len()) })
+    }
+
+    /// Masks the session's last logits in place: its `sample` then picks an allowed token.
+    pub fn mask_session(&mut self, session: &mut Session) -> Result<()> {
+        check(unsafe { ffi::qllm_matcher_mask_session(self.ptr, session.ptr) })
+    }
+
+    /// Advances past `token` (EOS ends the output); a token not allowed is an error and changes
+    /// nothing.
+    pub fn accept(&mut self, token: i32) -> Result<()> {
+        check(unsafe { ffi::qllm_matcher_accept(self.ptr, token) })
+    }
+
+    /// Advances past `text`; text not allowed is an error and changes nothing.
+    pub fn accept_text(&mut self, text: &str) -> Result<()> {
+        check(unsafe { ffi::qllm_matcher_accept_text(self.ptr, text.as_ptr() as *const c_char, text.len()) })
+    }
+
+    fn state(&self) -> (bool, bool) {
+        let (mut can, mut must) = (0i32, 0i32);
+        // cannot fail on a live matcher with both pointers given
+        let _ = check(unsafe { ffi::qllm_matcher_state(self.ptr, &mut can, &mut must) });
+        (can != 0, must != 0)
+    }
+
+    /// The text so far is a complete string of the language (EOS may come).
+    pub fn can_end(&self) -> bool {
+        self.state().0
+    }
+
+    /// Only EOS may come next.
+    pub fn must_end(&self) -> bool {
+        self.state().1
+    }
+
+    /// Back to the empty text.
+    pub fn reset(&mut self) -> Result<()> {
+        check(unsafe { ffi::qllm_matcher_reset(self.ptr) })
+    }
+}
+
 /// How long to generate and where to stop.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -491,11 +631,14 @@ pub struct GenerateOptions {
     /// Speculative decoding (library 0.7): greedy text stays the same, sampled text keeps its
     /// distribution; the drafts kept are in `raw.n_draft_accepted`.
     pub speculation: Speculation,
+    /// Constrained output (library 0.8): the text is a string of this grammar's language (or a
+    /// prefix of one when `max_tokens` ran out: see `finish`). With chain of thought, the answer.
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 256, stop: Vec::new(), stop_at_eos: true, speculation: Speculation::Off }
+        GenerateOptions { max_tokens: 256, stop: Vec::new(), stop_at_eos: true, speculation: Speculation::Off, grammar: None }
     }
 }
 
@@ -643,6 +786,8 @@ fn generate_params(opts: &GenerateOptions, stop_ptrs: &[*const c_char]) -> Resul
     };
     gp.draft_tokens = n;
     gp.speculation = source as i32;
+    // `opts` (which holds a reference to the grammar) outlives the call
+    gp.grammar = opts.grammar.as_ref().map_or(ptr::null(), |g| g.handle.0 as *const ffi::qllm_grammar);
     Ok(gp)
 }
 

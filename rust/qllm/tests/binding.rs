@@ -465,3 +465,92 @@ fn a_canceller_stops_a_generation_from_another_thread() {
     drop(s);
     c.cancel();
 }
+
+// the shipped model: real text, so grammars have words to choose from
+fn shipped() -> qllm::Model {
+    qllm::Model::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-kjv.q8_0.gguf")).unwrap()
+}
+
+const WORDS: &str = "root ::= \"The \" word (\", \" word){2,5} \".\"\nword ::= [a-z]{2,8}\n";
+
+// "The " word (", " word){2,5} "." by hand, without the library
+fn is_words(text: &str) -> bool {
+    let Some(body) = text.strip_prefix("The ").and_then(|t| t.strip_suffix('.')) else { return false };
+    let words: Vec<&str> = body.split(", ").collect();
+    (3..=6).contains(&words.len())
+        && words.iter().all(|w| (2..=8).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
+#[test]
+fn grammar_generation_streams_and_equals_a_matcher_by_hand() {
+    let m = shipped();
+    let g = qllm::Grammar::from_gbnf(WORDS).unwrap();
+    let o = qllm::GenerateOptions { max_tokens: 60, grammar: Some(g.clone()), ..Default::default() };
+    let sp = qllm::SessionParams { temperature: 0.7, seed: Some(11), n_ctx: 256, ..Default::default() };
+    let prompt = m.tokenize("And the LORD said", true).unwrap();
+    let mut s = m.session(&sp).unwrap();
+    let r = s.generate_tokens(&prompt, &o, |_| true).unwrap();
+    assert_eq!(r.finish, qllm::Finish::Eos);
+    assert!(is_words(&r.text), "{:?}", r.text);
+    s.reset().unwrap();
+    let streamed: String = s.stream_tokens(&prompt, &o).collect::<Result<Vec<_>, _>>().unwrap().concat();
+    assert_eq!(streamed, r.text);
+    // unconstrained, the same sampler writes something else
+    s.reset().unwrap();
+    let free = s.generate_tokens(&prompt, &opts(60), |_| true).unwrap();
+    assert!(!is_words(&free.text));
+
+    // by hand: eval, mask, sample, accept
+    let mut mt = qllm::Matcher::new(&g, &m).unwrap();
+    drop(g); // the matcher keeps what it needs
+    let eos = m.info().unwrap().eos_token;
+    let mut s = m.session(&sp).unwrap();
+    s.eval(&prompt).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..60 {
+        mt.mask_session(&mut s).unwrap();
+        let t = s.sample().unwrap();
+        if t == eos {
+            assert!(mt.can_end() && mt.must_end());
+            mt.accept(t).unwrap();
+            break;
+        }
+        mt.accept(t).unwrap();
+        out.push(t);
+        s.eval(&[t]).unwrap();
+    }
+    assert_eq!(m.detokenize(&out).unwrap(), r.text);
+    mt.reset().unwrap();
+    assert!(mt.accept_text("Amen").is_err());
+    mt.accept_text("The ab, cd, ef.").unwrap();
+    let mut logits = vec![0.0f32; m.info().unwrap().n_vocab as usize];
+    mt.mask(&mut logits).unwrap();
+    let open: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
+    assert_eq!(open, vec![eos as usize]);
+    assert_eq!(mt.mask(&mut logits[..3]).unwrap_err().kind(), qllm::ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn json_schema_grammars_and_their_errors() {
+    let schema = r#"{"type": "object", "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 9}},
+                     "required": ["n"], "additionalProperties": false}"#;
+    let g = qllm::Grammar::from_json_schema(schema).unwrap();
+    let m = shipped();
+    let mut s = m.session(&greedy()).unwrap();
+    let o = qllm::GenerateOptions { max_tokens: 40, grammar: Some(g), ..Default::default() };
+    let r = s.generate("In the beginning", &o, |_| true).unwrap();
+    assert_eq!(r.finish, qllm::Finish::Eos, "{:?}", r.text);
+    let digits: String = r.text.chars().filter(|c| c.is_ascii_digit()).collect();
+    let n: i64 = digits.parse().unwrap();
+    assert!((3..=9).contains(&n), "{:?}", r.text);
+    assert!(r.text.trim_start().starts_with('{') && r.text.trim_end().ends_with('}') && r.text.contains("\"n\""));
+    assert!(qllm::gbnf_from_json_schema(schema).unwrap().contains("root"));
+
+    let e = qllm::Grammar::from_gbnf("root ::= (\"a\"").unwrap_err();
+    assert_eq!(e.kind(), qllm::ErrorKind::InvalidArgument);
+    assert!(e.message.contains("line 1"), "{}", e.message);
+    let e = qllm::Grammar::from_json_schema(r#"{"type": "string", "pattern": "a+"}"#).unwrap_err();
+    assert_eq!(e.kind(), qllm::ErrorKind::Unsupported);
+    assert!(e.message.contains("pattern"), "{}", e.message);
+    assert!(qllm::Grammar::json_object().is_ok());
+}
