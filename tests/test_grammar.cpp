@@ -535,6 +535,122 @@ TEST_CASE("JSON Schema: integer bounds are exact (every integer near them, brute
   CHECK_FALSE(complete(below, "0"));
 }
 
+namespace {
+
+// x = sign * digits / 10^frac for a plain decimal "-12.50" (no exponent); false if not one.
+bool parse_plain(const std::string& t, bool& neg, __int128& m, int& frac) {
+  std::size_t i = 0;
+  neg = !t.empty() && t[0] == '-';
+  i = neg ? 1 : 0;
+  m = 0;
+  frac = -1;
+  bool any = false;
+  for (; i < t.size(); ++i) {
+    if (t[i] == '.') {
+      if (frac >= 0) return false;
+      frac = 0;
+      continue;
+    }
+    if (t[i] < '0' || t[i] > '9') return false;
+    m = m * 10 + (t[i] - '0');
+    any = true;
+    if (frac >= 0) ++frac;
+  }
+  if (frac < 0) frac = 0;
+  return any;
+}
+
+// -1, 0, 1: a <=> b for plain decimals, exactly (both at 20 fraction digits).
+int compare_plain(const std::string& a, const std::string& b) {
+  bool na, nb;
+  __int128 ma, mb;
+  int fa, fb;
+  REQUIRE(parse_plain(a, na, ma, fa));
+  REQUIRE(parse_plain(b, nb, mb, fb));
+  for (int k = fa; k < 20; ++k) ma *= 10;
+  for (int k = fb; k < 20; ++k) mb *= 10;
+  if (na) ma = -ma;
+  if (nb) mb = -mb;
+  return ma < mb ? -1 : ma > mb ? 1 : 0;
+}
+
+// Whether t is a JSON number written the way bounded numbers are (no exponent, integer part
+// without leading zeros, a digit after the point, no "-0"), with at most 15 digits.
+bool plain_form(const std::string& t) {
+  std::size_t i = t[0] == '-' ? 1 : 0;
+  const std::size_t dot = t.find('.');
+  const std::string ip = t.substr(i, dot == std::string::npos ? std::string::npos : dot - i);
+  if (ip.empty() || (ip.size() > 1 && ip[0] == '0')) return false;
+  if (dot != std::string::npos && dot + 1 == t.size()) return false;
+  std::size_t digits = 0;
+  for (char c : t) digits += c >= '0' && c <= '9';
+  if (digits > 15) return false;
+  if (t[0] == '-' && t.find_first_of("123456789") == std::string::npos) return false;  // -0, -0.00
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("JSON Schema: number bounds are exact (decimals near them, brute force, and as doubles)") {
+  struct bounds {
+    const char* schema_bounds;  // the schema's keywords
+    const char* lo;             // nullptr: none
+    bool lo_strict;
+    const char* hi;
+    bool hi_strict;
+  };
+  const bounds cases[] = {
+      {R"("minimum": 0, "maximum": 1)", "0", false, "1", false},
+      {R"("minimum": -2.5, "maximum": 3.75)", "-2.5", false, "3.75", false},
+      {R"("exclusiveMinimum": 0.1, "exclusiveMaximum": 0.3)", "0.1", true, "0.3", true},
+      {R"("minimum": -0.05)", "-0.05", false, nullptr, false},
+      {R"("exclusiveMaximum": -1.5)", nullptr, false, "-1.5", true},
+      {R"("minimum": 12.345, "maximum": 12.35)", "12.345", false, "12.35", false},
+      {R"("minimum": 7, "exclusiveMinimum": 7, "maximum": 9.99)", "7", true, "9.99", false},
+      {R"("minimum": -100, "maximum": -99.9, "exclusiveMaximum": -99.95)", "-100", false, "-99.95", true},
+  };
+  // candidates: every plain decimal with up to 3 integer and 3 fraction digits near the bounds
+  std::vector<std::string> candidates;
+  for (int ip = 0; ip <= 130; ++ip)
+    for (int f = 0; f <= 3; ++f) {
+      const int top = f == 0 ? 1 : f == 1 ? 10 : f == 2 ? 100 : 1000;
+      for (int fr = 0; fr < top; fr += (f == 3 ? 7 : 1)) {
+        std::string frac = f ? std::to_string(fr) : "";
+        frac.insert(0, std::size_t(f) - frac.size(), '0');
+        const std::string t = std::to_string(ip) + (f ? "." + frac : "");
+        candidates.push_back(t);
+        candidates.push_back("-" + t);
+      }
+    }
+  for (const char* extra : {"0.1000000000001", "0.2999999999999", "12.3450000000001", "12.34499999999999",
+                            "-0.0500000000000", "-0.05000000000001", "99999999999999.9", "1e0", "0.", "01", "-0", "-0.0",
+                            ".5", "1.5e1", "-99.95", "-99.9500000000001"})
+    candidates.push_back(extra);
+  for (const bounds& b : cases) {
+    const std::string schema = std::string(R"({"type": "number", )") + b.schema_bounds + "}";
+    CAPTURE(schema);
+    const auto g = grammar::from_json_schema(schema);
+    const double dlo = b.lo ? std::strtod(b.lo, nullptr) : 0, dhi = b.hi ? std::strtod(b.hi, nullptr) : 0;
+    int in = 0;
+    for (const std::string& t : candidates) {
+      CAPTURE(t);
+      bool want = plain_form(t) && t.find_first_not_of("-.0123456789") == std::string::npos;
+      if (want && b.lo) want = b.lo_strict ? compare_plain(t, b.lo) > 0 : compare_plain(t, b.lo) >= 0;
+      if (want && b.hi) want = b.hi_strict ? compare_plain(t, b.hi) < 0 : compare_plain(t, b.hi) <= 0;
+      const bool got = complete(g, t);
+      CHECK(got == want);
+      if (got) {
+        ++in;
+        // a validator compares doubles: the same verdict
+        const double x = std::strtod(t.c_str(), nullptr);
+        if (b.lo) CHECK((b.lo_strict ? x > dlo : x >= dlo));
+        if (b.hi) CHECK((b.hi_strict ? x < dhi : x <= dhi));
+      }
+    }
+    CHECK(in > 0);
+  }
+}
+
 TEST_CASE("JSON Schema: objects, arrays, strings, alternatives and references") {
   const auto g = grammar::from_json_schema(R"({
     "type": "object",
@@ -572,7 +688,11 @@ TEST_CASE("JSON Schema: what cannot be followed exactly is refused, naming the k
   CHECK(schema_error(R"({"type":"string","pattern":"a+"})").find("#: 'pattern' is not supported") != std::string::npos);
   CHECK(schema_error(R"({"type":"object","properties":{"d":{"type":"string","format":"date"}}})")
             .find("#/properties/d: 'format' is not supported") != std::string::npos);
-  CHECK(schema_error(R"({"type":"number","minimum":1})").find("'minimum' on type number") != std::string::npos);
+  CHECK(schema_error(R"({"type":"number","minimum":0.1234567890123456})").find("more than 15 significant digits") !=
+        std::string::npos);
+  CHECK(schema_error(R"({"type":"number","maximum":1e16})").find("beyond +-1e15") != std::string::npos);
+  CHECK(schema_error(R"({"type":"number","maximum":1e-30})").find("more than 20 decimal places") != std::string::npos);
+  CHECK(schema_error(R"({"type":"number","minimum":1,"exclusiveMaximum":1})").find("no number") != std::string::npos);
   CHECK(schema_error(R"({"oneOf":[{"type":"integer"},{"type":"number"}]})").find("use anyOf") != std::string::npos);
   CHECK(schema_error(R"({"$ref":"#/$defs/x"})").find("names no definition") != std::string::npos);
   CHECK(schema_error(R"({"$ref":"http://x/y"})").find("only #/$defs/NAME") != std::string::npos);

@@ -4,7 +4,7 @@
 // Supported: type (one or a list), enum, const, object (properties, required,
 // additionalProperties false / true / a schema when there are no properties), array (items,
 // minItems, maxItems), string (minLength, maxLength), integer (minimum, maximum,
-// exclusiveMinimum, exclusiveMaximum), number, boolean, null, anyOf, oneOf (alternatives of
+// exclusiveMinimum, exclusiveMaximum), number (the same bounds: see number_range), boolean, null, anyOf, oneOf (alternatives of
 // disjoint types only), allOf of one schema, $ref to #/$defs/... or #/definitions/..., and the
 // annotations (title, description, examples, default, $schema, $id, $comment, deprecated,
 // readOnly, writeOnly). A string's \u escapes exclude surrogates, so that every escape is one
@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <charconv>
 #include <cmath>
 #include <map>
 #include <set>
@@ -52,20 +53,39 @@ std::string literal(const std::string& s) {
   return o + "\"";
 }
 
-// Decimal digit strings of one length, a <= b: an unambiguous grammar for every string between.
-std::string digit_range(const std::string& a, const std::string& b) {
+// `a` as a literal with "." before its last `dot` characters (dot 0: none; dot < a.size()).
+std::string dotted(const std::string& a, std::size_t dot) {
   if (a.empty()) return "\"\"";
-  if (a == b) return literal(a);
-  if (a[0] == b[0]) return literal(a.substr(0, 1)) + " " + digit_range(a.substr(1), b.substr(1));
+  if (dot == 0 || dot >= a.size()) return literal(a);
+  return literal(a.substr(0, a.size() - dot) + "." + a.substr(a.size() - dot));
+}
+
+// n free digits with "." before the last `dot` of them.
+std::string any_digits(std::size_t n, std::size_t dot) {
+  if (n == 0) return "";
+  if (dot == 0 || dot > n) return " [0-9]{" + std::to_string(n) + "}";
+  if (dot == n) return " \".\" [0-9]{" + std::to_string(n) + "}";
+  return " [0-9]{" + std::to_string(n - dot) + "} \".\" [0-9]{" + std::to_string(dot) + "}";
+}
+
+// Decimal digit strings of one length, a <= b: an unambiguous grammar for every string between,
+// written with "." before the last `dot` digits (0: no point).
+std::string digit_range(const std::string& a, const std::string& b, std::size_t dot = 0) {
+  if (a.empty()) return "\"\"";
+  if (a == b) return dotted(a, dot);
   const std::size_t n = a.size() - 1;
-  const std::string any = n ? " [0-9]{" + std::to_string(n) + "}" : "";
+  // the first digit, then "." if the rest is the fraction
+  const auto head = [&](char c) { return literal(std::string(1, c) + (dot && n == dot ? "." : "")); };
+  if (a[0] == b[0]) return head(a[0]) + " " + digit_range(a.substr(1), b.substr(1), dot);
+  const std::string any = any_digits(n, dot == n ? 0 : dot) ;
+  const std::string point = dot && n == dot ? " \".\"" : "";
   std::vector<std::string> alts;
   if (std::all_of(a.begin() + 1, a.end(), [](char c) { return c == '0'; }) &&
       std::all_of(b.begin() + 1, b.end(), [](char c) { return c == '9'; }))
-    return std::string("[") + a[0] + "-" + b[0] + "]" + any;
-  alts.push_back(literal(a.substr(0, 1)) + " " + (n ? digit_range(a.substr(1), std::string(n, '9')) : "\"\""));
-  if (a[0] + 1 <= b[0] - 1) alts.push_back(std::string("[") + char(a[0] + 1) + "-" + char(b[0] - 1) + "]" + any);
-  alts.push_back(literal(b.substr(0, 1)) + " " + (n ? digit_range(std::string(n, '0'), b.substr(1)) : "\"\""));
+    return std::string("[") + a[0] + "-" + b[0] + "]" + point + any;
+  alts.push_back(head(a[0]) + " " + (n ? digit_range(a.substr(1), std::string(n, '9'), dot) : "\"\""));
+  if (a[0] + 1 <= b[0] - 1) alts.push_back(std::string("[") + char(a[0] + 1) + "-" + char(b[0] - 1) + "]" + point + any);
+  alts.push_back(head(b[0]) + " " + (n ? digit_range(std::string(n, '0'), b.substr(1), dot) : "\"\""));
   std::string o = "(";
   for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
   return o + ")";
@@ -88,6 +108,66 @@ std::string uint_range(int64_t lo, int64_t hi) {
     else alts.push_back(digit_range(first, last));
   }
   if (hi < 0) alts.push_back("[1-9] [0-9]{" + std::to_string(l.size()) + ",}");  // more digits than lo
+  std::string o = "(";
+  for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
+  return o + ")";
+}
+
+// A decimal bound: (neg ? -1 : 1) * m / 10^e.
+struct decimal {
+  bool neg = false;
+  __int128 m = 0;
+  int e = 0;
+};
+
+__int128 pow10(int k) {
+  __int128 p = 1;
+  for (int i = 0; i < k; ++i) p *= 10;
+  return p;
+}
+
+// floor or ceil of d * 10^f (f <= 14, m < 10^15: no overflow).
+__int128 scaled(const decimal& d, int f, bool up) {
+  __int128 q, r;
+  if (f >= d.e) {
+    q = d.m * pow10(f - d.e);
+    r = 0;
+  } else if (d.e - f > 30) {
+    q = 0;
+    r = d.m;
+  } else {
+    const __int128 p = pow10(d.e - f);
+    q = d.m / p;
+    r = d.m % p;
+  }
+  if (!d.neg) return q + (up && r ? 1 : 0);
+  return -(q + (!up && r ? 1 : 0));
+}
+
+std::string to_string128(__int128 v) {
+  if (v == 0) return "0";
+  std::string o;
+  for (; v > 0; v /= 10) o += char('0' + int(v % 10));
+  return std::string(o.rbegin(), o.rend());
+}
+
+constexpr int kNumberDigits = 15;  // digits of a bounded number (integer part and fraction)
+
+// Non-negative numbers N / 10^f for integer N in [a, b] with exactly f fraction digits (f = 0: no
+// point), at most kNumberDigits digits, the integer part without leading zeros.
+std::string scaled_range(__int128 a, __int128 b, int f) {
+  std::vector<std::string> alts;
+  for (int len = f + 1; len <= kNumberDigits; ++len) {
+    // N of len digits: [10^(len-1), 10^len - 1]; at len = f + 1 the integer digit may be 0
+    const __int128 lo = std::max(a, len == f + 1 ? __int128(0) : pow10(len - 1));
+    const __int128 hi = std::min(b, pow10(len) - 1);
+    if (lo > hi) continue;
+    std::string l = to_string128(lo), h = to_string128(hi);
+    l.insert(0, std::size_t(len) - l.size(), '0');
+    h.insert(0, std::size_t(len) - h.size(), '0');
+    alts.push_back(digit_range(l, h, std::size_t(f)));
+  }
+  if (alts.empty()) return "";
   std::string o = "(";
   for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
   return o + ")";
@@ -328,10 +408,8 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
       return "\"\\\"\" " + repeat("char", mn, mx) + " \"\\\"\"";
     }
     if (t == "number") {
-      for (const char* k : {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
-        if (s.contains(k)) refuse(where, "'" + std::string(k) + "' on type number is not supported (on integer it is)");
-      only({});
-      return "number";
+      only({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"});
+      return number(s, where);
     }
     if (t == "integer") {
       only({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"});
@@ -390,6 +468,94 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
     std::string o = "(";
     for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
     return o + ")";
+  }
+
+  // A number bound as a decimal: its shortest round-trip digits, at most kNumberDigits significant
+  // ones and below 10^kNumberDigits in magnitude.
+  static decimal decimal_bound(const json& s, const char* key, const std::string& where) {
+    const json& v = s[key];
+    if (!v.is_number()) refuse(where, "'" + std::string(key) + "' must be a number");
+    decimal d;
+    std::string digits;
+    int exp10 = 0;  // value = digits * 10^exp10
+    if (v.is_number_integer()) {
+      const std::string t = v.dump();
+      d.neg = t[0] == '-';
+      digits = t.substr(d.neg ? 1 : 0);
+    } else {
+      const double x = v.get<double>();
+      if (!std::isfinite(x)) refuse(where, "'" + std::string(key) + "' is not finite");
+      char buf[64];
+      const auto r = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific);
+      const std::string t(buf, r.ptr);  // e.g. -1.25e-03, the shortest digits that round-trip
+      d.neg = t[0] == '-';
+      const std::size_t epos = t.find('e');
+      for (std::size_t i = d.neg ? 1 : 0; i < epos; ++i)
+        if (t[i] != '.') digits += t[i];
+      exp10 = std::stoi(t.substr(epos + 1)) - int(digits.size()) + 1;
+    }
+    while (digits.size() > 1 && digits[0] == '0') digits.erase(0, 1);
+    while (digits.size() > 1 && digits.back() == '0') digits.pop_back(), ++exp10;
+    if (digits == "0") return decimal{};
+    const int magnitude = int(digits.size()) + exp10;  // digits before the point
+    if (int(digits.size()) > kNumberDigits || magnitude > kNumberDigits)
+      refuse(where, "'" + std::string(key) + "' " + v.dump() + " has more than " + std::to_string(kNumberDigits) +
+                        " significant digits or is beyond +-1e15 (numbers are compared as doubles)");
+    if (exp10 < -20)
+      refuse(where, "'" + std::string(key) + "' " + v.dump() + " has more than 20 decimal places");
+    for (char c : digits) d.m = d.m * 10 + (c - '0');
+    if (exp10 >= 0) d.m *= pow10(exp10);
+    d.e = exp10 < 0 ? -exp10 : 0;
+    return d;
+  }
+
+  // A number between bounds, exactly: written without an exponent, with at most kNumberDigits
+  // digits, so that every candidate and every bound is a decimal of at most 15 significant digits
+  // and comparing them as decimals (here) and as doubles (a validator) agree. For each count f of
+  // fraction digits the values are N / 10^f for an integer range of N, a digit range with a point.
+  std::string number(const json& s, const std::string& where) {
+    struct side {
+      bool has = false, strict = false;
+      decimal d;
+    } lo, hi;
+    auto take = [&](side& b, const char* key, bool strict, bool is_lo) {
+      if (!s.contains(key)) return;
+      const decimal d = decimal_bound(s, key, where);
+      // the tighter bound wins (compared at a common scale: e <= 30 here)
+      if (b.has) {
+        const int e = std::max(std::max(b.d.e, d.e), 0);
+        const __int128 old_v = scaled(b.d, e, false), new_v = scaled(d, e, false);
+        const bool tighter = is_lo ? (new_v > old_v || (new_v == old_v && strict)) : (new_v < old_v || (new_v == old_v && strict));
+        if (!tighter) return;
+      }
+      b = side{true, strict, d};
+    };
+    take(lo, "minimum", false, true);
+    take(lo, "exclusiveMinimum", true, true);
+    take(hi, "maximum", false, false);
+    take(hi, "exclusiveMaximum", true, false);
+    if (!lo.has && !hi.has) return "number";
+    const __int128 cap = pow10(kNumberDigits) - 1;  // the largest N of kNumberDigits digits
+    std::vector<std::string> alts;
+    for (int f = 0; f < kNumberDigits; ++f) {
+      // x = N / 10^f, lo <= x <= hi (strict where asked): N in [nlo, nhi]
+      const __int128 nlo = !lo.has ? -cap : lo.strict ? scaled(lo.d, f, false) + 1 : scaled(lo.d, f, true);
+      const __int128 nhi = !hi.has ? cap : hi.strict ? scaled(hi.d, f, true) - 1 : scaled(hi.d, f, false);
+      if (nlo > nhi) continue;
+      // x < 0: "-" and |N| in [max(1, -nhi), -nlo]; x >= 0: N in [max(0, nlo), nhi]
+      if (nlo < 0) {
+        const std::string r = scaled_range(std::max<__int128>(1, -nhi), std::min(cap, -nlo), f);
+        if (!r.empty()) alts.push_back("\"-\" " + r);
+      }
+      if (nhi >= 0) {
+        const std::string r = scaled_range(std::max<__int128>(0, nlo), std::min(cap, nhi), f);
+        if (!r.empty()) alts.push_back(r);
+      }
+    }
+    if (alts.empty()) refuse(where, "no number of at most 15 digits lies between the bounds");
+    std::string o = "(";
+    for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
+    return new_rule(where + "-number", o + ")");
   }
 
   std::string object(const json& s, const std::string& where) {

@@ -23,6 +23,11 @@ SCHEMAS = [
         "name": {"type": "string", "minLength": 1, "maxLength": 20},
         "age": {"type": "integer", "minimum": 0, "exclusiveMaximum": 150.5},
         "ok": {"type": "boolean"}}, "required": ["name", "age"], "additionalProperties": False}),
+    ("number bounds", {"type": "object", "properties": {
+        "price": {"type": "number", "minimum": 0, "exclusiveMaximum": 1000},
+        "score": {"type": "number", "minimum": -1.5, "maximum": 1.5},
+        "ratio": {"type": "number", "exclusiveMinimum": 0.1, "exclusiveMaximum": 0.3}},
+        "required": ["price", "score", "ratio"], "additionalProperties": False}),
     ("array with bounds", {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
                            "minItems": 2, "maxItems": 5}),
     ("nested objects", {"type": "object", "properties": {
