@@ -611,7 +611,8 @@ TEST_CASE("JSON Schema: number bounds are exact (decimals near them, brute force
   };
   // candidates: every plain decimal with up to 3 integer and 3 fraction digits near the bounds
   std::vector<std::string> candidates;
-  for (int ip = 0; ip <= 130; ++ip)
+  for (int ip = 0; ip <= 130; ++ip) {
+    if (QLLM_TEST_QUICK && ip > 15 && (ip < 98 || ip > 101)) continue;  // the bounds lie in 0..13 and 99..100
     for (int f = 0; f <= 3; ++f) {
       const int top = f == 0 ? 1 : f == 1 ? 10 : f == 2 ? 100 : 1000;
       for (int fr = 0; fr < top; fr += (f == 3 ? 7 : 1)) {
@@ -622,6 +623,7 @@ TEST_CASE("JSON Schema: number bounds are exact (decimals near them, brute force
         candidates.push_back("-" + t);
       }
     }
+  }
   for (const char* extra : {"0.1000000000001", "0.2999999999999", "12.3450000000001", "12.34499999999999",
                             "-0.0500000000000", "-0.05000000000001", "99999999999999.9", "1e0", "0.", "01", "-0", "-0.0",
                             ".5", "1.5e1", "-99.95", "-99.9500000000001"})
