@@ -90,6 +90,59 @@ void BM_mask_json_answer(benchmark::State& state) {
 }
 BENCHMARK(BM_mask_json_answer)->Unit(benchmark::kMillisecond);
 
+// mask + accept per token of an array of N copies of the answer: the time per token (items/s) must
+// not fall as N grows, since the parse state is as deep as the nesting, not as long as the text
+void BM_mask_long_answer(benchmark::State& state) {
+  std::string text = "[";
+  for (int64_t i = 0; i < state.range(0); ++i) text += (i ? ", " : "") + std::string(kAnswer);
+  text += "]";
+  const auto ids = llama2().encode(text, false);
+  std::vector<std::string> pieces;
+  for (int32_t id : ids) pieces.push_back(llama2().token_text(id));
+  if (!pieces.empty() && !pieces[0].empty() && pieces[0][0] == ' ') pieces[0].erase(0, 1);
+  const auto g = grammar::from_gbnf(std::string(grammar::json_object_gbnf()) + "\nanswer ::= array", "answer");
+  std::vector<float> logits(std::size_t(llama2().n_vocab()));
+  for (auto _ : state) {
+    grammar_matcher m(g, llama2());
+    for (const auto& p : pieces) {
+      std::fill(logits.begin(), logits.end(), 0.0f);
+      m.mask(logits);
+      if (!m.accept_text(p)) state.SkipWithError("the answer does not follow the grammar");
+    }
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(pieces.size()));
+  state.counters["tokens"] = double(pieces.size());
+}
+BENCHMARK(BM_mask_long_answer)->Arg(1)->Arg(8)->Arg(32)->Unit(benchmark::kMillisecond);
+
+// a JSON Schema answer with bounded numbers (the widest digit-range rules)
+void BM_mask_bounded_numbers(benchmark::State& state) {
+  const auto g = grammar::from_json_schema(R"({"type":"array","items":{"type":"object","properties":{
+    "price":{"type":"number","minimum":0,"exclusiveMaximum":1000},"score":{"type":"number","minimum":-1.5,"maximum":1.5}},
+    "required":["price","score"],"additionalProperties":false}})");
+  std::string text = "[";
+  for (int i = 0; i < 40; ++i)
+    text += (i ? ", " : "") + std::string("{\"price\": ") + std::to_string(i * 23 % 1000) + "." + std::to_string(i % 10) +
+            ", \"score\": " + (i % 2 ? "-" : "") + "1." + std::to_string(i % 5) + std::to_string(i % 7) + "}";
+  text += "]";
+  const auto ids = llama2().encode(text, false);
+  std::vector<std::string> pieces;
+  for (int32_t id : ids) pieces.push_back(llama2().token_text(id));
+  if (!pieces.empty() && !pieces[0].empty() && pieces[0][0] == ' ') pieces[0].erase(0, 1);
+  std::vector<float> logits(std::size_t(llama2().n_vocab()));
+  for (auto _ : state) {
+    grammar_matcher m(g, llama2());
+    for (const auto& p : pieces) {
+      std::fill(logits.begin(), logits.end(), 0.0f);
+      m.mask(logits);
+      if (!m.accept_text(p)) state.SkipWithError("the answer does not follow the grammar");
+    }
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(pieces.size()));
+  state.counters["tokens"] = double(pieces.size());
+}
+BENCHMARK(BM_mask_bounded_numbers)->Unit(benchmark::kMillisecond);
+
 // the widest mask: inside a JSON string, where almost every token may come next (a new matcher
 // each time: not cached)
 void BM_mask_inside_string(benchmark::State& state) {
