@@ -169,6 +169,42 @@ import json, sys
 c = json.load(open(sys.argv[1], encoding="utf-8"))["choices"][0]
 assert c["text"] in (" yes", " no") and c["finish_reason"] == "stop", c
 PY
+# constrained requests decoded in one batch give the text each gives alone (sampled, seeded), on
+# both endpoints, streamed or not
+python3 - "$base" "$key" <<'PY' || fail "constrained requests batched != alone"
+import json, sys, threading, urllib.request
+base, key = sys.argv[1], sys.argv[2]
+schema = {"type": "object", "properties": {"who": {"type": "string", "maxLength": 10},
+          "n": {"type": "number", "minimum": 0, "maximum": 99.5}}, "required": ["who", "n"], "additionalProperties": False}
+fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+reqs = [("/v1/completions", {"prompt": "And God said", "max_tokens": 150, "temperature": 1, "seed": 3, "response_format": fmt}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Who?"}], "max_tokens": 150, "temperature": 1,
+                                  "seed": 4, "response_format": fmt, "stream": True})]
+def text(path, body):
+    r = urllib.request.Request(base + path, json.dumps(body).encode(), {"Authorization": "Bearer " + key,
+                               "Content-Type": "application/json"})
+    raw = urllib.request.urlopen(r, timeout=120).read().decode()
+    if not body.get("stream"):
+        c = json.loads(raw)["choices"][0]
+        return c.get("text") if "text" in c else c["message"]["content"]
+    out = ""
+    for line in raw.splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for c in json.loads(line[6:]).get("choices", []):
+                out += c.get("text") or (c.get("delta") or {}).get("content") or ""
+    return out
+alone = [text(p, b) for p, b in reqs]
+together = [None] * len(reqs)
+ts = [threading.Thread(target=lambda i=i: together.__setitem__(i, text(*reqs[i]))) for i in range(len(reqs))]
+[t.start() for t in ts]
+[t.join() for t in ts]
+assert together == alone, (alone, together)
+for t in alone:
+    v = json.loads(t)
+    assert list(v) == ["who", "n"], v  # the schema's order
+    assert isinstance(v["who"], str) and len(v["who"]) <= 10 and 0 <= v["n"] <= 99.5, v
+print("constrained, batched = alone:", alone)
+PY
 expect 400 "grammar with an undefined rule" -H "$auth" -H "$json" \
   -d '{"prompt":"a","grammar":"root ::= x"}' "$base/v1/completions"
 grep -q "rule 'x' is used but never defined" "$dir/body" || fail "grammar error: $(cat "$dir/body")"

@@ -158,6 +158,11 @@ void server::completion(const std::string& req_body, httplib::Response& res, boo
   if (body.is_discarded()) bad_request("the body is not valid JSON");
   if (!body.is_object()) bad_request("the body must be a JSON object");
   gen_settings g;
+  if (const auto rf = body.find("response_format"); rf != body.end() && rf->is_object() && rf->contains("json_schema")) {
+    const auto ordered = nlohmann::ordered_json::parse(req_body, nullptr, false);
+    const auto& js = ordered["response_format"]["json_schema"];
+    if (js.is_object() && js.contains("schema")) g.schema_text = js["schema"].dump();
+  }
   std::vector<int32_t> prompt = chat ? chat_prompt(body, g) : text_prompt(body, g);
   if (auto it = body.find("model"); it != body.end() && !it->is_null() && !it->is_string())
     bad_request("'model' must be a string", "model");

@@ -170,7 +170,7 @@ void parse_common(const json& body, const model& m, gen_settings& g, int64_t def
       if (js == rf->end() || !js->is_object() || !js->contains("schema"))
         bad_request("'response_format.json_schema.schema' is required", "response_format");
       try {
-        r.gen.constraint = grammar::from_json_schema((*js)["schema"].dump());
+        r.gen.constraint = grammar::from_json_schema(g.schema_text.empty() ? (*js)["schema"].dump() : g.schema_text);
       } catch (const error& e) {
         bad_request(e.what(), "response_format");
       }

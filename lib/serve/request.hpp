@@ -24,6 +24,9 @@ struct gen_settings {
   engine_request req;
   bool stream = false;
   bool include_usage = false;
+  // response_format.json_schema.schema as the request wrote it, its keys in their order (json
+  // sorts them; a schema's properties are generated in the schema's order)
+  std::string schema_text;
 };
 
 // Sampling, limits, stop strings, logit bias and the context policy, from either endpoint.
