@@ -411,13 +411,15 @@ QLLM_API void qllm_matcher_free(qllm_matcher* matcher);
  * model's vocabulary size (INVALID_ARGUMENT otherwise). */
 QLLM_API qllm_status qllm_matcher_mask(qllm_matcher* matcher, float* logits, size_t n_vocab);
 /* The same on the session's logits of its last eval, in place: qllm_session_sample and
- * qllm_session_logits then see the masked ones. Session thread rule. */
+ * qllm_session_logits then see the masked ones. The session's model must have the matcher's
+ * vocabulary (INVALID_ARGUMENT otherwise). Session thread rule. */
 QLLM_API qllm_status qllm_matcher_mask_session(qllm_matcher* matcher, qllm_session* session);
 /* Advances past token (EOS ends the output). A token the grammar does not allow there:
  * INVALID_ARGUMENT, and the matcher is unchanged. */
 QLLM_API qllm_status qllm_matcher_accept(qllm_matcher* matcher, int32_t token);
 /* Advances past text (len bytes), e.g. a prefix the output must continue. Text the grammar
- * does not allow there: INVALID_ARGUMENT, and the matcher is unchanged. */
+ * does not allow there: INVALID_ARGUMENT, and the matcher is unchanged (after EOS no text is
+ * allowed, not even ""). */
 QLLM_API qllm_status qllm_matcher_accept_text(qllm_matcher* matcher, const char* text, size_t len);
 /* *can_end: the text so far is a complete string of the language (EOS allowed); *must_end: no
  * longer string continues it (only EOS may come). After EOS was accepted both are 0: nothing

@@ -8,6 +8,9 @@ struct qllm_matcher {
   std::shared_ptr<const qllm::model> m;  // keeps the tokenizer alive
   qllm::grammar_matcher gm;
   std::size_t n_vocab;
+  // a session model whose vocabulary equals m's (weak: its control block stays, so another model
+  // at the same address is never mistaken for it)
+  std::weak_ptr<const qllm::model> checked;
   qllm_matcher(std::shared_ptr<const qllm::model> mp, std::shared_ptr<const qllm::grammar> g, const qllm::tokenizer& t)
       : m(std::move(mp)), gm(std::move(g), t), n_vocab(std::size_t(t.n_vocab())) {}
 };
@@ -97,6 +100,20 @@ QLLM_EXPORT qllm_status qllm_matcher_mask_session(qllm_matcher* matcher, qllm_se
     if (session->logits.size() != matcher->n_vocab)
       raise(QLLM_ERR_INVALID_ARGUMENT, "the session's model has " + std::to_string(session->logits.size()) +
                                            " logits, the matcher's vocabulary " + std::to_string(matcher->n_vocab));
+    // another model (another load of the same file, or a model with the same vocabulary) is fine;
+    // one whose token texts differ would be masked by the wrong texts. Checked once per model.
+    const bool known = !matcher->checked.owner_before(session->m) && !session->m.owner_before(matcher->checked) &&
+                       !matcher->checked.expired();
+    if (session->m.get() != matcher->m.get() && !known) {
+      const qllm::tokenizer *a = matcher->m->get_tokenizer(), *b = session->m->get_tokenizer();
+      if (!b) raise(QLLM_ERR_INVALID_ARGUMENT, "the session's model has no vocabulary");
+      if (a->eos() != b->eos()) raise(QLLM_ERR_INVALID_ARGUMENT, "the session's model has another EOS token");
+      for (int32_t i = 0; i < a->n_vocab(); ++i)
+        if (a->piece(i) != b->piece(i) || a->vocab().types[std::size_t(i)] != b->vocab().types[std::size_t(i)])
+          raise(QLLM_ERR_INVALID_ARGUMENT, "the session's model has another vocabulary than the matcher's (token " +
+                                               std::to_string(i) + " differs)");
+      matcher->checked = session->m;
+    }
     matcher->gm.mask(std::span<float>(session->logits));
   });
 }

@@ -69,6 +69,14 @@ try:
         check(st == 400 and b'"error"' in data, "wrong nested type: HTTP %d %r" % (st, data[:120]))
     st, data = s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": 1, "text": "hi"}]}]})
     check(st == 400, "wrong content part type: HTTP %d" % st)
+    # a NUL byte inside the body: the JSON parser would stop there and ignore the rest
+    for path in ("/v1/completions", "/v1/embeddings"):
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        c.request("POST", path, b'{"prompt": "a", "input": "a"}\x00garbage', {"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        check(r.status == 400 and b"not valid JSON" in data, "a NUL in the body: HTTP %d %r" % (r.status, data[:120]))
 finally:
     rc = s.stop()
 check(rc == 0, "exit status %r after SIGTERM" % rc)

@@ -367,3 +367,47 @@ TEST_CASE("C ABI matcher: eval, mask, sample and accept by hand give qllm_genera
     qllm_matcher_free(mt);
   }
 }
+
+TEST_CASE("C ABI matcher: a session of another model must have the matcher's vocabulary") {
+  loaded h;
+  qllm_model_info info{};
+  info.struct_size = sizeof info;
+  REQUIRE(qllm_model_get_info(h.m, &info) == QLLM_OK);
+  qllm_grammar* g = nullptr;
+  REQUIRE(qllm_grammar_from_gbnf(kWords, std::strlen(kWords), &g) == QLLM_OK);
+  qllm_matcher* mt = nullptr;
+  REQUIRE(qllm_matcher_create(g, h.m, &mt) == QLLM_OK);
+  qllm_grammar_free(g);
+  const int32_t bos = info.bos_token;
+  // the same file loaded again: another model, the same vocabulary
+  {
+    loaded again;
+    qllm_session* s = session_of(again.m, 0.0f, 1);
+    REQUIRE(qllm_session_eval(s, &bos, 1) == QLLM_OK);
+    CHECK(qllm_matcher_mask_session(mt, s) == QLLM_OK);
+    CHECK(qllm_matcher_mask_session(mt, s) == QLLM_OK);  // checked once, remembered
+    qllm_session_free(s);
+  }
+  // a vocabulary of the same size with other pieces
+  const std::string path = "/tmp/qllm_test_capi_grammar_vocab_" + std::to_string(getpid()) + ".gguf";
+  qllm::random_model_spec spec;
+  spec.n_vocab = info.n_vocab;
+  qllm::write_random_model(path, spec);
+  qllm_model* other = nullptr;
+  REQUIRE(qllm_model_load(path.c_str(), nullptr, &other) == QLLM_OK);
+  std::remove(path.c_str());
+  qllm_session* s = session_of(other, 0.0f, 1);
+  REQUIRE(qllm_session_eval(s, &bos, 1) == QLLM_OK);
+  const float* before = nullptr;
+  size_t n = 0;
+  REQUIRE(qllm_session_logits(s, &before, &n) == QLLM_OK);
+  const std::vector<float> copy(before, before + n);
+  CHECK(qllm_matcher_mask_session(mt, s) == QLLM_ERR_INVALID_ARGUMENT);
+  CHECK(c_error().find("another vocabulary") != std::string::npos);
+  const float* after = nullptr;
+  REQUIRE(qllm_session_logits(s, &after, &n) == QLLM_OK);
+  CHECK(std::vector<float>(after, after + n) == copy);  // untouched
+  qllm_session_free(s);
+  qllm_model_free(other);
+  qllm_matcher_free(mt);
+}

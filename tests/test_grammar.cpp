@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <random>
@@ -692,9 +693,49 @@ TEST_CASE("JSON Schema: what cannot be followed exactly is refused, naming the k
             .find("#/properties/d: 'format' is not supported") != std::string::npos);
   CHECK(schema_error(R"({"type":"number","minimum":0.1234567890123456})").find("more than 15 significant digits") !=
         std::string::npos);
-  CHECK(schema_error(R"({"type":"number","maximum":1e16})").find("beyond +-1e15") != std::string::npos);
+  CHECK(schema_error(R"({"type":"number","maximum":1e16})").find("not below 1e15") != std::string::npos);
   CHECK(schema_error(R"({"type":"number","maximum":1e-30})").find("more than 20 decimal places") != std::string::npos);
-  CHECK(schema_error(R"({"type":"number","minimum":1,"exclusiveMaximum":1})").find("no number") != std::string::npos);
+  CHECK(schema_error(R"({"type":"number","minimum":1,"exclusiveMaximum":1})").find("no number lies") != std::string::npos);
+  CHECK(schema_error(R"({"type":"number","minimum":2,"maximum":1.5})").find("no number lies") != std::string::npos);
+  // bounds written with more digits than their double holds would be rounded: refused
+  CHECK(schema_error(R"({"type":"number","minimum":0.30000000000000001})").find("more digits than a double holds") !=
+        std::string::npos);
+  CHECK(schema_error(R"({"type":"number","maximum":1e-400})").find("rounded to 0") != std::string::npos);
+  CHECK(schema_error(R"({"type":"integer","minimum":2.0000000000000001})").find("'minimum' 2.0000000000000001") !=
+        std::string::npos);
+  CHECK(schema_error(R"({"type":"number","minimum":0.1,"maximum":5e2,"exclusiveMaximum":1.0E3})").empty());
+  CHECK(schema_error(R"({"type":"number","enum":[0.30000000000000001]})").find("double") == std::string::npos);
+  // a NUL ends nothing: the text after it is part of the schema
+  {
+    const std::string with_nul("{\"type\":\"number\"}\0{\"junk", 24);
+    try {
+      (void)grammar::from_json_schema(with_nul);
+      FAIL("a schema with a NUL byte compiled");
+    } catch (const error& e) {
+      CHECK(e.code() == errc::invalid_argument);
+    }
+  }
+  // the grammar a schema expands to has a budget, checked as it grows: many bounded numbers are
+  // refused early and named; the same bounds many times share one rule
+  {
+    std::string many = R"({"type":"object","properties":{)";
+    std::string same = many;
+    for (int i = 0; i < 3000; ++i) {
+      many += (i ? "," : "") + std::string("\"p") + std::to_string(i) + "\":{\"type\":\"number\",\"minimum\":" +
+              std::to_string(i) + ".5,\"maximum\":100000}";
+      same += (i ? "," : "") + std::string("\"p") + std::to_string(i) + "\":{\"type\":\"number\",\"minimum\":0.5}";
+    }
+    many += "}}";
+    same += "}}";
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string why = schema_error(many.c_str());
+    CHECK(why.find("MiB of grammar") != std::string::npos);
+    MESSAGE("3000 distinct bounded numbers refused after "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s");
+    CHECK(schema_error(same.c_str()).empty());
+    const std::string same_gbnf = grammar::gbnf_from_json_schema(same);
+    CHECK(same_gbnf.size() < 1000000);  // one number rule, not 3000
+  }
   CHECK(schema_error(R"({"oneOf":[{"type":"integer"},{"type":"number"}]})").find("use anyOf") != std::string::npos);
   CHECK(schema_error(R"({"$ref":"#/$defs/x"})").find("names no definition") != std::string::npos);
   CHECK(schema_error(R"({"$ref":"http://x/y"})").find("only #/$defs/NAME") != std::string::npos);

@@ -34,6 +34,7 @@ using json = nlohmann::ordered_json;  // properties keep the schema's order
 
 constexpr int64_t kMaxBound = 1000000000000000000;  // integer bounds: |x| <= 1e18
 constexpr int64_t kMaxCount = 10000;                  // minLength, maxItems, ...
+constexpr std::size_t kMaxGrammarBytes = std::size_t(4) << 20;  // the GBNF a schema may expand to
 
 // A GBNF literal for `s` (UTF-8 passed through; quotes, backslashes and controls escaped).
 std::string literal(const std::string& s) {
@@ -206,8 +207,17 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
     if (base.size() > 40) base.resize(40);
     std::string name = base;
     for (int i = 2; rules_.count(name) || reserved(name); ++i) name = base + "-" + std::to_string(i);
+    charge(hint, body.size());
     rules_[name] = body;
     return name;
+  }
+  // A budget on the grammar's text, checked as it grows: a small schema (thousands of bounded
+  // numbers) must not make a server build hundreds of megabytes before refusing it.
+  void charge(const std::string& where, std::size_t bytes) {
+    size_ += bytes;
+    if (size_ > kMaxGrammarBytes)
+      refuse(where, "the schema expands to more than " + std::to_string(kMaxGrammarBytes >> 20) +
+                        " MiB of grammar (a bounded number costs about 17 KB; numbers with the same bounds share one rule)");
   }
   static bool reserved(const std::string& n) {
     return n == "root" || n == "ws" || n == "value" || n == "object" || n == "array" || n == "string" ||
@@ -381,6 +391,7 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
     const std::string rule = new_rule("def-" + name, "\"\"");  // reserved first: definitions may recurse
     refs_[p] = rule;
     rules_[rule] = rule_for((*defs)[name], p);
+    charge(p, rules_[rule].size());
     return rule;
   }
 
@@ -500,7 +511,7 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
     const int magnitude = int(digits.size()) + exp10;  // digits before the point
     if (int(digits.size()) > kNumberDigits || magnitude > kNumberDigits)
       refuse(where, "'" + std::string(key) + "' " + v.dump() + " has more than " + std::to_string(kNumberDigits) +
-                        " significant digits or is beyond +-1e15 (numbers are compared as doubles)");
+                        " significant digits or is not below 1e15 in magnitude");
     if (exp10 < -20)
       refuse(where, "'" + std::string(key) + "' " + v.dump() + " has more than 20 decimal places");
     for (char c : digits) d.m = d.m * 10 + (c - '0');
@@ -535,6 +546,17 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
     take(hi, "maximum", false, false);
     take(hi, "exclusiveMaximum", true, false);
     if (!lo.has && !hi.has) return "number";
+    if (lo.has && hi.has) {
+      const int e = std::max(lo.d.e, hi.d.e);
+      const __int128 l = scaled(lo.d, e, false), h = scaled(hi.d, e, false);
+      if (l > h || (l == h && (lo.strict || hi.strict))) refuse(where, "no number lies between the bounds");
+    }
+    std::string key;  // the same bounds share one rule
+    for (const side* b : {&lo, &hi})
+      key += b->has ? std::string(b->d.neg ? "-" : "+") + to_string128(b->d.m) + "e-" + std::to_string(b->d.e) +
+                          (b->strict ? "x" : "i") + ";"
+                    : std::string("none;");
+    if (const auto it = numbers_.find(key); it != numbers_.end()) return it->second;
     const __int128 cap = pow10(kNumberDigits) - 1;  // the largest N of kNumberDigits digits
     std::vector<std::string> alts;
     for (int f = 0; f < kNumberDigits; ++f) {
@@ -555,7 +577,7 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
     if (alts.empty()) refuse(where, "no number of at most 15 digits lies between the bounds");
     std::string o = "(";
     for (std::size_t i = 0; i < alts.size(); ++i) o += (i ? " | " : "") + alts[i];
-    return new_rule(where + "-number", o + ")");
+    return numbers_[key] = new_rule(where + "-number", o + ")");
   }
 
   std::string object(const json& s, const std::string& where) {
@@ -598,26 +620,121 @@ integer ::= "-"? ("0" | [1-9] [0-9]*)
       b_next = b;
     }
     rules_[id] = "\"{\" ws " + a_next + " \"}\"";
+    charge(where, rules_[id].size());
     return id;
   }
 
   const json& root_;
   std::map<std::string, std::string> rules_;
   std::map<std::string, std::string> refs_;
+  std::map<std::string, std::string> numbers_;  // bounds -> the rule of numbers between them
+  std::size_t size_ = 0;
   int depth_ = 0;
 };
 
 }  // namespace
 
+namespace {
+
+// A JSON number's value as (negative, significant digits without leading or trailing zeros, power
+// of ten of the last one); zero is ("", 0).
+struct decimal_text {
+  bool neg = false;
+  std::string digits;
+  long exp10 = 0;
+  bool operator==(const decimal_text&) const = default;
+};
+
+decimal_text decimal_of(std::string_view t) {
+  decimal_text d;
+  std::size_t i = 0;
+  if (i < t.size() && t[i] == '-') d.neg = true, ++i;
+  long frac = 0;
+  bool in_frac = false;
+  for (; i < t.size() && t[i] != 'e' && t[i] != 'E'; ++i) {
+    if (t[i] == '.') {
+      in_frac = true;
+      continue;
+    }
+    d.digits += t[i];
+    if (in_frac) ++frac;
+  }
+  long e = 0;
+  if (i < t.size()) {
+    ++i;
+    bool eneg = false;
+    if (i < t.size() && (t[i] == '+' || t[i] == '-')) eneg = t[i] == '-', ++i;
+    for (; i < t.size(); ++i) e = std::min<long>(e * 10 + (t[i] - '0'), 100000000);  // clamped: only equality matters
+    if (eneg) e = -e;
+  }
+  d.exp10 = e - frac;
+  const std::size_t first = d.digits.find_first_not_of('0');
+  if (first == std::string::npos) return decimal_text{};
+  d.digits.erase(0, first);
+  while (d.digits.back() == '0') d.digits.pop_back(), ++d.exp10;
+  return d;
+}
+
+// Refuses a bound keyword whose number, as written, is not the decimal its double stands for
+// (0.30000000000000001 parses as the double of 0.3, 1e-400 as 0): the grammar compares the
+// double's shortest digits, so such a bound would be rounded silently.
+struct bound_text_check : nlohmann::json_sax<json> {
+  std::string pending;  // the key whose value comes next ("" inside arrays and after a value)
+  bool null() override { return next(); }
+  bool boolean(bool) override { return next(); }
+  bool number_integer(number_integer_t) override { return next(); }
+  bool number_unsigned(number_unsigned_t) override { return next(); }
+  bool number_float(number_float_t v, const string_t& s) override {
+    if (pending == "minimum" || pending == "maximum" || pending == "exclusiveMinimum" || pending == "exclusiveMaximum") {
+      char buf[64];
+      const auto r = std::to_chars(buf, buf + sizeof buf, double(v));
+      if (!std::isfinite(double(v)) || !(decimal_of(s) == decimal_of(std::string_view(buf, std::size_t(r.ptr - buf)))))
+        throw error(errc::unsupported, "JSON Schema: '" + pending + "' " + s +
+                                           " has more digits than a double holds (it would be rounded to " +
+                                           std::string(buf, r.ptr) + ")");
+    }
+    return next();
+  }
+  bool string(string_t&) override { return next(); }
+  bool binary(binary_t&) override { return next(); }
+  bool start_object(std::size_t) override { return next(); }
+  bool key(string_t& k) override {
+    pending = k;
+    return true;
+  }
+  bool end_object() override { return next(); }
+  bool start_array(std::size_t) override { return next(); }
+  bool end_array() override { return next(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+
+ private:
+  bool next() {
+    pending.clear();
+    return true;
+  }
+};
+
+}  // namespace
+
 std::string grammar::gbnf_from_json_schema(std::string_view schema) {
+  if (schema.find('\0') != std::string_view::npos)
+    throw error(errc::invalid_argument, "JSON Schema: not valid JSON (a NUL byte)");
   const json parsed = json::parse(schema, nullptr, false);
   if (parsed.is_discarded()) throw error(errc::invalid_argument, "JSON Schema: not valid JSON");
+  bound_text_check check;
+  json::sax_parse(schema, &check);
   converter c(parsed);
   return c.run();
 }
 
 std::shared_ptr<const grammar> grammar::from_json_schema(std::string_view schema) {
-  return from_gbnf(gbnf_from_json_schema(schema));
+  const std::string gbnf = gbnf_from_json_schema(schema);
+  try {
+    return from_gbnf(gbnf);
+  } catch (const error& e) {  // a limit of the grammar it expands to: the schema is what is refused
+    if (e.code() != errc::invalid_argument) throw;
+    throw error(errc::unsupported, std::string("JSON Schema: the grammar it expands to is refused: ") + e.what());
+  }
 }
 
 }  // namespace qllm

@@ -154,7 +154,8 @@ void server::completion(const std::string& req_body, httplib::Response& res, boo
   const auto t_start = clock::now();
   auto flight = std::make_shared<in_flight_guard>(in_flight_);
   if (draining_) throw http_error{503, "the server is shutting down", "server_error", "shutting_down", ""};
-  json body = json::parse(req_body, nullptr, false);
+  // nlohmann's parser stops at a NUL byte: what follows one would be ignored, not refused
+  json body = req_body.find('\0') == std::string::npos ? json::parse(req_body, nullptr, false) : json(json::value_t::discarded);
   if (body.is_discarded()) bad_request("the body is not valid JSON");
   if (!body.is_object()) bad_request("the body must be a JSON object");
   gen_settings g;
