@@ -440,11 +440,12 @@ void rope(float* x, int64_t n_head, int64_t head_dim, const float* cos_dup,
 }
 
 void rope_table(float* cos_dup, float* sin_alt, int64_t head_dim, int64_t rot_dim, double pos,
-                double freq_base) noexcept {
+                double freq_base, const float* freq_factors) noexcept {
   for (int64_t i = 0; i + 1 < head_dim; i += 2) {
     double c = 1.0, s = 0.0;
     if (i < rot_dim) {
-      const double theta = pos * std::pow(freq_base, -double(i) / double(rot_dim));
+      double theta = pos * std::pow(freq_base, -double(i) / double(rot_dim));
+      if (freq_factors) theta /= double(freq_factors[i / 2]);
       c = std::cos(theta);
       s = std::sin(theta);
     }

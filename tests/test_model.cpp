@@ -74,6 +74,7 @@ struct ref_model {
   int64_t V, E, L, F, H, HKV, D;
   double eps, base;
   double pos_scale = 1.0;  // linear RoPE scaling: 1 / llama.rope.scaling.factor
+  std::vector<double> freq_factors;  // per-frequency divisors of theta (llama3 scaling); empty: 1
   mat embd, out_norm, out;
   std::vector<mat> an, wq, wk, wv, wo, fn, wg, wu, wd;
 };
@@ -126,10 +127,11 @@ std::vector<double> rmsnorm(const std::vector<double>& x, const mat& w, double e
   return y;
 }
 
-void rope(std::vector<double>& x, int64_t n_head, int64_t d, double pos, double base) {
+void rope(std::vector<double>& x, int64_t n_head, int64_t d, double pos, double base,
+          const std::vector<double>& ff = {}) {
   for (int64_t h = 0; h < n_head; ++h) {
     for (int64_t i = 0; i < d; i += 2) {
-      const double th = pos * std::pow(base, -double(i) / double(d));
+      const double th = pos * std::pow(base, -double(i) / double(d)) / (ff.empty() ? 1.0 : ff[size_t(i / 2)]);
       double& a = x[size_t(h * d + i)];
       double& b = x[size_t(h * d + i + 1)];
       const double a0 = a, b0 = b;
@@ -152,8 +154,8 @@ std::vector<std::vector<double>> forward_ref(const ref_model& r, const std::vect
       q[t] = matvec(r.wq[size_t(l)], xb);
       k[t] = matvec(r.wk[size_t(l)], xb);
       v[t] = matvec(r.wv[size_t(l)], xb);
-      rope(q[t], r.H, r.D, double(t) * r.pos_scale, r.base);
-      rope(k[t], r.HKV, r.D, double(t) * r.pos_scale, r.base);
+      rope(q[t], r.H, r.D, double(t) * r.pos_scale, r.base, r.freq_factors);
+      rope(k[t], r.HKV, r.D, double(t) * r.pos_scale, r.base, r.freq_factors);
     }
     for (size_t t = 0; t < T; ++t) {
       std::vector<double> att(size_t(r.E), 0.0);
@@ -444,6 +446,87 @@ TEST_CASE("load errors name what is wrong") {
   h.embd_rows = 0;
   CHECK(load_error(h).find("token_embd.weight") != std::string::npos);
   CHECK(load_error(h).find("n_vocab") != std::string::npos);
+}
+
+// Llama-3.1's "llama3" RoPE scaling, computed here from its definition (Meta's reference and
+// Hugging Face's rope_type "llama3"): frequencies whose wavelength exceeds original_ctx /
+// low_freq_factor are divided by factor, those below original_ctx / high_freq_factor are kept, the
+// ones between are interpolated. Returned as divisors of theta, as llama.cpp's converter stores
+// them in rope_freqs.weight.
+std::vector<double> llama3_factors(int64_t d, double base, double factor, double low, double high, double original_ctx) {
+  std::vector<double> f;
+  const double pi = std::acos(-1.0);
+  for (int64_t i = 0; i < d; i += 2) {
+    const double freq = std::pow(base, -double(i) / double(d));
+    const double wavelen = 2 * pi / freq;
+    if (wavelen < original_ctx / high) {
+      f.push_back(1.0);
+    } else if (wavelen > original_ctx / low) {
+      f.push_back(factor);
+    } else {
+      const double smooth = (original_ctx / wavelen - low) / (high - low);
+      const double scaled = (1 - smooth) * freq / factor + smooth * freq;  // the new frequency
+      f.push_back(freq / scaled);
+    }
+  }
+  return f;
+}
+
+TEST_CASE("llama3 RoPE scaling: rope_freqs.weight factors, GQA, beyond the original context, against the reference") {
+  random_model_spec spec = random_model_preset("tiny");
+  spec.type = ggml_type::f32;
+  spec.seed = 43;
+  spec.n_head = 4;
+  spec.n_head_kv = 2;  // grouped-query attention, as Llama-3
+  const int64_t d = spec.n_embd / spec.n_head;
+  // original context 16, factor 8, low 1, high 4: one interpolated frequency, the rest divided by 8
+  const std::vector<double> ff = llama3_factors(d, 10000.0, 8.0, 1.0, 4.0, 16.0);
+  int kept = 0, divided = 0, between = 0;
+  for (double v : ff) (v == 1.0 ? kept : v == 8.0 ? divided : between)++;
+  CHECK(between >= 1);
+  CHECK(divided >= 1);
+  spec.rope_freqs.assign(ff.begin(), ff.end());
+  temp_file tf(temp_path("rope_llama3"));
+  write_random_model(tf.path, spec);
+  const auto m = model::load(tf.path);
+  REQUIRE(m->config().rope_freq_factors.size() == std::size_t(d / 2));
+  const auto toks = some_tokens(48, 512, 9);  // three times the original context
+  context_params cp;
+  cp.n_ctx = 64;
+  cp.kv = kv_type::f32;
+  context ctx(m, cp);
+  const auto got = ctx.eval(toks, true);
+  ref_model r = load_ref(tf.path);
+  r.freq_factors = ff;
+  const double err = rel_rms(got, forward_ref(r, toks));
+  r.freq_factors.clear();  // what a loader that ignores rope_freqs.weight computes
+  const double err_plain = rel_rms(got, forward_ref(r, toks));
+  MESSAGE("llama3 factors: rel RMS " << err << " against the reference, " << err_plain << " without the factors");
+  CHECK(err < 1e-4);
+  CHECK(err_plain > 1e-2);
+  // token by token (the cached table) gives the same logits as the batch
+  context one(m, cp);
+  std::vector<float> last;
+  for (int32_t t : toks) {
+    const auto l = one.eval(std::span<const int32_t>(&t, 1), false);
+    last.assign(l.begin(), l.end());
+  }
+  const std::size_t V = std::size_t(m->config().n_vocab);
+  double diff = 0;
+  for (std::size_t i = 0; i < V; ++i) diff = std::max(diff, double(std::fabs(last[i] - got[(toks.size() - 1) * V + i])));
+  CHECK(diff < 1e-3);
+  // bad factor tensors are refused by name
+  for (const auto& bad : std::vector<std::vector<float>>{{1.0f, 2.0f, 3.0f}, std::vector<float>(std::size_t(d / 2), 0.0f)}) {
+    random_model_spec b = spec;
+    b.rope_freqs = bad;
+    write_random_model(tf.path, b);
+    try {
+      (void)model::load(tf.path);
+      FAIL("a bad rope_freqs.weight loaded");
+    } catch (const error& e) {
+      CHECK(std::string(e.what()).find("rope_freqs.weight") != std::string::npos);
+    }
+  }
 }
 
 TEST_CASE("linear RoPE scaling: positions scaled by 1/factor, against the reference; other types refused") {

@@ -26,6 +26,10 @@ struct model_config {
   // Linear RoPE scaling (llama.rope.scaling.type "linear" with .factor f, or the older
   // llama.rope.scale_linear f): positions are multiplied by 1/f. 1 = no scaling.
   float rope_freq_scale = 1.0f;
+  // Per-frequency RoPE factors (the tensor rope_freqs.weight, n_rot / 2 floats, as llama.cpp's
+  // converter writes Llama-3.1's "llama3" scaling): theta_j = pos * base^(-2j / n_rot) / f_j.
+  // Empty: every factor 1.
+  std::vector<float> rope_freq_factors;
   float rms_eps = 1e-5f;     // llama.attention.layer_norm_rms_epsilon
   int64_t head_dim() const noexcept { return n_embd / n_head; }
   int64_t kv_dim() const noexcept { return head_dim() * n_head_kv; }

@@ -30,6 +30,9 @@ struct random_model_spec {
   std::vector<std::pair<std::string, std::string>> extra_strings;
   std::vector<std::pair<std::string, float>> extra_f32;
   std::vector<std::pair<std::string, uint64_t>> extra_u64;
+  // Written as the tensor rope_freqs.weight (f32, n_rot / 2 values) when not empty: Llama-3.1's
+  // RoPE frequency factors as llama.cpp's converter stores them.
+  std::vector<float> rope_freqs;
 };
 
 // Presets: "tiny" (the defaults above), "small" (dim 256, 4 layers, GQA 8/2, vocab 2048),

@@ -94,9 +94,10 @@ void attn_values_f32(float* y, const float* w, const float* v, int64_t ld, int64
 // cos_dup[i] = cos(theta_{i/2}), sin_alt[i] = (i odd ? +1 : -1) * sin(theta_{i/2}).
 void rope(float* x, int64_t n_head, int64_t head_dim, const float* cos_dup,
           const float* sin_alt) noexcept;
-// Fills the tables above for position pos: theta_j = pos * base^(-2j / rot_dim); pairs at or
-// beyond rot_dim are left unrotated (cos 1, sin 0).
+// Fills the tables above for position pos: theta_j = pos * base^(-2j / rot_dim) / factor_j
+// (freq_factors: rot_dim / 2 floats, or nullptr for 1); pairs at or beyond rot_dim are left
+// unrotated (cos 1, sin 0).
 void rope_table(float* cos_dup, float* sin_alt, int64_t head_dim, int64_t rot_dim, double pos,
-                double freq_base) noexcept;
+                double freq_base, const float* freq_factors = nullptr) noexcept;
 
 }  // namespace qllm::ref

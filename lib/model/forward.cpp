@@ -196,7 +196,8 @@ void context_impl::rope_fill(int64_t n_pos) {
   const int64_t hd = c.head_dim();
   for (; rope_filled < n_pos; ++rope_filled)
     ref::rope_table(rope_cos.floats() + rope_filled * hd, rope_sin.floats() + rope_filled * hd, hd, c.n_rot,
-                    double(rope_filled) * double(c.rope_freq_scale), double(c.rope_freq_base));
+                    double(rope_filled) * double(c.rope_freq_scale), double(c.rope_freq_base),
+                    c.rope_freq_factors.empty() ? nullptr : c.rope_freq_factors.data());
 }
 
 void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, int64_t m, float* out_logits,
@@ -385,7 +386,7 @@ void context_impl::shift(int32_t seq, int64_t n_keep, int64_t n_discard) {
   const int64_t hd = c.head_dim();
   std::vector<float> cs(static_cast<std::size_t>(hd)), sn(static_cast<std::size_t>(hd)), row(static_cast<std::size_t>(hd));
   ref::rope_table(cs.data(), sn.data(), hd, c.n_rot, -double(n_discard) * double(c.rope_freq_scale),
-                  double(c.rope_freq_base));
+                  double(c.rope_freq_base), c.rope_freq_factors.empty() ? nullptr : c.rope_freq_factors.data());
   const int64_t first = n_keep + n_discard, n_move = n_past - first;
   const std::size_t elt = kv_elt(kv_f16), row_bytes = std::size_t(hd) * elt;
   const std::size_t head_bytes = std::size_t(n_ctx) * row_bytes, half = std::size_t(c.n_head_kv) * head_bytes;

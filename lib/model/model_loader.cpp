@@ -403,6 +403,16 @@ std::shared_ptr<const model> model::load_unguarded(const std::string& path, cons
       throw error(errc::unsupported, "model: kernel table '" + opt.isa + "' cannot run on this CPU");
   }
   c = read_config(f);
+  if (const gguf::tensor_info* rf = f.find_tensor("rope_freqs.weight")) {
+    // Llama-3.1's "llama3" scaling as llama.cpp's converter stores it: one factor per frequency
+    need(f, "rope_freqs.weight", c.n_rot / 2, 0);
+    if (rf->type != ggml_type::f32) bad("tensor 'rope_freqs.weight' must be f32");
+    c.rope_freq_factors.resize(std::size_t(c.n_rot / 2));
+    std::memcpy(c.rope_freq_factors.data(), f.tensor_data(*rf), c.rope_freq_factors.size() * sizeof(float));
+    for (std::size_t i = 0; i < c.rope_freq_factors.size(); ++i)
+      if (!(c.rope_freq_factors[i] >= 1.0f / 1024 && c.rope_freq_factors[i] <= 1024.0f))
+        bad("rope_freqs.weight[" + std::to_string(i) + "] is out of range (1/1024 .. 1024)");
+  }
 
   const gguf::tensor_info* te = f.find_tensor("token_embd.weight");
   if (!te) bad("missing tensor 'token_embd.weight'");

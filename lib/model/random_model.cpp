@@ -164,6 +164,11 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
   const float sd_in = 1.0f / std::sqrt(float(s.n_embd));
   const float sd_res = sd_in / std::sqrt(2.0f * float(s.n_layer));  // residual growth stays bounded
   matrix("token_embd.weight", s.n_embd, s.n_vocab, 0.5f);
+  if (!s.rope_freqs.empty()) {
+    const std::vector<float> f = s.rope_freqs;
+    w.add_tensor_fn("rope_freqs.weight", ggml_type::f32, {int64_t(f.size())},
+                    [f](uint8_t* dst, std::size_t) { std::memcpy(dst, f.data(), f.size() * 4); });
+  }
   norm("output_norm.weight", s.n_embd);
   if (!s.tied_output) matrix("output.weight", s.n_embd, s.n_vocab, 3.0f * sd_in);
   for (int64_t l = 0; l < s.n_layer; ++l) {
