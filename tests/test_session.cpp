@@ -122,6 +122,29 @@ TEST_CASE("context shift: logits equal a fresh evaluation of the kept tokens") {
       CHECK(rel_rms(shifted, c.eval(std::span<const int32_t>(&next, 1))) > 1e-2);
     }
   }
+  {  // llama3 RoPE scaling: the shift's rotation by -d uses the same per-frequency factors
+    random_model_spec spec;
+    spec.type = ggml_type::f32;
+    spec.n_layer = 1;
+    spec.n_head_kv = 2;
+    spec.rope_freqs = {1.0f, 1.7f, 8.0f, 8.0f, 8.0f, 8.0f, 8.0f, 8.0f};  // head dim 16: 8 frequencies
+    temp_model tm("shift_llama3", spec);
+    context_params cp;
+    cp.n_ctx = 64;
+    cp.kv = kv_type::f32;
+    const auto toks = some_tokens(40);
+    context a(tm.m, cp);
+    a.eval(toks);
+    a.shift(5, 17);
+    const int32_t next = 77;
+    const auto la = a.eval(std::span<const int32_t>(&next, 1));
+    const std::vector<float> shifted(la.begin(), la.end());
+    std::vector<int32_t> kept(toks.begin(), toks.begin() + 5);
+    kept.insert(kept.end(), toks.begin() + 22, toks.end());
+    kept.push_back(next);
+    context b(tm.m, cp);
+    CHECK(rel_rms(shifted, b.eval(kept)) < 1e-5);
+  }
   context_params cp;
   cp.n_ctx = 32;
   context a(tiny().m, cp);
