@@ -32,13 +32,29 @@ const char* kAnswer = R"({
   "isbn": null
 })";
 
-// The answer's tokens as the model would emit them (sentencepiece's dummy-prefix space dropped).
-std::vector<std::string> answer_pieces() {
-  const auto ids = llama2().encode(kAnswer, false);
+// A text's tokens as the model would emit them (sentencepiece's dummy-prefix space dropped).
+std::vector<std::string> pieces_of(const std::string& text) {
+  const auto ids = llama2().encode(text, false);
   std::vector<std::string> out;
   for (int32_t id : ids) out.push_back(llama2().token_text(id));
   if (!out.empty() && !out[0].empty() && out[0][0] == ' ') out[0].erase(0, 1);
   return out;
+}
+
+
+// mask + accept for every piece, a new matcher of g per iteration (items = tokens)
+void mask_all(benchmark::State& state, const std::shared_ptr<const grammar>& g, const std::vector<std::string>& pieces) {
+  std::vector<float> logits(std::size_t(llama2().n_vocab()));
+  for (auto _ : state) {
+    grammar_matcher m(g, llama2());
+    for (const auto& p : pieces) {
+      std::fill(logits.begin(), logits.end(), 0.0f);
+      m.mask(logits);
+      if (!m.accept_text(p)) state.SkipWithError("the answer does not follow the grammar");
+    }
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(pieces.size()));
+  state.counters["tokens"] = double(pieces.size());
 }
 
 void BM_compile_json_object(benchmark::State& state) {
@@ -74,20 +90,7 @@ BENCHMARK(BM_trie_and_matcher)->Unit(benchmark::kMicrosecond);
 
 // mask + accept for every token of the answer, a new matcher each time (a generation: its masks
 // cached by parse state as it goes)
-void BM_mask_json_answer(benchmark::State& state) {
-  const auto pieces = answer_pieces();
-  std::vector<float> logits(std::size_t(llama2().n_vocab()));
-  for (auto _ : state) {
-    grammar_matcher m(grammar::json_object(), llama2());
-    for (const auto& p : pieces) {
-      std::fill(logits.begin(), logits.end(), 0.0f);
-      m.mask(logits);
-      if (!m.accept_text(p)) state.SkipWithError("the answer does not follow the grammar");
-    }
-  }
-  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(pieces.size()));
-  state.counters["tokens"] = double(pieces.size());
-}
+void BM_mask_json_answer(benchmark::State& state) { mask_all(state, grammar::json_object(), pieces_of(kAnswer)); }
 BENCHMARK(BM_mask_json_answer)->Unit(benchmark::kMillisecond);
 
 // mask + accept per token of an array of N copies of the answer: the time per token (items/s) must
@@ -96,22 +99,8 @@ void BM_mask_long_answer(benchmark::State& state) {
   std::string text = "[";
   for (int64_t i = 0; i < state.range(0); ++i) text += (i ? ", " : "") + std::string(kAnswer);
   text += "]";
-  const auto ids = llama2().encode(text, false);
-  std::vector<std::string> pieces;
-  for (int32_t id : ids) pieces.push_back(llama2().token_text(id));
-  if (!pieces.empty() && !pieces[0].empty() && pieces[0][0] == ' ') pieces[0].erase(0, 1);
-  const auto g = grammar::from_gbnf(std::string(grammar::json_object_gbnf()) + "\nanswer ::= array", "answer");
-  std::vector<float> logits(std::size_t(llama2().n_vocab()));
-  for (auto _ : state) {
-    grammar_matcher m(g, llama2());
-    for (const auto& p : pieces) {
-      std::fill(logits.begin(), logits.end(), 0.0f);
-      m.mask(logits);
-      if (!m.accept_text(p)) state.SkipWithError("the answer does not follow the grammar");
-    }
-  }
-  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(pieces.size()));
-  state.counters["tokens"] = double(pieces.size());
+  mask_all(state, grammar::from_gbnf(std::string(grammar::json_object_gbnf()) + "\nanswer ::= array", "answer"),
+           pieces_of(text));
 }
 BENCHMARK(BM_mask_long_answer)->Arg(1)->Arg(8)->Arg(32)->Unit(benchmark::kMillisecond);
 
@@ -125,21 +114,7 @@ void BM_mask_bounded_numbers(benchmark::State& state) {
     text += (i ? ", " : "") + std::string("{\"price\": ") + std::to_string(i * 23 % 1000) + "." + std::to_string(i % 10) +
             ", \"score\": " + (i % 2 ? "-" : "") + "1." + std::to_string(i % 5) + std::to_string(i % 7) + "}";
   text += "]";
-  const auto ids = llama2().encode(text, false);
-  std::vector<std::string> pieces;
-  for (int32_t id : ids) pieces.push_back(llama2().token_text(id));
-  if (!pieces.empty() && !pieces[0].empty() && pieces[0][0] == ' ') pieces[0].erase(0, 1);
-  std::vector<float> logits(std::size_t(llama2().n_vocab()));
-  for (auto _ : state) {
-    grammar_matcher m(g, llama2());
-    for (const auto& p : pieces) {
-      std::fill(logits.begin(), logits.end(), 0.0f);
-      m.mask(logits);
-      if (!m.accept_text(p)) state.SkipWithError("the answer does not follow the grammar");
-    }
-  }
-  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(pieces.size()));
-  state.counters["tokens"] = double(pieces.size());
+  mask_all(state, g, pieces_of(text));
 }
 BENCHMARK(BM_mask_bounded_numbers)->Unit(benchmark::kMillisecond);
 
