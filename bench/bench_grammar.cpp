@@ -97,7 +97,10 @@ BENCHMARK(BM_mask_json_answer)->Unit(benchmark::kMillisecond);
 // not fall as N grows, since the parse state is as deep as the nesting, not as long as the text
 void BM_mask_long_answer(benchmark::State& state) {
   std::string text = "[";
-  for (int64_t i = 0; i < state.range(0); ++i) text += (i ? ", " : "") + std::string(kAnswer);
+  for (int64_t i = 0; i < state.range(0); ++i) {
+    if (i) text += ", ";
+    text += kAnswer;
+  }
   text += "]";
   mask_all(state, grammar::from_gbnf(std::string(grammar::json_object_gbnf()) + "\nanswer ::= array", "answer"),
            pieces_of(text));
@@ -110,9 +113,18 @@ void BM_mask_bounded_numbers(benchmark::State& state) {
     "price":{"type":"number","minimum":0,"exclusiveMaximum":1000},"score":{"type":"number","minimum":-1.5,"maximum":1.5}},
     "required":["price","score"],"additionalProperties":false}})");
   std::string text = "[";
-  for (int i = 0; i < 40; ++i)
-    text += (i ? ", " : "") + std::string("{\"price\": ") + std::to_string(i * 23 % 1000) + "." + std::to_string(i % 10) +
-            ", \"score\": " + (i % 2 ? "-" : "") + "1." + std::to_string(i % 5) + std::to_string(i % 7) + "}";
+  for (int i = 0; i < 40; ++i) {
+    if (i) text += ", ";
+    text += "{\"price\": ";
+    text += std::to_string(i * 23 % 1000);
+    text += ".";
+    text += std::to_string(i % 10);
+    text += ", \"score\": ";
+    text += i % 2 ? "-1." : "1.";
+    text += std::to_string(i % 5);
+    text += std::to_string(i % 7);
+    text += "}";
+  }
   text += "]";
   mask_all(state, g, pieces_of(text));
 }

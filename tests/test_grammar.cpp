@@ -721,9 +721,14 @@ TEST_CASE("JSON Schema: what cannot be followed exactly is refused, naming the k
     std::string many = R"({"type":"object","properties":{)";
     std::string same = many;
     for (int i = 0; i < 3000; ++i) {
-      many += (i ? "," : "") + std::string("\"p") + std::to_string(i) + "\":{\"type\":\"number\",\"minimum\":" +
-              std::to_string(i) + ".5,\"maximum\":100000}";
-      same += (i ? "," : "") + std::string("\"p") + std::to_string(i) + "\":{\"type\":\"number\",\"minimum\":0.5}";
+      const std::string key = "\"p" + std::to_string(i) + "\":";
+      if (i) many += ",", same += ",";
+      many += key;
+      many += "{\"type\":\"number\",\"minimum\":";
+      many += std::to_string(i);
+      many += ".5,\"maximum\":100000}";
+      same += key;
+      same += "{\"type\":\"number\",\"minimum\":0.5}";
     }
     many += "}}";
     same += "}}";
