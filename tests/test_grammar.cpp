@@ -168,7 +168,8 @@ name ::= [A-Z] [a-z\u00e9]{1,10} "\x21"? "\n"
     }
     const auto g = grammar::from_gbnf(chain);
     CHECK(g->n_rules() == std::size_t(n) + 1);
-    grammar_matcher m(g, *small_vocab());
+    const auto tok = small_vocab();  // the matcher keeps a reference: it must outlive it
+    grammar_matcher m(g, *tok);
     CHECK(m.accept_text(std::string(std::size_t(n), 'a')));
     CHECK_FALSE(m.can_end());
     CHECK(m.accept_text("!"));
@@ -784,7 +785,8 @@ TEST_CASE("JSON Schema: what cannot be followed exactly is refused, naming the k
 TEST_CASE("a grammar too ambiguous to follow is an error, not a stall") {
   // after n a's, each level may still close with b or with c: 2^n parses of the text
   const auto g = grammar::from_gbnf("root ::= s\ns ::= \"a\" s \"b\" | \"a\" s \"c\" | \"\"");
-  grammar_matcher m(g, *small_vocab());
+  const auto tok = small_vocab();  // the matcher keeps a reference: it must outlive it
+  grammar_matcher m(g, *tok);
   bool refused = false;
   try {
     for (int i = 0; i < 64 && !refused; ++i) {
