@@ -96,6 +96,14 @@ http {
   }
   server {
     listen 127.0.0.1:$port;
+    # the readiness probes below are not counted: nginx writes a request's log line after the
+    # client has its answer, so a probe's line could land after the log is emptied
+    location = /health {
+      access_log off;
+      proxy_pass http://qllm;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
     location / {
       proxy_pass http://qllm;
       proxy_http_version 1.1;
@@ -149,6 +157,12 @@ PY
 served_by() {
   awk -v a="$1" '$1 == 200 { n = split($0, f, /[ ,]+/); if (f[(n - 1) / 2 + 1] == a) c++ } END { print c + 0 }' "$dir/access.log"
 }
+# logged N: waits (up to 10 s) until the access log has N lines (nginx writes a line when the
+# request is finalised, which can be just after curl has the whole answer)
+logged() {
+  i=0
+  while [ "$(wc -l <"$dir/access.log")" -lt "$1" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+}
 # retried: requests that tried more than one upstream
 retried() { awk '$1 == 200 && /,/ { c++ } END { print c + 0 }' "$dir/access.log"; }
 # requests_200 PORT: the replica's qllm_requests_total{status="200"}
@@ -158,6 +172,7 @@ requests_200() {
 
 # before: both replicas up
 batch before
+logged 10
 a1=$(served_by "127.0.0.1:$port1"); a2=$(served_by "127.0.0.1:$port2")
 m1=$(requests_200 "$port1"); m2=$(requests_200 "$port2")
 [ $((a1 + a2)) -eq 10 ] || { cat "$dir/access.log"; fail "access log: $a1 + $a2 completions, expected 10"; }
@@ -183,6 +198,7 @@ kill "$watchdog" 2>/dev/null || true
 [ "$rc" -eq 0 ] || fail "replica 1 exited with status $rc after SIGTERM (137: still running after 30 s)"
 : >"$dir/access.log"
 batch after
+logged 10
 b1=$(served_by "127.0.0.1:$port1"); b2=$(served_by "127.0.0.1:$port2"); r=$(retried)
 [ "$b1" -eq 0 ] && [ "$b2" -eq 10 ] || { cat "$dir/access.log"; fail "after the stop: replica 1 $b1, replica 2 $b2, expected 0 and 10"; }
 cmp -s "$dir/before.text" "$dir/after.text" || fail "the text changed after the stop"
