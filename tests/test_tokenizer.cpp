@@ -4,6 +4,7 @@
 
 #include <sentencepiece_processor.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 #include <string>
@@ -14,6 +15,7 @@
 #include "qllm/session.hpp"
 #include "qllm/tokenizer.hpp"
 #include "llama2_vocab.hpp"
+#include "text/bpe.hpp"
 #include "text/sp_proto.hpp"
 
 #ifndef QLLM_TEST_DATA
@@ -267,16 +269,29 @@ TEST_CASE("vocabularies qllm cannot represent are clear errors") {
   v.scores[3] = std::numeric_limits<float>::quiet_NaN();
   expect(v, errc::bad_format, "non-finite score");
 
-  gguf::writer w;
-  w.set_string("tokenizer.ggml.model", "gpt2");
-  w.set_array_string("tokenizer.ggml.tokens", {"a"});
-  auto bytes = w.to_bytes();
-  auto f = gguf::file::from_memory(bytes.data(), bytes.size());
-  CHECK_THROWS_WITH_AS((void)tokenizer::from_gguf(f), doctest::Contains("'gpt2'"), error);
-
+  // other tokenizer models and byte-level BPE without Llama-3's pre-tokenizer are refused by name
+  const auto refused = [](const char* model, const char* pre, const char* want) {
+    gguf::writer w;
+    w.set_string("tokenizer.ggml.model", model);
+    if (pre) w.set_string("tokenizer.ggml.pre", pre);
+    w.set_array_string("tokenizer.ggml.tokens", {"a"});
+    const auto b = w.to_bytes();
+    const auto f = gguf::file::from_memory(b.data(), b.size());
+    CAPTURE(model);
+    try {
+      (void)tokenizer::from_gguf(f);
+      FAIL("loaded");
+    } catch (const error& e) {
+      CHECK(e.code() == errc::unsupported);
+      CHECK(std::string(e.what()).find(want) != std::string::npos);
+    }
+  };
+  refused("bert", nullptr, "'bert'");
+  refused("gpt2", nullptr, "pre-tokenizer (none given)");
+  refused("gpt2", "qwen2", "pre-tokenizer 'qwen2'");
   gguf::writer none;
   none.set_u32("x", 1);
-  bytes = none.to_bytes();
+  const auto bytes = none.to_bytes();
   auto g = gguf::file::from_memory(bytes.data(), bytes.size());
   CHECK(tokenizer::from_gguf(g) == nullptr);
   CHECK_THROWS_AS((void)tokenizer::from_file("/nonexistent/tokenizer.model"), error);
@@ -357,4 +372,209 @@ TEST_CASE("a tokenizer.model without the dummy prefix keeps its own normalizer")
   CHECK(ids == built->encode("Hello world", false));
   CHECK(ids != llama2().encode("Hello world", false));  // no "▁Hello"
   CHECK(from_file->decode(ids) == "Hello world");
+}
+
+// ---- Llama-3 byte-level BPE ----
+
+namespace {
+
+// GPT-2's byte map written out here (printable Latin-1 stands for itself, the rest from U+0100 in
+// byte order), independent of lib/text/bpe.cpp's
+std::string byte_char(uint8_t b) {
+  uint32_t cp = b;
+  if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))) {
+    uint32_t n = 0;
+    for (uint32_t x = 0; x < b; ++x)
+      if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE))) ++n;
+    cp = 256 + n;
+  }
+  std::string s;
+  if (cp < 0x80) s += char(cp);
+  else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
+  return s;
+}
+std::string mapped(std::string_view bytes) {
+  std::string s;
+  for (char c : bytes) s += byte_char(uint8_t(c));
+  return s;
+}
+
+// 256 byte tokens, then merged pieces, then the specials; merges given as byte strings
+vocabulary small_bpe(const std::vector<std::pair<std::string, std::string>>& merges,
+                     const std::vector<std::string>& extra_words = {}) {
+  vocabulary v;
+  v.kind = tokenizer_kind::llama3_bpe;
+  v.add_space_prefix = false;
+  v.unk_id = -1;
+  for (int b = 0; b < 256; ++b) v.pieces.push_back(byte_char(uint8_t(b)));
+  for (const auto& [a, b] : merges) {
+    v.merges.push_back(mapped(a) + " " + mapped(b));
+    v.pieces.push_back(mapped(a + b));
+  }
+  for (const auto& w : extra_words) v.pieces.push_back(mapped(w));
+  v.types.assign(v.pieces.size(), token_type::normal);
+  for (const char* s : {"<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>",
+                        "<|end_header_id|>", "<|x|>", "<|x|>y"}) {
+    v.pieces.push_back(s);
+    v.types.push_back(token_type::control);
+  }
+  const auto n = int32_t(v.pieces.size());
+  v.bos_id = n - 7, v.eos_id = n - 6, v.eot_id = n - 5;
+  return v;
+}
+
+int32_t id_of(const tokenizer& t, std::string_view bytes) {
+  const std::string p = mapped(bytes);
+  for (int32_t i = 0; i < t.n_vocab(); ++i)
+    if (t.piece(i) == p) return i;
+  FAIL("no token for " << std::string(bytes));
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("llama3 pre-tokenizer: the regex's alternatives, greedy with backtracking") {
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"Hello world!", {"Hello", " world", "!"}},
+      {"I'm 12345 ok", {"I", "'m", " ", "123", "45", " ok"}},
+      {"don'T WE'LL they'Re", {"don", "'T", " WE", "'LL", " they", "'Re"}},
+      {"'hello 'x", {"'hello", " '", "x"}},
+      {"a  b", {"a", " ", " b"}},
+      {"a\n\n  b", {"a", "\n\n", " ", " b"}},
+      {"a \n\n b", {"a", " \n\n", " b"}},
+      {"x   ", {"x", "   "}},
+      {"\t\tx", {"\t", "\tx"}},
+      {"!!!\n\nx", {"!!!\n\n", "x"}},
+      {" !? x", {" !?", " x"}},
+      {"ab12cd", {"ab", "12", "cd"}},
+      {"e\xCC\x81", {"e", "\xCC\x81"}},                                                   // e + combining acute
+      {"\xE4\xBD\xA0\xE5\xA5\xBD\xEF\xBC\x8C\xE4\xB8\x96", {"\xE4\xBD\xA0\xE5\xA5\xBD", "\xEF\xBC\x8C\xE4\xB8\x96"}},  // 你好，世: the comma leads the letters
+      {"a\r\n", {"a", "\r\n"}},
+      {"1\xC2\xB2\xC2\xB3 4", {"1\xC2\xB2\xC2\xB3", " ", "4"}},                           // ² ³ are numbers
+      {"x\xC2\xA0y", {"x", "\xC2\xA0y"}},                                                 // no-break space
+      {"'\xC5\xBFx", {"'\xC5\xBF", "x"}},                                                 // (?i)'s folds the long s
+      {"  ", {"  "}},
+      {"", {}},
+  };
+  for (const auto& [text, want] : cases) {
+    CAPTURE(text);
+    const auto got = text::llama3_pretokenize(text);
+    CHECK(std::vector<std::string>(got.begin(), got.end()) == want);
+  }
+  CHECK(text::is_letter(U'\u00E9'));
+  CHECK(text::is_number(U'\u0663'));  // Arabic-Indic three
+  CHECK_FALSE(text::is_letter(U'\u0301'));
+  CHECK(text::is_space(0x3000));
+  CHECK_FALSE(text::is_space(0xFEFF));
+}
+
+TEST_CASE("llama3 BPE: merges by rank, leftmost first, whole pre-tokens that are tokens, specials on request") {
+  // "b c" outranks "a b": "abc" is a + bc; "a a" merges leftmost first; "xyz" has no merge path
+  // but is a token itself (ignore_merges)
+  const auto t = tokenizer::from_vocabulary(small_bpe({{"b", "c"}, {"a", "b"}, {"a", "a"}, {" ", "a"}}, {"xyz"}));
+  REQUIRE(t->kind() == tokenizer_kind::llama3_bpe);
+  const auto ids = [&](std::initializer_list<std::string_view> parts) {
+    std::vector<int32_t> v;
+    for (auto p : parts) v.push_back(id_of(*t, p));
+    return v;
+  };
+  CHECK(t->encode("abc", false) == ids({"a", "bc"}));
+  CHECK(t->encode("ab", false) == ids({"ab"}));
+  CHECK(t->encode("aaa", false) == ids({"aa", "a"}));
+  CHECK(t->encode("aaaa", false) == ids({"aa", "aa"}));
+  CHECK(t->encode("xyz", false) == ids({"xyz"}));
+  CHECK(t->encode("xyzw", false) == ids({"x", "y", "z", "w"}));
+  CHECK(t->encode(" a", false) == ids({" a"}));
+  CHECK(t->encode("a\xC3\xA9", false) == ids({"a", "\xC3", "\xA9"}));  // "aé": no merges, three bytes
+  // BOS, specials only when asked, longest special first
+  const int32_t bos = t->bos(), eot = t->eot();
+  CHECK(t->encode("ab", true) == std::vector<int32_t>{bos, id_of(*t, "ab")});
+  auto plain = t->encode("ab<|eot_id|>", false);
+  CHECK(std::find(plain.begin(), plain.end(), eot) == plain.end());
+  CHECK(t->encode("ab<|eot_id|>ab", false, true) == std::vector<int32_t>{id_of(*t, "ab"), eot, id_of(*t, "ab")});
+  const int32_t xy = t->n_vocab() - 1;  // "<|x|>y", longer than "<|x|>"
+  CHECK(t->encode("<|x|>y", false, true) == std::vector<int32_t>{xy});
+  CHECK(t->ends_answer(eot));
+  CHECK(t->ends_answer(t->eos()));
+  CHECK_FALSE(t->ends_answer(bos));
+  // decode: bytes back, control tokens silent; a character split over two tokens streams whole
+  CHECK(t->decode(t->encode("ab aa\xC3\xA9 xyz", true)) == "ab aa\xC3\xA9 xyz");
+  stream_decoder d(*t);
+  CHECK(d.push(id_of(*t, "\xC3")).empty());
+  CHECK(d.push(id_of(*t, "\xA9")) == "\xC3\xA9");
+  CHECK(d.push(eot).empty());
+  CHECK_THROWS_AS((void)t->encode("a\xC3", false), error);
+}
+
+TEST_CASE("llama3 BPE: a long pre-token merges in n log n, not quadratic time") {
+  const auto t = tokenizer::from_vocabulary(small_bpe({{"a", "a"}, {"aa", "aa"}}));
+  const std::string text(1 << 20, 'a');  // one pre-token of 2^20 letters
+  const auto ids = t->encode(text, false);
+  CHECK(ids.size() == std::size_t(1) << 18);
+  CHECK(ids.front() == id_of(*t, "aaaa"));
+  const std::string punct(1 << 20, '!');
+  CHECK(t->encode(punct, false).size() == std::size_t(1) << 20);
+}
+
+TEST_CASE("llama3 BPE vocabularies: hostile or inconsistent ones are refused by name") {
+  const auto expect = [](vocabulary v, errc code, const char* what) {
+    CAPTURE(what);
+    try {
+      (void)tokenizer::from_vocabulary(std::move(v));
+      FAIL("accepted");
+    } catch (const error& e) {
+      CHECK(e.code() == code);
+      CHECK(std::string(e.what()).find(what) != std::string::npos);
+    }
+  };
+  const auto base = [] { return small_bpe({{"a", "b"}}); };
+  auto v = base();
+  v.merges.push_back(mapped("q") + " " + mapped("r"));  // "qr" is not a token
+  expect(v, errc::bad_format, "is not a token");
+  v = base();
+  v.merges.push_back("ab");
+  expect(v, errc::bad_format, "not two tokens separated by one space");
+  v = base();
+  v.merges.clear();
+  expect(v, errc::bad_format, "needs tokenizer.ggml.merges");
+  v = base();
+  v.pieces[0] = "\xE2\x82\xAC";  // a token that no byte string maps to
+  expect(v, errc::bad_format, "not byte-level BPE text");
+  v = base();
+  v.types[0] = token_type::unused;  // byte 0 loses its token
+  expect(v, errc::bad_format, "needs a token for every byte");
+  v = base();
+  v.types[5] = token_type::byte;
+  expect(v, errc::bad_format, "byte token");
+  v = base();
+  v.bos_id = 3;  // a normal token
+  expect(v, errc::bad_format, "not a control token");
+  v = base();
+  v.eot_id = int32_t(v.pieces.size());
+  expect(v, errc::bad_format, "outside the vocabulary");
+  v = base();
+  v.pieces[300 % v.pieces.size()] = v.pieces[1];
+  expect(v, errc::bad_format, "appears twice");
+}
+
+TEST_CASE("llama3 BPE through GGUF: gpt2 + llama-bpe keys load, and the specials are found") {
+  const vocabulary src = small_bpe({{"a", "b"}, {"ab", "c"}});
+  gguf::writer w;
+  w.set_string("tokenizer.ggml.model", "gpt2");
+  w.set_string("tokenizer.ggml.pre", "llama-bpe");
+  w.set_array_string("tokenizer.ggml.tokens", src.pieces);
+  std::vector<int32_t> types;
+  for (auto ty : src.types) types.push_back(int32_t(ty));
+  w.set_array_i32("tokenizer.ggml.token_type", types);
+  w.set_array_string("tokenizer.ggml.merges", src.merges);
+  w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(src.bos_id));
+  w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(src.eos_id));
+  const auto bytes = w.to_bytes();
+  const auto f = gguf::file::from_memory(bytes.data(), bytes.size());
+  const auto t = tokenizer::from_gguf(f);
+  REQUIRE(t);
+  CHECK(t->kind() == tokenizer_kind::llama3_bpe);
+  CHECK(t->eot() == src.eot_id);  // no eot key: found by its name
+  CHECK(t->encode("abc", true) == std::vector<int32_t>{src.bos_id, id_of(*t, "abc")});
+  CHECK(t->decode(t->encode(" abc\n", false)) == " abc\n");
 }

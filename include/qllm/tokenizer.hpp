@@ -1,5 +1,7 @@
-// The Llama-2 tokenizer: sentencepiece BPE over the vocabulary stored in the GGUF file (or a
-// tokenizer.model), with byte fallback, and a streaming decoder that never splits a UTF-8 character.
+// The tokenizers of Llama models: Llama-2's sentencepiece BPE over the vocabulary stored in the
+// GGUF file (or a tokenizer.model), with byte fallback; Llama-3's byte-level BPE (GGUF
+// tokenizer.ggml.model "gpt2", pre-tokenizer "llama-bpe") with its merges; and a streaming
+// decoder that never splits a UTF-8 character.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -17,22 +19,38 @@ class file;
 // Token types, numbered as in sentencepiece and in GGUF's tokenizer.ggml.token_type.
 enum class token_type : int32_t { normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
 
+enum class tokenizer_kind : int32_t {
+  sentencepiece = 0,  // GGUF "llama": pieces with U+2581 for a space, merges by score, byte fallback
+  llama3_bpe = 1,     // GGUF "gpt2" + pre "llama-bpe": byte-level pieces (GPT-2's byte map), ranked merges
+};
+
 struct vocabulary {
-  std::vector<std::string> pieces;  // UTF-8, U+2581 for a space
-  std::vector<float> scores;        // BPE merge priority: higher merges first
+  tokenizer_kind kind = tokenizer_kind::sentencepiece;
+  std::vector<std::string> pieces;  // UTF-8; sentencepiece: U+2581 for a space; BPE: byte-level
+  std::vector<float> scores;        // sentencepiece merge priority: higher merges first (BPE: unused)
   std::vector<token_type> types;
-  int32_t unk_id = 0;
+  std::vector<std::string> merges;  // BPE: "A B" per merge, highest priority first (GGUF tokenizer.ggml.merges)
+  int32_t unk_id = 0;               // BPE vocabularies may have none: -1
   int32_t bos_id = 1;
   int32_t eos_id = 2;
+  int32_t eot_id = -1;  // end of a chat turn (Llama-3's <|eot_id|>), -1: none; generation stops there too
   bool add_bos = true;          // encode() for a new sequence starts with BOS
-  bool add_space_prefix = true;  // sentencepiece's dummy prefix: "Hi" is encoded as " Hi"
+  bool add_space_prefix = true;  // sentencepiece's dummy prefix: "Hi" is encoded as " Hi" (BPE: false)
+  std::string chat_template;     // GGUF tokenizer.chat_template, "" when the file has none
 };
+
+// A Hugging Face tokenizer.json of Llama-3's kind (BPE with ignore_merges, Llama-3's split regex,
+// byte-level), as it lies next to a checkpoint: pieces, merges, added tokens (special: control,
+// else user-defined), BOS <|begin_of_text|>, EOS <|end_of_text|>, end of turn <|eot_id|>. Another
+// kind of tokenizer: error(unsupported) naming what differs; a malformed file: error(bad_format).
+vocabulary vocabulary_from_hf_json(const std::string& path);
 
 class tokenizer {
  public:
-  // From GGUF keys tokenizer.ggml.* (model "llama"). No "tokenizer.ggml.model" key: nullptr.
-  // Another tokenizer model, inconsistent arrays, a missing <unk>, duplicate or empty pieces:
-  // error(bad_format or unsupported) naming the problem.
+  // From GGUF keys tokenizer.ggml.* (model "llama", or "gpt2" with pre "llama-bpe" / "llama3").
+  // No "tokenizer.ggml.model" key: nullptr. Another tokenizer model or pre-tokenizer, inconsistent
+  // arrays, a missing <unk> (sentencepiece), a merge of pieces that are not tokens (BPE), duplicate
+  // or empty pieces: error(bad_format or unsupported) naming the problem.
   static std::shared_ptr<const tokenizer> from_gguf(const gguf::file& f);
   // A sentencepiece tokenizer.model file (BPE with byte fallback, as Llama-2 ships it).
   static std::shared_ptr<const tokenizer> from_file(const std::string& path);
@@ -40,8 +58,11 @@ class tokenizer {
   ~tokenizer();
 
   // Text → ids; BOS first when add_bos. Text that is not valid UTF-8 is error(invalid_argument)
-  // naming the byte offset. Control pieces (<s>, </s>) written in the text stay plain text.
-  std::vector<int32_t> encode(std::string_view text, bool add_bos) const;
+  // naming the byte offset. Control pieces (<s>, </s>, <|eot_id|>) written in the text stay plain
+  // text, unless parse_special: then a BPE vocabulary's control and user-defined pieces in the
+  // text become their tokens (longest first). Sentencepiece vocabularies ignore parse_special
+  // (Llama-2's chat format is built from ids).
+  std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special = false) const;
   std::size_t count(std::string_view text, bool add_bos) const { return encode(text, add_bos).size(); }
 
   // Ids → text as sentencepiece decodes a whole sequence: control tokens produce nothing, byte
@@ -54,6 +75,10 @@ class tokenizer {
   int32_t bos() const noexcept { return v_.bos_id; }
   int32_t eos() const noexcept { return v_.eos_id; }
   int32_t unk() const noexcept { return v_.unk_id; }
+  int32_t eot() const noexcept { return v_.eot_id; }  // -1: none
+  // The token ends the model's answer: EOS, or the end of a chat turn.
+  bool ends_answer(int32_t id) const noexcept { return id == v_.eos_id || (id >= 0 && id == v_.eot_id); }
+  tokenizer_kind kind() const noexcept { return v_.kind; }
   bool add_bos() const noexcept { return v_.add_bos; }
   bool valid(int32_t id) const noexcept { return id >= 0 && id < n_vocab(); }
   const std::string& piece(int32_t id) const;  // error(invalid_argument) if !valid(id)
@@ -65,10 +90,13 @@ class tokenizer {
 
  private:
   struct sp_state;
+  struct bpe_state;
   explicit tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded = nullptr);
+  void init_bpe();
   vocabulary v_;
   std::vector<std::string> text_;
   std::unique_ptr<sp_state> sp_;
+  std::unique_ptr<bpe_state> bpe_;
 };
 
 // Token-by-token decoding for streaming: push() returns the text that is complete so far.

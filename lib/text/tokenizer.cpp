@@ -8,6 +8,7 @@
 
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
+#include "text/bpe.hpp"
 #include "text/sp_proto.hpp"
 
 namespace qllm {
@@ -72,6 +73,14 @@ struct tokenizer::sp_state {
   sentencepiece::SentencePieceProcessor proc;
 };
 
+// Byte-level BPE: the merges, and the special pieces parse_special looks for (longest first).
+struct tokenizer::bpe_state {
+  explicit bpe_state(const vocabulary& v) : merges(v) {}
+  text::bpe merges;
+  std::vector<std::pair<std::string_view, int32_t>> specials;
+  bool starts_special[256] = {};  // a special piece starts with this byte
+};
+
 namespace {
 
 bool parse_byte_piece(const std::string& p, int& byte) {
@@ -93,8 +102,18 @@ bool parse_byte_piece(const std::string& p, int& byte) {
 
 tokenizer::~tokenizer() = default;
 
-tokenizer::tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded)
-    : v_(std::move(v)), sp_(loaded ? std::move(loaded) : std::make_unique<sp_state>()) {
+tokenizer::tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded) : v_(std::move(v)) {
+  if (v_.kind == tokenizer_kind::llama3_bpe) {
+    init_bpe();
+    return;
+  }
+  if (v_.kind != tokenizer_kind::sentencepiece)
+    throw error(errc::unsupported, "vocabulary: unknown tokenizer kind " + std::to_string(int32_t(v_.kind)));
+  if (!v_.merges.empty()) bad("a sentencepiece vocabulary has no merges list");
+  if (v_.eot_id != -1 && (v_.eot_id < 0 || std::size_t(v_.eot_id) >= v_.pieces.size()))
+    bad("end-of-turn id " + std::to_string(v_.eot_id) + " is outside the vocabulary");
+  const bool from_model_file = loaded != nullptr;
+  sp_ = loaded ? std::move(loaded) : std::make_unique<sp_state>();
   const std::size_t n = v_.pieces.size();
   if (n == 0) bad("no tokens");
   if (n > std::size_t(INT32_MAX)) bad("too many tokens");
@@ -160,9 +179,70 @@ tokenizer::tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded)
     bad("has " + std::to_string(n_bytes) + " of the 256 byte tokens; byte fallback needs all of them");
   const bool all_bytes = n_bytes == 256;
 
-  if (loaded) return;  // a tokenizer.model file: its own normalizer and options
+  if (from_model_file) return;  // a tokenizer.model file: its own normalizer and options
   const auto st = sp_->proc.LoadFromSerializedProto(text::serialize_model_proto(v_, all_bytes));
   if (!st.ok()) bad("sentencepiece rejected it: " + st.ToString());
+}
+
+void tokenizer::init_bpe() {
+  const std::size_t n = v_.pieces.size();
+  if (n == 0) bad("no tokens");
+  if (n > std::size_t(INT32_MAX)) bad("too many tokens");
+  if (v_.scores.empty()) v_.scores.assign(n, 0.0f);
+  if (v_.scores.size() != n) bad("scores has " + std::to_string(v_.scores.size()) + " entries for " + std::to_string(n) + " tokens");
+  if (v_.types.size() != n) bad("token_type has " + std::to_string(v_.types.size()) + " entries for " + std::to_string(n) + " tokens");
+  if (v_.merges.empty()) bad("byte-level BPE needs tokenizer.ggml.merges");
+  if (v_.add_space_prefix) bad("byte-level BPE adds no space prefix");
+  auto check_id = [&](int32_t id, const char* name, bool optional) {
+    if (optional && id == -1) return;
+    if (id < 0 || std::size_t(id) >= n) bad(std::string(name) + " id " + std::to_string(id) + " is outside the vocabulary");
+    const token_type t = v_.types[std::size_t(id)];
+    if (t != token_type::control && !(optional && t == token_type::unknown))
+      bad(std::string(name) + " id " + std::to_string(id) + " ('" + v_.pieces[std::size_t(id)] + "') is not a control token");
+  };
+  check_id(v_.bos_id, "BOS", false);
+  check_id(v_.eos_id, "EOS", false);
+  check_id(v_.eot_id, "end-of-turn", true);
+  if (v_.unk_id != -1 && (v_.unk_id < 0 || std::size_t(v_.unk_id) >= n))
+    bad("unknown-token id " + std::to_string(v_.unk_id) + " is outside the vocabulary");
+  std::unordered_set<std::string_view> seen;
+  seen.reserve(n);
+  text_.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string& p = v_.pieces[i];
+    if (p.empty()) bad("token " + std::to_string(i) + " is empty");
+    if (utf8::first_invalid(p) != std::string_view::npos) bad("token " + std::to_string(i) + " is not valid UTF-8");
+    if (!seen.insert(p).second) bad("token " + std::to_string(i) + " ('" + p + "') appears twice");
+    if (!std::isfinite(v_.scores[i])) bad("token " + std::to_string(i) + " has a non-finite score");
+    switch (v_.types[i]) {
+      case token_type::normal: {
+        bool ok;
+        text_[i] = text::bpe::token_bytes(p, ok);
+        if (!ok) bad("token " + std::to_string(i) + " ('" + p + "') is not byte-level BPE text");
+        break;
+      }
+      case token_type::user_defined:  // added tokens: their text as written
+        text_[i] = p;
+        break;
+      case token_type::unknown:
+        text_[i] = " \xE2\x81\x87 ";
+        break;
+      case token_type::control:
+      case token_type::unused:
+        break;
+      case token_type::byte:
+        bad("token " + std::to_string(i) + " ('" + p + "') is a byte token, which byte-level BPE has none of");
+      default:
+        throw error(errc::unsupported, "vocabulary: token " + std::to_string(i) + " has unknown token type " +
+                                           std::to_string(int32_t(v_.types[i])));
+    }
+  }
+  bpe_ = std::make_unique<bpe_state>(v_);
+  for (std::size_t i = 0; i < n; ++i)
+    if (v_.types[i] == token_type::control || v_.types[i] == token_type::user_defined)
+      bpe_->specials.emplace_back(v_.pieces[i], int32_t(i)), bpe_->starts_special[uint8_t(v_.pieces[i][0])] = true;
+  std::stable_sort(bpe_->specials.begin(), bpe_->specials.end(),
+                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
 }
 
 std::shared_ptr<const tokenizer> tokenizer::from_vocabulary(vocabulary v) {
@@ -172,17 +252,30 @@ std::shared_ptr<const tokenizer> tokenizer::from_vocabulary(vocabulary v) {
 std::shared_ptr<const tokenizer> tokenizer::from_gguf(const gguf::file& f) {
   if (!f.find("tokenizer.ggml.model")) return nullptr;
   const std::string& kind = f.get_string("tokenizer.ggml.model");
-  if (kind != "llama")
-    throw error(errc::unsupported, "vocabulary: tokenizer.ggml.model is '" + kind +
-                                       "'; qllm reads sentencepiece vocabularies ('llama') only");
   vocabulary v;
+  if (kind == "gpt2") {
+    const std::string pre = f.find("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre") : std::string();
+    if (pre != "llama-bpe" && pre != "llama3" && pre != "llama-v3")
+      throw error(errc::unsupported,
+                  "vocabulary: byte-level BPE with pre-tokenizer " + (pre.empty() ? std::string("(none given)") : "'" + pre + "'") +
+                      " is not supported; qllm reads Llama-3's ('llama-bpe')");
+    v.kind = tokenizer_kind::llama3_bpe;
+  } else if (kind != "llama") {
+    throw error(errc::unsupported, "vocabulary: tokenizer.ggml.model is '" + kind +
+                                       "'; qllm reads sentencepiece ('llama') and Llama-3 byte-level BPE ('gpt2') vocabularies");
+  }
+  const bool is_bpe = v.kind == tokenizer_kind::llama3_bpe;
   v.pieces = f.get_array_string("tokenizer.ggml.tokens");
   const std::size_t n = v.pieces.size();
   if (f.find("tokenizer.ggml.scores")) {
     const auto& s = f.get_array_float("tokenizer.ggml.scores");
     v.scores.assign(s.begin(), s.end());
-  } else {
+  } else if (!is_bpe) {
     bad("tokenizer.ggml.scores is missing (BPE merges need the scores)");
+  }
+  if (is_bpe) {
+    if (!f.find("tokenizer.ggml.merges")) bad("tokenizer.ggml.merges is missing (byte-level BPE needs its merges)");
+    v.merges = f.get_array_string("tokenizer.ggml.merges");
   }
   // range-checked as int64 before narrowing: 2^32 + 1 must not pass as 1
   auto id = [&](const char* key, int64_t fallback) {
@@ -192,11 +285,31 @@ std::shared_ptr<const tokenizer> tokenizer::from_gguf(const gguf::file& f) {
           std::to_string(n) + " tokens)");
     return int32_t(x);
   };
-  v.unk_id = id("tokenizer.ggml.unknown_token_id", 0);
-  v.bos_id = id("tokenizer.ggml.bos_token_id", 1);
-  v.eos_id = id("tokenizer.ggml.eos_token_id", 2);
+  if (is_bpe) {
+    // Llama-3 has no unknown token; its specials are found by name when the file names none
+    const auto named = [&](const char* piece) {
+      for (std::size_t i = 0; i < n; ++i)
+        if (v.pieces[i] == piece) return int32_t(i);
+      return int32_t(-1);
+    };
+    v.unk_id = f.find("tokenizer.ggml.unknown_token_id") ? id("tokenizer.ggml.unknown_token_id", 0) : -1;
+    if (!f.find("tokenizer.ggml.bos_token_id")) bad("tokenizer.ggml.bos_token_id is missing");
+    if (!f.find("tokenizer.ggml.eos_token_id")) bad("tokenizer.ggml.eos_token_id is missing");
+    v.bos_id = id("tokenizer.ggml.bos_token_id", 0);
+    v.eos_id = id("tokenizer.ggml.eos_token_id", 0);
+    v.eot_id = f.find("tokenizer.ggml.eot_token_id") ? id("tokenizer.ggml.eot_token_id", 0) : named("<|eot_id|>");
+    if (v.eot_id == v.eos_id) v.eot_id = -1;
+    v.add_space_prefix = false;
+    if (f.find("tokenizer.ggml.add_space_prefix") && f.get_bool("tokenizer.ggml.add_space_prefix", false))
+      throw error(errc::unsupported, "vocabulary: byte-level BPE with add_space_prefix is not supported");
+  } else {
+    v.unk_id = id("tokenizer.ggml.unknown_token_id", 0);
+    v.bos_id = id("tokenizer.ggml.bos_token_id", 1);
+    v.eos_id = id("tokenizer.ggml.eos_token_id", 2);
+    v.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix", true);
+  }
   v.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", true);
-  v.add_space_prefix = f.get_bool("tokenizer.ggml.add_space_prefix", true);
+  if (f.find("tokenizer.chat_template")) v.chat_template = f.get_string("tokenizer.chat_template");
   if (f.find("tokenizer.ggml.token_type")) {
     for (int64_t t : f.get_array_int("tokenizer.ggml.token_type")) {
       if (t < 1 || t > 6) throw error(errc::unsupported, "vocabulary: unknown token type " + std::to_string(t));
@@ -251,13 +364,37 @@ std::shared_ptr<const tokenizer> tokenizer::from_file(const std::string& path) {
   return std::shared_ptr<const tokenizer>(new tokenizer(std::move(v), std::move(state)));
 }
 
-std::vector<int32_t> tokenizer::encode(std::string_view text, bool add_bos) const {
+std::vector<int32_t> tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
   const std::size_t bad_at = utf8::first_invalid(text);
   if (bad_at != std::string_view::npos)
     throw error(errc::invalid_argument, "text is not valid UTF-8 (byte " + std::to_string(bad_at) + ")");
   std::vector<int32_t> ids;
   if (add_bos) ids.push_back(v_.bos_id);
   if (text.empty()) return ids;
+  if (bpe_) {
+    if (!parse_special) {
+      bpe_->merges.encode(text, ids);
+      return ids;
+    }
+    std::size_t from = 0;  // start of the plain text not yet encoded
+    for (std::size_t i = 0; i < text.size();) {
+      bool hit = false;
+      if (bpe_->starts_special[uint8_t(text[i])])
+        for (const auto& [piece, id] : bpe_->specials) {
+        if (text.compare(i, piece.size(), piece) == 0) {
+          bpe_->merges.encode(text.substr(from, i - from), ids);
+          ids.push_back(id);
+          i += piece.size();
+          from = i;
+          hit = true;
+          break;
+        }
+      }
+      if (!hit) ++i;
+    }
+    bpe_->merges.encode(text.substr(from), ids);
+    return ids;
+  }
   std::vector<int> out;
   const auto st = sp_->proc.Encode(std::string(text), &out);
   if (!st.ok()) throw error(errc::internal, "sentencepiece encode failed: " + st.ToString());
