@@ -22,7 +22,9 @@ const char* const kHelp =
     "  --format F        gguf (default) | hf: a Hugging Face Llama directory (config.json,\n"
     "                    safetensors, tokenizer.model) for 'qllm convert'\n"
     "  --shards N        with --format hf: weights in N safetensors shards plus an index (default 1)\n"
-    "  --shape NAME      tiny | small | 7b (default tiny)\n"
+    "  --shape NAME      tiny | small | 7b | llama3-8b | llama3-1b | llama3-tiny (default tiny)\n"
+    "  --vocab FILE      a Hugging Face tokenizer.json of Llama-3's kind: its byte-level BPE\n"
+    "                    vocabulary, merges and special tokens (the vocabulary size follows it)\n"
     "  --type TYPE       q4_0 | q8_0 | q4_k | q5_k | q6_k | f16 | bf16 | f32: every matrix;\n"
     "                    q4_k_m | q5_k_m | q4_k_s | q5_k_s: llama.cpp's per-tensor mixes\n"
     "                    (default q4_0; hf: f16 | bf16 | f32)\n"
@@ -34,7 +36,7 @@ const char* const kHelp =
 }  // namespace
 
 int cmd_gen_random(int argc, char** argv) {
-  std::string shape = "tiny", type = "q4_0", out, format = "gguf";
+  std::string shape = "tiny", type = "q4_0", out, format = "gguf", vocab_file;
   int64_t shards = 1;
   int64_t seed = 1, layers = 0, ctx = 0;
   bool vocab = true;
@@ -47,6 +49,7 @@ int cmd_gen_random(int argc, char** argv) {
     else if (a == "--layers") layers = parse_int(a, next_value(argc, argv, i), 1, 4096);
     else if (a == "--ctx") ctx = parse_int(a, next_value(argc, argv, i), 1, int64_t(1) << 24);
     else if (a == "--no-vocab") vocab = false;
+    else if (a == "--vocab") vocab_file = next_value(argc, argv, i);
     else if (a == "--format") format = next_value(argc, argv, i);
     else if (a == "--shards") shards = parse_int(a, next_value(argc, argv, i), 1, 1000);
     else if (is_help(a)) return print_help(kHelp);
@@ -58,6 +61,7 @@ int cmd_gen_random(int argc, char** argv) {
                 "[--seed N] [--layers N] [--no-vocab]");
   random_model_spec s = random_model_preset(shape);
   if (format == "hf") {
+    if (!vocab_file.empty()) throw error(errc::invalid_argument, "--vocab: --format hf writes a sentencepiece tokenizer.model");
     std::string dt = type == "q4_0" ? "f16" : type;  // q4_0 is only the GGUF default
     for (char& c : dt) c = char(std::toupper(static_cast<unsigned char>(c)));
     s.seed = uint32_t(seed);
@@ -88,6 +92,12 @@ int cmd_gen_random(int argc, char** argv) {
   if (layers) s.n_layer = layers;
   if (ctx) s.n_ctx = ctx;
   s.vocabulary = vocab;
+  if (!vocab_file.empty()) {
+    if (!vocab) throw error(errc::invalid_argument, "--vocab and --no-vocab contradict each other");
+    s.vocab = std::make_shared<const vocabulary>(vocabulary_from_hf_json(vocab_file));
+    (void)tokenizer::from_vocabulary(*s.vocab);  // refused here rather than when the file is loaded
+    s.n_vocab = int64_t(s.vocab->pieces.size());
+  }
   write_random_model(out, s);
   std::printf("wrote %s: %s shape, %s, %lld layers, dim %lld, vocab %lld\n", out.c_str(), shape.c_str(),
               type.c_str(), (long long)s.n_layer, (long long)s.n_embd, (long long)s.n_vocab);

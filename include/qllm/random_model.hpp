@@ -1,5 +1,6 @@
 // Llama-architecture GGUF files with seeded random weights, for tests and benchmarks.
 #pragma once
+#include <memory>
 #include <vector>
 #include <utility>
 #include <cstdint>
@@ -30,15 +31,30 @@ struct random_model_spec {
   std::vector<std::pair<std::string, std::string>> extra_strings;
   std::vector<std::pair<std::string, float>> extra_f32;
   std::vector<std::pair<std::string, uint64_t>> extra_u64;
+  float rope_freq_base = 10000.0f;  // llama.rope.freq_base (Llama-3: 500000)
+  // A vocabulary written instead of the synthetic one (n_vocab must equal its size), e.g. a
+  // Llama-3 byte-level BPE vocabulary from vocabulary_from_hf_json.
+  std::shared_ptr<const qllm::vocabulary> vocab;
   // Written as the tensor rope_freqs.weight (f32, n_rot / 2 values) when not empty: Llama-3.1's
   // RoPE frequency factors as llama.cpp's converter stores them.
   std::vector<float> rope_freqs;
 };
 
 // Presets: "tiny" (the defaults above), "small" (dim 256, 4 layers, GQA 8/2, vocab 2048),
-// "7b" (Llama-2-7B: dim 4096, 32 layers, 32 heads, ffn 11008, vocab 32000, ctx 4096).
-// Throws qllm::error(errc::invalid_argument) for another name.
+// "7b" (Llama-2-7B: dim 4096, 32 layers, 32 heads, ffn 11008, vocab 32000, ctx 4096), and
+// Llama-3 shapes (vocab 128256, GQA 32/8 or 4/2, RoPE base 500000, llama3 RoPE factors for
+// factor 8, low 1, high 4, original context 8192): "llama3-8b" (Llama-3.1-8B: dim 4096, 32
+// layers, ffn 14336, ctx 131072), "llama3-1b" (Llama-3.2-1B: dim 2048, 16 layers, ffn 8192, tied
+// embeddings, ctx 131072), "llama3-tiny" (dim 64, 2 layers, heads 4/2, ffn 160, tied, ctx 256,
+// original context 64). Throws qllm::error(errc::invalid_argument) for another name.
 random_model_spec random_model_preset(std::string_view name);
+
+// Llama-3.1's RoPE frequency factors (Hugging Face rope_type "llama3") as llama.cpp's converter
+// writes them to rope_freqs.weight: one divisor of each frequency theta_i = base^(-2i/head_dim),
+// 1 for wavelengths under original_ctx / high, `factor` above original_ctx / low, interpolated
+// between.
+std::vector<float> llama3_rope_factors(int64_t head_dim, double base, double factor, double low, double high,
+                                       double original_ctx);
 
 // The synthetic byte-fallback vocabulary of random models: <unk>, <s>, </s>, the 256 byte tokens,
 // then pieces "▁", "a", "▁b", ... with falling scores (n_vocab >= 259).

@@ -32,7 +32,44 @@ random_model_spec random_model_preset(std::string_view name) {
     s.n_head_kv = 32, s.n_ctx = 4096;
     return s;
   }
-  throw error(errc::invalid_argument, "random model: unknown preset '" + std::string(name) + "' (tiny, small, 7b)");
+  if (name == "llama3-8b" || name == "llama3-1b" || name == "llama3-tiny") {
+    s.n_vocab = 128256, s.rope_freq_base = 500000.0f;
+    double original = 8192;
+    if (name == "llama3-8b") {
+      s.n_embd = 4096, s.n_layer = 32, s.n_ff = 14336, s.n_head = 32, s.n_head_kv = 8, s.n_ctx = 131072;
+    } else if (name == "llama3-1b") {
+      s.n_embd = 2048, s.n_layer = 16, s.n_ff = 8192, s.n_head = 32, s.n_head_kv = 8, s.n_ctx = 131072;
+      s.tied_output = true;
+    } else {
+      s.n_embd = 64, s.n_layer = 2, s.n_ff = 160, s.n_head = 4, s.n_head_kv = 2, s.n_ctx = 256;
+      s.tied_output = true;
+      original = 64;
+    }
+    s.rope_freqs = llama3_rope_factors(s.n_embd / s.n_head, s.rope_freq_base, 8.0, 1.0, 4.0, original);
+    return s;
+  }
+  throw error(errc::invalid_argument, "random model: unknown preset '" + std::string(name) +
+                                          "' (tiny, small, 7b, llama3-8b, llama3-1b, llama3-tiny)");
+}
+
+std::vector<float> llama3_rope_factors(int64_t head_dim, double base, double factor, double low, double high,
+                                       double original_ctx) {
+  if (head_dim < 2 || head_dim % 2 || !(base > 1) || !(factor >= 1) || !(low > 0) || !(high > low) || !(original_ctx > 0))
+    throw error(errc::invalid_argument, "llama3 RoPE factors: inconsistent parameters");
+  std::vector<float> f;
+  const double pi = 3.14159265358979323846;
+  for (int64_t i = 0; i < head_dim; i += 2) {
+    const double freq = std::pow(base, -double(i) / double(head_dim)), wavelen = 2 * pi / freq;
+    if (wavelen < original_ctx / high) {
+      f.push_back(1.0f);
+    } else if (wavelen > original_ctx / low) {
+      f.push_back(float(factor));
+    } else {
+      const double smooth = (original_ctx / wavelen - low) / (high - low);
+      f.push_back(float(1.0 / ((1 - smooth) / factor + smooth)));
+    }
+  }
+  return f;
 }
 
 namespace {
@@ -89,6 +126,9 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
   const bool kquant = s.type == ggml_type::q4_k || s.type == ggml_type::q5_k || s.type == ggml_type::q6_k;
   std::optional<quant::scheme> sch;
   if (!s.scheme.empty()) sch = quant::parse_scheme(s.scheme);
+  if (s.vocab && int64_t(s.vocab->pieces.size()) != s.n_vocab)
+    throw error(errc::invalid_argument, "random model: the vocabulary has " + std::to_string(s.vocab->pieces.size()) +
+                                            " tokens, the spec " + std::to_string(s.n_vocab));
   if (!types_ok || s.n_vocab < 259 || s.n_embd < 2 || s.n_layer < 1 || s.n_ff < 1 || s.n_head < 1 ||
       s.n_head_kv < 1 || s.n_embd % s.n_head || s.n_head % s.n_head_kv || (s.n_embd / s.n_head) % 2 ||
       (!sch && quant && (s.n_embd % qk || s.n_ff % qk)))
@@ -117,9 +157,24 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
   w.set_u32("llama.attention.head_count", uint32_t(s.n_head));
   w.set_u32("llama.attention.head_count_kv", uint32_t(s.n_head_kv));
   w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  w.set_f32("llama.rope.freq_base", 10000.0f);
+  w.set_f32("llama.rope.freq_base", s.rope_freq_base);
 
-  if (s.vocabulary) {
+  if (s.vocabulary && s.vocab && s.vocab->kind == tokenizer_kind::llama3_bpe) {
+    const vocabulary& v = *s.vocab;
+    std::vector<int32_t> types;
+    for (token_type t : v.types) types.push_back(int32_t(t));
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", "llama-bpe");
+    w.set_array_string("tokenizer.ggml.tokens", v.pieces);
+    w.set_array_i32("tokenizer.ggml.token_type", types);
+    w.set_array_string("tokenizer.ggml.merges", v.merges);
+    w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(v.bos_id));
+    w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(v.eos_id));
+    if (v.eot_id >= 0) w.set_u32("tokenizer.ggml.eot_token_id", uint32_t(v.eot_id));
+    w.set_bool("tokenizer.ggml.add_bos_token", v.add_bos);
+  } else if (s.vocabulary && s.vocab) {
+    throw error(errc::invalid_argument, "random model: only a byte-level BPE vocabulary can be given");
+  } else if (s.vocabulary) {
     w.set_string("tokenizer.ggml.model", "llama");
     const vocabulary v = random_vocabulary(s.n_vocab);
     std::vector<int32_t> types;

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Llama-3's tokenizer (byte-level BPE, Llama-3's pre-tokenizer) against two independent encoders:
+# the npm package llama3-tokenizer-js (pinned in tests/serve/package.json, installed by
+# scripts/install-deps.sh) and tests/tokenizer/llama3_reference.py (the pre-tokenizer's regex run
+# by Python's re, the classic BPE loop). The package's vocabulary and merges become a Hugging Face
+# tokenizer.json, `qllm gen-random --shape llama3-tiny --vocab` writes a GGUF with them, and
+# llama3_check compares qllm's encodings of tests/tokenizer/llama3_corpus.py's strings with both
+# references (and round-trips decode, streaming decode, invalid UTF-8, encode speed).
+# Skipped (77) without node or the package.
+#   llama3_tokenizer.sh QLLM LLAMA3_CHECK SOURCE_ROOT
+set -eu
+qllm="$1"; src="$3"
+check=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
+command -v node >/dev/null 2>&1 || { echo "node is not installed: skipped"; exit 77; }
+[ -f "$src/tests/serve/node_modules/llama3-tokenizer-js/package.json" ] ||
+  { echo "llama3-tokenizer-js is not installed (scripts/install-deps.sh --tests): skipped"; exit 77; }
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+t="$src/tests/tokenizer"
+node "$t/llama3_reference.mjs" tokenizer-json "$dir/tokenizer.json"
+python3 "$t/llama3_corpus.py" >"$dir/corpus.json"
+node "$t/llama3_reference.mjs" encode "$dir/corpus.json" "$dir/llama3-tokenizer-js.json"
+python3 "$t/llama3_reference.py" "$dir/tokenizer.json" "$dir/corpus.json" "$dir/python-re-bpe.json"
+"$qllm" gen-random --shape llama3-tiny --vocab "$dir/tokenizer.json" --out "$dir/llama3.gguf"
+cd "$dir"
+"$check" llama3.gguf corpus.json llama3-tokenizer-js.json python-re-bpe.json \
+  --bench "$src/models/tiny-kjv.q8_0.gguf"
+echo "llama3 tokenizer: ok"
