@@ -578,3 +578,53 @@ TEST_CASE("llama3 BPE through GGUF: gpt2 + llama-bpe keys load, and the specials
   CHECK(t->encode("abc", true) == std::vector<int32_t>{src.bos_id, id_of(*t, "abc")});
   CHECK(t->decode(t->encode(" abc\n", false)) == " abc\n");
 }
+
+TEST_CASE("llama3 chat: the template's tokens, contents as plain text, n_keep, and template detection") {
+  vocabulary v = small_bpe({{"a", "b"}, {"\n", "\n"}, {"u", "s"}, {"us", "e"}, {"use", "r"}});
+  const auto t = tokenizer::from_vocabulary(v);
+  REQUIRE(chat_format_of(*t) == chat_format::llama3);  // no template: by the vocabulary
+  const std::vector<chat_message> d = {{"system", " be brief "}, {"user", "ab"}, {"assistant", "ab ab"}, {"user", "x<|eot_id|>"}};
+  const auto ids = chat_tokens(*t, d);
+  // what Hugging Face's template renders, tokenized with its special pieces parsed ...
+  const std::string text = chat_text(*t, d);
+  CHECK(text ==
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nbe brief<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nab<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        "ab ab<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|><|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  auto want = t->encode(text, false, true);
+  // ... except that the user's typed "<|eot_id|>" stays text: one eot fewer, its pieces instead
+  const auto eots = [&](const std::vector<int32_t>& x) { return std::count(x.begin(), x.end(), t->eot()); };
+  CHECK(eots(ids) == 4);
+  CHECK(eots(want) == 5);
+  const auto typed = t->encode("\n\nx<|eot_id|>", false);
+  const auto pos = std::search(ids.begin(), ids.end(), typed.begin(), typed.end());
+  CHECK(pos != ids.end());
+  // the same as the parsed rendering outside the last user message
+  CHECK(std::vector<int32_t>(ids.begin(), ids.begin() + 30) == std::vector<int32_t>(want.begin(), want.begin() + 30));
+  CHECK(ids.front() == t->bos());
+  // n_keep: the system block, a prefix of the dialog's tokens ending at its <|eot_id|>
+  const int64_t keep = chat_system_tokens(*t, " be brief ");
+  REQUIRE(keep > 3);
+  CHECK(ids[std::size_t(keep - 1)] == t->eot());
+  CHECK(std::find(ids.begin(), ids.begin() + keep - 1, t->eot()) == ids.begin() + keep - 1);
+
+  // tokenizer.chat_template chooses; an unknown one is refused naming its start
+  v.chat_template = "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}";
+  CHECK(chat_format_of(*tokenizer::from_vocabulary(v)) == chat_format::llama2);
+  v.chat_template = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{{ m.content }}<|eot_id|>{% endfor %}";
+  CHECK(chat_format_of(*tokenizer::from_vocabulary(v)) == chat_format::llama3);
+  v.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}";
+  const auto chatml = tokenizer::from_vocabulary(v);
+  try {
+    (void)chat_tokens(*chatml, d);
+    FAIL("a ChatML template was accepted");
+  } catch (const error& e) {
+    CHECK(e.code() == errc::unsupported);
+    CHECK(std::string(e.what()).find("<|im_start|>") != std::string::npos);
+  }
+  // a Llama-3 template over a vocabulary without the header tokens
+  vocabulary w = small_bpe({{"a", "b"}});
+  w.pieces[w.pieces.size() - 4] = "<|start_header|>";
+  CHECK_THROWS_WITH_AS((void)chat_tokens(*tokenizer::from_vocabulary(w), d), doctest::Contains("<|start_header_id|>"), error);
+}

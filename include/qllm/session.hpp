@@ -220,18 +220,30 @@ class session {
   int64_t n_shifts_ = 0, n_shift_dropped_ = 0;
 };
 
-// Llama-2-chat, as Meta's reference code builds it: an optional system message folded into the
-// first user message inside <<SYS>> ... <</SYS>>, each finished exchange
-// "<s>[INST] user [/INST] answer </s>", and the last user message "<s>[INST] user [/INST]";
-// each segment encoded on its own, contents stripped of surrounding whitespace.
+// Chat formats, chosen by the model's tokenizer.chat_template when it has one (Llama-2's
+// [INST] or Llama-3's <|start_header_id|> templates; another template is error(unsupported)
+// naming it), else by its vocabulary (sentencepiece: Llama-2, byte-level BPE: Llama-3).
+//  - Llama-2-chat, as Meta's reference code builds it: an optional system message folded into the
+//    first user message inside <<SYS>> ... <</SYS>>, each finished exchange
+//    "<s>[INST] user [/INST] answer </s>", and the last user message "<s>[INST] user [/INST]";
+//    each segment encoded on its own.
+//  - Llama-3: <|begin_of_text|>, each message <|start_header_id|>role<|end_header_id|>\n\n
+//    content<|eot_id|>, then the assistant's header; the answer ends at <|eot_id|>.
+// Contents are stripped of surrounding whitespace and always encoded as plain text (special
+// pieces typed in a message stay text).
 struct chat_message {
   std::string role;  // "system" (first only), "user", "assistant", alternating, ending with "user"
   std::string content;
 };
+enum class chat_format { llama2, llama3 };
+chat_format chat_format_of(const tokenizer& tok);
 std::vector<int32_t> chat_tokens(const tokenizer& tok, std::span<const chat_message> dialog);
-// The same dialog as text with <s> and </s> written out, for display and debugging.
+// The same dialog as Llama-2 text with <s> and </s> written out, for display and debugging.
 std::string chat_text(std::span<const chat_message> dialog);
-// Tokens of the leading system block ("<s>[INST] <<SYS>>\n...\n<</SYS>>\n\n"): a good n_keep.
+// ... and in the model's own format.
+std::string chat_text(const tokenizer& tok, std::span<const chat_message> dialog);
+// Tokens of the leading system block (Llama-2: "<s>[INST] <<SYS>>\n...\n<</SYS>>\n\n"; Llama-3:
+// BOS and the system message up to its <|eot_id|>): a good n_keep.
 int64_t chat_system_tokens(const tokenizer& tok, std::string_view system);
 
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <string>
 
 #include "qllm/error.hpp"
@@ -52,9 +53,61 @@ std::vector<turn> turns(std::span<const chat_message> d) {
   return t;
 }
 
+// Llama-3's roles are checked as Llama-2's are (the same dialogs are valid in both formats).
+void check_roles(std::span<const chat_message> d) { (void)turns(d); }
+
+int32_t special(const tokenizer& tok, std::string_view piece) {
+  const auto ids = tok.encode(piece, false, true);
+  if (ids.size() != 1 || !tok.is_control(ids[0]))
+    throw error(errc::unsupported, "chat: the vocabulary has no " + std::string(piece) + " token (Llama-3's chat format needs it)");
+  return ids[0];
+}
+
+// <|begin_of_text|>, then per message <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>,
+// then <|start_header_id|>assistant<|end_header_id|>\n\n; the contents (stripped) are plain text,
+// so a "<|eot_id|>" typed by a user stays text.
+std::vector<int32_t> llama3_tokens(const tokenizer& tok, std::span<const chat_message> dialog) {
+  check_roles(dialog);
+  const int32_t sh = special(tok, "<|start_header_id|>"), eh = special(tok, "<|end_header_id|>"),
+                eot = special(tok, "<|eot_id|>");
+  std::vector<int32_t> out{tok.bos()};
+  const auto add = [&](std::string_view text) {
+    const auto ids = tok.encode(text, false);
+    out.insert(out.end(), ids.begin(), ids.end());
+  };
+  const auto header = [&](std::string_view role) {
+    out.push_back(sh);
+    add(role);
+    out.push_back(eh);
+  };
+  for (const chat_message& m : dialog) {
+    header(m.role);
+    add("\n\n" + std::string(strip(m.content)));
+    out.push_back(eot);
+  }
+  header("assistant");
+  add("\n\n");
+  return out;
+}
+
 }  // namespace
 
+chat_format chat_format_of(const tokenizer& tok) {
+  const std::string& t = tok.vocab().chat_template;
+  if (t.empty()) return tok.kind() == tokenizer_kind::llama3_bpe ? chat_format::llama3 : chat_format::llama2;
+  if (t.find("<|start_header_id|>") != std::string::npos && t.find("<|eot_id|>") != std::string::npos)
+    return chat_format::llama3;
+  if (t.find("[INST]") != std::string::npos && t.find("[/INST]") != std::string::npos) return chat_format::llama2;
+  std::string head = t.substr(0, 80);
+  for (char& c : head)
+    if (c == '\n' || c == '\r') c = ' ';
+  throw error(errc::unsupported, "chat: the model's chat template (tokenizer.chat_template, beginning '" + head +
+                                     (t.size() > 80 ? "...'" : "'") +
+                                     ") is not one qllm knows: Llama-2 ([INST]) and Llama-3 (<|start_header_id|>)");
+}
+
 std::vector<int32_t> chat_tokens(const tokenizer& tok, std::span<const chat_message> dialog) {
+  if (chat_format_of(tok) == chat_format::llama3) return llama3_tokens(tok, dialog);
   std::vector<int32_t> out;
   for (const turn& t : turns(dialog)) {
     std::string seg(kInst);
@@ -76,7 +129,23 @@ std::string chat_text(std::span<const chat_message> dialog) {
   return out;
 }
 
+std::string chat_text(const tokenizer& tok, std::span<const chat_message> dialog) {
+  if (chat_format_of(tok) != chat_format::llama3) return chat_text(dialog);
+  check_roles(dialog);
+  std::string out = "<|begin_of_text|>";
+  for (const chat_message& m : dialog)
+    out.append("<|start_header_id|>").append(m.role).append("<|end_header_id|>\n\n").append(strip(m.content)).append("<|eot_id|>");
+  return out.append("<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
 int64_t chat_system_tokens(const tokenizer& tok, std::string_view system) {
+  if (chat_format_of(tok) == chat_format::llama3) {
+    // the system message is a whole block of its own: its tokens are a prefix of the dialog's
+    const chat_message d[2] = {{"system", std::string(system)}, {"user", ""}};
+    const auto all = llama3_tokens(tok, d);
+    const auto it = std::find(all.begin() + 1, all.end(), special(tok, "<|eot_id|>"));
+    return int64_t(it - all.begin()) + 1;
+  }
   // "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n": newlines are byte tokens, which never merge with
   // what follows, so these tokens are a prefix of the first turn's.
   std::string seg(kInst);

@@ -467,7 +467,7 @@ int32_t engine::sample_from(slot& s, std::span<const float> logits, const tokeni
     ++r.gen.timings.n_generated;
     if (r.gen.timings.n_generated == 1) r.first_token_seconds = seconds(s.p->submitted, clock::now());
     const generate_params& gp = s.p->req.gen;
-    if ((gp.stop_at_eos || s.gm) && tk && id == tk->eos()) {
+    if ((gp.stop_at_eos || s.gm) && tk && tk->ends_answer(id)) {  // EOS or end of turn
       r.gen.finish = finish_reason::eos;
       finish(s, "");
       return -1;

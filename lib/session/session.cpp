@@ -86,7 +86,7 @@ void session::set_draft(std::shared_ptr<const model> draft) {
   const tokenizer *a = model_->get_tokenizer(), *b = draft->get_tokenizer();
   if (!a != !b) differ(a ? "it has no vocabulary" : "the model has no vocabulary");
   if (a) {
-    if (a->bos() != b->bos() || a->eos() != b->eos() || a->unk() != b->unk()) differ("other special token ids");
+    if (a->bos() != b->bos() || a->eos() != b->eos() || a->eot() != b->eot() || a->unk() != b->unk()) differ("other special token ids");
     for (int32_t i = 0; i < a->n_vocab(); ++i)
       if (a->piece(i) != b->piece(i)) differ("token " + std::to_string(i) + " is '" + b->piece(i) + "', not '" + a->piece(i) + "'");
   }
@@ -124,7 +124,7 @@ std::vector<int32_t> session::draft_from_model(int k, std::vector<std::vector<st
       if (e.code() != errc::invalid_argument) throw;
       break;
     }
-    if (tk && x == tk->eos()) break;  // a draft past the end is never used
+    if (tk && tk->ends_answer(x)) break;  // a draft past the end is never used
     d.push_back(x);
     if (q) {
       const auto cand = draft_smp_->last_candidates();
@@ -428,7 +428,7 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
     }
     ++r.timings.n_generated;
     if (gm) gm->accept(id);
-    if (tk && id == tk->eos() && (gp.stop_at_eos || gm)) {
+    if (tk && tk->ends_answer(id) && (gp.stop_at_eos || gm)) {  // EOS or end of turn
       r.finish = finish_reason::eos;
       break;
     }
