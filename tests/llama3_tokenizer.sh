@@ -9,7 +9,7 @@
 # Skipped (77) without node or the package.
 #   llama3_tokenizer.sh QLLM LLAMA3_CHECK SOURCE_ROOT
 set -eu
-qllm="$1"; src="$3"
+qllm=$(cd "$(dirname "$1")" && pwd)/$(basename "$1"); src="$3"
 check=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
 command -v node >/dev/null 2>&1 || { echo "node is not installed: skipped"; exit 77; }
 [ -f "$src/tests/serve/node_modules/llama3-tokenizer-js/package.json" ] ||
@@ -25,4 +25,10 @@ python3 "$t/llama3_reference.py" "$dir/tokenizer.json" "$dir/corpus.json" "$dir/
 cd "$dir"
 "$check" llama3.gguf corpus.json llama3-tokenizer-js.json python-re-bpe.json \
   --bench "$src/models/tiny-kjv.q8_0.gguf"
+# the file runs: a completion, and a chat in Llama-3's format (BOS, three headers, two <|eot_id|>)
+"$qllm" run -m llama3.gguf -p "Hello, world" -n 4 --temp 0 -q >run.txt
+grep -q '^Hello, world' run.txt || { cat run.txt; echo "FAIL: qllm run on the Llama-3 file"; exit 1; }
+printf 'Hello there\n' | "$qllm" chat -m llama3.gguf --system "Be brief" -n 4 --temp 0 >chat.txt 2>chat.err ||
+  { cat chat.err; echo "FAIL: qllm chat on the Llama-3 file"; exit 1; }
+grep -q 'prompt: 19 tokens' chat.err || { cat chat.err; echo "FAIL: the Llama-3 chat prompt is not 19 tokens"; exit 1; }
 echo "llama3 tokenizer: ok"

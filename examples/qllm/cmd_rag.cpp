@@ -172,7 +172,7 @@ int rag_ask(int argc, char** argv) {
   std::fprintf(stderr, "qllm rag: %zu chunks retrieved, %zu given to the model, %zu dropped\n%s",
                built.used.size() + built.dropped.size(), built.used.size(), built.dropped.size(),
                rag::describe(built).c_str());
-  if (show_prompt) std::fprintf(stderr, "--- prompt ---\n%s\n--- end of prompt ---\n", chat_text(built.dialog).c_str());
+  if (show_prompt) std::fprintf(stderr, "--- prompt ---\n%s\n--- end of prompt ---\n", chat_text(*m->get_tokenizer(), built.dialog).c_str());
   const auto p = cot_streams();
   const rag::answer ans = rag::respond(s, std::move(built), ap, o.gp, o.cot ? p.answer : printer(stdout, true), p.reasoning);
   std::fputc('\n', stdout);
