@@ -25,6 +25,7 @@
 #include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
 #include "qllm/safetensors.hpp"
+#include "qllm/session.hpp"
 #include "qllm/tokenizer.hpp"
 #include "test_util.hpp"
 
@@ -78,6 +79,9 @@ const std::string& trained_tokenizer() {
 struct checkpoint {
   int64_t dim = 64, layers = 2, heads = 4, kv_heads = 2, ff = 160, vocab = 400, ctx = 128;
   double eps = 1e-5, theta = 10000.0;
+  // Llama-3: rope_scaling llama3 (factor 0: none) and a byte-level BPE tokenizer.json
+  double l3_factor = 0, l3_low = 1, l3_high = 4, l3_original = 64;
+  bool bpe = false;
   std::map<std::string, std::vector<float>> w;
   std::map<std::string, std::vector<int64_t>> shape;
   std::map<std::string, safetensors::dtype> dtype;
@@ -121,17 +125,80 @@ struct checkpoint {
   }
 
   json config() const {
-    return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
-            {"hidden_size", dim}, {"intermediate_size", ff}, {"num_hidden_layers", layers},
-            {"num_attention_heads", heads}, {"num_key_value_heads", kv_heads}, {"rms_norm_eps", eps},
-            {"rope_theta", theta}, {"max_position_embeddings", ctx}, {"vocab_size", vocab},
-            {"tie_word_embeddings", false}, {"torch_dtype", "float16"}};
+    json c = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
+              {"hidden_size", dim}, {"intermediate_size", ff}, {"num_hidden_layers", layers},
+              {"num_attention_heads", heads}, {"num_key_value_heads", kv_heads}, {"rms_norm_eps", eps},
+              {"rope_theta", theta}, {"max_position_embeddings", ctx}, {"vocab_size", vocab},
+              {"tie_word_embeddings", false}, {"torch_dtype", "float16"}};
+    if (l3_factor > 0)
+      c["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", l3_factor}, {"low_freq_factor", l3_low},
+                           {"high_freq_factor", l3_high}, {"original_max_position_embeddings", l3_original}};
+    return c;
+  }
+  // Hugging Face's inverse frequency of pair i (transformers' _compute_llama3_parameters when
+  // rope_scaling is llama3)
+  double inv_freq(int64_t i, int64_t hd) const {
+    const double f = std::pow(theta, -2.0 * double(i) / double(hd));
+    if (l3_factor <= 0) return f;
+    const double pi = 3.14159265358979323846, wavelen = 2 * pi / f;
+    if (wavelen > l3_original / l3_low) return f / l3_factor;
+    if (wavelen < l3_original / l3_high) return f;
+    const double smooth = (l3_original / wavelen - l3_low) / (l3_high - l3_low);
+    return (1 - smooth) * f / l3_factor + smooth * f;
+  }
+  // A Llama-3-style tokenizer.json of `vocab` tokens: the 256 byte characters, two-letter merges,
+  // then eight added special tokens, <|eot_id|> last.
+  json bpe_tokenizer_json() const {
+    const auto byte_char = [](int b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+      int cp = b;
+      if (!printable) {
+        cp = 256;
+        for (int x = 0; x < b; ++x) cp += !((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE);
+      }
+      std::string s;
+      if (cp < 0x80) s += char(cp);
+      else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
+      return s;
+    };
+    json v = json::object(), merges = json::array(), added = json::array();
+    int64_t id = 0;
+    for (int b = 0; b < 256; ++b) v[byte_char(b)] = id++;
+    const std::string letters = "etaoinshrdlucmfwypvbgkqjxz";
+    for (std::size_t a = 0; id < vocab - 8; ++a)
+      for (std::size_t b = 0; b < letters.size() && id < vocab - 8; ++b) {
+        const std::string l(1, letters[a]), r(1, letters[b]);
+        if (v.contains(l + r)) continue;
+        v[l + r] = id++;
+        merges.push_back(l + " " + r);
+      }
+    for (const char* sp : {"<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+                           "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>"})
+      added.push_back({{"id", id++}, {"content", sp}, {"special", true}});
+    const std::string split =
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+        "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    return {{"version", "1.0"}, {"added_tokens", added}, {"normalizer", nullptr},
+            {"pre_tokenizer", {{"type", "Sequence"}, {"pretokenizers", {{{"type", "Split"}, {"pattern", {{"Regex", split}}},
+                                                                          {"behavior", "Isolated"}, {"invert", false}},
+                                                                         {{"type", "ByteLevel"}, {"add_prefix_space", false},
+                                                                          {"trim_offsets", true}, {"use_regex", false}}}}}},
+            {"model", {{"type", "BPE"}, {"ignore_merges", true}, {"byte_fallback", false}, {"vocab", v}, {"merges", merges}}}};
   }
 
   // config.json, two shards, the index, tokenizer.model; `skip` leaves a tensor out.
   void write(const std::string& dir, const std::string& skip = "") const {
     write_file(dir + "/config.json", config().dump(2));
-    fs::copy_file(trained_tokenizer(), dir + "/tokenizer.model", fs::copy_options::overwrite_existing);
+    if (bpe) {
+      write_file(dir + "/tokenizer.json", bpe_tokenizer_json().dump());
+      write_file(dir + "/tokenizer_config.json",
+                 json{{"bos_token", "<|begin_of_text|>"}, {"eos_token", {{"content", "<|eot_id|>"}}},
+                      {"chat_template", "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
+                                        "<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"}}
+                     .dump());
+    } else {
+      fs::copy_file(trained_tokenizer(), dir + "/tokenizer.model", fs::copy_options::overwrite_existing);
+    }
     json map = json::object();
     for (int s = 1; s <= 2; ++s) {
       std::vector<safetensors::tensor_spec> specs;
@@ -171,7 +238,7 @@ struct checkpoint {
     auto rope = [&](std::vector<double>& v, int64_t n_heads, int64_t pos) {
       for (int64_t h = 0; h < n_heads; ++h)
         for (int64_t i = 0; i < half; ++i) {
-          const double a = double(pos) * std::pow(theta, -2.0 * double(i) / double(hd));
+          const double a = double(pos) * inv_freq(i, hd);
           double& x0 = v[h * hd + i];
           double& x1 = v[h * hd + i + half];
           const double r0 = x0 * std::cos(a) - x1 * std::sin(a), r1 = x1 * std::cos(a) + x0 * std::sin(a);
@@ -348,6 +415,53 @@ TEST_CASE("convert: a sharded F16/BF16 checkpoint matches Hugging Face semantics
   }
 }
 
+TEST_CASE("convert: a Llama-3 checkpoint (tokenizer.json, llama3 rope_scaling) matches Hugging Face semantics") {
+  tmpdir d;
+  checkpoint ck;
+  ck.bpe = true;
+  ck.theta = 500000.0;  // with head size 16 and original context 64: one pair kept, one interpolated, six divided
+  ck.l3_factor = 8.0;
+  ck.write(d.path);
+  convert::options f32;
+  f32.type = ggml_type::f32;
+  convert::convert(d.path, d / "l3.gguf", f32);
+  const auto got = qllm_logits(d / "l3.gguf", kTokens);
+  const agreement a = compare(got, ck.reference_logits(kTokens), ck.vocab);
+  checkpoint unscaled = ck;
+  unscaled.l3_factor = 0;
+  const agreement b = compare(got, unscaled.reference_logits(kTokens), ck.vocab);
+  MESSAGE("llama3 rope_scaling: relative RMS " << a.rel_rms << " (against the unscaled reference " << b.rel_rms << ")");
+  CHECK(a.rel_rms < 1e-4);
+  CHECK(a.top1 == 1.0);
+  CHECK(b.rel_rms > 100 * a.rel_rms);  // the scaling matters at these positions: the test can fail
+
+  const auto f = gguf::file::open(d / "l3.gguf");
+  CHECK(f.get_string("tokenizer.ggml.model") == "gpt2");
+  CHECK(f.get_string("tokenizer.ggml.pre") == "llama-bpe");
+  CHECK(f.find_tensor("rope_freqs.weight") != nullptr);
+  const auto m = model::load(d / "l3.gguf");
+  const tokenizer* tok = m->get_tokenizer();
+  REQUIRE(tok != nullptr);
+  CHECK(tok->kind() == tokenizer_kind::llama3_bpe);
+  CHECK(tok->n_vocab() == 400);
+  CHECK(tok->piece(tok->bos()) == "<|begin_of_text|>");
+  CHECK(tok->piece(tok->eos()) == "<|eot_id|>");  // tokenizer_config.json's eos_token
+  CHECK(chat_format_of(*tok) == chat_format::llama3);  // its chat_template, carried over
+  const auto direct = tokenizer::from_vocabulary(vocabulary_from_hf_json(d / "tokenizer.json"));
+  for (const char* text : {"the rain in spain", "  two  spaces, digits 12345 and ümlauts ✓", "\n\tcontrol\r\n"}) {
+    CAPTURE(text);
+    CHECK(tok->encode(text, true) == direct->encode(text, true));
+    CHECK(tok->decode(tok->encode(text, false)) == text);
+  }
+
+  // rope_scaling llama3 with missing or inconsistent parameters is refused by name
+  checkpoint broken = ck;
+  broken.l3_high = 0.5;  // below low_freq_factor
+  tmpdir e;
+  broken.write(e.path);
+  CHECK_THROWS_WITH_AS(convert::make_plan(e.path, {}), doctest::Contains("high_freq_factor"), error);
+}
+
 TEST_CASE("convert: the output is written atomically") {
   tmpdir d;
   const checkpoint ck;
@@ -467,7 +581,7 @@ TEST_CASE("convert: corrupt or unsupported checkpoints are clear errors and leav
     c = ck.config();
     c["vocab_size"] = 500;
     write_file(d / "config.json", c.dump());
-    expect_failure(d.path, errc::unsupported, "tokenizer.model has 400 pieces");
+    expect_failure(d.path, errc::unsupported, "the tokenizer has 400 pieces");
   }
   SUBCASE("NaN and Inf weights: a warning naming the tensor, an error with strict") {
     checkpoint nan = ck;
@@ -541,7 +655,7 @@ TEST_CASE("convert: corrupt or unsupported checkpoints are clear errors and leav
   }
   SUBCASE("no tokenizer.model, no weights") {
     fs::remove(d / "tokenizer.model");
-    expect_failure(d.path, errc::io, "no tokenizer.model");
+    expect_failure(d.path, errc::io, "neither tokenizer.model");
     tmpdir empty;
     write_file(empty / "config.json", good_config);
     expect_failure(empty.path, errc::io, "no model.safetensors");

@@ -18,7 +18,8 @@ namespace {
 const char* const kHelp =
     "usage: qllm convert HF_DIR OUT.gguf [options]\n"
     "Converts a Hugging Face Llama checkpoint (config.json, model.safetensors or sharded\n"
-    "model-*.safetensors with model.safetensors.index.json, tokenizer.model) into GGUF.\n"
+    "model-*.safetensors with model.safetensors.index.json, tokenizer.model (Llama-2) or\n"
+    "tokenizer.json (Llama-3)) into GGUF.\n"
     "Reads one tensor at a time from the mapped shards; writes a temporary file next to OUT and\n"
     "renames it when complete, so an interrupted run leaves no output.\n"
     "  --type TYPE     f16 | bf16 | f32 | q8_0 | q4_0 for the weight matrices (default f16;\n"

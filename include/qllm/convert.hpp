@@ -14,6 +14,9 @@ struct hf_config {
   int64_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0, n_vocab = 0, n_ctx = 0;
   double rms_eps = 1e-6, rope_theta = 10000.0;
   double rope_linear_factor = 0;  // rope_scaling {"type": "linear", "factor": f}; 0 when absent
+  // rope_scaling {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+  // "original_max_position_embeddings"}: written as rope_freqs.weight; factor 0 when absent
+  double llama3_factor = 0, llama3_low = 0, llama3_high = 0, llama3_original_ctx = 0;
   bool tied_output = false;       // tie_word_embeddings
   std::string name;               // the directory's base name, for general.name
 };
@@ -30,7 +33,7 @@ struct tensor_plan {
 struct plan {
   hf_config config;
   std::vector<tensor_plan> tensors;  // in output order
-  int64_t vocab_pieces = 0;          // from tokenizer.model
+  int64_t vocab_pieces = 0;          // from tokenizer.model or tokenizer.json
   uint64_t src_bytes = 0, out_bytes = 0;  // tensor data read / written (out: plus metadata)
 };
 

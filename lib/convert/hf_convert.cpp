@@ -22,6 +22,7 @@
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/safetensors.hpp"
+#include "qllm/random_model.hpp"
 #include "qllm/tokenizer.hpp"
 
 namespace qllm::convert {
@@ -157,10 +158,22 @@ hf_config read_config(const std::string& dir) {
     if (!type.empty() && !old_type.empty() && type != old_type)
       bad_config(path, "rope_scaling says rope_type '" + type + "' and type '" + old_type + "'");
     if (type.empty()) type = old_type;
+    const auto num = [&](const char* key, double lo, double hi) {
+      if (!r.contains(key) || !r[key].is_number() || !(r[key].get<double>() >= lo) || !(r[key].get<double>() <= hi))
+        bad_config(path, std::string("rope_scaling.") + key + " must be a number in [" + std::to_string(lo) + ", " +
+                             std::to_string(hi) + "]");
+      return r[key].get<double>();
+    };
     if (type == "default") {
       // no scaling
+    } else if (type == "llama3") {
+      h.llama3_factor = num("factor", 1.0, 1024.0);
+      h.llama3_low = num("low_freq_factor", 1.0 / 1024, 1024.0);
+      h.llama3_high = num("high_freq_factor", 1.0 / 1024, 1024.0);
+      h.llama3_original_ctx = num("original_max_position_embeddings", 1.0, double(1 << 24));
+      if (!(h.llama3_high > h.llama3_low)) bad_config(path, "rope_scaling.high_freq_factor must exceed low_freq_factor");
     } else if (type != "linear") {
-      throw error(errc::unsupported, "'" + path + "': rope_scaling " + r.dump() + " is not supported (only linear)");
+      throw error(errc::unsupported, "'" + path + "': rope_scaling " + r.dump() + " is not supported (linear, llama3)");
     } else {
       if (!r.contains("factor") || !r["factor"].is_number() || !(r["factor"].get<double>() >= 1.0) ||
           !(r["factor"].get<double>() <= 1024.0))
@@ -254,15 +267,43 @@ prepared prepare(const std::string& dir, const options& opt) {
   p.config = read_config(dir);
   const hf_config& c = p.config;
   r.shards = open_shards(dir);
-  const std::string tok_path = dir + "/tokenizer.model";
-  if (!exists(tok_path))
-    throw error(errc::io, "'" + dir + "' has no tokenizer.model (the sentencepiece vocabulary Llama ships)");
-  regular_file(tok_path, uint64_t(64) << 20);
-  r.tok = tokenizer::from_file(tok_path);
+  const std::string tok_path = dir + "/tokenizer.model", json_path = dir + "/tokenizer.json";
+  if (exists(tok_path)) {  // Llama-2, Code Llama: sentencepiece
+    regular_file(tok_path, uint64_t(64) << 20);
+    r.tok = tokenizer::from_file(tok_path);
+  } else if (exists(json_path)) {  // Llama-3: byte-level BPE
+    regular_file(json_path, uint64_t(256) << 20);
+    vocabulary v = vocabulary_from_hf_json(json_path);
+    // tokenizer_config.json names the BOS and EOS an instruct model uses (EOS <|eot_id|>), and
+    // holds the chat template
+    const std::string cfg_path = dir + "/tokenizer_config.json";
+    if (exists(cfg_path)) {
+      regular_file(cfg_path, uint64_t(64) << 20);
+      const json tc = read_json(cfg_path);
+      const auto named = [&](const char* key) -> int32_t {
+        if (!tc.is_object() || !tc.contains(key) || tc[key].is_null()) return -1;
+        const json& t = tc[key];
+        const std::string piece = t.is_string() ? t.get<std::string>()
+                                  : t.is_object() && t.contains("content") && t["content"].is_string() ? t["content"].get<std::string>()
+                                                                                                          : std::string();
+        for (std::size_t i = 0; i < v.pieces.size(); ++i)
+          if (v.pieces[i] == piece) return int32_t(i);
+        throw error(errc::bad_format, "'" + cfg_path + "': " + key + " " + t.dump() + " is not a token of tokenizer.json");
+      };
+      if (const int32_t b = named("bos_token"); b >= 0) v.bos_id = b;
+      if (const int32_t e = named("eos_token"); e >= 0) v.eos_id = e;
+      if (v.eot_id == v.eos_id) v.eot_id = -1;
+      if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string())
+        v.chat_template = tc["chat_template"].get<std::string>();
+    }
+    r.tok = tokenizer::from_vocabulary(std::move(v));
+  } else {
+    throw error(errc::io, "'" + dir + "' has neither tokenizer.model (Llama-2's sentencepiece vocabulary) nor tokenizer.json");
+  }
   p.vocab_pieces = r.tok->n_vocab();
   if (p.vocab_pieces != c.n_vocab)
-    throw error(errc::unsupported, "tokenizer.model has " + std::to_string(p.vocab_pieces) + " pieces but config.json vocab_size is " +
-                                       std::to_string(c.n_vocab) + " (added tokens are not supported)");
+    throw error(errc::unsupported, "the tokenizer has " + std::to_string(p.vocab_pieces) + " pieces but config.json vocab_size is " +
+                                       std::to_string(c.n_vocab));
 
   const int64_t hd = c.n_embd / c.n_head, kv = hd * c.n_head_kv;
   std::set<std::string> used;
@@ -342,8 +383,8 @@ plan convert(const std::string& hf_dir, const std::string& out_path, const optio
   struct stat out_st {};
   if (::stat(out_path.c_str(), &out_st) == 0) {
     if (S_ISDIR(out_st.st_mode)) throw error(errc::invalid_argument, "convert: output '" + out_path + "' is a directory");
-    std::vector<std::string> inputs = {hf_dir + "/config.json", hf_dir + "/tokenizer.model",
-                                       hf_dir + "/model.safetensors.index.json"};
+    std::vector<std::string> inputs = {hf_dir + "/config.json", hf_dir + "/tokenizer.model", hf_dir + "/tokenizer.json",
+                                       hf_dir + "/tokenizer_config.json", hf_dir + "/model.safetensors.index.json"};
     for (const auto& [name, f] : r.shards.files) inputs.push_back(hf_dir + "/" + name);
     for (const std::string& in : inputs) {
       struct stat st {};
@@ -374,15 +415,34 @@ plan convert(const std::string& hf_dir, const std::string& out_path, const optio
   const vocabulary& v = r.tok->vocab();
   std::vector<int32_t> types;
   for (token_type t : v.types) types.push_back(int32_t(t));
-  w.set_string("tokenizer.ggml.model", "llama");
-  w.set_array_string("tokenizer.ggml.tokens", v.pieces);
-  w.set_array_f32("tokenizer.ggml.scores", v.scores);
-  w.set_array_i32("tokenizer.ggml.token_type", types);
-  w.set_u32("tokenizer.ggml.unknown_token_id", uint32_t(v.unk_id));
-  w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(v.bos_id));
-  w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(v.eos_id));
-  w.set_bool("tokenizer.ggml.add_bos_token", true);
-  w.set_bool("tokenizer.ggml.add_space_prefix", v.add_space_prefix);
+  if (v.kind == tokenizer_kind::llama3_bpe) {  // as llama.cpp's converter writes Llama-3
+    w.set_string("tokenizer.ggml.model", "gpt2");
+    w.set_string("tokenizer.ggml.pre", "llama-bpe");
+    w.set_array_string("tokenizer.ggml.tokens", v.pieces);
+    w.set_array_i32("tokenizer.ggml.token_type", types);
+    w.set_array_string("tokenizer.ggml.merges", v.merges);
+    w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(v.bos_id));
+    w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(v.eos_id));
+    if (v.eot_id >= 0) w.set_u32("tokenizer.ggml.eot_token_id", uint32_t(v.eot_id));
+    w.set_bool("tokenizer.ggml.add_bos_token", true);
+  } else {
+    w.set_string("tokenizer.ggml.model", "llama");
+    w.set_array_string("tokenizer.ggml.tokens", v.pieces);
+    w.set_array_f32("tokenizer.ggml.scores", v.scores);
+    w.set_array_i32("tokenizer.ggml.token_type", types);
+    w.set_u32("tokenizer.ggml.unknown_token_id", uint32_t(v.unk_id));
+    w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(v.bos_id));
+    w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(v.eos_id));
+    w.set_bool("tokenizer.ggml.add_bos_token", true);
+    w.set_bool("tokenizer.ggml.add_space_prefix", v.add_space_prefix);
+  }
+  if (!v.chat_template.empty()) w.set_string("tokenizer.chat_template", v.chat_template);
+  if (c.llama3_factor > 0) {  // Llama-3.1's frequency factors, as llama.cpp's converter stores them
+    const std::vector<float> f = llama3_rope_factors(c.n_embd / c.n_head, c.rope_theta, c.llama3_factor, c.llama3_low,
+                                                     c.llama3_high, c.llama3_original_ctx);
+    w.add_tensor_fn("rope_freqs.weight", ggml_type::f32, {int64_t(f.size())},
+                    [f](uint8_t* dst, std::size_t) { std::memcpy(dst, f.data(), f.size() * 4); });
+  }
 
   struct state {
     progress pr;
