@@ -1,12 +1,14 @@
-// Fuzz target: the tokenizer of the real Llama-2 vocabulary. The first byte picks the operation:
-// encode the rest as text (invalid UTF-8 must be an error; valid text must decode back to itself),
-// or read it as token
-// ids and decode them whole and streamed (ids outside the vocabulary are errors; the streamed
-// pieces must be valid UTF-8 and concatenate to the whole decode).
+// Fuzz target: the tokenizer of the real Llama-2 vocabulary, and a byte-level BPE one with
+// Llama-3's pre-tokenizer (a synthetic vocabulary: the 256 byte characters, two- and three-letter
+// merges, special tokens). The first byte picks the operation: encode the rest as text (invalid
+// UTF-8 must be an error; valid text must decode back to itself; BPE: also with special pieces
+// parsed), or read it as token ids and decode them whole and streamed (ids outside the vocabulary
+// are errors; the streamed pieces must be valid UTF-8 and concatenate to the whole decode).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,16 +32,67 @@ bool valid_utf8(const std::string& s) {
   }
   return true;
 }
+std::string byte_char(int b) {  // GPT-2's byte map
+  const auto printable = [](int x) { return (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE; };
+  int cp = b;
+  if (!printable(b)) {
+    cp = 256;
+    for (int x = 0; x < b; ++x) cp += !printable(x);
+  }
+  std::string s;
+  if (cp < 0x80) s += char(cp);
+  else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
+  return s;
+}
+
+std::shared_ptr<const qllm::tokenizer> bpe_tokenizer() {
+  using namespace qllm;
+  vocabulary v;
+  v.kind = tokenizer_kind::llama3_bpe;
+  v.add_space_prefix = false;
+  v.unk_id = -1;
+  for (int b = 0; b < 256; ++b) v.pieces.push_back(byte_char(b));
+  const std::string letters = "etaoinshr ";
+  for (char a : letters)
+    for (char b : letters) {
+      v.merges.push_back(byte_char(uint8_t(a)) + " " + byte_char(uint8_t(b)));
+      v.pieces.push_back(byte_char(uint8_t(a)) + byte_char(uint8_t(b)));
+    }
+  for (char a : letters)  // three letters: (ab)c
+    for (char c : std::string("etn")) {
+      v.merges.push_back(byte_char(uint8_t(a)) + byte_char('e') + " " + byte_char(uint8_t(c)));
+      v.pieces.push_back(byte_char(uint8_t(a)) + byte_char('e') + byte_char(uint8_t(c)));
+    }
+  v.types.assign(v.pieces.size(), token_type::normal);
+  for (const char* sp : {"<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>"}) {
+    v.pieces.push_back(sp);
+    v.types.push_back(token_type::control);
+  }
+  v.pieces.push_back("<user>");
+  v.types.push_back(token_type::user_defined);
+  const auto n = int32_t(v.pieces.size());
+  v.bos_id = n - 5, v.eos_id = n - 4, v.eot_id = n - 3;
+  return tokenizer::from_vocabulary(std::move(v));
+}
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace qllm;
-  static const auto tok = test::llama2_tokenizer(QLLM_TEST_DATA);
+  static const auto sp = test::llama2_tokenizer(QLLM_TEST_DATA);
+  static const auto bpe = bpe_tokenizer();
   if (size == 0) return 0;
-  const uint8_t op = data[0] % 3;
+  const bool use_bpe = data[0] & 0x80;
+  const auto& tok = use_bpe ? bpe : sp;
+  const uint8_t op = (data[0] & 0x7F) % 3;
   ++data, --size;
   try {
-    if (op == 0) {
+    if (op == 0 && use_bpe) {
+      const std::string text(reinterpret_cast<const char*>(data), size);
+      if (tok->decode(tok->encode(text, true)) != text) std::abort();
+      const auto special = tok->encode(text, false, true);  // specials parsed: must not crash
+      for (int32_t id : special)
+        if (!tok->valid(id)) std::abort();
+    } else if (op == 0) {
       const std::string text(reinterpret_cast<const char*>(data), size);
       const auto ids = tok->encode(text, true);
       // round trip of valid UTF-8 text, unless it holds U+2581, sentencepiece's own space symbol
@@ -50,9 +103,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::vector<int32_t> ids(size / 4);
       if (!ids.empty()) std::memcpy(ids.data(), data, ids.size() * 4);
       if (op == 2)  // mostly valid ids
-        for (auto& id : ids) id = int32_t(uint32_t(id) % 32768u);
+        for (auto& id : ids) id = int32_t(uint32_t(id) % (use_bpe ? 512u : 32768u));
       const std::string whole = tok->decode(ids);
-      stream_decoder d(*tok, true);
+      stream_decoder d(*tok, !use_bpe);
       std::string streamed;
       for (int32_t id : ids) {
         const std::string piece = d.push(id);
