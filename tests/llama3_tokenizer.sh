@@ -31,4 +31,20 @@ grep -q '^Hello, world' run.txt || { cat run.txt; echo "FAIL: qllm run on the Ll
 printf 'Hello there\n' | "$qllm" chat -m llama3.gguf --system "Be brief" -n 4 --temp 0 >chat.txt 2>chat.err ||
   { cat chat.err; echo "FAIL: qllm chat on the Llama-3 file"; exit 1; }
 grep -q 'prompt: 19 tokens' chat.err || { cat chat.err; echo "FAIL: the Llama-3 chat prompt is not 19 tokens"; exit 1; }
+# qllm serve formats chats the same way: 19 prompt tokens for the same dialog
+if command -v curl >/dev/null 2>&1; then
+  "$qllm" serve -m llama3.gguf --port 0 2>serve.err &
+  spid=$!
+  i=0; port=
+  while [ $i -lt 300 ] && [ -z "$port" ]; do
+    port=$(sed -n 's|^qllm serve: listening on http://127\.0\.0\.1:\([0-9][0-9]*\) .*|\1|p' serve.err)
+    sleep 0.1; i=$((i + 1))
+  done
+  [ -n "$port" ] || { kill "$spid"; cat serve.err; echo "FAIL: qllm serve did not start"; exit 1; }
+  curl -s -H 'Content-Type: application/json' -d '{"messages":[{"role":"system","content":"Be brief"},{"role":"user","content":"Hello there"}],"max_tokens":4,"temperature":0}' \
+    "http://127.0.0.1:$port/v1/chat/completions" >serve.json || true
+  kill -TERM "$spid"; wait "$spid" || true
+  python3 -c 'import json,sys; u=json.load(open("serve.json"))["usage"]; sys.exit(0 if u["prompt_tokens"] == 19 else "serve: %r" % u)' ||
+    { cat serve.json; echo "FAIL: qllm serve's Llama-3 chat prompt"; exit 1; }
+fi
 echo "llama3 tokenizer: ok"
