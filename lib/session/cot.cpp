@@ -98,7 +98,10 @@ int64_t cot_answer_reserve(const tokenizer& tok, const cot_params& cp) {
   // the longer of the two stage-2 texts, with the chat template around the request
   // ("</s><s>[INST] request [/INST]"), plus a margin for re-tokenising the reasoning
   const int64_t cue = int64_t(tok.count("\n" + cp.answer_cue, false));
-  const int64_t req = int64_t(tok.count("[INST] " + cp.answer_request + " [/INST] ", true)) + 1;
+  int64_t req = int64_t(tok.count("[INST] " + cp.answer_request + " [/INST] ", true)) + 1;
+  if (chat_format_of(tok) == chat_format::llama3)  // <|eot_id|> closing the reasoning, then the request's block
+    req = int64_t(tok.count("\n\n" + cp.answer_request, false)) + 1 + 3 + int64_t(tok.count("user", false)) +
+          int64_t(tok.count("assistant", false)) + 3 + int64_t(tok.count("\n\n", false));
   return cp.answer_tokens + std::max(cue, req) + 8;
 }
 
