@@ -454,6 +454,42 @@ TEST_CASE("convert: a Llama-3 checkpoint (tokenizer.json, llama3 rope_scaling) m
     CHECK(tok->decode(tok->encode(text, false)) == text);
   }
 
+  // tokenizer.json files of another kind are refused, naming what differs
+  const auto refused = [&](json tj, errc code, const char* what) {
+    CAPTURE(what);
+    write_file(d / "t.json", tj.dump());
+    try {
+      (void)vocabulary_from_hf_json(d / "t.json");
+      FAIL("accepted");
+    } catch (const error& e) {
+      CHECK(e.code() == code);
+      CHECK(std::string(e.what()).find(what) != std::string::npos);
+    }
+  };
+  const json good = ck.bpe_tokenizer_json();
+  json t2 = good;
+  t2["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed";
+  refused(t2, errc::unsupported, "is not Llama-3's");
+  t2 = good;
+  std::swap(t2["pre_tokenizer"]["pretokenizers"][0], t2["pre_tokenizer"]["pretokenizers"][1]);
+  refused(t2, errc::unsupported, "is not Llama-3's");
+  t2 = good;
+  t2["model"]["dropout"] = 0.9;
+  refused(t2, errc::unsupported, "dropout");
+  t2 = good;
+  t2["model"]["end_of_word_suffix"] = "</w>";
+  refused(t2, errc::unsupported, "end_of_word_suffix");
+  t2 = good;
+  t2["model"]["vocab"]["a"] = 97.9;
+  refused(t2, errc::bad_format, "not an integer");
+  t2 = good;
+  t2["model"]["vocab"]["a"] = 5;  // id 5 twice, 97 missing
+  refused(t2, errc::bad_format, "given twice");
+  write_file(d / "deep.json", std::string(100000, '['));
+  CHECK_THROWS_WITH_AS((void)vocabulary_from_hf_json(d / "deep.json"), doctest::Contains("nested more than 64"), error);
+  REQUIRE(::mkfifo((d / "fifo.json").c_str(), 0600) == 0);
+  CHECK_THROWS_WITH_AS((void)vocabulary_from_hf_json(d / "fifo.json"), doctest::Contains("not a regular file"), error);
+
   // rope_scaling llama3 with missing or inconsistent parameters is refused by name
   checkpoint broken = ck;
   broken.l3_high = 0.5;  // below low_freq_factor

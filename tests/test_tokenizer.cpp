@@ -628,3 +628,38 @@ TEST_CASE("llama3 chat: the template's tokens, contents as plain text, n_keep, a
   w.pieces[w.pieces.size() - 4] = "<|start_header|>";
   CHECK_THROWS_WITH_AS((void)chat_tokens(*tokenizer::from_vocabulary(w), d), doctest::Contains("<|start_header_id|>"), error);
 }
+
+TEST_CASE("llama3 BPE: every end piece ends an answer, user-defined pieces always match, chat strips Unicode space") {
+  vocabulary v = small_bpe({{"a", "b"}});
+  v.eos_id = v.eot_id;  // an instruct model: EOS is <|eot_id|>
+  v.eot_id = -1;
+  v.pieces.push_back("<user>");
+  v.types.push_back(token_type::user_defined);
+  v.pieces.push_back("<|eom_id|>");
+  v.types.push_back(token_type::control);
+  const auto t = tokenizer::from_vocabulary(v);
+  const auto id = [&](std::string_view piece) {
+    for (int32_t i = 0; i < t->n_vocab(); ++i)
+      if (t->piece(i) == piece) return i;
+    return -1;
+  };
+  CHECK(t->ends_answer(id("<|eot_id|>")));
+  CHECK(t->ends_answer(id("<|end_of_text|>")));  // still ends the answer
+  CHECK(t->ends_answer(id("<|eom_id|>")));
+  CHECK_FALSE(t->ends_answer(id("<|begin_of_text|>")));
+  CHECK(t->end_tokens().size() == 3);
+  // an added piece that is not special is matched in plain text; control pieces only on request
+  const auto ids = t->encode("ab<user>ab<|eom_id|>", false);
+  CHECK(std::count(ids.begin(), ids.end(), id("<user>")) == 1);
+  CHECK(std::count(ids.begin(), ids.end(), id("<|eom_id|>")) == 0);
+  CHECK(t->encode("ab<user>ab<|eom_id|>", false, true) ==
+        std::vector<int32_t>{id_of(*t, "ab"), id("<user>"), id_of(*t, "ab"), id("<|eom_id|>")});
+  CHECK(t->decode(ids) == "ab<user>ab<|eom_id|>");
+  // contents lose the white space Python's strip() removes, Unicode's included
+  const std::vector<chat_message> d = {{"user", "\xE3\x80\x80" "ab\xC2\xA0\x1C \xE2\x80\x83"}};
+  const std::vector<chat_message> plain = {{"user", "ab"}};
+  CHECK(chat_tokens(*t, d) == chat_tokens(*t, plain));
+  CHECK(chat_text(*t, d) == chat_text(*t, plain));
+  const std::vector<chat_message> inner = {{"user", "a\xE3\x80\x80" "b"}};  // inner space stays
+  CHECK(chat_tokens(*t, inner) != chat_tokens(*t, plain));
+}

@@ -59,9 +59,10 @@ class tokenizer {
 
   // Text → ids; BOS first when add_bos. Text that is not valid UTF-8 is error(invalid_argument)
   // naming the byte offset. Control pieces (<s>, </s>, <|eot_id|>) written in the text stay plain
-  // text, unless parse_special: then a BPE vocabulary's control and user-defined pieces in the
-  // text become their tokens (longest first). Sentencepiece vocabularies ignore parse_special
-  // (Llama-2's chat format is built from ids).
+  // text, unless parse_special: then a BPE vocabulary's control pieces in the text become their
+  // tokens (longest first). A BPE vocabulary's user-defined (added, not special) pieces are
+  // always matched, as Hugging Face and llama.cpp do. Sentencepiece vocabularies ignore
+  // parse_special (Llama-2's chat format is built from ids).
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special = false) const;
   std::size_t count(std::string_view text, bool add_bos) const { return encode(text, add_bos).size(); }
 
@@ -76,8 +77,16 @@ class tokenizer {
   int32_t eos() const noexcept { return v_.eos_id; }
   int32_t unk() const noexcept { return v_.unk_id; }
   int32_t eot() const noexcept { return v_.eot_id; }  // -1: none
-  // The token ends the model's answer: EOS, or the end of a chat turn.
-  bool ends_answer(int32_t id) const noexcept { return id == v_.eos_id || (id >= 0 && id == v_.eot_id); }
+  // The token ends the model's answer: EOS, the end of a chat turn, or (byte-level BPE) any of
+  // Llama-3's end pieces <|end_of_text|>, <|eot_id|>, <|eom_id|> the vocabulary has as control
+  // tokens (an instruct model's EOS is <|eot_id|>, yet it may still write <|end_of_text|>).
+  bool ends_answer(int32_t id) const noexcept {
+    if (id == v_.eos_id || (id >= 0 && id == v_.eot_id)) return true;
+    for (int32_t e : ends_)
+      if (e == id) return true;
+    return false;
+  }
+  const std::vector<int32_t>& end_tokens() const noexcept { return end_all_; }  // every id ends_answer accepts
   tokenizer_kind kind() const noexcept { return v_.kind; }
   bool add_bos() const noexcept { return v_.add_bos; }
   bool valid(int32_t id) const noexcept { return id >= 0 && id < n_vocab(); }
@@ -95,6 +104,8 @@ class tokenizer {
   void init_bpe();
   vocabulary v_;
   std::vector<std::string> text_;
+  std::vector<int32_t> ends_;     // end pieces besides EOS and EOT (byte-level BPE)
+  std::vector<int32_t> end_all_;  // EOS, EOT and ends_
   std::unique_ptr<sp_state> sp_;
   std::unique_ptr<bpe_state> bpe_;
 };

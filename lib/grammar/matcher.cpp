@@ -43,7 +43,7 @@ struct token_trie {
   std::size_t depth = 0;                            // the longest token text
   int32_t n_vocab = 0;
   int32_t eos = -1;
-  int32_t eot = -1;  // end of a chat turn: allowed where EOS is
+  std::vector<int32_t> ends;  // EOS, end of turn and the other end pieces: allowed where EOS is
   std::vector<std::string> texts;  // what the trie was built from (to tell vocabularies apart)
   std::vector<token_type> types;
 };
@@ -70,7 +70,7 @@ std::shared_ptr<const token_trie> build_trie(const tokenizer& tok) {
   auto t = std::make_shared<token_trie>();
   t->n_vocab = tok.n_vocab();
   t->eos = tok.eos();
-  t->eot = tok.eot();
+  t->ends = tok.end_tokens();
   t->types = tok.vocab().types;
   for (int32_t id = 0; id < tok.n_vocab(); ++id) t->texts.push_back(tok.token_text(id));
   // build with maps, then lay out breadth first in flat arrays
@@ -120,7 +120,7 @@ std::shared_ptr<const token_trie> trie_for(const tokenizer& tok) {
   static std::mutex mu;
   static std::vector<std::shared_ptr<const token_trie>> cache;  // most recently used last
   const auto same = [&](const token_trie& t) {
-    if (t.n_vocab != tok.n_vocab() || t.eos != tok.eos() || t.eot != tok.eot()) return false;
+    if (t.n_vocab != tok.n_vocab() || t.eos != tok.eos() || t.ends != tok.end_tokens()) return false;
     for (int32_t id = 0; id < t.n_vocab; ++id)
       if (t.types[std::size_t(id)] != tok.vocab().types[std::size_t(id)] ||
           t.texts[std::size_t(id)] != tok.token_text(id))
@@ -488,8 +488,9 @@ void grammar_matcher::allowed(std::vector<bool>& out) {
     for (uint32_t k = 0; k < cn.n_tokens; ++k) out[std::size_t(t.tokens[cn.first_token + k])] = true;
     if (cn.n_children) walk.push_back({int32_t(child), 0, to});
   }
-  if (can_end() && tok_->valid(t.eos)) out[std::size_t(t.eos)] = true;
-  if (can_end() && tok_->valid(t.eot)) out[std::size_t(t.eot)] = true;
+  if (can_end())
+    for (int32_t e : t.ends)
+      if (tok_->valid(e)) out[std::size_t(e)] = true;
   cache_->put(*st_, h, out);
 }
 

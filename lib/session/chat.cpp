@@ -10,11 +10,36 @@ namespace {
 constexpr std::string_view kInst = "[INST]", kEndInst = "[/INST]";
 constexpr std::string_view kSys = "<<SYS>>\n", kEndSys = "\n<</SYS>>\n\n";
 
+// The white space Python's str.strip() and Jinja's trim remove (what Meta's reference code and
+// the templates strip): ASCII white space, U+001C..U+001F, U+0085, and Unicode's spaces.
+std::size_t space_at(std::string_view s, std::size_t i) {  // its length in bytes at i, or 0
+  const auto c = uint8_t(s[i]);
+  if (c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F)) return 1;
+  const auto starts = [&](std::string_view p) { return s.compare(i, p.size(), p) == 0; };
+  if (starts("\xC2\x85") || starts("\xC2\xA0")) return 2;
+  if (starts("\xE1\x9A\x80") || starts("\xE2\x80\xA8") || starts("\xE2\x80\xA9") || starts("\xE2\x80\xAF") ||
+      starts("\xE2\x81\x9F") || starts("\xE3\x80\x80"))
+    return 3;  // U+1680, U+2028, U+2029, U+202F, U+205F, U+3000
+  if (i + 2 < s.size() && c == 0xE2 && uint8_t(s[i + 1]) == 0x80 && uint8_t(s[i + 2]) >= 0x80 && uint8_t(s[i + 2]) <= 0x8A)
+    return 3;  // U+2000..U+200A
+  return 0;
+}
+
 std::string_view strip(std::string_view s) {
-  const auto ws = " \t\n\r\f\v";
-  const auto b = s.find_first_not_of(ws);
-  if (b == std::string_view::npos) return {};
-  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+  std::size_t b = 0;
+  while (b < s.size()) {
+    const std::size_t n = space_at(s, b);
+    if (!n) break;
+    b += n;
+  }
+  std::size_t e = s.size();
+  while (e > b) {  // the last character: step back over continuation bytes
+    std::size_t k = e - 1;
+    while (k > b && (uint8_t(s[k]) & 0xC0) == 0x80) --k;
+    if (space_at(s, k) != e - k) break;
+    e = k;
+  }
+  return s.substr(b, e - b);
 }
 
 // The dialog as (user, answer) turns, the system message folded into the first user message.

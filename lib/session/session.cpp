@@ -86,7 +86,7 @@ void session::set_draft(std::shared_ptr<const model> draft) {
   const tokenizer *a = model_->get_tokenizer(), *b = draft->get_tokenizer();
   if (!a != !b) differ(a ? "it has no vocabulary" : "the model has no vocabulary");
   if (a) {
-    if (a->bos() != b->bos() || a->eos() != b->eos() || a->eot() != b->eot() || a->unk() != b->unk()) differ("other special token ids");
+    if (a->bos() != b->bos() || a->eos() != b->eos() || a->end_tokens() != b->end_tokens() || a->unk() != b->unk()) differ("other special token ids");
     for (int32_t i = 0; i < a->n_vocab(); ++i)
       if (a->piece(i) != b->piece(i)) differ("token " + std::to_string(i) + " is '" + b->piece(i) + "', not '" + a->piece(i) + "'");
   }

@@ -1,4 +1,6 @@
 // A Hugging Face tokenizer.json of Llama-3's kind read into a qllm vocabulary.
+#include <sys/stat.h>
+
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -25,11 +27,20 @@ constexpr std::string_view kLlama3Split =
 }  // namespace
 
 vocabulary vocabulary_from_hf_json(const std::string& path) {
+  // a regular file of at most 256 MiB (a FIFO would block, a device never end), nested at most
+  // 64 deep (a file of '[' would otherwise build a huge tree before failing)
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw error(errc::io, "cannot open tokenizer file '" + path + "'");
+  if (!S_ISREG(st.st_mode)) throw error(errc::io, "tokenizer '" + path + "' is not a regular file");
+  if (uint64_t(st.st_size) > (uint64_t(256) << 20)) bad(path, "larger than 256 MiB");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw error(errc::io, "cannot open tokenizer file '" + path + "'");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(in, [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+      if (depth > 64) bad(path, "JSON nested more than 64 deep");
+      return true;
+    });
   } catch (const nlohmann::json::exception& e) {
     bad(path, std::string("not JSON: ") + e.what());
   }
@@ -41,22 +52,26 @@ vocabulary vocabulary_from_hf_json(const std::string& path) {
     if (!m.value("ignore_merges", false))
       unsupported(path, "BPE without ignore_merges is not Llama-3's tokenizer (not supported)");
     if (j.contains("normalizer") && !j["normalizer"].is_null()) unsupported(path, "a normalizer is not supported");
-    // the pre-tokenizer: Llama-3's split regex, then byte-level without its own regex
-    bool split = false, byte_level = false;
+    // BPE options Llama-3 leaves unset
+    for (const char* key : {"dropout", "continuing_subword_prefix", "end_of_word_suffix", "unk_token"})
+      if (m.contains(key) && !m[key].is_null() && !(m[key].is_string() && m[key].get<std::string>().empty()))
+        unsupported(path, std::string("BPE with ") + key + " " + m[key].dump() + " is not Llama-3's (not supported)");
+    // the pre-tokenizer: Llama-3's split regex (isolating its matches), then byte-level without
+    // its own regex, in that order
     const auto& pt = j.at("pre_tokenizer");
     const nlohmann::json steps = pt.value("type", std::string()) == "Sequence" ? pt.at("pretokenizers") : nlohmann::json::array({pt});
-    for (const auto& s : steps) {
-      const std::string t = s.value("type", std::string());
-      if (t == "Split" && s.contains("pattern") && s["pattern"].contains("Regex") &&
-          s["pattern"]["Regex"].get<std::string>() == kLlama3Split && !s.value("invert", false)) {
-        split = true;
-      } else if (t == "ByteLevel" && !s.value("add_prefix_space", false) && !s.value("use_regex", true)) {
-        byte_level = true;
-      } else {
-        unsupported(path, "pre-tokenizer step " + s.dump().substr(0, 200) + " is not Llama-3's");
-      }
-    }
-    if (!split || !byte_level) unsupported(path, "the pre-tokenizer is not Llama-3's (its split regex, then byte-level)");
+    const auto is_split = [](const nlohmann::json& s) {
+      return s.value("type", std::string()) == "Split" && s.contains("pattern") && s["pattern"].is_object() &&
+             s["pattern"].contains("Regex") && s["pattern"]["Regex"].is_string() &&
+             s["pattern"]["Regex"].get<std::string>() == kLlama3Split && s.value("behavior", std::string()) == "Isolated" &&
+             !s.value("invert", false);
+    };
+    const auto is_byte_level = [](const nlohmann::json& s) {
+      return s.value("type", std::string()) == "ByteLevel" && !s.value("add_prefix_space", false) && !s.value("use_regex", true);
+    };
+    if (!steps.is_array() || steps.size() != 2 || !is_split(steps[0]) || !is_byte_level(steps[1]))
+      unsupported(path, "the pre-tokenizer " + pt.dump().substr(0, 300) +
+                            " is not Llama-3's (its split regex, isolating, then byte-level without a regex)");
 
     std::map<int64_t, std::pair<std::string, token_type>> by_id;
     const auto add = [&](int64_t id, const std::string& piece, token_type t) {
@@ -66,10 +81,14 @@ vocabulary vocabulary_from_hf_json(const std::string& path) {
         by_id[id].second = t;  // an added token repeating a vocabulary entry: the added type wins
       }
     };
-    for (const auto& [piece, id] : m.at("vocab").items()) add(id.get<int64_t>(), piece, token_type::normal);
+    const auto id_of = [&](const nlohmann::json& id) {
+      if (!id.is_number_integer()) bad(path, "token id " + id.dump() + " is not an integer");
+      return id.get<int64_t>();
+    };
+    for (const auto& [piece, id] : m.at("vocab").items()) add(id_of(id), piece, token_type::normal);
     if (j.contains("added_tokens"))
       for (const auto& a : j["added_tokens"])
-        add(a.at("id").get<int64_t>(), a.at("content").get<std::string>(),
+        add(id_of(a.at("id")), a.at("content").get<std::string>(),
             a.value("special", false) ? token_type::control : token_type::user_defined);
     vocabulary v;
     v.kind = tokenizer_kind::llama3_bpe;

@@ -2,8 +2,10 @@
 
 #include <sentencepiece_processor.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "qllm/error.hpp"
@@ -77,8 +79,15 @@ struct tokenizer::sp_state {
 struct tokenizer::bpe_state {
   explicit bpe_state(const vocabulary& v) : merges(v) {}
   text::bpe merges;
-  std::vector<std::pair<std::string_view, int32_t>> specials;
+  struct special {
+    std::string_view piece;
+    int32_t id;
+    bool control;  // matched only with parse_special (user-defined pieces always)
+  };
+  // by their first two bytes (one-byte pieces under their byte and 0x100), longest first
+  std::unordered_map<uint32_t, std::vector<special>> specials;
   bool starts_special[256] = {};  // a special piece starts with this byte
+  bool any_user_defined = false;
 };
 
 namespace {
@@ -179,6 +188,8 @@ tokenizer::tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded) : v_(std::m
     bad("has " + std::to_string(n_bytes) + " of the 256 byte tokens; byte fallback needs all of them");
   const bool all_bytes = n_bytes == 256;
 
+  end_all_ = {v_.eos_id};
+  if (v_.eot_id >= 0) end_all_.push_back(v_.eot_id);
   if (from_model_file) return;  // a tokenizer.model file: its own normalizer and options
   const auto st = sp_->proc.LoadFromSerializedProto(text::serialize_model_proto(v_, all_bytes));
   if (!st.ok()) bad("sentencepiece rejected it: " + st.ToString());
@@ -238,11 +249,26 @@ void tokenizer::init_bpe() {
     }
   }
   bpe_ = std::make_unique<bpe_state>(v_);
-  for (std::size_t i = 0; i < n; ++i)
-    if (v_.types[i] == token_type::control || v_.types[i] == token_type::user_defined)
-      bpe_->specials.emplace_back(v_.pieces[i], int32_t(i)), bpe_->starts_special[uint8_t(v_.pieces[i][0])] = true;
-  std::stable_sort(bpe_->specials.begin(), bpe_->specials.end(),
-                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  for (std::size_t i = 0; i < n; ++i) {
+    const token_type t = v_.types[i];
+    if (t != token_type::control && t != token_type::user_defined) continue;
+    const std::string& p = v_.pieces[i];
+    const uint32_t key = p.size() == 1 ? 0x100u | uint8_t(p[0]) : uint32_t(uint8_t(p[0])) << 8 | uint8_t(p[1]);
+    bpe_->specials[key].push_back({p, int32_t(i), t == token_type::control});
+    bpe_->starts_special[uint8_t(p[0])] = true;
+    bpe_->any_user_defined |= t == token_type::user_defined;
+  }
+  for (auto& [key, list] : bpe_->specials)
+    std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.piece.size() > b.piece.size(); });
+  // Llama-3's end pieces: an instruct model names <|eot_id|> as EOS, yet may end with the others
+  const auto lt = bpe_->specials.find(uint32_t('<') << 8 | uint8_t('|'));
+  if (lt != bpe_->specials.end())
+    for (const char* end : {"<|end_of_text|>", "<|eot_id|>", "<|eom_id|>"})
+      for (const auto& sp : lt->second)
+        if (sp.control && sp.piece == end && sp.id != v_.eos_id && sp.id != v_.eot_id) ends_.push_back(sp.id);
+  end_all_ = ends_;
+  end_all_.push_back(v_.eos_id);
+  if (v_.eot_id >= 0) end_all_.push_back(v_.eot_id);
 }
 
 std::shared_ptr<const tokenizer> tokenizer::from_vocabulary(vocabulary v) {
@@ -372,25 +398,31 @@ std::vector<int32_t> tokenizer::encode(std::string_view text, bool add_bos, bool
   if (add_bos) ids.push_back(v_.bos_id);
   if (text.empty()) return ids;
   if (bpe_) {
-    if (!parse_special) {
+    if (!parse_special && !bpe_->any_user_defined) {
       bpe_->merges.encode(text, ids);
       return ids;
     }
     std::size_t from = 0;  // start of the plain text not yet encoded
-    for (std::size_t i = 0; i < text.size();) {
-      bool hit = false;
-      if (bpe_->starts_special[uint8_t(text[i])])
-        for (const auto& [piece, id] : bpe_->specials) {
-        if (text.compare(i, piece.size(), piece) == 0) {
-          bpe_->merges.encode(text.substr(from, i - from), ids);
-          ids.push_back(id);
-          i += piece.size();
-          from = i;
-          hit = true;
-          break;
-        }
+    const auto match = [&](std::size_t i, uint32_t key) {
+      const auto it = bpe_->specials.find(key);
+      if (it == bpe_->specials.end()) return false;
+      for (const auto& sp : it->second) {
+        if ((sp.control && !parse_special) || text.compare(i, sp.piece.size(), sp.piece) != 0) continue;
+        bpe_->merges.encode(text.substr(from, i - from), ids);
+        ids.push_back(sp.id);
+        from = i + sp.piece.size();
+        return true;
       }
-      if (!hit) ++i;
+      return false;
+    };
+    for (std::size_t i = 0; i < text.size();) {
+      const auto c = uint8_t(text[i]);
+      if (bpe_->starts_special[c] &&
+          ((i + 1 < text.size() && match(i, uint32_t(c) << 8 | uint8_t(text[i + 1]))) || match(i, 0x100u | c))) {
+        i = from;
+        continue;
+      }
+      ++i;
     }
     bpe_->merges.encode(text.substr(from), ids);
     return ids;
