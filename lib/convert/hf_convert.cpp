@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "convert/encode.hpp"
+#include "text/bpe.hpp"
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/safetensors.hpp"
@@ -416,15 +417,7 @@ plan convert(const std::string& hf_dir, const std::string& out_path, const optio
   std::vector<int32_t> types;
   for (token_type t : v.types) types.push_back(int32_t(t));
   if (v.kind == tokenizer_kind::llama3_bpe) {  // as llama.cpp's converter writes Llama-3
-    w.set_string("tokenizer.ggml.model", "gpt2");
-    w.set_string("tokenizer.ggml.pre", "llama-bpe");
-    w.set_array_string("tokenizer.ggml.tokens", v.pieces);
-    w.set_array_i32("tokenizer.ggml.token_type", types);
-    w.set_array_string("tokenizer.ggml.merges", v.merges);
-    w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(v.bos_id));
-    w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(v.eos_id));
-    if (v.eot_id >= 0) w.set_u32("tokenizer.ggml.eot_token_id", uint32_t(v.eot_id));
-    w.set_bool("tokenizer.ggml.add_bos_token", true);
+    text::write_bpe_vocabulary(w, v);
   } else {
     w.set_string("tokenizer.ggml.model", "llama");
     w.set_array_string("tokenizer.ggml.tokens", v.pieces);

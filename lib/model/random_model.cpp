@@ -15,6 +15,7 @@
 #include "qllm/quantize.hpp"
 #include "convert/encode.hpp"
 #include "qllm/safetensors.hpp"
+#include "text/bpe.hpp"
 #include "text/sp_proto.hpp"
 
 namespace qllm {
@@ -160,18 +161,7 @@ void write_random_model(const std::string& path, const random_model_spec& s) {
   w.set_f32("llama.rope.freq_base", s.rope_freq_base);
 
   if (s.vocabulary && s.vocab && s.vocab->kind == tokenizer_kind::llama3_bpe) {
-    const vocabulary& v = *s.vocab;
-    std::vector<int32_t> types;
-    for (token_type t : v.types) types.push_back(int32_t(t));
-    w.set_string("tokenizer.ggml.model", "gpt2");
-    w.set_string("tokenizer.ggml.pre", "llama-bpe");
-    w.set_array_string("tokenizer.ggml.tokens", v.pieces);
-    w.set_array_i32("tokenizer.ggml.token_type", types);
-    w.set_array_string("tokenizer.ggml.merges", v.merges);
-    w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(v.bos_id));
-    w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(v.eos_id));
-    if (v.eot_id >= 0) w.set_u32("tokenizer.ggml.eot_token_id", uint32_t(v.eot_id));
-    w.set_bool("tokenizer.ggml.add_bos_token", v.add_bos);
+    text::write_bpe_vocabulary(w, *s.vocab);
   } else if (s.vocabulary && s.vocab) {
     throw error(errc::invalid_argument, "random model: only a byte-level BPE vocabulary can be given");
   } else if (s.vocabulary) {

@@ -4,6 +4,7 @@
 #include <queue>
 
 #include "qllm/error.hpp"
+#include "qllm/gguf.hpp"
 
 namespace qllm::text {
 
@@ -89,6 +90,20 @@ std::size_t capacity_for(std::size_t n) {
 }
 
 }  // namespace
+
+void write_bpe_vocabulary(gguf::writer& w, const vocabulary& v) {
+  std::vector<int32_t> types;
+  for (token_type t : v.types) types.push_back(int32_t(t));
+  w.set_string("tokenizer.ggml.model", "gpt2");
+  w.set_string("tokenizer.ggml.pre", "llama-bpe");
+  w.set_array_string("tokenizer.ggml.tokens", v.pieces);
+  w.set_array_i32("tokenizer.ggml.token_type", types);
+  w.set_array_string("tokenizer.ggml.merges", v.merges);
+  w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(v.bos_id));
+  w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(v.eos_id));
+  if (v.eot_id >= 0) w.set_u32("tokenizer.ggml.eot_token_id", uint32_t(v.eot_id));
+  w.set_bool("tokenizer.ggml.add_bos_token", v.add_bos);
+}
 
 bool is_letter(uint32_t cp) noexcept { return in_ranges(k_letter_ranges, cp); }
 bool is_number(uint32_t cp) noexcept { return in_ranges(k_number_ranges, cp); }

@@ -7,7 +7,15 @@
 
 #include "qllm/tokenizer.hpp"
 
+namespace qllm::gguf {
+class writer;
+}
+
 namespace qllm::text {
+
+// Writes a byte-level BPE vocabulary as llama.cpp's converter writes Llama-3's: tokenizer.ggml.
+// model "gpt2", pre "llama-bpe", tokens, token_type, merges, bos/eos (and eot) ids, add_bos.
+void write_bpe_vocabulary(gguf::writer& w, const vocabulary& v);
 
 // The Unicode classes of the pre-tokenizer's regex (tables generated from the Unicode Character
 // Database by scripts/gen_unicode_tables.py; white space is Unicode's White_Space property).
