@@ -287,8 +287,7 @@ prepared prepare(const std::string& dir, const options& opt) {
         const std::string piece = t.is_string() ? t.get<std::string>()
                                   : t.is_object() && t.contains("content") && t["content"].is_string() ? t["content"].get<std::string>()
                                                                                                           : std::string();
-        for (std::size_t i = 0; i < v.pieces.size(); ++i)
-          if (v.pieces[i] == piece) return int32_t(i);
+        if (const int32_t id = text::find_piece(v.pieces, piece); id >= 0) return id;
         throw error(errc::bad_format, "'" + cfg_path + "': " + key + " " + t.dump() + " is not a token of tokenizer.json");
       };
       if (const int32_t b = named("bos_token"); b >= 0) v.bos_id = b;

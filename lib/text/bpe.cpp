@@ -105,6 +105,12 @@ void write_bpe_vocabulary(gguf::writer& w, const vocabulary& v) {
   w.set_bool("tokenizer.ggml.add_bos_token", v.add_bos);
 }
 
+int32_t find_piece(const std::vector<std::string>& pieces, std::string_view piece) noexcept {
+  for (std::size_t i = 0; i < pieces.size(); ++i)
+    if (pieces[i] == piece) return int32_t(i);
+  return -1;
+}
+
 bool is_letter(uint32_t cp) noexcept { return in_ranges(k_letter_ranges, cp); }
 bool is_number(uint32_t cp) noexcept { return in_ranges(k_number_ranges, cp); }
 bool is_space(uint32_t cp) noexcept {

@@ -17,6 +17,9 @@ namespace qllm::text {
 // model "gpt2", pre "llama-bpe", tokens, token_type, merges, bos/eos (and eot) ids, add_bos.
 void write_bpe_vocabulary(gguf::writer& w, const vocabulary& v);
 
+// The id of the piece written exactly so (a special token found by its name), or -1.
+int32_t find_piece(const std::vector<std::string>& pieces, std::string_view piece) noexcept;
+
 // The Unicode classes of the pre-tokenizer's regex (tables generated from the Unicode Character
 // Database by scripts/gen_unicode_tables.py; white space is Unicode's White_Space property).
 bool is_letter(uint32_t cp) noexcept;

@@ -8,6 +8,7 @@
 
 #include "qllm/error.hpp"
 #include "qllm/tokenizer.hpp"
+#include "text/bpe.hpp"
 
 namespace qllm {
 
@@ -110,11 +111,7 @@ vocabulary vocabulary_from_hf_json(const std::string& path) {
         bad(path, "a merge is neither \"A B\" nor [\"A\", \"B\"]");
       }
     }
-    const auto named = [&](std::string_view piece) {
-      for (std::size_t i = 0; i < v.pieces.size(); ++i)
-        if (v.pieces[i] == piece) return int32_t(i);
-      return int32_t(-1);
-    };
+    const auto named = [&](std::string_view piece) { return text::find_piece(v.pieces, piece); };
     v.bos_id = named("<|begin_of_text|>");
     v.eos_id = named("<|end_of_text|>");
     v.eot_id = named("<|eot_id|>");

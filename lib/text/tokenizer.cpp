@@ -313,11 +313,7 @@ std::shared_ptr<const tokenizer> tokenizer::from_gguf(const gguf::file& f) {
   };
   if (is_bpe) {
     // Llama-3 has no unknown token; its specials are found by name when the file names none
-    const auto named = [&](const char* piece) {
-      for (std::size_t i = 0; i < n; ++i)
-        if (v.pieces[i] == piece) return int32_t(i);
-      return int32_t(-1);
-    };
+    const auto named = [&](std::string_view piece) { return text::find_piece(v.pieces, piece); };
     v.unk_id = f.find("tokenizer.ggml.unknown_token_id") ? id("tokenizer.ggml.unknown_token_id", 0) : -1;
     if (!f.find("tokenizer.ggml.bos_token_id")) bad("tokenizer.ggml.bos_token_id is missing");
     if (!f.find("tokenizer.ggml.eos_token_id")) bad("tokenizer.ggml.eos_token_id is missing");
