@@ -515,6 +515,23 @@ TEST_CASE("llama3 RoPE scaling: rope_freqs.weight factors, GQA, beyond the origi
   double diff = 0;
   for (std::size_t i = 0; i < V; ++i) diff = std::max(diff, double(std::fabs(last[i] - got[(toks.size() - 1) * V + i])));
   CHECK(diff < 1e-3);
+  {  // a file that also names the type 'llama3' is the same model; naming it without the tensor is refused
+    random_model_spec named = spec;
+    named.extra_strings = {{"llama.rope.scaling.type", "llama3"}};
+    write_random_model(tf.path, named);
+    context again(model::load(tf.path), cp);
+    const auto same = again.eval(toks, true);
+    CHECK(std::equal(same.begin(), same.end(), got.begin(), got.end()));
+    named.rope_freqs.clear();
+    write_random_model(tf.path, named);
+    try {
+      (void)model::load(tf.path);
+      FAIL("llama3 scaling without rope_freqs.weight loaded");
+    } catch (const error& e) {
+      CHECK(e.code() == errc::unsupported);
+      CHECK(std::string(e.what()).find("rope_freqs.weight") != std::string::npos);
+    }
+  }
   // bad factor tensors are refused by name
   for (const auto& bad : std::vector<std::vector<float>>{{1.0f, 2.0f, 3.0f}, std::vector<float>(std::size_t(d / 2), 0.0f)}) {
     random_model_spec b = spec;
@@ -527,6 +544,39 @@ TEST_CASE("llama3 RoPE scaling: rope_freqs.weight factors, GQA, beyond the origi
       CHECK(std::string(e.what()).find("rope_freqs.weight") != std::string::npos);
     }
   }
+}
+
+TEST_CASE("Code Llama: RoPE base 1e6 and a 16k context, against the reference") {
+  random_model_spec spec = random_model_preset("codellama-tiny");
+  CHECK(spec.rope_freq_base == 1e6f);
+  CHECK(spec.n_ctx == 16384);
+  CHECK(random_model_preset("codellama-7b").n_vocab == 32016);
+  spec.type = ggml_type::f32;
+  spec.seed = 47;
+  temp_file tf(temp_path("codellama"));
+  write_random_model(tf.path, spec);
+  const auto m = model::load(tf.path);
+  CHECK(m->config().rope_freq_base == 1e6f);
+  CHECK(m->config().n_ctx_train == 16384);
+  const auto toks = some_tokens(40, 512, 11);
+  context_params cp;
+  cp.n_ctx = 64;
+  cp.kv = kv_type::f32;
+  context ctx(m, cp);
+  const auto got = ctx.eval(toks, true);
+  ref_model r = load_ref(tf.path);
+  REQUIRE(r.base == 1e6);
+  const double err = rel_rms(got, forward_ref(r, toks));
+  r.base = 10000.0;  // what a loader that ignored llama.rope.freq_base would compute
+  const double err_default = rel_rms(got, forward_ref(r, toks));
+  MESSAGE("Code Llama base 1e6: rel RMS " << err << " against the reference, " << err_default << " with base 10000");
+  CHECK(err < 1e-4);
+  CHECK(err_default > 1e-2);
+  // the whole 16k window is usable: a session opens at the training context
+  context_params full;
+  full.n_ctx = 0;  // the model's training context
+  context big(m, full);
+  CHECK(big.n_ctx() == 16384);
 }
 
 TEST_CASE("linear RoPE scaling: positions scaled by 1/factor, against the reference; other types refused") {

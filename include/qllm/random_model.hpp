@@ -41,7 +41,9 @@ struct random_model_spec {
 };
 
 // Presets: "tiny" (the defaults above), "small" (dim 256, 4 layers, GQA 8/2, vocab 2048),
-// "7b" (Llama-2-7B: dim 4096, 32 layers, 32 heads, ffn 11008, vocab 32000, ctx 4096), and
+// "7b" (Llama-2-7B: dim 4096, 32 layers, 32 heads, ffn 11008, vocab 32000, ctx 4096), Code Llama
+// shapes (RoPE base 1e6, ctx 16384): "codellama-7b" (the 7B shape with vocab 32016) and
+// "codellama-tiny" (the tiny shape), and
 // Llama-3 shapes (vocab 128256, GQA 32/8 or 4/2, RoPE base 500000, llama3 RoPE factors for
 // factor 8, low 1, high 4, original context 8192): "llama3-8b" (Llama-3.1-8B: dim 4096, 32
 // layers, ffn 14336, ctx 131072), "llama3-1b" (Llama-3.2-1B: dim 2048, 16 layers, ffn 8192, tied

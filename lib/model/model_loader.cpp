@@ -56,9 +56,17 @@ float read_rope_scaling(const gguf::file& f) {
   if (f.find(factor_key)) factor = f.get_float(factor_key);  // the newer key wins, as in llama.cpp
   if (type.empty()) type = factor != 0 ? "linear" : "none";
   if (type == "none") return 1.0f;
+  // Llama-3.1's scaling lives in the rope_freqs.weight tensor (llama.cpp's converter writes no type
+  // for it); a file that names the type must carry the tensor, or its scaling would be lost
+  if (type == "llama3") {
+    if (!f.find_tensor("rope_freqs.weight"))
+      throw error(errc::unsupported, "model: RoPE scaling type 'llama3' without the tensor rope_freqs.weight is "
+                                     "not supported (qllm reads llama3 scaling from that tensor)");
+    return 1.0f;
+  }
   if (type != "linear")
     throw error(errc::unsupported, "model: RoPE scaling type '" + type +
-                                       "' is not supported (qllm implements 'linear' only)");
+                                       "' is not supported (qllm implements 'linear', and 'llama3' through rope_freqs.weight)");
   if (factor == 0) return 1.0f;  // as llama.cpp: a zero factor means unscaled
   if (!std::isfinite(factor) || factor < 1.0 / 1024 || factor > 1024)
   {

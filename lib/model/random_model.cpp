@@ -33,6 +33,14 @@ random_model_spec random_model_preset(std::string_view name) {
     s.n_head_kv = 32, s.n_ctx = 4096;
     return s;
   }
+  if (name == "codellama-7b" || name == "codellama-tiny") {
+    // Code Llama: Llama-2 with RoPE base 1e6, a 16k context and 16 more pieces (infilling)
+    if (name == "codellama-7b") {
+      s.n_vocab = 32016, s.n_embd = 4096, s.n_layer = 32, s.n_ff = 11008, s.n_head = 32, s.n_head_kv = 32;
+    }
+    s.n_ctx = 16384, s.rope_freq_base = 1000000.0f;
+    return s;
+  }
   if (name == "llama3-8b" || name == "llama3-1b" || name == "llama3-tiny") {
     s.n_vocab = 128256, s.rope_freq_base = 500000.0f;
     double original = 8192;
@@ -50,7 +58,7 @@ random_model_spec random_model_preset(std::string_view name) {
     return s;
   }
   throw error(errc::invalid_argument, "random model: unknown preset '" + std::string(name) +
-                                          "' (tiny, small, 7b, llama3-8b, llama3-1b, llama3-tiny)");
+                                          "' (tiny, small, 7b, codellama-7b, codellama-tiny, llama3-8b, llama3-1b, llama3-tiny)");
 }
 
 std::vector<float> llama3_rope_factors(int64_t head_dim, double base, double factor, double low, double high,
@@ -235,6 +243,10 @@ void write_random_hf(const std::string& dir, const random_model_spec& s, const s
   if (s.n_vocab < 259 || s.n_embd < 2 || s.n_layer < 1 || s.n_ff < 1 || s.n_head < 1 || s.n_head_kv < 1 ||
       s.n_embd % s.n_head || s.n_head % s.n_head_kv || (s.n_embd / s.n_head) % 2 || shards < 1 || shards > 1000)
     throw error(errc::invalid_argument, "random model: inconsistent spec");
+  // never a directory that silently differs from the spec
+  if (s.vocab || !s.rope_freqs.empty())
+    throw error(errc::unsupported, "random model: a Hugging Face directory is written with the synthetic "
+                                   "sentencepiece vocabulary and no RoPE frequency factors only (not Llama-3 shapes)");
   safetensors::dtype dt;
   if (dtype == "F32") dt = safetensors::dtype::f32;
   else if (dtype == "F16") dt = safetensors::dtype::f16;
@@ -277,7 +289,7 @@ void write_random_hf(const std::string& dir, const random_model_spec& s, const s
       {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
       {"hidden_size", s.n_embd}, {"intermediate_size", s.n_ff}, {"num_hidden_layers", s.n_layer},
       {"num_attention_heads", s.n_head}, {"num_key_value_heads", s.n_head_kv}, {"rms_norm_eps", 1e-5},
-      {"rope_theta", 10000.0}, {"max_position_embeddings", s.n_ctx}, {"vocab_size", s.n_vocab},
+      {"rope_theta", double(s.rope_freq_base)}, {"max_position_embeddings", s.n_ctx}, {"vocab_size", s.n_vocab},
       {"tie_word_embeddings", s.tied_output}, {"bos_token_id", 1}, {"eos_token_id", 2},
       {"torch_dtype", dtype == "F32" ? "float32" : dtype == "F16" ? "float16" : "bfloat16"}};
   write_text("config.json", cfg.dump(2) + "\n");
