@@ -2,6 +2,7 @@
 #include "qllm.h"
 #include "capi_internal.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <exception>
@@ -93,6 +94,16 @@ QLLM_API qllm_status qllm_model_get_info(const qllm_model* model, qllm_model_inf
     std::strncpy(i.isa, m.isa(), sizeof i.isa - 1);
     i.load_seconds = m.load_seconds();
     std::strncpy(i.weight_mix, m.weight_mix().c_str(), sizeof i.weight_mix - 1);
+    if (t) {
+      std::strncpy(i.tokenizer, t->kind() == qllm::tokenizer_kind::llama3_bpe ? "llama3-bpe" : "sentencepiece",
+                   sizeof i.tokenizer - 1);
+      const char* format = "unsupported";
+      try {
+        format = qllm::chat_format_of(*t) == qllm::chat_format::llama3 ? "llama3" : "llama2";
+      } catch (const qllm::error&) {  // a template qllm does not know: the chat calls name it
+      }
+      std::strncpy(i.chat_format, format, sizeof i.chat_format - 1);
+    }
     write_struct(info, i, "qllm_model_info");
   });
 }
@@ -101,6 +112,28 @@ QLLM_API qllm_status qllm_tokenize(const qllm_model* model, const char* text, si
                                    int32_t* ids, size_t capacity, size_t* n_out) {
   return guarded("qllm_tokenize", [&] {
     const auto v = vocab(model).encode(text_arg(text, text_len), add_bos != 0);
+    put_buffer(v.data(), v.size(), ids, capacity, n_out, false);
+  });
+}
+
+QLLM_EXPORT qllm_status qllm_tokenize_ex(const qllm_model* model, const char* text, size_t text_len, uint32_t flags,
+                                         int32_t* ids, size_t capacity, size_t* n_out) {
+  return guarded("qllm_tokenize_ex", [&] {
+    if (flags & ~uint32_t(QLLM_TOKENIZE_ADD_BOS | QLLM_TOKENIZE_PARSE_SPECIAL))
+      raise(QLLM_ERR_INVALID_ARGUMENT, "flags " + std::to_string(flags) + " has bits other than "
+                                       "QLLM_TOKENIZE_ADD_BOS (1) and QLLM_TOKENIZE_PARSE_SPECIAL (2)");
+    const auto v = vocab(model).encode(text_arg(text, text_len), (flags & QLLM_TOKENIZE_ADD_BOS) != 0,
+                                       (flags & QLLM_TOKENIZE_PARSE_SPECIAL) != 0);
+    put_buffer(v.data(), v.size(), ids, capacity, n_out, false);
+  });
+}
+
+QLLM_EXPORT qllm_status qllm_model_end_tokens(const qllm_model* model, int32_t* ids, size_t capacity, size_t* n_out) {
+  return guarded("qllm_model_end_tokens", [&] {
+    std::vector<int32_t> v = vocab(model).end_tokens();
+    std::erase_if(v, [](int32_t id) { return id < 0; });
+    std::sort(v.begin(), v.end());
+    v.erase(std::unique(v.begin(), v.end()), v.end());
     put_buffer(v.data(), v.size(), ids, capacity, n_out, false);
   });
 }
@@ -142,6 +175,14 @@ QLLM_API qllm_status qllm_chat_format(const qllm_chat_message* messages, size_t 
                                       size_t capacity, size_t* n_out) {
   return guarded("qllm_chat_format", [&] {
     const std::string s = qllm::chat_text(dialog(messages, n_messages));
+    put_buffer(s.data(), s.size(), buf, capacity, n_out, true);
+  });
+}
+
+QLLM_EXPORT qllm_status qllm_chat_format_model(const qllm_model* model, const qllm_chat_message* messages,
+                                               size_t n_messages, char* buf, size_t capacity, size_t* n_out) {
+  return guarded("qllm_chat_format_model", [&] {
+    const std::string s = qllm::chat_text(vocab(model), dialog(messages, n_messages));
     put_buffer(s.data(), s.size(), buf, capacity, n_out, true);
   });
 }

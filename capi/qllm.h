@@ -1,5 +1,5 @@
 /*
- * qllm.h: the stable C ABI of qllm, CPU inference of quantized Llama-2 models.
+ * qllm.h: the stable C ABI of qllm, CPU inference of quantized Llama models (Llama-2, Code Llama, Llama-3.x).
  *
  * Rules (docs/capi.md has the full text):
  *  - A program built against this header keeps working with any later libqllm of the same
@@ -45,7 +45,7 @@ extern "C" {
 
 /* ---- version ---- */
 #define QLLM_VERSION_MAJOR 0
-#define QLLM_VERSION_MINOR 8
+#define QLLM_VERSION_MINOR 9
 #define QLLM_VERSION_PATCH 0
 #define QLLM_VERSION_NUMBER (QLLM_VERSION_MAJOR * 10000 + QLLM_VERSION_MINOR * 100 + QLLM_VERSION_PATCH)
 
@@ -118,6 +118,13 @@ typedef struct qllm_model_info {
    * the file's tensor types, most frequent first, after the scheme its general.file_type names,
    * e.g. "Q4_K_M: 193 q4_k, 65 f32, 33 q6_k"; cut at 95 bytes, always NUL-terminated. */
   char weight_mix[96];
+  /* Since 0.9: the vocabulary's kind, "sentencepiece" (Llama-2, Code Llama) or "llama3-bpe"
+   * (Llama-3's byte-level BPE), "" without a vocabulary; and the chat format qllm_chat_apply
+   * writes, "llama2" ([INST]) or "llama3" (<|start_header_id|>) as the file's
+   * tokenizer.chat_template says, "unsupported" for a template qllm does not know (chat calls
+   * then fail, naming it), "" without a vocabulary. */
+  char tokenizer[16];
+  char chat_format[16];
 } qllm_model_info;
 
 /* info->struct_size must be set by the caller (e.g. sizeof(qllm_model_info)). Thread-safe. */
@@ -129,6 +136,17 @@ QLLM_API qllm_status qllm_model_get_info(const qllm_model* model, qllm_model_inf
  * vocabulary: UNSUPPORTED. Thread-safe. */
 QLLM_API qllm_status qllm_tokenize(const qllm_model* model, const char* text, size_t text_len, int32_t add_bos,
                                    int32_t* ids, size_t capacity, size_t* n_out);
+/* Since 0.9: qllm_tokenize with flags. QLLM_TOKENIZE_ADD_BOS puts BOS first;
+ * QLLM_TOKENIZE_PARSE_SPECIAL turns control pieces written in the text ("<|eot_id|>", "</s>")
+ * into their tokens, where without it they are plain text (qllm_tokenize's behaviour; pieces a
+ * vocabulary marks user-defined always match). Other bits: INVALID_ARGUMENT. Thread-safe. */
+enum { QLLM_TOKENIZE_ADD_BOS = 1, QLLM_TOKENIZE_PARSE_SPECIAL = 2 };
+QLLM_API qllm_status qllm_tokenize_ex(const qllm_model* model, const char* text, size_t text_len, uint32_t flags,
+                                      int32_t* ids, size_t capacity, size_t* n_out);
+/* Since 0.9: the tokens that end an answer, ascending: EOS and, in a Llama-3 vocabulary, each of
+ * <|end_of_text|>, <|eot_id|> and <|eom_id|> it has (generation stops at any of them). Buffer
+ * convention (n_out = number of ids). Model without a vocabulary: UNSUPPORTED. Thread-safe. */
+QLLM_API qllm_status qllm_model_end_tokens(const qllm_model* model, int32_t* ids, size_t capacity, size_t* n_out);
 /* The number of tokens qllm_tokenize would produce. Thread-safe. */
 QLLM_API qllm_status qllm_count_tokens(const qllm_model* model, const char* text, size_t text_len, int32_t add_bos,
                                        size_t* n_out);
@@ -141,20 +159,28 @@ QLLM_API qllm_status qllm_detokenize(const qllm_model* model, const int32_t* ids
 QLLM_API qllm_status qllm_token_piece(const qllm_model* model, int32_t token, char* buf, size_t capacity,
                                       size_t* n_out);
 
-/* Llama-2-chat (Meta's layout, <s>[INST] <<SYS>> ... [/INST] answer </s> per turn). The array
- * element is two pointers and will stay so: roles "system" (first only), "user", "assistant"
- * alternating, ending with "user"; contents NUL-terminated UTF-8. Buffer convention in tokens.
- * Thread-safe. */
+/* The dialog in the model's chat format (qllm_model_info.chat_format): Llama-2-chat (Meta's
+ * layout, <s>[INST] <<SYS>> ... [/INST] answer </s> per turn) or Llama-3 (<|begin_of_text|>, a
+ * <|start_header_id|>role<|end_header_id|> header and <|eot_id|> per message, then the assistant's
+ * header). The array element is two pointers and will stay so: roles "system" (first only),
+ * "user", "assistant" alternating, ending with "user"; contents NUL-terminated UTF-8 and always
+ * plain text (a typed "<|eot_id|>" stays text). A chat template qllm does not know: UNSUPPORTED,
+ * naming it. Buffer convention in tokens. Thread-safe. */
 typedef struct qllm_chat_message {
   const char* role;
   const char* content;
 } qllm_chat_message;
 QLLM_API qllm_status qllm_chat_apply(const qllm_model* model, const qllm_chat_message* messages, size_t n_messages,
                                      int32_t* ids, size_t capacity, size_t* n_out);
-/* The same dialog as text with <s> and </s> written out (for display). Needs no model.
- * Thread-safe. */
+/* The same dialog as Llama-2-chat text with <s> and </s> written out (for display). Needs no
+ * model, so it is always Llama-2's layout: qllm_chat_format_model writes the model's. Thread-safe. */
 QLLM_API qllm_status qllm_chat_format(const qllm_chat_message* messages, size_t n_messages, char* buf,
                                       size_t capacity, size_t* n_out);
+/* Since 0.9: the dialog as text in the model's chat format, special pieces written out (for a
+ * Llama-3 model "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n..."). Buffer
+ * convention in bytes. Thread-safe. */
+QLLM_API qllm_status qllm_chat_format_model(const qllm_model* model, const qllm_chat_message* messages,
+                                            size_t n_messages, char* buf, size_t capacity, size_t* n_out);
 
 /* ---- session: KV cache + sampler ---- */
 typedef struct qllm_session qllm_session;

@@ -9,6 +9,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <algorithm>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +20,7 @@
 #include "qllm.h"
 #include "qllm/random_model.hpp"
 #include "qllm/session.hpp"
+#include "llama3_fixture.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -320,6 +325,125 @@ TEST_CASE("model info, tokenize, detokenize, pieces, chat: the C++ results, buff
   CHECK(qllm_chat_apply(h.m, wrong, 1, chat.data(), chat.size(), &n) == QLLM_ERR_INVALID_ARGUMENT);
   const qllm_chat_message null_role[] = {{nullptr, "x"}};
   CHECK(qllm_chat_format(null_role, 1, tb, sizeof tb, &len) == QLLM_ERR_INVALID_ARGUMENT);
+}
+
+TEST_CASE("0.9: tokenize_ex flags, end tokens, the model's chat format and info, Llama-2 and Llama-3 vocabularies") {
+  // Llama-2 (sentencepiece): the fixture model
+  {
+    model_handle h;
+    const auto cm = qllm::model::load(model_path());
+    const qllm::tokenizer& t = *cm->get_tokenizer();
+    qllm_model_info info{};
+    info.struct_size = sizeof info;
+    REQUIRE(qllm_model_get_info(h.m, &info) == QLLM_OK);
+    CHECK(std::string(info.tokenizer) == "sentencepiece");
+    CHECK(std::string(info.chat_format) == "llama2");
+    // a 0.8 caller's struct ends before the 0.9 fields: they are left alone
+    unsigned char ib[sizeof(qllm_model_info)];
+    std::memset(ib, 0xCD, sizeof ib);
+    reinterpret_cast<qllm_model_info*>(ib)->struct_size = offsetof(qllm_model_info, tokenizer);
+    REQUIRE(qllm_model_get_info(h.m, reinterpret_cast<qllm_model_info*>(ib)) == QLLM_OK);
+    CHECK(ib[offsetof(qllm_model_info, tokenizer)] == 0xCD);
+    const std::string text = "a</s>b";
+    size_t n = 0;
+    std::vector<int32_t> ids(64);
+    REQUIRE(qllm_tokenize_ex(h.m, text.data(), text.size(), 0, ids.data(), ids.size(), &n) == QLLM_OK);
+    CHECK(std::vector<int32_t>(ids.begin(), ids.begin() + long(n)) == t.encode(text, false, false));
+    REQUIRE(qllm_tokenize_ex(h.m, text.data(), text.size(), QLLM_TOKENIZE_ADD_BOS | QLLM_TOKENIZE_PARSE_SPECIAL,
+                             ids.data(), ids.size(), &n) == QLLM_OK);
+    const std::vector<int32_t> special(ids.begin(), ids.begin() + long(n));
+    CHECK(special == t.encode(text, true, true));
+    CHECK(std::count(special.begin(), special.end(), t.eos()) == 1);  // "</s>" became EOS
+    CHECK(qllm_tokenize_ex(h.m, text.data(), text.size(), 4, ids.data(), ids.size(), &n) == QLLM_ERR_INVALID_ARGUMENT);
+    CHECK(last_error().find("flags 4") != std::string::npos);
+    REQUIRE(qllm_model_end_tokens(h.m, ids.data(), ids.size(), &n) == QLLM_OK);
+    CHECK(n == 1);
+    CHECK(ids[0] == 2);
+    const qllm_chat_message msgs[] = {{"user", "hi"}};
+    char tb[256];
+    size_t len = 0;
+    REQUIRE(qllm_chat_format_model(h.m, msgs, 1, tb, sizeof tb, &len) == QLLM_OK);
+    CHECK(std::string(tb) == "<s>[INST] hi [/INST]");
+    CHECK(qllm_chat_format_model(nullptr, msgs, 1, tb, sizeof tb, &len) == QLLM_ERR_INVALID_ARGUMENT);
+    CHECK(qllm_model_end_tokens(nullptr, ids.data(), ids.size(), &n) == QLLM_ERR_INVALID_ARGUMENT);
+    CHECK(qllm_tokenize_ex(nullptr, "a", 1, 0, ids.data(), ids.size(), &n) == QLLM_ERR_INVALID_ARGUMENT);
+  }
+  // Llama-3 (byte-level BPE; EOS <|end_of_text|>, end of turn <|eot_id|>)
+  const std::string dir = "/tmp/qllm_test_capi_l3_" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream(dir + "/tokenizer.json") << fixture::llama3_tokenizer_json(600).dump();
+    auto v = std::make_shared<qllm::vocabulary>(qllm::vocabulary_from_hf_json(dir + "/tokenizer.json"));
+    qllm::random_model_spec spec = qllm::random_model_preset("llama3-tiny");
+    spec.n_vocab = int64_t(v->pieces.size());
+    spec.vocab = v;
+    qllm::write_random_model(dir + "/m.gguf", spec);
+  }
+  {
+    qllm_model* m = nullptr;
+    REQUIRE(qllm_model_load((dir + "/m.gguf").c_str(), nullptr, &m) == QLLM_OK);
+    const auto cm = qllm::model::load(dir + "/m.gguf");
+    const qllm::tokenizer& t = *cm->get_tokenizer();
+    qllm_model_info info{};
+    info.struct_size = sizeof info;
+    REQUIRE(qllm_model_get_info(m, &info) == QLLM_OK);
+    CHECK(std::string(info.tokenizer) == "llama3-bpe");
+    CHECK(std::string(info.chat_format) == "llama3");
+    const std::string text = "hi<|eot_id|>there";
+    size_t n = 0;
+    std::vector<int32_t> ids(64);
+    REQUIRE(qllm_tokenize_ex(m, text.data(), text.size(), QLLM_TOKENIZE_ADD_BOS, ids.data(), ids.size(), &n) == QLLM_OK);
+    const std::vector<int32_t> plain(ids.begin(), ids.begin() + long(n));
+    REQUIRE(qllm_tokenize_ex(m, text.data(), text.size(), QLLM_TOKENIZE_ADD_BOS | QLLM_TOKENIZE_PARSE_SPECIAL,
+                             ids.data(), ids.size(), &n) == QLLM_OK);
+    const std::vector<int32_t> special(ids.begin(), ids.begin() + long(n));
+    CHECK(plain == t.encode(text, true, false));
+    CHECK(special == t.encode(text, true, true));
+    CHECK(std::count(special.begin(), special.end(), t.eot()) == 1);
+    CHECK(std::count(plain.begin(), plain.end(), t.eot()) == 0);
+    CHECK(special.size() < plain.size());
+    // qllm_tokenize is the flags-free call: plain text
+    REQUIRE(qllm_tokenize(m, text.data(), text.size(), 1, ids.data(), ids.size(), &n) == QLLM_OK);
+    CHECK(std::vector<int32_t>(ids.begin(), ids.begin() + long(n)) == plain);
+    // end tokens: <|end_of_text|>, <|eom_id|>, <|eot_id|>, ascending, each one the C++ core stops at
+    REQUIRE(qllm_model_end_tokens(m, nullptr, 0, &n) == QLLM_ERR_BUFFER_TOO_SMALL);
+    CHECK(n == 3);
+    REQUIRE(qllm_model_end_tokens(m, ids.data(), ids.size(), &n) == QLLM_OK);
+    std::vector<int32_t> ends(ids.begin(), ids.begin() + long(n));
+    CHECK(std::is_sorted(ends.begin(), ends.end()));
+    for (int32_t e : ends) CHECK(t.ends_answer(e));
+    size_t len = 0;
+    char piece[64];
+    for (int32_t e : ends) {
+      REQUIRE(qllm_token_piece(m, e, piece, sizeof piece, &len) == QLLM_OK);
+      const std::string p(piece);
+      CHECK((p == "<|end_of_text|>" || p == "<|eom_id|>" || p == "<|eot_id|>"));
+    }
+    // the model's chat format: Llama-3 headers, the same dialog qllm_chat_apply tokenizes
+    const qllm_chat_message msgs[] = {{"system", "Be brief."}, {"user", "hi"}};
+    const std::vector<qllm::chat_message> cd{{"system", "Be brief."}, {"user", "hi"}};
+    std::vector<char> tb(512);
+    REQUIRE(qllm_chat_format_model(m, msgs, 2, tb.data(), tb.size(), &len) == QLLM_OK);
+    const std::string formatted(tb.data());
+    CHECK(formatted == qllm::chat_text(t, cd));
+    CHECK(formatted.rfind("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>", 0) == 0);
+    const std::string tail = "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    REQUIRE(formatted.size() > tail.size());
+    CHECK(formatted.substr(formatted.size() - tail.size()) == tail);
+    std::vector<int32_t> chat(256);
+    REQUIRE(qllm_chat_apply(m, msgs, 2, chat.data(), chat.size(), &n) == QLLM_OK);
+    chat.resize(n);
+    CHECK(chat == qllm::chat_tokens(t, cd));
+    // the formatted text, tokenized with special pieces parsed, is the chat's token sequence
+    REQUIRE(qllm_tokenize_ex(m, formatted.data(), formatted.size(), QLLM_TOKENIZE_PARSE_SPECIAL, ids.data(),
+                             ids.size(), &n) == QLLM_OK);
+    CHECK(std::vector<int32_t>(ids.begin(), ids.begin() + long(n)) == chat);
+    // the model-free call keeps writing Llama-2's layout
+    REQUIRE(qllm_chat_format(msgs, 2, tb.data(), tb.size(), &len) == QLLM_OK);
+    CHECK(std::string(tb.data()).rfind("<s>[INST]", 0) == 0);
+    qllm_model_free(m);
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("eval + sample token by token equals qllm_generate_tokens, across context shifts") {

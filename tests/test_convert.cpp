@@ -27,6 +27,7 @@
 #include "qllm/safetensors.hpp"
 #include "qllm/session.hpp"
 #include "qllm/tokenizer.hpp"
+#include "llama3_fixture.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -146,45 +147,8 @@ struct checkpoint {
     const double smooth = (l3_original / wavelen - l3_low) / (l3_high - l3_low);
     return (1 - smooth) * f / l3_factor + smooth * f;
   }
-  // A Llama-3-style tokenizer.json of `vocab` tokens: the 256 byte characters, two-letter merges,
-  // then eight added special tokens, <|eot_id|> last.
-  json bpe_tokenizer_json() const {
-    const auto byte_char = [](int b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-      int cp = b;
-      if (!printable) {
-        cp = 256;
-        for (int x = 0; x < b; ++x) cp += !((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE);
-      }
-      std::string s;
-      if (cp < 0x80) s += char(cp);
-      else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
-      return s;
-    };
-    json v = json::object(), merges = json::array(), added = json::array();
-    int64_t id = 0;
-    for (int b = 0; b < 256; ++b) v[byte_char(b)] = id++;
-    const std::string letters = "etaoinshrdlucmfwypvbgkqjxz";
-    for (std::size_t a = 0; id < vocab - 8; ++a)
-      for (std::size_t b = 0; b < letters.size() && id < vocab - 8; ++b) {
-        const std::string l(1, letters[a]), r(1, letters[b]);
-        if (v.contains(l + r)) continue;
-        v[l + r] = id++;
-        merges.push_back(l + " " + r);
-      }
-    for (const char* sp : {"<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-                           "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>"})
-      added.push_back({{"id", id++}, {"content", sp}, {"special", true}});
-    const std::string split =
-        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-        "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-    return {{"version", "1.0"}, {"added_tokens", added}, {"normalizer", nullptr},
-            {"pre_tokenizer", {{"type", "Sequence"}, {"pretokenizers", {{{"type", "Split"}, {"pattern", {{"Regex", split}}},
-                                                                          {"behavior", "Isolated"}, {"invert", false}},
-                                                                         {{"type", "ByteLevel"}, {"add_prefix_space", false},
-                                                                          {"trim_offsets", true}, {"use_regex", false}}}}}},
-            {"model", {{"type", "BPE"}, {"ignore_merges", true}, {"byte_fallback", false}, {"vocab", v}, {"merges", merges}}}};
-  }
+  // A Llama-3-style tokenizer.json of `vocab` tokens (tests/llama3_fixture.hpp).
+  json bpe_tokenizer_json() const { return fixture::llama3_tokenizer_json(vocab); }
 
   // config.json, two shards, the index, tokenizer.model; `skip` leaves a tensor out.
   void write(const std::string& dir, const std::string& skip = "") const {

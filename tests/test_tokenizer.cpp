@@ -138,6 +138,19 @@ TEST_CASE("Llama-2 vocabulary: special strings in text stay text; byte fallback"
     CHECK(id != 2);
   }
   CHECK(t.decode(ids) == "<s></s>");
+  // parse_special: <s> and </s> become BOS and EOS, the text between them encoded on its own
+  // (dummy prefix included, as llama.cpp does); <unk> (not a control piece) stays text
+  const auto cat = [](std::vector<int32_t> a, const std::vector<int32_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  CHECK(t.encode("<s></s>", false, true) == std::vector<int32_t>{1, 2});
+  CHECK(t.encode("Hi</s>there", true, true) ==
+        cat(cat(t.encode("Hi", true), {2}), t.encode("there", false)));
+  CHECK(t.encode("[INST] a [/INST] b</s><s>[INST] c", false, true) ==
+        cat(cat(cat(t.encode("[INST] a [/INST] b", false), {2, 1}), t.encode("[INST] c", false)), {}));
+  CHECK(t.encode("x<unk>", false, true) == t.encode("x<unk>", false));
+  CHECK(t.encode("Hi</s>there", false) == t.encode("Hi</s>there", false, false));
   // U+1F999 (llama) has no piece: four byte tokens <0xF0> <0x9F> <0xA6> <0x99>
   CHECK(t.encode("\xF0\x9F\xA6\x99", false) == std::vector<int32_t>{29871, 243, 162, 169, 156});
 }

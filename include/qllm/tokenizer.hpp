@@ -59,10 +59,10 @@ class tokenizer {
 
   // Text → ids; BOS first when add_bos. Text that is not valid UTF-8 is error(invalid_argument)
   // naming the byte offset. Control pieces (<s>, </s>, <|eot_id|>) written in the text stay plain
-  // text, unless parse_special: then a BPE vocabulary's control pieces in the text become their
-  // tokens (longest first). A BPE vocabulary's user-defined (added, not special) pieces are
-  // always matched, as Hugging Face and llama.cpp do. Sentencepiece vocabularies ignore
-  // parse_special (Llama-2's chat format is built from ids).
+  // text, unless parse_special: then control pieces in the text become their tokens (longest
+  // first), and with sentencepiece each stretch of text between them is encoded on its own, with
+  // its dummy prefix (as llama.cpp does). A BPE vocabulary's user-defined (added, not special)
+  // pieces are always matched, as Hugging Face and llama.cpp do.
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special = false) const;
   std::size_t count(std::string_view text, bool add_bos) const { return encode(text, add_bos).size(); }
 

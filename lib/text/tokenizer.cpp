@@ -71,23 +71,72 @@ void append_sanitized(std::string& out, std::string_view s) {
 
 }  // namespace utf8
 
-struct tokenizer::sp_state {
-  sentencepiece::SentencePieceProcessor proc;
-};
+namespace {
 
-// Byte-level BPE: the merges, and the special pieces parse_special looks for (longest first).
-struct tokenizer::bpe_state {
-  explicit bpe_state(const vocabulary& v) : merges(v) {}
-  text::bpe merges;
+// The pieces encode() finds in text before the model's own encoder sees it: control pieces (with
+// parse_special) and, for BPE, user-defined ones (always).
+struct special_pieces {
   struct special {
     std::string_view piece;
     int32_t id;
     bool control;  // matched only with parse_special (user-defined pieces always)
   };
   // by their first two bytes (one-byte pieces under their byte and 0x100), longest first
-  std::unordered_map<uint32_t, std::vector<special>> specials;
-  bool starts_special[256] = {};  // a special piece starts with this byte
+  std::unordered_map<uint32_t, std::vector<special>> by_prefix;
+  bool starts[256] = {};  // a special piece starts with this byte
   bool any_user_defined = false;
+
+  void add(std::string_view p, int32_t id, bool control) {
+    const uint32_t key = p.size() == 1 ? 0x100u | uint8_t(p[0]) : uint32_t(uint8_t(p[0])) << 8 | uint8_t(p[1]);
+    by_prefix[key].push_back({p, id, control});
+    starts[uint8_t(p[0])] = true;
+    any_user_defined |= !control;
+  }
+  void sort() {
+    for (auto& [key, list] : by_prefix)
+      std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.piece.size() > b.piece.size(); });
+  }
+  // Calls plain(text piece) for the text between matches and ids.push_back(id) for each match.
+  template <class Plain>
+  void split(std::string_view text, bool parse_special, std::vector<int32_t>& ids, Plain&& plain) const {
+    std::size_t from = 0;  // start of the plain text not yet encoded
+    const auto match = [&](std::size_t i, uint32_t key) {
+      const auto it = by_prefix.find(key);
+      if (it == by_prefix.end()) return false;
+      for (const auto& sp : it->second) {
+        if ((sp.control && !parse_special) || text.compare(i, sp.piece.size(), sp.piece) != 0) continue;
+        if (i > from) plain(text.substr(from, i - from));
+        ids.push_back(sp.id);
+        from = i + sp.piece.size();
+        return true;
+      }
+      return false;
+    };
+    for (std::size_t i = 0; i < text.size();) {
+      const auto c = uint8_t(text[i]);
+      if (starts[c] && ((i + 1 < text.size() && match(i, uint32_t(c) << 8 | uint8_t(text[i + 1]))) || match(i, 0x100u | c))) {
+        i = from;
+        continue;
+      }
+      ++i;
+    }
+    if (from < text.size()) plain(text.substr(from));
+  }
+};
+
+}  // namespace
+
+// Sentencepiece: the processor, and the control pieces parse_special looks for.
+struct tokenizer::sp_state {
+  sentencepiece::SentencePieceProcessor proc;
+  special_pieces specials;
+};
+
+// Byte-level BPE: the merges, and the special pieces.
+struct tokenizer::bpe_state {
+  explicit bpe_state(const vocabulary& v) : merges(v) {}
+  text::bpe merges;
+  special_pieces specials;
 };
 
 namespace {
@@ -190,6 +239,9 @@ tokenizer::tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded) : v_(std::m
 
   end_all_ = {v_.eos_id};
   if (v_.eot_id >= 0) end_all_.push_back(v_.eot_id);
+  for (std::size_t i = 0; i < n; ++i)
+    if (v_.types[i] == token_type::control) sp_->specials.add(v_.pieces[i], int32_t(i), true);
+  sp_->specials.sort();
   if (from_model_file) return;  // a tokenizer.model file: its own normalizer and options
   const auto st = sp_->proc.LoadFromSerializedProto(text::serialize_model_proto(v_, all_bytes));
   if (!st.ok()) bad("sentencepiece rejected it: " + st.ToString());
@@ -252,17 +304,12 @@ void tokenizer::init_bpe() {
   for (std::size_t i = 0; i < n; ++i) {
     const token_type t = v_.types[i];
     if (t != token_type::control && t != token_type::user_defined) continue;
-    const std::string& p = v_.pieces[i];
-    const uint32_t key = p.size() == 1 ? 0x100u | uint8_t(p[0]) : uint32_t(uint8_t(p[0])) << 8 | uint8_t(p[1]);
-    bpe_->specials[key].push_back({p, int32_t(i), t == token_type::control});
-    bpe_->starts_special[uint8_t(p[0])] = true;
-    bpe_->any_user_defined |= t == token_type::user_defined;
+    bpe_->specials.add(v_.pieces[i], int32_t(i), t == token_type::control);
   }
-  for (auto& [key, list] : bpe_->specials)
-    std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.piece.size() > b.piece.size(); });
+  bpe_->specials.sort();
   // Llama-3's end pieces: an instruct model names <|eot_id|> as EOS, yet may end with the others
-  const auto lt = bpe_->specials.find(uint32_t('<') << 8 | uint8_t('|'));
-  if (lt != bpe_->specials.end())
+  const auto lt = bpe_->specials.by_prefix.find(uint32_t('<') << 8 | uint8_t('|'));
+  if (lt != bpe_->specials.by_prefix.end())
     for (const char* end : {"<|end_of_text|>", "<|eot_id|>", "<|eom_id|>"})
       for (const auto& sp : lt->second)
         if (sp.control && sp.piece == end && sp.id != v_.eos_id && sp.id != v_.eot_id) ends_.push_back(sp.id);
@@ -394,39 +441,23 @@ std::vector<int32_t> tokenizer::encode(std::string_view text, bool add_bos, bool
   if (add_bos) ids.push_back(v_.bos_id);
   if (text.empty()) return ids;
   if (bpe_) {
-    if (!parse_special && !bpe_->any_user_defined) {
+    if (!parse_special && !bpe_->specials.any_user_defined) {
       bpe_->merges.encode(text, ids);
       return ids;
     }
-    std::size_t from = 0;  // start of the plain text not yet encoded
-    const auto match = [&](std::size_t i, uint32_t key) {
-      const auto it = bpe_->specials.find(key);
-      if (it == bpe_->specials.end()) return false;
-      for (const auto& sp : it->second) {
-        if ((sp.control && !parse_special) || text.compare(i, sp.piece.size(), sp.piece) != 0) continue;
-        bpe_->merges.encode(text.substr(from, i - from), ids);
-        ids.push_back(sp.id);
-        from = i + sp.piece.size();
-        return true;
-      }
-      return false;
-    };
-    for (std::size_t i = 0; i < text.size();) {
-      const auto c = uint8_t(text[i]);
-      if (bpe_->starts_special[c] &&
-          ((i + 1 < text.size() && match(i, uint32_t(c) << 8 | uint8_t(text[i + 1]))) || match(i, 0x100u | c))) {
-        i = from;
-        continue;
-      }
-      ++i;
-    }
-    bpe_->merges.encode(text.substr(from), ids);
+    bpe_->specials.split(text, parse_special, ids, [&](std::string_view plain) { bpe_->merges.encode(plain, ids); });
     return ids;
   }
-  std::vector<int> out;
-  const auto st = sp_->proc.Encode(std::string(text), &out);
-  if (!st.ok()) throw error(errc::internal, "sentencepiece encode failed: " + st.ToString());
-  ids.insert(ids.end(), out.begin(), out.end());
+  // sentencepiece: each stretch of text between control pieces is encoded on its own (with its
+  // dummy prefix, as llama.cpp does after a special token)
+  const auto sp_encode = [&](std::string_view plain) {
+    std::vector<int> out;
+    const auto st = sp_->proc.Encode(std::string(plain), &out);
+    if (!st.ok()) throw error(errc::internal, "sentencepiece encode failed: " + st.ToString());
+    ids.insert(ids.end(), out.begin(), out.end());
+  };
+  if (parse_special) sp_->specials.split(text, true, ids, sp_encode);
+  else sp_encode(text);
   return ids;
 }
 

@@ -26,7 +26,7 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, byref, c_char, c_char_p, c_do
                     c_size_t, c_uint32, c_uint64, c_void_p)
 
 ABI_MAJOR = 0
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 __all__ = ["Model", "Session", "Rag", "Grammar", "Matcher", "QllmError", "version", "chat_format",
            "gbnf_from_json_schema"]
 
@@ -61,7 +61,8 @@ class _ModelInfo(Structure):
                 ("n_layer", c_int32), ("n_head", c_int32), ("n_head_kv", c_int32), ("n_ff", c_int32),
                 ("has_vocabulary", c_int32), ("bos_token", c_int32), ("eos_token", c_int32), ("n_params", c_int64),
                 ("weight_bytes", c_uint64), ("weight_type", c_int32), ("weight_type_name", c_char * 16),
-                ("isa", c_char * 32), ("load_seconds", c_double), ("weight_mix", c_char * 96)]
+                ("isa", c_char * 32), ("load_seconds", c_double), ("weight_mix", c_char * 96),
+                ("tokenizer", c_char * 16), ("chat_format", c_char * 16)]
 
 
 class _ChatMessage(Structure):
@@ -197,6 +198,12 @@ def _load_library():
         "qllm_matcher_accept_text": (c_int32, [c_void_p, c_char_p, c_size_t]),
         "qllm_matcher_state": (c_int32, [c_void_p, POINTER(c_int32), POINTER(c_int32)]),
         "qllm_matcher_reset": (c_int32, [c_void_p]),
+        # since 0.9
+        "qllm_tokenize_ex": (c_int32, [c_void_p, c_char_p, c_size_t, c_uint32, POINTER(c_int32), c_size_t,
+                                       POINTER(c_size_t)]),
+        "qllm_model_end_tokens": (c_int32, [c_void_p, POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
+        "qllm_chat_format_model": (c_int32, [c_void_p, POINTER(_ChatMessage), c_size_t, c_char_p, c_size_t,
+                                             POINTER(c_size_t)]),
     }
     for name, (res, args) in sig.items():
         f = getattr(lib, name)
@@ -264,7 +271,8 @@ def _messages(messages):
 
 
 def chat_format(messages: Sequence[Message]) -> str:
-    """The Llama-2-chat text of a dialog, <s> and </s> written out."""
+    """The Llama-2-chat text of a dialog, <s> and </s> written out (Model.chat_format writes a
+    model's own format)."""
     arr, _keep = _messages(messages)
     buf, n = _sized(lambda b, cap, n: _lib.qllm_chat_format(arr, len(messages), b, cap, n), c_char)
     return bytes(buf[:n]).decode("utf-8")
@@ -329,13 +337,32 @@ class Model(_Handle):
         d["weight_type_name"] = i.weight_type_name.decode()
         d["isa"] = i.isa.decode()
         d["weight_mix"] = i.weight_mix.decode()
+        d["tokenizer"] = i.tokenizer.decode()
+        d["chat_format"] = i.chat_format.decode()
         return d
 
-    def tokenize(self, text: str | bytes, add_bos: bool = True) -> list[int]:
+    def tokenize(self, text: str | bytes, add_bos: bool = True, *, parse_special: bool = False) -> list[int]:
+        """Token ids of text. parse_special: control pieces written in the text ("<|eot_id|>")
+        become their tokens; without it they are plain text."""
         b = _utf8(text)
-        buf, n = _sized(lambda out, cap, n: _lib.qllm_tokenize(self.handle, b, len(b), int(add_bos), out, cap, n),
+        flags = (1 if add_bos else 0) | (2 if parse_special else 0)
+        buf, n = _sized(lambda out, cap, n: _lib.qllm_tokenize_ex(self.handle, b, len(b), flags, out, cap, n),
                         c_int32)
         return list(buf[:n])
+
+    @property
+    def end_tokens(self) -> list[int]:
+        """The ids that end an answer (EOS, and Llama-3's <|eot_id|>, <|end_of_text|>, <|eom_id|>)."""
+        buf, n = _sized(lambda out, cap, n: _lib.qllm_model_end_tokens(self.handle, out, cap, n), c_int32)
+        return list(buf[:n])
+
+    def chat_format(self, messages: Sequence[Message]) -> str:
+        """The dialog as text in this model's chat format (Llama-2 or Llama-3), special pieces
+        written out."""
+        arr, _keep = _messages(messages)
+        buf, n = _sized(lambda b, cap, n: _lib.qllm_chat_format_model(self.handle, arr, len(messages), b, cap, n),
+                        c_char)
+        return bytes(buf[:n]).decode("utf-8")
 
     def count_tokens(self, text: str | bytes, add_bos: bool = True) -> int:
         b = _utf8(text)
@@ -353,7 +380,8 @@ class Model(_Handle):
         return bytes(buf[:n]).decode("utf-8")
 
     def chat_tokens(self, messages: Sequence[Message]) -> list[int]:
-        """Token ids of a Llama-2-chat dialog: [("system", ...), ("user", ...), ...] or dicts."""
+        """Token ids of a dialog in the model's chat format (Llama-2 or Llama-3):
+        [("system", ...), ("user", ...), ...] or dicts."""
         arr, _keep = _messages(messages)
         buf, n = _sized(lambda out, cap, n: _lib.qllm_chat_apply(self.handle, arr, len(messages), out, cap, n),
                         c_int32)

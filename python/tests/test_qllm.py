@@ -82,6 +82,60 @@ class ModelTest(unittest.TestCase):
                          "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] How are you? [/INST]")
         with self.assertRaises(qllm.QllmError):
             self.model.chat_tokens([("assistant", "x")])
+        # the model's own format is Llama-2's here; </s> and <s> parsed give the chat's ids
+        text = self.model.chat_format(dialog)
+        self.assertEqual(text, qllm.chat_format(dialog))
+        self.assertEqual(self.model.tokenize(text, add_bos=False, parse_special=True), ids)
+        self.assertEqual(self.model.info["tokenizer"], "sentencepiece")
+        self.assertEqual(self.model.info["chat_format"], "llama2")
+        self.assertEqual(self.model.end_tokens, [2])
+
+
+@unittest.skipUnless(os.environ.get("QLLM_TEST_L3_MODEL"), "QLLM_TEST_L3_MODEL (a Llama-3-shaped model) not given")
+class Llama3Test(unittest.TestCase):
+    """A Llama-3-shaped model with a byte-level BPE vocabulary: special pieces on request, the
+    end tokens, the Llama-3 chat format."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model = qllm.Model(os.environ["QLLM_TEST_L3_MODEL"])
+
+    def piece_id(self, piece):
+        return next(i for i in range(self.model.info["n_vocab"]) if self.model.token_piece(i) == piece)
+
+    def test_info(self):
+        info = self.model.info
+        self.assertEqual(info["tokenizer"], "llama3-bpe")
+        self.assertEqual(info["chat_format"], "llama3")
+        self.assertEqual(self.model.token_piece(info["bos_token"]), "<|begin_of_text|>")
+
+    def test_parse_special(self):
+        eot = self.piece_id("<|eot_id|>")
+        plain = self.model.tokenize("hi<|eot_id|>there", add_bos=False)
+        special = self.model.tokenize("hi<|eot_id|>there", add_bos=False, parse_special=True)
+        self.assertNotIn(eot, plain)
+        self.assertEqual(special.count(eot), 1)
+        self.assertEqual(self.model.detokenize(plain), "hi<|eot_id|>there")
+        i = special.index(eot)
+        self.assertEqual(special[:i], self.model.tokenize("hi", add_bos=False))
+        self.assertEqual(special[i + 1:], self.model.tokenize("there", add_bos=False))
+
+    def test_end_tokens(self):
+        ends = self.model.end_tokens
+        self.assertEqual(ends, sorted(ends))
+        self.assertEqual({self.model.token_piece(t) for t in ends}, {"<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"})
+
+    def test_chat_format(self):
+        dialog = [("system", "Be brief."), ("user", "hi"), ("assistant", "yo"), ("user", "and?")]
+        text = self.model.chat_format(dialog)
+        self.assertEqual(text, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                               "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                               "<|start_header_id|>assistant<|end_header_id|>\n\nyo<|eot_id|>"
+                               "<|start_header_id|>user<|end_header_id|>\n\nand?<|eot_id|>"
+                               "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        self.assertEqual(self.model.tokenize(text, add_bos=False, parse_special=True), self.model.chat_tokens(dialog))
+        # the model-free function is Llama-2's layout
+        self.assertTrue(qllm.chat_format(dialog).startswith("<s>[INST]"))
 
 
 class SessionTest(unittest.TestCase):

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-// the C ABI this crate's declarations describe: 0.8 or a newer 0.x (soname libqllm.so.0)
-const MIN: (u32, u32, u32) = (0, 8, 0);
+// the C ABI this crate's declarations describe: 0.9 or a newer 0.x (soname libqllm.so.0)
+const MIN: (u32, u32, u32) = (0, 9, 0);
 
 fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     let mut it = v.trim().split('.').map(|p| p.parse::<u32>().ok());

@@ -7,7 +7,8 @@
 
 #if defined(__LP64__)
 static_assert(sizeof(qllm_model_params) == 24, "qllm_model_params layout changed");
-static_assert(sizeof(qllm_model_info) == 224, "qllm_model_info layout changed");
+static_assert(sizeof(qllm_model_info) == 256, "qllm_model_info layout changed");
+static_assert(offsetof(qllm_model_info, tokenizer) == 224, "qllm_model_info: 0.9 fields appended after 0.8's 224 bytes");
 static_assert(sizeof(qllm_session_params) == 72, "qllm_session_params layout changed");
 static_assert(sizeof(qllm_generate_params) == 64, "qllm_generate_params layout changed");
 static_assert(offsetof(qllm_generate_params, grammar) == 56, "qllm_generate_params: 0.8 field appended after 0.7's 56 bytes");

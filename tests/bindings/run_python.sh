@@ -19,7 +19,8 @@ QLLM_LIB_DIR="$libdir" "$dir/venv/bin/pip" install --quiet --no-build-isolation 
 mkdir "$dir/t"
 cp "$src/python/tests/test_qllm.py" "$dir/t/"
 (cd "$dir/t" && QLLM_CLI="$qllm" QLLM_SHIPPED_MODEL="$src/models/tiny-kjv.q8_0.gguf" \
-   QLLM_TEST_MODEL="$dir/m.gguf" QLLM_TEST_EXPECTED="$dir/expected.txt" QLLM_TEST_VENV="$dir/venv" \
+   QLLM_TEST_MODEL="$dir/m.gguf" QLLM_TEST_L3_MODEL="$dir/l3.gguf" QLLM_TEST_EXPECTED="$dir/expected.txt" \
+   QLLM_TEST_VENV="$dir/venv" \
    QLLM_EXAMPLE_RAG_COT="$src/examples/python/rag_cot.py" \
    "$dir/venv/bin/python" -B -m pytest -q -p no:cacheprovider test_qllm.py 2>&1)
 # the README's three-line program, as written there, in that environment from the checkout's root

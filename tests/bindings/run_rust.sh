@@ -16,7 +16,7 @@ unset QLLM_LIB_DIR PKG_CONFIG_PATH
 export CARGO_TARGET_DIR="$target"
 for crate in qllm-sys qllm; do
   (cd "$src/rust/$crate" && RUSTFLAGS="-D warnings" QLLM_LIB_DIR="$libdir" LD_LIBRARY_PATH="$libdir" QLLM_TEST_MODEL="$dir/m.gguf" \
-     QLLM_TEST_EXPECTED="$dir/expected.txt" QLLM_TEST_NOVOCAB_MODEL="$dir/nv.gguf" cargo test --offline --quiet 2>&1)
+     QLLM_TEST_EXPECTED="$dir/expected.txt" QLLM_TEST_NOVOCAB_MODEL="$dir/nv.gguf" QLLM_TEST_L3_MODEL="$dir/l3.gguf" cargo test --offline --quiet 2>&1)
 done
 cd "$src/examples/rust"
 QLLM_LIB_DIR="$libdir" cargo run --offline --quiet --bin complete -- "$dir/m.gguf" "$prompt" 24 >"$dir/ex.txt"
@@ -77,7 +77,7 @@ fails() {  # fails MESSAGE [VAR=VALUE...]: a build in hello/ fails, saying MESSA
   fi
   grep -qF "$msg" "$dir/fail.txt" || { cat "$dir/fail.txt"; exit 1; }
 }
-fails 'libqllm not found (pkg-config found qllm 0.5.1; this crate needs 0.x, at least 0.8.0)' \
+fails 'libqllm not found (pkg-config found qllm 0.5.1; this crate needs 0.x, at least 0.9.0)' \
   PKG_CONFIG_PATH="$dir/pc-old"
 # ... a relative QLLM_LIB_DIR is refused, naming it; and with none of the three the build stops
 # and says what to do

@@ -99,6 +99,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       // (it decodes to a space, as in every Llama tokenizer)
       const std::string back = tok->decode(ids);
       if (back != text && text.find("\xE2\x96\x81") == std::string::npos) std::abort();
+      for (int32_t id : tok->encode(text, true, true))  // <s>, </s> parsed: must not crash
+        if (!tok->valid(id)) std::abort();
     } else {
       std::vector<int32_t> ids(size / 4);
       if (!ids.empty()) std::memcpy(ids.data(), data, ids.size() * 4);

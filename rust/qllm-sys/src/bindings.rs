@@ -3,9 +3,9 @@
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, deref_nullptr, clippy::all)]
 
 pub const QLLM_VERSION_MAJOR: u32 = 0;
-pub const QLLM_VERSION_MINOR: u32 = 8;
+pub const QLLM_VERSION_MINOR: u32 = 9;
 pub const QLLM_VERSION_PATCH: u32 = 0;
-pub const QLLM_VERSION_NUMBER: u32 = 800;
+pub const QLLM_VERSION_NUMBER: u32 = 900;
 pub type __int32_t = ::std::os::raw::c_int;
 pub type __uint32_t = ::std::os::raw::c_uint;
 pub type __int64_t = ::std::os::raw::c_long;
@@ -189,12 +189,14 @@ pub struct qllm_model_info {
     pub isa: [::std::os::raw::c_char; 32usize],
     pub load_seconds: f64,
     pub weight_mix: [::std::os::raw::c_char; 96usize],
+    pub tokenizer: [::std::os::raw::c_char; 16usize],
+    pub chat_format: [::std::os::raw::c_char; 16usize],
 }
 #[test]
 fn bindgen_test_layout_qllm_model_info() {
     assert_eq!(
         ::std::mem::size_of::<qllm_model_info>(),
-        224usize,
+        256usize,
         concat!("Size of: ", stringify!(qllm_model_info))
     );
     assert_eq!(
@@ -508,6 +510,40 @@ fn bindgen_test_layout_qllm_model_info() {
         );
     }
     test_field_weight_mix();
+    fn test_field_tokenizer() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<qllm_model_info>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).tokenizer) as usize - ptr as usize
+            },
+            224usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(qllm_model_info),
+                "::",
+                stringify!(tokenizer)
+            )
+        );
+    }
+    test_field_tokenizer();
+    fn test_field_chat_format() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<qllm_model_info>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).chat_format) as usize - ptr as usize
+            },
+            240usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(qllm_model_info),
+                "::",
+                stringify!(chat_format)
+            )
+        );
+    }
+    test_field_chat_format();
 }
 impl Default for qllm_model_info {
     fn default() -> Self {
@@ -528,6 +564,28 @@ extern "C" {
         text: *const ::std::os::raw::c_char,
         text_len: usize,
         add_bos: i32,
+        ids: *mut i32,
+        capacity: usize,
+        n_out: *mut usize,
+    ) -> qllm_status;
+}
+pub const QLLM_TOKENIZE_ADD_BOS: _bindgen_ty_2 = 1;
+pub const QLLM_TOKENIZE_PARSE_SPECIAL: _bindgen_ty_2 = 2;
+pub type _bindgen_ty_2 = ::std::os::raw::c_uint;
+extern "C" {
+    pub fn qllm_tokenize_ex(
+        model: *const qllm_model,
+        text: *const ::std::os::raw::c_char,
+        text_len: usize,
+        flags: u32,
+        ids: *mut i32,
+        capacity: usize,
+        n_out: *mut usize,
+    ) -> qllm_status;
+}
+extern "C" {
+    pub fn qllm_model_end_tokens(
+        model: *const qllm_model,
         ids: *mut i32,
         capacity: usize,
         n_out: *mut usize,
@@ -642,18 +700,28 @@ extern "C" {
         n_out: *mut usize,
     ) -> qllm_status;
 }
+extern "C" {
+    pub fn qllm_chat_format_model(
+        model: *const qllm_model,
+        messages: *const qllm_chat_message,
+        n_messages: usize,
+        buf: *mut ::std::os::raw::c_char,
+        capacity: usize,
+        n_out: *mut usize,
+    ) -> qllm_status;
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct qllm_session {
     _unused: [u8; 0],
 }
-pub const QLLM_KV_F32: _bindgen_ty_2 = 0;
-pub const QLLM_KV_F16: _bindgen_ty_2 = 1;
-pub type _bindgen_ty_2 = ::std::os::raw::c_uint;
-pub const QLLM_POLICY_ERROR: _bindgen_ty_3 = 0;
-pub const QLLM_POLICY_KEEP_HEAD_AND_TAIL: _bindgen_ty_3 = 1;
-pub const QLLM_POLICY_KEEP_TAIL: _bindgen_ty_3 = 2;
+pub const QLLM_KV_F32: _bindgen_ty_3 = 0;
+pub const QLLM_KV_F16: _bindgen_ty_3 = 1;
 pub type _bindgen_ty_3 = ::std::os::raw::c_uint;
+pub const QLLM_POLICY_ERROR: _bindgen_ty_4 = 0;
+pub const QLLM_POLICY_KEEP_HEAD_AND_TAIL: _bindgen_ty_4 = 1;
+pub const QLLM_POLICY_KEEP_TAIL: _bindgen_ty_4 = 2;
+pub type _bindgen_ty_4 = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct qllm_session_params {
@@ -1028,12 +1096,12 @@ extern "C" {
         n_out: *mut usize,
     ) -> qllm_status;
 }
-pub const QLLM_FINISH_EOS: _bindgen_ty_4 = 0;
-pub const QLLM_FINISH_STOP_STRING: _bindgen_ty_4 = 1;
-pub const QLLM_FINISH_MAX_TOKENS: _bindgen_ty_4 = 2;
-pub const QLLM_FINISH_CANCELLED: _bindgen_ty_4 = 3;
-pub const QLLM_FINISH_CONTEXT_FULL: _bindgen_ty_4 = 4;
-pub type _bindgen_ty_4 = ::std::os::raw::c_uint;
+pub const QLLM_FINISH_EOS: _bindgen_ty_5 = 0;
+pub const QLLM_FINISH_STOP_STRING: _bindgen_ty_5 = 1;
+pub const QLLM_FINISH_MAX_TOKENS: _bindgen_ty_5 = 2;
+pub const QLLM_FINISH_CANCELLED: _bindgen_ty_5 = 3;
+pub const QLLM_FINISH_CONTEXT_FULL: _bindgen_ty_5 = 4;
+pub type _bindgen_ty_5 = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct qllm_grammar {
@@ -1253,9 +1321,9 @@ impl Default for qllm_generate_params {
         }
     }
 }
-pub const QLLM_SPEC_LOOKUP: _bindgen_ty_5 = 0;
-pub const QLLM_SPEC_DRAFT_MODEL: _bindgen_ty_5 = 1;
-pub type _bindgen_ty_5 = ::std::os::raw::c_uint;
+pub const QLLM_SPEC_LOOKUP: _bindgen_ty_6 = 0;
+pub const QLLM_SPEC_DRAFT_MODEL: _bindgen_ty_6 = 1;
+pub type _bindgen_ty_6 = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct qllm_generate_result {

@@ -4,7 +4,7 @@
 //! thread rule); the `qllm` crate is the safe interface on top.
 //!
 //! `build.rs` finds libqllm in this order: the directory in `QLLM_LIB_DIR`; an installed qllm
-//! that pkg-config knows (`qllm.pc`, version 0.8.0 or newer); the checkout's own `build/`
+//! that pkg-config knows (`qllm.pc`, version 0.9.0 or newer); the checkout's own `build/`
 //! directory (what `scripts/demo.sh` builds). It copies a library it found in a directory into
 //! the build's output directory, so `cargo run` and `cargo test` find it at run time; a program
 //! started any other way needs libqllm.so.0 on the loader's path (installed, or

@@ -213,6 +213,11 @@ pub struct ModelInfo {
     /// The kernel table its sessions use.
     pub isa: String,
     pub load_seconds: f64,
+    /// "sentencepiece" (Llama-2, Code Llama), "llama3-bpe" (Llama-3), "" without a vocabulary.
+    pub tokenizer: String,
+    /// The chat format of `chat_tokens`: "llama2", "llama3", "unsupported" (a template qllm does
+    /// not know), "" without a vocabulary.
+    pub chat_format: String,
 }
 
 /// One turn of a Llama-2-chat dialog: role "system" (first only), "user" or "assistant".
@@ -301,11 +306,36 @@ impl Model {
             weight_mix: cstr(i.weight_mix.as_ptr()),
             isa: cstr(i.isa.as_ptr()),
             load_seconds: i.load_seconds,
+            tokenizer: cstr(i.tokenizer.as_ptr()),
+            chat_format: cstr(i.chat_format.as_ptr()),
         })
     }
 
+    /// Token ids of text; control pieces written in it ("<|eot_id|>", "</s>") stay plain text.
     pub fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<i32>> {
         tokenize(self.ptr, text, add_bos)
+    }
+
+    /// As `tokenize`, but control pieces written in the text become their tokens.
+    pub fn tokenize_special(&self, text: &str, add_bos: bool) -> Result<Vec<i32>> {
+        let flags = ffi::QLLM_TOKENIZE_PARSE_SPECIAL | if add_bos { ffi::QLLM_TOKENIZE_ADD_BOS } else { 0 };
+        sized_from(text.len() + 2, &mut |buf, cap, n| unsafe {
+            ffi::qllm_tokenize_ex(self.ptr, text.as_ptr() as *const c_char, text.len(), flags as u32, buf, cap, n)
+        }, 0)
+    }
+
+    /// The ids that end an answer, ascending: EOS, and Llama-3's `<|end_of_text|>`, `<|eot_id|>`,
+    /// `<|eom_id|>` where the vocabulary has them.
+    pub fn end_tokens(&self) -> Result<Vec<i32>> {
+        sized(|buf, cap, n| unsafe { ffi::qllm_model_end_tokens(self.ptr, buf, cap, n) }, 0)
+    }
+
+    /// A dialog as text in this model's chat format (Llama-2 or Llama-3), special pieces written out.
+    pub fn chat_format(&self, messages: &[Message]) -> Result<String> {
+        let d = dialog(messages)?;
+        bytes_to_string(sized(|buf, cap, n| unsafe {
+            ffi::qllm_chat_format_model(self.ptr, d.msgs.as_ptr(), d.msgs.len(), buf, cap, n)
+        }, 1)?)
     }
 
     pub fn count_tokens(&self, text: &str, add_bos: bool) -> Result<usize> {
@@ -327,7 +357,8 @@ impl Model {
         bytes_to_string(sized(|buf, cap, n| unsafe { ffi::qllm_token_piece(self.ptr, token, buf, cap, n) }, 1)?)
     }
 
-    /// Llama-2-chat token ids of a dialog of (role, content) pairs ending with a "user" turn.
+    /// Token ids of a dialog of (role, content) pairs ending with a "user" turn, in the model's
+    /// chat format (Llama-2 or Llama-3).
     pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<i32>> {
         chat_tokens(self.ptr, messages)
     }
@@ -354,7 +385,8 @@ fn chat_tokens(model: *const ffi::qllm_model, messages: &[Message]) -> Result<Ve
     sized_from(bytes, &mut |buf, cap, n| unsafe { ffi::qllm_chat_apply(model, d.msgs.as_ptr(), d.msgs.len(), buf, cap, n) }, 0)
 }
 
-/// A dialog as Llama-2-chat text with `<s>` and `</s>` written out (for display; needs no model).
+/// A dialog as Llama-2-chat text with `<s>` and `</s>` written out (for display; needs no model;
+/// `Model::chat_format` writes a model's own format).
 ///
 /// ```
 /// let text = qllm::chat_format(&[("user", "Hi")]).unwrap();

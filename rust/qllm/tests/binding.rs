@@ -46,6 +46,38 @@ fn tokenize_round_trip() {
 }
 
 #[test]
+fn parse_special_end_tokens_and_chat_formats() {
+    // Llama-2 (sentencepiece): "</s>" is EOS only on request; the model's format is [INST]
+    let m = model();
+    let info = m.info().unwrap();
+    assert_eq!(info.tokenizer, "sentencepiece");
+    assert_eq!(info.chat_format, "llama2");
+    assert!(!m.tokenize("a</s>b", false).unwrap().contains(&2));
+    assert_eq!(m.tokenize_special("a</s>b", false).unwrap().iter().filter(|&&t| t == 2).count(), 1);
+    assert_eq!(m.end_tokens().unwrap(), vec![2]);
+    let dialog = [("user", "Hi")];
+    assert_eq!(m.chat_format(&dialog).unwrap(), qllm::chat_format(&dialog).unwrap());
+    // Llama-3 (byte-level BPE)
+    let l3 = qllm::Model::load(&std::env::var("QLLM_TEST_L3_MODEL").expect("QLLM_TEST_L3_MODEL")).unwrap();
+    let info = l3.info().unwrap();
+    assert_eq!(info.tokenizer, "llama3-bpe");
+    assert_eq!(info.chat_format, "llama3");
+    let ends = l3.end_tokens().unwrap();
+    let mut pieces: Vec<String> = ends.iter().map(|&t| l3.token_piece(t).unwrap()).collect();
+    pieces.sort();
+    assert_eq!(pieces, ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]);
+    let eot = *ends.iter().find(|&&t| l3.token_piece(t).unwrap() == "<|eot_id|>").unwrap();
+    assert!(!l3.tokenize("hi<|eot_id|>", false).unwrap().contains(&eot));
+    assert_eq!(l3.tokenize_special("hi<|eot_id|>", false).unwrap().last(), Some(&eot));
+    let dialog = [("system", "Be brief."), ("user", "hi")];
+    let text = l3.chat_format(&dialog).unwrap();
+    assert_eq!(text, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+                      <|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>\
+                      <|start_header_id|>assistant<|end_header_id|>\n\n");
+    assert_eq!(l3.tokenize_special(&text, false).unwrap(), l3.chat_tokens(&dialog).unwrap());
+}
+
+#[test]
 fn errors_carry_status_and_message() {
     let e = qllm::Model::load("/nonexistent/model.gguf").err().unwrap();
     assert_eq!(e.name, "QLLM_ERR_IO");
