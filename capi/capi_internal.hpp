@@ -150,6 +150,16 @@ inline bool field_boundary<qllm_generate_params>(std::size_t s) {
          s == QLLM_END(T, user_data) || s == QLLM_END(T, draft_tokens) || s == QLLM_END(T, speculation) ||
          s == QLLM_END(T, grammar);
 }
+template <>
+inline bool field_boundary<qllm_model_info>(std::size_t s) {
+  using T = qllm_model_info;
+  // int32 fields up to eos_token end every 4 bytes; then each field's end (a size inside a name
+  // would leave it without its NUL)
+  return (s % 4 == 0 && s >= 4 && s <= QLLM_END(T, eos_token)) || s == QLLM_END(T, n_params) ||
+         s == QLLM_END(T, weight_bytes) || s == QLLM_END(T, weight_type) || s == QLLM_END(T, weight_type_name) ||
+         s == QLLM_END(T, isa) || s == QLLM_END(T, load_seconds) || s == QLLM_END(T, weight_mix) ||
+         s == QLLM_END(T, tokenizer) || s == QLLM_END(T, chat_format);
+}
 #undef QLLM_END
 
 // Every struct_size must be at least the field itself and below 64 KiB: anything else is almost
@@ -290,6 +300,8 @@ inline std::vector<qllm::chat_message> dialog(const qllm_chat_message* msgs, std
     if (!msgs[i].role || !msgs[i].content)
       raise(QLLM_ERR_INVALID_ARGUMENT, "message " + std::to_string(i) + " has a NULL role or content");
     d.push_back({msgs[i].role, msgs[i].content});
+    if (qllm::utf8::first_invalid(d.back().content) != std::string_view::npos)
+      raise(QLLM_ERR_INVALID_ARGUMENT, "message " + std::to_string(i) + ": content is not valid UTF-8");
   }
   return d;
 }

@@ -72,6 +72,10 @@ QLLM_API qllm_status qllm_model_get_info(const qllm_model* model, qllm_model_inf
   return guarded("qllm_model_get_info", [&] {
     need(model, "model");
     need(info, "info");
+    check_size(info->struct_size, "qllm_model_info");
+    if (info->struct_size < sizeof(qllm_model_info) && !field_boundary<qllm_model_info>(info->struct_size))
+      raise(QLLM_ERR_INVALID_ARGUMENT, "qllm_model_info: struct_size " + std::to_string(info->struct_size) +
+                                           " ends inside a field (older callers pass a size that ends at a field)");
     const auto& m = *model->m;
     const auto& c = m.config();
     qllm_model_info i{};
@@ -98,7 +102,9 @@ QLLM_API qllm_status qllm_model_get_info(const qllm_model* model, qllm_model_inf
       std::strncpy(i.tokenizer, t->kind() == qllm::tokenizer_kind::llama3_bpe ? "llama3-bpe" : "sentencepiece",
                    sizeof i.tokenizer - 1);
       const char* format = "unsupported";
-      try {
+      try {  // the format, if a dialog can be written in it (the pieces it needs are there)
+        const qllm::chat_message probe[] = {{"user", "x"}};
+        (void)qllm::chat_tokens(*t, probe);
         format = qllm::chat_format_of(*t) == qllm::chat_format::llama3 ? "llama3" : "llama2";
       } catch (const qllm::error&) {  // a template qllm does not know: the chat calls name it
       }
@@ -182,7 +188,9 @@ QLLM_API qllm_status qllm_chat_format(const qllm_chat_message* messages, size_t 
 QLLM_EXPORT qllm_status qllm_chat_format_model(const qllm_model* model, const qllm_chat_message* messages,
                                                size_t n_messages, char* buf, size_t capacity, size_t* n_out) {
   return guarded("qllm_chat_format_model", [&] {
-    const std::string s = qllm::chat_text(vocab(model), dialog(messages, n_messages));
+    const auto d = dialog(messages, n_messages);
+    (void)qllm::chat_tokens(vocab(model), d);  // the same checks as qllm_chat_apply (UTF-8, pieces)
+    const std::string s = qllm::chat_text(vocab(model), d);
     put_buffer(s.data(), s.size(), buf, capacity, n_out, true);
   });
 }

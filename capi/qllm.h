@@ -121,8 +121,9 @@ typedef struct qllm_model_info {
   /* Since 0.9: the vocabulary's kind, "sentencepiece" (Llama-2, Code Llama) or "llama3-bpe"
    * (Llama-3's byte-level BPE), "" without a vocabulary; and the chat format qllm_chat_apply
    * writes, "llama2" ([INST]) or "llama3" (<|start_header_id|>) as the file's
-   * tokenizer.chat_template says, "unsupported" for a template qllm does not know (chat calls
-   * then fail, naming it), "" without a vocabulary. */
+   * tokenizer.chat_template says, "unsupported" where no dialog can be formatted (a template
+   * qllm does not know, one of another vocabulary's kind, pieces it needs missing: chat calls
+   * then fail, naming why), "" without a vocabulary. */
   char tokenizer[16];
   char chat_format[16];
 } qllm_model_info;
@@ -137,9 +138,11 @@ QLLM_API qllm_status qllm_model_get_info(const qllm_model* model, qllm_model_inf
 QLLM_API qllm_status qllm_tokenize(const qllm_model* model, const char* text, size_t text_len, int32_t add_bos,
                                    int32_t* ids, size_t capacity, size_t* n_out);
 /* Since 0.9: qllm_tokenize with flags. QLLM_TOKENIZE_ADD_BOS puts BOS first;
- * QLLM_TOKENIZE_PARSE_SPECIAL turns control pieces written in the text ("<|eot_id|>", "</s>")
- * into their tokens, where without it they are plain text (qllm_tokenize's behaviour; pieces a
- * vocabulary marks user-defined always match). Other bits: INVALID_ARGUMENT. Thread-safe. */
+ * QLLM_TOKENIZE_PARSE_SPECIAL turns control and unknown pieces written in the text
+ * ("<|eot_id|>", "</s>", "<unk>") into their tokens, where without it they are plain text
+ * (qllm_tokenize's behaviour; pieces a vocabulary marks user-defined always match). Never pass
+ * untrusted text with QLLM_TOKENIZE_PARSE_SPECIAL: it can end a turn or open a new one. Other
+ * bits: INVALID_ARGUMENT. Capacity 0 gives the count. Thread-safe. */
 enum { QLLM_TOKENIZE_ADD_BOS = 1, QLLM_TOKENIZE_PARSE_SPECIAL = 2 };
 QLLM_API qllm_status qllm_tokenize_ex(const qllm_model* model, const char* text, size_t text_len, uint32_t flags,
                                       int32_t* ids, size_t capacity, size_t* n_out);
@@ -177,8 +180,10 @@ QLLM_API qllm_status qllm_chat_apply(const qllm_model* model, const qllm_chat_me
 QLLM_API qllm_status qllm_chat_format(const qllm_chat_message* messages, size_t n_messages, char* buf,
                                       size_t capacity, size_t* n_out);
 /* Since 0.9: the dialog as text in the model's chat format, special pieces written out (for a
- * Llama-3 model "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n..."). Buffer
- * convention in bytes. Thread-safe. */
+ * Llama-3 model "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n..."), for
+ * display and logs. The same checks as qllm_chat_apply. A piece typed in a message looks the same
+ * here as a real one: tokenizing this text with QLLM_TOKENIZE_PARSE_SPECIAL lets a message
+ * inject turns, so take the ids from qllm_chat_apply. Buffer convention in bytes. Thread-safe. */
 QLLM_API qllm_status qllm_chat_format_model(const qllm_model* model, const qllm_chat_message* messages,
                                             size_t n_messages, char* buf, size_t capacity, size_t* n_out);
 

@@ -18,6 +18,7 @@
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/session.hpp"
+#include "qllm/random_model.hpp"
 #include "qllm/tokenizer.hpp"
 #include "llama2_vocab.hpp"
 #include "text/bpe.hpp"
@@ -149,10 +150,30 @@ TEST_CASE("Llama-2 vocabulary: special strings in text stay text; byte fallback"
         cat(cat(t.encode("Hi", true), {2}), t.encode("there", false)));
   CHECK(t.encode("[INST] a [/INST] b</s><s>[INST] c", false, true) ==
         cat(cat(cat(t.encode("[INST] a [/INST] b", false), {2, 1}), t.encode("[INST] c", false)), {}));
-  CHECK(t.encode("x<unk>", false, true) == t.encode("x<unk>", false));
+  CHECK(t.encode("x<unk>", false, true) == cat(t.encode("x", false), {0}));  // <unk> too, as llama.cpp
+  CHECK(t.encode("x<unk>", false) != cat(t.encode("x", false), {0}));
   CHECK(t.encode("Hi</s>there", false) == t.encode("Hi</s>there", false, false));
   // U+1F999 (llama) has no piece: four byte tokens <0xF0> <0x9F> <0xA6> <0x99>
   CHECK(t.encode("\xF0\x9F\xA6\x99", false) == std::vector<int32_t>{29871, 243, 162, 169, 156});
+}
+
+TEST_CASE("sentencepiece parse_special: the longest piece wins, user-defined pieces included") {
+  vocabulary v = random_vocabulary(600);
+  const auto add = [&](const std::string& p, token_type t) {
+    v.pieces.push_back(p);
+    v.scores.push_back(0.0f);
+    v.types.push_back(t);
+    return int32_t(v.pieces.size() - 1);
+  };
+  const int32_t sxy = add("<s>XY", token_type::user_defined);
+  const int32_t ab = add("AB", token_type::control);
+  const int32_t abc = add("ABC", token_type::control);
+  const auto t = tokenizer::from_vocabulary(v);
+  CHECK(t->encode("<s>XY", false, true) == std::vector<int32_t>{sxy});  // not <s> then "XY"
+  CHECK(t->encode("<s>X", false, true).front() == t->bos());
+  CHECK(t->encode("ABCD", false, true).front() == abc);
+  CHECK(t->encode("ABD", false, true).front() == ab);
+  for (int32_t id : t->encode("ABCD", false)) CHECK(id != abc);  // control pieces: only on request
 }
 
 TEST_CASE("encode rejects invalid UTF-8 with the byte offset") {
@@ -628,8 +649,20 @@ TEST_CASE("llama3 chat: the template's tokens, contents as plain text, n_keep, a
   CHECK(std::find(ids.begin(), ids.begin() + keep - 1, t->eot()) == ids.begin() + keep - 1);
 
   // tokenizer.chat_template chooses; an unknown one is refused naming its start
+  // a format of the other kind of vocabulary is refused: Llama-2's [INST] over byte-level BPE
+  // (its <s> is not a piece there), Llama-3's headers over sentencepiece (no dummy-prefix-free
+  // headers, and generation would not stop at <|eot_id|>)
   v.chat_template = "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}";
-  CHECK(chat_format_of(*tokenizer::from_vocabulary(v)) == chat_format::llama2);
+  CHECK_THROWS_WITH_AS((void)chat_format_of(*tokenizer::from_vocabulary(v)), doctest::Contains("byte-level BPE"), error);
+  {
+    vocabulary sp = random_vocabulary(600);
+    sp.chat_template = "{{ bos_token }}<|start_header_id|>{{ m.role }}<|end_header_id|><|eot_id|>";
+    const auto st = tokenizer::from_vocabulary(sp);
+    CHECK_THROWS_WITH_AS((void)chat_tokens(*st, d), doctest::Contains("sentencepiece"), error);
+    CHECK_THROWS_WITH_AS((void)chat_text(*st, d), doctest::Contains("sentencepiece"), error);
+    sp.chat_template = "[INST] x [/INST]";
+    CHECK(chat_format_of(*tokenizer::from_vocabulary(sp)) == chat_format::llama2);
+  }
   v.chat_template = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{{ m.content }}<|eot_id|>{% endfor %}";
   CHECK(chat_format_of(*tokenizer::from_vocabulary(v)) == chat_format::llama3);
   v.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}";

@@ -68,6 +68,9 @@ int cmd_gen_random(int argc, char** argv) {
     s.seed = uint32_t(seed);
     if (layers) s.n_layer = layers;
     if (ctx) s.n_ctx = ctx;
+    if (!s.rope_freqs.empty())  // before the directory is made: a refusal leaves nothing behind
+      throw error(errc::unsupported, "--format hf: the " + shape + " shape (Llama-3 RoPE factors and vocabulary) "
+                                     "is written as GGUF only");
     if (::mkdir(out.c_str(), 0777) != 0 && errno != EEXIST)
       throw error(errc::io, "cannot create directory '" + out + "': " + std::strerror(errno));
     write_random_hf(out, s, dt, int(shards));

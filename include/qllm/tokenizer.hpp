@@ -59,9 +59,10 @@ class tokenizer {
 
   // Text → ids; BOS first when add_bos. Text that is not valid UTF-8 is error(invalid_argument)
   // naming the byte offset. Control pieces (<s>, </s>, <|eot_id|>) written in the text stay plain
-  // text, unless parse_special: then control pieces in the text become their tokens (longest
-  // first), and with sentencepiece each stretch of text between them is encoded on its own, with
-  // its dummy prefix (as llama.cpp does). A BPE vocabulary's user-defined (added, not special)
+  // text, unless parse_special: then control and unknown pieces in the text become their tokens
+  // (llama.cpp's set; at each position the longest piece, leftmost first, as Hugging Face's
+  // added-token matching), and with sentencepiece each stretch of text between them is encoded
+  // on its own, with its dummy prefix (as llama.cpp does). User-defined (added, not special)
   // pieces are always matched, as Hugging Face and llama.cpp do.
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special = false) const;
   std::size_t count(std::string_view text, bool add_bos) const { return encode(text, add_bos).size(); }

@@ -45,7 +45,8 @@ int64_t get_dim(const gguf::file& f, const std::string& key, int64_t max) {
   return int64_t(v);
 }
 
-// Linear scaling is implemented; any other RoPE scaling type is refused by name, never ignored.
+// Linear scaling is implemented, and llama3 through rope_freqs.weight; any other RoPE scaling type
+// is refused by name, never ignored.
 float read_rope_scaling(const gguf::file& f) {
   const char* type_key = "llama.rope.scaling.type";
   const char* factor_key = "llama.rope.scaling.factor";

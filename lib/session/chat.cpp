@@ -120,9 +120,22 @@ std::vector<int32_t> llama3_tokens(const tokenizer& tok, std::span<const chat_me
 chat_format chat_format_of(const tokenizer& tok) {
   const std::string& t = tok.vocab().chat_template;
   if (t.empty()) return tok.kind() == tokenizer_kind::llama3_bpe ? chat_format::llama3 : chat_format::llama2;
-  if (t.find("<|start_header_id|>") != std::string::npos && t.find("<|eot_id|>") != std::string::npos)
+  // each format goes with its own kind of vocabulary: Llama-3's headers are byte-level BPE
+  // pieces, Llama-2's <s> [INST] layout is sentencepiece's (a mix would format a dialog the
+  // model never saw, and end its turns with pieces it does not stop at)
+  const bool bpe = tok.kind() == tokenizer_kind::llama3_bpe;
+  if (t.find("<|start_header_id|>") != std::string::npos && t.find("<|eot_id|>") != std::string::npos) {
+    if (!bpe)
+      throw error(errc::unsupported, "chat: the model's chat template is Llama-3's, but its vocabulary is "
+                                     "sentencepiece, not Llama-3's byte-level BPE: not supported");
     return chat_format::llama3;
-  if (t.find("[INST]") != std::string::npos && t.find("[/INST]") != std::string::npos) return chat_format::llama2;
+  }
+  if (t.find("[INST]") != std::string::npos && t.find("[/INST]") != std::string::npos) {
+    if (bpe)
+      throw error(errc::unsupported, "chat: the model's chat template is Llama-2's ([INST]), but its vocabulary is "
+                                     "Llama-3's byte-level BPE: not supported");
+    return chat_format::llama2;
+  }
   std::string head = t.substr(0, 80);
   for (char& c : head)
     if (c == '\n' || c == '\r') c = ' ';

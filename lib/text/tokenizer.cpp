@@ -239,8 +239,13 @@ tokenizer::tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded) : v_(std::m
 
   end_all_ = {v_.eos_id};
   if (v_.eot_id >= 0) end_all_.push_back(v_.eot_id);
-  for (std::size_t i = 0; i < n; ++i)
-    if (v_.types[i] == token_type::control) sp_->specials.add(v_.pieces[i], int32_t(i), true);
+  // with parse_special, llama.cpp's set: control and unknown pieces, and user-defined ones
+  // (which sentencepiece matches by itself otherwise) so that the longest piece wins
+  for (std::size_t i = 0; i < n; ++i) {
+    const token_type t = v_.types[i];
+    if (t == token_type::control || t == token_type::unknown || t == token_type::user_defined)
+      sp_->specials.add(v_.pieces[i], int32_t(i), t != token_type::user_defined);
+  }
   sp_->specials.sort();
   if (from_model_file) return;  // a tokenizer.model file: its own normalizer and options
   const auto st = sp_->proc.LoadFromSerializedProto(text::serialize_model_proto(v_, all_bytes));
@@ -303,8 +308,8 @@ void tokenizer::init_bpe() {
   bpe_ = std::make_unique<bpe_state>(v_);
   for (std::size_t i = 0; i < n; ++i) {
     const token_type t = v_.types[i];
-    if (t != token_type::control && t != token_type::user_defined) continue;
-    bpe_->specials.add(v_.pieces[i], int32_t(i), t == token_type::control);
+    if (t != token_type::control && t != token_type::unknown && t != token_type::user_defined) continue;
+    bpe_->specials.add(v_.pieces[i], int32_t(i), t != token_type::user_defined);
   }
   bpe_->specials.sort();
   // Llama-3's end pieces: an instruct model names <|eot_id|> as EOS, yet may end with the others
