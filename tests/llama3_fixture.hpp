@@ -6,22 +6,13 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "gpt2_bytes.hpp"
+
 namespace fixture {
 
 inline nlohmann::json llama3_tokenizer_json(int64_t vocab) {
   using json = nlohmann::json;
-  const auto byte_char = [](int b) {
-    const auto printable = [](int x) { return (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE; };
-    int cp = b;
-    if (!printable(b)) {
-      cp = 256;
-      for (int x = 0; x < b; ++x) cp += !printable(x);
-    }
-    std::string s;
-    if (cp < 0x80) s += char(cp);
-    else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
-    return s;
-  };
+  const auto byte_char = [](int b) { return gpt2_byte_char(b); };
   json v = json::object(), merges = json::array(), added = json::array();
   int64_t id = 0;
   for (int b = 0; b < 256; ++b) v[byte_char(b)] = id++;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "gpt2_bytes.hpp"
 #include "qllm/error.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/session.hpp"
@@ -417,21 +418,8 @@ TEST_CASE("a tokenizer.model without the dummy prefix keeps its own normalizer")
 
 namespace {
 
-// GPT-2's byte map written out here (printable Latin-1 stands for itself, the rest from U+0100 in
-// byte order), independent of lib/text/bpe.cpp's
-std::string byte_char(uint8_t b) {
-  uint32_t cp = b;
-  if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))) {
-    uint32_t n = 0;
-    for (uint32_t x = 0; x < b; ++x)
-      if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE))) ++n;
-    cp = 256 + n;
-  }
-  std::string s;
-  if (cp < 0x80) s += char(cp);
-  else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
-  return s;
-}
+// GPT-2's byte map as the tests write it (tests/gpt2_bytes.hpp), independent of lib/text/bpe.cpp's
+std::string byte_char(uint8_t b) { return fixture::gpt2_byte_char(b); }
 std::string mapped(std::string_view bytes) {
   std::string s;
   for (char c : bytes) s += byte_char(uint8_t(c));

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "gpt2_bytes.hpp"
 #include "llama2_vocab.hpp"
 #include "qllm/error.hpp"
 
@@ -32,18 +33,7 @@ bool valid_utf8(const std::string& s) {
   }
   return true;
 }
-std::string byte_char(int b) {  // GPT-2's byte map
-  const auto printable = [](int x) { return (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE; };
-  int cp = b;
-  if (!printable(b)) {
-    cp = 256;
-    for (int x = 0; x < b; ++x) cp += !printable(x);
-  }
-  std::string s;
-  if (cp < 0x80) s += char(cp);
-  else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
-  return s;
-}
+std::string byte_char(int b) { return fixture::gpt2_byte_char(b); }
 
 std::shared_ptr<const qllm::tokenizer> bpe_tokenizer() {
   using namespace qllm;
