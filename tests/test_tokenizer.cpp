@@ -175,6 +175,9 @@ TEST_CASE("sentencepiece parse_special: the longest piece wins, user-defined pie
   CHECK(t->encode("ABCD", false, true).front() == abc);
   CHECK(t->encode("ABD", false, true).front() == ab);
   for (int32_t id : t->encode("ABCD", false)) CHECK(id != abc);  // control pieces: only on request
+  // a one-character control piece would make every text holding it fail to encode: refused
+  add("Q", token_type::control);
+  CHECK_THROWS_WITH_AS((void)tokenizer::from_vocabulary(v), doctest::Contains("single character"), error);
 }
 
 TEST_CASE("encode rejects invalid UTF-8 with the byte offset") {

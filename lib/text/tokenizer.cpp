@@ -215,6 +215,12 @@ tokenizer::tokenizer(vocabulary v, std::unique_ptr<sp_state> loaded) : v_(std::m
         text_[i] = " \xE2\x81\x87 ";  // " ⁇ ", sentencepiece's surface for <unk>
         break;
       case token_type::control:
+        // sentencepiece splits text into characters first: a character that is a control piece
+        // is never emitted and its encode fails ("all normalized characters are not consumed")
+        if (utf8::sequence_length(p) == int(p.size()))
+          bad("control token " + std::to_string(i) + " ('" + p + "') is a single character, which sentencepiece "
+              "cannot encode text around");
+        break;
       case token_type::unused:
         break;
       case token_type::byte: {
