@@ -47,4 +47,14 @@ if command -v curl >/dev/null 2>&1; then
   python3 -c 'import json,sys; u=json.load(open("serve.json"))["usage"]; sys.exit(0 if u["prompt_tokens"] == 19 else "serve: %r" % u)' ||
     { cat serve.json; echo "FAIL: qllm serve's Llama-3 chat prompt"; exit 1; }
 fi
+# the same vocabulary through a Hugging Face directory: gen-random --format hf writes tokenizer.json,
+# tokenizer_config.json and rope_scaling llama3; qllm convert makes a GGUF whose encodings and
+# chat prompt are the same
+"$qllm" gen-random --format hf --shape llama3-tiny --vocab "$dir/tokenizer.json" --type f32 --out hf >/dev/null
+"$qllm" convert hf conv.gguf --type q8_0 -q >/dev/null
+"$check" conv.gguf corpus.json llama3-tokenizer-js.json python-re-bpe.json >conv-check.txt ||
+  { cat conv-check.txt; echo "FAIL: the converted Llama-3 file's encodings"; exit 1; }
+printf 'Hello there\n' | "$qllm" chat -m conv.gguf --system "Be brief" -n 4 --temp 0 >chat2.txt 2>chat2.err ||
+  { cat chat2.err; echo "FAIL: qllm chat on the converted Llama-3 file"; exit 1; }
+grep -q 'prompt: 19 tokens' chat2.err || { cat chat2.err; echo "FAIL: the converted file's chat prompt"; exit 1; }
 echo "llama3 tokenizer: ok"

@@ -24,6 +24,7 @@
 #include "qllm/formats.hpp"
 #include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
+#include "qllm/random_model.hpp"
 #include "qllm/safetensors.hpp"
 #include "qllm/session.hpp"
 #include "qllm/tokenizer.hpp"
@@ -460,6 +461,54 @@ TEST_CASE("convert: a Llama-3 checkpoint (tokenizer.json, llama3 rope_scaling) m
   tmpdir e;
   broken.write(e.path);
   CHECK_THROWS_WITH_AS(convert::make_plan(e.path, {}), doctest::Contains("high_freq_factor"), error);
+}
+
+TEST_CASE("convert: gen-random's Llama-3 Hugging Face directory converts back to its vocabulary and RoPE factors") {
+  tmpdir d;
+  write_file(d / "tokenizer.json", fixture::llama3_tokenizer_json(600).dump());
+  vocabulary v = vocabulary_from_hf_json(d / "tokenizer.json");
+  v.chat_template = "{{ bos_token }}<|start_header_id|>{{ m.role }}<|end_header_id|>{{ m.content }}<|eot_id|>";
+  // the tokenizer.json writer is the reader's inverse
+  write_file(d / "again.json", hf_json_of_vocabulary(v));
+  const vocabulary back = vocabulary_from_hf_json(d / "again.json");
+  CHECK(back.pieces == v.pieces);
+  CHECK(back.types == v.types);
+  CHECK(back.merges == v.merges);
+  CHECK(back.bos_id == v.bos_id);
+  CHECK(back.eot_id == v.eot_id);
+  CHECK_THROWS_AS((void)hf_json_of_vocabulary(random_vocabulary(300)), error);
+
+  random_model_spec spec = random_model_preset("llama3-tiny");
+  spec.vocab = std::make_shared<const vocabulary>(v);
+  spec.n_vocab = int64_t(v.pieces.size());
+  const std::string hf = d / "hf";
+  fs::create_directories(hf);
+  write_random_hf(hf, spec, "F32", 1);
+  const json cfg = json::parse(read_file(hf + "/config.json"));
+  CHECK(cfg["rope_scaling"]["rope_type"] == "llama3");
+  CHECK(cfg["rope_theta"] == 500000.0);
+  CHECK(fs::exists(hf + "/tokenizer_config.json"));
+  CHECK(!fs::exists(hf + "/tokenizer.model"));
+  convert::options o;
+  o.type = ggml_type::f32;
+  (void)convert::convert(hf, d / "m.gguf", o);
+  const auto m = model::load(d / "m.gguf");
+  // the factors convert computes from rope_scaling are the ones the preset wrote
+  REQUIRE(m->config().rope_freq_factors.size() == spec.rope_freqs.size());
+  for (std::size_t i = 0; i < spec.rope_freqs.size(); ++i)
+    CHECK(m->config().rope_freq_factors[i] == doctest::Approx(spec.rope_freqs[i]).epsilon(1e-6));
+  const tokenizer& t = *m->get_tokenizer();
+  const auto direct = tokenizer::from_vocabulary(v);
+  CHECK(t.kind() == tokenizer_kind::llama3_bpe);
+  CHECK(t.encode("hello there, 123 world", true) == direct->encode("hello there, 123 world", true));
+  CHECK(chat_format_of(t) == chat_format::llama3);
+  CHECK(m->config().rope_freq_base == 500000.0f);
+  // rope_freqs that no llama3 rope_scaling gives are refused, not written as something else
+  random_model_spec odd = spec;
+  odd.rope_freqs[0] = 3.0f;
+  CHECK_THROWS_WITH_AS(write_random_hf(d / "hf2", odd, "F32", 1), doctest::Contains("rope_freqs differ"), error);
+  odd.llama3_rope = {};
+  CHECK_THROWS_WITH_AS(write_random_hf(d / "hf2", odd, "F32", 1), doctest::Contains("without the llama3"), error);
 }
 
 TEST_CASE("convert: the output is written atomically") {

@@ -20,7 +20,8 @@ const char* const kHelp =
     "Writes a Llama GGUF with seeded random weights (for tests and benchmarks).\n"
     "  -o, --out PATH    output GGUF (required), or a directory with --format hf\n"
     "  --format F        gguf (default) | hf: a Hugging Face Llama directory (config.json,\n"
-    "                    safetensors, tokenizer.model) for 'qllm convert'\n"
+    "                    safetensors, tokenizer.model, or tokenizer.json with --vocab)\n"
+    "                    for 'qllm convert'\n"
     "  --shards N        with --format hf: weights in N safetensors shards plus an index (default 1)\n"
     "  --shape NAME      tiny | small | 7b | codellama-7b | codellama-tiny | llama3-8b |\n"
     "                    llama3-1b | llama3-tiny (default tiny)\n"
@@ -61,16 +62,20 @@ int cmd_gen_random(int argc, char** argv) {
                 "usage: qllm gen-random --shape tiny|small|7b --type q4_0|q8_0|q4_k_m|...|f32 --out FILE "
                 "[--seed N] [--layers N] [--no-vocab]");
   random_model_spec s = random_model_preset(shape);
+  s.vocabulary = vocab;
+  if (!vocab_file.empty()) {
+    if (!vocab) throw error(errc::invalid_argument, "--vocab and --no-vocab contradict each other");
+    s.vocab = std::make_shared<const vocabulary>(vocabulary_from_hf_json(vocab_file));
+    (void)tokenizer::from_vocabulary(*s.vocab);  // refused here rather than when the file is loaded
+    s.n_vocab = int64_t(s.vocab->pieces.size());
+  }
   if (format == "hf") {
-    if (!vocab_file.empty()) throw error(errc::invalid_argument, "--vocab: --format hf writes a sentencepiece tokenizer.model");
+    if (!vocab) throw error(errc::invalid_argument, "--no-vocab: --format hf always writes a tokenizer");
     std::string dt = type == "q4_0" ? "f16" : type;  // q4_0 is only the GGUF default
     for (char& c : dt) c = char(std::toupper(static_cast<unsigned char>(c)));
     s.seed = uint32_t(seed);
     if (layers) s.n_layer = layers;
     if (ctx) s.n_ctx = ctx;
-    if (!s.rope_freqs.empty())  // before the directory is made: a refusal leaves nothing behind
-      throw error(errc::unsupported, "--format hf: the " + shape + " shape (Llama-3 RoPE factors and vocabulary) "
-                                     "is written as GGUF only");
     if (::mkdir(out.c_str(), 0777) != 0 && errno != EEXIST)
       throw error(errc::io, "cannot create directory '" + out + "': " + std::strerror(errno));
     write_random_hf(out, s, dt, int(shards));
@@ -95,13 +100,6 @@ int cmd_gen_random(int argc, char** argv) {
   s.seed = uint32_t(seed);
   if (layers) s.n_layer = layers;
   if (ctx) s.n_ctx = ctx;
-  s.vocabulary = vocab;
-  if (!vocab_file.empty()) {
-    if (!vocab) throw error(errc::invalid_argument, "--vocab and --no-vocab contradict each other");
-    s.vocab = std::make_shared<const vocabulary>(vocabulary_from_hf_json(vocab_file));
-    (void)tokenizer::from_vocabulary(*s.vocab);  // refused here rather than when the file is loaded
-    s.n_vocab = int64_t(s.vocab->pieces.size());
-  }
   write_random_model(out, s);
   std::printf("wrote %s: %s shape, %s, %lld layers, dim %lld, vocab %lld\n", out.c_str(), shape.c_str(),
               type.c_str(), (long long)s.n_layer, (long long)s.n_embd, (long long)s.n_vocab);

@@ -38,6 +38,11 @@ struct random_model_spec {
   // Written as the tensor rope_freqs.weight (f32, n_rot / 2 values) when not empty: Llama-3.1's
   // RoPE frequency factors as llama.cpp's converter stores them.
   std::vector<float> rope_freqs;
+  // The Hugging Face rope_scaling (rope_type "llama3") that rope_freqs were computed from, which
+  // write_random_hf puts in config.json; factor 0: none (the Llama-3 presets set it).
+  struct llama3_rope_params {
+    double factor = 0, low = 0, high = 0, original_ctx = 0;
+  } llama3_rope;
 };
 
 // Presets: "tiny" (the defaults above), "small" (dim 256, 4 layers, GQA 8/2, vocab 2048),
@@ -70,7 +75,10 @@ void write_random_model(const std::string& path, const random_model_spec& spec);
 // The same model as a Hugging Face Llama directory (config.json, model.safetensors or `shards`
 // shards with model.safetensors.index.json, tokenizer.model, generation_config.json), the weights in
 // `dtype` ("F32", "F16" or "BF16") and in HF's layout (Q/K rows in rotate-half order). Streams one
-// tensor at a time. For tests and for measuring `qllm convert`.
+// tensor at a time. For tests and for measuring `qllm convert`. A Llama-3 spec (a byte-level BPE
+// `vocab`, rope_freqs with llama3_rope) gets tokenizer.json and tokenizer_config.json instead of
+// tokenizer.model and rope_scaling in config.json; rope_freqs without llama3_rope, or that differ
+// from the factors llama3_rope gives, are error(unsupported).
 void write_random_hf(const std::string& dir, const random_model_spec& spec, const std::string& dtype, int shards);
 
 }  // namespace qllm

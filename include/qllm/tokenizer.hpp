@@ -44,6 +44,10 @@ struct vocabulary {
 // else user-defined), BOS <|begin_of_text|>, EOS <|end_of_text|>, end of turn <|eot_id|>. Another
 // kind of tokenizer: error(unsupported) naming what differs; a malformed file: error(bad_format).
 vocabulary vocabulary_from_hf_json(const std::string& path);
+// The inverse, for a Llama-3 byte-level BPE vocabulary: the text of a tokenizer.json that
+// vocabulary_from_hf_json reads back as v (pieces, types, merges). Another kind:
+// error(invalid_argument).
+std::string hf_json_of_vocabulary(const vocabulary& v);
 
 class tokenizer {
  public:

@@ -54,6 +54,7 @@ random_model_spec random_model_preset(std::string_view name) {
       s.tied_output = true;
       original = 64;
     }
+    s.llama3_rope = {8.0, 1.0, 4.0, original};
     s.rope_freqs = llama3_rope_factors(s.n_embd / s.n_head, s.rope_freq_base, 8.0, 1.0, 4.0, original);
     return s;
   }
@@ -244,9 +245,20 @@ void write_random_hf(const std::string& dir, const random_model_spec& s, const s
       s.n_embd % s.n_head || s.n_head % s.n_head_kv || (s.n_embd / s.n_head) % 2 || shards < 1 || shards > 1000)
     throw error(errc::invalid_argument, "random model: inconsistent spec");
   // never a directory that silently differs from the spec
-  if (s.vocab || !s.rope_freqs.empty())
-    throw error(errc::unsupported, "random model: a Hugging Face directory is written with the synthetic "
-                                   "sentencepiece vocabulary and no RoPE frequency factors only (not Llama-3 shapes)");
+  const auto& l3 = s.llama3_rope;
+  if (!s.rope_freqs.empty()) {
+    if (l3.factor == 0)
+      throw error(errc::unsupported, "random model: rope_freqs without the llama3 rope_scaling they come from "
+                                     "cannot be written as a Hugging Face config.json");
+    const auto want = llama3_rope_factors(s.n_embd / s.n_head, s.rope_freq_base, l3.factor, l3.low, l3.high, l3.original_ctx);
+    if (want != s.rope_freqs)
+      throw error(errc::unsupported, "random model: rope_freqs differ from the factors of the llama3 rope_scaling given");
+  }
+  if (s.vocab && s.vocab->kind != tokenizer_kind::llama3_bpe)
+    throw error(errc::unsupported, "random model: a Hugging Face directory carries the synthetic sentencepiece "
+                                   "vocabulary or a Llama-3 byte-level BPE one");
+  if (s.vocab && int64_t(s.vocab->pieces.size()) != s.n_vocab)
+    throw error(errc::invalid_argument, "random model: n_vocab differs from the vocabulary's size");
   safetensors::dtype dt;
   if (dtype == "F32") dt = safetensors::dtype::f32;
   else if (dtype == "F16") dt = safetensors::dtype::f16;
@@ -285,16 +297,28 @@ void write_random_hf(const std::string& dir, const random_model_spec& s, const s
     out << text;
     if (!out.flush()) throw error(errc::io, "random model: cannot write '" + dir + "/" + name + "'");
   };
+  const int32_t bos = s.vocab ? s.vocab->bos_id : 1, eos = s.vocab ? s.vocab->eos_id : 2;
   nlohmann::json cfg = {
       {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
       {"hidden_size", s.n_embd}, {"intermediate_size", s.n_ff}, {"num_hidden_layers", s.n_layer},
       {"num_attention_heads", s.n_head}, {"num_key_value_heads", s.n_head_kv}, {"rms_norm_eps", 1e-5},
       {"rope_theta", double(s.rope_freq_base)}, {"max_position_embeddings", s.n_ctx}, {"vocab_size", s.n_vocab},
-      {"tie_word_embeddings", s.tied_output}, {"bos_token_id", 1}, {"eos_token_id", 2},
+      {"tie_word_embeddings", s.tied_output}, {"bos_token_id", bos}, {"eos_token_id", eos},
       {"torch_dtype", dtype == "F32" ? "float32" : dtype == "F16" ? "float16" : "bfloat16"}};
+  if (l3.factor != 0)
+    cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", l3.factor}, {"low_freq_factor", l3.low},
+                           {"high_freq_factor", l3.high}, {"original_max_position_embeddings", l3.original_ctx}};
   write_text("config.json", cfg.dump(2) + "\n");
-  write_text("generation_config.json", nlohmann::json{{"bos_token_id", 1}, {"eos_token_id", 2}}.dump(2) + "\n");
-  write_text("tokenizer.model", text::serialize_model_proto(random_vocabulary(s.n_vocab), true));
+  write_text("generation_config.json", nlohmann::json{{"bos_token_id", bos}, {"eos_token_id", eos}}.dump(2) + "\n");
+  if (s.vocab) {
+    const vocabulary& v = *s.vocab;
+    write_text("tokenizer.json", hf_json_of_vocabulary(v));
+    nlohmann::json tc = {{"bos_token", v.pieces[std::size_t(v.bos_id)]}, {"eos_token", v.pieces[std::size_t(v.eos_id)]}};
+    if (!v.chat_template.empty()) tc["chat_template"] = v.chat_template;
+    write_text("tokenizer_config.json", tc.dump(2) + "\n");
+  } else {
+    write_text("tokenizer.model", text::serialize_model_proto(random_vocabulary(s.n_vocab), true));
+  }
 
   // shards of about equal size, tensors in order
   uint64_t total = 0;

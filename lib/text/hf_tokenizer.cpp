@@ -124,4 +124,29 @@ vocabulary vocabulary_from_hf_json(const std::string& path) {
   }
 }
 
+std::string hf_json_of_vocabulary(const vocabulary& v) {
+  if (v.kind != tokenizer_kind::llama3_bpe || v.types.size() != v.pieces.size())
+    throw error(errc::invalid_argument, "tokenizer.json: only a Llama-3 byte-level BPE vocabulary is written");
+  nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
+  for (std::size_t i = 0; i < v.pieces.size(); ++i) {
+    const token_type t = v.types[i];
+    if (t == token_type::control || t == token_type::user_defined)
+      added.push_back({{"id", i}, {"content", v.pieces[i]}, {"special", t == token_type::control}});
+    else
+      vocab[v.pieces[i]] = i;
+  }
+  const nlohmann::json split = {{"type", "Split"}, {"pattern", {{"Regex", std::string(kLlama3Split)}}},
+                                {"behavior", "Isolated"}, {"invert", false}};
+  const nlohmann::json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+                                     {"use_regex", false}};
+  const nlohmann::json j = {
+      {"version", "1.0"},
+      {"added_tokens", added},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "Sequence"}, {"pretokenizers", {split, byte_level}}}},
+      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"model", {{"type", "BPE"}, {"ignore_merges", true}, {"byte_fallback", false}, {"vocab", vocab}, {"merges", v.merges}}}};
+  return j.dump() + "\n";
+}
+
 }  // namespace qllm
