@@ -62,6 +62,13 @@ head -c 100 "$dir/tiny.gguf" >"$dir/cut.gguf"
 if $run "$qllm" bench -m "$dir/cut.gguf" 2>"$dir/err"; then exit 1; fi
 grep -q 'gguf' "$dir/err"
 
+# a Code Llama shape: qllm info shows its RoPE base and the sentencepiece vocabulary's chat format
+$run "$qllm" gen-random --shape codellama-tiny --out "$dir/code.gguf" >/dev/null
+$run "$qllm" info -m "$dir/code.gguf" >"$dir/info"
+grep -q '^  rope:      base 1e+06, no scaling$' "$dir/info" && grep -q 'ctx 16384' "$dir/info" &&
+  grep -q '^  tokenizer: sentencepiece, 512 pieces; BOS <s>, ends at </s>; chat format llama2$' "$dir/info" ||
+  { cat "$dir/info"; exit 1; }
+
 # qllm convert: a sharded Hugging Face directory → GGUF that loads and generates
 $run "$qllm" gen-random --format hf --shape tiny --shards 2 --type bf16 --out "$dir/hf" >/dev/null
 $run "$qllm" convert "$dir/hf" --dry-run >"$dir/plan"

@@ -25,6 +25,10 @@ python3 "$t/llama3_reference.py" "$dir/tokenizer.json" "$dir/corpus.json" "$dir/
 cd "$dir"
 "$check" llama3.gguf corpus.json llama3-tokenizer-js.json python-re-bpe.json \
   --bench "$src/models/tiny-kjv.q8_0.gguf"
+# qllm info names the vocabulary, its end pieces, the chat format and the RoPE factors
+"$qllm" info -m llama3.gguf >info.txt
+grep -q '^  tokenizer: llama3 byte-level BPE, 128256 pieces; BOS <|begin_of_text|>, ends at .*<|eot_id|>.*; chat format llama3$' info.txt &&
+  grep -q '^  rope:      base 500000, llama3 frequency factors' info.txt || { cat info.txt; echo "FAIL: qllm info"; exit 1; }
 # the file runs: a completion, and a chat in Llama-3's format (BOS, three headers, two <|eot_id|>)
 "$qllm" run -m llama3.gguf -p "Hello, world" -n 4 --temp 0 -q >run.txt
 grep -q '^Hello, world' run.txt || { cat run.txt; echo "FAIL: qllm run on the Llama-3 file"; exit 1; }

@@ -13,6 +13,8 @@
 #include "qllm/gguf.hpp"
 #include "qllm/model.hpp"
 #include "qllm/resources.hpp"
+#include "qllm/session.hpp"
+#include "qllm/tokenizer.hpp"
 #include "qllm/version.hpp"
 
 namespace qllm::cli {
@@ -66,6 +68,28 @@ int cmd_info(int argc, char** argv) {
                 (long long)c.n_layer, (long long)c.n_embd, (long long)c.n_head, (long long)c.n_head_kv,
                 (long long)c.n_ff, (long long)c.n_vocab, (long long)c.n_ctx_train,
                 double(m->n_params()) / (m->n_params() >= 1e9 ? 1e9 : 1e6), m->n_params() >= 1e9 ? "B" : "M");
+    if (!c.rope_freq_factors.empty())
+      std::printf("  rope:      base %g, llama3 frequency factors (rope_freqs.weight)\n", double(c.rope_freq_base));
+    else if (c.rope_freq_scale != 1.0f)
+      std::printf("  rope:      base %g, linear scaling x%g\n", double(c.rope_freq_base), 1.0 / double(c.rope_freq_scale));
+    else
+      std::printf("  rope:      base %g, no scaling\n", double(c.rope_freq_base));
+    if (const tokenizer* t = m->get_tokenizer()) {
+      std::string ends;
+      for (int32_t id : t->end_tokens()) ends += (ends.empty() ? "" : " ") + t->piece(id);
+      std::string format;
+      try {
+        format = chat_format_of(*t) == chat_format::llama3 ? "llama3" : "llama2";
+      } catch (const error& e) {
+        format = "unsupported (";
+        format.append(e.what()).append(")");
+      }
+      std::printf("  tokenizer: %s, %zu pieces; BOS %s, ends at %s; chat format %s\n",
+                  t->kind() == tokenizer_kind::llama3_bpe ? "llama3 byte-level BPE" : "sentencepiece",
+                  t->vocab().pieces.size(), t->piece(t->bos()).c_str(), ends.c_str(), format.c_str());
+    } else {
+      std::printf("  tokenizer: none (token ids only)\n");
+    }
     std::printf("  tensors:   %s\n", m->weight_mix().c_str());
     std::printf("  weights:   %s streamed per token (%s), loaded in %.2f s\n",
                 format_bytes(m->weight_bytes()).c_str(), gguf::type_name(m->weight_type()), m->load_seconds());
