@@ -41,9 +41,11 @@ std::vector<float> run_qgemm(const kernel_table& t, bool q4, const std::vector<B
   std::vector<int32_t> xs(static_cast<size_t>(m * nb));
   for (int64_t i = 0; i < m; ++i)
     ref::quantize_row_q8_0(x.data() + i * k, xq.data() + i * nb, xs.data() + i * nb, k);
+  std::vector<float> xd(xq.size());
+  for (std::size_t i = 0; i < xq.size(); ++i) xd[i] = fp16_to_fp32(xq[i].d);
   const int64_t ldy = n + 3;  // a stride wider than n: nothing may be written past row n
   std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
-  const kernels::qgemm_args a{panels.data(), nb, n, xq.data(), xs.data(), m, y.data(), ldy};
+  const kernels::qgemm_args a{panels.data(), nb, n, xq.data(), xs.data(), xd.data(), m, y.data(), ldy};
   // two calls over split panel ranges must equal one call over all
   const int64_t mid = np / 2;
   (q4 ? t.gemm_q4_0x8 : t.gemm_q8_0x8)(a, 0, mid);
@@ -215,7 +217,8 @@ TEST_CASE("quantize_row_q8_0: non-finite blocks become NaN scale, zero quants, o
         std::vector<kernels::block_q4_0x8> panel(3);
         kernels::repack_q4_0x8(wq.data(), 8, 3, panel.data());
         std::vector<float> y(8);
-        const kernels::qgemm_args ga{panel.data(), 3, 8, b.data(), sb.data(), 1, y.data(), 8};
+        const float bd[3] = {fp16_to_fp32(b[0].d), fp16_to_fp32(b[1].d), fp16_to_fp32(b[2].d)};
+        const kernels::qgemm_args ga{panel.data(), 3, 8, b.data(), sb.data(), bd, 1, y.data(), 8};
         t->gemm_q4_0x8(ga, 0, 1);
         for (float v : y) CHECK(std::isnan(v));
       }

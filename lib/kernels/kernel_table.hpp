@@ -80,6 +80,7 @@ struct qgemm_args {
   int64_t n;             // rows of W (the last panel may be partial)
   const block_q8_0* x;   // [m][nb] activations
   const int32_t* xsum;   // [m][nb] sum of each activation block's quants (Q4_0 needs it)
+  const float* xd;       // [m][nb] each activation block's scale as float (x[i].d widened)
   int64_t m;             // tokens
   float* y;              // output
   int64_t ldy;           // stride between tokens in y

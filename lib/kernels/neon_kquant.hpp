@@ -40,7 +40,7 @@ inline int32x4_t pair_dot4(int16x8_t v, int b0, int b1) {
 inline float32x4_t half4(const uint16_t* d) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(d))); }
 
 inline void store_panel_k_neon(const kgemm_args& a, int64_t t, int64_t p, float32x4_t lo, float32x4_t hi) {
-  const qgemm_args q{nullptr, 0, a.n, nullptr, nullptr, 0, a.y, a.ldy};
+  const qgemm_args q{nullptr, 0, a.n, nullptr, nullptr, nullptr, 0, a.y, a.ldy};
   store_panel_neon(q, t, p, lo, hi);
 }
 

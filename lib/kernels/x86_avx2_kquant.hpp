@@ -32,7 +32,7 @@ inline __m256 load_scales8(const uint16_t* d) {
 inline __m256i bcast4(const int8_t* x) { return _mm256_set1_epi32(load_i32(x)); }
 
 inline void store_panel_k(const kgemm_args& a, int64_t t, int64_t p, __m256 v) {
-  const qgemm_args q{nullptr, 0, a.n, nullptr, nullptr, 0, a.y, a.ldy};
+  const qgemm_args q{nullptr, 0, a.n, nullptr, nullptr, nullptr, 0, a.y, a.ldy};
   store_panel(q, t, p, v);
 }
 

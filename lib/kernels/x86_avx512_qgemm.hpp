@@ -2,7 +2,9 @@
 // Written with SIMDe's simde_mm512_* names: compiled with -mavx512* they are the native
 // instructions; compiled with only -mavx2 (the emulated CI build) they are SIMDe's portable
 // implementations, so the same source is tested on machines without AVX-512. The float epilogue
-// stays in 256-bit registers, per panel, in the canonical order of reference.hpp.
+// runs on all 16 lanes at once: each lane is one row, and each row sees the canonical order of
+// reference.hpp (acc = fma(float(sumi), d_w * d_x, acc), block after block), so a zmm epilogue is
+// bit-identical to two 8-lane ones with half the instructions.
 // Internal linkage only: this header is included by the avx512 and avx512_vnni TUs.
 #pragma once
 #include <simde/x86/avx512.h>
@@ -18,125 +20,236 @@ inline simde__m512i load_pair(const void* lo, const void* hi) {
   return simde_mm512_inserti64x4(simde_mm512_castsi256_si512(a), b, 1);
 }
 
-// Adds one block of 16 rows (si: lanes 0-7 panel p, lanes 8-15 panel p+1) to the accumulators.
-inline void epilogue16(simde__m512i si, __m256 dw0, __m256 dw1, float dx, __m256& acc0,
-                       __m256& acc1) {
-  const __m256 vdx = _mm256_set1_ps(dx);
-  const __m256i lo = simde_mm512_castsi512_si256(si);
-  const __m256i hi = simde_mm512_extracti64x4_epi64(si, 1);
-  acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(dw0, vdx), acc0);
-  acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(dw1, vdx), acc1);
+// 16 float lanes from two 8-lane halves, and int32 -> float: the native instructions with
+// -mavx512f; the emulated build (whose SIMDe lacks them) goes through 256-bit halves.
+inline simde__m512 join_ps(__m256 lo, __m256 hi) {
+#if defined(__AVX512F__)
+  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+#else
+  return simde_mm512_castsi512_ps(simde_mm512_inserti64x4(
+      simde_mm512_castsi256_si512(_mm256_castps_si256(lo)), _mm256_castps_si256(hi), 1));
+#endif
+}
+inline simde__m512 cvt_i32_ps(simde__m512i v) {
+#if defined(__AVX512F__)
+  return _mm512_cvtepi32_ps(v);
+#else
+  return join_ps(_mm256_cvtepi32_ps(simde_mm512_castsi512_si256(v)),
+                 _mm256_cvtepi32_ps(simde_mm512_extracti64x4_epi64(v, 1)));
+#endif
+}
+inline simde__m512 load_scales16(const uint16_t* d0, const uint16_t* d1) {
+  const __m128i h0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d0));
+  const __m128i h1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d1));
+#if defined(__AVX512F__)
+  return _mm512_cvtph_ps(_mm256_set_m128i(h1, h0));
+#else
+  return join_ps(_mm256_cvtph_ps(h0), _mm256_cvtph_ps(h1));
+#endif
+}
+inline void store_panels16(const qgemm_args& a, int64_t t, int64_t p, simde__m512 acc) {
+  alignas(64) float buf[16];  // through memory: gcc 12 warns on its own 512 -> 256-bit extracts
+  simde_mm512_store_ps(buf, acc);
+  store_panel(a, t, p, _mm256_load_ps(buf));
+  store_panel(a, t, p + 1, _mm256_load_ps(buf + 8));
 }
 
-inline __m256 load_scales(const uint16_t* d) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d)));
+// Every line of blocks b..b+3 of both panels, 2 KiB ahead, once per 4 blocks. Touching one line
+// per 144-byte block 1 KiB ahead (as before) left the first token tile of a small-M step waiting
+// on the weight stream: 11008x4096 Q4_0, M = 8, 2 threads, Zen 5, 302-307 -> 376-388 GOP/s
+// (alternating, medians); 4 KiB ahead measured 345.
+template <class Block>
+inline void prefetch_pair4(const Block* w0, const Block* w1, int64_t b) {
+  constexpr int lines = 4 * int(sizeof(Block)) / 64;
+  for (int l = 0; l < lines; ++l) {
+    _mm_prefetch(reinterpret_cast<const char*>(w0 + b) + 2048 + 64 * l, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w1 + b) + 2048 + 64 * l, _MM_HINT_T0);
+  }
 }
 
+// Q4_0 panel pairs, TN tokens. VNNI: four vpdpbusd chains, the first seeded with -8 sum(x)
+// (the offset of the nibbles).
 template <bool vnni, int TN>
 void q4_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   const auto* w0 = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
   const auto* w1 = w0 + a.nb;
   const simde__m512i m4 = simde_mm512_set1_epi8(0x0f);
   const simde__m512i ones = simde_mm512_set1_epi16(1);
-  __m256 acc0[TN], acc1[TN];
-  for (int t = 0; t < TN; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+  simde__m512 acc[TN];
+  for (int t = 0; t < TN; ++t) acc[t] = simde_mm512_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
-    _mm_prefetch(reinterpret_cast<const char*>(w0 + b) + 1024, _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w1 + b) + 1024, _MM_HINT_T0);
+    if ((b & 3) == 0) prefetch_pair4(w0, w1, b);
     simde__m512i w[8];
     for (int c = 0; c < 4; ++c) {
       const simde__m512i raw = load_pair(w0[b].qs + 32 * c, w1[b].qs + 32 * c);
       w[c] = simde_mm512_and_si512(raw, m4);
       w[c + 4] = simde_mm512_and_si512(simde_mm512_srli_epi16(raw, 4), m4);
     }
-    const __m256 dw0 = load_scales(w0[b].d), dw1 = load_scales(w1[b].d);
+    const simde__m512 dw = load_scales16(w0[b].d, w1[b].d);
     for (int t = 0; t < TN; ++t) {
-      const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
+      const int64_t xi = (t0 + t) * a.nb + b;
+      const int8_t* x = a.x[xi].qs;
       simde__m512i si;
       if constexpr (vnni) {
-        // four independent chains: vpdpbusd has a latency of several cycles
         simde__m512i s4[4];
-        for (int j = 0; j < 4; ++j)
-          s4[j] = simde_mm512_dpbusd_epi32(simde_mm512_setzero_si512(), w[j],
-                                           simde_mm512_set1_epi32(load_i32(xb.qs + 4 * j)));
+        s4[0] = simde_mm512_dpbusd_epi32(simde_mm512_set1_epi32(-8 * a.xsum[xi]), w[0], simde_mm512_set1_epi32(load_i32(x)));
+        for (int j = 1; j < 4; ++j)
+          s4[j] = simde_mm512_dpbusd_epi32(simde_mm512_setzero_si512(), w[j], simde_mm512_set1_epi32(load_i32(x + 4 * j)));
         for (int j = 4; j < 8; ++j)
-          s4[j - 4] = simde_mm512_dpbusd_epi32(s4[j - 4], w[j],
-                                               simde_mm512_set1_epi32(load_i32(xb.qs + 4 * j)));
-        si = simde_mm512_add_epi32(simde_mm512_add_epi32(s4[0], s4[1]),
-                                   simde_mm512_add_epi32(s4[2], s4[3]));
+          s4[j - 4] = simde_mm512_dpbusd_epi32(s4[j - 4], w[j], simde_mm512_set1_epi32(load_i32(x + 4 * j)));
+        si = simde_mm512_add_epi32(simde_mm512_add_epi32(s4[0], s4[1]), simde_mm512_add_epi32(s4[2], s4[3]));
       } else {
-        simde__m512i s = simde_mm512_maddubs_epi16(w[0], simde_mm512_set1_epi32(load_i32(xb.qs)));
+        simde__m512i s = simde_mm512_maddubs_epi16(w[0], simde_mm512_set1_epi32(load_i32(x)));
         for (int j = 1; j < 8; ++j)
-          s = simde_mm512_add_epi16(
-              s, simde_mm512_maddubs_epi16(w[j], simde_mm512_set1_epi32(load_i32(xb.qs + 4 * j))));
-        si = simde_mm512_madd_epi16(s, ones);
+          s = simde_mm512_add_epi16(s, simde_mm512_maddubs_epi16(w[j], simde_mm512_set1_epi32(load_i32(x + 4 * j))));
+        si = simde_mm512_sub_epi32(simde_mm512_madd_epi16(s, ones), simde_mm512_set1_epi32(8 * a.xsum[xi]));
       }
-      si = simde_mm512_sub_epi32(si, simde_mm512_set1_epi32(8 * a.xsum[(t0 + t) * a.nb + b]));
-      epilogue16(si, dw0, dw1, fp16_scalar(xb.d), acc0[t], acc1[t]);
+      const simde__m512 d = simde_mm512_mul_ps(dw, simde_mm512_set1_ps(a.xd[xi]));
+      acc[t] = simde_mm512_fmadd_ps(cvt_i32_ps(si), d, acc[t]);
     }
   }
-  for (int t = 0; t < TN; ++t) {
-    store_panel(a, t0 + t, p, acc0[t]);
-    store_panel(a, t0 + t, p + 1, acc1[t]);
-  }
+  for (int t = 0; t < TN; ++t) store_panels16(a, t0 + t, p, acc[t]);
 }
 
+// Q8_0 panel pairs, TN tokens. VNNI: w + 128 (w ^ 0x80) is unsigned, so vpdpbusd takes it
+// against the signed x as it is, and the chain seeded with -128 sum(x) takes the offset back
+// off: one xor per chunk for all tokens, where dot(|w|, sign(x, w)) cost a sign per token.
+// Without VNNI, maddubs would saturate on (w + 128) x pairs, so that path keeps |w| and sign.
 template <bool vnni, int TN>
 void q8_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
   const auto* w0 = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
   const auto* w1 = w0 + a.nb;
   const simde__m512i ones = simde_mm512_set1_epi16(1);
   const simde__m512i zero = simde_mm512_setzero_si512();
-  __m256 acc0[TN], acc1[TN];
-  for (int t = 0; t < TN; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+  const simde__m512i flip = simde_mm512_set1_epi8(char(0x80));
+  simde__m512 acc[TN];
+  for (int t = 0; t < TN; ++t) acc[t] = simde_mm512_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
-    for (int o = 1024; o < 1024 + 272; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(w0 + b) + o, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w1 + b) + o, _MM_HINT_T0);
-    }
+    if ((b & 3) == 0) prefetch_pair4(w0, w1, b);
     simde__m512i si[TN][2];  // two chains per token (even / odd chunks)
-    for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = zero;
+    for (int t = 0; t < TN; ++t) {
+      si[t][0] = vnni ? simde_mm512_set1_epi32(-128 * a.xsum[(t0 + t) * a.nb + b]) : zero;
+      si[t][1] = zero;
+    }
     for (int j = 0; j < 8; ++j) {
       const simde__m512i wv = load_pair(w0[b].qs + 32 * j, w1[b].qs + 32 * j);
-      const simde__m512i wabs = simde_mm512_abs_epi8(wv);
-      const simde__mmask64 neg = simde_mm512_movepi8_mask(wv);
-      for (int t = 0; t < TN; ++t) {
-        const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
-        const simde__m512i xv = simde_mm512_set1_epi32(load_i32(xb.qs + 4 * j));
-        const simde__m512i xs = simde_mm512_mask_sub_epi8(xv, neg, zero, xv);  // x * sign(w)
-        simde__m512i& acc = si[t][j & 1];
-        if constexpr (vnni)
-          acc = simde_mm512_dpbusd_epi32(acc, wabs, xs);
-        else
-          acc = simde_mm512_add_epi32(
-              acc, simde_mm512_madd_epi16(simde_mm512_maddubs_epi16(wabs, xs), ones));
+      if constexpr (vnni) {
+        const simde__m512i wu = simde_mm512_xor_si512(wv, flip);  // w + 128
+        for (int t = 0; t < TN; ++t) {
+          const simde__m512i xv = simde_mm512_set1_epi32(load_i32(a.x[(t0 + t) * a.nb + b].qs + 4 * j));
+          si[t][j & 1] = simde_mm512_dpbusd_epi32(si[t][j & 1], wu, xv);
+        }
+      } else {
+        const simde__m512i wabs = simde_mm512_abs_epi8(wv);
+        const simde__mmask64 neg = simde_mm512_movepi8_mask(wv);
+        for (int t = 0; t < TN; ++t) {
+          const simde__m512i xv = simde_mm512_set1_epi32(load_i32(a.x[(t0 + t) * a.nb + b].qs + 4 * j));
+          const simde__m512i xs = simde_mm512_mask_sub_epi8(xv, neg, zero, xv);  // x * sign(w)
+          si[t][j & 1] = simde_mm512_add_epi32(si[t][j & 1], simde_mm512_madd_epi16(simde_mm512_maddubs_epi16(wabs, xs), ones));
+        }
       }
     }
-    const __m256 dw0 = load_scales(w0[b].d), dw1 = load_scales(w1[b].d);
-    for (int t = 0; t < TN; ++t)
-      epilogue16(simde_mm512_add_epi32(si[t][0], si[t][1]), dw0, dw1, fp16_scalar(a.x[(t0 + t) * a.nb + b].d), acc0[t], acc1[t]);
+    const simde__m512 dw = load_scales16(w0[b].d, w1[b].d);
+    for (int t = 0; t < TN; ++t) {
+      const int64_t xi = (t0 + t) * a.nb + b;
+      const simde__m512 d = simde_mm512_mul_ps(dw, simde_mm512_set1_ps(a.xd[xi]));
+      acc[t] = simde_mm512_fmadd_ps(cvt_i32_ps(simde_mm512_add_epi32(si[t][0], si[t][1])), d, acc[t]);
+    }
   }
-  for (int t = 0; t < TN; ++t) {
-    store_panel(a, t0 + t, p, acc0[t]);
-    store_panel(a, t0 + t, p + 1, acc1[t]);
-  }
+  for (int t = 0; t < TN; ++t) store_panels16(a, t0 + t, p, acc[t]);
 }
 
-// The 256-bit tiles' dot primitive with vpdpbusd (AVX512-VL + VNNI): the decoding GEMV of VNNI
-// machines, one panel and one weight stream per thread. Four chains hide vpdpbusd's latency.
-struct dot_vnni256 {
-  static __m256i q4(const __m256i w[8], const int8_t* x) {
-    __m256i s4[4];
-    for (int j = 0; j < 4; ++j)
-      s4[j] = simde_mm256_dpbusd_epi32(_mm256_setzero_si256(), w[j], _mm256_set1_epi32(load_i32(x + 4 * j)));
-    for (int j = 4; j < 8; ++j)
-      s4[j - 4] = simde_mm256_dpbusd_epi32(s4[j - 4], w[j], _mm256_set1_epi32(load_i32(x + 4 * j)));
-    return _mm256_add_epi32(_mm256_add_epi32(s4[0], s4[1]), _mm256_add_epi32(s4[2], s4[3]));
+// The decoding GEMV of VNNI machines (fewer than 4 tokens): one panel, one weight stream per
+// thread, few instructions per weight byte. Q4_0: the low nibbles masked (& 0x0f) and the high
+// ones masked in place (& 0xf0, 16 q): vpdpbusd sums 16 dot(q_hi, x) exactly, and an arithmetic
+// shift by 4 divides that sum exactly: one shift per token, none per chunk. Q8_0: w ^ 0x80 as in q8_0x16_tile. Both sums are the exact int32 of
+// the reference, followed by its float epilogue.
+//
+// Prefetch: every line of the stream once, `ahead` bytes ahead, 4 blocks (9 lines of Q4_0, 17
+// of Q8_0) at a time; the block loop of q4_0x8_tile prefetched 4 lines per 2.25.
+template <class Block>
+inline void prefetch_group(const Block* b, int ahead) {
+  constexpr int lines = 4 * int(sizeof(Block)) / 64;
+  static_assert(4 * sizeof(Block) % 64 == 0);
+  const char* base = reinterpret_cast<const char*>(b) + ahead;
+  for (int l = 0; l < lines; ++l) _mm_prefetch(base + 64 * l, _MM_HINT_T1);
+}
+inline __m256i bcast_x(const int8_t* x) { return _mm256_set1_epi32(load_i32(x)); }
+
+template <int TN>
+void q4_0x8_gemv_vnni(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
+  const auto* wp = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
+  const __m256i m4 = _mm256_set1_epi8(0x0f), mf0 = _mm256_set1_epi8(char(0xf0));
+  __m256 acc[TN];
+  for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
+  const auto block = [&](int64_t b) {
+    const block_q4_0x8& wb = wp[b];
+    __m256i lo[4], hi[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * c));
+      lo[c] = _mm256_and_si256(raw, m4);
+      hi[c] = _mm256_and_si256(raw, mf0);
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
+    for (int t = 0; t < TN; ++t) {
+      const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
+      const int8_t* x = xb.qs;
+      __m256i l0 = _mm256_slli_epi32(_mm256_set1_epi32(-a.xsum[(t0 + t) * a.nb + b]), 3);
+      __m256i l1 = simde_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo[1], bcast_x(x + 4));
+      __m256i h0 = simde_mm256_dpbusd_epi32(_mm256_setzero_si256(), hi[0], bcast_x(x + 16));
+      __m256i h1 = simde_mm256_dpbusd_epi32(_mm256_setzero_si256(), hi[1], bcast_x(x + 20));
+      l0 = simde_mm256_dpbusd_epi32(l0, lo[0], bcast_x(x));
+      l0 = simde_mm256_dpbusd_epi32(l0, lo[2], bcast_x(x + 8));
+      l1 = simde_mm256_dpbusd_epi32(l1, lo[3], bcast_x(x + 12));
+      h0 = simde_mm256_dpbusd_epi32(h0, hi[2], bcast_x(x + 24));
+      h1 = simde_mm256_dpbusd_epi32(h1, hi[3], bcast_x(x + 28));
+      const __m256i si = _mm256_add_epi32(_mm256_add_epi32(l0, l1), _mm256_srai_epi32(_mm256_add_epi32(h0, h1), 4));
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a.xd[(t0 + t) * a.nb + b]));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, acc[t]);
+    }
+  };
+  int64_t b = 0;
+  for (; b + 4 <= a.nb; b += 4) {
+    prefetch_group(wp + b, ahead);
+    for (int i = 0; i < 4; ++i) block(b + i);
   }
-  static __m256i q8_step(__m256i acc, __m256i wabs, __m256i xs) {
-    return simde_mm256_dpbusd_epi32(acc, wabs, xs);
+  for (; b < a.nb; ++b) block(b);
+  for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
+}
+
+template <int TN>
+void q8_0x8_gemv_vnni(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
+  const auto* wp = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
+  const __m256i flip = _mm256_set1_epi8(char(0x80));
+  __m256 acc[TN];
+  for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
+  const auto block = [&](int64_t b) {
+    const block_q8_0x8& wb = wp[b];
+    __m256i wu[8];  // w + 128
+    for (int c = 0; c < 8; ++c)
+      wu[c] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * c)), flip);
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
+    for (int t = 0; t < TN; ++t) {
+      const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
+      const int8_t* x = xb.qs;
+      __m256i s[4];
+      s[0] = _mm256_slli_epi32(_mm256_set1_epi32(-a.xsum[(t0 + t) * a.nb + b]), 7);
+      for (int c = 1; c < 4; ++c) s[c] = simde_mm256_dpbusd_epi32(_mm256_setzero_si256(), wu[c], bcast_x(x + 4 * c));
+      s[0] = simde_mm256_dpbusd_epi32(s[0], wu[0], bcast_x(x));
+      for (int c = 4; c < 8; ++c) s[c - 4] = simde_mm256_dpbusd_epi32(s[c - 4], wu[c], bcast_x(x + 4 * c));
+      const __m256i si = _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), _mm256_add_epi32(s[2], s[3]));
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a.xd[(t0 + t) * a.nb + b]));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, acc[t]);
+    }
+  };
+  int64_t b = 0;
+  for (; b + 4 <= a.nb; b += 4) {
+    prefetch_group(wp + b, ahead);
+    for (int i = 0; i < 4; ++i) block(b + i);
   }
-};
+  for (; b < a.nb; ++b) block(b);
+  for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
+}
 
 // Panels in pairs; an odd last panel goes through a 256-bit kernel. Fewer than 4 tokens (the
 // memory-bound GEMV of decoding) also take a 256-bit kernel: one weight stream per thread
@@ -157,11 +270,14 @@ void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
   for (int64_t r = rest; r < p1; ++r) {
     for_token_tiles(a.m, [&](auto tn, int64_t t) {
       constexpr int TN = decltype(tn)::value;
-      using Dot = std::conditional_t<vnni, dot_vnni256, dot_maddubs>;
-      if constexpr (q4)
-        q4_0x8_tile<TN, Dot>(a, r, t, ahead);
+      if constexpr (vnni && q4)
+        q4_0x8_gemv_vnni<TN>(a, r, t, ahead);
+      else if constexpr (vnni)
+        q8_0x8_gemv_vnni<TN>(a, r, t, ahead);
+      else if constexpr (q4)
+        q4_0x8_tile<TN, dot_maddubs>(a, r, t, ahead);
       else
-        q8_0x8_tile<TN, Dot>(a, r, t, ahead);
+        q8_0x8_tile<TN, dot_maddubs>(a, r, t, ahead);
     });
   }
 }

@@ -126,6 +126,7 @@ packed_weights packed_weights::view(ggml_type type, int64_t n, int64_t k, const 
 act_q8::act_q8(int64_t m_max_, int64_t k_, bool k_quants)
     : blocks(new block_q8_0[std::size_t(m_max_ * (k_ / qk))]),
       sums(new int32_t[std::size_t(m_max_ * (k_ / qk))]),
+      scales(new float[std::size_t(m_max_ * (k_ / qk))]),
       kblocks(k_quants && k_ % qk_k == 0 ? new block_q8_k[std::size_t(m_max_ * (k_ / qk_k))] : nullptr),
       m_max(m_max_),
       k(k_) {}
@@ -136,6 +137,7 @@ void quantize_activations(const kernels::kernel_table& kt, const float* x, int64
 #pragma omp parallel for schedule(static) num_threads(std::max(1, n_threads)) if (m > 1)
   for (int64_t t = 0; t < m; ++t) {
     kt.quantize_row_q8_0(x + t * a.k, a.blocks.get() + t * nb, a.sums.get() + t * nb, a.k);
+    for (int64_t b = 0; b < nb; ++b) a.scales[t * nb + b] = fp16_to_fp32(a.blocks[t * nb + b].d);
     // one scalar pass for every table: O(k) per token against the O(n k) of the matmul
     if (a.kblocks) ref::quantize_row_q8_k(x + t * a.k, a.kblocks.get() + t * (a.k / qk_k), a.k);
   }
@@ -175,7 +177,7 @@ void matmul(const kernels::kernel_table& kt, const packed_weights& w, const floa
     } else if (quant) {
       const int64_t nb = w.cols() / qk;
       const kernels::qgemm_args a{w.data(), nb, w.rows(), xq->blocks.get() + t0 * nb,
-                                  xq->sums.get() + t0 * nb, tn, y + t0 * ldy, ldy};
+                                  xq->sums.get() + t0 * nb, xq->scales.get() + t0 * nb, tn, y + t0 * ldy, ldy};
       if (w.type() == ggml_type::q4_0)
         kt.gemm_q4_0x8(a, u0, u1);
       else

@@ -58,6 +58,7 @@ class packed_weights {
 struct act_q8 {
   std::unique_ptr<block_q8_0[]> blocks;  // [m_max][k/32]
   std::unique_ptr<int32_t[]> sums;       // [m_max][k/32]
+  std::unique_ptr<float[]> scales;       // [m_max][k/32] blocks[i].d as float
   std::unique_ptr<block_q8_k[]> kblocks;  // [m_max][k/256], or null
   int64_t m_max = 0, k = 0;
   act_q8() = default;
