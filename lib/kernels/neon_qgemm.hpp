@@ -12,10 +12,6 @@
 namespace qllm::kernels {
 namespace {
 
-inline float fp16_scalar_neon(uint16_t h) {
-  return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
-}
-
 inline void store_panel_neon(const qgemm_args& a, int64_t t, int64_t p, float32x4_t lo,
                              float32x4_t hi) {
   float buf[8];
@@ -83,7 +79,7 @@ void q4_0x8_tile_neon(const qgemm_args& a, int64_t p, int64_t t0) {
         v = dot4<dotprod, 3>(v, wh[3][h], x1);
         s[h] = vsubq_s32(v, vdupq_n_s32(8 * a.xsum[(t0 + t) * a.nb + b]));
       }
-      const float dx = fp16_scalar_neon(xb.d);
+      const float dx = a.xd[(t0 + t) * a.nb + b];
       acc_lo[t] = epilogue4(acc_lo[t], s[0], dw_lo, dx);
       acc_hi[t] = epilogue4(acc_hi[t], s[1], dw_hi, dx);
     }
@@ -120,7 +116,7 @@ void q8_0x8_tile_neon(const qgemm_args& a, int64_t p, int64_t t0) {
         v = dot4<dotprod, 3>(v, vld1q_s8(q + 224), x1);
         s[h] = v;
       }
-      const float dx = fp16_scalar_neon(xb.d);
+      const float dx = a.xd[(t0 + t) * a.nb + b];
       acc_lo[t] = epilogue4(acc_lo[t], s[0], dw_lo, dx);
       acc_hi[t] = epilogue4(acc_hi[t], s[1], dw_hi, dx);
     }

@@ -36,21 +36,35 @@ inline void store_panel(const qgemm_args& a, int64_t t, int64_t p, __m256 v) {
 
 inline float fp16_scalar(uint16_t h) { return _cvtsh_ss(h); }
 
-// Software prefetch of every cache line of the panel block `ahead` bytes ahead (q_prefetch_bytes:
-// one panel is one sequential stream), into L2. Touching one line per block (144 or 272 bytes)
-// left most lines to the hardware prefetcher (one-thread Q4_0 GEMV 10.6 GB/s where Q4_K,
-// prefetching every line, read 13.2). The distance sets how many lines are in flight: on the
-// 2-core Sapphire Rapids VM, 7B Q4_0 tg32 (QLLM_ISA=avx2, alternating runs) went 2.39 → 2.85
-// tok/s on one thread and 4.2-4.5 → 5.2 on two from 2 KiB into L1 to 8 KiB into L2. On a Zen 3,
-// look-ahead prefetch (1 and 4 KiB) measured a third slower than none: 0 there.
+// Software prefetch of every cache line of the panel stream `ahead` bytes ahead
+// (q_prefetch_bytes: one panel is one sequential stream), into L2, once per 4 blocks (9 lines of
+// Q4_0, 17 of Q8_0: each line once). Touching one line per block (144 or 272 bytes) left most
+// lines to the hardware prefetcher (one-thread Q4_0 GEMV 10.6 GB/s where Q4_K, prefetching every
+// line, read 13.2). The distance sets how many lines are in flight: on the 2-core Sapphire
+// Rapids VM, 7B Q4_0 tg32 (QLLM_ISA=avx2, alternating runs) went 2.39 -> 2.85 tok/s on one
+// thread and 4.2-4.5 -> 5.2 on two from 2 KiB into L1 to 8 KiB into L2. On a Zen 3, look-ahead
+// prefetch (1 and 4 KiB) measured a third slower than none: 0 there. With `ahead` 0 the lines of
+// the current 4 blocks are touched.
 //
-// With `ahead` 0 the lines of the current block are touched (what the Zen 3 measurement ran). No
-// early return: gcc 12 dropped the prefetches of a conditional block altogether (checked in the
-// object code: no prefetcht1 left), so they are unconditional.
+// Unconditional: gcc 12 dropped the prefetches of a conditional block altogether (checked in the
+// object code: no prefetcht1 left).
 template <class Block>
-inline void prefetch_ahead(const Block* b, int ahead) {
-  const char* p = reinterpret_cast<const char*>(b) + ahead;
-  for (std::size_t o = 0; o < sizeof(Block) + 63; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
+inline void prefetch_group(const Block* b, int ahead) {
+  constexpr int lines = 4 * int(sizeof(Block)) / 64;
+  static_assert(4 * sizeof(Block) % 64 == 0);
+  const char* base = reinterpret_cast<const char*>(b) + ahead;
+  for (int l = 0; l < lines; ++l) _mm_prefetch(base + 64 * l, _MM_HINT_T1);
+}
+
+// Calls block(b) for b < nb, prefetching once per 4 blocks.
+template <class Block, class F>
+inline void for_blocks(const Block* wp, int64_t nb, int ahead, F&& block) {
+  int64_t b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    prefetch_group(wp + b, ahead);
+    for (int i = 0; i < 4; ++i) block(b + i);
+  }
+  for (; b < nb; ++b) block(b);
 }
 
 // The int8 dot primitive of the 256-bit tiles. w: unsigned (Q4 nibbles, or |w| for Q8_0);
@@ -76,9 +90,8 @@ void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   __m256 acc[TN];
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < a.nb; ++b) {
+  for_blocks(wp, a.nb, ahead, [&](int64_t b) {
     const block_q4_0x8& wb = wp[b];
-    prefetch_ahead(&wb, ahead);
     __m256i si[TN];
     if constexpr (TN >= 3 && std::is_same_v<Dot, dot_maddubs>) {
       // The same exact sums chunk by chunk in a loop: unrolled, gcc spills the tile's sums.
@@ -107,12 +120,12 @@ void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
     for (int t = 0; t < TN; ++t) {
-      const block_q8_0& xb = a.x[(t0 + t) * a.nb + b];
-      const __m256i s = _mm256_sub_epi32(si[t], _mm256_set1_epi32(8 * a.xsum[(t0 + t) * a.nb + b]));
-      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(xb.d)));
+      const int64_t xi = (t0 + t) * a.nb + b;
+      const __m256i s = _mm256_sub_epi32(si[t], _mm256_set1_epi32(8 * a.xsum[xi]));
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a.xd[xi]));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[t]);
     }
-  }
+  });
   for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
 }
 
@@ -122,9 +135,8 @@ void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
   const auto* wp = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
   __m256 acc[TN];
   for (int t = 0; t < TN; ++t) acc[t] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < a.nb; ++b) {
+  for_blocks(wp, a.nb, ahead, [&](int64_t b) {
     const block_q8_0x8& wb = wp[b];
-    prefetch_ahead(&wb, ahead);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
     __m256i si[TN];
     for (int t = 0; t < TN; ++t) si[t] = _mm256_setzero_si256();
@@ -146,10 +158,10 @@ void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
       for (int j = 0; j < 8; ++j) chunk(j);
     }
     for (int t = 0; t < TN; ++t) {
-      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_scalar(a.x[(t0 + t) * a.nb + b].d)));
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a.xd[(t0 + t) * a.nb + b]));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[t]), d, acc[t]);
     }
-  }
+  });
   for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
 }
 

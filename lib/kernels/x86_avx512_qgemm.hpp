@@ -165,15 +165,6 @@ void q8_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
 // shift by 4 divides that sum exactly: one shift per token, none per chunk. Q8_0: w ^ 0x80 as in q8_0x16_tile. Both sums are the exact int32 of
 // the reference, followed by its float epilogue.
 //
-// Prefetch: every line of the stream once, `ahead` bytes ahead, 4 blocks (9 lines of Q4_0, 17
-// of Q8_0) at a time; the block loop of q4_0x8_tile prefetched 4 lines per 2.25.
-template <class Block>
-inline void prefetch_group(const Block* b, int ahead) {
-  constexpr int lines = 4 * int(sizeof(Block)) / 64;
-  static_assert(4 * sizeof(Block) % 64 == 0);
-  const char* base = reinterpret_cast<const char*>(b) + ahead;
-  for (int l = 0; l < lines; ++l) _mm_prefetch(base + 64 * l, _MM_HINT_T1);
-}
 inline __m256i bcast_x(const int8_t* x) { return _mm256_set1_epi32(load_i32(x)); }
 
 template <int TN>
@@ -208,12 +199,7 @@ void q4_0x8_gemv_vnni(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, acc[t]);
     }
   };
-  int64_t b = 0;
-  for (; b + 4 <= a.nb; b += 4) {
-    prefetch_group(wp + b, ahead);
-    for (int i = 0; i < 4; ++i) block(b + i);
-  }
-  for (; b < a.nb; ++b) block(b);
+  for_blocks(wp, a.nb, ahead, block);
   for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
 }
 
@@ -242,12 +228,7 @@ void q8_0x8_gemv_vnni(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, acc[t]);
     }
   };
-  int64_t b = 0;
-  for (; b + 4 <= a.nb; b += 4) {
-    prefetch_group(wp + b, ahead);
-    for (int i = 0; i < 4; ++i) block(b + i);
-  }
-  for (; b < a.nb; ++b) block(b);
+  for_blocks(wp, a.nb, ahead, block);
   for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
 }
 
