@@ -79,7 +79,7 @@ struct qgemm_args {
   int64_t nb;            // blocks per row (k / 32)
   int64_t n;             // rows of W (the last panel may be partial)
   const block_q8_0* x;   // [m][nb] activations
-  const int32_t* xsum;   // [m][nb] sum of each activation block's quants (Q4_0 needs it)
+  const int32_t* xsum;   // [m][nb] sum of each activation block's quants (Q4_0, and Q8_0 on VNNI)
   const float* xd;       // [m][nb] each activation block's scale as float (x[i].d widened)
   int64_t m;             // tokens
   float* y;              // output

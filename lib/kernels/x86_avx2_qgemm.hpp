@@ -34,8 +34,6 @@ inline void store_panel(const qgemm_args& a, int64_t t, int64_t p, __m256 v) {
   }
 }
 
-inline float fp16_scalar(uint16_t h) { return _cvtsh_ss(h); }
-
 // Software prefetch of every cache line of the panel stream `ahead` bytes ahead
 // (q_prefetch_bytes: one panel is one sequential stream), into L2, once per 4 blocks (9 lines of
 // Q4_0, 17 of Q8_0: each line once). Touching one line per block (144 or 272 bytes) left most

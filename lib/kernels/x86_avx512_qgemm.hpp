@@ -162,9 +162,8 @@ void q8_0x16_tile(const qgemm_args& a, int64_t p, int64_t t0) {
 // The decoding GEMV of VNNI machines (fewer than 4 tokens): one panel, one weight stream per
 // thread, few instructions per weight byte. Q4_0: the low nibbles masked (& 0x0f) and the high
 // ones masked in place (& 0xf0, 16 q): vpdpbusd sums 16 dot(q_hi, x) exactly, and an arithmetic
-// shift by 4 divides that sum exactly: one shift per token, none per chunk. Q8_0: w ^ 0x80 as in q8_0x16_tile. Both sums are the exact int32 of
-// the reference, followed by its float epilogue.
-//
+// shift by 4 divides that sum exactly: one shift per token, none per chunk. Q8_0: w ^ 0x80 as in
+// q8_0x16_tile. Both sums are the exact int32 of the reference, then its float epilogue.
 inline __m256i bcast_x(const int8_t* x) { return _mm256_set1_epi32(load_i32(x)); }
 
 template <int TN>
