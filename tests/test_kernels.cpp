@@ -227,7 +227,10 @@ TEST_CASE("quantize_row_q8_0: non-finite blocks become NaN scale, zero quants, o
 }
 
 TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for bit") {
-  const int64_t ns[] = {1, 7, 8, 9, 17, 40};
+  // Panels split in two calls at np / 2: 75 rows (10 panels, the last partial) as 4+1 | 4+1; 63
+  // as 4 | 4 with the partial panel in a group's upper half; 129 as 4+4 | 4+4+1; 100 as
+  // 4+2+... | 4+2+1 (groups of four on VNNI, then pairs, then a single)
+  const int64_t ns[] = {1, 7, 8, 9, 17, 40, 63, 75, 100, 129};
   const int64_t ks[] = {32, 96, 288, 512};
   // 5, 6, 7, 11 and 64: the prompt path (tiles of 4, a remainder of 1, 2 or 3)
   const int64_t ms[] = {1, 2, 5, 6, 7, 11, 64};
@@ -249,9 +252,11 @@ TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for b
           ref::quantize_row_q4_0(wf.data(), w4.data(), n * k);
           ref::quantize_row_q8_0(wf.data(), w8.data(), nullptr, n * k);
           // a value a file may hold though quantization never writes it: in the odd last panel
-          // (n = 9: the 256-bit kernels) and in a panel pair (n = 40: the zmm tiles for m >= 4)
+          // (n = 9: the 256-bit kernels), in a panel pair (n = 40: the zmm tiles for m >= 4) and
+          // in the upper half of a group of four panels (n = 75, row 60: VNNI tiles for m >= 4)
           if (n == 9) w8[0].qs[3] = -128;
           if (n == 40) w8[std::size_t(3 * (k / 32))].qs[5] = -128;
+          if (n == 75) w8[std::size_t(60 * (k / 32))].qs[17] = -128;
 
           ref::matmul(ggml_type::q4_0, w4.data(), n, k, x.data(), m, want.data());
           auto got = run_qgemm<block_q4_0, kernels::block_q4_0x8>(*t, true, w4, n, k, x, m);
