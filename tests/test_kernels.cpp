@@ -3,6 +3,7 @@
 // for bit (integer block sums exact, then one fma chain per output).
 #include <doctest/doctest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -411,6 +412,27 @@ TEST_CASE("float operations equal the reference bit for bit") {
       t->add(p.data(), a.data(), b.data(), n);
       ref::add(q.data(), a.data(), b.data(), n);
       CHECK(test::count_bit_differences(p.data(), q.data(), p.size()) == 0);
+    }
+    {  // to_f16: every rounding case fp32_to_fp16 handles, in the vector body and in the tail
+      const float inf = std::numeric_limits<float>::infinity();
+      std::vector<float> v = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e6f, inf, -inf,
+                              std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN(),
+                              std::numeric_limits<float>::signaling_NaN(), std::bit_cast<float>(0x7f812345u),
+                              std::bit_cast<float>(0xffc00001u), 5.96e-8f, 2.98e-8f, 2.99e-8f, 1e-10f, 6.1e-5f,
+                              6.09e-5f, -3.0e-6f, std::numeric_limits<float>::denorm_min(), 1e-45f};
+      for (uint32_t m : {0x1000u, 0x3000u, 0x0fffu, 0x1001u})  // ties to even and just past them
+        for (uint32_t e : {0x38800000u, 0x3f800000u, 0x47000000u}) v.push_back(std::bit_cast<float>(e | m));
+      for (uint32_t sh = 0; sh < 24; ++sh) v.push_back(std::bit_cast<float>(0x33000000u + (1u << sh)));  // subnormals
+      const auto g = test::gaussian(101, 77, 1000.0f);
+      v.insert(v.end(), g.begin(), g.end());
+      for (uint32_t e = 0; e < 256; ++e)  // every exponent, both signs, a few mantissas (NaNs at 255)
+        for (uint32_t m : {0u, 1u, 0x1000u, 0x2000u, 0x3000u, 0x400000u, 0x7fffffu})
+          for (uint32_t s : {0u, 0x80000000u}) v.push_back(std::bit_cast<float>(s | e << 23 | m));
+      std::vector<uint16_t> got(v.size(), 0xdead);
+      t->to_f16(got.data(), v.data(), int64_t(v.size()));
+      int wrong = 0;
+      for (std::size_t i = 0; i < v.size(); ++i) wrong += got[i] != fp32_to_fp16(v[i]);
+      CHECK(wrong == 0);
     }
     for (int64_t hd : {2, 6, 16, 128}) {
       const int64_t nh = 3;

@@ -17,6 +17,10 @@ struct h_avx2 {
   static void cvt_f16_batches(const uint16_t* src, B* dst) {
     dst[0] = B(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
   }
+  static void store_f16(const float* src, uint16_t* dst) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
 };
 
 }  // namespace
@@ -45,6 +49,7 @@ extern constinit const kernel_table table_avx2 = {
     silu_mul<h_avx2>,
     add<h_avx2>,
     rope<h_avx2>,
+    to_f16<h_avx2>,
 };
 
 }  // namespace qllm::kernels

@@ -26,6 +26,10 @@ struct h_neon {
     dst[0] = B(vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h))));
     dst[1] = B(vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h))));
   }
+  static void store_f16(const float* src, uint16_t* dst) {
+    const float16x8_t h = vcombine_f16(vcvt_f16_f32(vld1q_f32(src)), vcvt_f16_f32(vld1q_f32(src + 4)));
+    vst1q_u16(dst, vreinterpretq_u16_f16(h));
+  }
 };
 
 // Q8_0 quantization of activations, nearest-even rounding as ref::quantize_row_q8_0.
@@ -87,6 +91,7 @@ extern constinit const kernel_table table_neon = {
     silu_mul<h_neon>,
     add<h_neon>,
     rope<h_neon>,
+    to_f16<h_neon>,
 };
 
 }  // namespace qllm::kernels

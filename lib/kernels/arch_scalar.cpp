@@ -106,6 +106,10 @@ void gemm_kx8(const kgemm_args& a, int64_t p0, int64_t p1) {
   }
 }
 
+void to_f16(uint16_t* out, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = fp32_to_fp16(x[i]);
+}
+
 void gemm_f16(const fgemm_args& a, int64_t r0, int64_t r1) {
   const auto* w = static_cast<const uint16_t*>(a.w);
   for (int64_t r = r0; r < r1; ++r)
@@ -128,7 +132,7 @@ extern constinit const kernel_table table_scalar = {
     gemm_f16,        gemm_f32,         ref::dot_f32,           ref::dot_f16_f32, ref::axpy_f32,
     ref::axpy_f16,   ref::attn_scores_f16, ref::attn_scores_f32, ref::attn_values_f16,
     ref::attn_values_f32, ref::rmsnorm,     ref::softmax,           ref::silu_mul, ref::add,
-    ref::rope,
+    ref::rope,       to_f16,
 };
 
 }  // namespace qllm::kernels

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "kernels/kernel_table.hpp"
+#include "qllm/formats.hpp"
 
 namespace qllm::kernels {
 namespace {
@@ -292,6 +293,19 @@ void add(float* out, const float* a, const float* b, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) (V::load(a + i) + V::load(b + i)).store(out + i);
   if (i < n) (V::load_tail(a + i, n - i) + V::load_tail(b + i, n - i)).store_tail(out + i, n - i);
+}
+
+// H::store_f16(src8, dst8): eight floats to fp16 by the hardware conversion, round to nearest
+// even (F16C vcvtps2ph, NEON fcvtn). Both keep a NaN's upper payload bits and set the quiet bit,
+// as fp32_to_fp16 does: the same bits for every input (tested). Like every float operation in
+// qllm this assumes the default floating-point environment (docs/capi.md): NEON's fcvtn takes
+// its rounding from FPCR, and vcvtps2ph raises overflow / inexact flags (_MM_FROUND_NO_EXC does
+// not suppress them in the VEX form), which trap only where a host has unmasked them.
+template <class H>
+void to_f16(uint16_t* out, const float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) H::store_f16(x + i, out + i);
+  for (; i < n; ++i) out[i] = fp32_to_fp16(x[i]);
 }
 
 template <class H>

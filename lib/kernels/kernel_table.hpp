@@ -141,6 +141,8 @@ struct kernel_table {
   void (*add)(float* out, const float* a, const float* b, int64_t n);
   void (*rope)(float* x, int64_t n_head, int64_t head_dim, const float* cos_dup,
                const float* sin_alt);
+  // out[i] = fp32_to_fp16(x[i]): round to nearest even, NaN kept quiet (the KV cache's rows)
+  void (*to_f16)(uint16_t* out, const float* x, int64_t n);
 };
 
 // tests/check_isa_objects.py reads the `supported` field's relocation at this offset.

@@ -242,12 +242,8 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
         for (int64_t h = 0; h < c.n_head_kv; ++h) {
           const std::size_t dst = std::size_t((h * n_ctx + pos0 + t) * hd), src = std::size_t((r0 + t) * KV + h * hd);
           if (kv_f16) {
-            auto* kc = static_cast<uint16_t*>(k_cache) + dst;
-            auto* vc = static_cast<uint16_t*>(v_cache) + dst;
-            for (int64_t i = 0; i < hd; ++i) {
-              kc[i] = fp32_to_fp16(k[src + std::size_t(i)]);
-              vc[i] = fp32_to_fp16(v[src + std::size_t(i)]);
-            }
+            kt.to_f16(static_cast<uint16_t*>(k_cache) + dst, &k[src], hd);
+            kt.to_f16(static_cast<uint16_t*>(v_cache) + dst, &v[src], hd);
           } else {
             std::memcpy(static_cast<float*>(k_cache) + dst, &k[src], std::size_t(hd) * 4);
             std::memcpy(static_cast<float*>(v_cache) + dst, &v[src], std::size_t(hd) * 4);
@@ -410,7 +406,7 @@ void context_impl::shift(int32_t seq, int64_t n_keep, int64_t n_discard) {
       kt.rope(row.data(), 1, hd, cs.data(), sn.data());
       if (kv_f16) {
         auto* out = reinterpret_cast<uint16_t*>(k_head + dst);
-        for (int64_t i = 0; i < hd; ++i) out[i] = fp32_to_fp16(row[std::size_t(i)]);
+        kt.to_f16(out, row.data(), hd);
       } else {
         std::memcpy(k_head + dst, row.data(), row_bytes);
       }
