@@ -13,6 +13,8 @@ namespace qllm {
 cpu_features cpu_features_from_x86(const x86_cpuid_regs& r) noexcept {
   cpu_features f;
   f.amd = r.amd_vendor;
+  const unsigned base_family = (r.leaf1_eax >> 8) & 0xfu;
+  f.family = base_family == 0xfu ? base_family + ((r.leaf1_eax >> 20) & 0xffu) : base_family;
   const bool osxsave = (r.leaf1_ecx >> 27) & 1u;
   const bool avx = (r.leaf1_ecx >> 28) & 1u;
   const bool os_ymm = osxsave && (r.xcr0 & 0x6u) == 0x6u;      // SSE + AVX state
@@ -48,6 +50,7 @@ cpu_features detect() noexcept {
   r.max_leaf = a;
   r.amd_vendor = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "Auth" "enti" "cAMD"
   __get_cpuid(1, &a, &b, &c, &d);
+  r.leaf1_eax = a;
   r.leaf1_ecx = c;
   if (r.max_leaf >= 7) {
     __cpuid_count(7, 0, a, b, c, d);

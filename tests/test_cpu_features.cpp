@@ -16,11 +16,13 @@ x86_cpuid_regs zen3() {
   r.leaf7_ebx = avx2;
   r.xcr0 = 0x7;
   r.amd_vendor = true;
+  r.leaf1_eax = 0x00a00f11;  // EPYC 7003 (Milan): family 0xf + 0x0a, model 0x01
   return r;
 }
 x86_cpuid_regs icelake_server() {
   x86_cpuid_regs r = zen3();
   r.amd_vendor = false;
+  r.leaf1_eax = 0x000606a6;  // Xeon 3rd gen (Ice Lake-SP): family 6, model 0x6a
   r.leaf7_ebx |= a512f | a512dq | a512bw | a512vl;
   r.leaf7_ecx = vnni;
   r.xcr0 = 0xe7;
@@ -38,6 +40,23 @@ TEST_CASE("x86: AVX2 machine without AVX-512") {
   CHECK(cpu_features_string(f) == "avx2 fma f16c");
   CHECK(f.amd);  // the vendor tunes (decode prefetch), it never decides what may run
   CHECK_FALSE(cpu_features_from_x86(icelake_server()).amd);
+}
+
+TEST_CASE("x86: family is the base family, plus the extended family where the base is 0xf") {
+  CHECK(cpu_features_from_x86(zen3()).family == 0x19u);
+  CHECK(cpu_features_from_x86(icelake_server()).family == 6u);
+  x86_cpuid_regs r = zen3();
+  r.leaf1_eax = 0x00a10f11;  // EPYC 9004 (Genoa, Zen 4): still family 0x19
+  CHECK(cpu_features_from_x86(r).family == 0x19u);
+  r.leaf1_eax = 0x00b00f21;  // EPYC 9005 (Turin, Zen 5): family 0x1a
+  CHECK(cpu_features_from_x86(r).family == 0x1au);
+  r.leaf1_eax = 0x0ff00f00;  // the largest extended family
+  CHECK(cpu_features_from_x86(r).family == 0x10eu);
+  r.leaf1_eax = 0x0ff00600;  // extended family bits count only under base family 0xf
+  CHECK(cpu_features_from_x86(r).family == 6u);
+  r.leaf1_eax = 0x00a00f11;
+  r.leaf1_ecx = 0;  // no AVX: the family is read all the same
+  CHECK(cpu_features_from_x86(r).family == 0x19u);
 }
 
 TEST_CASE("x86: AVX-512 with VNNI when the OS saves ZMM state") {
@@ -94,6 +113,9 @@ TEST_CASE("live detection agrees with the compiler's runtime check") {
   CHECK(f.fma == bool(__builtin_cpu_supports("fma")));
   CHECK(f.avx512f == bool(__builtin_cpu_supports("avx512f")));
   CHECK(f.avx512bw == bool(__builtin_cpu_supports("avx512bw")));
+  CHECK(f.amd == bool(__builtin_cpu_is("amd")));
+  if (__builtin_cpu_is("amdfam19h")) CHECK(f.family == 0x19u);
+  if (__builtin_cpu_is("intel")) CHECK((f.family == 6u || f.family == 15u));  // P6 line, or Pentium 4
 #elif defined(__aarch64__)
   CHECK(f.neon);
 #endif

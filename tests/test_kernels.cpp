@@ -133,6 +133,27 @@ TEST_CASE("there is at least one table beyond scalar where the CPU has SIMD") {
 #endif
 }
 
+TEST_CASE("decode prefetch distance: none on AMD before family 0x1a, 8 KiB elsewhere") {
+  cpu_features f;
+  f.avx2 = f.fma = f.f16c = true;
+  f.amd = true;
+  f.family = 0x17;  // Zen 1/2
+  CHECK(kernels::default_prefetch_bytes(f) == 0);
+  f.family = 0x19;  // Zen 3 without AVX-512, Zen 4 with it: the same
+  CHECK(kernels::default_prefetch_bytes(f) == 0);
+  f.avx512f = f.avx512bw = f.avx512vl = f.avx512dq = f.avx512_vnni = true;
+  CHECK(kernels::default_prefetch_bytes(f) == 0);
+  f.family = 0x1a;  // Zen 5
+  CHECK(kernels::default_prefetch_bytes(f) == 8192);
+  f.amd = false;
+  f.family = 6;  // Intel
+  CHECK(kernels::default_prefetch_bytes(f) == 8192);
+  f.avx512f = false;
+  CHECK(kernels::default_prefetch_bytes(f) == 8192);
+  if (!std::getenv("QLLM_PREFETCH"))  // the distance in use is this CPU's default
+    CHECK(kernels::q_prefetch_bytes() == kernels::default_prefetch_bytes(cpu_features_detect()));
+}
+
 TEST_CASE("quantize_row_q8_0: bytes and sums equal the reference") {
   for (auto* t : tables_under_test()) {
     const std::string table = t->name;

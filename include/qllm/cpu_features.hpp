@@ -11,6 +11,7 @@ struct cpu_features {
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512_vnni = false;
   bool amd = false;  // CPUID vendor "AuthenticAMD" (tuning only, never what may run)
+  unsigned family = 0;  // x86 family, base + extended (AMD Zen 3/4 0x19, Zen 5 0x1a; tuning only)
   // aarch64
   bool neon = false, dotprod = false, i8mm = false;
 };
@@ -18,6 +19,7 @@ struct cpu_features {
 // Raw x86 register values the decision is made from.
 struct x86_cpuid_regs {
   uint32_t max_leaf = 0;   // CPUID.0:EAX
+  uint32_t leaf1_eax = 0;  // CPUID.1:EAX (stepping, model, family)
   uint32_t leaf1_ecx = 0;  // CPUID.1:ECX (FMA, OSXSAVE, AVX, F16C)
   uint32_t leaf7_ebx = 0;  // CPUID.(7,0):EBX (AVX2, AVX-512 F/DQ/BW/VL)
   uint32_t leaf7_ecx = 0;  // CPUID.(7,0):ECX (AVX512_VNNI)

@@ -130,10 +130,11 @@ int q_prefetch_bytes() noexcept {
       const long b = std::strtol(e, &end, 10);
       if (*end == '\0' && b >= 0 && b <= 65536) return int(b) / 64 * 64;
     }
-    const cpu_features& f = cpu_features_detect();
-    return f.amd && !f.avx512f ? 0 : 8192;
+    return default_prefetch_bytes(cpu_features_detect());
   }();
   return v;
 }
+
+int default_prefetch_bytes(const cpu_features& f) noexcept { return f.amd && f.family < 0x1au ? 0 : 8192; }
 
 }  // namespace qllm::kernels

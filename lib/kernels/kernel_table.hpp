@@ -160,8 +160,11 @@ const kernel_table* find_table(std::string_view name);
 const kernel_table& active();
 
 // Look-ahead in bytes of the software prefetch in the 256-bit Q4_0/Q8_0 tiles (the decoding GEMV
-// of every x86 table), chosen once: 8192 (into L2), or 0 (none) on AMD CPUs without AVX-512 (Zen 1-3,
-// where look-ahead prefetch measured slower); QLLM_PREFETCH=BYTES (0..65536) overrides.
+// of every x86 table), chosen once: default_prefetch_bytes(this CPU), or QLLM_PREFETCH=BYTES
+// (0..65536) where set.
 int q_prefetch_bytes() noexcept;
+// 8192 (into L2), or 0 (no look-ahead) on AMD CPUs before family 0x1a (Zen 1-4: on a Zen 3 and a
+// Zen 4 look-ahead measured slower; Zen 5 gains from it). docs/kernels.md, "Prefetch".
+int default_prefetch_bytes(const cpu_features& f) noexcept;
 
 }  // namespace qllm::kernels
