@@ -31,7 +31,8 @@ std::vector<const kernel_table*> tables_under_test() {
 // Runs W (n x k, GGUF blocks) through table t's quantized gemm; x quantized by the reference.
 template <class Block, class Panel>
 std::vector<float> run_qgemm(const kernel_table& t, bool q4, const std::vector<Block>& w,
-                             int64_t n, int64_t k, const std::vector<float>& x, int64_t m) {
+                             int64_t n, int64_t k, const std::vector<float>& x, int64_t m,
+                             bool interleaved = false) {
   const int64_t nb = k / 32, np = (n + 7) / 8;
   std::vector<Panel> panels(static_cast<size_t>(np * nb));
   if constexpr (sizeof(Block) == sizeof(block_q4_0))
@@ -46,7 +47,19 @@ std::vector<float> run_qgemm(const kernel_table& t, bool q4, const std::vector<B
   for (std::size_t i = 0; i < xq.size(); ++i) xd[i] = fp16_to_fp32(xq[i].d);
   const int64_t ldy = n + 3;  // a stride wider than n: nothing may be written past row n
   std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
-  const kernels::qgemm_args a{panels.data(), nb, n, xq.data(), xs.data(), xd.data(), m, y.data(), ldy};
+  kernels::qgemm_args a{panels.data(), nb, n, xq.data(), xs.data(), xd.data(), m, y.data(), ldy};
+  std::vector<int8_t> tq;  // the token-interleaved copy a step of continuous batching carries
+  std::vector<int32_t> ts;
+  std::vector<float> td;
+  if (interleaved) {
+    tq.resize(static_cast<size_t>(32 * m * nb));
+    ts.resize(static_cast<size_t>(m * nb));
+    td.resize(ts.size());
+    kernels::interleave_tokens(xq.data(), xs.data(), xd.data(), m, nb, tq.data(), ts.data(), td.data());
+    a.xt_q = tq.data();
+    a.xt_sum = ts.data();
+    a.xt_d = td.data();
+  }
   // two calls over split panel ranges must equal one call over all
   const int64_t mid = np / 2;
   (q4 ? t.gemm_q4_0x8 : t.gemm_q8_0x8)(a, 0, mid);
@@ -254,8 +267,10 @@ TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for b
   // 4+2+... | 4+2+1 (groups of four on VNNI, then pairs, then a single)
   const int64_t ns[] = {1, 7, 8, 9, 17, 40, 63, 75, 100, 129};
   const int64_t ks[] = {32, 96, 288, 512};
-  // 5, 6, 7, 11 and 64: the prompt path (tiles of 4, a remainder of 1, 2 or 3)
-  const int64_t ms[] = {1, 2, 5, 6, 7, 11, 64};
+  // 5-8: with the interleaved copy, one pass of all tokens over each group of four panels on
+  // VNNI (a step of continuous batching); 11 and 64: the prompt path (tiles of 4, a remainder
+  // of 1, 2 or 3)
+  const int64_t ms[] = {1, 2, 5, 6, 7, 8, 11, 64};
   for (auto* t : tables_under_test()) {
     const std::string table = t->name;
     CAPTURE(table);
@@ -280,13 +295,17 @@ TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for b
           if (n == 40) w8[std::size_t(3 * (k / 32))].qs[5] = -128;
           if (n == 75) w8[std::size_t(60 * (k / 32))].qs[17] = -128;
 
-          ref::matmul(ggml_type::q4_0, w4.data(), n, k, x.data(), m, want.data());
-          auto got = run_qgemm<block_q4_0, kernels::block_q4_0x8>(*t, true, w4, n, k, x, m);
-          CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+          // with and without the token-interleaved copy (every table must accept it)
+          for (bool il : {false, true}) {
+            CAPTURE(il);
+            ref::matmul(ggml_type::q4_0, w4.data(), n, k, x.data(), m, want.data());
+            auto got = run_qgemm<block_q4_0, kernels::block_q4_0x8>(*t, true, w4, n, k, x, m, il);
+            CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
 
-          ref::matmul(ggml_type::q8_0, w8.data(), n, k, x.data(), m, want.data());
-          got = run_qgemm<block_q8_0, kernels::block_q8_0x8>(*t, false, w8, n, k, x, m);
-          CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+            ref::matmul(ggml_type::q8_0, w8.data(), n, k, x.data(), m, want.data());
+            got = run_qgemm<block_q8_0, kernels::block_q8_0x8>(*t, false, w8, n, k, x, m, il);
+            CHECK(test::count_bit_differences(got.data(), want.data(), want.size()) == 0);
+          }
         }
       }
     }

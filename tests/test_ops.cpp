@@ -22,7 +22,7 @@ TEST_CASE("matmul: bit-identical for 1, 2, 3 and 7 threads, equal to the referen
     CAPTURE(table);
     for (ggml_type type : {ggml_type::q4_0, ggml_type::q8_0, ggml_type::f16, ggml_type::f32}) {
       CAPTURE(int(type));
-      for (int64_t m : {1, 5, 130}) {
+      for (int64_t m : {1, 5, 8, 130}) {  // 5 and 8: a step of continuous batching
         const int64_t n = 203, k = 320;
         CAPTURE(m);
         const auto wf = test::gaussian(static_cast<size_t>(n * k), 5);
@@ -45,8 +45,14 @@ TEST_CASE("matmul: bit-identical for 1, 2, 3 and 7 threads, equal to the referen
           CAPTURE(nt);
           std::vector<float> y(static_cast<size_t>(m * n), 0.0f);
           ops::quantize_activations(*kt, x.data(), m, xq, nt);
+          CHECK(xq.t_m == (m >= 5 && m <= 8 ? m : 0));  // the token-interleaved copy
           ops::matmul(*kt, w, x.data(), &xq, m, y.data(), n, nt);
           CHECK(test::count_bit_differences(y.data(), want.data(), want.size()) == 0);
+          if (m == 8) {  // fewer tokens than were quantized: the copy is not theirs
+            std::fill(y.begin(), y.end(), 0.0f);
+            ops::matmul(*kt, w, x.data(), &xq, 6, y.data(), n, nt);
+            CHECK(test::count_bit_differences(y.data(), want.data(), std::size_t(6 * n)) == 0);
+          }
         }
       }
     }

@@ -84,7 +84,19 @@ struct qgemm_args {
   int64_t m;             // tokens
   float* y;              // output
   int64_t ldy;           // stride between tokens in y
+  // The same activations token-interleaved (interleave_tokens), or null. A step of continuous
+  // batching (5 <= m <= kmax_interleaved) reaches every token from one pointer with them; the
+  // tables that do not use them, and m outside that range, read x, xsum and xd.
+  const int8_t* xt_q = nullptr;    // [nb][m][32] quants
+  const int32_t* xt_sum = nullptr; // [nb][m] sums
+  const float* xt_d = nullptr;     // [nb][m] scales
 };
+
+// Most tokens of one interleaved copy of the activations.
+inline constexpr int64_t kmax_interleaved = 8;
+// x, xsum, xd ([m][nb] each) into q [nb][m][32], sum and d [nb][m].
+void interleave_tokens(const block_q8_0* x, const int32_t* xsum, const float* xd, int64_t m, int64_t nb, int8_t* q,
+                       int32_t* sum, float* d) noexcept;
 
 // One k-quant matmul call: as qgemm_args, with nb super-blocks per row and Q8_K activations.
 struct kgemm_args {

@@ -9,6 +9,8 @@
 #pragma once
 #include <simde/x86/avx512.h>
 
+#include <type_traits>
+
 #include "kernels/x86_avx2_qgemm.hpp"
 
 namespace qllm::kernels {
@@ -245,6 +247,74 @@ void q8_0x32_tile_vnni(const qgemm_args& a, int64_t p, int64_t t0) {
   }
 }
 
+// A step of 5-8 decoding streams (continuous batching) is a small-M GEMM. With tiles of 4
+// tokens the first tile over a panel group streams the weights from memory at the speed of 4
+// tokens of arithmetic (about 26 GB/s a core on Zen 4, the bus of one core) and the second reads
+// them again from L2; one pass of all tokens halves the bytes per cycle. It reads the
+// activations interleaved by ops::quantize_activations (block b of every token side by side), so
+// that one pointer and constant offsets reach every token: 16 int32 chains stay in registers,
+// the float accumulators in an L1 buffer (one load and store each per block). Same exact int32
+// sums and float epilogue as the tiles above.
+template <bool q4, int TN>
+void qx32_tile_all_vnni(const qgemm_args& a, int64_t p) {
+  using Block = std::conditional_t<q4, block_q4_0x8, block_q8_0x8>;
+  const Block* w[4];
+  for (int r = 0; r < 4; ++r) w[r] = static_cast<const Block*>(a.w) + (p + r) * a.nb;
+  const simde__m512i m4 = simde_mm512_set1_epi8(0x0f);
+  const simde__m512i flip = simde_mm512_set1_epi8(char(0x80));
+  alignas(64) float acc[TN][2][16];
+  for (int t = 0; t < TN; ++t)
+    for (int h = 0; h < 2; ++h) simde_mm512_store_ps(acc[t][h], simde_mm512_setzero_ps());
+  for (int64_t b = 0; b < a.nb; ++b) {
+    if ((b & 3) == 0) prefetch_quad4(w, b);
+    const int8_t* xq = a.xt_q + 32 * TN * b;
+    const int32_t* xsum = a.xt_sum + TN * b;
+    simde__m512i si[TN][2];  // rows of panels p, p+1 and of p+2, p+3, seeded as in the tiles above
+    for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = simde_mm512_set1_epi32((q4 ? -8 : -128) * xsum[t]);
+    if constexpr (q4) {
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const simde__m512i r0 = load_pair(w[0][b].qs + 32 * c, w[1][b].qs + 32 * c);
+        const simde__m512i r1 = load_pair(w[2][b].qs + 32 * c, w[3][b].qs + 32 * c);
+        const simde__m512i lo0 = simde_mm512_and_si512(r0, m4), hi0 = simde_mm512_and_si512(simde_mm512_srli_epi16(r0, 4), m4);
+        const simde__m512i lo1 = simde_mm512_and_si512(r1, m4), hi1 = simde_mm512_and_si512(simde_mm512_srli_epi16(r1, 4), m4);
+        for (int t = 0; t < TN; ++t) {
+          const simde__m512i xl = simde_mm512_set1_epi32(load_i32(xq + 32 * t + 4 * c));
+          const simde__m512i xh = simde_mm512_set1_epi32(load_i32(xq + 32 * t + 16 + 4 * c));
+          si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], lo0, xl);
+          si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], lo1, xl);
+          si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], hi0, xh);
+          si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], hi1, xh);
+        }
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const simde__m512i u0 = simde_mm512_xor_si512(load_pair(w[0][b].qs + 32 * j, w[1][b].qs + 32 * j), flip);
+        const simde__m512i u1 = simde_mm512_xor_si512(load_pair(w[2][b].qs + 32 * j, w[3][b].qs + 32 * j), flip);
+        for (int t = 0; t < TN; ++t) {
+          const simde__m512i xv = simde_mm512_set1_epi32(load_i32(xq + 32 * t + 4 * j));
+          si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], u0, xv);
+          si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], u1, xv);
+        }
+      }
+    }
+    const simde__m512 dw0 = load_scales16(w[0][b].d, w[1][b].d), dw1 = load_scales16(w[2][b].d, w[3][b].d);
+    const float* xd = a.xt_d + TN * b;
+    for (int t = 0; t < TN; ++t) {
+      const simde__m512 d = simde_mm512_set1_ps(xd[t]);
+      simde_mm512_store_ps(acc[t][0], simde_mm512_fmadd_ps(cvt_i32_ps(si[t][0]), simde_mm512_mul_ps(dw0, d),
+                                                           simde_mm512_load_ps(acc[t][0])));
+      simde_mm512_store_ps(acc[t][1], simde_mm512_fmadd_ps(cvt_i32_ps(si[t][1]), simde_mm512_mul_ps(dw1, d),
+                                                           simde_mm512_load_ps(acc[t][1])));
+    }
+  }
+  for (int t = 0; t < TN; ++t) {
+    store_panels16(a, t, p, simde_mm512_load_ps(acc[t][0]));
+    store_panels16(a, t, p + 2, simde_mm512_load_ps(acc[t][1]));
+  }
+}
+
 // The decoding GEMV of VNNI machines (fewer than 4 tokens): one panel, one weight stream per
 // thread, few instructions per weight byte. Q4_0: the low nibbles masked (& 0x0f) and the high
 // ones masked in place (& 0xf0, 16 q): vpdpbusd sums 16 dot(q_hi, x) exactly, and an arithmetic
@@ -325,6 +395,19 @@ template <bool vnni, bool q4>
 void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
   int64_t p = a.m < 4 ? p1 : p0;
   if constexpr (vnni) {
+    // 5-8 tokens, interleaved: one pass over each group. More: the tiles of 4, whose sums stay
+    // in registers, are faster once the weights are in cache (one pass measured 0.85x at M = 64
+    // and 512).
+    if (a.xt_q && a.m >= 5 && a.m <= kmax_interleaved) {
+      for (; p + 4 <= p1; p += 4) {
+        switch (a.m) {
+          case 5: qx32_tile_all_vnni<q4, 5>(a, p); break;
+          case 6: qx32_tile_all_vnni<q4, 6>(a, p); break;
+          case 7: qx32_tile_all_vnni<q4, 7>(a, p); break;
+          default: qx32_tile_all_vnni<q4, 8>(a, p); break;
+        }
+      }
+    }
     for (; p + 4 <= p1; p += 4) {
       for_token_tiles(a.m, [&](auto tn, int64_t t) {
         if constexpr (q4)

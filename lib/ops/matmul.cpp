@@ -129,7 +129,14 @@ act_q8::act_q8(int64_t m_max_, int64_t k_, bool k_quants)
       scales(new float[std::size_t(m_max_ * (k_ / qk))]),
       kblocks(k_quants && k_ % qk_k == 0 ? new block_q8_k[std::size_t(m_max_ * (k_ / qk_k))] : nullptr),
       m_max(m_max_),
-      k(k_) {}
+      k(k_) {
+  if (m_max >= 5) {
+    const std::size_t n = std::size_t(std::min(m_max, kernels::kmax_interleaved) * (k / qk));
+    t_q.reset(new int8_t[32 * n]);
+    t_sum.reset(new int32_t[n]);
+    t_d.reset(new float[n]);
+  }
+}
 
 void quantize_activations(const kernels::kernel_table& kt, const float* x, int64_t m, act_q8& a,
                           int n_threads) {
@@ -141,6 +148,10 @@ void quantize_activations(const kernels::kernel_table& kt, const float* x, int64
     // one scalar pass for every table: O(k) per token against the O(n k) of the matmul
     if (a.kblocks) ref::quantize_row_q8_k(x + t * a.k, a.kblocks.get() + t * (a.k / qk_k), a.k);
   }
+  a.t_m = m >= 5 && m <= kernels::kmax_interleaved && a.t_q ? m : 0;
+  if (a.t_m)
+    kernels::interleave_tokens(a.blocks.get(), a.sums.get(), a.scales.get(), m, nb, a.t_q.get(), a.t_sum.get(),
+                               a.t_d.get());
 }
 
 void matmul(const kernels::kernel_table& kt, const packed_weights& w, const float* x,
@@ -176,8 +187,13 @@ void matmul(const kernels::kernel_table& kt, const packed_weights& w, const floa
         kt.gemm_q6_kx8(a, u0, u1);
     } else if (quant) {
       const int64_t nb = w.cols() / qk;
-      const kernels::qgemm_args a{w.data(), nb, w.rows(), xq->blocks.get() + t0 * nb,
-                                  xq->sums.get() + t0 * nb, xq->scales.get() + t0 * nb, tn, y + t0 * ldy, ldy};
+      kernels::qgemm_args a{w.data(), nb, w.rows(), xq->blocks.get() + t0 * nb,
+                            xq->sums.get() + t0 * nb, xq->scales.get() + t0 * nb, tn, y + t0 * ldy, ldy};
+      if (xq->t_m == tn && t0 == 0) {  // the interleaved copy of these very tokens
+        a.xt_q = xq->t_q.get();
+        a.xt_sum = xq->t_sum.get();
+        a.xt_d = xq->t_d.get();
+      }
       if (w.type() == ggml_type::q4_0)
         kt.gemm_q4_0x8(a, u0, u1);
       else

@@ -60,6 +60,12 @@ struct act_q8 {
   std::unique_ptr<int32_t[]> sums;       // [m_max][k/32]
   std::unique_ptr<float[]> scales;       // [m_max][k/32] blocks[i].d as float
   std::unique_ptr<block_q8_k[]> kblocks;  // [m_max][k/256], or null
+  // blocks, sums and scales token-interleaved (kernels::interleave_tokens) when the last
+  // quantize_activations had 5 to kernels::kmax_interleaved tokens (t_m of them; else t_m = 0)
+  std::unique_ptr<int8_t[]> t_q;
+  std::unique_ptr<int32_t[]> t_sum;
+  std::unique_ptr<float[]> t_d;
+  int64_t t_m = 0;
   int64_t m_max = 0, k = 0;
   act_q8() = default;
   act_q8(int64_t m_max, int64_t k, bool k_quants = false);
