@@ -165,14 +165,99 @@ void q8_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
   for (int t = 0; t < TN; ++t) store_panel(a, t0 + t, p, acc[t]);
 }
 
+// A step of 5-8 decoding streams from the token-interleaved copy (qgemm_args::xt_q): one pass
+// of each panel for all tokens, where tiles of 4 stream it from memory in the first and read it
+// again from L1 in the second. One pointer and constant offsets reach every token; the float
+// accumulators live in an L1 buffer. Same exact sums and float epilogue as the tiles above.
+template <int TN>
+void q4_0x8_tile_il(const qgemm_args& a, int64_t p, int ahead) {
+  const auto* wp = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  alignas(32) float acc[TN][8];
+  for (int t = 0; t < TN; ++t) _mm256_store_ps(acc[t], _mm256_setzero_ps());
+  for_blocks(wp, a.nb, ahead, [&](int64_t b) {
+    const block_q4_0x8& wb = wp[b];
+    const int8_t* xq = a.xt_q + 32 * TN * b;
+    __m256i s16[TN];  // |int16 sum| <= 8 * 2 * 15 * 128 in any order
+    for (int t = 0; t < TN; ++t) s16[t] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+    for (int c = 0; c < 4; ++c) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * c));
+      const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+      for (int t = 0; t < TN; ++t)
+        s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xq + 32 * t + 4 * c))),
+                                                           _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xq + 32 * t + 16 + 4 * c)))));
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
+    const int32_t* xsum = a.xt_sum + TN * b;
+    const float* xd = a.xt_d + TN * b;
+    for (int t = 0; t < TN; ++t) {
+      const __m256i si = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], _mm256_set1_epi16(1)), _mm256_set1_epi32(8 * xsum[t]));
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[t]));
+      _mm256_store_ps(acc[t], _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, _mm256_load_ps(acc[t])));
+    }
+  });
+  for (int t = 0; t < TN; ++t) store_panel(a, t, p, _mm256_load_ps(acc[t]));
+}
+
+template <int TN>
+void q8_0x8_tile_il(const qgemm_args& a, int64_t p, int ahead) {
+  const auto* wp = static_cast<const block_q8_0x8*>(a.w) + p * a.nb;
+  alignas(32) float acc[TN][8];
+  for (int t = 0; t < TN; ++t) _mm256_store_ps(acc[t], _mm256_setzero_ps());
+  for_blocks(wp, a.nb, ahead, [&](int64_t b) {
+    const block_q8_0x8& wb = wp[b];
+    const int8_t* xq = a.xt_q + 32 * TN * b;
+    __m256i si[TN];
+    for (int t = 0; t < TN; ++t) si[t] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+    for (int j = 0; j < 8; ++j) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * j));
+      const __m256i wabs = _mm256_abs_epi8(wv);
+      for (int t = 0; t < TN; ++t)
+        si[t] = dot_maddubs::q8_step(si[t], wabs, _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xq + 32 * t + 4 * j)), wv));
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
+    const float* xd = a.xt_d + TN * b;
+    for (int t = 0; t < TN; ++t) {
+      const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[t]));
+      _mm256_store_ps(acc[t], _mm256_fmadd_ps(_mm256_cvtepi32_ps(si[t]), d, _mm256_load_ps(acc[t])));
+    }
+  });
+  for (int t = 0; t < TN; ++t) store_panel(a, t, p, _mm256_load_ps(acc[t]));
+}
+
+// Calls tile(std::integral_constant<int, m>()) for 5 <= m <= 8 when the interleaved copy is
+// there; false (nothing called) otherwise.
+template <class F>
+inline bool for_interleaved_step(const qgemm_args& a, F&& tile) {
+  if (!a.xt_q || a.m < 5 || a.m > kmax_interleaved) return false;
+  static_assert(kmax_interleaved == 8);
+  switch (a.m) {
+    case 5: tile(std::integral_constant<int, 5>()); break;
+    case 6: tile(std::integral_constant<int, 6>()); break;
+    case 7: tile(std::integral_constant<int, 7>()); break;
+    default: tile(std::integral_constant<int, 8>()); break;
+  }
+  return true;
+}
+
 inline void gemm_q4_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
   const int ahead = q_prefetch_bytes();
+  if (for_interleaved_step(a, [&](auto tn) {
+        for (int64_t p = p0; p < p1; ++p) q4_0x8_tile_il<decltype(tn)::value>(a, p, ahead);
+      }))
+    return;
   for (int64_t p = p0; p < p1; ++p)
     for_token_tiles(a.m, [&](auto tn, int64_t t) { q4_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t, ahead); });
 }
 
 inline void gemm_q8_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
   const int ahead = q_prefetch_bytes();
+  if (for_interleaved_step(a, [&](auto tn) {
+        for (int64_t p = p0; p < p1; ++p) q8_0x8_tile_il<decltype(tn)::value>(a, p, ahead);
+      }))
+    return;
   for (int64_t p = p0; p < p1; ++p)
     for_token_tiles(a.m, [&](auto tn, int64_t t) { q8_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t, ahead); });
 }
