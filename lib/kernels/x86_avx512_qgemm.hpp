@@ -175,6 +175,26 @@ inline void prefetch_quad4(const Block* const w[4], int64_t b) {
   prefetch_pair4(w[2], w[3], b);
 }
 
+// Chunk c of block b of four Q4_0 panels, nibbles unpacked (lo/hi of rows p, p+1 and p+2, p+3),
+// and one token's step over it: x its 32 quants, si its two chains.
+struct q4_quad {
+  simde__m512i lo0, hi0, lo1, hi1;
+};
+inline q4_quad unpack_q4_quad(const block_q4_0x8* const w[4], int64_t b, int c, simde__m512i m4) {
+  const simde__m512i r0 = load_pair(w[0][b].qs + 32 * c, w[1][b].qs + 32 * c);
+  const simde__m512i r1 = load_pair(w[2][b].qs + 32 * c, w[3][b].qs + 32 * c);
+  return {simde_mm512_and_si512(r0, m4), simde_mm512_and_si512(simde_mm512_srli_epi16(r0, 4), m4),
+          simde_mm512_and_si512(r1, m4), simde_mm512_and_si512(simde_mm512_srli_epi16(r1, 4), m4)};
+}
+inline void q4_quad_step(simde__m512i si[2], const q4_quad& u, const int8_t* x, int c) {
+  const simde__m512i xl = simde_mm512_set1_epi32(load_i32(x + 4 * c));
+  const simde__m512i xh = simde_mm512_set1_epi32(load_i32(x + 16 + 4 * c));
+  si[0] = simde_mm512_dpbusd_epi32(si[0], u.lo0, xl);
+  si[1] = simde_mm512_dpbusd_epi32(si[1], u.lo1, xl);
+  si[0] = simde_mm512_dpbusd_epi32(si[0], u.hi0, xh);
+  si[1] = simde_mm512_dpbusd_epi32(si[1], u.hi1, xh);
+}
+
 template <int TN>
 void q4_0x32_tile_vnni(const qgemm_args& a, int64_t p, int64_t t0) {
   const block_q4_0x8* w[4];
@@ -187,19 +207,8 @@ void q4_0x32_tile_vnni(const qgemm_args& a, int64_t p, int64_t t0) {
     simde__m512i si[TN][2];  // rows of panels p, p+1 and of p+2, p+3; seeded with -8 sum(x)
     for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = simde_mm512_set1_epi32(-8 * a.xsum[(t0 + t) * a.nb + b]);
     for (int c = 0; c < 4; ++c) {
-      const simde__m512i r0 = load_pair(w[0][b].qs + 32 * c, w[1][b].qs + 32 * c);
-      const simde__m512i r1 = load_pair(w[2][b].qs + 32 * c, w[3][b].qs + 32 * c);
-      const simde__m512i lo0 = simde_mm512_and_si512(r0, m4), hi0 = simde_mm512_and_si512(simde_mm512_srli_epi16(r0, 4), m4);
-      const simde__m512i lo1 = simde_mm512_and_si512(r1, m4), hi1 = simde_mm512_and_si512(simde_mm512_srli_epi16(r1, 4), m4);
-      for (int t = 0; t < TN; ++t) {
-        const int8_t* x = a.x[(t0 + t) * a.nb + b].qs;
-        const simde__m512i xl = simde_mm512_set1_epi32(load_i32(x + 4 * c));
-        const simde__m512i xh = simde_mm512_set1_epi32(load_i32(x + 16 + 4 * c));
-        si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], lo0, xl);
-        si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], lo1, xl);
-        si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], hi0, xh);
-        si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], hi1, xh);
-      }
+      const q4_quad u = unpack_q4_quad(w, b, c, m4);
+      for (int t = 0; t < TN; ++t) q4_quad_step(si[t], u, a.x[(t0 + t) * a.nb + b].qs, c);
     }
     const simde__m512 dw0 = load_scales16(w[0][b].d, w[1][b].d), dw1 = load_scales16(w[2][b].d, w[3][b].d);
     for (int t = 0; t < TN; ++t) {
@@ -274,18 +283,8 @@ void qx32_tile_all_vnni(const qgemm_args& a, int64_t p) {
     if constexpr (q4) {
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
-        const simde__m512i r0 = load_pair(w[0][b].qs + 32 * c, w[1][b].qs + 32 * c);
-        const simde__m512i r1 = load_pair(w[2][b].qs + 32 * c, w[3][b].qs + 32 * c);
-        const simde__m512i lo0 = simde_mm512_and_si512(r0, m4), hi0 = simde_mm512_and_si512(simde_mm512_srli_epi16(r0, 4), m4);
-        const simde__m512i lo1 = simde_mm512_and_si512(r1, m4), hi1 = simde_mm512_and_si512(simde_mm512_srli_epi16(r1, 4), m4);
-        for (int t = 0; t < TN; ++t) {
-          const simde__m512i xl = simde_mm512_set1_epi32(load_i32(xq + 32 * t + 4 * c));
-          const simde__m512i xh = simde_mm512_set1_epi32(load_i32(xq + 32 * t + 16 + 4 * c));
-          si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], lo0, xl);
-          si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], lo1, xl);
-          si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], hi0, xh);
-          si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], hi1, xh);
-        }
+        const q4_quad u = unpack_q4_quad(w, b, c, m4);
+        for (int t = 0; t < TN; ++t) q4_quad_step(si[t], u, xq + 32 * t, c);
       }
     } else {
 #pragma GCC unroll 8
