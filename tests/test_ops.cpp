@@ -2,6 +2,7 @@
 // depend on the thread count, and must equal the reference.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -56,6 +57,49 @@ TEST_CASE("matmul: bit-identical for 1, 2, 3 and 7 threads, equal to the referen
         }
       }
     }
+  }
+}
+
+// Results are the same bits with or without the token-interleaved copy, so the tests above cannot
+// see whether ops::matmul hands it over: a table whose Q4_0 GEMM records what it was given can.
+namespace {
+const kernels::kernel_table* g_inner = nullptr;
+std::atomic<int> g_calls{0}, g_with_copy{0};
+void spy_gemm_q4_0x8(const kernels::qgemm_args& a, int64_t p0, int64_t p1) {
+  ++g_calls;
+  if (a.xt_q && a.xt_sum && a.xt_d) ++g_with_copy;
+  g_inner->gemm_q4_0x8(a, p0, p1);
+}
+}  // namespace
+
+TEST_CASE("matmul hands a step of 5-8 tokens, and only those very tokens, the interleaved copy") {
+  g_inner = &kernels::active();
+  kernels::kernel_table spy = *g_inner;
+  spy.gemm_q4_0x8 = spy_gemm_q4_0x8;
+  const int64_t n = 203, k = 320, m_max = 130;  // an engine's act_q8 is sized for a whole batch
+  const auto wf = test::gaussian(static_cast<size_t>(n * k), 5);
+  const auto x = test::gaussian(static_cast<size_t>(m_max * k), 6);
+  std::vector<block_q4_0> w4(static_cast<size_t>(n * k / 32));
+  ref::quantize_row_q4_0(wf.data(), w4.data(), n * k);
+  const ops::packed_weights w(ggml_type::q4_0, w4.data(), n, k, 2);
+  ops::act_q8 xq(m_max, k);
+  std::vector<float> y(static_cast<size_t>(m_max * n)), want(y.size());
+  // (tokens quantized, tokens multiplied, whether the copy must be handed over)
+  const struct {
+    int64_t quantized, used;
+    bool copy;
+  } cases[] = {{6, 6, true}, {8, 8, true}, {5, 5, true}, {8, 6, false}, {4, 4, false}, {9, 9, false}, {130, 130, false}};
+  for (const auto& c : cases) {
+    CAPTURE(c.quantized);
+    CAPTURE(c.used);
+    g_calls = 0;
+    g_with_copy = 0;
+    ops::quantize_activations(spy, x.data(), c.quantized, xq, 2);
+    ops::matmul(spy, w, x.data(), &xq, c.used, y.data(), n, 2);
+    REQUIRE(g_calls > 0);
+    CHECK(g_with_copy == (c.copy ? g_calls.load() : 0));
+    ref::matmul(ggml_type::q4_0, w4.data(), n, k, x.data(), c.used, want.data());
+    CHECK(test::count_bit_differences(y.data(), want.data(), std::size_t(c.used * n)) == 0);
   }
 }
 
