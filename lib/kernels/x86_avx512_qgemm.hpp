@@ -195,6 +195,21 @@ inline void q4_quad_step(simde__m512i si[2], const q4_quad& u, const int8_t* x, 
   si[1] = simde_mm512_dpbusd_epi32(si[1], u.hi1, xh);
 }
 
+// The same for Q8_0: chunk j of four panels as w + 128 (two zmm of rows), and one token's step.
+struct q8_quad {
+  simde__m512i u0, u1;
+};
+inline q8_quad load_q8_quad(const block_q8_0x8* const w[4], int64_t b, int j) {
+  const simde__m512i flip = simde_mm512_set1_epi8(char(0x80));
+  return {simde_mm512_xor_si512(load_pair(w[0][b].qs + 32 * j, w[1][b].qs + 32 * j), flip),
+          simde_mm512_xor_si512(load_pair(w[2][b].qs + 32 * j, w[3][b].qs + 32 * j), flip)};
+}
+inline void q8_quad_step(simde__m512i si[2], const q8_quad& u, const int8_t* x, int j) {
+  const simde__m512i xv = simde_mm512_set1_epi32(load_i32(x + 4 * j));
+  si[0] = simde_mm512_dpbusd_epi32(si[0], u.u0, xv);
+  si[1] = simde_mm512_dpbusd_epi32(si[1], u.u1, xv);
+}
+
 template <int TN>
 void q4_0x32_tile_vnni(const qgemm_args& a, int64_t p, int64_t t0) {
   const block_q4_0x8* w[4];
@@ -227,7 +242,6 @@ template <int TN>
 void q8_0x32_tile_vnni(const qgemm_args& a, int64_t p, int64_t t0) {
   const block_q8_0x8* w[4];
   for (int r = 0; r < 4; ++r) w[r] = static_cast<const block_q8_0x8*>(a.w) + (p + r) * a.nb;
-  const simde__m512i flip = simde_mm512_set1_epi8(char(0x80));
   simde__m512 acc[TN][2];
   for (int t = 0; t < TN; ++t) acc[t][0] = acc[t][1] = simde_mm512_setzero_ps();
   for (int64_t b = 0; b < a.nb; ++b) {
@@ -235,13 +249,8 @@ void q8_0x32_tile_vnni(const qgemm_args& a, int64_t p, int64_t t0) {
     simde__m512i si[TN][2];  // seeded with -128 sum(x): the weights go in as w + 128
     for (int t = 0; t < TN; ++t) si[t][0] = si[t][1] = simde_mm512_set1_epi32(-128 * a.xsum[(t0 + t) * a.nb + b]);
     for (int j = 0; j < 8; ++j) {
-      const simde__m512i u0 = simde_mm512_xor_si512(load_pair(w[0][b].qs + 32 * j, w[1][b].qs + 32 * j), flip);
-      const simde__m512i u1 = simde_mm512_xor_si512(load_pair(w[2][b].qs + 32 * j, w[3][b].qs + 32 * j), flip);
-      for (int t = 0; t < TN; ++t) {
-        const simde__m512i xv = simde_mm512_set1_epi32(load_i32(a.x[(t0 + t) * a.nb + b].qs + 4 * j));
-        si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], u0, xv);
-        si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], u1, xv);
-      }
+      const q8_quad u = load_q8_quad(w, b, j);
+      for (int t = 0; t < TN; ++t) q8_quad_step(si[t], u, a.x[(t0 + t) * a.nb + b].qs, j);
     }
     const simde__m512 dw0 = load_scales16(w[0][b].d, w[1][b].d), dw1 = load_scales16(w[2][b].d, w[3][b].d);
     for (int t = 0; t < TN; ++t) {
@@ -270,7 +279,6 @@ void qx32_tile_all_vnni(const qgemm_args& a, int64_t p) {
   const Block* w[4];
   for (int r = 0; r < 4; ++r) w[r] = static_cast<const Block*>(a.w) + (p + r) * a.nb;
   const simde__m512i m4 = simde_mm512_set1_epi8(0x0f);
-  const simde__m512i flip = simde_mm512_set1_epi8(char(0x80));
   alignas(64) float acc[TN][2][16];
   for (int t = 0; t < TN; ++t)
     for (int h = 0; h < 2; ++h) simde_mm512_store_ps(acc[t][h], simde_mm512_setzero_ps());
@@ -289,13 +297,8 @@ void qx32_tile_all_vnni(const qgemm_args& a, int64_t p) {
     } else {
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
-        const simde__m512i u0 = simde_mm512_xor_si512(load_pair(w[0][b].qs + 32 * j, w[1][b].qs + 32 * j), flip);
-        const simde__m512i u1 = simde_mm512_xor_si512(load_pair(w[2][b].qs + 32 * j, w[3][b].qs + 32 * j), flip);
-        for (int t = 0; t < TN; ++t) {
-          const simde__m512i xv = simde_mm512_set1_epi32(load_i32(xq + 32 * t + 4 * j));
-          si[t][0] = simde_mm512_dpbusd_epi32(si[t][0], u0, xv);
-          si[t][1] = simde_mm512_dpbusd_epi32(si[t][1], u1, xv);
-        }
+        const q8_quad u = load_q8_quad(w, b, j);
+        for (int t = 0; t < TN; ++t) q8_quad_step(si[t], u, xq + 32 * t, j);
       }
     }
     const simde__m512 dw0 = load_scales16(w[0][b].d, w[1][b].d), dw1 = load_scales16(w[2][b].d, w[3][b].d);
