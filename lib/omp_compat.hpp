@@ -9,3 +9,19 @@ inline int omp_get_thread_num() noexcept { return 0; }
 inline int omp_get_num_threads() noexcept { return 1; }
 inline int omp_get_thread_limit() noexcept { return 1; }
 #endif
+
+// Ends the calling thread's OpenMP team of idle workers (libgomp: its thread pool, joined here),
+// unless the thread is inside a parallel region; its next parallel region starts a new one.
+// libgomp lets idle workers spin only while the threads it manages are no more than the CPUs,
+// and every thread that has run a parallel region keeps its workers. A model loaded on one
+// thread and run on another (the engine's thread, a server, a program's worker thread) left two
+// teams on a 2-core machine: the computing team's workers then slept between parallel regions
+// and were woken for each (90k context switches in 160 tokens of a 7B model; one stream of
+// `qllm bench --parallel 1` decoded 10-40 % slower than the same model on the loading thread).
+// qllm calls it where a thread is done with its parallel work: at the end of model::load and
+// before the engine starts its thread.
+inline void release_omp_workers() noexcept {
+#ifdef _OPENMP
+  omp_pause_resource_all(omp_pause_soft);
+#endif
+}

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -83,6 +84,21 @@ std::vector<outcome> run_all(engine& e, std::vector<engine_request> reqs) {
   std::unique_lock<std::mutex> lk(mu);
   cv.wait(lk, [&] { return finished == out.size(); });
   return out;
+}
+
+// Threads of this process now (entries of /proc/self/task).
+int process_threads() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+// Starts this thread's OpenMP team of two (one idle worker stays after the region); true if it ran.
+bool start_team_of_two() {
+  std::atomic<int> ran{0};
+#pragma omp parallel num_threads(2)
+  ran += 1;
+  return ran == 2;
 }
 
 engine_request greedy_request(std::vector<int32_t> prompt, int64_t max_tokens) {
@@ -544,4 +560,48 @@ TEST_CASE("engine: shutdown lets running requests finish; destruction cancels wh
   }  // destroyed while they run and wait
   CHECK(done == 3);
   CHECK(why[2] == finish_reason::cancelled);
+}
+
+// libgomp lets idle workers spin only while the threads it manages are no more than the CPUs; a
+// team left on the loading thread put the engine's workers to sleep between parallel regions
+// (omp_compat.hpp). Each check below fails without the release.
+TEST_CASE("engine and model::load: the thread that loads a model or builds an engine keeps no idle OpenMP workers") {
+#ifndef _OPENMP
+  MESSAGE("built without OpenMP: no workers to release");
+#else
+  const auto& m = tiny().m;
+  const int32_t V = int32_t(m->config().n_vocab);
+  REQUIRE(start_team_of_two());
+  const int with_team = process_threads();
+  engine_params ep;
+  ep.ctx.n_ctx = 64;
+  ep.ctx.n_batch = 16;
+  ep.ctx.n_threads = 1;  // a team of one: the engine's thread adds no workers
+  ep.n_slots = 1;
+  {
+    engine e(m, ep);
+    CHECK(process_threads() == with_team);  // this thread's worker joined; the engine's thread started
+    const auto out = run_all(e, {greedy_request(tokens(5, 1, V), 4)});
+    CHECK(out[0].r.error.empty());
+    CHECK(!out[0].r.gen.tokens.empty());
+    CHECK(process_threads() == with_team);
+  }
+  CHECK(process_threads() == with_team - 1);  // the engine's thread joined
+
+  REQUIRE(start_team_of_two());
+  const int before_load = process_threads();
+  temp_model loaded("omp", random_model_spec{});
+  REQUIRE(loaded.m);
+  CHECK(process_threads() == before_load - 1);
+  // the next parallel region on this thread starts a team again, and the model runs
+  session_params sp;
+  sp.ctx.n_ctx = 32;
+  sp.ctx.n_threads = 2;
+  sp.sampling.temperature = 0;
+  session s(loaded.m, sp);
+  generate_params g;
+  g.max_tokens = 3;
+  CHECK(!s.generate(tokens(4, 2, int32_t(loaded.m->config().n_vocab)), g).tokens.empty());
+  CHECK(process_threads() == before_load);
+#endif
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "omp_compat.hpp"
 #include "qllm/error.hpp"
 #include "qllm/tokenizer.hpp"
 #include "session/lookup.hpp"
@@ -67,6 +68,7 @@ engine::engine(std::shared_ptr<const model> m, const engine_params& p) : model_(
     slots_.push_back(std::make_unique<slot>());
     slots_.back()->seq = i;
   }
+  release_omp_workers();  // the engine's thread computes from now on: one team of workers
   thread_ = std::thread([this] { run(); });
 }
 
