@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """qllm serve when things go wrong: a queued request whose client leaves frees its place at once;
-a stream past --timeout ends with an error event and [DONE]; fields of the wrong type deep in a
+a stream past --timeout ends with an error event and [DONE]; embeddings leave no OpenMP
+workers behind on an HTTP thread; fields of the wrong type deep in a
 request are 400s; SIGTERM answers queued requests 503 once the grace is over; a stalled
 connection does not hold the exit.
 
@@ -116,6 +117,31 @@ try:
     check("longer than the server's limit" in events[-2], "no error event before [DONE]: %r" % events[-2][:200])
     st, data = s.post("/v1/completions", dict(LONG, max_tokens=7000))
     check(st == 504, "a non-streamed request past --timeout: HTTP %d" % st)
+finally:
+    rc = s.stop()
+check(rc == 0, "exit status %r after SIGTERM" % rc)
+
+# 2b. an embeddings request leaves no OpenMP workers on its HTTP thread: a second team beside the
+# engine's made libgomp put the engine's workers to sleep between parallel regions, for the rest
+# of the server's life (generation 10-40 % slower on 2 cores). The server's threads are counted
+# after a completion (the engine's team exists) and again after embeddings and a completion.
+def n_threads(pid):
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+s = Server("--parallel", "1", "-c", "256", "-t", "2")
+try:
+    short = {"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
+    st, _ = s.post("/v1/completions", short)
+    check(st == 200, "completion: HTTP %d" % st)
+    before = n_threads(s.p.pid)
+    for _ in range(2):
+        st, data = s.post("/v1/embeddings", {"input": ["a first text", "and a second one"]})
+        check(st == 200 and b'"embedding"' in data, "embeddings: HTTP %d %r" % (st, data[:120]))
+    st, _ = s.post("/v1/completions", short)
+    check(st == 200, "completion after embeddings: HTTP %d" % st)
+    after = n_threads(s.p.pid)
+    check(after == before, "threads %d before embeddings, %d after: an HTTP thread kept OpenMP workers" % (before, after))
 finally:
     rc = s.stop()
 check(rc == 0, "exit status %r after SIGTERM" % rc)

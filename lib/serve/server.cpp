@@ -27,6 +27,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "omp_compat.hpp"
 #include "qllm/engine.hpp"
 #include "qllm/error.hpp"
 #include "qllm/model.hpp"
@@ -121,6 +122,9 @@ void server::embeddings(const std::string& req_body, httplib::Response& res) {
     std::vector<float> e;
     {
       std::lock_guard<std::mutex> lk(embed_mu_);
+      struct done {  // this HTTP thread keeps no OpenMP workers beside the engine's (omp_compat.hpp)
+        ~done() { release_omp_workers(); }
+      } release;
       e = embed_ctx_->embed(toks);
     }
     json item = {{"object", "embedding"}, {"index", i}};
