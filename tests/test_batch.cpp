@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "omp_compat.hpp"
 #include "qllm/engine.hpp"
 #include "qllm/error.hpp"
 #include "qllm/random_model.hpp"
@@ -90,6 +91,18 @@ std::vector<outcome> run_all(engine& e, std::vector<engine_request> reqs) {
 int process_threads() {
   int n = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+// Waits up to 2 s for the thread count to become `want` (a joined thread leaves /proc a moment
+// after pthread_join returns); the count then.
+int wait_threads(int want) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  int n = process_threads();
+  while (n != want && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    n = process_threads();
+  }
   return n;
 }
 
@@ -564,13 +577,26 @@ TEST_CASE("engine: shutdown lets running requests finish; destruction cancels wh
 
 // libgomp lets idle workers spin only while the threads it manages are no more than the CPUs; a
 // team left on the loading thread put the engine's workers to sleep between parallel regions
-// (omp_compat.hpp). Each check below fails without the release.
-TEST_CASE("engine and model::load: the thread that loads a model or builds an engine keeps no idle OpenMP workers") {
+// (omp_compat.hpp). Each check of a thread count below fails without the release.
+TEST_CASE("model::load, engine, session::generate: a thread done with its parallel work keeps no idle OpenMP workers") {
 #ifndef _OPENMP
   MESSAGE("built without OpenMP: no workers to release");
 #else
+  omp_set_dynamic(0);
   const auto& m = tiny().m;
   const int32_t V = int32_t(m->config().n_vocab);
+  if (!start_team_of_two()) {
+    MESSAGE("no team of two threads here (OMP_THREAD_LIMIT or OMP_MAX_ACTIVE_LEVELS): skipped");
+    return;
+  }
+  {  // the runtime ends a thread's team on request (libgomp does; LLVM's libomp preloaded in its place does not)
+    const int n = process_threads();
+    omp_pause_resource_all(omp_pause_soft);
+    if (wait_threads(n - 1) != n - 1) {
+      MESSAGE("this OpenMP runtime keeps a paused thread's workers: skipped");
+      return;
+    }
+  }
   REQUIRE(start_team_of_two());
   const int with_team = process_threads();
   engine_params ep;
@@ -580,28 +606,41 @@ TEST_CASE("engine and model::load: the thread that loads a model or builds an en
   ep.n_slots = 1;
   {
     engine e(m, ep);
-    CHECK(process_threads() == with_team);  // this thread's worker joined; the engine's thread started
+    CHECK(wait_threads(with_team) == with_team);  // this thread's worker joined; the engine's thread started
     const auto out = run_all(e, {greedy_request(tokens(5, 1, V), 4)});
     CHECK(out[0].r.error.empty());
     CHECK(!out[0].r.gen.tokens.empty());
-    CHECK(process_threads() == with_team);
+    CHECK(wait_threads(with_team) == with_team);
   }
-  CHECK(process_threads() == with_team - 1);  // the engine's thread joined
+  CHECK(wait_threads(with_team - 1) == with_team - 1);  // the engine's thread joined
 
   REQUIRE(start_team_of_two());
   const int before_load = process_threads();
   temp_model loaded("omp", random_model_spec{});
   REQUIRE(loaded.m);
-  CHECK(process_threads() == before_load - 1);
-  // the next parallel region on this thread starts a team again, and the model runs
+  CHECK(wait_threads(before_load - 1) == before_load - 1);
+
+  // a generation on this thread and then one on another: each ends its team, and the answers agree
   session_params sp;
   sp.ctx.n_ctx = 32;
   sp.ctx.n_threads = 2;
   sp.sampling.temperature = 0;
-  session s(loaded.m, sp);
   generate_params g;
   g.max_tokens = 3;
-  CHECK(!s.generate(tokens(4, 2, int32_t(loaded.m->config().n_vocab)), g).tokens.empty());
-  CHECK(process_threads() == before_load);
+  const auto prompt = tokens(4, 2, int32_t(loaded.m->config().n_vocab));
+  session s(loaded.m, sp);
+  const auto here = s.generate(prompt, g).tokens;
+  CHECK(!here.empty());
+  CHECK(wait_threads(before_load - 1) == before_load - 1);
+  std::vector<int32_t> there;
+  int during = 0;
+  std::thread other([&] {
+    s.reset();
+    there = s.generate(prompt, g).tokens;
+    during = wait_threads(before_load);  // its team ended too
+  });
+  other.join();
+  CHECK(there == here);
+  CHECK(during == before_load);  // the other thread alone beside this one (before_load - 1 + 1)
 #endif
 }

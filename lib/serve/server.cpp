@@ -74,6 +74,9 @@ bool server::authorized(const httplib::Request& req) const {
 
 void server::embeddings(const std::string& req_body, httplib::Response& res) {
   in_flight_guard flight(in_flight_);
+  struct done {  // this HTTP thread keeps no OpenMP workers beside the engine's (omp_compat.hpp)
+    ~done() { release_omp_workers(); }
+  } release;
   if (draining_) throw http_error{503, "the server is shutting down", "server_error", "shutting_down", ""};
   // nlohmann's parser stops at a NUL byte: what follows one would be ignored, not refused
   json body = req_body.find('\0') == std::string::npos ? json::parse(req_body, nullptr, false) : json(json::value_t::discarded);
@@ -122,9 +125,6 @@ void server::embeddings(const std::string& req_body, httplib::Response& res) {
     std::vector<float> e;
     {
       std::lock_guard<std::mutex> lk(embed_mu_);
-      struct done {  // this HTTP thread keeps no OpenMP workers beside the engine's (omp_compat.hpp)
-        ~done() { release_omp_workers(); }
-      } release;
       e = embed_ctx_->embed(toks);
     }
     json item = {{"object", "embedding"}, {"index", i}};
