@@ -27,3 +27,11 @@ inline void release_omp_workers() noexcept {
   omp_pause_resource_all(omp_pause_soft);
 #endif
 }
+
+// release_omp_workers() when the scope ends, by return or by exception.
+struct release_omp_workers_at_exit {
+  release_omp_workers_at_exit() = default;
+  release_omp_workers_at_exit(const release_omp_workers_at_exit&) = delete;
+  release_omp_workers_at_exit& operator=(const release_omp_workers_at_exit&) = delete;
+  ~release_omp_workers_at_exit() { release_omp_workers(); }
+};

@@ -87,6 +87,7 @@ std::vector<outcome> run_all(engine& e, std::vector<engine_request> reqs) {
   return out;
 }
 
+#ifdef _OPENMP
 // Threads of this process now (entries of /proc/self/task).
 int process_threads() {
   int n = 0;
@@ -113,6 +114,7 @@ bool start_team_of_two() {
   ran += 1;
   return ran == 2;
 }
+#endif
 
 engine_request greedy_request(std::vector<int32_t> prompt, int64_t max_tokens) {
   engine_request r;

@@ -386,9 +386,7 @@ const std::string& model::cache_status() const noexcept { return impl_->cache_st
 bool model::file_mapped() const noexcept { return impl_->file.has_value(); }
 
 std::shared_ptr<const model> model::load(const std::string& path, const model_options& opt) {
-  struct done {  // the loading thread may never compute with the model (omp_compat.hpp)
-    ~done() { release_omp_workers(); }
-  } release;
+  const release_omp_workers_at_exit release;  // the loading thread may never compute with the model
   try {
     return load_unguarded(path, opt);
   } catch (const std::bad_alloc&) {

@@ -74,9 +74,7 @@ bool server::authorized(const httplib::Request& req) const {
 
 void server::embeddings(const std::string& req_body, httplib::Response& res) {
   in_flight_guard flight(in_flight_);
-  struct done {  // this HTTP thread keeps no OpenMP workers beside the engine's (omp_compat.hpp)
-    ~done() { release_omp_workers(); }
-  } release;
+  const release_omp_workers_at_exit release;  // this HTTP thread keeps no workers beside the engine's
   if (draining_) throw http_error{503, "the server is shutting down", "server_error", "shutting_down", ""};
   // nlohmann's parser stops at a NUL byte: what follows one would be ignored, not refused
   json body = req_body.find('\0') == std::string::npos ? json::parse(req_body, nullptr, false) : json(json::value_t::discarded);

@@ -345,9 +345,7 @@ generation_result session::generate(std::vector<int32_t> seq, const generate_par
   // A whole generation is a thread's parallel work done: its idle workers end with it, so that a
   // generation on another thread next (a binding's stream, a program's worker) runs the only
   // team (omp_compat.hpp). Starting a team again costs tens of microseconds per call.
-  struct done {
-    ~done() { release_omp_workers(); }
-  } release;
+  const release_omp_workers_at_exit release;
   // Without a vocabulary the model still generates token ids: no text, no EOS id, no stop strings.
   const tokenizer* tk = model_->get_tokenizer();
   if (!tk && !gp.stop.empty())
