@@ -19,9 +19,9 @@ inline int omp_get_thread_limit() noexcept { return 1; }
 // and were woken for each (90k context switches in 160 tokens of a 7B model; one stream of
 // `qllm bench --parallel 1` decoded 14-42 % slower than the same model on the loading thread).
 // qllm calls it where a thread is done with its parallel work: at the end of model::load and of
-// session::generate, before the engine starts its thread, after a server's embeddings request. omp_pause_resource_all, not
-// omp_pause_resource(kind, device): libgomp's pause of the host alone asks for the device count
-// first, which loads the offload plugins.
+// session::generate, before the engine starts its thread, after a server's embeddings request.
+// omp_pause_resource_all, not omp_pause_resource(kind, device): libgomp's pause of the host
+// alone asks for the device count first, which loads the offload plugins.
 inline void release_omp_workers() noexcept {
 #ifdef _OPENMP
   omp_pause_resource_all(omp_pause_soft);

@@ -123,7 +123,7 @@ check(rc == 0, "exit status %r after SIGTERM" % rc)
 
 # 2b. an embeddings request leaves no OpenMP workers on its HTTP thread: a second team beside the
 # engine's made libgomp put the engine's workers to sleep between parallel regions, for the rest
-# of the server's life (generation 10-40 % slower on 2 cores). The server's threads are counted
+# of the server's life (one stream 14-42 % slower on 2 cores). The server's threads are counted
 # after a completion (the engine's team exists) and again after embeddings and a completion.
 def n_threads(pid):
     return len(os.listdir("/proc/%d/task" % pid))
