@@ -315,7 +315,7 @@ TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for b
 TEST_CASE("gemm Q4_K, Q5_K and Q6_K panels: every shape equals the reference bit for bit") {
   const int64_t ns[] = {1, 7, 8, 9, 17};
   const int64_t ks[] = {256, 768};
-  const int64_t ms[] = {1, 3, 5, 9};
+  const int64_t ms[] = {1, 3, 5, 6, 7, 8, 9};  // 5-8: one tile for the whole step
   for (auto* t : tables_under_test()) {
     const std::string table = t->name;
     CAPTURE(table);

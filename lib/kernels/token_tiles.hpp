@@ -19,5 +19,18 @@ inline void for_token_tiles(int64_t m, F&& tile) {
   }
 }
 
+// A step of 5-8 tokens in one tile (one pass of the weights for all of them, where tiles of 4
+// read them twice), other counts as for_token_tiles.
+template <class F>
+inline void for_step_tiles(int64_t m, F&& tile) {
+  switch (m) {
+    case 5: tile(std::integral_constant<int, 5>(), 0); break;
+    case 6: tile(std::integral_constant<int, 6>(), 0); break;
+    case 7: tile(std::integral_constant<int, 7>(), 0); break;
+    case 8: tile(std::integral_constant<int, 8>(), 0); break;
+    default: for_token_tiles(m, tile); break;
+  }
+}
+
 }  // namespace
 }  // namespace qllm::kernels

@@ -170,7 +170,7 @@ void q6_kx8_tile(const kgemm_args& a, int64_t p, int64_t t0) {
 template <int bits>
 void gemm_kx8_avx2(const kgemm_args& a, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p)
-    for_token_tiles(a.m, [&](auto tn, int64_t t) {
+    for_step_tiles(a.m, [&](auto tn, int64_t t) {
       if constexpr (bits == 6)
         q6_kx8_tile<decltype(tn)::value>(a, p, t);
       else

@@ -204,13 +204,14 @@ void q6_kx16_tile(const kgemm_args& a, int64_t p, int64_t t0) {
 template <bool vnni, int bits>
 void gemm_kx16(const kgemm_args& a, int64_t p0, int64_t p1) {
   int64_t p = a.m < 4 ? p1 : p0;
+  const auto tile = [&](auto tn, int64_t t) {
+    if constexpr (bits == 6)
+      q6_kx16_tile<vnni, decltype(tn)::value>(a, p, t);
+    else
+      qk45x16_tile<vnni, decltype(tn)::value, bits>(a, p, t);
+  };
   for (; p + 2 <= p1; p += 2) {
-    for_token_tiles(a.m, [&](auto tn, int64_t t) {
-      if constexpr (bits == 6)
-        q6_kx16_tile<vnni, decltype(tn)::value>(a, p, t);
-      else
-        qk45x16_tile<vnni, decltype(tn)::value, bits>(a, p, t);
-    });
+    for_step_tiles(a.m, tile);
   }
   gemm_kx8_avx2<bits>(a, a.m < 4 ? p0 : p, p1);
 }

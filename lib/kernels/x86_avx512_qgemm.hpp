@@ -413,7 +413,7 @@ void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
     }
   }
   for (; p + 2 <= p1; p += 2) {
-    for_token_tiles(a.m, [&](auto tn, int64_t t) {
+    for_step_tiles(a.m, [&](auto tn, int64_t t) {
       if constexpr (q4)
         q4_0x16_tile<vnni, decltype(tn)::value>(a, p, t);
       else
