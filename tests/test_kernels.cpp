@@ -55,7 +55,9 @@ std::vector<float> run_qgemm(const kernel_table& t, bool q4, const std::vector<B
     tq.resize(static_cast<size_t>(32 * m * nb));
     ts.resize(static_cast<size_t>(m * nb));
     td.resize(ts.size());
-    kernels::interleave_tokens(xq.data(), xs.data(), xd.data(), m, nb, tq.data(), ts.data(), td.data());
+    // in two block ranges, as threads share it
+    kernels::interleave_tokens(xq.data(), xs.data(), xd.data(), m, nb, 0, nb / 2, tq.data(), ts.data(), td.data());
+    kernels::interleave_tokens(xq.data(), xs.data(), xd.data(), m, nb, nb / 2, nb, tq.data(), ts.data(), td.data());
     a.xt_q = tq.data();
     a.xt_sum = ts.data();
     a.xt_d = td.data();

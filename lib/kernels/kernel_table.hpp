@@ -94,9 +94,10 @@ struct qgemm_args {
 
 // Most tokens of one interleaved copy of the activations.
 inline constexpr int64_t kmax_interleaved = 8;
-// x, xsum, xd ([m][nb] each) into q [nb][m][32], sum and d [nb][m].
-void interleave_tokens(const block_q8_0* x, const int32_t* xsum, const float* xd, int64_t m, int64_t nb, int8_t* q,
-                       int32_t* sum, float* d) noexcept;
+// Blocks b0 <= b < b1 of x, xsum, xd ([m][nb] each) into q [nb][m][32], sum and d [nb][m]
+// (disjoint block ranges write disjoint bytes: threads may share the work).
+void interleave_tokens(const block_q8_0* x, const int32_t* xsum, const float* xd, int64_t m, int64_t nb, int64_t b0,
+                       int64_t b1, int8_t* q, int32_t* sum, float* d) noexcept;
 
 // One k-quant matmul call: as qgemm_args, with nb super-blocks per row and Q8_K activations.
 struct kgemm_args {

@@ -49,9 +49,9 @@ bool repack_q8_0x8(const block_q8_0* src, int64_t n, int64_t nb, block_q8_0x8* d
   return ok;
 }
 
-void interleave_tokens(const block_q8_0* x, const int32_t* xsum, const float* xd, int64_t m, int64_t nb, int8_t* q,
-                       int32_t* sum, float* d) noexcept {
-  for (int64_t b = 0; b < nb; ++b) {
+void interleave_tokens(const block_q8_0* x, const int32_t* xsum, const float* xd, int64_t m, int64_t nb, int64_t b0,
+                       int64_t b1, int8_t* q, int32_t* sum, float* d) noexcept {
+  for (int64_t b = b0; b < b1; ++b) {
     for (int64_t t = 0; t < m; ++t) {
       const int64_t src = t * nb + b, dst = b * m + t;
       std::memcpy(q + 32 * dst, x[src].qs, 32);
