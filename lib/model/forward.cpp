@@ -228,12 +228,19 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
     mm(L.wq, xb.data(), aq_embd, q.data());
     mm(L.wk, xb.data(), aq_embd, k.data());
     mm(L.wv, xb.data(), aq_embd, v.data());
-    attn_args.clear();
-    for (const segment& s : sg) {
+    // Rotation and the cache append of every segment. A step of several streams: one parallel
+    // loop over the segments (distinct sequences, batch_context::eval checks: disjoint rows and
+    // caches), each segment's rows on its thread; one segment: its rows in parallel.
+    const int64_t n_sg = int64_t(sg.size());
+#pragma omp parallel for schedule(static) num_threads(nt) if (n_sg > 1)
+    for (int64_t i = 0; i < n_sg; ++i) {
+      const segment& s = sg[std::size_t(i)];
+      const int inner = n_sg > 1 ? 1 : nt;
       const int64_t pos0 = past[std::size_t(s.seq)], r0 = s.row0;
-      ops::rope_rows(kt, &q[std::size_t(r0 * E)], s.m, E, c.n_head, hd, rope_cos.floats(), rope_sin.floats(), pos0, nt);
+      ops::rope_rows(kt, &q[std::size_t(r0 * E)], s.m, E, c.n_head, hd, rope_cos.floats(), rope_sin.floats(), pos0,
+                     inner);
       ops::rope_rows(kt, &k[std::size_t(r0 * KV)], s.m, KV, c.n_head_kv, hd, rope_cos.floats(), rope_sin.floats(), pos0,
-                     nt);
+                     inner);
       uint8_t* kv_layer = static_cast<uint8_t*>(seq_kv(s.seq)) + layer_off;
       void* k_cache = kv_layer;
       void* v_cache = kv_layer + v_off;
@@ -250,9 +257,14 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
           }
         }
       }
-      attn_args.push_back(ops::attention_args{&q[std::size_t(r0 * E)], k_cache, v_cache, kv_f16, hd, n_ctx * hd,
-                                              pos0, s.m, c.n_head, c.n_head_kv, hd, &att[std::size_t(r0 * E)],
-                                              attn_scratch.floats(), n_ctx});
+    }
+    attn_args.clear();
+    for (const segment& s : sg) {
+      const int64_t pos0 = past[std::size_t(s.seq)], r0 = s.row0;
+      uint8_t* kv_layer = static_cast<uint8_t*>(seq_kv(s.seq)) + layer_off;
+      attn_args.push_back(ops::attention_args{&q[std::size_t(r0 * E)], kv_layer, kv_layer + v_off, kv_f16, hd,
+                                              n_ctx * hd, pos0, s.m, c.n_head, c.n_head_kv, hd,
+                                              &att[std::size_t(r0 * E)], attn_scratch.floats(), n_ctx});
     }
     ops::attention(kt, std::span<const ops::attention_args>(attn_args), nt);
     if (quantized(L.wo)) quantize(att.data(), aq_embd);
