@@ -230,12 +230,11 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
     mm(L.wv, xb.data(), aq_embd, v.data());
     // Rotation and the cache append of every segment. A step of several streams: one parallel
     // loop over the segments (distinct sequences, batch_context::eval checks: disjoint rows and
-    // caches), each segment's rows on its thread; one segment: its rows in parallel.
-    const int64_t n_sg = int64_t(sg.size());
-#pragma omp parallel for schedule(static) num_threads(nt) if (n_sg > 1)
-    for (int64_t i = 0; i < n_sg; ++i) {
-      const segment& s = sg[std::size_t(i)];
-      const int inner = n_sg > 1 ? 1 : nt;
+    // caches), each segment's rows on its thread (a prompt chunk among them too: its rope is
+    // small beside the pass's matmuls). One segment: called directly, its rows in parallel
+    // (inside even a one-thread region, rope_rows' region would be a nested team: new threads
+    // per call, as libgomp does not pool those).
+    const auto rotate_append = [&](const segment& s, int inner) {
       const int64_t pos0 = past[std::size_t(s.seq)], r0 = s.row0;
       ops::rope_rows(kt, &q[std::size_t(r0 * E)], s.m, E, c.n_head, hd, rope_cos.floats(), rope_sin.floats(), pos0,
                      inner);
@@ -257,6 +256,13 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
           }
         }
       }
+    };
+    const int64_t n_sg = int64_t(sg.size());
+    if (n_sg == 1) {
+      rotate_append(sg[0], nt);
+    } else {
+#pragma omp parallel for schedule(static) num_threads(nt)
+      for (int64_t i = 0; i < n_sg; ++i) rotate_append(sg[std::size_t(i)], 1);
     }
     attn_args.clear();
     for (const segment& s : sg) {
