@@ -19,17 +19,24 @@ inline void for_token_tiles(int64_t m, F&& tile) {
   }
 }
 
+// Calls f(std::integral_constant<int, m>()) for a step of 5 <= m <= 8 tokens and returns true;
+// false (nothing called) for other counts.
+template <class F>
+inline bool for_step_size(int64_t m, F&& f) {
+  switch (m) {
+    case 5: f(std::integral_constant<int, 5>()); return true;
+    case 6: f(std::integral_constant<int, 6>()); return true;
+    case 7: f(std::integral_constant<int, 7>()); return true;
+    case 8: f(std::integral_constant<int, 8>()); return true;
+    default: return false;
+  }
+}
+
 // A step of 5-8 tokens in one tile (one pass of the weights for all of them, where tiles of 4
 // read them twice), other counts as for_token_tiles.
 template <class F>
 inline void for_step_tiles(int64_t m, F&& tile) {
-  switch (m) {
-    case 5: tile(std::integral_constant<int, 5>(), 0); break;
-    case 6: tile(std::integral_constant<int, 6>(), 0); break;
-    case 7: tile(std::integral_constant<int, 7>(), 0); break;
-    case 8: tile(std::integral_constant<int, 8>(), 0); break;
-    default: for_token_tiles(m, tile); break;
-  }
+  if (!for_step_size(m, [&](auto tn) { tile(tn, int64_t(0)); })) for_token_tiles(m, tile);
 }
 
 }  // namespace

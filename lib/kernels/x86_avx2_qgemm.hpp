@@ -231,15 +231,8 @@ void q8_0x8_tile_il(const qgemm_args& a, int64_t p, int ahead) {
 // there; false (nothing called) otherwise.
 template <class F>
 inline bool for_interleaved_step(const qgemm_args& a, F&& tile) {
-  if (!a.xt_q || a.m < 5 || a.m > kmax_interleaved) return false;
   static_assert(kmax_interleaved == 8);
-  switch (a.m) {
-    case 5: tile(std::integral_constant<int, 5>()); break;
-    case 6: tile(std::integral_constant<int, 6>()); break;
-    case 7: tile(std::integral_constant<int, 7>()); break;
-    default: tile(std::integral_constant<int, 8>()); break;
-  }
-  return true;
+  return a.xt_q && for_step_size(a.m, tile);
 }
 
 inline void gemm_q4_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {

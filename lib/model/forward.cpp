@@ -234,13 +234,14 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
     // small beside the pass's matmuls). One segment: called directly, its rows in parallel
     // (inside even a one-thread region, rope_rows' region would be a nested team: new threads
     // per call, as libgomp does not pool those).
+    const auto layer_kv = [&](const segment& s) { return static_cast<uint8_t*>(seq_kv(s.seq)) + layer_off; };
     const auto rotate_append = [&](const segment& s, int inner) {
       const int64_t pos0 = past[std::size_t(s.seq)], r0 = s.row0;
       ops::rope_rows(kt, &q[std::size_t(r0 * E)], s.m, E, c.n_head, hd, rope_cos.floats(), rope_sin.floats(), pos0,
                      inner);
       ops::rope_rows(kt, &k[std::size_t(r0 * KV)], s.m, KV, c.n_head_kv, hd, rope_cos.floats(), rope_sin.floats(), pos0,
                      inner);
-      uint8_t* kv_layer = static_cast<uint8_t*>(seq_kv(s.seq)) + layer_off;
+      uint8_t* kv_layer = layer_kv(s);
       void* k_cache = kv_layer;
       void* v_cache = kv_layer + v_off;
       // append k, v to the sequence's cache at positions pos0 .. pos0+m-1
@@ -266,11 +267,10 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
     }
     attn_args.clear();
     for (const segment& s : sg) {
-      const int64_t pos0 = past[std::size_t(s.seq)], r0 = s.row0;
-      uint8_t* kv_layer = static_cast<uint8_t*>(seq_kv(s.seq)) + layer_off;
-      attn_args.push_back(ops::attention_args{&q[std::size_t(r0 * E)], kv_layer, kv_layer + v_off, kv_f16, hd,
-                                              n_ctx * hd, pos0, s.m, c.n_head, c.n_head_kv, hd,
-                                              &att[std::size_t(r0 * E)], attn_scratch.floats(), n_ctx});
+      const uint8_t* kv_layer = layer_kv(s);
+      attn_args.push_back(ops::attention_args{&q[std::size_t(s.row0 * E)], kv_layer, kv_layer + v_off, kv_f16, hd,
+                                              n_ctx * hd, past[std::size_t(s.seq)], s.m, c.n_head, c.n_head_kv,
+                                              hd, &att[std::size_t(s.row0 * E)], attn_scratch.floats(), n_ctx});
     }
     ops::attention(kt, std::span<const ops::attention_args>(attn_args), nt);
     if (quantized(L.wo)) quantize(att.data(), aq_embd);
