@@ -263,6 +263,46 @@ TEST_CASE("quantize_row_q8_0: non-finite blocks become NaN scale, zero quants, o
   }
 }
 
+// The Q8_K activations of the k-quant kernels: the same scale, quants and 16-sums as the
+// reference on every table (ties, an all-zero block, the denormal range, NaN and infinities).
+TEST_CASE("quantize_row_q8_k: bytes equal the reference on every table") {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const int64_t k = 6 * 256;
+  auto x = test::gaussian(static_cast<size_t>(k), 17, 3.0f);
+  for (int j = 0; j < 256; ++j) x[size_t(j)] = 0.0f;  // block 0: all zero
+  x[256] = 127.0f;  // block 1: amax 127 -> d = 1, exact ties round to even
+  for (int j = 1; j < 256; ++j) x[size_t(256 + j)] = float(j % 9 - 4) * 0.5f + (j % 2 ? 0.0f : 60.0f);
+  for (int j = 0; j < 256; ++j) x[size_t(512 + j)] = 2e-39f * float(j % 5 - 2);  // block 2: denormal d
+  x[768 + 100] = inf;  // block 3
+  x[1024 + 255] = nan;  // block 4; block 5 stays Gaussian
+  for (auto* t : tables_under_test()) {
+    const std::string table = t->name;
+    CAPTURE(table);
+    for (const int64_t n : {int64_t(256), k}) {
+      CAPTURE(n);
+      std::vector<block_q8_k> a(static_cast<size_t>(n / 256)), b(a.size());
+      std::memset(b.data(), 0x5a, b.size() * sizeof(block_q8_k));  // every byte must be written
+      ref::quantize_row_q8_k(x.data() + (n == k ? 0 : 5 * 256), a.data(), n);
+      t->quantize_row_q8_k(x.data() + (n == k ? 0 : 5 * 256), b.data(), n);
+      for (size_t i = 0; i < a.size(); ++i) {
+        CAPTURE(i);
+        CHECK(std::memcmp(a[i].qs, b[i].qs, sizeof a[i].qs) == 0);
+        CHECK(std::memcmp(a[i].bsums, b[i].bsums, sizeof a[i].bsums) == 0);
+        if (std::isnan(a[i].d)) CHECK(std::isnan(b[i].d));
+        else CHECK(a[i].d == b[i].d);
+      }
+      if (n == k) {
+        CHECK(b[1].d == 1.0f);
+        CHECK(std::isnan(b[3].d));
+        CHECK(std::isnan(b[4].d));
+        int nonzero = 0;
+        for (int8_t q : b[5].qs) nonzero += q != 0;
+        CHECK(nonzero > 200);
+      }
+    }
+  }
+}
+
 TEST_CASE("gemm Q4_0 and Q8_0 panels: every shape equals the reference bit for bit") {
   // Panels split in two calls at np / 2: 75 rows (10 panels, the last partial) as 4+1 | 4+1; 63
   // as 4 | 4 with the partial panel in a group's upper half; 129 as 4+4 | 4+4+1; 100 as

@@ -103,6 +103,52 @@ TEST_CASE("matmul hands a step of 5-8 tokens, and only those very tokens, the in
   }
 }
 
+// quantize_activations writes only the forms asked for (a model of k-quants alone skips the Q8_0
+// blocks), and matmul refuses activations that lack the form its weights read.
+TEST_CASE("quantize_activations: the forms asked for, and matmul checks them") {
+  const int64_t n = 24, k = 512;
+  const auto wf = test::gaussian(static_cast<size_t>(n * k), 21);
+  std::vector<block_q4_0> w4(static_cast<size_t>(n * k / 32));
+  std::vector<block_q4_k> wk(static_cast<size_t>(n * k / 256));
+  ref::quantize_row_q4_0(wf.data(), w4.data(), n * k);
+  ref::quantize_row_q4_k(wf.data(), wk.data(), n * k);
+  const ops::packed_weights W4(ggml_type::q4_0, w4.data(), n, k), WK(ggml_type::q4_k, wk.data(), n, k);
+  CHECK(ops::act_form_for(ggml_type::q4_0) == ops::act_form_q8_0);
+  CHECK(ops::act_form_for(ggml_type::q6_k) == ops::act_form_q8_k);
+  CHECK(ops::act_form_for(ggml_type::f16) == 0u);
+  for (auto* kt : kernels::runnable_tables()) {
+    CAPTURE(std::string(kt->name));
+    for (const int64_t m : {int64_t(1), int64_t(6)}) {
+      CAPTURE(m);
+      const auto x = test::gaussian(static_cast<size_t>(m * k), 22);
+      std::vector<float> y(static_cast<size_t>(m * n)), want4(y.size()), wantk(y.size());
+      ref::matmul(ggml_type::q4_0, w4.data(), n, k, x.data(), m, want4.data());
+      ref::matmul(ggml_type::q4_k, wk.data(), n, k, x.data(), m, wantk.data());
+      ops::act_q8 xq(8, k, true);
+      ops::quantize_activations(*kt, x.data(), m, xq, 2, ops::act_form_q8_k);
+      CHECK(xq.forms == ops::act_form_q8_k);
+      CHECK(xq.t_m == 0);  // no Q8_0 blocks, no interleaved copy of them
+      ops::matmul(*kt, WK, x.data(), &xq, m, y.data(), n, 2);
+      CHECK(test::count_bit_differences(y.data(), wantk.data(), y.size()) == 0);
+      CHECK_THROWS_AS(ops::matmul(*kt, W4, x.data(), &xq, m, y.data(), n, 2), error);
+      ops::quantize_activations(*kt, x.data(), m, xq, 2, ops::act_form_q8_0);
+      CHECK(xq.forms == ops::act_form_q8_0);
+      CHECK(xq.t_m == (m == 6 ? 6 : 0));
+      ops::matmul(*kt, W4, x.data(), &xq, m, y.data(), n, 2);
+      CHECK(test::count_bit_differences(y.data(), want4.data(), y.size()) == 0);
+      CHECK_THROWS_AS(ops::matmul(*kt, WK, x.data(), &xq, m, y.data(), n, 2), error);
+      ops::quantize_activations(*kt, x.data(), m, xq, 2);  // both
+      CHECK(xq.forms == ops::act_form_all);
+      ops::matmul(*kt, WK, x.data(), &xq, m, y.data(), n, 2);
+      CHECK(test::count_bit_differences(y.data(), wantk.data(), y.size()) == 0);
+      ops::act_q8 plain(8, k);  // built without Q8_K: asking for it gives Q8_0 alone
+      ops::quantize_activations(*kt, x.data(), m, plain, 2);
+      CHECK(plain.forms == ops::act_form_q8_0);
+      CHECK_THROWS_AS(ops::matmul(*kt, WK, x.data(), &plain, m, y.data(), n, 2), error);
+    }
+  }
+}
+
 TEST_CASE("packed_weights rejects what no kernel can read") {
   std::vector<block_q4_0> w(4);
   CHECK_THROWS_AS(ops::packed_weights(ggml_type::q4_0, w.data(), 2, 48), error);

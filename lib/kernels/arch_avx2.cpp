@@ -29,6 +29,7 @@ extern constinit const kernel_table table_avx2 = {
     "avx2",
     supported_avx2,
     quantize_row_q8_0_avx2,
+    quantize_row_q8_k_avx2,
     gemm_q4_0x8_avx2,
     gemm_q8_0x8_avx2,
     gemm_kx8_avx2<4>,

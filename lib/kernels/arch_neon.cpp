@@ -2,6 +2,7 @@
 // vmull_s8 (neon_qgemm.hpp).
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "kernels/arch_exports.hpp"
 #include "kernels/float_ops.hpp"
@@ -65,12 +66,48 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int32_t* sums, int64_t k) 
   }
 }
 
+// Q8_K quantization of activations, as ref::quantize_row_q8_k bit for bit.
+void quantize_row_q8_k(const float* x, block_q8_k* y, int64_t k) {
+  for (int64_t b = 0; b < k / qk_k; ++b, x += qk_k) {
+    float32x4_t amax = vdupq_n_f32(0.0f);
+    uint32x4_t finite = vdupq_n_u32(~0u);
+    for (int i = 0; i < qk_k / 4; ++i) {
+      const float32x4_t a = vabsq_f32(vld1q_f32(x + 4 * i));
+      finite = vandq_u32(finite, vcleq_f32(a, vdupq_n_f32(3.40282347e38f)));
+      amax = vmaxq_f32(amax, a);
+    }
+    if (vminvq_u32(finite) == 0) {  // as ref::quantize_row_q8_k
+      y[b].d = std::numeric_limits<float>::quiet_NaN();
+      std::memset(y[b].qs, 0, sizeof y[b].qs);
+      std::memset(y[b].bsums, 0, sizeof y[b].bsums);
+      continue;
+    }
+    const float d = vmaxvq_f32(amax) / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
+    y[b].d = d;
+    for (int g = 0; g < qk_k / 16; ++g) {
+      const float* xg = x + 16 * g;
+      int16x8_t h[2];
+      for (int u = 0; u < 2; ++u) {
+        const int32x4_t q0 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(xg + 8 * u), id));  // nearest even
+        const int32x4_t q1 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(xg + 8 * u + 4), id));
+        h[u] = vcombine_s16(vmovn_s32(q0), vmovn_s32(q1));
+      }
+      const int8x16_t q8 = vcombine_s8(vmovn_s16(h[0]), vmovn_s16(h[1]));
+      vst1q_s8(y[b].qs + 16 * g, q8);
+      y[b].bsums[g] = int16_t(vaddlvq_s8(q8));
+    }
+  }
+}
+
 }  // namespace
 
 extern constinit const kernel_table table_neon = {
     "neon",
     supported_neon,
     quantize_row_q8_0,
+    quantize_row_q8_k,
     gemm_neon<false, true>,
     gemm_neon<false, false>,
     gemm_kx8_neon<false, 4>,

@@ -127,7 +127,8 @@ void gemm_f32(const fgemm_args& a, int64_t r0, int64_t r1) {
 }  // namespace
 
 extern constinit const kernel_table table_scalar = {
-    "scalar",        supported_scalar,           ref::quantize_row_q8_0, gemm_q4_0x8,  gemm_q8_0x8,
+    "scalar",        supported_scalar,           ref::quantize_row_q8_0, ref::quantize_row_q8_k,
+    gemm_q4_0x8,     gemm_q8_0x8,
     gemm_kx8<block_q4_kx8>, gemm_kx8<block_q5_kx8>, gemm_kx8<block_q6_kx8>,
     gemm_f16,        gemm_f32,         ref::dot_f32,           ref::dot_f16_f32, ref::axpy_f32,
     ref::axpy_f16,   ref::attn_scores_f16, ref::attn_scores_f32, ref::attn_values_f16,

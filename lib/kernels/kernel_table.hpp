@@ -125,6 +125,7 @@ struct kernel_table {
   bool (*supported)(const cpu_features&);
 
   void (*quantize_row_q8_0)(const float* x, block_q8_0* y, int32_t* sums, int64_t k);
+  void (*quantize_row_q8_k)(const float* x, block_q8_k* y, int64_t k);  // as ref::, bit for bit
   void (*gemm_q4_0x8)(const qgemm_args& a, int64_t p0, int64_t p1);
   void (*gemm_q8_0x8)(const qgemm_args& a, int64_t p0, int64_t p1);
   void (*gemm_q4_kx8)(const kgemm_args& a, int64_t p0, int64_t p1);

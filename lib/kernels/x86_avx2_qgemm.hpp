@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "kernels/kernel_table.hpp"
@@ -299,6 +300,54 @@ inline void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int32_t* sums,
     __m256i p8 = _mm256_packs_epi16(p16a, p16b);
     p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), p8);
+  }
+}
+
+// Q8_K quantization of activations (256 a block, and the sums of each 16), as
+// ref::quantize_row_q8_k: the same amax, scale and nearest-even rounding, so the same bytes.
+inline void quantize_row_q8_k_avx2(const float* x, block_q8_k* y, int64_t k) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 fmax = _mm256_set1_ps(3.40282347e38f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < k / qk_k; ++b, x += qk_k) {
+    __m256 amax = _mm256_setzero_ps();
+    __m256 bad = _mm256_setzero_ps();  // lanes that are NaN or infinite
+    for (int i = 0; i < qk_k / 8; ++i) {
+      const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * i));
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+      amax = _mm256_max_ps(amax, a);
+    }
+    if (_mm256_movemask_ps(bad)) {  // as ref::quantize_row_q8_k
+      y[b].d = std::numeric_limits<float>::quiet_NaN();
+      std::memset(y[b].qs, 0, sizeof y[b].qs);
+      std::memset(y[b].bsums, 0, sizeof y[b].bsums);
+      continue;
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d = _mm_cvtss_f32(m) / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
+    y[b].d = d;
+    const __m256 vid = _mm256_set1_ps(id);
+    for (int c = 0; c < qk_k / 32; ++c) {  // 32 quants: two sums of 16
+      __m256i q[4];
+      for (int i = 0; i < 4; ++i)
+        q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * c + 8 * i), vid),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);  // quants 0-15 (lanes interleaved)
+      const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);  // quants 16-31
+      __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+      p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs + 32 * c), p8);
+      // [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7], then twice more
+      __m256i h = _mm256_hadd_epi32(_mm256_madd_epi16(p16a, ones), _mm256_madd_epi16(p16b, ones));
+      h = _mm256_hadd_epi32(h, h);
+      const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+      y[b].bsums[2 * c] = int16_t(_mm_cvtsi128_si32(s));
+      y[b].bsums[2 * c + 1] = int16_t(_mm_extract_epi32(s, 1));
+    }
   }
 }
 

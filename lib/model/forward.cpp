@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <utility>
 
@@ -204,13 +205,15 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
                            bool all_logits) {
   const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, hd = c.head_dim();
   // y[m][rows] = W x, quantizing x once for all matrices that share it.
-  auto quantize = [&](const float* in, ops::act_q8& aq) {
-    ops::quantize_activations(kt, in, m, aq, nt);
+  // the forms its matrices read (Q8_0, Q8_K, both; none for float weights)
+  auto quantize = [&](const float* in, ops::act_q8& aq, std::initializer_list<const ops::packed_weights*> ws) {
+    unsigned forms = 0;
+    for (const ops::packed_weights* W : ws) forms |= ops::act_form_for(W->type());
+    if (forms) ops::quantize_activations(kt, in, m, aq, nt, forms);
   };
   auto mm = [&](const ops::packed_weights& W, const float* in, const ops::act_q8& aq, float* y) {
     ops::matmul(kt, W, in, &aq, m, y, W.rows(), nt);
   };
-  auto quantized = [](const ops::packed_weights& W) { return ops::packed_weights::repacked(W.type()); };
 
   for (int64_t t = 0; t < m; ++t) w.embed(tokens[t], &x[std::size_t(t * E)]);
   int64_t n_pos = 0;  // the positions this pass rotates: their table rows, once each
@@ -224,7 +227,7 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
 
     // attention block: xb = norm(x); q, k, v = xb Wq, xb Wk, xb Wv; rope(q, k)
     ops::rmsnorm_rows(kt, xb.data(), x.data(), L.attn_norm, m, E, c.rms_eps, nt);
-    if (quantized(L.wq) || quantized(L.wk) || quantized(L.wv)) quantize(xb.data(), aq_embd);
+    quantize(xb.data(), aq_embd, {&L.wq, &L.wk, &L.wv});
     mm(L.wq, xb.data(), aq_embd, q.data());
     mm(L.wk, xb.data(), aq_embd, k.data());
     mm(L.wv, xb.data(), aq_embd, v.data());
@@ -273,17 +276,17 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
                                               hd, &att[std::size_t(s.row0 * E)], attn_scratch.floats(), n_ctx});
     }
     ops::attention(kt, std::span<const ops::attention_args>(attn_args), nt);
-    if (quantized(L.wo)) quantize(att.data(), aq_embd);
+    quantize(att.data(), aq_embd, {&L.wo});
     mm(L.wo, att.data(), aq_embd, xb.data());
     ops::add_inplace(kt, x.data(), xb.data(), m * E, nt);
 
     // feed-forward block: x += W_down (silu(xb W_gate) * (xb W_up)), xb = norm(x)
     ops::rmsnorm_rows(kt, xb.data(), x.data(), L.ffn_norm, m, E, c.rms_eps, nt);
-    if (quantized(L.w_gate) || quantized(L.w_up)) quantize(xb.data(), aq_embd);
+    quantize(xb.data(), aq_embd, {&L.w_gate, &L.w_up});
     mm(L.w_gate, xb.data(), aq_embd, hb.data());
     mm(L.w_up, xb.data(), aq_embd, hb2.data());
     ops::silu_mul(kt, hb.data(), hb.data(), hb2.data(), m * F, nt);
-    if (quantized(L.w_down)) quantize(hb.data(), aq_ff);
+    quantize(hb.data(), aq_ff, {&L.w_down});
     mm(L.w_down, hb.data(), aq_ff, xb.data());
     ops::add_inplace(kt, x.data(), xb.data(), m * E, nt);
   }
@@ -312,7 +315,7 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
     }
     if (rows > 0) {
       ops::rmsnorm_rows(kt, xb.data(), in, w.output_norm, rows, E, c.rms_eps, nt);
-      if (quantized(w.output)) ops::quantize_activations(kt, xb.data(), rows, aq_embd, nt);
+      if (const unsigned f = ops::act_form_for(w.output.type())) ops::quantize_activations(kt, xb.data(), rows, aq_embd, nt, f);
       ops::matmul(kt, w.output, xb.data(), &aq_embd, rows, out_logits, c.n_vocab, nt);
     }
   }

@@ -139,17 +139,20 @@ act_q8::act_q8(int64_t m_max_, int64_t k_, bool k_quants)
 }
 
 void quantize_activations(const kernels::kernel_table& kt, const float* x, int64_t m, act_q8& a,
-                          int n_threads) {
+                          int n_threads, unsigned forms) {
   const int64_t nb = a.k / qk;
-  a.t_m = m >= 5 && m <= kernels::kmax_interleaved && a.t_q ? m : 0;
+  const bool q8_0 = forms & act_form_q8_0, q8_k = (forms & act_form_q8_k) && a.kblocks;
+  a.forms = (q8_0 ? act_form_q8_0 : 0u) | (q8_k ? act_form_q8_k : 0u);
+  a.t_m = q8_0 && m >= 5 && m <= kernels::kmax_interleaved && a.t_q ? m : 0;
 #pragma omp parallel num_threads(std::max(1, n_threads)) if (m > 1)
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < m; ++t) {
-      kt.quantize_row_q8_0(x + t * a.k, a.blocks.get() + t * nb, a.sums.get() + t * nb, a.k);
-      for (int64_t b = 0; b < nb; ++b) a.scales[t * nb + b] = fp16_to_fp32(a.blocks[t * nb + b].d);
-      // one scalar pass for every table: O(k) per token against the O(n k) of the matmul
-      if (a.kblocks) ref::quantize_row_q8_k(x + t * a.k, a.kblocks.get() + t * (a.k / qk_k), a.k);
+      if (q8_0) {
+        kt.quantize_row_q8_0(x + t * a.k, a.blocks.get() + t * nb, a.sums.get() + t * nb, a.k);
+        for (int64_t b = 0; b < nb; ++b) a.scales[t * nb + b] = fp16_to_fp32(a.blocks[t * nb + b].d);
+      }
+      if (q8_k) kt.quantize_row_q8_k(x + t * a.k, a.kblocks.get() + t * (a.k / qk_k), a.k);
     }
     // after the loop's barrier: every token's blocks are there; the threads share the copy
     // (serial, it was 0.6 % of a step of 8 streams on 2 cores, and more of a shorter step on more)
@@ -167,8 +170,10 @@ void matmul(const kernels::kernel_table& kt, const packed_weights& w, const floa
   const int nt = std::max(1, n_threads);
   const bool quant = packed_weights::repacked(w.type());
   const bool kq = packed_weights::k_quant(w.type());
-  if (kq && (!xq || !xq->kblocks))
+  if (kq && (!xq || !xq->kblocks || !(xq->forms & act_form_q8_k)))
     throw error(errc::invalid_argument, "matmul: k-quant weights need Q8_K activations");
+  if (quant && !kq && (!xq || !(xq->forms & act_form_q8_0)))
+    throw error(errc::invalid_argument, "matmul: Q4_0/Q8_0 weights need Q8_0 activations");
   // Units of work: panels (8 rows) for quantized weights, rows for float weights.
   const int64_t units = quant ? (w.rows() + 7) / 8 : w.rows();
   // Token blocks keep a block of activations in L2 while a chunk of panels sweeps over it.

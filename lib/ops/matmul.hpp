@@ -67,13 +67,22 @@ struct act_q8 {
   std::unique_ptr<float[]> t_d;
   int64_t t_m = 0;
   int64_t m_max = 0, k = 0;
+  unsigned forms = 0;  // the act_form bits the last quantize_activations wrote
   act_q8() = default;
   act_q8(int64_t m_max, int64_t k, bool k_quants = false);
 };
 
-// Quantizes x[m][k] into a (m <= a.m_max, k == a.k).
+// The forms of quantized activations: Q8_0 blocks (Q4_0/Q8_0 weights), Q8_K (k-quants).
+enum act_form : unsigned { act_form_q8_0 = 1, act_form_q8_k = 2, act_form_all = 3 };
+// The form matmul needs for weights of this type (0: float weights read the floats).
+inline unsigned act_form_for(ggml_type type) noexcept {
+  return packed_weights::k_quant(type) ? act_form_q8_k : packed_weights::repacked(type) ? act_form_q8_0 : 0u;
+}
+
+// Quantizes x[m][k] into a (m <= a.m_max, k == a.k), in the forms asked for that a holds (Q8_K
+// only where it was built for k-quants): a model of k-quants alone skips the Q8_0 blocks.
 void quantize_activations(const kernels::kernel_table& kt, const float* x, int64_t m, act_q8& a,
-                          int n_threads);
+                          int n_threads, unsigned forms = act_form_all);
 
 // y[t * ldy + r] = W[r] . x[t] for t < m. Quantized weights read `xq` (already quantized from
 // x; k-quants need its kblocks); float weights read x. ldy >= w.rows().
