@@ -167,6 +167,7 @@ TEST_CASE("decode prefetch distance: none on AMD before family 0x1a, 8 KiB elsew
   CHECK(kernels::default_prefetch_bytes(f) == 8192);
   if (!std::getenv("QLLM_PREFETCH"))  // the distance in use is this CPU's default
     CHECK(kernels::q_prefetch_bytes() == kernels::default_prefetch_bytes(cpu_features_detect()));
+  if (!std::getenv("QLLM_PREFETCH_STEP")) CHECK(kernels::step_prefetch_bytes() == 2048);  // every CPU
 }
 
 TEST_CASE("quantize_row_q8_0: bytes and sums equal the reference") {

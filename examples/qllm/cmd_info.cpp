@@ -43,8 +43,9 @@ int cmd_info(int argc, char** argv) {
   std::string compiled, runnable;
   for (auto* t : kernels::compiled_tables()) compiled += std::string(" ") + t->name;
   for (auto* t : kernels::runnable_tables()) runnable += std::string(" ") + t->name;
-  std::printf("kernels:      %s (QLLM_ISA to force one); decode prefetch %d bytes ahead (QLLM_PREFETCH)\n",
-              active.name, kernels::q_prefetch_bytes());
+  std::printf("kernels:      %s (QLLM_ISA to force one); decode prefetch %d bytes ahead (QLLM_PREFETCH), "
+              "4+ tokens %d (QLLM_PREFETCH_STEP)\n",
+              active.name, kernels::q_prefetch_bytes(), kernels::step_prefetch_bytes());
   std::printf("  runnable:  %s\n", runnable.c_str());
   std::printf("  compiled:  %s\n", compiled.c_str());
   std::string why = "CPUs of the affinity mask: " + std::to_string(omp_get_max_threads());

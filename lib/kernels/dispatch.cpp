@@ -123,15 +123,25 @@ const kernel_table& active() {
   return t;
 }
 
+namespace {
+// BYTES from the environment variable `name` (0..65536, down to a multiple of 64), else `fallback`.
+int prefetch_env(const char* name, int fallback) noexcept {
+  if (const char* e = std::getenv(name); e && *e) {
+    char* end = nullptr;
+    const long b = std::strtol(e, &end, 10);
+    if (*end == '\0' && b >= 0 && b <= 65536) return int(b) / 64 * 64;
+  }
+  return fallback;
+}
+}  // namespace
+
 int q_prefetch_bytes() noexcept {
-  static const int v = [] {
-    if (const char* e = std::getenv("QLLM_PREFETCH"); e && *e) {
-      char* end = nullptr;
-      const long b = std::strtol(e, &end, 10);
-      if (*end == '\0' && b >= 0 && b <= 65536) return int(b) / 64 * 64;
-    }
-    return default_prefetch_bytes(cpu_features_detect());
-  }();
+  static const int v = prefetch_env("QLLM_PREFETCH", default_prefetch_bytes(cpu_features_detect()));
+  return v;
+}
+
+int step_prefetch_bytes() noexcept {
+  static const int v = prefetch_env("QLLM_PREFETCH_STEP", 2048);
   return v;
 }
 

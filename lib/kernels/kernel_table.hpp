@@ -180,5 +180,10 @@ int q_prefetch_bytes() noexcept;
 // 8192 (into L2), or 0 (no look-ahead) on AMD CPUs before family 0x1a (Zen 1-4: on a Zen 3 and a
 // Zen 4 look-ahead measured slower; Zen 5 gains from it). docs/kernels.md, "Prefetch".
 int default_prefetch_bytes(const cpu_features& f) noexcept;
+// Look-ahead of the same tiles when a call has 4 tokens or more (a step of several streams, a
+// prompt): 2048 bytes into L2 on every CPU, or QLLM_PREFETCH_STEP=BYTES (0..65536). A tile of
+// several tokens takes several times longer per byte than the GEMV, and on a Zen 4 (no decode
+// look-ahead) the step of 8 streams waited on the weights: docs/kernels.md, "Prefetch".
+int step_prefetch_bytes() noexcept;
 
 }  // namespace qllm::kernels

@@ -83,8 +83,8 @@ struct dot_maddubs {
   }
 };
 
-// Q4_0 panels x Q8_0 activations, TN tokens at a time; `ahead`: q_prefetch_bytes(), read once
-// per matrix call by the caller.
+// Q4_0 panels x Q8_0 activations, TN tokens at a time; `ahead`: q_prefetch_bytes() (fewer than
+// 4 tokens) or step_prefetch_bytes(), read once per matrix call by the caller.
 template <int TN, class Dot>
 void q4_0x8_tile(const qgemm_args& a, int64_t p, int64_t t0, int ahead) {
   const auto* wp = static_cast<const block_q4_0x8*>(a.w) + p * a.nb;
@@ -237,7 +237,7 @@ inline bool for_interleaved_step(const qgemm_args& a, F&& tile) {
 }
 
 inline void gemm_q4_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
-  const int ahead = q_prefetch_bytes();
+  const int ahead = a.m >= 4 ? step_prefetch_bytes() : q_prefetch_bytes();
   if (for_interleaved_step(a, [&](auto tn) {
         for (int64_t p = p0; p < p1; ++p) q4_0x8_tile_il<decltype(tn)::value>(a, p, ahead);
       }))
@@ -247,7 +247,7 @@ inline void gemm_q4_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
 }
 
 inline void gemm_q8_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
-  const int ahead = q_prefetch_bytes();
+  const int ahead = a.m >= 4 ? step_prefetch_bytes() : q_prefetch_bytes();
   if (for_interleaved_step(a, [&](auto tn) {
         for (int64_t p = p0; p < p1; ++p) q8_0x8_tile_il<decltype(tn)::value>(a, p, ahead);
       }))

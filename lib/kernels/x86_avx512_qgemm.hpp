@@ -421,7 +421,7 @@ void gemm_x16(const qgemm_args& a, int64_t p0, int64_t p1) {
     });
   }
   const int64_t rest = a.m < 4 ? p0 : p;
-  const int ahead = q_prefetch_bytes();
+  const int ahead = a.m >= 4 ? step_prefetch_bytes() : q_prefetch_bytes();
   for (int64_t r = rest; r < p1; ++r) {
     for_token_tiles(a.m, [&](auto tn, int64_t t) {
       constexpr int TN = decltype(tn)::value;
