@@ -149,6 +149,7 @@ void q6_kx16_tile(const kgemm_args& a, int64_t p, int64_t t0) {
       const simde__m512i scv = widen_s8_pair(&w0[b].sc[j][0][0], &w1[b].sc[j][0][0]);
       const simde__m512i sc0 = vnni ? half32(scv, false) : dup16(scv, false);
       const simde__m512i sc1 = vnni ? half32(scv, true) : dup16(scv, true);
+      const simde__m512i sc32 = simde_mm512_slli_epi16(scv, 5);  // the -32 offset: 32 (s, s') pairs
       simde__m512i w[8];
       for (int c = 0; c < 8; ++c) {
         const simde__m512i raw = load_pair(w0[b].ql[i] + 32 * c, w1[b].ql[i] + 32 * c);
@@ -165,7 +166,11 @@ void q6_kx16_tile(const kgemm_args& a, int64_t p, int64_t t0) {
         for (int u = 0; u < 2; ++u) {
           const simde__m512i* wu = w + 4 * u;
           const int8_t* xu = x + 16 * u;
-          if constexpr (vnni) {
+          if constexpr (vnni && TN >= 5) {  // the tokens' chains hide vpdpbusd's latency
+            simde__m512i d = simde_mm512_dpbusd_epi32(simde_mm512_setzero_si512(), wu[0], bcast4_512(xu));
+            for (int c = 1; c < 4; ++c) d = simde_mm512_dpbusd_epi32(d, wu[c], bcast4_512(xu + 4 * c));
+            g[u] = simde_mm512_mullo_epi32(d, u ? sc1 : sc0);
+          } else if constexpr (vnni) {
             simde__m512i d0 = simde_mm512_dpbusd_epi32(simde_mm512_setzero_si512(), wu[0], bcast4_512(xu));
             simde__m512i d1 = simde_mm512_dpbusd_epi32(simde_mm512_setzero_si512(), wu[1], bcast4_512(xu + 4));
             d0 = simde_mm512_dpbusd_epi32(d0, wu[2], bcast4_512(xu + 8));
@@ -180,19 +185,15 @@ void q6_kx16_tile(const kgemm_args& a, int64_t p, int64_t t0) {
                                          simde_mm512_madd_epi16(e1, u ? sc1 : sc0));
           }
         }
-        sumi[t] = simde_mm512_add_epi32(sumi[t], simde_mm512_add_epi32(g[0], g[1]));
+        // minus 32 (s bsum + s' bsum'): the two 16-sums of x side by side, one 32-bit broadcast
+        const simde__m512i corr =
+            simde_mm512_madd_epi16(sc32, bcast4_512(reinterpret_cast<const int8_t*>(a.x[(t0 + t) * a.nb + b].bsums + 2 * j)));
+        sumi[t] = simde_mm512_add_epi32(sumi[t], simde_mm512_sub_epi32(simde_mm512_add_epi32(g[0], g[1]), corr));
       }
     }
     const __m256 dw0 = load_scales8(w0[b].d), dw1 = load_scales8(w1[b].d);
-    for (int t = 0; t < TN; ++t) {
-      const block_q8_k& xb = a.x[(t0 + t) * a.nb + b];
-      simde__m512i sumb = simde_mm512_setzero_si512();
-      for (int j = 0; j < 8; ++j)
-        sumb = simde_mm512_add_epi32(sumb, simde_mm512_madd_epi16(widen_s8_pair(&w0[b].sc[j][0][0], &w1[b].sc[j][0][0]),
-                                                                  pair16_512(xb.bsums[2 * j], xb.bsums[2 * j + 1])));
-      epilogue16k(simde_mm512_sub_epi32(sumi[t], simde_mm512_slli_epi32(sumb, 5)), dw0, dw1,
-                  _mm256_set1_ps(xb.d), acc0[t], acc1[t]);
-    }
+    for (int t = 0; t < TN; ++t)
+      epilogue16k(sumi[t], dw0, dw1, _mm256_set1_ps(a.x[(t0 + t) * a.nb + b].d), acc0[t], acc1[t]);
   }
   for (int t = 0; t < TN; ++t) {
     store_panel_k(a, t0 + t, p, acc0[t]);
