@@ -35,9 +35,6 @@ inline simde__m512i half32(simde__m512i v, bool odd) {
   return simde_mm512_madd_epi16(v, simde_mm512_set1_epi32(odd ? 0x00010000 : 0x00000001));
 }
 inline simde__m512i bcast4_512(const int8_t* x) { return simde_mm512_set1_epi32(load_i32(x)); }
-inline simde__m512i pair16_512(int a, int b) {
-  return simde_mm512_set1_epi32(int32_t(uint32_t(uint16_t(a)) | (uint32_t(uint16_t(b)) << 16)));
-}
 
 // acc0/acc1 += float(v's panel halves) * (d0/d1 * dx)
 inline void epilogue16k(simde__m512i v, __m256 d0, __m256 d1, __m256 dx, __m256& acc0, __m256& acc1) {
@@ -91,6 +88,8 @@ void qk45x16_tile(const kgemm_args& a, int64_t p, int64_t t0) {
   for (int64_t b = 0; b < a.nb; ++b) {
     simde__m512i sumi[TN];
     for (int t = 0; t < TN; ++t) sumi[t] = simde_mm512_setzero_si512();
+    alignas(32) int32_t xpairs[TN][8];
+    for (int t = 0; t < TN; ++t) store_subblock_pairs(a.x[(t0 + t) * a.nb + b], xpairs[t]);
     for (int j = 0; j < 8; ++j) {
       prefetch_pair(w0 + b, w1 + b, j);
       const int i = j / 2;
@@ -113,14 +112,14 @@ void qk45x16_tile(const kgemm_args& a, int64_t p, int64_t t0) {
     }
     const __m256 dw0 = load_scales8(w0[b].d), dw1 = load_scales8(w1[b].d);
     const __m256 dm0 = load_scales8(w0[b].dmin), dm1 = load_scales8(w1[b].dmin);
+    simde__m512i mnv[4];  // the rows' (min, min') pairs of sub-blocks 2i, 2i+1
+    for (int i = 0; i < 4; ++i) mnv[i] = widen_u8_pair(&w0[b].mn[i][0][0], &w1[b].mn[i][0][0]);
     for (int t = 0; t < TN; ++t) {
       const block_q8_k& xb = a.x[(t0 + t) * a.nb + b];
       simde__m512i summ = simde_mm512_setzero_si512();
       for (int i = 0; i < 4; ++i)
-        summ = simde_mm512_add_epi32(
-            summ, simde_mm512_madd_epi16(widen_u8_pair(&w0[b].mn[i][0][0], &w1[b].mn[i][0][0]),
-                                         pair16_512(xb.bsums[4 * i] + xb.bsums[4 * i + 1],
-                                                    xb.bsums[4 * i + 2] + xb.bsums[4 * i + 3])));
+        summ = simde_mm512_add_epi32(summ,
+                                     simde_mm512_madd_epi16(mnv[i], simde_mm512_set1_epi32(xpairs[t][xpair_word(i)])));
       const __m256 dx = _mm256_set1_ps(xb.d);
       epilogue16k(sumi[t], dw0, dw1, dx, acc0[t], acc1[t]);
       epilogue16k(simde_mm512_sub_epi32(simde_mm512_setzero_si512(), summ), dm0, dm1, dx, acc0[t], acc1[t]);
