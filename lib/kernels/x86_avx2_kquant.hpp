@@ -135,7 +135,6 @@ void q6_kx8_tile(const kgemm_args& a, int64_t p, int64_t t0) {
       const int i = j / 2, h = j / 4, s = j % 4;
       const __m256i scv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.sc[j])));
       const __m256i sc0 = dup_even16(scv), sc1 = dup_odd16(scv);
-      const __m256i sc32 = _mm256_slli_epi16(scv, 5);  // the -32 offset: 32 (s, s') pairs
       __m256i w[8];
       for (int c = 0; c < 8; ++c) {
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.ql[i] + 32 * c));
@@ -157,16 +156,20 @@ void q6_kx8_tile(const kgemm_args& a, int64_t p, int64_t t0) {
                                   _mm256_maddubs_epi16(w[2 * u + 1], bcast4(x + 8 * u + 4)));
         const __m256i s0 = _mm256_add_epi32(_mm256_madd_epi16(g[0], sc0), _mm256_madd_epi16(g[1], sc0));
         const __m256i s1 = _mm256_add_epi32(_mm256_madd_epi16(g[2], sc1), _mm256_madd_epi16(g[3], sc1));
-        // minus 32 (s bsum + s' bsum'): x's two 16-sums side by side, one 32-bit broadcast
-        const __m256i corr =
-            _mm256_madd_epi16(sc32, bcast4(reinterpret_cast<const int8_t*>(a.x[(t0 + t) * a.nb + b].bsums + 2 * j)));
-        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_sub_epi32(_mm256_add_epi32(s0, s1), corr));
+        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(s0, s1));
       }
     }
     const __m256 dw = load_scales8(wb.d);
-    for (int t = 0; t < TN; ++t)
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[t]), _mm256_mul_ps(dw, _mm256_set1_ps(a.x[(t0 + t) * a.nb + b].d)),
-                               acc[t]);
+    for (int t = 0; t < TN; ++t) {
+      const block_q8_k& xb = a.x[(t0 + t) * a.nb + b];
+      __m256i sumb = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {  // x's two 16-sums of groups 2j, 2j+1: one 32-bit broadcast
+        const __m256i scv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.sc[j])));
+        sumb = _mm256_add_epi32(sumb, _mm256_madd_epi16(scv, bcast4(reinterpret_cast<const int8_t*>(xb.bsums + 2 * j))));
+      }
+      const __m256i total = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(sumb, 5));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(dw, _mm256_set1_ps(xb.d)), acc[t]);
+    }
   }
   for (int t = 0; t < TN; ++t) store_panel_k(a, t0 + t, p, acc[t]);
 }

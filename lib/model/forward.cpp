@@ -204,8 +204,8 @@ void context_impl::rope_fill(int64_t n_pos) {
 void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, int64_t m, float* out_logits,
                            bool all_logits) {
   const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff, hd = c.head_dim();
-  // y[m][rows] = W x, quantizing x once for all matrices that share it.
-  // the forms its matrices read (Q8_0, Q8_K, both; none for float weights)
+  // y[m][rows] = W x, quantizing x once for all matrices that share it, in the forms they read
+  // (Q8_0, Q8_K, both; none for float weights)
   auto quantize = [&](const float* in, ops::act_q8& aq, std::initializer_list<const ops::packed_weights*> ws) {
     unsigned forms = 0;
     for (const ops::packed_weights* W : ws) forms |= ops::act_form_for(W->type());
@@ -315,7 +315,8 @@ void context_impl::forward(const int32_t* tokens, std::span<const segment> sg, i
     }
     if (rows > 0) {
       ops::rmsnorm_rows(kt, xb.data(), in, w.output_norm, rows, E, c.rms_eps, nt);
-      if (const unsigned f = ops::act_form_for(w.output.type())) ops::quantize_activations(kt, xb.data(), rows, aq_embd, nt, f);
+      if (const unsigned f = ops::act_form_for(w.output.type()))
+        ops::quantize_activations(kt, xb.data(), rows, aq_embd, nt, f);
       ops::matmul(kt, w.output, xb.data(), &aq_embd, rows, out_logits, c.n_vocab, nt);
     }
   }
