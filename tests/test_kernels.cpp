@@ -268,7 +268,7 @@ TEST_CASE("quantize_row_q8_0: non-finite blocks become NaN scale, zero quants, o
 // reference on every table (ties, an all-zero block, the denormal range, NaN and infinities).
 TEST_CASE("quantize_row_q8_k: bytes equal the reference on every table") {
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
-  const int64_t k = 6 * 256;
+  const int64_t k = 7 * 256;
   auto x = test::gaussian(static_cast<size_t>(k), 17, 3.0f);
   for (int j = 0; j < 256; ++j) x[size_t(j)] = 0.0f;  // block 0: all zero
   x[256] = 127.0f;  // block 1: amax 127 -> d = 1, exact ties round to even
@@ -276,6 +276,8 @@ TEST_CASE("quantize_row_q8_k: bytes equal the reference on every table") {
   for (int j = 0; j < 256; ++j) x[size_t(512 + j)] = 2e-39f * float(j % 5 - 2);  // block 2: denormal d
   x[768 + 100] = inf;  // block 3
   x[1024 + 255] = nan;  // block 4; block 5 stays Gaussian
+  for (int j = 0; j < 256; ++j) x[size_t(1536 + j)] = 1e-36f * float(j % 7 - 3) / 3.0f;  // block 6: d
+  // denormal, 1/d still finite
   for (auto* t : tables_under_test()) {
     const std::string table = t->name;
     CAPTURE(table);
@@ -299,6 +301,10 @@ TEST_CASE("quantize_row_q8_k: bytes equal the reference on every table") {
         int nonzero = 0;
         for (int8_t q : b[5].qs) nonzero += q != 0;
         CHECK(nonzero > 200);
+        CHECK(b[6].d < std::numeric_limits<float>::min());  // block 6 is the case it means to be
+        int nonzero6 = 0;
+        for (int8_t q : b[6].qs) nonzero6 += q != 0;
+        CHECK(nonzero6 > 100);
       }
     }
   }

@@ -2,8 +2,10 @@
 // depend on the thread count, and must equal the reference.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -125,14 +127,27 @@ TEST_CASE("quantize_activations: the forms asked for, and matmul checks them") {
       ref::matmul(ggml_type::q4_0, w4.data(), n, k, x.data(), m, want4.data());
       ref::matmul(ggml_type::q4_k, wk.data(), n, k, x.data(), m, wantk.data());
       ops::act_q8 xq(8, k, true);
+      const std::size_t q8_0_bytes = std::size_t(8 * k / 32) * sizeof(block_q8_0);
+      const std::size_t q8_k_bytes = std::size_t(8 * k / 256) * sizeof(block_q8_k);
+      std::memset(static_cast<void*>(xq.blocks.get()), 0x5a, q8_0_bytes);  // a form not asked
+      std::memset(static_cast<void*>(xq.kblocks.get()), 0x5a, q8_k_bytes);  // for stays unwritten
+      auto untouched = [](const void* p, std::size_t n) {
+        const auto* b = static_cast<const unsigned char*>(p);
+        return std::all_of(b, b + n, [](unsigned char c) { return c == 0x5a; });
+      };
       ops::quantize_activations(*kt, x.data(), m, xq, 2, ops::act_form_q8_k);
       CHECK(xq.forms == ops::act_form_q8_k);
+      CHECK(untouched(xq.blocks.get(), q8_0_bytes));
+      CHECK(!untouched(xq.kblocks.get(), q8_k_bytes));
       CHECK(xq.t_m == 0);  // no Q8_0 blocks, no interleaved copy of them
       ops::matmul(*kt, WK, x.data(), &xq, m, y.data(), n, 2);
       CHECK(test::count_bit_differences(y.data(), wantk.data(), y.size()) == 0);
       CHECK_THROWS_AS(ops::matmul(*kt, W4, x.data(), &xq, m, y.data(), n, 2), error);
+      std::memset(static_cast<void*>(xq.kblocks.get()), 0x5a, q8_k_bytes);
       ops::quantize_activations(*kt, x.data(), m, xq, 2, ops::act_form_q8_0);
       CHECK(xq.forms == ops::act_form_q8_0);
+      CHECK(untouched(xq.kblocks.get(), q8_k_bytes));
+      CHECK(!untouched(xq.blocks.get(), q8_0_bytes));
       CHECK(xq.t_m == (m == 6 ? 6 : 0));
       ops::matmul(*kt, W4, x.data(), &xq, m, y.data(), n, 2);
       CHECK(test::count_bit_differences(y.data(), want4.data(), y.size()) == 0);
