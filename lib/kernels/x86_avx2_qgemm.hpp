@@ -256,6 +256,24 @@ inline void gemm_q8_0x8_avx2(const qgemm_args& a, int64_t p0, int64_t p1) {
     for_token_tiles(a.m, [&](auto tn, int64_t t) { q8_0x8_tile<decltype(tn)::value, dot_maddubs>(a, p, t, ahead); });
 }
 
+// The scale of a block of activations and its inverse as the references compute them: d = amax /
+// 127 (amax: the lanes' maximum), id = 1 / d, 0 where d is 0 or 1 / d overflows (a denormal d:
+// all quants 0).
+inline float q8_scale_avx2(__m256 amax, float& id) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  const float d = _mm_cvtss_f32(m) / 127.0f;
+  id = d != 0.0f ? 1.0f / d : 0.0f;
+  if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;
+  return d;
+}
+// 32 quants as int16 (packs_epi32 of int32 quants 0-7, 8-15 and 16-23, 24-31: lanes interleaved
+// per 128 bits) to 32 int8 in order.
+inline __m256i pack_q8_avx2(__m256i p16a, __m256i p16b) {
+  return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 // Q8_0 quantization of activations: nearest-even rounding, as ref::quantize_row_q8_0.
 inline void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int32_t* sums, int64_t k) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -276,12 +294,8 @@ inline void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int32_t* sums,
       if (sums) sums[b] = 0;
       continue;
     }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    const float d = _mm_cvtss_f32(m) / 127.0f;
-    float id = d != 0.0f ? 1.0f / d : 0.0f;
-    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
+    float id;
+    const float d = q8_scale_avx2(amax, id);
     y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
     const __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];
@@ -295,11 +309,8 @@ inline void quantize_row_q8_0_avx2(const float* x, block_q8_0* y, int32_t* sums,
       s4 = _mm_hadd_epi32(s4, s4);
       sums[b] = _mm_cvtsi128_si32(s4);
     }
-    const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);  // lanes interleave per 128 bits
-    const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
-    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), p8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs),
+                        pack_q8_avx2(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])));
   }
 }
 
@@ -323,12 +334,8 @@ inline void quantize_row_q8_k_avx2(const float* x, block_q8_k* y, int64_t k) {
       std::memset(y[b].bsums, 0, sizeof y[b].bsums);
       continue;
     }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    const float d = _mm_cvtss_f32(m) / 127.0f;
-    float id = d != 0.0f ? 1.0f / d : 0.0f;
-    if (!(std::fabs(id) <= 3.40282347e38f)) id = 0.0f;  // a denormal d: 1/d overflows, all quants 0
+    float id;
+    const float d = q8_scale_avx2(amax, id);
     y[b].d = d;
     const __m256 vid = _mm256_set1_ps(id);
     for (int c = 0; c < qk_k / 32; ++c) {  // 32 quants: two sums of 16
@@ -338,9 +345,7 @@ inline void quantize_row_q8_k_avx2(const float* x, block_q8_k* y, int64_t k) {
                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
       const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);  // quants 0-15 (lanes interleaved)
       const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);  // quants 16-31
-      __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-      p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs + 32 * c), p8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs + 32 * c), pack_q8_avx2(p16a, p16b));
       // [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7], then twice more
       __m256i h = _mm256_hadd_epi32(_mm256_madd_epi16(p16a, ones), _mm256_madd_epi16(p16b, ones));
       h = _mm256_hadd_epi32(h, h);
